@@ -1,0 +1,38 @@
+# One venv at the repo root, installed with the exact versions in constraints.txt.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# Trains the bundled example on embedded defaults: CPU, local folders, no servers.
+demo: install
+	$(BIN)/python -m examples.demo
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The README's test command: style, types, then every test (slow ones included).
+test: lint typecheck unit
+
+bench: install
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) lightning_logs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,245 @@
+"""Per-step overhead of lightning_lib and pytorch_lightning against a raw PyTorch loop.
+
+Prints one JSON object on stdout. For each model the three implementations train the same
+network on the same pre-generated tensors through the same kind of DataLoader; their runs are
+interleaved (raw, lightning_lib, pytorch_lightning, raw, ...) so that drift in the machine's
+speed hits all of them alike, and the median over repeats is reported.
+
+What a "step" costs: the time between the starts of consecutive ``training_step`` calls (or
+loop-body starts for the raw loop), so batch fetching, backward, the optimizer, ``self.log``,
+logger writes and progress-bar updates are all inside it, while trainer construction, setup and
+teardown are not. The first ``warmup`` steps are excluded.
+
+The Lightning runs keep the default CSVLogger and the TQDM progress bar enabled; the bar is
+redirected (``contextlib.redirect_stdout``/``redirect_stderr`` onto ``os.devnull``) at the
+Python level, so tqdm still formats and writes every refresh, exactly as in a real run, but
+nothing reaches the terminal. Logs go to a temporary directory removed afterwards.
+
+Usage: ``python benchmarks/overhead.py [--quick] [--repeats N] [--threads N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import importlib
+import itertools
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+BATCH_SIZE = 64
+IMPLEMENTATIONS = ("raw", "lightning_lib", "pytorch_lightning")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model to time: its layer widths, dataset size and step counts."""
+
+    name: str
+    widths: tuple[int, ...]
+    num_samples: int
+    steps: int
+    warmup: int
+
+
+def cases(quick: bool) -> list[Case]:
+    # Tiny: the framework's own cost dominates. Wide: compute dominates, overhead should vanish.
+    # Datasets hold several batches so epoch boundaries (and their hooks) are part of the cost.
+    if quick:
+        return [
+            Case("tiny_mlp", (32, 64, 10), 64 * 16, steps=60, warmup=10),
+            Case("wide_mlp", (1024, 4096, 4096, 10), 64 * 4, steps=6, warmup=2),
+        ]
+    return [
+        Case("tiny_mlp", (32, 64, 10), 64 * 128, steps=2000, warmup=100),
+        Case("wide_mlp", (1024, 4096, 4096, 10), 64 * 16, steps=30, warmup=5),
+    ]
+
+
+def build_net(widths: tuple[int, ...]) -> nn.Module:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def make_data(case: Case) -> TensorDataset:
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn(case.num_samples, case.widths[0], generator=gen)
+    y = torch.randint(0, case.widths[-1], (case.num_samples,), generator=gen)
+    return TensorDataset(x, y)
+
+
+def make_loader(data: TensorDataset) -> DataLoader:
+    return DataLoader(data, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def ms_per_step(stamps: list[float], warmup: int) -> float:
+    """Mean interval between step starts after the warm-up, in milliseconds."""
+    timed = stamps[warmup:]
+    return 1000.0 * (timed[-1] - timed[0]) / (len(timed) - 1)
+
+
+def run_raw(case: Case, data: TensorDataset) -> float:
+    torch.manual_seed(0)
+    net = build_net(case.widths)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loader = make_loader(data)
+    net.train()
+    stamps: list[float] = []
+    while len(stamps) < case.steps:
+        for x, y in loader:
+            stamps.append(time.perf_counter())
+            optimizer.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            optimizer.step()
+            if len(stamps) == case.steps:
+                break
+    return ms_per_step(stamps, case.warmup)
+
+
+def run_lightning(pl: Any, case: Case, data: TensorDataset) -> float:
+    """Fit with ``max_steps`` on a module whose training_step records when it starts."""
+    stamps: list[float] = []
+
+    class Timed(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build_net(case.widths)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            stamps.append(time.perf_counter())
+            x, y = batch
+            loss = F.cross_entropy(self.net(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    torch.manual_seed(0)
+    model = Timed()
+    batches_per_epoch = math.ceil(len(data) / BATCH_SIZE)
+    with tempfile.TemporaryDirectory(prefix="overhead-bench-") as root, open(os.devnull, "w") as sink:
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=case.steps,
+            # Enough epochs to reach max_steps, stated explicitly so no default decides it.
+            max_epochs=math.ceil(case.steps / batches_per_epoch) + 1,
+            default_root_dir=root,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=True,
+        )
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            trainer.fit(model, train_dataloaders=make_loader(data))
+    if len(stamps) != case.steps:
+        raise RuntimeError(f"{pl.__name__} ran {len(stamps)} training steps, expected {case.steps}.")
+    return ms_per_step(stamps, case.warmup)
+
+
+def import_optional(name: str) -> Any | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def quiet_frameworks() -> None:
+    # Startup banners and "few workers" hints would clutter stderr; they cost nothing per step.
+    warnings.filterwarnings("ignore")
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning_lib"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def summarise(case: Case, samples: dict[str, list[float]]) -> dict[str, Any]:
+    result: dict[str, Any] = {"steps": case.steps, "warmup": case.warmup, "widths": list(case.widths)}
+    medians = {impl: statistics.median(v) if v else None for impl, v in samples.items()}
+    raw = medians["raw"]
+    for impl in IMPLEMENTATIONS:
+        result[f"{impl}_ms_per_step"] = None if medians[impl] is None else round(medians[impl], 4)
+    for impl in IMPLEMENTATIONS[1:]:
+        med = medians[impl]
+        result[f"{impl}_vs_raw"] = None if med is None or raw is None else round(med / raw, 3)
+        result[f"{impl}_overhead_ms_per_step"] = None if med is None or raw is None else round(med - raw, 4)
+    ll, ptl = medians["lightning_lib"], medians["pytorch_lightning"]
+    result["lightning_lib_vs_pytorch_lightning"] = None if ll is None or ptl is None else round(ll / ptl, 3)
+    result["samples_ms_per_step"] = {impl: [round(v, 4) for v in vals] for impl, vals in samples.items()}
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few steps, one repeat: a smoke run")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5, quick 1)")
+    # One thread by default: intra-op parallelism on a small machine adds noise, not insight.
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every run")
+    args = parser.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    if repeats < 1:
+        parser.error(f"Expected --repeats >= 1, received {repeats}.")
+
+    torch.set_num_threads(args.threads)
+    frameworks = {name: import_optional(name) for name in IMPLEMENTATIONS[1:]}
+    quiet_frameworks()  # after the imports, which install their own logging handlers and levels
+    runners: dict[str, Callable[[Case, TensorDataset], float]] = {"raw": run_raw}
+    for name, module in frameworks.items():
+        if module is not None:
+            runners[name] = lambda case, data, pl=module: run_lightning(pl, case, data)
+
+    results: dict[str, Any] = {}
+    for case in cases(args.quick):
+        data = make_data(case)
+        samples: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
+        for _ in range(repeats):
+            for impl, runner in runners.items():
+                gc.collect()
+                samples[impl].append(runner(case, data))
+        results[case.name] = summarise(case, samples)
+
+    report = {
+        "benchmark": "training step overhead vs a raw PyTorch loop",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": {name: getattr(m, "__version__", None) if m else None for name, m in frameworks.items()},
+        "batch_size": BATCH_SIZE,
+        "repeats": repeats,
+        "quick": args.quick,
+        "models": results,
+    }
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

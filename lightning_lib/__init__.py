@@ -1,0 +1,20 @@
+"""A fast, dependable re-implementation of the PyTorch Lightning API: ``import lightning_lib as pl``."""
+
+from lightning_lib import callbacks, loggers
+from lightning_lib.callbacks import Callback
+from lightning_lib.checkpoint_io import LIBRARY_VERSION as __version__
+from lightning_lib.datamodule import LightningDataModule
+from lightning_lib.module import LightningModule
+from lightning_lib.seed import seed_everything
+from lightning_lib.trainer import Trainer
+
+__all__ = [
+    "Callback",
+    "LightningDataModule",
+    "LightningModule",
+    "Trainer",
+    "__version__",
+    "callbacks",
+    "loggers",
+    "seed_everything",
+]

@@ -1,0 +1,383 @@
+"""ModelCheckpoint: when to save, what to call the file, which ``save_top_k`` files to keep."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from lightning_lib.callbacks.callback import Callback
+from lightning_lib.state import TrainerFn
+
+if TYPE_CHECKING:
+    from lightning_lib.module import LightningModule
+    from lightning_lib.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+class Checkpoint(Callback):
+    """Base of checkpointing callbacks (they run after the others at epoch end)."""
+
+
+class ModelCheckpoint(Checkpoint):
+    """Save the model periodically and keep the ``save_top_k`` best by ``monitor`` (Lightning's semantics)."""
+
+    CHECKPOINT_JOIN_CHAR = "-"
+    CHECKPOINT_EQUALS_CHAR = "="
+    CHECKPOINT_NAME_LAST = "last"
+    FILE_EXTENSION = ".ckpt"
+    STARTING_VERSION = 1
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str] | None = None,
+        filename: str | None = None,
+        monitor: str | None = None,
+        verbose: bool = False,
+        save_last: bool | str | None = None,
+        save_top_k: int = 1,
+        save_on_exception: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "min",
+        auto_insert_metric_name: bool = True,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None,
+        every_n_epochs: int | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        enable_version_counter: bool = True,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"Expected ModelCheckpoint mode 'min' or 'max', received {mode!r}.")
+        if not isinstance(save_top_k, int) or save_top_k < -1:
+            raise ValueError(f"Expected ModelCheckpoint save_top_k >= -1, received {save_top_k!r}.")
+        if monitor is None and save_top_k not in (-1, 0, 1):
+            raise ValueError(
+                f"Expected a monitor for ModelCheckpoint(save_top_k={save_top_k}): without one there is nothing to rank."
+            )
+        if save_last not in (None, True, False, "link"):
+            raise ValueError(f"Expected save_last to be True, False, None or 'link', received {save_last!r}.")
+        set_triggers = [t is not None for t in (every_n_train_steps, every_n_epochs, train_time_interval)]
+        if sum(set_triggers) > 1:
+            raise ValueError(
+                "Expected at most one of every_n_train_steps, every_n_epochs and train_time_interval, received"
+                f" {every_n_train_steps=}, {every_n_epochs=}, {train_time_interval=}."
+            )
+        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"Expected ModelCheckpoint {name} >= 0, received {value!r}.")
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_last = save_last
+        self.save_top_k = save_top_k
+        self.save_on_exception = save_on_exception
+        self.save_weights_only = save_weights_only
+        self.mode = mode
+        self.auto_insert_metric_name = auto_insert_metric_name
+        self._save_on_train_epoch_end = save_on_train_epoch_end
+        self._enable_version_counter = enable_version_counter
+        if not any(set_triggers):
+            every_n_epochs, every_n_train_steps = 1, 0
+        self._every_n_epochs = every_n_epochs or 0
+        self._every_n_train_steps = every_n_train_steps or 0
+        self._train_time_interval = train_time_interval
+        self.dirpath: str | None = os.path.realpath(os.path.expanduser(os.fspath(dirpath))) if dirpath else None
+        self.filename = filename
+        self.best_k_models: dict[str, Tensor] = {}
+        self.kth_best_model_path = ""
+        self.best_model_score: Tensor | None = None
+        self.best_model_path = ""
+        self.last_model_path = ""
+        self.current_score: Tensor | None = None
+        self.kth_value = torch.tensor(float("inf") if mode == "min" else float("-inf"))
+        self._last_global_step_saved = 0
+        self._last_time_checked: float | None = None
+        self._last_checkpoint_saved = ""
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            monitor=self.monitor,
+            mode=self.mode,
+            every_n_train_steps=self._every_n_train_steps,
+            every_n_epochs=self._every_n_epochs,
+            train_time_interval=self._train_time_interval,
+        )
+
+    # ---- hooks -------------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = self._default_dirpath(trainer)
+        if stage == TrainerFn.FITTING.value and self.save_top_k != 0 and os.path.isdir(self.dirpath):
+            if any(Path(self.dirpath).iterdir()):
+                log.warning("Checkpoint directory %s exists and is not empty.", self.dirpath)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_time_checked = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._skip(trainer):
+            return
+        skip_batch = self._every_n_train_steps < 1 or trainer.global_step % self._every_n_train_steps != 0
+        skip_time = True
+        if self._train_time_interval is not None:
+            now = time.monotonic()
+            assert self._last_time_checked is not None
+            skip_time = now - self._last_time_checked < self._train_time_interval.total_seconds()
+            if not skip_time:
+                self._last_time_checked = now
+        if skip_batch and skip_time:
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk(trainer, candidates)
+        self._save_last(trainer, candidates)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._skip(trainer) and self._saves_on_train_epoch_end(trainer):
+            self._save_for_epoch(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._skip(trainer) and not self._saves_on_train_epoch_end(trainer):
+            self._save_for_epoch(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if self.save_on_exception and trainer.state.fn == TrainerFn.FITTING and self.dirpath:
+            name = f"exception-epoch={trainer.current_epoch}-step={trainer.global_step}{self.FILE_EXTENSION}"
+            trainer.save_checkpoint(os.path.join(self.dirpath, name), self.save_weights_only)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor,
+            "best_model_score": self.best_model_score,
+            "best_model_path": self.best_model_path,
+            "current_score": self.current_score,
+            "dirpath": self.dirpath,
+            "best_k_models": dict(self.best_k_models),
+            "kth_best_model_path": self.kth_best_model_path,
+            "kth_value": self.kth_value,
+            "last_model_path": self.last_model_path,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.dirpath is None or state_dict.get("dirpath") == self.dirpath:
+            self.best_model_score = state_dict["best_model_score"]
+            self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
+            self.kth_value = state_dict.get("kth_value", self.kth_value)
+            self.best_k_models = dict(state_dict.get("best_k_models", {}))
+            self.last_model_path = state_dict.get("last_model_path", "")
+            self.current_score = state_dict.get("current_score")
+        else:
+            log.warning(
+                "The checkpoint's ModelCheckpoint dirpath %s differs from %s: only best_model_path is restored.",
+                state_dict.get("dirpath"),
+                self.dirpath,
+            )
+        self.best_model_path = state_dict["best_model_path"]
+
+    # ---- decisions ---------------------------------------------------------------------------------
+    def _skip(self, trainer: Trainer) -> bool:
+        return (
+            bool(trainer.fast_dev_run)
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.sanity_checking
+            or self._last_global_step_saved == trainer.global_step
+        )
+
+    def _saves_on_train_epoch_end(self, trainer: Trainer) -> bool:
+        if self._save_on_train_epoch_end is not None:
+            return self._save_on_train_epoch_end
+        if trainer.check_val_every_n_epoch != 1:
+            return False
+        if sum(trainer.num_val_batches) == 0 or not trainer.enable_validation:
+            return True
+        return trainer.val_check_interval == 1.0
+
+    def _save_for_epoch(self, trainer: Trainer) -> None:
+        candidates = self._monitor_candidates(trainer)
+        if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
+            self._save_topk(trainer, candidates)
+        self._save_last(trainer, candidates)
+
+    def _monitor_candidates(self, trainer: Trainer) -> dict[str, Tensor]:
+        candidates = {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in trainer.callback_metrics.items()}
+        epoch = candidates.get("epoch")
+        candidates["epoch"] = epoch.int() if isinstance(epoch, Tensor) else torch.tensor(trainer.current_epoch)
+        step = candidates.get("step")
+        candidates["step"] = step.int() if isinstance(step, Tensor) else torch.tensor(trainer.global_step)
+        return candidates
+
+    # ---- saving ------------------------------------------------------------------------------------
+    def _save_topk(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
+        if self.save_top_k == 0:
+            return
+        if self.monitor is None:
+            self._save_unmonitored(trainer, candidates)
+            return
+        if self.monitor not in candidates:
+            message = (
+                f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the logged"
+                f" metrics: {sorted(candidates)}. Did you call `self.log({self.monitor!r}, value)`?"
+            )
+            if trainer._val_has_run:
+                raise ValueError(message)
+            log.warning(message)
+            return
+        current = candidates[self.monitor]
+        if self.check_monitor_top_k(trainer, current):
+            self._update_best_and_save(current, trainer, candidates)
+        elif self.verbose:
+            log.info(
+                "Epoch %d, global step %d: %r was not in top %d",
+                trainer.current_epoch,
+                trainer.global_step,
+                self.monitor,
+                self.save_top_k,
+            )
+
+    def check_monitor_top_k(self, trainer: Trainer, current: Tensor | None = None) -> bool:
+        if current is None:
+            return False
+        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
+            return True
+        better = torch.lt if self.mode == "min" else torch.gt
+        return bool(better(current, self.best_k_models[self.kth_best_model_path]))
+
+    def _update_best_and_save(self, current: Tensor, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
+        k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
+        to_delete = None
+        if len(self.best_k_models) == k and k > 0:
+            to_delete = self.kth_best_model_path
+            self.best_k_models.pop(to_delete)
+        if isinstance(current, Tensor) and torch.isnan(current):
+            current = torch.tensor(float("inf") if self.mode == "min" else float("-inf"), device=current.device)
+        filepath = self._unique_path(candidates, None, to_delete)
+        self.current_score = current
+        self.best_k_models[filepath] = current
+        if len(self.best_k_models) == k:
+            worst = max if self.mode == "min" else min
+            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.__getitem__)
+            self.kth_value = self.best_k_models[self.kth_best_model_path]
+        best = min if self.mode == "min" else max
+        self.best_model_path = best(self.best_k_models, key=self.best_k_models.__getitem__)
+        self.best_model_score = self.best_k_models[self.best_model_path]
+        if self.verbose:
+            log.info(
+                "Epoch %d, global step %d: %r reached %.5f (best %.5f), saving model to %r as top %d",
+                trainer.current_epoch,
+                trainer.global_step,
+                self.monitor,
+                float(current),
+                float(self.best_model_score),
+                filepath,
+                k,
+            )
+        self._save(trainer, filepath)
+        if to_delete and self._may_remove(trainer, to_delete, filepath):
+            self._remove(to_delete)
+
+    def _save_unmonitored(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
+        filepath = self._unique_path(candidates, None, self.best_model_path)
+        previous, self.best_model_path = self.best_model_path, filepath
+        self._save(trainer, filepath)
+        if self.save_top_k == 1 and previous and self._may_remove(trainer, previous, filepath):
+            self._remove(previous)
+
+    def _save_last(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
+        if not self.save_last:
+            return
+        filepath = self._unique_path(candidates, self.CHECKPOINT_NAME_LAST, self.last_model_path)
+        previous, self.last_model_path = self.last_model_path, filepath
+        if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
+            self._link(self._last_checkpoint_saved, filepath)
+        else:
+            self._save(trainer, filepath)
+        if previous and self._may_remove(trainer, previous, filepath):
+            self._remove(previous)
+
+    def _save(self, trainer: Trainer, filepath: str) -> None:
+        trainer.save_checkpoint(filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+    @staticmethod
+    def _link(source: str, target: str) -> None:
+        if os.path.lexists(target):
+            os.remove(target)
+        os.symlink(os.path.relpath(source, os.path.dirname(target)), target)
+
+    @staticmethod
+    def _remove(filepath: str) -> None:
+        Path(filepath).unlink(missing_ok=True)
+
+    def _may_remove(self, trainer: Trainer, previous: str, current: str) -> bool:
+        if previous == current:
+            return False
+        prev = Path(previous).absolute()
+        if trainer.ckpt_path is not None and prev == Path(trainer.ckpt_path).absolute():
+            return False
+        return self.dirpath is not None and Path(self.dirpath).absolute() in prev.parents
+
+    # ---- names -------------------------------------------------------------------------------------
+    def _default_dirpath(self, trainer: Trainer) -> str:
+        logger = trainer.logger
+        if logger is not None:
+            save_dir = logger.save_dir or trainer.default_root_dir
+            version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+            return os.path.realpath(os.path.join(save_dir, str(logger.name), version, "checkpoints"))
+        return os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+
+    def _unique_path(self, candidates: dict[str, Tensor], filename: str | None, allowed_existing: str | None) -> str:
+        filepath = self.format_checkpoint_name(candidates, filename)
+        if self._enable_version_counter:
+            version = self.STARTING_VERSION
+            while os.path.lexists(filepath) and filepath != allowed_existing:
+                filepath = self.format_checkpoint_name(candidates, filename, ver=version)
+                version += 1
+        return filepath
+
+    def format_checkpoint_name(
+        self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None
+    ) -> str:
+        """``dirpath/filename.ckpt`` with ``{metric}`` groups filled in (``name=value`` when auto-inserted)."""
+        name = self._format_name(filename or self.filename, metrics, self.auto_insert_metric_name)
+        if ver is not None:
+            name = self.CHECKPOINT_JOIN_CHAR.join((name, f"v{ver}"))
+        name = f"{name}{self.FILE_EXTENSION}"
+        return os.path.join(self.dirpath, name) if self.dirpath else name
+
+    @classmethod
+    def _format_name(cls, filename: str | None, metrics: dict[str, Any], auto_insert_metric_name: bool) -> str:
+        if not filename:
+            filename = "{epoch}" + cls.CHECKPOINT_JOIN_CHAR + "{step}"
+        values = dict(metrics)
+        groups = sorted(re.findall(r"(\{.*?)[:\}]", filename), key=len, reverse=True)
+        for group in groups:
+            key = group[1:]
+            if auto_insert_metric_name:
+                filename = filename.replace(group, key + cls.CHECKPOINT_EQUALS_CHAR + "{" + key)
+            # index the dict so metric names with dots or slashes still format
+            filename = filename.replace(group, f"{{0[{key}]")
+            if key not in values:
+                values[key] = torch.tensor(0)
+        return filename.format(values)
+
+    def find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        """Existing ``last*.ckpt`` files in ``dirpath``."""
+        dirpath = self.dirpath or self._default_dirpath(trainer)
+        if not os.path.isdir(dirpath):
+            return set()
+        prefix = self.CHECKPOINT_NAME_LAST
+        return {
+            os.path.join(dirpath, p)
+            for p in os.listdir(dirpath)
+            if p.startswith(prefix) and p.endswith(self.FILE_EXTENSION)
+        }

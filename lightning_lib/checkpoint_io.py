@@ -1,0 +1,225 @@
+"""The checkpoint dict (pytorch_lightning's top-level keys) and how a run is saved and restored.
+
+Checkpoints hold plain data only and are always read with ``weights_only=True``: a checkpoint that
+carries pickled objects is refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lightning_lib.hparams import to_plain
+from lightning_lib.seed import capture_rng_states, restore_rng_states
+from lightning_lib.state import TrainerFn
+
+if TYPE_CHECKING:
+    from lightning_lib.trainer import Trainer
+
+LIBRARY_VERSION = "0.1.0"
+# The Lightning release whose checkpoint format and semantics this library follows; pytorch_lightning
+# reads this key to decide which migrations to apply, so it must name a real Lightning version.
+LIGHTNING_FORMAT_VERSION = "2.6.0"
+_PROGRESS_KEY = "lightning_lib"
+
+
+def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
+    """Everything needed to resume ``trainer``'s fit, as plain data."""
+    module = trainer.lightning_module
+    datamodule = trainer.datamodule
+    checkpoint: dict[str, Any] = {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "pytorch-lightning_version": LIGHTNING_FORMAT_VERSION,
+        "lightning_lib_version": LIBRARY_VERSION,
+        "state_dict": module.state_dict(),
+        "loops": {_PROGRESS_KEY: {"progress": trainer.progress.state_dict()}},
+    }
+    if not weights_only:
+        checkpoint["callbacks"] = {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()}
+        checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+        scaler_state = trainer.precision_plugin.state_dict()
+        if scaler_state:
+            checkpoint["MixedPrecision"] = scaler_state
+        checkpoint["rng_states"] = capture_rng_states()
+    for obj, prefix in ((module, ""), (datamodule, "datamodule_")):
+        if obj is not None and obj.hparams:
+            checkpoint[f"{prefix}hyper_parameters"] = to_plain(dict(obj.hparams))
+    if datamodule is not None:
+        dm_state = datamodule.state_dict()
+        if dm_state:
+            checkpoint[type(datamodule).__qualname__] = dm_state
+    if not weights_only:
+        for cb in trainer.callbacks:
+            cb.on_save_checkpoint(trainer, module, checkpoint)
+    module.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def save_file(checkpoint: dict[str, Any], filepath: str | os.PathLike[str]) -> None:
+    """Write atomically: a crash mid-write never leaves a truncated file under the final name."""
+    path = Path(filepath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(checkpoint, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_file(path: str | os.PathLike[str], map_location: Any = None) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; name the file and the reason when it is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a checkpoint file at {str(path)!r}, found none.")
+    try:
+        checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"Refusing to load checkpoint {str(path)!r}: it contains objects that are not plain data"
+            f" (weights_only=True rejected it: {str(err).splitlines()[0]})."
+        ) from err
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"Expected a readable torch checkpoint at {str(path)!r}: {err}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"Expected a Lightning checkpoint dict with a 'state_dict' key in {str(path)!r}.")
+    return checkpoint
+
+
+def select_ckpt_path(trainer: Trainer, fn: TrainerFn, ckpt_path: Any, model_provided: bool) -> str | None:
+    """Resolve "best" / "last" / a path, as Lightning's ``_select_ckpt_path`` does."""
+    if ckpt_path is None:
+        if model_provided or fn == TrainerFn.FITTING:
+            return None
+        callback = trainer.checkpoint_callback
+        if callback is not None and getattr(callback, "best_model_path", ""):
+            ckpt_path = "best"
+        else:
+            return None
+    if ckpt_path == "best":
+        callback = trainer.checkpoint_callback
+        if callback is None:
+            raise ValueError(f'`.{fn.value}(ckpt_path="best")` needs a ModelCheckpoint callback; none is configured.')
+        if not getattr(callback, "best_model_path", ""):
+            raise ValueError(
+                f'`.{fn.value}(ckpt_path="best")` found no best checkpoint: ModelCheckpoint has saved none yet.'
+            )
+        return str(callback.best_model_path)
+    if ckpt_path == "last":
+        candidates: list[Path] = []
+        for callback in trainer.checkpoint_callbacks:
+            find = getattr(callback, "find_last_checkpoints", None)
+            if find is not None:
+                candidates.extend(Path(p) for p in find(trainer))
+        existing = [p for p in candidates if p.is_file()]
+        if not existing:
+            warnings.warn(
+                f'.{fn.value}(ckpt_path="last") is set, but there is no last checkpoint yet; starting from scratch.'
+                " Set ModelCheckpoint(save_last=True) to keep one.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
+        return str(max(existing, key=lambda p: p.stat().st_mtime))
+    if isinstance(ckpt_path, str | os.PathLike):
+        path = os.fspath(ckpt_path)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Expected ckpt_path to be 'best', 'last' or an existing file, received {path!r}.")
+        return path
+    raise TypeError(f"Expected ckpt_path to be 'best', 'last', a path or None, received {ckpt_path!r}.")
+
+
+def restore_modules(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """Weights, datamodule state and callback states (before optimizers exist)."""
+    module = trainer.lightning_module
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    datamodule = trainer.datamodule
+    if datamodule is not None:
+        state = checkpoint.get(type(datamodule).__qualname__)
+        if state:
+            datamodule.load_state_dict(state)
+    if trainer.state.fn == TrainerFn.FITTING:
+        states = checkpoint.get("callbacks") or {}
+        for cb in trainer.callbacks:
+            cb.on_load_checkpoint(trainer, module, checkpoint)
+            if cb.state_key in states:
+                cb.load_state_dict(states[cb.state_key])
+
+
+def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """Optimizers, schedulers, precision scaler, loop progress and RNG: resume where it stopped."""
+    if "optimizer_states" not in checkpoint:
+        raise ValueError(
+            "Expected a full checkpoint to resume training, received a weights-only one (no optimizer states);"
+            " load its weights with `load_from_checkpoint` and start a new fit instead."
+        )
+    opt_states = checkpoint["optimizer_states"]
+    if len(opt_states) != len(trainer.optimizers):
+        raise ValueError(
+            f"Expected {len(trainer.optimizers)} optimizer states in the checkpoint, received {len(opt_states)}."
+        )
+    for opt, state in zip(trainer.optimizers, opt_states):
+        opt.load_state_dict(state)
+    for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
+        config.scheduler.load_state_dict(state)
+    if "MixedPrecision" in checkpoint:
+        trainer.precision_plugin.load_state_dict(checkpoint["MixedPrecision"])
+    ours = (checkpoint.get("loops") or {}).get(_PROGRESS_KEY)
+    progress = trainer.progress
+    if ours is not None:
+        progress.load_state_dict(ours["progress"])
+        if progress.epoch_loop_done:
+            # saved after the epoch's batches: the next fit starts the next epoch
+            progress.current_epoch += 1
+            progress.epoch_started = False
+            progress.epoch_loop_done = False
+            progress.epoch_batches_done = 0
+            progress.batch_idx = -1
+    else:
+        # a checkpoint written by pytorch_lightning: resume at the start of the epoch after the saved one
+        progress.current_epoch = int(checkpoint.get("epoch", 0)) + 1
+        progress.global_step = int(checkpoint.get("global_step", 0))
+        progress.batches_that_stepped = progress.global_step
+    if "rng_states" in checkpoint:
+        restore_rng_states(checkpoint["rng_states"])
+
+
+def build_from_checkpoint(
+    cls: type,
+    checkpoint_path: str | os.PathLike[str],
+    map_location: Any,
+    hparams_file: str | os.PathLike[str] | None,
+    strict: bool | None,
+    overrides: dict[str, Any],
+) -> Any:
+    """``LightningModule.load_from_checkpoint``: rebuild from hyper-parameters, then load the weights."""
+    import inspect
+
+    import yaml
+
+    checkpoint = load_file(checkpoint_path, map_location=map_location)
+    hparams: dict[str, Any] = dict(checkpoint.get("hyper_parameters") or {})
+    if hparams_file is not None:
+        with open(hparams_file, encoding="utf-8") as handle:
+            hparams.update(yaml.safe_load(handle) or {})
+    hparams.update(overrides)
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        hparams = {k: v for k, v in hparams.items() if k in params}
+    model = cls(**hparams)
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
+    return model

@@ -1,0 +1,6 @@
+"""Experiment loggers with the names and behaviour of ``pytorch_lightning.loggers``."""
+
+from lightning_lib.loggers.csv import CSVLogger
+from lightning_lib.loggers.logger import Logger
+
+__all__ = ["CSVLogger", "Logger"]

@@ -1,0 +1,202 @@
+"""CSVLogger: metrics to ``metrics.csv`` and hyper-parameters to ``hparams.yaml``, on the local disk."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import warnings
+from argparse import Namespace
+from typing import Any
+
+import torch
+import yaml
+
+from lightning_lib.loggers.logger import Logger, _add_prefix, _convert_params, _plain_data
+
+_VERSION_DIR = re.compile(r"version_(\d+)", re.ASCII)
+
+
+class ExperimentWriter:
+    """Buffers metric rows and writes them to ``log_dir/metrics.csv``; writes ``log_dir/hparams.yaml``.
+
+    Creating the writer creates ``log_dir``. If ``log_dir`` already holds files (a reused version), a
+    warning is issued and the old ``metrics.csv`` is removed, so a run never appends to another run's rows.
+    """
+
+    NAME_METRICS_FILE = "metrics.csv"
+    NAME_HPARAMS_FILE = "hparams.yaml"
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        self.metrics: list[dict[str, Any]] = []  # rows logged but not yet written
+        self.metrics_keys: list[str] = []  # the header of the file, sorted
+        self.hparams: dict[str, Any] = {}
+        self._rows_logged = 0
+        self._prepare_log_dir()
+
+    def _prepare_log_dir(self) -> None:
+        if os.path.isdir(self.log_dir) and os.listdir(self.log_dir):
+            warnings.warn(
+                f"Log directory {self.log_dir} exists and is not empty: its metrics.csv is removed now and its"
+                " hparams.yaml is replaced when hyper-parameters are logged.",
+                UserWarning,
+                stacklevel=5,  # point at the user call that first logged
+            )
+            if os.path.isfile(self.metrics_file_path):
+                os.remove(self.metrics_file_path)
+        os.makedirs(self.log_dir, exist_ok=True)
+
+    def log_metrics(self, metrics_dict: dict[str, Any], step: int | None = None) -> None:
+        """Buffer one row; tensors become Python numbers now so later in-place updates do not leak in."""
+        if step is None:
+            # a running count, so rows logged without a step keep distinct steps across flushes
+            step = self._rows_logged
+        row = {
+            key: value.item() if isinstance(value, torch.Tensor) else value
+            for key, value in metrics_dict.items()
+        }
+        row["step"] = step
+        self.metrics.append(row)
+        self._rows_logged += 1
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        """Merge ``params`` into the recorded hyper-parameters and rewrite ``hparams.yaml``."""
+        self.hparams.update(_plain_data(params))
+        with open(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), "w", encoding="utf-8", newline="") as f:
+            yaml.safe_dump(self.hparams, f)
+
+    def save(self) -> None:
+        """Write the buffered rows; when they bring new keys, rewrite the file under the widened header."""
+        if not self.metrics:
+            return
+        new_keys = set().union(*self.metrics) - set(self.metrics_keys)
+        file_exists = os.path.isfile(self.metrics_file_path)
+        if new_keys:
+            self.metrics_keys = sorted(set(self.metrics_keys) | new_keys)
+        if new_keys and file_exists:
+            self._rewrite_with_rows(self.metrics)
+        else:
+            with open(self.metrics_file_path, "a" if file_exists else "w", encoding="utf-8", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+                if not file_exists:
+                    writer.writeheader()
+                writer.writerows(self.metrics)
+        self.metrics = []
+
+    def _rewrite_with_rows(self, rows: list[dict[str, Any]]) -> None:
+        # The header is the first line, so a new column means rewriting the file. Go through a temporary
+        # file and an atomic rename so a crash mid-write cannot lose the rows already on disk.
+        with open(self.metrics_file_path, encoding="utf-8", newline="") as f:
+            old_rows = list(csv.DictReader(f))
+        tmp_path = self.metrics_file_path + ".tmp"
+        with open(tmp_path, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(old_rows)
+            writer.writerows(rows)
+        os.replace(tmp_path, self.metrics_file_path)
+
+
+class CSVLogger(Logger):
+    """Log to the local file system: ``save_dir/name/version_N/metrics.csv`` and ``hparams.yaml``.
+
+    Args:
+        save_dir: Directory that holds the experiments.
+        name: Experiment name; ``None`` or ``""`` puts the versions directly in ``save_dir``.
+        version: ``None`` picks the next free ``version_N`` (one past the highest existing N); an int N means
+            ``version_N``; a str is used as the folder name as is.
+        prefix: Put in front of every metric key, joined with ``"-"``.
+        flush_logs_every_n_steps: Write buffered rows to disk after this many ``log_metrics`` calls.
+
+    Nothing is created on disk until something is logged or saved.
+    """
+
+    LOGGER_JOIN_CHAR = "-"
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike[str],
+        name: str | None = "lightning_logs",
+        version: int | str | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ) -> None:
+        if flush_logs_every_n_steps < 1:
+            raise ValueError(f"Expected flush_logs_every_n_steps >= 1, received {flush_logs_every_n_steps}.")
+        self._save_dir = os.fspath(save_dir)
+        self._name = name or ""
+        self._version = version
+        self._prefix = prefix
+        self._flush_logs_every_n_steps = flush_logs_every_n_steps
+        self._experiment: ExperimentWriter | None = None
+
+    @property
+    def name(self) -> str:
+        """The experiment name (``""`` when none was given)."""
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        """The experiment version; when not given, the next free number, fixed at first access."""
+        if self._version is None:
+            self._version = self._get_next_version()
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        """The directory given as ``save_dir``."""
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """``save_dir/name``: the parent of all versions of this experiment."""
+        return os.path.join(self.save_dir, self.name)
+
+    @property
+    def log_dir(self) -> str:
+        """``root_dir/version_N``, or ``root_dir/<version>`` for a str version."""
+        version = self.version if isinstance(self.version, str) else f"version_{self.version}"
+        return os.path.join(self.root_dir, version)
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        """The :class:`ExperimentWriter`; created (with the log directory) on first use."""
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = ExperimentWriter(self.log_dir)
+        return self._experiment
+
+    def log_hyperparams(
+        self, params: dict[str, Any] | Namespace | None = None, *args: Any, **kwargs: Any
+    ) -> None:
+        """Merge ``params`` into ``hparams.yaml`` (written at once, as plain YAML data)."""
+        self.experiment.log_hparams(_convert_params(params))
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Buffer one row of ``metrics`` at ``step``; flush every ``flush_logs_every_n_steps`` rows."""
+        experiment = self.experiment
+        experiment.log_metrics(_add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR), step)
+        if len(experiment.metrics) >= self._flush_logs_every_n_steps:
+            self.save()
+
+    def save(self) -> None:
+        """Write the buffered metric rows to ``metrics.csv``."""
+        self.experiment.save()
+
+    def finalize(self, status: str) -> None:
+        """Flush the buffered rows; a no-op if nothing was ever logged."""
+        if self._experiment is not None:
+            self.save()
+
+    def _get_next_version(self) -> int:
+        versions_root = os.path.join(self.save_dir, self.name)
+        if not os.path.isdir(versions_root):
+            return 0
+        existing = [
+            int(match.group(1))
+            for entry in os.listdir(versions_root)
+            if (match := _VERSION_DIR.fullmatch(entry)) and os.path.isdir(os.path.join(versions_root, entry))
+        ]
+        return max(existing, default=-1) + 1

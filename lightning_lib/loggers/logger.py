@@ -1,0 +1,192 @@
+"""The ``Logger`` base class and the parameter helpers that concrete loggers share."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from abc import ABC, abstractmethod
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
+
+
+class Logger(ABC):
+    """Base class for experiment loggers, with the interface of Lightning 2.x's ``Logger``.
+
+    Subclasses must implement ``name``, ``version``, ``log_metrics`` and ``log_hyperparams``; every other
+    member has a harmless default so a logger only overrides what its backend supports.
+    """
+
+    @property
+    @abstractmethod
+    def name(self) -> str | None:
+        """The experiment name."""
+
+    @property
+    @abstractmethod
+    def version(self) -> int | str | None:
+        """The experiment version."""
+
+    @property
+    def root_dir(self) -> str | None:
+        """Directory holding all versions of the experiment, or ``None`` when nothing is saved locally."""
+        return None
+
+    @property
+    def log_dir(self) -> str | None:
+        """Directory of this version of the experiment, or ``None`` when nothing is saved locally."""
+        return None
+
+    @property
+    def save_dir(self) -> str | None:
+        """Directory where the logs are saved, or ``None`` when nothing is saved locally."""
+        return None
+
+    @property
+    def experiment(self) -> Any:
+        """The backend object (a writer, a client, a run); ``None`` for loggers without one."""
+        return None
+
+    @property
+    def group_separator(self) -> str:
+        """Separator the backend uses to group metric names into sections."""
+        return "/"
+
+    @abstractmethod
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Record ``metrics`` (name -> value) at ``step``."""
+
+    @abstractmethod
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        """Record the hyper-parameters of the run."""
+
+    def log_graph(self, model: torch.nn.Module, input_array: torch.Tensor | None = None) -> None:  # noqa: B027 (optional hook)
+        """Record the model graph; a no-op unless the backend can show graphs."""
+
+    def save(self) -> None:  # noqa: B027 (optional hook)
+        """Persist whatever the logger has buffered."""
+
+    def finalize(self, status: str) -> None:
+        """Finish the experiment with ``status`` ("success", "failed", ...); saves by default."""
+        self.save()
+
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:  # noqa: B027 (optional hook)
+        """Called by the checkpoint callback after it has saved a checkpoint."""
+
+
+def _convert_params(params: Any) -> dict[str, Any]:
+    """Return ``params`` as a new plain ``dict``: accepts None, a mapping, a Namespace or a dataclass."""
+    if params is None:
+        return {}
+    if isinstance(params, Namespace):
+        return dict(vars(params))
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    if isinstance(params, Mapping):
+        return dict(params)
+    raise TypeError(
+        f"Expected params to be a dict, an argparse.Namespace or a dataclass, received {type(params).__name__}."
+    )
+
+
+def _as_mapping(value: Any) -> Mapping[Any, Any] | None:
+    """The mapping view of a nested container of params, or ``None`` if ``value`` is a leaf."""
+    if isinstance(value, Mapping):
+        return value
+    if isinstance(value, Namespace) or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+        return _convert_params(value)
+    return None
+
+
+def _flatten_dict(params: Mapping[Any, Any], delimiter: str = "/", parent_key: str = "") -> dict[str, Any]:
+    """Flatten nested params into one level, joining keys with ``delimiter``.
+
+    Nested mappings, Namespaces and dataclasses are expanded, and so is a non-empty list whose items are all
+    mappings (its keys get the item index): ``{"a": {"b": 1}, "l": [{"c": 2}]} -> {"a/b": 1, "l/0/c": 2}``.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        full_key = f"{parent_key}{delimiter}{key}" if parent_key else str(key)
+        nested = _as_mapping(value)
+        if nested is not None:
+            flat.update(_flatten_dict(nested, delimiter, full_key))
+        elif isinstance(value, list) and value and all(isinstance(item, Mapping) for item in value):
+            for index, item in enumerate(value):
+                flat.update(_flatten_dict(item, delimiter, f"{full_key}{delimiter}{index}"))
+        else:
+            flat[full_key] = value
+    return flat
+
+
+def _sanitize_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return flat params whose values are bool/int/float/str; anything else becomes its ``str()``.
+
+    Backends that take scalar params (MLflow) cannot store lists or objects, so those are stringified.
+    """
+    sanitized: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+            value = value.item()
+        sanitized[key] = value if type(value) in (bool, int, float, str) else str(value)
+    return sanitized
+
+
+def _plain_data(value: Any) -> Any:
+    """Convert ``value`` into data ``yaml.safe_dump`` writes: dicts, lists, str, int, float, bool and None.
+
+    Mappings, Namespaces and dataclasses become dicts, tuples and sets become lists, tensors and numpy values
+    become numbers or nested lists, enums become their name (as Lightning writes them), and any other object
+    becomes its ``str()`` so the file never needs a Python-specific YAML tag to be read back.
+    """
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, torch.Tensor | np.ndarray | np.generic):
+        return value.tolist()
+    nested = _as_mapping(value)
+    if nested is not None:
+        return {_plain_key(k): _plain_data(v) for k, v in nested.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain_data(item) for item in value]
+    for base in (int, float, str):
+        # subclasses of the primitives would need a tag; write them as the primitive they are
+        if isinstance(value, base):
+            return base(value)
+    return str(value)
+
+
+def _plain_key(key: Any) -> Any:
+    """A mapping key YAML can write without a tag."""
+    return key if type(key) in (bool, int, float, str) else str(key)
+
+
+def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> dict[str, Any]:
+    """Return ``metrics`` with ``prefix + separator`` in front of every key (unchanged if no prefix)."""
+    if not prefix:
+        return dict(metrics)
+    return {f"{prefix}{separator}{key}": value for key, value in metrics.items()}
+
+
+class DummyLogger(Logger):
+    """Accepts every call and records nothing: what ``fast_dev_run`` logs to, as in Lightning."""
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Discard the metrics."""
+
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        """Discard the hyper-parameters."""

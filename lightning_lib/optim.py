@@ -1,0 +1,199 @@
+"""``configure_optimizers``: every form Lightning accepts, scheduler configs, and LightningOptimizer."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.optim import Optimizer
+
+if TYPE_CHECKING:
+    from lightning_lib.trainer import Trainer
+
+_SCHEDULER_KEYS = {"scheduler", "name", "interval", "frequency", "reduce_on_plateau", "monitor", "strict"}
+_OPTIMIZER_DICT_KEYS = {"optimizer", "lr_scheduler", "monitor"}
+_FORMS = (
+    "an optimizer; a list or tuple of optimizers; two lists ([optimizers], [schedulers]); a dict with an"
+    ' "optimizer" key and optional "lr_scheduler" and "monitor" keys; a list or tuple of such dicts; or None'
+)
+
+
+@dataclass
+class LRSchedulerConfig:
+    """How and when the Trainer steps one scheduler (Lightning's ``LRSchedulerConfig``)."""
+
+    scheduler: Any
+    name: str | None = None
+    interval: str = "epoch"
+    frequency: int = 1
+    reduce_on_plateau: bool = False
+    monitor: str | None = None
+    strict: bool = True
+
+
+def _is_plateau(scheduler: Any) -> bool:
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def _scheduler_config(scheduler: Any, monitor: str | None) -> LRSchedulerConfig:
+    if isinstance(scheduler, Mapping):
+        if "scheduler" not in scheduler:
+            raise ValueError(
+                'Expected the lr scheduler dict to have a "scheduler" key, received keys'
+                f" {sorted(scheduler)}."
+            )
+        unknown = set(scheduler) - _SCHEDULER_KEYS
+        if unknown:
+            warnings.warn(
+                f"Found unsupported keys in the lr scheduler dict: {sorted(unknown)}; supported keys are"
+                f" {sorted(_SCHEDULER_KEYS)}.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        interval = scheduler.get("interval", "epoch")
+        if interval not in ("step", "epoch"):
+            raise ValueError(
+                f'Expected the lr scheduler dict\'s "interval" to be "step" or "epoch", received {interval!r}.'
+            )
+        frequency = scheduler.get("frequency", 1)
+        if not isinstance(frequency, int) or frequency < 1:
+            raise ValueError(f'Expected the lr scheduler dict\'s "frequency" >= 1, received {frequency!r}.')
+        sched = scheduler["scheduler"]
+        plateau = scheduler.get("reduce_on_plateau", _is_plateau(sched))
+        config_monitor = scheduler.get("monitor", monitor)
+        if plateau and config_monitor is None:
+            raise ValueError(
+                "Expected a monitor when a ReduceLROnPlateau scheduler is used, for example"
+                ' {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}};'
+                " received none."
+            )
+        return LRSchedulerConfig(
+            scheduler=sched,
+            name=scheduler.get("name"),
+            interval=interval,
+            frequency=frequency,
+            reduce_on_plateau=plateau,
+            monitor=config_monitor,
+            strict=scheduler.get("strict", True),
+        )
+    if _is_plateau(scheduler):
+        if monitor is None:
+            raise ValueError(
+                "Expected a monitor for the ReduceLROnPlateau scheduler: return it as"
+                ' {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}};'
+                " received a bare scheduler."
+            )
+        return LRSchedulerConfig(scheduler, reduce_on_plateau=True, monitor=monitor)
+    return LRSchedulerConfig(scheduler)
+
+
+def _from_optimizer_dict(conf: Mapping[str, Any]) -> tuple[Optimizer, list[LRSchedulerConfig]]:
+    if "optimizer" not in conf:
+        raise ValueError(f'Expected the optimizer dict to have an "optimizer" key, received keys {sorted(conf)}.')
+    unknown = set(conf) - _OPTIMIZER_DICT_KEYS
+    if unknown:
+        warnings.warn(
+            f"Found unsupported keys in the optimizer configuration: {sorted(unknown)}.", RuntimeWarning, stacklevel=4
+        )
+    scheds: list[LRSchedulerConfig] = []
+    if conf.get("lr_scheduler") is not None:
+        scheds.append(_scheduler_config(conf["lr_scheduler"], conf.get("monitor")))
+    return conf["optimizer"], scheds
+
+
+def parse_optimizers(conf: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
+    """Normalise what ``configure_optimizers`` returned into optimizers and scheduler configs."""
+    optimizers: list[Any]
+    schedulers: list[LRSchedulerConfig] = []
+    if conf is None:
+        warnings.warn(
+            "`configure_optimizers` returned None; this fit will run without an optimizer.", UserWarning, stacklevel=3
+        )
+        return [], []
+    if isinstance(conf, Optimizer):
+        optimizers = [conf]
+    elif isinstance(conf, Mapping):
+        opt, schedulers = _from_optimizer_dict(conf)
+        optimizers = [opt]
+    elif (
+        isinstance(conf, Sequence)
+        and len(conf) == 2
+        and isinstance(conf[0], list)
+        and all(isinstance(o, Optimizer) for o in conf[0])
+    ):
+        optimizers = list(conf[0])
+        sched_part = conf[1] if isinstance(conf[1], list | tuple) else [conf[1]]
+        schedulers = [_scheduler_config(s, None) for s in sched_part]
+    elif isinstance(conf, Sequence) and conf and all(isinstance(d, Mapping) for d in conf):
+        optimizers = []
+        for item in conf:
+            opt, scheds = _from_optimizer_dict(item)
+            optimizers.append(opt)
+            schedulers.extend(scheds)
+    elif isinstance(conf, Sequence) and conf and all(isinstance(o, Optimizer) for o in conf):
+        optimizers = list(conf)
+    else:
+        raise ValueError(
+            f"Expected `configure_optimizers` to return {_FORMS}; received {_describe(conf)}."
+        )
+    for opt in optimizers:
+        if not isinstance(opt, Optimizer):
+            raise ValueError(f"Expected a torch.optim.Optimizer in `configure_optimizers`, received {_describe(opt)}.")
+    _check_schedulers(optimizers, schedulers)
+    return optimizers, schedulers
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return f"{type(value).__name__} of [{', '.join(type(v).__name__ for v in value)}]"
+    return type(value).__name__
+
+
+def _check_schedulers(optimizers: list[Optimizer], configs: list[LRSchedulerConfig]) -> None:
+    for config in configs:
+        sched = config.scheduler
+        if not callable(getattr(sched, "step", None)):
+            raise ValueError(f"Expected a scheduler with a `step` method, received {type(sched).__name__}.")
+        owner = getattr(sched, "optimizer", None)
+        if owner is not None and all(owner is not opt for opt in optimizers):
+            raise ValueError(
+                f"Expected every scheduler to be attached to an optimizer returned by `configure_optimizers`;"
+                f" {type(sched).__name__} is attached to another one."
+            )
+
+
+class LightningOptimizer:
+    """Wraps a torch optimizer so that ``step`` runs the Trainer's precision handling and hooks."""
+
+    def __init__(self, optimizer: Optimizer, trainer: Trainer) -> None:
+        self.__dict__["_optimizer"] = optimizer
+        self.__dict__["_trainer"] = trainer
+
+    @property
+    def optimizer(self) -> Optimizer:
+        return self._optimizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._optimizer, name, value)
+
+    def __repr__(self) -> str:
+        return f"LightningOptimizer({self._optimizer!r})"
+
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """Step through the precision plugin; in manual optimization this also counts a global step."""
+        return self._trainer._optimizer_step(self._optimizer, closure, **kwargs)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._optimizer.load_state_dict(state)
