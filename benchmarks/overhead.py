@@ -10,12 +10,15 @@ loop-body starts for the raw loop), so batch fetching, backward, the optimizer, 
 logger writes and progress-bar updates are all inside it, while trainer construction, setup and
 teardown are not. The first ``warmup`` steps are excluded.
 
-The Lightning runs keep the default CSVLogger and the TQDM progress bar enabled; the bar is
-redirected (``contextlib.redirect_stdout``/``redirect_stderr`` onto ``os.devnull``) at the
-Python level, so tqdm still formats and writes every refresh, exactly as in a real run, but
-nothing reaches the terminal. Logs go to a temporary directory removed afterwards.
+The Lightning runs keep the default CSVLogger and the TQDM progress bar enabled. The bar's
+output is redirected at the Python level (``contextlib.redirect_stdout``/``redirect_stderr``)
+onto a sink that writes to ``os.devnull``. By default (``--progress-to tty``) the sink reports
+``isatty() == True``: lightning_lib draws bars only on a terminal, so without this it would skip
+the per-step drawing that pytorch_lightning always does and the comparison would be unfair. With
+``--progress-to file`` the sink is a plain file, as in CI logs or a pipeline worker.
+Logs go to a temporary directory removed afterwards.
 
-Usage: ``python benchmarks/overhead.py [--quick] [--repeats N] [--threads N]``
+Usage: ``python benchmarks/overhead.py [--quick] [--repeats N] [--threads N] [--progress-to tty|file]``
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import datetime
 import gc
 import importlib
+import io
 import itertools
 import json
 import logging
@@ -94,6 +98,20 @@ def make_loader(data: TensorDataset) -> DataLoader:
     return DataLoader(data, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0))
 
 
+class TerminalSink(io.TextIOWrapper):
+    """Text stream onto ``os.devnull`` that claims to be a terminal, so progress bars draw fully."""
+
+    def __init__(self) -> None:
+        super().__init__(open(os.devnull, "wb"), encoding="utf-8")  # noqa: SIM115 - closed with the sink
+
+    def isatty(self) -> bool:
+        return True
+
+
+def open_sink(progress_to: str) -> io.TextIOBase:
+    return TerminalSink() if progress_to == "tty" else open(os.devnull, "w")
+
+
 def ms_per_step(stamps: list[float], warmup: int) -> float:
     """Mean interval between step starts after the warm-up, in milliseconds."""
     timed = stamps[warmup:]
@@ -119,7 +137,7 @@ def run_raw(case: Case, data: TensorDataset) -> float:
     return ms_per_step(stamps, case.warmup)
 
 
-def run_lightning(pl: Any, case: Case, data: TensorDataset) -> float:
+def run_lightning(pl: Any, case: Case, data: TensorDataset, progress_to: str = "tty") -> float:
     """Fit with ``max_steps`` on a module whose training_step records when it starts."""
     stamps: list[float] = []
 
@@ -141,7 +159,7 @@ def run_lightning(pl: Any, case: Case, data: TensorDataset) -> float:
     torch.manual_seed(0)
     model = Timed()
     batches_per_epoch = math.ceil(len(data) / BATCH_SIZE)
-    with tempfile.TemporaryDirectory(prefix="overhead-bench-") as root, open(os.devnull, "w") as sink:
+    with tempfile.TemporaryDirectory(prefix="overhead-bench-") as root, open_sink(progress_to) as sink:
         trainer = pl.Trainer(
             accelerator="cpu",
             devices=1,
@@ -196,6 +214,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5, quick 1)")
     # One thread by default: intra-op parallelism on a small machine adds noise, not insight.
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every run")
+    parser.add_argument(
+        "--progress-to",
+        choices=("tty", "file"),
+        default="tty",
+        help="where the (enabled) progress bar writes: a fake terminal or a plain file, both /dev/null",
+    )
     args = parser.parse_args(argv)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     if repeats < 1:
@@ -207,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runners: dict[str, Callable[[Case, TensorDataset], float]] = {"raw": run_raw}
     for name, module in frameworks.items():
         if module is not None:
-            runners[name] = lambda case, data, pl=module: run_lightning(pl, case, data)
+            runners[name] = lambda case, data, pl=module: run_lightning(pl, case, data, args.progress_to)
 
     results: dict[str, Any] = {}
     for case in cases(args.quick):
@@ -234,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": BATCH_SIZE,
         "repeats": repeats,
         "quick": args.quick,
+        "progress_to": args.progress_to,
         "models": results,
     }
     json.dump(report, sys.stdout, indent=2)

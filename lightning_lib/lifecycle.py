@@ -62,13 +62,13 @@ class TrainerLifecycle:
         ckpt_path: Any,
         verbose: bool = True,
         return_predictions: bool = True,
+        model_provided: bool = True,
     ) -> Any:
         from lightning_lib.checkpoint_io import load_file, restore_modules, restore_training_state, select_ckpt_path
         from lightning_lib.module import LightningModule
 
         if not isinstance(model, LightningModule):
             raise TypeError(f"Expected a lightning_lib LightningModule, received {type(model).__name__}.")
-        model_provided = model is not self.lightning_module or fn == TrainerFn.FITTING
         self.state.fn = fn
         self.state.status = TrainerStatus.RUNNING
         self.state.stage = {

@@ -227,6 +227,7 @@ class Trainer(TrainerLifecycle):
     ) -> list[Any] | None:
         """Run ``predict_step`` over the predict dataloaders and return the predictions."""
         dataloaders, datamodule = self._split_datamodule(dataloaders, datamodule)
+        provided = model is not None
         model = self._model_or_previous(model, "predict")
         result = self._run(
             TrainerFn.PREDICTING,
@@ -235,6 +236,7 @@ class Trainer(TrainerLifecycle):
             {"predict": dataloaders},
             ckpt_path,
             return_predictions=True if return_predictions is None else return_predictions,
+            model_provided=provided,
         )
         return result
 
@@ -242,9 +244,12 @@ class Trainer(TrainerLifecycle):
         self, fn: TrainerFn, model: Any, dataloaders: Any, ckpt_path: Any, verbose: bool, datamodule: Any
     ) -> list[dict[str, float]]:
         dataloaders, datamodule = self._split_datamodule(dataloaders, datamodule)
+        provided = model is not None
         model = self._model_or_previous(model, fn.value)
         key = "test" if fn == TrainerFn.TESTING else "val"
-        results = self._run(fn, model, datamodule, {key: dataloaders}, ckpt_path, verbose=verbose)
+        results = self._run(
+            fn, model, datamodule, {key: dataloaders}, ckpt_path, verbose=verbose, model_provided=provided
+        )
         return results
 
     @staticmethod
