@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import gc
 import importlib
 import io
@@ -112,13 +113,21 @@ def open_sink(progress_to: str) -> io.TextIOBase:
     return TerminalSink() if progress_to == "tty" else open(os.devnull, "w")
 
 
-def ms_per_step(stamps: list[float], warmup: int) -> float:
-    """Mean interval between step starts after the warm-up, in milliseconds."""
+Timing = tuple[float, float]  # (mean, median) milliseconds per step of one run
+
+
+def ms_per_step(stamps: list[float], warmup: int) -> Timing:
+    """Mean and median interval between step starts after the warm-up, in milliseconds.
+
+    The mean carries the periodic costs (logger flushes, epoch ends) and is the headline figure;
+    the median shows the typical step and shrugs off hiccups from other processes on the machine.
+    """
     timed = stamps[warmup:]
-    return 1000.0 * (timed[-1] - timed[0]) / (len(timed) - 1)
+    intervals = [1000.0 * (b - a) for a, b in itertools.pairwise(timed)]
+    return statistics.fmean(intervals), statistics.median(intervals)
 
 
-def run_raw(case: Case, data: TensorDataset) -> float:
+def run_raw(case: Case, data: TensorDataset) -> Timing:
     torch.manual_seed(0)
     net = build_net(case.widths)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -137,7 +146,7 @@ def run_raw(case: Case, data: TensorDataset) -> float:
     return ms_per_step(stamps, case.warmup)
 
 
-def run_lightning(pl: Any, case: Case, data: TensorDataset, progress_to: str = "tty") -> float:
+def run_lightning(pl: Any, case: Case, data: TensorDataset, progress_to: str = "tty") -> Timing:
     """Fit with ``max_steps`` on a module whose training_step records when it starts."""
     stamps: list[float] = []
 
@@ -178,6 +187,10 @@ def run_lightning(pl: Any, case: Case, data: TensorDataset, progress_to: str = "
     return ms_per_step(stamps, case.warmup)
 
 
+def _run_framework(pl: Any, progress_to: str, case: Case, data: TensorDataset) -> Timing:
+    return run_lightning(pl, case, data, progress_to)
+
+
 def import_optional(name: str) -> Any | None:
     try:
         return importlib.import_module(name)
@@ -192,19 +205,35 @@ def quiet_frameworks() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def summarise(case: Case, samples: dict[str, list[float]]) -> dict[str, Any]:
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None  # empty: that framework is not installed
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a / b, 3)
+
+
+def summarise(case: Case, samples: dict[str, list[Timing]]) -> dict[str, Any]:
+    """Median over repeats of each run's mean (headline) and median (typical) step time."""
     result: dict[str, Any] = {"steps": case.steps, "warmup": case.warmup, "widths": list(case.widths)}
-    medians = {impl: statistics.median(v) if v else None for impl, v in samples.items()}
-    raw = medians["raw"]
+    mean = {i: _median([m for m, _ in v]) for i, v in samples.items()}
+    typical = {i: _median([t for _, t in v]) for i, v in samples.items()}
     for impl in IMPLEMENTATIONS:
-        result[f"{impl}_ms_per_step"] = None if medians[impl] is None else round(medians[impl], 4)
+        result[f"{impl}_ms_per_step"] = _round(mean[impl], 4)
     for impl in IMPLEMENTATIONS[1:]:
-        med = medians[impl]
-        result[f"{impl}_vs_raw"] = None if med is None or raw is None else round(med / raw, 3)
-        result[f"{impl}_overhead_ms_per_step"] = None if med is None or raw is None else round(med - raw, 4)
-    ll, ptl = medians["lightning_lib"], medians["pytorch_lightning"]
-    result["lightning_lib_vs_pytorch_lightning"] = None if ll is None or ptl is None else round(ll / ptl, 3)
-    result["samples_ms_per_step"] = {impl: [round(v, 4) for v in vals] for impl, vals in samples.items()}
+        result[f"{impl}_vs_raw"] = _ratio(mean[impl], mean["raw"])
+        own, raw = mean[impl], mean["raw"]
+        result[f"{impl}_overhead_ms_per_step"] = None if own is None or raw is None else round(own - raw, 4)
+    result["lightning_lib_vs_pytorch_lightning"] = _ratio(mean["lightning_lib"], mean["pytorch_lightning"])
+    for impl in IMPLEMENTATIONS:
+        result[f"{impl}_typical_ms_per_step"] = _round(typical[impl], 4)
+    for impl in IMPLEMENTATIONS[1:]:
+        result[f"{impl}_typical_vs_raw"] = _ratio(typical[impl], typical["raw"])
+    result["runs_mean_ms_per_step"] = {i: [round(m, 4) for m, _ in v] for i, v in samples.items()}
     return result
 
 
@@ -228,15 +257,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     frameworks = {name: import_optional(name) for name in IMPLEMENTATIONS[1:]}
     quiet_frameworks()  # after the imports, which install their own logging handlers and levels
-    runners: dict[str, Callable[[Case, TensorDataset], float]] = {"raw": run_raw}
+    runners: dict[str, Callable[[Case, TensorDataset], Timing]] = {"raw": run_raw}
     for name, module in frameworks.items():
         if module is not None:
-            runners[name] = lambda case, data, pl=module: run_lightning(pl, case, data, args.progress_to)
+            runners[name] = functools.partial(_run_framework, module, args.progress_to)
 
     results: dict[str, Any] = {}
     for case in cases(args.quick):
         data = make_data(case)
-        samples: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
+        samples: dict[str, list[Timing]] = {impl: [] for impl in IMPLEMENTATIONS}
         for _ in range(repeats):
             for impl, runner in runners.items():
                 gc.collect()

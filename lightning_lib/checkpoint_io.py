@@ -42,9 +42,13 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         "loops": {_PROGRESS_KEY: {"progress": trainer.progress.state_dict()}},
     }
     if not weights_only:
-        checkpoint["callbacks"] = {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()}
+        checkpoint["callbacks"] = {
+            cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()
+        }
         checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
-        checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+        checkpoint["lr_schedulers"] = [
+            config.scheduler.state_dict() for config in trainer.lr_scheduler_configs
+        ]
         scaler_state = trainer.precision_plugin.state_dict()
         if scaler_state:
             checkpoint["MixedPrecision"] = scaler_state
@@ -102,14 +106,16 @@ def select_ckpt_path(trainer: Trainer, fn: TrainerFn, ckpt_path: Any, model_prov
         if model_provided or fn == TrainerFn.FITTING:
             return None
         callback = trainer.checkpoint_callback
-        if callback is not None and getattr(callback, "best_model_path", ""):
+        if callback is not None and bool(getattr(callback, "best_model_path", "")):
             ckpt_path = "best"
         else:
             return None
     if ckpt_path == "best":
         callback = trainer.checkpoint_callback
         if callback is None:
-            raise ValueError(f'`.{fn.value}(ckpt_path="best")` needs a ModelCheckpoint callback; none is configured.')
+            raise ValueError(
+                f'`.{fn.value}(ckpt_path="best")` needs a ModelCheckpoint callback; none is configured.'
+            )
         if not getattr(callback, "best_model_path", ""):
             raise ValueError(
                 f'`.{fn.value}(ckpt_path="best")` found no best checkpoint: ModelCheckpoint has saved none yet.'
@@ -134,7 +140,9 @@ def select_ckpt_path(trainer: Trainer, fn: TrainerFn, ckpt_path: Any, model_prov
     if isinstance(ckpt_path, str | os.PathLike):
         path = os.fspath(ckpt_path)
         if not Path(path).is_file():
-            raise FileNotFoundError(f"Expected ckpt_path to be 'best', 'last' or an existing file, received {path!r}.")
+            raise FileNotFoundError(
+                f"Expected ckpt_path to be 'best', 'last' or an existing file, received {path!r}."
+            )
         return path
     raise TypeError(f"Expected ckpt_path to be 'best', 'last', a path or None, received {ckpt_path!r}.")
 

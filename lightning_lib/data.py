@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
@@ -106,7 +107,7 @@ def with_sequential_sampler(loader: Any) -> Any:
     if kwargs.get("num_workers", 0) == 0:
         kwargs.pop("prefetch_factor", None)
         kwargs["persistent_workers"] = False
-    return DataLoader(loader.dataset, sampler=SequentialSampler(loader.dataset), **kwargs)
+    return DataLoader(loader.dataset, sampler=SequentialSampler(loader.dataset), **kwargs)  # type: ignore[arg-type]
 
 
 class LimitedFetcher:
@@ -135,10 +136,8 @@ class LimitedFetcher:
 
     def _prefetch(self) -> None:
         assert self._iterator is not None
-        try:
+        with contextlib.suppress(StopIteration):
             self._lookahead.append(next(self._iterator))
-        except StopIteration:
-            pass
 
     def __next__(self) -> Any:
         if self.done or self._iterator is None:

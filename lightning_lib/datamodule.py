@@ -43,7 +43,9 @@ class LightningDataModule:
         raise NotImplementedError("`test_dataloader` must be implemented to be used with `Trainer.test`")
 
     def predict_dataloader(self) -> Any:
-        raise NotImplementedError("`predict_dataloader` must be implemented to be used with `Trainer.predict`")
+        raise NotImplementedError(
+            "`predict_dataloader` must be implemented to be used with `Trainer.predict`"
+        )
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         from lightning_lib.move import move_to_device

@@ -78,7 +78,9 @@ class HookDispatcher:
         if found is None:
             from lightning_lib.module import LightningModule
 
-            found = self._module_overrides[name] = overrides(self.trainer.lightning_module, name, LightningModule)
+            found = self._module_overrides[name] = overrides(
+                self.trainer.lightning_module, name, LightningModule
+            )
         return found
 
     def module(self, name: str, *args: Any, **kwargs: Any) -> Any:

@@ -52,6 +52,8 @@ _STAGE_KEYS = {
 class TrainerLifecycle:
     """Mixin of ``Trainer``: the run, its data plumbing and the per-step helpers the loops call."""
 
+    ckpt_path: str | None
+
     # ---- the run -------------------------------------------------------------------------------------
     def _run(  # type: ignore[misc]
         self: Trainer,
@@ -64,7 +66,12 @@ class TrainerLifecycle:
         return_predictions: bool = True,
         model_provided: bool = True,
     ) -> Any:
-        from lightning_lib.checkpoint_io import load_file, restore_modules, restore_training_state, select_ckpt_path
+        from lightning_lib.checkpoint_io import (
+            load_file,
+            restore_modules,
+            restore_training_state,
+            select_ckpt_path,
+        )
         from lightning_lib.module import LightningModule
 
         if not isinstance(model, LightningModule):
@@ -86,14 +93,23 @@ class TrainerLifecycle:
         if datamodule is not None:
             datamodule.trainer = self
         self._reset_data_state()
-        self._loader_sources = {k: v for k, v in loaders.items() if v is not None}
+        self._loader_sources.update({k: v for k, v in loaders.items() if v is not None})
         self._attach_model_callbacks(model)
         self._hooks.reset()
         self.ckpt_path = ckpt
         self._received_sigterm = False
         try:
-            return self._run_stages(fn, model, datamodule, ckpt, verbose, return_predictions, load_file,
-                                    restore_modules, restore_training_state)
+            return self._run_stages(
+                fn,
+                model,
+                datamodule,
+                ckpt,
+                verbose,
+                return_predictions,
+                load_file,
+                restore_modules,
+                restore_training_state,
+            )
         except BaseException as exc:
             self._on_failure(exc)
             raise
@@ -179,13 +195,17 @@ class TrainerLifecycle:
             self._close_fetchers()
             self.state.stage = None
 
-    def _check_model(self: Trainer, model: Any, fn: TrainerFn, loaders: dict[str, Any], datamodule: Any) -> None:  # type: ignore[misc]
+    def _check_model(  # type: ignore[misc]
+        self: Trainer, model: Any, fn: TrainerFn, loaders: dict[str, Any], datamodule: Any
+    ) -> None:
         from lightning_lib.hooks import overrides
         from lightning_lib.module import LightningModule
 
         if fn == TrainerFn.FITTING:
             if not overrides(model, "training_step", LightningModule):
-                raise ValueError("Expected the LightningModule to implement `training_step` for `trainer.fit`.")
+                raise ValueError(
+                    "Expected the LightningModule to implement `training_step` for `trainer.fit`."
+                )
             if not overrides(model, "configure_optimizers", LightningModule):
                 raise ValueError(
                     "Expected the LightningModule to implement `configure_optimizers` for `trainer.fit`."
@@ -193,7 +213,9 @@ class TrainerLifecycle:
         if fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
             step = "validation_step" if fn == TrainerFn.VALIDATING else "test_step"
             if not overrides(model, step, LightningModule):
-                raise ValueError(f"Expected the LightningModule to implement `{step}` for `trainer.{fn.value}`.")
+                raise ValueError(
+                    f"Expected the LightningModule to implement `{step}` for `trainer.{fn.value}`."
+                )
         if not model.automatic_optimization and (self.accumulate_grad_batches != 1 or self.gradient_clip_val):
             raise ValueError(
                 "Expected accumulate_grad_batches=1 and no gradient_clip_val with manual optimization"
@@ -270,15 +292,19 @@ class TrainerLifecycle:
         self._accumulating = False
         self._val_has_run = False
         self._step_args_cache: dict[int, bool] = {}
-        self.ckpt_path: str | None = getattr(self, "ckpt_path", None)
+        self.ckpt_path = getattr(self, "ckpt_path", None)
 
     def _request_loaders(self: Trainer, key: str) -> Any:  # type: ignore[misc]
         from lightning_lib.hooks import overrides
 
         if key in self._loader_sources:
             return self._loader_sources[key]
-        hook = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
-                "predict": "predict_dataloader"}[key]
+        hook = {
+            "train": "train_dataloader",
+            "val": "val_dataloader",
+            "test": "test_dataloader",
+            "predict": "predict_dataloader",
+        }[key]
         datamodule = self.datamodule
         if datamodule is not None:
             from lightning_lib.datamodule import LightningDataModule
@@ -345,7 +371,11 @@ class TrainerLifecycle:
             self.val_check_batch = INF
         elif isinstance(self.val_check_interval, int):
             self.val_check_batch = self.val_check_interval
-            if self.val_check_batch > n and self.check_val_every_n_epoch is not None and self.limit_val_batches > 0:
+            if (
+                self.val_check_batch > n
+                and self.check_val_every_n_epoch is not None
+                and self.limit_val_batches > 0
+            ):
                 raise ValueError(
                     f"Expected val_check_interval <= the number of training batches ({n}), received"
                     f" {self.val_check_interval}; set check_val_every_n_epoch=None to count across epochs."
@@ -453,7 +483,10 @@ class TrainerLifecycle:
     def _set_sampler_epoch(self: Trainer, epoch: int, loaders: list[Any] | None = None) -> None:  # type: ignore[misc]
         targets = loaders if loaders is not None else flatten_loaders(self._loader_list())
         for dl in targets:
-            for sampler in (getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
+            for sampler in (
+                getattr(dl, "sampler", None),
+                getattr(getattr(dl, "batch_sampler", None), "sampler", None),
+            ):
                 set_epoch = getattr(sampler, "set_epoch", None)
                 if callable(set_epoch):
                     set_epoch(epoch)
@@ -475,12 +508,12 @@ class TrainerLifecycle:
     # ---- decisions the loops ask for -----------------------------------------------------------------
     def _should_check_val_epoch(self: Trainer) -> bool:  # type: ignore[misc]
         return self.enable_validation and (
-            self.check_val_every_n_epoch is None or (self.current_epoch + 1) % self.check_val_every_n_epoch == 0
+            self.check_val_every_n_epoch is None
+            or (self.current_epoch + 1) % self.check_val_every_n_epoch == 0
         )
 
     def _should_check_val(self: Trainer, fetcher: LimitedFetcher) -> bool:  # type: ignore[misc]
-        if not self._should_check_val_epoch():
-            return False
+        """Whether to validate after this batch; the caller has checked ``_should_check_val_epoch``."""
         is_last = fetcher.done
         infinite = self.val_check_batch == INF
         if is_last and infinite:
@@ -490,8 +523,12 @@ class TrainerLifecycle:
         if self._val_check_time_interval is not None:
             return time.monotonic() - self._last_val_time >= self._val_check_time_interval
         if self.val_check_batch != INF:
-            current = self.progress.total_batch_idx if self.check_val_every_n_epoch is None else self.progress.batch_idx
-            return (current + 1) % self.val_check_batch == 0  # type: ignore[operator]
+            current = (
+                self.progress.total_batch_idx
+                if self.check_val_every_n_epoch is None
+                else self.progress.batch_idx
+            )
+            return (current + 1) % self.val_check_batch == 0
         return is_last
 
     def _epoch_batches_reached(self: Trainer) -> bool:  # type: ignore[misc]
@@ -517,9 +554,13 @@ class TrainerLifecycle:
         hooks = self._hooks
         precision = self.precision_plugin
         device = self.strategy.root_device
-        custom = [hooks.module_overrides(n) for n in
-                  ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")]
-        converts = type(precision).convert_input is not type(precision).__mro__[-2].convert_input
+        custom = [
+            hooks.module_overrides(n)
+            for n in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+        ]
+        from lightning_lib.precision import Precision
+
+        converts = type(precision).convert_input is not Precision.convert_input
         if device.type == "cpu" and not any(custom) and not converts:
             return lambda batch: batch
 
@@ -561,7 +602,9 @@ class TrainerLifecycle:
         hooks = self._hooks
         module = self.lightning_module
         automatic = module.automatic_optimization
-        clip = automatic and (bool(self.gradient_clip_val) or hooks.module_overrides("configure_gradient_clipping"))
+        clip = automatic and (
+            bool(self.gradient_clip_val) or hooks.module_overrides("configure_gradient_clipping")
+        )
 
         def after_closure() -> None:
             hooks.callbacks("on_before_optimizer_step", optimizer)
@@ -575,7 +618,9 @@ class TrainerLifecycle:
                     gradient_clip_algorithm=self.gradient_clip_algorithm,
                 )
 
-        out = self.precision_plugin.optimizer_step(optimizer, closure or _no_op_closure, after_closure, **kwargs)
+        out = self.precision_plugin.optimizer_step(
+            optimizer, closure or _no_op_closure, after_closure, **kwargs
+        )
         if not automatic:
             self.progress.global_step += 1
         return out
@@ -639,4 +684,3 @@ class TrainerLifecycle:
 
 def _no_op_closure() -> None:
     return None
-

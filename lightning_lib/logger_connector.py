@@ -129,9 +129,9 @@ class LoggerConnector:
         return (self.trainer.progress.batches_that_stepped + 1) % n == 0 or self.trainer.should_stop
 
     def update_train_step_metrics(self, accumulating: bool) -> None:
-        if accumulating:
+        if accumulating or not self.trainer.loggers:
             return
-        if (self.should_update_logs() or self.trainer.fast_dev_run) and self.trainer.loggers:
+        if self.should_update_logs() or self.trainer.fast_dev_run:
             assert self.results is not None
             self.log_metrics(self.results.metrics(on_step=True).log)
 

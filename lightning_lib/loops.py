@@ -69,7 +69,11 @@ def fit_done(trainer: Trainer) -> bool:
         return True
     if trainer.max_steps != -1 and progress.global_step >= trainer.max_steps:
         return True
-    if trainer.max_epochs is not None and trainer.max_epochs != -1 and progress.current_epoch >= trainer.max_epochs:
+    if (
+        trainer.max_epochs is not None
+        and trainer.max_epochs != -1
+        and progress.current_epoch >= trainer.max_epochs
+    ):
         return True
     return trainer.should_stop and trainer._can_stop_early()
 
@@ -113,6 +117,8 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
     transfer = trainer._batch_transfer(dataloader_idx=0)
     accumulate = trainer.accumulate_grad_batches
     num_batches = trainer.num_training_batches
+    # fixed for the whole epoch: whether validation may run in it at all
+    val_epoch = trainer._should_check_val_epoch()
     while True:
         if fit_epoch_done(trainer, fetcher):
             break
@@ -160,7 +166,7 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
             hooks.module("on_train_batch_end", output, batch, batch_idx)
         connector.on_batch_end()
         connector.update_train_step_metrics(accumulating)
-        if trainer._should_check_val(fetcher):
+        if val_epoch and trainer._should_check_val(fetcher):
             trainer.state.stage = RunningStage.VALIDATING
             first_loop_iter = connector.first_loop_iter
             if not accumulating:
@@ -220,7 +226,11 @@ def run_evaluation(trainer: Trainer, stage: RunningStage) -> list[dict[str, Any]
     if not trainer._eval_loaders_loaded(stage):
         trainer._setup_eval_data(stage)
     loaders = trainer._eval_loaders(stage)
-    limits = trainer.num_sanity_val_batches if stage == RunningStage.SANITY_CHECKING else trainer._eval_limits(stage)
+    limits = (
+        trainer.num_sanity_val_batches
+        if stage == RunningStage.SANITY_CHECKING
+        else trainer._eval_limits(stage)
+    )
     if not loaders or all(limit == 0 for limit in limits):
         return []
     grad_context = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
@@ -321,7 +331,6 @@ def _evaluate(
 # ---- predict -------------------------------------------------------------------------------------------
 def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
     """Prediction over every loader; a flat list for one loader, a list per loader for several."""
-    module = trainer.lightning_module
     hooks = trainer._hooks
     loaders = trainer._eval_loaders(RunningStage.PREDICTING)
     limits = trainer._eval_limits(RunningStage.PREDICTING)
@@ -383,4 +392,3 @@ def estimated_stepping_batches(trainer: Trainer) -> int | float:
         return INF
     per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
     return per_epoch * trainer.max_epochs
-

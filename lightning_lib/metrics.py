@@ -72,7 +72,9 @@ DATALOADER_SUFFIX = "/dataloader_idx_{}"
 _FOLD_EVERY = 256
 
 
-def resolve_logging_levels(fx: str, name: str, on_step: bool | None, on_epoch: bool | None) -> tuple[bool, bool]:
+def resolve_logging_levels(
+    fx: str, name: str, on_step: bool | None, on_epoch: bool | None
+) -> tuple[bool, bool]:
     """Apply the hook's defaults and reject levels Lightning forbids there, naming hook and argument."""
     if fx not in LOG_RULES:
         raise RuntimeError(f"Logging inside `{fx}` is not supported; log from a LightningModule hook.")
@@ -86,7 +88,9 @@ def resolve_logging_levels(fx: str, name: str, on_step: bool | None, on_epoch: b
     on_step = default_step if on_step is None else on_step
     on_epoch = default_epoch if on_epoch is None else on_epoch
     if on_step not in allowed_step:
-        raise ValueError(f"You can't `self.log(on_step={on_step})` inside `{fx}`, expected one of {allowed_step}.")
+        raise ValueError(
+            f"You can't `self.log(on_step={on_step})` inside `{fx}`, expected one of {allowed_step}."
+        )
     if on_epoch not in allowed_epoch:
         raise ValueError(
             f"You can't `self.log(on_epoch={on_epoch})` inside `{fx}`, expected one of {allowed_epoch}."
@@ -166,7 +170,9 @@ class LoggedValue:
         self.fx = fx
         self.name = name
         self.options = options
-        self.prog_bar, self.logger, self.on_step, self.on_epoch, self.reduce, self.add_dataloader_idx = options
+        self.prog_bar, self.logger, self.on_step, self.on_epoch, self.reduce, self.add_dataloader_idx = (
+            options
+        )
         self.dataloader_idx = dataloader_idx
         self.metric: Any = None
         self.reset()
@@ -239,7 +245,9 @@ class LoggedValue:
         return self.computed
 
     def names(self, on_step: bool) -> tuple[str, str]:
-        forked = f"{self.name}_{'step' if on_step else 'epoch'}" if self.on_step and self.on_epoch else self.name
+        forked = (
+            f"{self.name}_{'step' if on_step else 'epoch'}" if self.on_step and self.on_epoch else self.name
+        )
         name = self.name
         if self.add_dataloader_idx and self.dataloader_idx is not None:
             suffix = DATALOADER_SUFFIX.format(self.dataloader_idx)
@@ -343,9 +351,11 @@ def check_finite_scalar(name: str, value: float) -> None:
 
 def as_log_tensor(name: str, value: Any, device: torch.device | None, warn: Callable[[str], None]) -> Any:
     """Validate a value given to ``self.log`` and make it a detached floating scalar tensor."""
+    if type(value) is Tensor and value.dtype is torch.float32 and value.ndim == 0:
+        return value.detach()  # the common case, kept to one check
     if is_metric_object(value):
         return value
-    if isinstance(value, bool) or isinstance(value, int | float):
+    if isinstance(value, bool | int | float):
         check_finite_scalar(name, float(value))
         return torch.tensor(float(value), dtype=torch.get_default_dtype(), device=device)
     if not isinstance(value, Tensor):

@@ -27,6 +27,17 @@ class LightningModule(nn.Module):
     CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
     CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
 
+    # Plain attributes kept out of nn.Module's parameter/buffer/submodule bookkeeping.
+    _trainer: Trainer | None
+    _current_fx_name: str | None
+    _automatic_optimization: bool
+    _hparams: AttributeDict
+    _hparams_initial: AttributeDict
+    _log_options_cache: dict[tuple[Any, ...], tuple[Any, ...]]
+    _warned: set[str]
+    _toggled_requires_grad: dict[int, bool] | None
+    _example_input_array: Any
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Written through __dict__ so that the hot path avoids nn.Module.__setattr__'s bookkeeping.
@@ -55,10 +66,10 @@ class LightningModule(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
+        for param in self.parameters():
+            return param.device
+        for buffer in self.buffers():
+            return buffer.device
         return torch.device("cpu")
 
     @property
@@ -154,7 +165,9 @@ class LightningModule(nn.Module):
         """Log a scalar for the loggers, callbacks and progress bar (Lightning's semantics)."""
         trainer = self._trainer
         if trainer is None:
-            warn_once(self._warned, "You called `self.log()` but the module is not attached to a Trainer; ignored.")
+            warn_once(
+                self._warned, "You called `self.log()` but the module is not attached to a Trainer; ignored."
+            )
             return
         fx = self._current_fx_name
         if fx is None:
@@ -168,7 +181,14 @@ class LightningModule(nn.Module):
                 raise ValueError(f"Expected a metric name without '/dataloader_idx_', received {name!r}.")
             resolved_step, resolved_epoch = resolve_logging_levels(fx, name, on_step, on_epoch)
             reduce = resolve_reduce_fx(name, reduce_fx)
-            options = (prog_bar, True if logger is None else logger, resolved_step, resolved_epoch, reduce, add_dataloader_idx)
+            options = (
+                prog_bar,
+                True if logger is None else logger,
+                resolved_step,
+                resolved_epoch,
+                reduce,
+                add_dataloader_idx,
+            )
             self._log_options_cache[cache_key] = options
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"Expected `self.log({name!r}, batch_size=...)` >= 1, received {batch_size!r}.")
@@ -366,7 +386,9 @@ class LightningModule(nn.Module):
         self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None: ...
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
-    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(
+        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None: ...
     def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
     def on_predict_batch_end(
         self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -423,7 +445,9 @@ class LightningModule(nn.Module):
         raise NotImplementedError("`test_dataloader` must be implemented to be used with `Trainer.test`")
 
     def predict_dataloader(self) -> Any:
-        raise NotImplementedError("`predict_dataloader` must be implemented to be used with `Trainer.predict`")
+        raise NotImplementedError(
+            "`predict_dataloader` must be implemented to be used with `Trainer.predict`"
+        )
 
     # ---- checkpoints -------------------------------------------------------------------------------
     @classmethod

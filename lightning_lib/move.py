@@ -21,7 +21,9 @@ def apply_to_tensors(data: Any, fn: Callable[[Tensor], Any]) -> Any:
     if isinstance(data, list | tuple):
         return type(data)(apply_to_tensors(v, fn) for v in data)
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
-        changes = {f.name: apply_to_tensors(getattr(data, f.name), fn) for f in dataclasses.fields(data) if f.init}
+        changes = {
+            f.name: apply_to_tensors(getattr(data, f.name), fn) for f in dataclasses.fields(data) if f.init
+        }
         return dataclasses.replace(data, **changes)
     return data
 
@@ -39,4 +41,6 @@ def move_to_device(batch: Any, device: torch.device | str) -> Any:
         except TypeError:
             return batch
     non_blocking = device.type == "cuda"
-    return apply_to_tensors(batch, lambda t: t if t.device == device else t.to(device, non_blocking=non_blocking))
+    return apply_to_tensors(
+        batch, lambda t: t if t.device == device else t.to(device, non_blocking=non_blocking)
+    )

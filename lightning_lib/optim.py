@@ -92,11 +92,15 @@ def _scheduler_config(scheduler: Any, monitor: str | None) -> LRSchedulerConfig:
 
 def _from_optimizer_dict(conf: Mapping[str, Any]) -> tuple[Optimizer, list[LRSchedulerConfig]]:
     if "optimizer" not in conf:
-        raise ValueError(f'Expected the optimizer dict to have an "optimizer" key, received keys {sorted(conf)}.')
+        raise ValueError(
+            f'Expected the optimizer dict to have an "optimizer" key, received keys {sorted(conf)}.'
+        )
     unknown = set(conf) - _OPTIMIZER_DICT_KEYS
     if unknown:
         warnings.warn(
-            f"Found unsupported keys in the optimizer configuration: {sorted(unknown)}.", RuntimeWarning, stacklevel=4
+            f"Found unsupported keys in the optimizer configuration: {sorted(unknown)}.",
+            RuntimeWarning,
+            stacklevel=4,
         )
     scheds: list[LRSchedulerConfig] = []
     if conf.get("lr_scheduler") is not None:
@@ -110,7 +114,9 @@ def parse_optimizers(conf: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig
     schedulers: list[LRSchedulerConfig] = []
     if conf is None:
         warnings.warn(
-            "`configure_optimizers` returned None; this fit will run without an optimizer.", UserWarning, stacklevel=3
+            "`configure_optimizers` returned None; this fit will run without an optimizer.",
+            UserWarning,
+            stacklevel=3,
         )
         return [], []
     if isinstance(conf, Optimizer):
@@ -136,12 +142,12 @@ def parse_optimizers(conf: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig
     elif isinstance(conf, Sequence) and conf and all(isinstance(o, Optimizer) for o in conf):
         optimizers = list(conf)
     else:
-        raise ValueError(
-            f"Expected `configure_optimizers` to return {_FORMS}; received {_describe(conf)}."
-        )
+        raise ValueError(f"Expected `configure_optimizers` to return {_FORMS}; received {_describe(conf)}.")
     for opt in optimizers:
         if not isinstance(opt, Optimizer):
-            raise ValueError(f"Expected a torch.optim.Optimizer in `configure_optimizers`, received {_describe(opt)}.")
+            raise ValueError(
+                f"Expected a torch.optim.Optimizer in `configure_optimizers`, received {_describe(opt)}."
+            )
     _check_schedulers(optimizers, schedulers)
     return optimizers, schedulers
 

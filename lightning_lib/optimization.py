@@ -41,7 +41,6 @@ def run_automatic_step(
 ) -> Any:
     """Forward, backward and (unless accumulating) an optimizer step; returns the step's outputs."""
     hooks = trainer._hooks
-    module = trainer.lightning_module
     accumulate = trainer.accumulate_grad_batches
     first_of_window = trainer.progress.epoch_batches_done % accumulate == 0
     precision = trainer.precision_plugin

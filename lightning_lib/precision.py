@@ -32,7 +32,9 @@ def normalize_precision(value: Any, device_type: str) -> str:
         )
         value = name
     if value not in PRECISIONS:
-        raise ValueError(f"Expected precision to be one of {(*PRECISIONS, 16, 32, 64, 'bf16')}, received {value!r}.")
+        raise ValueError(
+            f"Expected precision to be one of {(*PRECISIONS, 16, 32, 64, 'bf16')}, received {value!r}."
+        )
     if value == "16-mixed" and device_type == "cpu":
         warnings.warn(
             "`precision='16-mixed'` is not supported on CPU (no fp16 autocast there); using 'bf16-mixed'.",
@@ -65,7 +67,11 @@ class Precision:
         """Make gradients true-sized before clipping or ``on_before_optimizer_step`` reads them."""
 
     def optimizer_step(
-        self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any], after_closure: Callable[[], None], **kw: Any
+        self,
+        optimizer: torch.optim.Optimizer,
+        closure: Callable[[], Any],
+        after_closure: Callable[[], None],
+        **kw: Any,
     ) -> Any:
         """Run ``closure`` (forward + backward) inside ``optimizer.step`` as torch optimizers expect."""
 
@@ -105,7 +111,11 @@ class MixedPrecision(Precision):
             self.scaler.unscale_(optimizer)
 
     def optimizer_step(
-        self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any], after_closure: Callable[[], None], **kw: Any
+        self,
+        optimizer: torch.optim.Optimizer,
+        closure: Callable[[], Any],
+        after_closure: Callable[[], None],
+        **kw: Any,
     ) -> Any:
         if self.scaler is None:
             return super().optimizer_step(optimizer, closure, after_closure, **kw)

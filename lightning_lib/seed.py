@@ -71,7 +71,7 @@ def worker_init_function(worker_id: int, rank: int | None = None) -> None:
 
 def capture_rng_states() -> dict[str, Any]:
     """Global RNG states as plain data (tensors, tuples, lists) loadable with ``weights_only=True``."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": (np_state[0], torch.from_numpy(np.asarray(np_state[1]).copy()), *np_state[2:]),

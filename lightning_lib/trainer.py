@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 class Trainer(TrainerLifecycle):
     """Runs a LightningModule's fit, validate, test and predict loops (pytorch_lightning's arguments)."""
 
+    loggers: list[Any]
+
     def __init__(
         self,
         *,
@@ -125,12 +127,18 @@ class Trainer(TrainerLifecycle):
         )
         if self.num_sanity_val_steps == -1:
             self.num_sanity_val_steps = float("inf")
-        self.log_every_n_steps = check_int("log_every_n_steps", 50 if log_every_n_steps is None else log_every_n_steps, 0)
+        self.log_every_n_steps = check_int(
+            "log_every_n_steps", 50 if log_every_n_steps is None else log_every_n_steps, 0
+        )
         self.accumulate_grad_batches = check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
         if gradient_clip_val is not None and (
-            isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, int | float) or gradient_clip_val < 0
+            isinstance(gradient_clip_val, bool)
+            or not isinstance(gradient_clip_val, int | float)
+            or gradient_clip_val < 0
         ):
-            raise ValueError(f"Expected gradient_clip_val to be a number >= 0 or None, received {gradient_clip_val!r}.")
+            raise ValueError(
+                f"Expected gradient_clip_val to be a number >= 0 or None, received {gradient_clip_val!r}."
+            )
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = check_choice(
             "gradient_clip_algorithm", gradient_clip_algorithm, (None, "norm", "value")
@@ -190,7 +198,13 @@ class Trainer(TrainerLifecycle):
             raise ValueError(
                 "Expected either dataloaders or a datamodule in `trainer.fit`, received both; pass only one."
             )
-        self._run(TrainerFn.FITTING, model, datamodule, {"train": train_dataloaders, "val": val_dataloaders}, ckpt_path)
+        self._run(
+            TrainerFn.FITTING,
+            model,
+            datamodule,
+            {"train": train_dataloaders, "val": val_dataloaders},
+            ckpt_path,
+        )
 
     def validate(
         self,
@@ -269,10 +283,14 @@ class Trainer(TrainerLifecycle):
 
         if model is None:
             if self.lightning_module is None:
-                raise ValueError(f"Expected a LightningModule for `trainer.{fn}()`, received none and none was fit.")
+                raise ValueError(
+                    f"Expected a LightningModule for `trainer.{fn}()`, received none and none was fit."
+                )
             return self.lightning_module
         if not isinstance(model, LightningModule):
-            raise TypeError(f"Expected a LightningModule for `trainer.{fn}()`, received {type(model).__name__}.")
+            raise TypeError(
+                f"Expected a LightningModule for `trainer.{fn}()`, received {type(model).__name__}."
+            )
         return model
 
     # ---- attributes users read -----------------------------------------------------------------------
@@ -412,7 +430,9 @@ class Trainer(TrainerLifecycle):
         from lightning_lib.checkpoint_io import dump_checkpoint, save_file
 
         if self.lightning_module is None:
-            raise RuntimeError("Expected a model attached by fit/validate/test/predict before save_checkpoint.")
+            raise RuntimeError(
+                "Expected a model attached by fit/validate/test/predict before save_checkpoint."
+            )
         checkpoint = dump_checkpoint(self, weights_only)
         save_file(checkpoint, filepath)
         for logger in self.loggers:
@@ -430,7 +450,9 @@ class Trainer(TrainerLifecycle):
         if benchmark is None:
             benchmark = False if deterministic else torch.backends.cudnn.benchmark
         elif benchmark and deterministic:
-            log.warning("benchmark=True with deterministic=True: cudnn benchmark is disabled for reproducibility.")
+            log.warning(
+                "benchmark=True with deterministic=True: cudnn benchmark is disabled for reproducibility."
+            )
             benchmark = False
         torch.backends.cudnn.benchmark = bool(benchmark)
         self.benchmark = benchmark
@@ -471,10 +493,14 @@ class Trainer(TrainerLifecycle):
         elif isinstance(callbacks, Iterable):
             user = list(callbacks)
         else:
-            raise TypeError(f"Expected callbacks to be a Callback or a list of them, received {type(callbacks).__name__}.")
+            raise TypeError(
+                f"Expected callbacks to be a Callback or a list of them, received {type(callbacks).__name__}."
+            )
         for cb in user:
             if not isinstance(cb, Callback):
-                raise TypeError(f"Expected every callback to be a lightning_lib Callback, received {type(cb).__name__}.")
+                raise TypeError(
+                    f"Expected every callback to be a lightning_lib Callback, received {type(cb).__name__}."
+                )
         found: list[Callback] = list(user)
         has_checkpoint = any(isinstance(cb, ModelCheckpoint) for cb in found)
         if enable_checkpointing is False and has_checkpoint:
@@ -489,14 +515,16 @@ class Trainer(TrainerLifecycle):
         if len(bars) > 1:
             raise ValueError(f"Expected at most one progress bar callback, received {len(bars)}.")
         if enable_progress_bar is False and bars:
-            raise ValueError("Expected no progress bar callback with enable_progress_bar=False, received one.")
+            raise ValueError(
+                "Expected no progress bar callback with enable_progress_bar=False, received one."
+            )
         if enable_progress_bar is not False and not bars:
             found.append(TQDMProgressBar())
         if self.max_time is not None and not any(isinstance(cb, Timer) for cb in found):
             found.append(Timer(duration=self.max_time, interval="step"))
         self.callbacks: list[Callback] = found
         if logger is None or logger is True:
-            self.loggers: list[Any] = [CSVLogger(save_dir=self._default_root_dir)]
+            self.loggers = [CSVLogger(save_dir=self._default_root_dir)]
         elif logger is False:
             self.loggers = []
         elif isinstance(logger, Logger):
@@ -504,7 +532,9 @@ class Trainer(TrainerLifecycle):
         elif isinstance(logger, Iterable) and all(isinstance(lg, Logger) for lg in logger):
             self.loggers = list(logger)
         else:
-            raise TypeError(f"Expected logger to be a Logger, a list of them, True or False, received {logger!r}.")
+            raise TypeError(
+                f"Expected logger to be a Logger, a list of them, True or False, received {logger!r}."
+            )
         if self.fast_dev_run:
             from lightning_lib.loggers.logger import DummyLogger
 

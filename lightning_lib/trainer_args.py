@@ -49,7 +49,9 @@ def parse_duration(name: str, value: Any) -> timedelta | None:
         try:
             return timedelta(**value)
         except TypeError as err:
-            raise _fail(name, "to be a dict of timedelta arguments (days, hours, minutes, seconds)", value) from err
+            raise _fail(
+                name, "to be a dict of timedelta arguments (days, hours, minutes, seconds)", value
+            ) from err
     if isinstance(value, str):
         match = _DURATION.match(value.strip())
         if match:

@@ -104,7 +104,10 @@ def make_classes(pl: ModuleType) -> dict[str, Any]:
             super().__init__()
             self.save_hyperparameters()
             self.net = torch.nn.Sequential(
-                torch.nn.Linear(32, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 10)
+                torch.nn.Linear(32, hidden),
+                torch.nn.ReLU(),
+                torch.nn.Dropout(dropout),
+                torch.nn.Linear(hidden, 10),
             )
             self.losses: list[float] = []
 
@@ -157,7 +160,11 @@ def make_classes(pl: ModuleType) -> dict[str, Any]:
         def predict_dataloader(self) -> DataLoader:
             return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
 
-    return {"BoringModel": BoringModel, "ClassifierModel": ClassifierModel, "ClassifierDataModule": ClassifierDataModule}
+    return {
+        "BoringModel": BoringModel,
+        "ClassifierModel": ClassifierModel,
+        "ClassifierDataModule": ClassifierDataModule,
+    }
 
 
 _OURS = make_classes(lightning_lib)

@@ -43,7 +43,12 @@ class Callback:
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None: ...
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None: ...
     def on_validation_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None: ...
     def on_validation_batch_end(
         self,
@@ -55,7 +60,12 @@ class Callback:
         dataloader_idx: int = 0,
     ) -> None: ...
     def on_test_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None: ...
     def on_test_batch_end(
         self,
@@ -67,7 +77,12 @@ class Callback:
         dataloader_idx: int = 0,
     ) -> None: ...
     def on_predict_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None: ...
     def on_predict_batch_end(
         self,
@@ -86,7 +101,9 @@ class Callback:
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None: ...
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None: ...
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None: ...
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None: ...
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:
         """State saved into checkpoints under ``state_key``."""
@@ -101,7 +118,9 @@ class Callback:
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None: ...
-    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None: ...
+    def on_before_backward(
+        self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor
+    ) -> None: ...
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None: ...
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer

@@ -88,7 +88,9 @@ class ModelCheckpoint(Checkpoint):
         self._every_n_epochs = every_n_epochs or 0
         self._every_n_train_steps = every_n_train_steps or 0
         self._train_time_interval = train_time_interval
-        self.dirpath: str | None = os.path.realpath(os.path.expanduser(os.fspath(dirpath))) if dirpath else None
+        self.dirpath: str | None = (
+            os.path.realpath(os.path.expanduser(os.fspath(dirpath))) if dirpath else None
+        )
         self.filename = filename
         self.best_k_models: dict[str, Tensor] = {}
         self.kth_best_model_path = ""
@@ -115,9 +117,9 @@ class ModelCheckpoint(Checkpoint):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = self._default_dirpath(trainer)
-        if stage == TrainerFn.FITTING.value and self.save_top_k != 0 and os.path.isdir(self.dirpath):
-            if any(Path(self.dirpath).iterdir()):
-                log.warning("Checkpoint directory %s exists and is not empty.", self.dirpath)
+        fitting = stage == TrainerFn.FITTING.value and self.save_top_k != 0
+        if fitting and os.path.isdir(self.dirpath) and any(Path(self.dirpath).iterdir()):
+            log.warning("Checkpoint directory %s exists and is not empty.", self.dirpath)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_time_checked = time.monotonic()
@@ -208,9 +210,13 @@ class ModelCheckpoint(Checkpoint):
         self._save_last(trainer, candidates)
 
     def _monitor_candidates(self, trainer: Trainer) -> dict[str, Tensor]:
-        candidates = {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in trainer.callback_metrics.items()}
+        candidates = {
+            k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in trainer.callback_metrics.items()
+        }
         epoch = candidates.get("epoch")
-        candidates["epoch"] = epoch.int() if isinstance(epoch, Tensor) else torch.tensor(trainer.current_epoch)
+        candidates["epoch"] = (
+            epoch.int() if isinstance(epoch, Tensor) else torch.tensor(trainer.current_epoch)
+        )
         step = candidates.get("step")
         candidates["step"] = step.int() if isinstance(step, Tensor) else torch.tensor(trainer.global_step)
         return candidates
@@ -258,7 +264,9 @@ class ModelCheckpoint(Checkpoint):
             to_delete = self.kth_best_model_path
             self.best_k_models.pop(to_delete)
         if isinstance(current, Tensor) and torch.isnan(current):
-            current = torch.tensor(float("inf") if self.mode == "min" else float("-inf"), device=current.device)
+            current = torch.tensor(
+                float("inf") if self.mode == "min" else float("-inf"), device=current.device
+            )
         filepath = self._unique_path(candidates, None, to_delete)
         self.current_score = current
         self.best_k_models[filepath] = current
@@ -335,7 +343,9 @@ class ModelCheckpoint(Checkpoint):
             return os.path.realpath(os.path.join(save_dir, str(logger.name), version, "checkpoints"))
         return os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
 
-    def _unique_path(self, candidates: dict[str, Tensor], filename: str | None, allowed_existing: str | None) -> str:
+    def _unique_path(
+        self, candidates: dict[str, Tensor], filename: str | None, allowed_existing: str | None
+    ) -> str:
         filepath = self.format_checkpoint_name(candidates, filename)
         if self._enable_version_counter:
             version = self.STARTING_VERSION
@@ -355,7 +365,9 @@ class ModelCheckpoint(Checkpoint):
         return os.path.join(self.dirpath, name) if self.dirpath else name
 
     @classmethod
-    def _format_name(cls, filename: str | None, metrics: dict[str, Any], auto_insert_metric_name: bool) -> str:
+    def _format_name(
+        cls, filename: str | None, metrics: dict[str, Any], auto_insert_metric_name: bool
+    ) -> str:
         if not filename:
             filename = "{epoch}" + cls.CHECKPOINT_JOIN_CHAR + "{step}"
         values = dict(metrics)

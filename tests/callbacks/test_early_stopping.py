@@ -203,3 +203,53 @@ def test_parity_with_lightning_on_random_sequences(seed: int) -> None:
     torch.testing.assert_close(ours.best_score, theirs.best_score, equal_nan=True)
     assert set(ours.state_dict()) == set(theirs.state_dict())
     assert ours.state_key == theirs.state_key
+
+
+# ---- with the real Trainer ------------------------------------------------------------------------------
+
+ES_CASES = {
+    "default": ({"patience": 2}, {}, "val_loss"),
+    "after_validation": ({"patience": 2, "check_on_train_epoch_end": False}, {}, "val_loss"),
+    "val_twice_per_epoch": ({"patience": 2}, {"val_check_interval": 0.5}, "val_loss"),
+    "max_every_2_epochs": ({"patience": 1, "mode": "max", "min_delta": 0.01}, {"check_val_every_n_epoch": 2}, "val_acc"),
+    "no_validation": ({"patience": 1, "min_delta": 0.05}, {"limit_val_batches": 0}, "train_loss"),
+    "threshold": ({"patience": 3, "stopping_threshold": 1.5}, {}, "val_loss"),
+}
+
+
+def _fit_with_early_stopping(pl: Any, tmp_path: Any, case: str) -> tuple[Any, Any]:
+    from tests.helpers import make_classes, quiet_trainer_kwargs
+
+    es_kwargs, trainer_kwargs, monitor = ES_CASES[case]
+    pl.seed_everything(7)
+    classes = make_classes(pl)
+    es = pl.callbacks.EarlyStopping(monitor, **es_kwargs)
+    kwargs = quiet_trainer_kwargs(tmp_path, max_epochs=12, callbacks=[es], **trainer_kwargs)
+    trainer = pl.Trainer(**kwargs)
+    trainer.fit(classes["ClassifierModel"](lr=0.05), datamodule=classes["ClassifierDataModule"]())
+    return es, trainer
+
+
+def test_fit_stops_early(tmp_path: Any) -> None:
+    import lightning_lib
+
+    es, trainer = _fit_with_early_stopping(lightning_lib, tmp_path, "default")
+    assert isinstance(es, EarlyStopping)
+    assert trainer.should_stop and 0 < es.stopped_epoch < 11
+    assert trainer.current_epoch == es.stopped_epoch + 1
+    assert es.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("case", sorted(ES_CASES))
+def test_fit_parity_with_lightning(tmp_path: Any, case: str) -> None:
+    import lightning_lib
+
+    reference = pytest.importorskip("pytorch_lightning")
+    ours, our_trainer = _fit_with_early_stopping(lightning_lib, tmp_path / "ours", case)
+    theirs, their_trainer = _fit_with_early_stopping(reference, tmp_path / "theirs", case)
+    assert (ours.stopped_epoch, ours.wait_count) == (theirs.stopped_epoch, theirs.wait_count)
+    assert ours._check_on_train_epoch_end == theirs._check_on_train_epoch_end
+    assert ours.stopping_reason.value == theirs.stopping_reason.value
+    torch.testing.assert_close(ours.best_score, theirs.best_score, rtol=1e-5, atol=1e-6)
+    assert (our_trainer.current_epoch, our_trainer.global_step) == (their_trainer.current_epoch, their_trainer.global_step)

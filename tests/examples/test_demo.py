@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import lightning_lib as pl
+
 pytest.importorskip("sklearn")
 
 from examples import demo
-from examples.digits import DigitsDataModule
+from examples.digits import DigitsClassifier, DigitsDataModule
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,3 +93,29 @@ def test_overhead_benchmark_quick_prints_json() -> None:
             assert f"{impl}_vs_raw" in figures
             if figures[f"{impl}_ms_per_step"] is not None:
                 assert figures[f"{impl}_vs_raw"] > 0
+
+
+def test_predict_returns_class_indices_and_checkpoint_reloads(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    dm = DigitsDataModule(seed=0)
+    model = DigitsClassifier(hidden=32)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    batches = trainer.predict(model, datamodule=dm)
+    assert batches is not None
+    predictions = torch.cat(batches)
+    assert dm.test_set is not None and predictions.shape == (len(dm.test_set),)
+    assert predictions.dtype == torch.long and predictions.min() >= 0 and predictions.max() < 10
+
+    # Hyper-parameters travel with the checkpoint: the reloaded model has the same shape.
+    checkpoint = next(tmp_path.rglob("*.ckpt"))
+    reloaded = DigitsClassifier.load_from_checkpoint(checkpoint)
+    assert reloaded.hparams["hidden"] == 32
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.parameters(), model.parameters()))

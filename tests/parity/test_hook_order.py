@@ -25,8 +25,14 @@ def _record(pl: Any, tmp_path: Any, run: str, **trainer_kwargs: Any) -> list[str
 @pytest.mark.parametrize(
     ("run", "kwargs"),
     [
-        ("fit", {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "num_sanity_val_steps": 1}),
-        ("fit", {"max_epochs": 2, "limit_train_batches": 4, "limit_val_batches": 2, "accumulate_grad_batches": 2}),
+        (
+            "fit",
+            {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "num_sanity_val_steps": 1},
+        ),
+        (
+            "fit",
+            {"max_epochs": 2, "limit_train_batches": 4, "limit_val_batches": 2, "accumulate_grad_batches": 2},
+        ),
         ("fit", {"max_steps": 3, "limit_val_batches": 1, "val_check_interval": 2, "gradient_clip_val": 1.0}),
         ("validate", {"limit_val_batches": 2}),
         ("test", {"limit_test_batches": 2}),

@@ -24,9 +24,15 @@ def _scheduler_model(pl: Any, interval: str, frequency: int = 1, plateau: bool =
             opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
             if plateau:
                 sched: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
-                return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": interval}}
+                return {
+                    "optimizer": opt,
+                    "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": interval},
+                }
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "frequency": frequency}}
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "interval": interval, "frequency": frequency},
+            }
 
     return Scheduled()
 
@@ -80,7 +86,9 @@ def _run(pl: Any, tmp_path: Any, case: str) -> dict[str, Any]:
         trainer_kwargs["max_epochs"] = 3
     elif case == "accumulate_clip":
         model = classes["ClassifierModel"]()
-        trainer_kwargs.update(accumulate_grad_batches=3, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+        trainer_kwargs.update(
+            accumulate_grad_batches=3, gradient_clip_val=0.5, gradient_clip_algorithm="norm"
+        )
     elif case == "clip_value":
         model = classes["ClassifierModel"]()
         trainer_kwargs.update(gradient_clip_val=0.01, gradient_clip_algorithm="value")
