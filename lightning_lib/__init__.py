@@ -1,5 +1,7 @@
 """A fast, dependable re-implementation of the PyTorch Lightning API: ``import lightning_lib as pl``."""
 
+import logging as _logging
+
 from lightning_lib import callbacks, loggers
 from lightning_lib.callbacks import Callback
 from lightning_lib.checkpoint_io import LIBRARY_VERSION as __version__
@@ -7,6 +9,12 @@ from lightning_lib.datamodule import LightningDataModule
 from lightning_lib.module import LightningModule
 from lightning_lib.seed import seed_everything
 from lightning_lib.trainer import Trainer
+
+# Like Lightning: INFO messages (model summary, early stopping) are shown unless the app configured logging.
+_log = _logging.getLogger("lightning_lib")
+if not _logging.getLogger().handlers and not _log.handlers:
+    _log.setLevel(_logging.INFO)
+    _log.addHandler(_logging.StreamHandler())
 
 __all__ = [
     "Callback",

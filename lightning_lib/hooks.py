@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 
 def overrides(obj: object, name: str, base: type) -> bool:
-    """Whether ``obj``'s class defines ``name`` differently from ``base``."""
+    """Whether ``obj`` defines ``name`` differently from ``base`` (on its class or on the instance)."""
+    if name in getattr(obj, "__dict__", {}):
+        return True
     impl = getattr(type(obj), name, None)
     default = getattr(base, name, None)
     if impl is None:

@@ -46,8 +46,9 @@ def collect_init_args(frame: FrameType, owner: object) -> dict[str, Any]:
             args.update(info.locals[info.keywords])
         collected.append(args)
         current = current.f_back
+    # innermost (base class) first, so the base's keys come first and the subclass's values win
     merged: dict[str, Any] = {}
-    for args in reversed(collected):
+    for args in collected:
         merged.update(args)
     return merged
 

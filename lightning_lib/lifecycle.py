@@ -401,13 +401,17 @@ class TrainerLifecycle:
         if limit == 0 or (key != "predict" and not overrides(self.lightning_module, step, LightningModule)):
             self._eval[key] = ([], [])
             return
-        source = self._request_loaders(key)
-        flat = [self._prepare_loader(dl, hook) for dl in flatten_loaders(source)]
-        if not flat and key != "val":
+        defined = self._source_defined(key)
+        source = self._request_loaders(key) if defined else None
+        if defined and source is None:
+            raise TypeError(f"Expected `{hook}()` to return a dataloader (or a list of them), received None.")
+        running_fn = self.state.fn.value if self.state.fn else key
+        if not defined and (key != "val" or self.state.fn == TrainerFn.VALIDATING):
             raise ValueError(
-                f"Expected a {key} dataloader for `trainer.{self.state.fn.value if self.state.fn else key}`:"
-                f" pass dataloaders, a datamodule, or implement `{hook}`; received none."
+                f"Expected a {key} dataloader for `trainer.{running_fn}`: pass dataloaders, a datamodule,"
+                f" or implement `{hook}`; received none."
             )
+        flat = [self._prepare_loader(dl, hook) for dl in flatten_loaders(source)]
         self._eval[key] = (flat, [num_batches(dl, limit, key) for dl in flat])
         if key == "val":
             self._last_val_reload_epoch = self.current_epoch
@@ -619,7 +623,7 @@ class TrainerLifecycle:
                 )
 
         out = self.precision_plugin.optimizer_step(
-            optimizer, closure or _no_op_closure, after_closure, **kwargs
+            optimizer, closure or _no_op_closure, after_closure, automatic, **kwargs
         )
         if not automatic:
             self.progress.global_step += 1

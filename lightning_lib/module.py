@@ -237,8 +237,13 @@ class LightningModule(nn.Module):
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` on the global-zero process only."""
-        if self._trainer is None or self._trainer.is_global_zero:
+        trainer = self._trainer
+        if trainer is None:
             print(*args, **kwargs)
+        elif trainer.is_global_zero:
+            bar = trainer.progress_bar_callback
+            # through the bar, so a live bar is not garbled
+            (bar.print if bar is not None and hasattr(bar, "print") else print)(*args, **kwargs)
 
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
         """Gather tensors from every process; one process returns its data with a leading dim of 1."""

@@ -71,9 +71,13 @@ class Precision:
         optimizer: torch.optim.Optimizer,
         closure: Callable[[], Any],
         after_closure: Callable[[], None],
+        automatic: bool = True,
         **kw: Any,
     ) -> Any:
-        """Run ``closure`` (forward + backward) inside ``optimizer.step`` as torch optimizers expect."""
+        """Run ``closure`` (forward + backward) inside ``optimizer.step`` as torch optimizers expect.
+
+        ``automatic`` is False under manual optimization, where the closure need not return the loss.
+        """
 
         def wrapped() -> Any:
             result = closure()
@@ -115,16 +119,18 @@ class MixedPrecision(Precision):
         optimizer: torch.optim.Optimizer,
         closure: Callable[[], Any],
         after_closure: Callable[[], None],
+        automatic: bool = True,
         **kw: Any,
     ) -> Any:
         if self.scaler is None:
-            return super().optimizer_step(optimizer, closure, after_closure, **kw)
+            return super().optimizer_step(optimizer, closure, after_closure, automatic, **kw)
         # A scaler cannot step with a closure: run it first, unscale, then let the scaler skip on inf/nan.
         result = closure()
         self.scaler.unscale_(optimizer)
         after_closure()
-        if result is None:
-            # no backward ran (training_step returned None): nothing to step
+        if result is None and automatic:
+            # no backward ran (training_step returned None): nothing to step. Under manual optimization
+            # the closure returns nothing and the backward already ran through `manual_backward`.
             self.scaler.update()
             return None
         out = self.scaler.step(optimizer, **kw)

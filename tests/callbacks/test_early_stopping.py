@@ -211,7 +211,11 @@ ES_CASES = {
     "default": ({"patience": 2}, {}, "val_loss"),
     "after_validation": ({"patience": 2, "check_on_train_epoch_end": False}, {}, "val_loss"),
     "val_twice_per_epoch": ({"patience": 2}, {"val_check_interval": 0.5}, "val_loss"),
-    "max_every_2_epochs": ({"patience": 1, "mode": "max", "min_delta": 0.01}, {"check_val_every_n_epoch": 2}, "val_acc"),
+    "max_every_2_epochs": (
+        {"patience": 1, "mode": "max", "min_delta": 0.01},
+        {"check_val_every_n_epoch": 2},
+        "val_acc",
+    ),
     "no_validation": ({"patience": 1, "min_delta": 0.05}, {"limit_val_batches": 0}, "train_loss"),
     "threshold": ({"patience": 3, "stopping_threshold": 1.5}, {}, "val_loss"),
 }
@@ -252,4 +256,7 @@ def test_fit_parity_with_lightning(tmp_path: Any, case: str) -> None:
     assert ours._check_on_train_epoch_end == theirs._check_on_train_epoch_end
     assert ours.stopping_reason.value == theirs.stopping_reason.value
     torch.testing.assert_close(ours.best_score, theirs.best_score, rtol=1e-5, atol=1e-6)
-    assert (our_trainer.current_epoch, our_trainer.global_step) == (their_trainer.current_epoch, their_trainer.global_step)
+    assert (our_trainer.current_epoch, our_trainer.global_step) == (
+        their_trainer.current_epoch,
+        their_trainer.global_step,
+    )

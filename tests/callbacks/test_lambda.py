@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from lightning_lib.callbacks.callback import Callback
@@ -46,3 +48,21 @@ def test_same_hook_names_as_lightning() -> None:
     assert theirs <= _HOOK_NAMES
     # Lightning's LambdaCallback lacks only the predict-epoch hooks it added later, if anything.
     assert _HOOK_NAMES - theirs <= {"on_predict_epoch_start", "on_predict_epoch_end"}
+
+
+def test_hooks_run_in_a_real_fit(tmp_path: Any) -> None:
+    import lightning_lib
+    from tests.helpers import make_classes, quiet_trainer_kwargs
+
+    epochs: list[int] = []
+    batches: list[int] = []
+    cb = LambdaCallback(
+        on_train_epoch_end=lambda trainer, pl_module: epochs.append(trainer.current_epoch),
+        on_train_batch_end=lambda trainer, pl_module, outputs, batch, batch_idx: batches.append(batch_idx),
+    )
+    classes = make_classes(lightning_lib)
+    trainer = lightning_lib.Trainer(
+        **quiet_trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=3, callbacks=[cb])
+    )
+    trainer.fit(classes["ClassifierModel"](), datamodule=classes["ClassifierDataModule"]())
+    assert epochs == [0, 1] and batches == [0, 1, 2, 0, 1, 2]

@@ -198,3 +198,142 @@ def test_parity_with_lightning(layout: str, interval: str | None) -> None:
         calls = _drive(cb, fake_trainer(opts, configs))
         results.append((calls, dict(cb.lrs), dict(cb.last_momentum_values)))
     assert results[0] == results[1]
+
+
+# ---- with the real Trainer ------------------------------------------------------------------------------
+
+
+def _recording_logger(pl: Any) -> Any:
+    class RecordingLogger(pl.loggers.Logger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[int | None, dict[str, float]]] = []
+
+        @property
+        def name(self) -> str:
+            return "rec"
+
+        @property
+        def version(self) -> int:
+            return 0
+
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            self.calls.append((step, dict(metrics)))
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    return RecordingLogger()
+
+
+def _scheduled_model(pl: Any) -> Any:
+    from tests.helpers import make_classes
+
+    base = make_classes(pl)["ClassifierModel"]
+
+    class Scheduled(base):  # type: ignore[misc, valid-type]
+        def configure_optimizers(self) -> Any:
+            first = torch.optim.SGD(
+                [{"params": self.net[0].parameters()}, {"params": self.net[3].parameters(), "lr": 0.05}],
+                lr=0.1,
+                momentum=0.9,
+            )
+            second = torch.optim.Adam(self.net[3].parameters(), lr=0.01)
+            return [first, second], [
+                {"scheduler": torch.optim.lr_scheduler.StepLR(first, 3, gamma=0.5), "interval": "step"},
+                {"scheduler": torch.optim.lr_scheduler.ExponentialLR(second, 0.9), "name": "head_lr"},
+            ]
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            opt_a, opt_b = self.optimizers()
+            x, y = batch
+            loss = torch.nn.functional.cross_entropy(self(x), y)
+            opt_a.zero_grad()
+            opt_b.zero_grad()
+            self.manual_backward(loss)
+            opt_a.step()
+            opt_b.step()
+            sched_a, sched_b = self.lr_schedulers()
+            sched_a.step()
+            if self.trainer.is_last_batch:
+                sched_b.step()
+            return loss
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+    return Scheduled()
+
+
+def _simple_model(pl: Any) -> Any:
+    from tests.helpers import make_classes
+
+    base = make_classes(pl)["ClassifierModel"]
+
+    class Simple(base):  # type: ignore[misc, valid-type]
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.5)
+            sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return Simple()
+
+
+def _fit_lr(pl: Any, tmp_path: Any, model_fn: Any, interval: str | None) -> tuple[Any, list[Any]]:
+    from tests.helpers import make_classes, quiet_trainer_kwargs
+
+    pl.seed_everything(3)
+    logger = _recording_logger(pl)
+    monitor = pl.callbacks.LearningRateMonitor(
+        logging_interval=interval, log_momentum=True, log_weight_decay=True
+    )
+    kwargs = quiet_trainer_kwargs(
+        tmp_path, max_epochs=2, logger=logger, log_every_n_steps=3, callbacks=[monitor], limit_train_batches=7
+    )
+    trainer = pl.Trainer(**kwargs)
+    trainer.fit(model_fn(pl), datamodule=make_classes(pl)["ClassifierDataModule"]())
+    lr_calls = [(step, m) for step, m in logger.calls if any(k.startswith(("lr-", "head_lr")) for k in m)]
+    return monitor, lr_calls
+
+
+def test_fit_logs_learning_rates(tmp_path: Any) -> None:
+    import lightning_lib
+
+    monitor, calls = _fit_lr(lightning_lib, tmp_path, _simple_model, "step")
+    assert set(monitor.lrs) == {"lr-SGD"}
+    # 7 batches per epoch, log_every_n_steps=3: logged before the 3rd and 6th batch of each epoch
+    assert [step for step, _ in calls] == [2, 5, 8, 11]
+    assert calls[0][1] == {
+        "lr-SGD": pytest.approx(0.1 * 0.5**2),
+        "lr-SGD-momentum": 0.5,
+        "lr-SGD-weight_decay": 0,
+    }
+
+
+def test_fit_without_logger_raises(tmp_path: Any) -> None:
+    import lightning_lib
+    from tests.helpers import make_classes, quiet_trainer_kwargs
+
+    trainer = lightning_lib.Trainer(
+        **quiet_trainer_kwargs(tmp_path, max_epochs=1, callbacks=[LearningRateMonitor()])
+    )
+    classes = make_classes(lightning_lib)
+    with pytest.raises(ValueError, match="that has no logger"):
+        trainer.fit(classes["ClassifierModel"](), datamodule=classes["ClassifierDataModule"]())
+
+
+@pytest.mark.parity
+@pytest.mark.filterwarnings("ignore:You have set log_momentum=True")  # Adam + SGD: both libraries warn
+@pytest.mark.parametrize("model", ["simple", "scheduled"])
+@pytest.mark.parametrize("interval", [None, "step", "epoch"])
+def test_fit_parity_with_lightning(tmp_path: Any, model: str, interval: str | None) -> None:
+    import lightning_lib
+
+    reference = pytest.importorskip("pytorch_lightning")
+    model_fn = _simple_model if model == "simple" else _scheduled_model
+    ours, our_calls = _fit_lr(lightning_lib, tmp_path / "ours", model_fn, interval)
+    theirs, their_calls = _fit_lr(reference, tmp_path / "theirs", model_fn, interval)
+    assert our_calls == their_calls
+    assert ours.lrs == theirs.lrs
+    assert ours.last_momentum_values == theirs.last_momentum_values

@@ -121,3 +121,20 @@ def test_table_matches_lightning_without_flops(max_depth: int, example: bool) ->
     )
     expected = expected.rsplit("\n", 1)[0]  # drop "Total Flops"
     assert str(summarize(Net(example), max_depth=max_depth)) == expected
+
+
+def test_fit_logs_the_summary_by_default(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import lightning_lib
+    from tests.helpers import make_classes, quiet_trainer_kwargs
+
+    classes = make_classes(lightning_lib)
+    model = classes["ClassifierModel"]()
+    model.example_input_array = torch.zeros(3, 32)
+    trainer = lightning_lib.Trainer(
+        **quiet_trainer_kwargs(tmp_path, max_epochs=1, enable_model_summary=None, limit_train_batches=1)
+    )
+    with caplog.at_level(logging.INFO, logger="lightning_lib.callbacks.model_summary"):
+        trainer.fit(model, datamodule=classes["ClassifierDataModule"]())
+    assert "0 | net  | Sequential | 2.8 K  | train | [3, 32]  | [3, 10]  " in caplog.text
+    assert "2.8 K     Total params" in caplog.text
+    assert model.training  # the example forward ran in eval mode and restored the mode

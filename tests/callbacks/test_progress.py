@@ -254,3 +254,51 @@ def test_print_goes_through_the_active_bar(terminal: io.StringIO, capsys: pytest
 def test_number_padding_matches_lightning(value: Any) -> None:
     tqdm_progress = pytest.importorskip("pytorch_lightning.callbacks.progress.tqdm_progress")
     assert Tqdm.format_num(value) == tqdm_progress.Tqdm.format_num(value)
+
+
+# ---- with the real Trainer ------------------------------------------------------------------------------
+
+
+def _run_all_stages(tmp_path: Any, **trainer_kwargs: Any) -> Any:
+    import lightning_lib
+    from tests.helpers import make_classes, quiet_trainer_kwargs
+
+    classes = make_classes(lightning_lib)
+    kwargs = quiet_trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=5, enable_progress_bar=True)
+    kwargs.update(trainer_kwargs)
+    trainer = lightning_lib.Trainer(**kwargs)
+    model, datamodule = classes["ClassifierModel"](), classes["ClassifierDataModule"]()
+    trainer.fit(model, datamodule=datamodule)
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    assert len(trainer.predict(model, datamodule=datamodule)) == 4
+    return trainer
+
+
+def test_fit_without_terminal_prints_epoch_lines(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    trainer = _run_all_stages(tmp_path)
+    assert isinstance(trainer.progress_bar_callback, TQDMProgressBar)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["Epoch 0", "Epoch 1"]
+    assert "5/5 batches" in lines[0] and "train_loss_step=" in lines[0] and "val_loss=" in lines[0]
+
+
+def test_fit_in_terminal_draws_every_bar(tmp_path: Any, terminal: io.StringIO) -> None:
+    _run_all_stages(tmp_path)
+    out = terminal.getvalue()
+    for text in (
+        "Sanity Checking DataLoader 0: 100%",
+        "Epoch 0: 100%",
+        "Epoch 1: 100%",
+        "| 5/5 [",
+        "Validation DataLoader 0: 100%",
+        "Testing DataLoader 0: 100%",
+        "Predicting DataLoader 0: 100%",
+        "val_loss=",
+    ):
+        assert text in out, text
+
+
+def test_disabled_progress_bar_prints_nothing(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    _run_all_stages(tmp_path, enable_progress_bar=False)
+    assert "Epoch" not in capsys.readouterr().out

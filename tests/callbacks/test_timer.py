@@ -114,3 +114,33 @@ def test_over_budget_resume_stops_at_fit_start() -> None:
 def test_state_dict_keys_match_lightning() -> None:
     pl_callbacks = pytest.importorskip("pytorch_lightning.callbacks")
     assert Timer().state_dict() == pl_callbacks.Timer().state_dict()
+
+
+def _fit(tmp_path: Any, **kwargs: Any) -> Any:
+    import lightning_lib
+    from tests.helpers import make_classes, quiet_trainer_kwargs
+
+    classes = make_classes(lightning_lib)
+    trainer = lightning_lib.Trainer(
+        **quiet_trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=3, **kwargs)
+    )
+    model = classes["ClassifierModel"]()
+    trainer.fit(model, datamodule=classes["ClassifierDataModule"]())
+    return trainer, model
+
+
+def test_fit_measures_stages(tmp_path: Any) -> None:
+    timer = Timer()
+    trainer, model = _fit(tmp_path, callbacks=[timer])
+    assert trainer.global_step == 6
+    assert timer.time_elapsed("train") > timer.time_elapsed("validate") > 0
+    assert timer.end_time("train") is not None and timer.time_remaining() is None
+    trainer.test(model, datamodule=trainer.datamodule, verbose=False)
+    assert timer.time_elapsed("test") > 0
+
+
+def test_zero_duration_stops_before_the_first_step(tmp_path: Any) -> None:
+    trainer, _ = _fit(tmp_path, callbacks=[Timer(duration={"seconds": 0}, verbose=False)])
+    assert trainer.global_step == 0 and trainer.should_stop
+    trainer, _ = _fit(tmp_path, max_time={"seconds": 0})  # the Trainer's own Timer
+    assert trainer.global_step == 0
