@@ -340,8 +340,8 @@ class ModelCheckpoint(Checkpoint):
         if logger is not None:
             save_dir = logger.save_dir or trainer.default_root_dir
             version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-            return os.path.realpath(os.path.join(save_dir, str(logger.name), version, "checkpoints"))
-        return os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+            return os.path.join(save_dir, str(logger.name), version, "checkpoints")
+        return os.path.join(trainer.default_root_dir, "checkpoints")
 
     def _unique_path(
         self, candidates: dict[str, Tensor], filename: str | None, allowed_existing: str | None
