@@ -291,7 +291,7 @@ class ResultCollection:
         item = self.items.get(key)
         if item is None:
             item = self.items[key] = LoggedValue(fx, name, options, dl_idx)
-        elif item.options != options:
+        elif item.options != options or item.dataloader_idx != dl_idx:
             raise ValueError(
                 f"You called `self.log({name!r}, ...)` twice in `{fx}` with different arguments; "
                 "use the same on_step/on_epoch/reduce_fx/prog_bar/logger each time."
@@ -315,8 +315,8 @@ class ResultCollection:
         out = MetricDicts()
         current_dl = self.dataloader_idx
         for item in self.items.values():
-            # while one of several eval loaders runs, only its own values are reported
-            if not item.updated or (current_dl is not None and item.dataloader_idx != current_dl):
+            # only values logged under the current loader (None: outside any loader) are reported
+            if not item.updated or item.dataloader_idx != current_dl:
                 continue
             if on_step:
                 value = item.step_value if item.on_step else None
