@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -554,27 +555,50 @@ class TrainerLifecycle:
 
     # ---- per-step helpers ----------------------------------------------------------------------------
     def _batch_transfer(self: Trainer, dataloader_idx: int) -> Any:  # type: ignore[misc]
-        """The batch path to the device; on CPU with default hooks it is the identity."""
-        hooks = self._hooks
+        """The batch path to the device; on CPU with default hooks it is the identity.
+
+        As in Lightning, a datamodule's transfer hook replaces the module's when the datamodule overrides it.
+        """
         precision = self.precision_plugin
         device = self.strategy.root_device
-        custom = [
-            hooks.module_overrides(n)
+        calls = [
+            self._batch_hook(n)
             for n in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
         ]
         from lightning_lib.precision import Precision
 
         converts = type(precision).convert_input is not Precision.convert_input
-        if device.type == "cpu" and not any(custom) and not converts:
+        if device.type == "cpu" and not any(custom for _, custom in calls) and not converts:
             return lambda batch: batch
+        (before, _), (to_device, _), (after, _) = calls
 
         def transfer(batch: Any) -> Any:
             batch = precision.convert_input(batch)
-            batch = hooks.module("on_before_batch_transfer", batch, dataloader_idx)
-            batch = hooks.module("transfer_batch_to_device", batch, device, dataloader_idx)
-            return hooks.module("on_after_batch_transfer", batch, dataloader_idx)
+            batch = before("on_before_batch_transfer", batch, dataloader_idx)
+            batch = to_device("transfer_batch_to_device", batch, device, dataloader_idx)
+            return after("on_after_batch_transfer", batch, dataloader_idx)
 
         return transfer
+
+    def _batch_hook(self: Trainer, name: str) -> tuple[Any, bool]:  # type: ignore[misc]
+        """Who runs batch-transfer hook ``name`` (the datamodule's override wins), and whether it is custom."""
+        from lightning_lib.datamodule import LightningDataModule
+        from lightning_lib.hooks import overrides
+
+        module_custom = self._hooks.module_overrides(name)
+        datamodule = self.datamodule
+        if datamodule is not None and overrides(datamodule, name, LightningDataModule):
+            seen: set[str] = self.__dict__.setdefault("_batch_hook_warnings", set())
+            if module_custom and name not in seen:
+                seen.add(name)
+                warnings.warn(
+                    f"`{name}` is overridden in both the LightningModule and the LightningDataModule;"
+                    " the LightningDataModule's is used.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            return self._hooks.datamodule, True
+        return self._hooks.module, module_custom
 
     def _takes_batch_idx(self: Trainer, fn: Any) -> bool:  # type: ignore[misc]
         key = id(getattr(fn, "__func__", fn))

@@ -1,0 +1,56 @@
+"""Small building blocks shared by the unit tests (the parity models live in tests/helpers.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from tests.helpers import BoringModel, RandomDataset, quiet_trainer_kwargs
+
+
+class CountingModel(BoringModel):
+    """BoringModel that counts the steps it ran and records what the hooks saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_steps = 0
+        self.val_steps = 0
+        self.val_epochs = 0
+        self.seen: dict[str, Any] = {}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.train_steps += 1
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        self.val_steps += 1
+        return super().validation_step(batch, batch_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_epochs += 1
+
+
+def loader(length: int = 64, batch_size: int = 2, seed: int = 0, size: int = 32) -> DataLoader:
+    return DataLoader(RandomDataset(size, length, seed=seed), batch_size=batch_size)
+
+
+def trainer_kwargs(tmp_path: Any, **overrides: Any) -> dict[str, Any]:
+    """Quiet, small and fast: one epoch, a few batches, no sanity check unless asked."""
+    kwargs: dict[str, Any] = {
+        "max_epochs": 1,
+        "limit_train_batches": 2,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+    }
+    kwargs.update(overrides)
+    return quiet_trainer_kwargs(tmp_path, **kwargs)
+
+
+def floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def sgd(module: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(module.parameters(), lr=0.1)

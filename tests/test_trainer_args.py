@@ -1,0 +1,233 @@
+"""Trainer arguments: every bad value is refused up front, naming the argument, the expectation and the value."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import torch
+
+import lightning_lib as pl
+from lightning_lib.trainer_args import (
+    batch_limit,
+    check_choice,
+    check_int,
+    parse_duration,
+    resolve_accelerator,
+    resolve_device,
+)
+from tests.support import CountingModel, trainer_kwargs
+
+BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
+    ({"accumulate_grad_batches": 0}, "accumulate_grad_batches >= 1, received 0"),
+    ({"accumulate_grad_batches": 1.5}, "accumulate_grad_batches .*received 1.5"),
+    ({"max_epochs": -2}, "max_epochs >= -1, received -2"),
+    ({"max_epochs": 1.5}, "max_epochs .*int.*received 1.5"),
+    ({"min_epochs": -1}, "min_epochs >= 0, received -1"),
+    ({"max_steps": -5}, "max_steps >= -1, received -5"),
+    ({"min_steps": -1}, "min_steps >= 0, received -1"),
+    ({"max_time": "abc"}, "max_time .*DD:HH:MM:SS.*received 'abc'"),
+    ({"max_time": {"weeks_": 1}}, "max_time .*timedelta.*received"),
+    ({"limit_train_batches": 1.5}, r"limit_train_batches .*\[0.0, 1.0\].*received 1.5"),
+    ({"limit_val_batches": -1}, "limit_val_batches .*received -1"),
+    ({"limit_test_batches": "a"}, "limit_test_batches .*received 'a'"),
+    ({"limit_predict_batches": True}, "limit_predict_batches .*received True"),
+    ({"overfit_batches": 1.5}, "overfit_batches .*received 1.5"),
+    ({"val_check_interval": 0}, "val_check_interval > 0, received 0"),
+    ({"val_check_interval": 1.5}, "val_check_interval .*received 1.5"),
+    ({"check_val_every_n_epoch": 0}, "check_val_every_n_epoch >= 1, received 0"),
+    ({"num_sanity_val_steps": -2}, "num_sanity_val_steps >= -1, received -2"),
+    ({"log_every_n_steps": -1}, "log_every_n_steps >= 0, received -1"),
+    ({"gradient_clip_val": -1.0}, "gradient_clip_val .*>= 0.*received -1.0"),
+    ({"gradient_clip_val": "1"}, "gradient_clip_val .*received '1'"),
+    ({"gradient_clip_algorithm": "foo"}, "gradient_clip_algorithm .*'norm', 'value'.*received 'foo'"),
+    ({"precision": "8-bit"}, "precision .*'32-true'.*received '8-bit'"),
+    ({"precision": 8}, "precision .*received 8"),
+    ({"accelerator": "tpu"}, "accelerator .*\"cpu\".*received 'tpu'"),
+    ({"accelerator": 5}, "accelerator .*received 5"),
+    ({"devices": 2}, "devices=1.*received devices=2"),
+    ({"devices": 0}, "devices .*received 0"),
+    ({"devices": [0, 1]}, r"devices .*received \[0, 1\]"),
+    ({"strategy": "ddp_foo"}, "strategy .*received 'ddp_foo'"),
+    ({"num_nodes": 0}, "num_nodes=1.*received 0"),
+    ({"profiler": "simple"}, "profiler=None.*received 'simple'"),
+    ({"plugins": ["x"]}, r"plugins=None.*received \['x'\]"),
+    ({"logger": "x"}, "logger .*Logger.*received 'x'"),
+    ({"logger": [object()]}, "logger .*Logger.*received"),
+    ({"callbacks": [object()]}, "callback .*Callback, received object"),
+    ({"callbacks": 3}, "callbacks .*Callback.*received int"),
+    ({"deterministic": "maybe"}, "deterministic .*'warn'.*received 'maybe'"),
+    ({"reload_dataloaders_every_n_epochs": -1}, "reload_dataloaders_every_n_epochs >= 0, received -1"),
+    ({"fast_dev_run": -1}, "fast_dev_run >= 0, received -1"),
+    ({"fast_dev_run": "yes"}, "fast_dev_run .*received 'yes'"),
+    (
+        {"enable_checkpointing": False, "callbacks": [pl.callbacks.ModelCheckpoint()]},
+        "ModelCheckpoint .*enable_checkpointing=False",
+    ),
+    (
+        {"enable_progress_bar": False, "callbacks": [pl.callbacks.TQDMProgressBar()]},
+        "progress bar .*enable_progress_bar=False",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    BAD_ARGUMENTS,
+    ids=[next(iter(b)) + "=" + repr(b[next(iter(b))]) for b, _ in BAD_ARGUMENTS],
+)
+def test_bad_argument_is_refused_before_training(tmp_path: Any, bad: dict[str, Any], message: str) -> None:
+    model = CountingModel()
+    kwargs = trainer_kwargs(tmp_path, **bad)
+    with pytest.raises((ValueError, TypeError)) as info:
+        pl.Trainer(**kwargs).fit(model)
+    text = str(info.value)
+    assert re.search(message, text), text
+    assert "Expected" in text or "expected" in text
+    assert model.train_steps == 0
+    assert model._trainer is None  # the model was never attached
+
+
+def test_gpu_accelerator_without_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("gpu", "cuda", "GPU"):
+        with pytest.raises(ValueError, match=rf"CUDA device for accelerator={name!r}.*none"):
+            pl.Trainer(accelerator=name, logger=False)
+
+
+def test_val_check_interval_above_the_epoch_length_is_refused_before_training(tmp_path: Any) -> None:
+    model = CountingModel()
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, limit_train_batches=4, val_check_interval=5))
+    with pytest.raises(
+        ValueError, match=r"val_check_interval <= the number of training batches \(4\), received 5"
+    ):
+        trainer.fit(model)
+    assert model.train_steps == 0
+
+
+def test_fractional_limit_too_small_for_the_loader(tmp_path: Any) -> None:
+    model = CountingModel()
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, limit_train_batches=0.001))
+    with pytest.raises(ValueError, match=r"limit_train_batches.*32 batches >= 1, received 0.001.*0.03125"):
+        trainer.fit(model)
+    assert model.train_steps == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "attribute", "expected"),
+    [
+        ({"limit_train_batches": 0.5}, "limit_train_batches", 0.5),
+        ({"limit_train_batches": 3}, "limit_train_batches", 3),
+        ({"limit_train_batches": 3.0}, "limit_train_batches", 3),
+        ({"limit_val_batches": 0}, "limit_val_batches", 0),
+        ({"limit_val_batches": None}, "limit_val_batches", 1.0),
+        ({"val_check_interval": 10}, "val_check_interval", 10),
+        ({"val_check_interval": 0.25}, "val_check_interval", 0.25),
+        ({"num_sanity_val_steps": -1}, "num_sanity_val_steps", float("inf")),
+        ({"num_sanity_val_steps": None}, "num_sanity_val_steps", 2),
+        ({"max_epochs": None}, "max_epochs", 1000),
+        ({"max_epochs": None, "max_steps": 10}, "max_epochs", -1),
+        ({"max_time": "00:01:00:00"}, "max_time", timedelta(hours=1)),
+        ({"max_time": {"minutes": 2}}, "max_time", timedelta(minutes=2)),
+        ({"max_time": timedelta(seconds=5)}, "max_time", timedelta(seconds=5)),
+        ({"log_every_n_steps": None}, "log_every_n_steps", 50),
+        ({"gradient_clip_algorithm": "value"}, "gradient_clip_algorithm", "value"),
+        ({"precision": 32}, "precision", "32-true"),
+        ({"precision": "64"}, "precision", "64-true"),
+        ({"devices": [0]}, "num_devices", 1),
+        ({"devices": "0,"}, "num_devices", 1),
+        ({"devices": -1}, "num_devices", 1),
+        ({"fast_dev_run": True}, "fast_dev_run", 1),
+    ],
+)
+def test_good_arguments_are_normalised(
+    tmp_path: Any, kwargs: dict[str, Any], attribute: str, expected: Any
+) -> None:
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, **kwargs))
+    assert getattr(trainer, attribute) == expected
+
+
+def test_val_check_interval_as_a_duration_checks_by_time(tmp_path: Any) -> None:
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, val_check_interval="00:00:00:30"))
+    assert trainer._val_check_time_interval == 30.0
+    assert trainer.val_check_interval == 1.0
+
+
+def test_fast_dev_run_replaces_a_logger_with_a_dummy(tmp_path: Any) -> None:
+    from lightning_lib.loggers.logger import DummyLogger
+
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, fast_dev_run=2, logger=True))
+    assert [type(lg) for lg in trainer.loggers] == [DummyLogger]
+    assert trainer.limit_train_batches == trainer.limit_val_batches == 2
+    assert trainer.max_steps == 2 and trainer.num_sanity_val_steps == 0
+
+
+def test_default_callbacks_and_logger(tmp_path: Any) -> None:
+    trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu")
+    names = [type(cb).__name__ for cb in trainer.callbacks]
+    assert names == ["ModelCheckpoint", "ModelSummary", "TQDMProgressBar"]
+    assert type(trainer.logger).__name__ == "CSVLogger"
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, logger=False, enable_checkpointing=False, max_time={"seconds": 5}
+    )
+    assert trainer.logger is None and trainer.checkpoint_callback is None
+    assert "Timer" in [type(cb).__name__ for cb in trainer.callbacks]
+
+
+def test_deterministic_sets_torch_flags(tmp_path: Any) -> None:
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        trainer = pl.Trainer(**trainer_kwargs(tmp_path, deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert trainer.benchmark is False
+        pl.Trainer(**trainer_kwargs(tmp_path, deterministic="warn"))
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        pl.Trainer(**trainer_kwargs(tmp_path, deterministic=False))
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+# ---- the validation helpers themselves --------------------------------------------------------------
+def test_check_int() -> None:
+    assert check_int("n", 3, 1) == 3
+    assert check_int("n", None, 1, allow_none=True) is None
+    with pytest.raises(ValueError, match=r"Expected n to be an int or None >= 1, received True"):
+        check_int("n", True, 1, allow_none=True)
+    with pytest.raises(ValueError, match=r"Expected n to be an int >= 0, received None"):
+        check_int("n", None, 0)
+
+
+def test_batch_limit_and_duration() -> None:
+    assert batch_limit("x", 0) == 0
+    assert batch_limit("x", 1) == 1 and isinstance(batch_limit("x", 1), int)
+    assert batch_limit("x", 1.0) == 1.0 and isinstance(batch_limit("x", 1.0), float)
+    with pytest.raises(ValueError, match=r"x .*received 2.5"):
+        batch_limit("x", 2.5)
+    assert parse_duration("d", None) is None
+    assert parse_duration("d", " 01:02:03:04 ") == timedelta(days=1, hours=2, minutes=3, seconds=4)
+    with pytest.raises(ValueError, match=r"Expected d .*received 5"):
+        parse_duration("d", 5)
+
+
+def test_check_choice() -> None:
+    assert check_choice("c", "a", ("a", "b")) == "a"
+    with pytest.raises(ValueError, match=r"Expected c to be one of \('a', 'b'\), received 'z'"):
+        check_choice("c", "z", ("a", "b"))
+
+
+def test_device_resolution_with_a_mocked_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_accelerator("auto") == "cuda"
+    assert resolve_accelerator("gpu") == "cuda"
+    assert resolve_device("cuda", "auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda", [1]) == torch.device("cuda", 1)
+    assert resolve_device("cuda", "1,") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"CUDA device index < 2, received 5"):
+        resolve_device("cuda", [5])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_accelerator("auto") == "cpu"
+    assert resolve_device("cpu", [3]) == torch.device("cpu")
