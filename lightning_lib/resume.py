@@ -142,7 +142,10 @@ def _encode_batches(batches: Sequence[Sequence[Any]]) -> dict[str, Any]:
     sizes = [len(b) for b in batches]
     flat = [i for b in batches for i in b]
     if all(type(i) is int for i in flat):
-        return {"indices": torch.tensor(flat, dtype=torch.int64), "sizes": torch.tensor(sizes, dtype=torch.int64)}
+        return {
+            "indices": torch.tensor(flat, dtype=torch.int64),
+            "sizes": torch.tensor(sizes, dtype=torch.int64),
+        }
     return {"items": [list(b) for b in batches]}
 
 
