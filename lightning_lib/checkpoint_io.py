@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lightning_lib.hparams import to_plain
-from lightning_lib.seed import capture_rng_states, restore_rng_states
+from lightning_lib.resume import capture_loader_state
+from lightning_lib.seed import capture_rng_states
 from lightning_lib.state import TrainerFn
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         "pytorch-lightning_version": LIGHTNING_FORMAT_VERSION,
         "lightning_lib_version": LIBRARY_VERSION,
         "state_dict": module.state_dict(),
-        "loops": {_PROGRESS_KEY: {"progress": trainer.progress.state_dict()}},
+        "loops": {_PROGRESS_KEY: _loop_state(trainer)},
     }
     if not weights_only:
         checkpoint["callbacks"] = {
@@ -65,6 +66,23 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
             cb.on_save_checkpoint(trainer, module, checkpoint)
     module.on_save_checkpoint(checkpoint)
     return checkpoint
+
+
+def _loop_state(trainer: Trainer) -> dict[str, Any]:
+    """Loop progress down to the batch, the train loader's position and the metrics callbacks read."""
+    progress = trainer.progress
+    state: dict[str, Any] = {
+        "progress": progress.state_dict(),
+        "callback_metrics": {
+            k: v.detach().cpu().clone()
+            for k, v in trainer.callback_metrics.items()
+            if isinstance(v, torch.Tensor)
+        },
+    }
+    loader = trainer._train_loader
+    if loader is not None and trainer.state.fn == TrainerFn.FITTING:
+        state["train_loader"] = capture_loader_state(loader, mid_epoch=progress.epoch_started)
+    return state
 
 
 def save_file(checkpoint: dict[str, Any], filepath: str | os.PathLike[str]) -> None:
@@ -186,21 +204,17 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None
     ours = (checkpoint.get("loops") or {}).get(_PROGRESS_KEY)
     progress = trainer.progress
     if ours is not None:
+        # the fit loop finishes the interrupted batch or epoch from here (fit_loop.run_fit)
         progress.load_state_dict(ours["progress"])
-        if progress.epoch_loop_done:
-            # saved after the epoch's batches: the next fit starts the next epoch
-            progress.current_epoch += 1
-            progress.epoch_started = False
-            progress.epoch_loop_done = False
-            progress.epoch_batches_done = 0
-            progress.batch_idx = -1
+        trainer._logger_connector._callback.update(ours.get("callback_metrics", {}))
+        trainer._resume = {"rng": checkpoint.get("rng_states"), "loader": ours.get("train_loader")}
+        return
     else:
         # a checkpoint written by pytorch_lightning: resume at the start of the epoch after the saved one
         progress.current_epoch = int(checkpoint.get("epoch", 0)) + 1
         progress.global_step = int(checkpoint.get("global_step", 0))
         progress.batches_that_stepped = progress.global_step
-    if "rng_states" in checkpoint:
-        restore_rng_states(checkpoint["rng_states"])
+    trainer._resume = {"rng": checkpoint.get("rng_states"), "loader": None}
 
 
 def build_from_checkpoint(

@@ -28,8 +28,10 @@ from lightning_lib.data import (
     num_batches,
     with_sequential_sampler,
 )
+from lightning_lib.fit_loop import run_fit
 from lightning_lib.metrics import ResultCollection, to_python_scalars
 from lightning_lib.optim import LightningOptimizer, parse_optimizers
+from lightning_lib.resume import make_resumable
 from lightning_lib.state import RunningStage, TrainerFn, TrainerStatus
 
 if TYPE_CHECKING:
@@ -99,6 +101,7 @@ class TrainerLifecycle:
         self._hooks.reset()
         self.ckpt_path = ckpt
         self._received_sigterm = False
+        self._resume: dict[str, Any] | None = None
         try:
             return self._run_stages(
                 fn,
@@ -152,7 +155,7 @@ class TrainerLifecycle:
         self.lightning_module.zero_grad(set_to_none=True)
         with handler_context, torch.autograd.set_detect_anomaly(self.detect_anomaly):
             if fn == TrainerFn.FITTING:
-                loops.run_fit(self)
+                run_fit(self)
                 results: Any = None
             elif fn == TrainerFn.PREDICTING:
                 results = loops.run_predict(self, return_predictions)
@@ -354,7 +357,8 @@ class TrainerLifecycle:
         elif isinstance(source, list | tuple):
             loader = CycleLoaders(flat)
         else:
-            loader = flat[0]
+            # a plain DataLoader is rebuilt so checkpoints can record its position in the epoch
+            loader = make_resumable(flat[0])
         self._train_loader = loader
         self.num_training_batches = num_batches(loader, self.limit_train_batches, "train")
         self._train_fetcher = LimitedFetcher(loader, self.num_training_batches)

@@ -72,7 +72,7 @@ class FitProgress:
     epoch_batches_done: int = 0
     total_batch_idx: int = -1
     epoch_started: bool = False
-    epoch_loop_done: bool = False
+    resume_point: str = ""
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
