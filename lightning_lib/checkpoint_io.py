@@ -210,11 +210,24 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None
         trainer._resume = {"rng": checkpoint.get("rng_states"), "loader": ours.get("train_loader")}
         return
     else:
-        # a checkpoint written by pytorch_lightning: resume at the start of the epoch after the saved one
-        progress.current_epoch = int(checkpoint.get("epoch", 0)) + 1
-        progress.global_step = int(checkpoint.get("global_step", 0))
-        progress.batches_that_stepped = progress.global_step
+        _restore_lightning_progress(trainer, checkpoint)
     trainer._resume = {"rng": checkpoint.get("rng_states"), "loader": None}
+
+
+def _restore_lightning_progress(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """A pytorch_lightning checkpoint: continue at the first epoch whose training batches had not all run.
+
+    Its loop state says how many epochs were processed; mid-epoch positions cannot be restored from it,
+    so an epoch it interrupted starts again from its first batch.
+    """
+    progress = trainer.progress
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = (fit_loop.get("epoch_progress") or {}).get("current") or {}
+    processed = epochs.get("processed")
+    progress.current_epoch = int(processed) if processed is not None else int(checkpoint.get("epoch", 0)) + 1
+    progress.global_step = int(checkpoint.get("global_step", 0))
+    epoch_loop = fit_loop.get("epoch_loop.state_dict") or {}
+    progress.batches_that_stepped = int(epoch_loop.get("_batches_that_stepped", progress.global_step))
 
 
 def build_from_checkpoint(

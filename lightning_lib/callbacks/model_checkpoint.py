@@ -152,9 +152,25 @@ class ModelCheckpoint(Checkpoint):
             self._save_for_epoch(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if self.save_on_exception and trainer.state.fn == TrainerFn.FITTING and self.dirpath:
-            name = f"exception-epoch={trainer.current_epoch}-step={trainer.global_step}{self.FILE_EXTENSION}"
-            trainer.save_checkpoint(os.path.join(self.dirpath, name), self.save_weights_only)
+        """Save before the process goes: always on SIGTERM (raised at a batch boundary, so the state is
+        consistent and a retried run resumes from it), on other errors when ``save_on_exception``."""
+        from lightning_lib.lifecycle import SIGTERMException
+
+        sigterm = isinstance(exception, SIGTERMException)
+        if (
+            not (sigterm or self.save_on_exception)
+            or trainer.state.fn != TrainerFn.FITTING
+            or not self.dirpath
+        ):
+            return
+        if trainer.sanity_checking:
+            return
+        candidates = self._monitor_candidates(trainer)
+        if self.save_last:
+            self._save_last(trainer, candidates)
+            return
+        name = f"{'sigterm' if sigterm else 'exception'}-epoch={{epoch}}-step={{step}}"
+        self._save(trainer, self._unique_path(candidates, self._format_name(name, candidates, False), None))
 
     def state_dict(self) -> dict[str, Any]:
         return {

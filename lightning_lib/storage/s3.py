@@ -172,7 +172,9 @@ class S3Store:
             if code == "InvalidRange":
                 return _InvalidRange(f"Invalid byte range to {op} {where}.")
             if code in _PRECONDITION_CODES:
-                return PreconditionFailed(f"Precondition failed to {op} {where} ({code}).")
+                if op == "write":
+                    return PreconditionFailed(f"{where} already exists (conditional put refused, {code}).")
+                return PreconditionFailed(f"{where} changed during the request to {op} it ({code}).")
             return StorageError(f"S3 request to {op} {where} failed: {code}: {error.get('Message', '')}")
         if isinstance(exc, bce.BotoCoreError):
             return StorageError(f"S3 request to {op} {where} failed after retries: {exc}")

@@ -1,0 +1,186 @@
+"""The calls the background sender makes to MLflow, over REST or through ``MlflowClient``.
+
+Why not always ``MlflowClient``: its HTTP layer retries every failed request up to 7 times with
+exponential backoff (about four minutes) before it raises, configurable only through process-wide
+environment variables. A sender that must notice an outage, keep training going and decide itself when
+to give up needs a request that fails fast, so against an HTTP server the three calls it needs
+(``runs/log-batch``, ``runs/log-inputs``, ``runs/update``, all part of MLflow's documented REST API) are
+posted directly with ``max_retries=0``, reusing MLflow's own credentials and headers. Other stores (the
+local SQLite default) go through ``MlflowClient``: there is no network to wait for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# (key, value, timestamp in ms, step): the cheapest shape to build on the training thread.
+Record = tuple[str, float, int, int]
+Pair = tuple[str, str]
+
+_API = "/api/2.0/mlflow/runs"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset input of a run: what ``mlflow.entities.Dataset`` holds, plus its context tag."""
+
+    name: str
+    digest: str
+    source_type: str
+    source: str
+    schema: str | None = None
+    profile: str | None = None
+    context: str = "training"
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    """What the sender needs from a tracking store."""
+
+    def log_batch(
+        self, run_id: str, metrics: Sequence[Record], params: Sequence[Pair], tags: Sequence[Pair]
+    ) -> None: ...
+
+    def log_inputs(self, run_id: str, datasets: Sequence[DatasetSpec]) -> None: ...
+
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None: ...
+
+
+def _json_number(value: float) -> float | str:
+    # Protobuf's JSON mapping spells non-finite doubles as strings; a bare NaN is not JSON.
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _input_tags(spec: DatasetSpec) -> list[Pair]:
+    return [("mlflow.data.context", spec.context), *spec.tags.items()]
+
+
+class RestTransport:
+    """Posts to an MLflow tracking server's REST API with no hidden retries and a bounded timeout."""
+
+    def __init__(self, get_host_creds: Callable[[], Any], timeout: float) -> None:
+        self._get_host_creds = get_host_creds
+        self._timeout = timeout
+
+    def _post(self, endpoint: str, body: dict[str, Any]) -> None:
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        response = http_request(
+            self._get_host_creds(),
+            endpoint,
+            "POST",
+            max_retries=0,
+            backoff_factor=0,
+            backoff_jitter=0,
+            timeout=self._timeout,
+            json=body,
+        )
+        verify_rest_response(response, endpoint)
+
+    def log_batch(
+        self, run_id: str, metrics: Sequence[Record], params: Sequence[Pair], tags: Sequence[Pair]
+    ) -> None:
+        body: dict[str, Any] = {"run_id": run_id}
+        if metrics:
+            body["metrics"] = [
+                {"key": k, "value": _json_number(v), "timestamp": t, "step": s} for k, v, t, s in metrics
+            ]
+        if params:
+            body["params"] = [{"key": k, "value": v} for k, v in params]
+        if tags:
+            body["tags"] = [{"key": k, "value": v} for k, v in tags]
+        self._post(f"{_API}/log-batch", body)
+
+    def log_inputs(self, run_id: str, datasets: Sequence[DatasetSpec]) -> None:
+        body = {
+            "run_id": run_id,
+            "datasets": [
+                {
+                    "tags": [{"key": k, "value": v} for k, v in _input_tags(spec)],
+                    "dataset": {
+                        key: value
+                        for key, value in (
+                            ("name", spec.name),
+                            ("digest", spec.digest),
+                            ("source_type", spec.source_type),
+                            ("source", spec.source),
+                            ("schema", spec.schema),
+                            ("profile", spec.profile),
+                        )
+                        if value is not None
+                    },
+                }
+                for spec in datasets
+            ],
+        }
+        self._post(f"{_API}/log-inputs", body)
+
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
+        body: dict[str, Any] = {"run_id": run_id, "status": status}
+        if end_time is not None:
+            body["end_time"] = end_time
+        self._post(f"{_API}/update", body)
+
+
+class ClientTransport:
+    """Goes through ``MlflowClient``: for local stores (SQLite, files), where requests cannot hang."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def log_batch(
+        self, run_id: str, metrics: Sequence[Record], params: Sequence[Pair], tags: Sequence[Pair]
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        self._client.log_batch(
+            run_id,
+            metrics=[Metric(key=k, value=v, timestamp=t, step=s) for k, v, t, s in metrics],
+            params=[Param(k, v) for k, v in params],
+            tags=[RunTag(k, v) for k, v in tags],
+            synchronous=True,
+        )
+
+    def log_inputs(self, run_id: str, datasets: Sequence[DatasetSpec]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [
+            DatasetInput(
+                Dataset(spec.name, spec.digest, spec.source_type, spec.source, spec.schema, spec.profile),
+                tags=[InputTag(k, v) for k, v in _input_tags(spec)],
+            )
+            for spec in datasets
+        ]
+        self._client.log_inputs(run_id, datasets=inputs)
+
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
+        if status == "RUNNING":
+            self._client.update_run(run_id, status=status)
+        else:
+            self._client.set_terminated(run_id, status=status, end_time=end_time)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether retrying cannot help: the server understood the request and refused it (4xx but 408/429).
+
+    Connection errors, timeouts, 5xx and database-lock errors are transient. Exceptions of unknown kind
+    count as permanent so that a bug cannot keep the sender retrying until the end of the run.
+    """
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover - mlflow is there whenever a transport exists
+        MlflowException = ()  # type: ignore[assignment,misc]  # noqa: N806
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return 400 <= status < 500 and status not in (408, 429)
+    if isinstance(exc, OSError | TimeoutError):
+        return False
+    module = type(exc).__module__
+    return not module.startswith(("requests", "urllib3", "sqlalchemy", "sqlite3"))
