@@ -78,7 +78,9 @@ class DigitsDataModule(pl.LightningDataModule):
 
         self.mean = x[train_idx].mean(dim=0)
         # Border pixels are constant (all zero) in training; clamp to avoid dividing by zero.
-        self.std = x[train_idx].std(dim=0).clamp_min(1e-6)
+        # pixels that are (almost) constant in the training split must not blow up elsewhere: a pixel
+        # that is always 0 in training but not in the test split would otherwise be divided by ~0
+        self.std = x[train_idx].std(dim=0).clamp_min(1.0)
         x = (x - self.mean) / self.std
 
         self.train_set = TensorDataset(x[train_idx], y[train_idx])

@@ -6,6 +6,7 @@ carries pickled objects is refused instead of executed.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -15,10 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lightning_lib.checkpoint_writer import CHECKPOINT_FILE
 from lightning_lib.hparams import to_plain
 from lightning_lib.resume import capture_loader_state
 from lightning_lib.seed import capture_rng_states
 from lightning_lib.state import TrainerFn
+from lightning_lib.storage import (
+    MANIFEST_NAME,
+    is_remote,
+    latest_valid,
+    list_committed,
+    open_store,
+    read_manifest,
+    read_verified,
+    split_uri,
+)
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
@@ -100,26 +112,55 @@ def save_file(checkpoint: dict[str, Any], filepath: str | os.PathLike[str]) -> N
 
 
 def load_file(path: str | os.PathLike[str], map_location: Any = None) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; name the file and the reason when it is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Expected a checkpoint file at {str(path)!r}, found none.")
+    """Read a checkpoint with ``weights_only=True``: a plain ``.ckpt`` file, or a committed checkpoint
+    folder (local or ``s3://``) whose bytes are verified against its manifest first."""
+    text = os.fspath(path)
+    if is_remote(text) or os.path.isdir(text):
+        data = read_committed(text)
+        return _torch_load(io.BytesIO(data), text, map_location)
+    if not os.path.isfile(text):
+        raise FileNotFoundError(
+            f"Expected a checkpoint file or committed checkpoint folder at {text!r}, found none."
+        )
+    with open(text, "rb") as handle:
+        return _torch_load(handle, text, map_location)
+
+
+def read_committed(uri: str) -> bytes:
+    """The verified checkpoint bytes of committed folder ``uri``; a clear error when it is not usable."""
+    root, name = split_uri(uri)
+    store = open_store(root)
+    ckpt = read_manifest(store, name)
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"Expected a committed checkpoint at {uri!r}: its {MANIFEST_NAME} is missing or invalid, so it was"
+            " never completely written."
+        )
+    filename = CHECKPOINT_FILE if CHECKPOINT_FILE in ckpt.files else next(iter(ckpt.files))
+    return read_verified(store, ckpt, filename)
+
+
+def _torch_load(handle: Any, where: str, map_location: Any) -> dict[str, Any]:
     try:
-        checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        checkpoint = torch.load(handle, map_location=map_location or "cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
-            f"Refusing to load checkpoint {str(path)!r}: it contains objects that are not plain data"
+            f"Refusing to load checkpoint {where!r}: it contains objects that are not plain data"
             f" (weights_only=True rejected it: {str(err).splitlines()[0]})."
         ) from err
     except (RuntimeError, EOFError) as err:
-        raise ValueError(f"Expected a readable torch checkpoint at {str(path)!r}: {err}") from err
+        raise ValueError(f"Expected a readable torch checkpoint at {where!r}: {err}") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"Expected a Lightning checkpoint dict with a 'state_dict' key in {str(path)!r}.")
+        raise ValueError(f"Expected a Lightning checkpoint dict with a 'state_dict' key in {where!r}.")
     return checkpoint
 
 
 def select_ckpt_path(trainer: Trainer, fn: TrainerFn, ckpt_path: Any, model_provided: bool) -> str | None:
-    """Resolve "best" / "last" / a path, as Lightning's ``_select_ckpt_path`` does."""
+    """Resolve "best" / "last" / a path or URI, as Lightning's ``_select_ckpt_path`` does.
+
+    "last" is the newest committed checkpoint (by step, then time) in any ModelCheckpoint's folder whose
+    bytes verify; a newer one that fails verification is reported and skipped.
+    """
     if ckpt_path is None:
         if model_provided or fn == TrainerFn.FITTING:
             return None
@@ -140,29 +181,44 @@ def select_ckpt_path(trainer: Trainer, fn: TrainerFn, ckpt_path: Any, model_prov
             )
         return str(callback.best_model_path)
     if ckpt_path == "last":
-        candidates: list[Path] = []
-        for callback in trainer.checkpoint_callbacks:
-            find = getattr(callback, "find_last_checkpoints", None)
-            if find is not None:
-                candidates.extend(Path(p) for p in find(trainer))
-        existing = [p for p in candidates if p.is_file()]
-        if not existing:
-            warnings.warn(
-                f'.{fn.value}(ckpt_path="last") is set, but there is no last checkpoint yet; starting from scratch.'
-                " Set ModelCheckpoint(save_last=True) to keep one.",
-                UserWarning,
-                stacklevel=4,
-            )
-            return None
-        return str(max(existing, key=lambda p: p.stat().st_mtime))
+        return _newest_valid(trainer, fn)
     if isinstance(ckpt_path, str | os.PathLike):
         path = os.fspath(ckpt_path)
-        if not Path(path).is_file():
+        if not is_remote(path) and not os.path.exists(path):
             raise FileNotFoundError(
-                f"Expected ckpt_path to be 'best', 'last' or an existing file, received {path!r}."
+                f"Expected ckpt_path to be 'best', 'last', an existing file, folder or s3:// URI, received {path!r}."
             )
         return path
     raise TypeError(f"Expected ckpt_path to be 'best', 'last', a path or None, received {ckpt_path!r}.")
+
+
+def _newest_valid(trainer: Trainer, fn: TrainerFn) -> str | None:
+    candidates: list[tuple[int, float, str, Any]] = []
+    for callback in trainer.checkpoint_callbacks:
+        dirpath = getattr(callback, "dirpath", None) or callback._default_dirpath(trainer)
+        store = trainer._checkpoint_writer.store(dirpath)
+        candidates.extend((c.step, c.time, c.uri, store) for c in list_committed(store))
+    candidates.sort(key=lambda c: (c[0], c[1]))
+    stores: dict[int, list[str]] = {}
+    by_store: dict[int, Any] = {}
+    for _, _, uri, store in candidates:
+        stores.setdefault(id(store), []).append(split_uri(uri)[1])
+        by_store[id(store)] = store
+    best: tuple[int, float, str] | None = None
+    for key, names in stores.items():
+        found = latest_valid(by_store[key], names=names)
+        if found is not None:
+            ckpt, _ = found
+            if best is None or (ckpt.step, ckpt.time) > best[:2]:
+                best = (ckpt.step, ckpt.time, ckpt.uri)
+    if best is None:
+        warnings.warn(
+            f'.{fn.value}(ckpt_path="last") is set, but no committed checkpoint verifies yet; starting from scratch.',
+            UserWarning,
+            stacklevel=4,
+        )
+        return None
+    return best[2]
 
 
 def restore_modules(trainer: Trainer, checkpoint: dict[str, Any]) -> None:

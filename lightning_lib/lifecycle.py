@@ -166,6 +166,7 @@ class TrainerLifecycle:
                 if verbose:
                     self._print_results(results, stage)
         if fn == TrainerFn.FITTING:
+            self._checkpoint_writer.wait()  # fit returns only once every checkpoint is committed
             self._hooks.callbacks("on_fit_end")
             self._hooks.module("on_fit_end")
         self._teardown_hooks(fn)
@@ -191,6 +192,10 @@ class TrainerLifecycle:
             if self.datamodule is not None and hasattr(self.datamodule, "on_exception"):
                 self.datamodule.on_exception(exc)
         finally:
+            try:
+                self._checkpoint_writer.wait()  # what on_exception saved must be committed before exit
+            except Exception:
+                log.exception("A checkpoint could not be committed while handling %r", exc)
             for logger in self.loggers:
                 try:
                     logger.finalize("failed")

@@ -13,6 +13,7 @@ import torch
 
 from lightning_lib import loops
 from lightning_lib.callbacks.callback import Callback
+from lightning_lib.checkpoint_writer import CheckpointWriter
 from lightning_lib.distributed import SingleDeviceStrategy
 from lightning_lib.hooks import HookDispatcher
 from lightning_lib.lifecycle import TrainerLifecycle
@@ -20,6 +21,7 @@ from lightning_lib.logger_connector import LoggerConnector
 from lightning_lib.metrics import ResultCollection
 from lightning_lib.precision import build_precision
 from lightning_lib.state import FitProgress, RunningStage, TrainerFn, TrainerState
+from lightning_lib.storage import is_remote
 from lightning_lib.trainer_args import (
     batch_limit,
     check_choice,
@@ -169,6 +171,7 @@ class Trainer(TrainerLifecycle):
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[Any] = []
         self._hooks = HookDispatcher(self)
+        self._checkpoint_writer = CheckpointWriter()
         self._logger_connector = LoggerConnector(self)
         self._train_results = ResultCollection(training=True)
         self._eval_result_sets = {stage: ResultCollection(training=False) for stage in RunningStage}
@@ -434,11 +437,28 @@ class Trainer(TrainerLifecycle):
                 "Expected a model attached by fit/validate/test/predict before save_checkpoint."
             )
         checkpoint = dump_checkpoint(self, weights_only)
-        save_file(checkpoint, filepath)
+        if is_remote(os.fspath(filepath)):
+            # object storage: the same commit protocol as ModelCheckpoint, synchronously
+            self._checkpoint_writer.save(checkpoint, os.fspath(filepath), self.global_step)
+            self._checkpoint_writer.wait()
+        else:
+            save_file(checkpoint, filepath)  # a plain .ckpt file, as Lightning writes it
+        self._notify_loggers_of_checkpoint(self.checkpoint_callback)
+
+    def _commit_checkpoint(self, uri: str, weights_only: bool, callback: Any) -> None:
+        """ModelCheckpoint's save: a committed checkpoint folder, written in the background."""
+        from lightning_lib.checkpoint_io import dump_checkpoint
+
+        self._checkpoint_writer.save(dump_checkpoint(self, weights_only), uri, self.global_step)
+        self._notify_loggers_of_checkpoint(callback)
+
+    def _notify_loggers_of_checkpoint(self, callback: Any) -> None:
+        if callback is None:
+            return
         for logger in self.loggers:
             hook = getattr(logger, "after_save_checkpoint", None)
-            if hook is not None and self.checkpoint_callback is not None:
-                hook(self.checkpoint_callback)
+            if hook is not None:
+                hook(callback)
 
     # ---- construction helpers ------------------------------------------------------------------------
     def _configure_determinism(self, deterministic: Any, benchmark: bool | None) -> None:

@@ -82,4 +82,4 @@ def test_docs_example_without_validation_loader(tmp_path: Path) -> None:
     trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, logger=False)
     trainer.fit(model, DataLoader(_images(0), batch_size=16))
     assert trainer.global_step == 4
-    assert (tmp_path / "checkpoints" / "epoch=0-step=4.ckpt").is_file()
+    assert (tmp_path / "checkpoints" / "epoch=0-step=4.ckpt" / "MANIFEST.json").is_file()

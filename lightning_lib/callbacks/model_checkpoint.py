@@ -15,12 +15,18 @@ from torch import Tensor
 
 from lightning_lib.callbacks.callback import Callback
 from lightning_lib.state import TrainerFn
+from lightning_lib.storage import cleanup_orphans, is_remote, join_uri, list_committed
 
 if TYPE_CHECKING:
     from lightning_lib.module import LightningModule
     from lightning_lib.trainer import Trainer
 
 log = logging.getLogger(__name__)
+
+
+def _resolve_dir(dirpath: str | os.PathLike[str]) -> str:
+    text = os.fspath(dirpath)
+    return text.rstrip("/") if is_remote(text) else os.path.realpath(os.path.expanduser(text))
 
 
 class Checkpoint(Callback):
@@ -88,9 +94,7 @@ class ModelCheckpoint(Checkpoint):
         self._every_n_epochs = every_n_epochs or 0
         self._every_n_train_steps = every_n_train_steps or 0
         self._train_time_interval = train_time_interval
-        self.dirpath: str | None = (
-            os.path.realpath(os.path.expanduser(os.fspath(dirpath))) if dirpath else None
-        )
+        self.dirpath: str | None = _resolve_dir(dirpath) if dirpath else None
         self.filename = filename
         self.best_k_models: dict[str, Tensor] = {}
         self.kth_best_model_path = ""
@@ -102,6 +106,7 @@ class ModelCheckpoint(Checkpoint):
         self._last_global_step_saved = 0
         self._last_time_checked: float | None = None
         self._last_checkpoint_saved = ""
+        self.orphan_grace_seconds = 3600.0
 
     @property
     def state_key(self) -> str:
@@ -117,8 +122,19 @@ class ModelCheckpoint(Checkpoint):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = self._default_dirpath(trainer)
-        fitting = stage == TrainerFn.FITTING.value and self.save_top_k != 0
-        if fitting and os.path.isdir(self.dirpath) and any(Path(self.dirpath).iterdir()):
+        if stage != TrainerFn.FITTING.value:
+            return
+        store = trainer._checkpoint_writer.store(self.dirpath)
+        # folders a killed writer left without a manifest; the grace period spares a concurrent writer's
+        removed = cleanup_orphans(store, grace_seconds=self.orphan_grace_seconds)
+        if removed:
+            log.info(
+                "Removed %d uncommitted checkpoint folder(s) under %s: %s",
+                len(removed),
+                self.dirpath,
+                removed,
+            )
+        if self.save_top_k != 0 and list_committed(store):
             log.warning("Checkpoint directory %s exists and is not empty.", self.dirpath)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -170,7 +186,9 @@ class ModelCheckpoint(Checkpoint):
             self._save_last(trainer, candidates)
             return
         name = f"{'sigterm' if sigterm else 'exception'}-epoch={{epoch}}-step={{step}}"
-        self._save(trainer, self._unique_path(candidates, self._format_name(name, candidates, False), None))
+        self._save(
+            trainer, self._unique_path(trainer, candidates, self._format_name(name, candidates, False), None)
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -283,7 +301,7 @@ class ModelCheckpoint(Checkpoint):
             current = torch.tensor(
                 float("inf") if self.mode == "min" else float("-inf"), device=current.device
             )
-        filepath = self._unique_path(candidates, None, to_delete)
+        filepath = self._unique_path(trainer, candidates, None, to_delete)
         self.current_score = current
         self.best_k_models[filepath] = current
         if len(self.best_k_models) == k:
@@ -306,49 +324,39 @@ class ModelCheckpoint(Checkpoint):
             )
         self._save(trainer, filepath)
         if to_delete and self._may_remove(trainer, to_delete, filepath):
-            self._remove(to_delete)
+            trainer._checkpoint_writer.delete(to_delete)
 
     def _save_unmonitored(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
-        filepath = self._unique_path(candidates, None, self.best_model_path)
+        filepath = self._unique_path(trainer, candidates, None, self.best_model_path)
         previous, self.best_model_path = self.best_model_path, filepath
         self._save(trainer, filepath)
         if self.save_top_k == 1 and previous and self._may_remove(trainer, previous, filepath):
-            self._remove(previous)
+            trainer._checkpoint_writer.delete(previous)
 
     def _save_last(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
             return
-        filepath = self._unique_path(candidates, self.CHECKPOINT_NAME_LAST, self.last_model_path)
+        # A committed checkpoint is immutable: the new "last" takes a free name (last.ckpt / last-v1.ckpt
+        # alternate) and the previous one is deleted only after the new one has committed.
+        filepath = self._unique_path(
+            trainer, candidates, self.CHECKPOINT_NAME_LAST, None, avoid=self.last_model_path
+        )
         previous, self.last_model_path = self.last_model_path, filepath
-        if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
-            self._link(self._last_checkpoint_saved, filepath)
-        else:
-            self._save(trainer, filepath)
+        self._save(trainer, filepath)
         if previous and self._may_remove(trainer, previous, filepath):
-            self._remove(previous)
+            trainer._checkpoint_writer.delete(previous)
 
     def _save(self, trainer: Trainer, filepath: str) -> None:
-        trainer.save_checkpoint(filepath, self.save_weights_only)
+        trainer._commit_checkpoint(filepath, self.save_weights_only, self)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
-
-    @staticmethod
-    def _link(source: str, target: str) -> None:
-        if os.path.lexists(target):
-            os.remove(target)
-        os.symlink(os.path.relpath(source, os.path.dirname(target)), target)
-
-    @staticmethod
-    def _remove(filepath: str) -> None:
-        Path(filepath).unlink(missing_ok=True)
 
     def _may_remove(self, trainer: Trainer, previous: str, current: str) -> bool:
         if previous == current:
             return False
-        prev = Path(previous).absolute()
-        if trainer.ckpt_path is not None and prev == Path(trainer.ckpt_path).absolute():
+        if trainer.ckpt_path is not None and _same_place(previous, trainer.ckpt_path):
             return False
-        return self.dirpath is not None and Path(self.dirpath).absolute() in prev.parents
+        return self.dirpath is not None and _inside(previous, self.dirpath)
 
     # ---- names -------------------------------------------------------------------------------------
     def _default_dirpath(self, trainer: Trainer) -> str:
@@ -356,16 +364,24 @@ class ModelCheckpoint(Checkpoint):
         if logger is not None:
             save_dir = logger.save_dir or trainer.default_root_dir
             version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-            return os.path.join(save_dir, str(logger.name), version, "checkpoints")
-        return os.path.join(trainer.default_root_dir, "checkpoints")
+            return join_uri(save_dir, str(logger.name), version, "checkpoints")
+        return join_uri(trainer.default_root_dir, "checkpoints")
 
     def _unique_path(
-        self, candidates: dict[str, Tensor], filename: str | None, allowed_existing: str | None
+        self,
+        trainer: Trainer,
+        candidates: dict[str, Tensor],
+        filename: str | None,
+        allowed_existing: str | None,
+        avoid: str | None = None,
     ) -> str:
+        """The checkpoint name, with a ``-vN`` suffix while it is taken (or is ``avoid``)."""
         filepath = self.format_checkpoint_name(candidates, filename)
-        if self._enable_version_counter:
+        if self._enable_version_counter or avoid:
             version = self.STARTING_VERSION
-            while os.path.lexists(filepath) and filepath != allowed_existing:
+            while filepath == avoid or (
+                filepath != allowed_existing and trainer._checkpoint_writer.exists(filepath)
+            ):
                 filepath = self.format_checkpoint_name(candidates, filename, ver=version)
                 version += 1
         return filepath
@@ -378,7 +394,7 @@ class ModelCheckpoint(Checkpoint):
         if ver is not None:
             name = self.CHECKPOINT_JOIN_CHAR.join((name, f"v{ver}"))
         name = f"{name}{self.FILE_EXTENSION}"
-        return os.path.join(self.dirpath, name) if self.dirpath else name
+        return join_uri(self.dirpath, name) if self.dirpath else name
 
     @classmethod
     def _format_name(
@@ -399,13 +415,24 @@ class ModelCheckpoint(Checkpoint):
         return filename.format(values)
 
     def find_last_checkpoints(self, trainer: Trainer) -> set[str]:
-        """Existing ``last*.ckpt`` files in ``dirpath``."""
+        """Committed ``last*`` checkpoints in ``dirpath``."""
         dirpath = self.dirpath or self._default_dirpath(trainer)
-        if not os.path.isdir(dirpath):
-            return set()
-        prefix = self.CHECKPOINT_NAME_LAST
-        return {
-            os.path.join(dirpath, p)
-            for p in os.listdir(dirpath)
-            if p.startswith(prefix) and p.endswith(self.FILE_EXTENSION)
-        }
+        store = trainer._checkpoint_writer.store(dirpath)
+        return {ckpt.uri for ckpt in list_committed(store) if ckpt.name.startswith(self.CHECKPOINT_NAME_LAST)}
+
+    def committed(self, trainer: Trainer) -> list[str]:
+        """Every committed checkpoint in ``dirpath``, oldest first (by step, then commit time)."""
+        dirpath = self.dirpath or self._default_dirpath(trainer)
+        return [ckpt.uri for ckpt in list_committed(trainer._checkpoint_writer.store(dirpath))]
+
+
+def _same_place(a: str, b: str) -> bool:
+    if is_remote(a) or is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).absolute() == Path(b).absolute()
+
+
+def _inside(path: str, folder: str) -> bool:
+    if is_remote(path) or is_remote(folder):
+        return path.startswith(folder.rstrip("/") + "/")
+    return Path(folder).absolute() in Path(path).absolute().parents

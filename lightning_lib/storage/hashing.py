@@ -47,8 +47,9 @@ class HashingWriter(io.RawIOBase):
         return written
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        file = getattr(self, "_file", None)  # absent when open() failed in __init__
+        if file is not None and not file.closed:
+            file.close()
         super().close()
 
     def finish(self) -> PrehashedFile:
@@ -61,6 +62,7 @@ FileSource = bytes | bytearray | memoryview | str | os.PathLike[str] | Prehashed
 
 
 def hash_file(path: str) -> tuple[int, str]:
+    """Size and sha256 of a local file, read in large chunks."""
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):

@@ -8,7 +8,10 @@ Credentials, region and endpoint come from boto3's own chain (``AWS_ENDPOINT_URL
 from __future__ import annotations
 
 import builtins
+import hashlib
 import io
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -40,6 +43,29 @@ _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"
 # A body that breaks off after the headers arrived is outside botocore's retry loop; we retry it here.
 _BODY_READ_ATTEMPTS = 3
 MiB = 1024 * 1024
+
+
+_SESSIONS: dict[str, Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _new_client(config: Any) -> Any:
+    """An S3 client from a boto3 session shared by every store with the same AWS_* environment.
+
+    Building a session loads botocore's service models (~0.2 s); reusing it makes opening a store
+    cheap. Keying on a digest of the AWS_* variables means a changed environment (another profile or
+    endpoint) gets a fresh session; the digest keeps no secret readable. Sessions are not
+    thread-safe, so clients are created under a lock (the clients themselves are).
+    """
+    import boto3
+
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
+    key = hashlib.sha256(repr(env).encode()).hexdigest()
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(key)
+        if session is None:
+            session = _SESSIONS[key] = boto3.session.Session()
+        return session.client("s3", config=config)
 
 
 class _InvalidRange(StorageError):
@@ -91,7 +117,6 @@ class S3Store:
         max_concurrency: int = 8,
     ) -> None:
         try:
-            import boto3
             from boto3.s3.transfer import TransferConfig
             from botocore.config import Config
         except ImportError as exc:
@@ -105,7 +130,7 @@ class S3Store:
             # Transfers run max_concurrency requests at once; the pool must not be the bottleneck.
             max_pool_connections=max(10, 2 * max_concurrency),
         )
-        self._client = boto3.session.Session().client("s3", config=config)
+        self._client = _new_client(config)
         self._transfer = TransferConfig(
             multipart_threshold=multipart_threshold,
             multipart_chunksize=multipart_chunksize,

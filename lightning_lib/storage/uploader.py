@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class BackgroundUploader:
@@ -63,5 +66,12 @@ class BackgroundUploader:
     def __enter__(self) -> BackgroundUploader:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Already unwinding from another error: do not replace it, but do not lose the upload's either.
+        try:
+            self.close()
+        except Exception:
+            log.exception("A background upload failed while another error was being raised")
