@@ -179,7 +179,8 @@ def test_resume_from_a_missing_file(tmp_path: Path) -> None:
     model = CountingModel()
     trainer = pl.Trainer(**trainer_kwargs(tmp_path))
     with pytest.raises(
-        FileNotFoundError, match=r"ckpt_path to be 'best', 'last', an existing file, folder or s3:// URI, received"
+        FileNotFoundError,
+        match=r"ckpt_path to be 'best', 'last', an existing file, folder or s3:// URI, received",
     ):
         trainer.fit(model, ckpt_path=tmp_path / "missing.ckpt")
     with pytest.raises(TypeError, match=r"ckpt_path to be 'best', 'last', a path or None, received 3"):
@@ -239,7 +240,9 @@ def test_best_and_last_errors(tmp_path: Path) -> None:
     checkpointing = pl.Trainer(**trainer_kwargs(tmp_path, enable_checkpointing=True))
     with pytest.raises(ValueError, match=r"found no best checkpoint"):
         checkpointing.validate(model, ckpt_path="best")
-    with pytest.warns(UserWarning, match='ckpt_path="last"\\) is set, but no committed checkpoint verifies yet'):
+    with pytest.warns(
+        UserWarning, match='ckpt_path="last"\\) is set, but no committed checkpoint verifies yet'
+    ):
         checkpointing.fit(model, ckpt_path="last")
     assert model.train_steps == 2
 
@@ -277,7 +280,9 @@ def test_non_checkpoint_files_are_refused(tmp_path: Path) -> None:
     torch.save([1, 2], not_a_dict)
     with pytest.raises(ValueError, match=r"Lightning checkpoint dict with a 'state_dict' key"):
         load_file(not_a_dict)
-    with pytest.raises(FileNotFoundError, match=r"checkpoint file or committed checkpoint folder at .*nope.ckpt"):
+    with pytest.raises(
+        FileNotFoundError, match=r"checkpoint file or committed checkpoint folder at .*nope.ckpt"
+    ):
         load_file(tmp_path / "nope.ckpt")
 
 
