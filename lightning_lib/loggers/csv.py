@@ -1,8 +1,13 @@
-"""CSVLogger: metrics to ``metrics.csv`` and hyper-parameters to ``hparams.yaml``, on the local disk."""
+"""CSVLogger: metrics to ``metrics.csv`` and hyper-parameters to ``hparams.yaml``.
+
+``save_dir`` is a local folder or an ``s3://bucket[/prefix]`` URI; remote logs go through
+:mod:`lightning_lib.storage` (see :class:`RemoteExperimentWriter`).
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import warnings
@@ -13,6 +18,7 @@ import torch
 import yaml
 
 from lightning_lib.loggers.logger import Logger, _add_prefix, _convert_params, _plain_data
+from lightning_lib.storage import ObjectStore, is_remote, join_uri, open_store
 
 _VERSION_DIR = re.compile(r"version_(\d+)", re.ASCII)
 
@@ -99,18 +105,82 @@ class ExperimentWriter:
         os.replace(tmp_path, self.metrics_file_path)
 
 
+class RemoteExperimentWriter(ExperimentWriter):
+    """An :class:`ExperimentWriter` whose ``log_dir`` is an ``s3://`` URI, written through an ``ObjectStore``.
+
+    Object stores cannot append to an object, so every :meth:`save` uploads the whole ``metrics.csv``
+    again with one ``put_bytes`` (each put is atomic: readers see the previous or the new file, never a
+    partial one). The file's text is kept in memory for that; a CSV of scalar metrics stays small, but
+    each flush costs one upload of the whole file, so raise ``flush_logs_every_n_steps`` for very long runs.
+    The bytes written are the same as the local writer's. Nothing is uploaded until rows are saved or
+    hyper-parameters logged: an object store has no folders to create.
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        self._store: ObjectStore = open_store(log_dir)
+        self._text = ""  # the content of metrics.csv as last uploaded (or to be uploaded)
+        super().__init__(log_dir)
+        self.metrics_file_path = join_uri(log_dir, self.NAME_METRICS_FILE)
+
+    @property
+    def store(self) -> ObjectStore:
+        """The object store rooted at ``log_dir``."""
+        return self._store
+
+    def _prepare_log_dir(self) -> None:
+        if self._store.list():
+            warnings.warn(
+                f"Log directory {self.log_dir} exists and is not empty: its metrics.csv is removed now and its"
+                " hparams.yaml is replaced when hyper-parameters are logged.",
+                UserWarning,
+                stacklevel=5,  # point at the user call that first logged
+            )
+            self._store.delete(self.NAME_METRICS_FILE)
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        """Merge ``params`` into the recorded hyper-parameters and upload ``hparams.yaml`` again."""
+        self.hparams.update(_plain_data(params))
+        self._store.put_bytes(self.NAME_HPARAMS_FILE, yaml.safe_dump(self.hparams).encode("utf-8"))
+
+    def save(self) -> None:
+        """Upload the whole ``metrics.csv``: the rows saved before, then the buffered ones.
+
+        On an upload error the buffered rows stay buffered, so the next ``save`` retries them.
+        """
+        if not self.metrics:
+            return
+        new_keys = set().union(*self.metrics) - set(self.metrics_keys)
+        keys = sorted(set(self.metrics_keys) | new_keys)
+        out = io.StringIO(newline="")
+        writer = csv.DictWriter(out, fieldnames=keys)
+        if new_keys or not self._text:
+            # A new column changes the header (the first line), so every row is written again under it.
+            writer.writeheader()
+            writer.writerows(list(csv.DictReader(io.StringIO(self._text, newline=""))))
+        else:
+            out.write(self._text)
+        writer.writerows(self.metrics)
+        text = out.getvalue()
+        self._store.put_bytes(self.NAME_METRICS_FILE, text.encode("utf-8"))
+        self._text, self.metrics_keys, self.metrics = text, keys, []
+
+
 class CSVLogger(Logger):
-    """Log to the local file system: ``save_dir/name/version_N/metrics.csv`` and ``hparams.yaml``.
+    """Log ``save_dir/name/version_N/metrics.csv`` and ``hparams.yaml``, locally or to object storage.
 
     Args:
-        save_dir: Directory that holds the experiments.
+        save_dir: Directory that holds the experiments, or an ``s3://bucket[/prefix]`` URI. Remote logs
+            are written through :mod:`lightning_lib.storage`; ``root_dir`` and ``log_dir`` are then URIs.
         name: Experiment name; ``None`` or ``""`` puts the versions directly in ``save_dir``.
         version: ``None`` picks the next free ``version_N`` (one past the highest existing N); an int N means
             ``version_N``; a str is used as the folder name as is.
         prefix: Put in front of every metric key, joined with ``"-"``.
         flush_logs_every_n_steps: Write buffered rows to disk after this many ``log_metrics`` calls.
 
-    Nothing is created on disk until something is logged or saved.
+    Nothing is created on disk until something is logged or saved. On object storage, which has no
+    folders, nothing is uploaded until metric rows are saved or hyper-parameters logged, and since objects
+    cannot be appended to, each save uploads the whole ``metrics.csv`` again (see
+    :class:`RemoteExperimentWriter`).
     """
 
     LOGGER_JOIN_CHAR = "-"
@@ -131,6 +201,7 @@ class CSVLogger(Logger):
         self._prefix = prefix
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
         self._experiment: ExperimentWriter | None = None
+        self._remote = is_remote(self._save_dir)
 
     @property
     def name(self) -> str:
@@ -152,18 +223,25 @@ class CSVLogger(Logger):
     @property
     def root_dir(self) -> str:
         """``save_dir/name``: the parent of all versions of this experiment."""
+        if self._remote:
+            return join_uri(self.save_dir, self.name)
         return os.path.join(self.save_dir, self.name)
 
     @property
     def log_dir(self) -> str:
         """``root_dir/version_N``, or ``root_dir/<version>`` for a str version."""
         version = self.version if isinstance(self.version, str) else f"version_{self.version}"
+        if self._remote:
+            return join_uri(self.root_dir, version)
         return os.path.join(self.root_dir, version)
 
     @property
     def experiment(self) -> ExperimentWriter:
-        """The :class:`ExperimentWriter`; created (with the log directory) on first use."""
+        """The :class:`ExperimentWriter`; created (with the log directory, when local) on first use."""
         if self._experiment is None:
+            if self._remote:
+                self._experiment = RemoteExperimentWriter(self.log_dir)
+                return self._experiment
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = ExperimentWriter(self.log_dir)
         return self._experiment
@@ -182,7 +260,7 @@ class CSVLogger(Logger):
             self.save()
 
     def save(self) -> None:
-        """Write the buffered metric rows to ``metrics.csv``."""
+        """Write the buffered metric rows to ``metrics.csv`` (remote: upload the whole file again)."""
         self.experiment.save()
 
     def finalize(self, status: str) -> None:
@@ -191,6 +269,8 @@ class CSVLogger(Logger):
             self.save()
 
     def _get_next_version(self) -> int:
+        if self._remote:
+            return self._get_next_remote_version()
         versions_root = os.path.join(self.save_dir, self.name)
         if not os.path.isdir(versions_root):
             return 0
@@ -199,4 +279,13 @@ class CSVLogger(Logger):
             for entry in os.listdir(versions_root)
             if (match := _VERSION_DIR.fullmatch(entry)) and os.path.isdir(os.path.join(versions_root, entry))
         ]
+        return max(existing, default=-1) + 1
+
+    def _get_next_remote_version(self) -> int:
+        # Object stores have no folders: a version "folder" is the first part of a key with more after it.
+        existing = []
+        for info in open_store(self.root_dir).list("version_"):
+            first, sep, _ = info.key.partition("/")
+            if sep and (match := _VERSION_DIR.fullmatch(first)):
+                existing.append(int(match.group(1)))
         return max(existing, default=-1) + 1
