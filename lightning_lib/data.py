@@ -91,7 +91,21 @@ _REBUILD_ATTRS = (
     "prefetch_factor",
     "persistent_workers",
     "pin_memory_device",
+    "in_order",
 )
+
+
+def rebuild_loader(loader: DataLoader, **changes: Any) -> DataLoader:
+    """The same plain DataLoader with some constructor arguments replaced (a sampler, a batch sampler)."""
+    kwargs = {a: getattr(loader, a) for a in _REBUILD_ATTRS if hasattr(loader, a)}
+    if "batch_sampler" in changes:  # mutually exclusive with these in DataLoader's constructor
+        kwargs.pop("batch_size", None)
+        kwargs.pop("drop_last", None)
+    kwargs.update(changes)
+    if kwargs.get("num_workers", 0) == 0:
+        kwargs.pop("prefetch_factor", None)
+        kwargs["persistent_workers"] = False
+    return DataLoader(loader.dataset, **kwargs)
 
 
 def with_sequential_sampler(loader: Any) -> Any:
@@ -103,11 +117,7 @@ def with_sequential_sampler(loader: Any) -> Any:
             "Expected a plain torch DataLoader with a batch size for `overfit_batches`, received"
             f" {type(loader).__name__}; make it use a SequentialSampler yourself."
         )
-    kwargs = {a: getattr(loader, a) for a in _REBUILD_ATTRS if hasattr(loader, a)}
-    if kwargs.get("num_workers", 0) == 0:
-        kwargs.pop("prefetch_factor", None)
-        kwargs["persistent_workers"] = False
-    return DataLoader(loader.dataset, sampler=SequentialSampler(loader.dataset), **kwargs)  # type: ignore[arg-type]
+    return rebuild_loader(loader, sampler=SequentialSampler(loader.dataset))  # type: ignore[arg-type]
 
 
 class LimitedFetcher:

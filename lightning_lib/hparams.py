@@ -105,3 +105,32 @@ def copy_hparams(hparams: Mapping[str, Any]) -> AttributeDict:
         return AttributeDict(copy.deepcopy(dict(hparams)))
     except Exception:  # objects that cannot be deep-copied are shared, as Lightning does
         return AttributeDict(dict(hparams))
+
+
+class HyperparametersMixin:
+    """``save_hyperparameters`` / ``hparams`` / ``hparams_initial`` for modules and datamodules.
+
+    State lives in ``__dict__`` directly so that on an ``nn.Module`` it bypasses the parameter and
+    submodule bookkeeping of ``__setattr__``.
+    """
+
+    def save_hyperparameters(
+        self, *args: Any, ignore: str | Iterable[str] | None = None, frame: Any = None, logger: bool = True
+    ) -> None:
+        """Record the ``__init__`` arguments (or the named ones) in ``self.hparams``."""
+        if frame is None:
+            current = inspect.currentframe()
+            frame = current.f_back if current is not None else None
+        init_args = collect_init_args(frame, self) if frame is not None else {}
+        self.__dict__["_log_hyperparams"] = logger
+        self.hparams.update(select_hparams(init_args, args, ignore))
+        self.__dict__["_hparams_initial"] = copy_hparams(self.hparams)
+
+    @property
+    def hparams(self) -> AttributeDict:
+        found: AttributeDict = self.__dict__.setdefault("_hparams", AttributeDict())
+        return found
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        return copy_hparams(self.__dict__.get("_hparams_initial", AttributeDict()))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,16 +11,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_lib.hparams import AttributeDict, collect_init_args, copy_hparams, select_hparams
+from lightning_lib.data_hooks import DataHooks
+from lightning_lib.hparams import AttributeDict, HyperparametersMixin
 from lightning_lib.metrics import as_log_tensor, resolve_logging_levels, resolve_reduce_fx, warn_once
-from lightning_lib.move import move_to_device
 
 if TYPE_CHECKING:
     from lightning_lib.optim import LightningOptimizer
     from lightning_lib.trainer import Trainer
 
 
-class LightningModule(nn.Module):
+class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
     """Organises a PyTorch model's training, evaluation and prediction code."""
 
     CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
@@ -50,8 +49,6 @@ class LightningModule(nn.Module):
         self.__dict__["_warned"] = set()
         self.__dict__["_toggled_requires_grad"] = None
         self.__dict__["_example_input_array"] = None
-        self.__dict__["prepare_data_per_node"] = True
-        self.__dict__["allow_zero_length_dataloader_with_multiple_devices"] = False
 
     # ---- trainer-provided context ------------------------------------------------------------------
     @property
@@ -123,27 +120,6 @@ class LightningModule(nn.Module):
         self.__dict__["_example_input_array"] = value
 
     # ---- hyper-parameters --------------------------------------------------------------------------
-    def save_hyperparameters(
-        self, *args: Any, ignore: str | Iterable[str] | None = None, frame: Any = None, logger: bool = True
-    ) -> None:
-        """Record the ``__init__`` arguments (or the named ones) in ``self.hparams``."""
-        if frame is None:
-            current = inspect.currentframe()
-            frame = current.f_back if current is not None else None
-        init_args = collect_init_args(frame, self) if frame is not None else {}
-        hparams = select_hparams(init_args, args, ignore)
-        self.__dict__["_log_hyperparams"] = logger
-        self._hparams.update(hparams)
-        self.__dict__["_hparams_initial"] = copy_hparams(self._hparams)
-
-    @property
-    def hparams(self) -> AttributeDict:
-        return self._hparams
-
-    @property
-    def hparams_initial(self) -> AttributeDict:
-        return copy_hparams(self._hparams_initial)
-
     # ---- logging -----------------------------------------------------------------------------------
     def log(
         self,
@@ -369,9 +345,6 @@ class LightningModule(nn.Module):
         self.train()
 
     # ---- hooks (no-ops unless overridden) ----------------------------------------------------------
-    def prepare_data(self) -> None: ...
-    def setup(self, stage: str) -> None: ...
-    def teardown(self, stage: str) -> None: ...
     def configure_model(self) -> None: ...
     def configure_sharded_model(self) -> None: ...
     def on_fit_start(self) -> None: ...
@@ -430,29 +403,6 @@ class LightningModule(nn.Module):
     def on_before_optimizer_step(self, optimizer: Any) -> None: ...
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return batch
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        return move_to_device(batch, device)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return batch
-
-    def train_dataloader(self) -> Any:
-        raise NotImplementedError("`train_dataloader` must be implemented to be used with `Trainer.fit`")
-
-    def val_dataloader(self) -> Any:
-        raise NotImplementedError("`val_dataloader` must be implemented to be used with `Trainer.validate`")
-
-    def test_dataloader(self) -> Any:
-        raise NotImplementedError("`test_dataloader` must be implemented to be used with `Trainer.test`")
-
-    def predict_dataloader(self) -> Any:
-        raise NotImplementedError(
-            "`predict_dataloader` must be implemented to be used with `Trainer.predict`"
-        )
 
     # ---- checkpoints -------------------------------------------------------------------------------
     @classmethod

@@ -16,19 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-_REBUILD_ATTRS = (
-    "num_workers",
-    "collate_fn",
-    "pin_memory",
-    "timeout",
-    "worker_init_fn",
-    "multiprocessing_context",
-    "generator",
-    "prefetch_factor",
-    "persistent_workers",
-    "pin_memory_device",
-    "in_order",
-)
+from lightning_lib.data import rebuild_loader
 
 
 class ResumableBatchSampler:
@@ -76,11 +64,7 @@ def make_resumable(loader: Any) -> Any:
         return loader
     if loader.batch_sampler is None or isinstance(loader.batch_sampler, ResumableBatchSampler):
         return loader
-    kwargs = {a: getattr(loader, a) for a in _REBUILD_ATTRS if hasattr(loader, a)}
-    if kwargs.get("num_workers", 0) == 0:
-        kwargs.pop("prefetch_factor", None)
-        kwargs["persistent_workers"] = False
-    return DataLoader(loader.dataset, batch_sampler=ResumableBatchSampler(loader.batch_sampler), **kwargs)
+    return rebuild_loader(loader, batch_sampler=ResumableBatchSampler(loader.batch_sampler))
 
 
 def _generators(loader: Any) -> list[torch.Generator]:
