@@ -172,6 +172,10 @@ def finish_training_epoch(trainer: Trainer, hooks_done: bool = False) -> None:
     progress.batches_that_stepped -= 1
     connector.update_train_epoch_metrics()
     progress.batches_that_stepped += 1
+    for logger in trainer.loggers:
+        flush = getattr(logger, "flush", None)  # loggers that batch in the background send at epoch ends
+        if callable(flush):
+            flush()
     progress.current_epoch += 1
     progress.epoch_started = False
     progress.epoch_batches_done = 0

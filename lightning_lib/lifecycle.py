@@ -178,6 +178,9 @@ class TrainerLifecycle(TrainerData, TrainerSteps):
                 log.exception("A checkpoint could not be committed while handling %r", exc)
             for logger in self.loggers:
                 try:
+                    log_exception = getattr(logger, "log_exception", None)
+                    if callable(log_exception):  # lets a logger tell a kill (KILLED) from a failure (FAILED)
+                        log_exception(exc)
                     logger.finalize("failed")
                 except Exception:  # a logger failing must not hide the original error
                     log.exception("logger.finalize('failed') raised")
