@@ -1,0 +1,48 @@
+"""Prefect tasks around ``lightning_lib``: small typed functions that pass URIs and small results.
+
+Layout (DESIGN.md): ``flows -> tasks -> lightning_lib``. The config (``tasks.config``) imports no
+Prefect, so a CLI can validate a file without paying for it; the task modules (``tasks.data``, ...)
+are imported on first use of their names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tasks.config import DataConfig, MlflowConfig, TrainConfig, TrainerConfig
+from tasks.imports import DisallowedImportError, allowed_prefixes, load_class
+
+if TYPE_CHECKING:
+    from tasks.data import DataValidationError, PreparedData, PreparedSplit, prepare, prepare_data
+
+_LAZY = {
+    "DataValidationError": "tasks.data",
+    "PreparedData": "tasks.data",
+    "PreparedSplit": "tasks.data",
+    "prepare": "tasks.data",
+    "prepare_data": "tasks.data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tasks' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = [
+    "DataConfig",
+    "DataValidationError",
+    "DisallowedImportError",
+    "MlflowConfig",
+    "PreparedData",
+    "PreparedSplit",
+    "TrainConfig",
+    "TrainerConfig",
+    "allowed_prefixes",
+    "load_class",
+    "prepare",
+    "prepare_data",
+]

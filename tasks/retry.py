@@ -1,0 +1,55 @@
+"""Which failures a task retries: transient faults heal, bad config or bad data never do.
+
+Retrying a ``DataValidationError`` would only repeat the same message three times later, and retrying a
+missing bucket or refused credentials hides the real problem behind back-off delays. So tasks retry on
+an allow-list of transient kinds, and every other error fails the task at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_lib.storage import (
+    AccessDeniedError,
+    BucketNotFound,
+    MissingCredentialsError,
+    ObjectNotFound,
+    StorageError,
+)
+
+# Errors that name a problem of configuration, data or code: retrying cannot change the outcome.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # includes DataValidationError and pydantic's ValidationError
+    TypeError,
+    LookupError,
+    ImportError,
+    NotImplementedError,
+    ObjectNotFound,
+    BucketNotFound,
+    AccessDeniedError,
+    MissingCredentialsError,
+)
+# Faults of the network or of a storage service (boto3 has already retried its own retryable calls).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StorageError, ConnectionError, TimeoutError)
+
+# Back-off for tasks that talk to storage: 2 s, 4 s, 8 s (with jitter, so parallel runs spread out).
+RETRIES = 3
+RETRY_BACKOFF_FACTOR = 2.0
+RETRY_JITTER_FACTOR = 0.5
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying after ``exc`` may succeed."""
+    if isinstance(exc, PERMANENT_ERRORS):
+        return False
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """A Prefect ``retry_condition_fn``: ``(task, task_run, state) -> bool``.
+
+    Prefect hands the exception over as the data of a ``Failed`` state; a state without one (a task that
+    returned a failed state itself) is not retried.
+    """
+    exc = getattr(state, "data", None)
+    return isinstance(exc, BaseException) and is_transient(exc)

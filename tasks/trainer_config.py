@@ -1,0 +1,131 @@
+"""``TrainerConfig``: the commonly used ``Trainer`` arguments as a form, checked by the Trainer's own rules.
+
+Every rule comes from :mod:`lightning_lib.trainer_args` (and the precision table), so a config that
+validates here is one ``Trainer(**config.trainer.to_kwargs())`` accepts, with the same error messages.
+Only the checks that depend on the machine (is there a CUDA device?) are left to the Trainer itself:
+a config is often validated where the API runs, not on the GPU worker that trains.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from lightning_lib.precision import normalize_precision
+from lightning_lib.trainer_args import batch_limit, check_choice, check_int, parse_duration, resolve_device
+
+PrecisionName = Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"]
+_LIMIT = "A fraction of the batches in [0.0, 1.0] or a whole number of batches; empty means all."
+
+
+def _check_interval(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, str):
+        parse_duration(name, value)
+    elif batch_limit(name, value) == 0:
+        raise ValueError(f"Expected {name} > 0, received 0.")
+
+
+def _check_clip(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+        raise ValueError(f"Expected {name} to be a number >= 0 or None, received {value!r}.")
+
+
+# Field -> the Trainer's check for it, applied to the raw value before pydantic's own type coercion, so
+# e.g. ``max_epochs=True`` is refused as the Trainer refuses it instead of becoming 1.
+_RULES: dict[str, Any] = {
+    "max_epochs": lambda n, v: check_int(n, v, -1, allow_none=True),
+    "max_steps": lambda n, v: check_int(n, v, -1),
+    "max_time": lambda n, v: parse_duration(n, v),
+    "devices": lambda n, v: resolve_device("cpu", v),  # the form only; the device is checked at fit time
+    "limit_train_batches": batch_limit,
+    "limit_val_batches": batch_limit,
+    "limit_test_batches": batch_limit,
+    "limit_predict_batches": batch_limit,
+    "val_check_interval": _check_interval,
+    "check_val_every_n_epoch": lambda n, v: check_int(n, v, 1, allow_none=True),
+    "num_sanity_val_steps": lambda n, v: check_int(n, v, -1, allow_none=True),
+    "log_every_n_steps": lambda n, v: check_int(n, v, 0, allow_none=True),
+    "accumulate_grad_batches": lambda n, v: check_int(n, v, 1),
+    "gradient_clip_val": _check_clip,
+    "gradient_clip_algorithm": lambda n, v: check_choice(n, v, (None, "norm", "value")),
+    "deterministic": lambda n, v: check_choice(n, v, (None, True, False, "warn")),
+}
+
+
+class TrainerConfig(BaseModel):
+    """Arguments passed to ``lightning_lib.Trainer``; defaults are the Trainer's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, title="Trainer")
+
+    max_epochs: int | None = Field(
+        default=None,
+        description="Stop after this many epochs; empty means 1000 (or unlimited with max_steps), -1 unlimited.",
+    )
+    max_steps: int = Field(default=-1, description="Stop after this many optimizer steps; -1 means no limit.")
+    max_time: str | None = Field(default=None, description='Stop after this much time, "DD:HH:MM:SS".')
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field(
+        default="auto", description="The device type to train on."
+    )
+    devices: int | str | list[int] = Field(
+        default="auto", description='"auto", 1, -1 or a one-element list of device indices.'
+    )
+    precision: PrecisionName = Field(
+        default="32-true", description="Numerical precision; 16, 32, 64 and 'bf16' are accepted as aliases."
+    )
+    limit_train_batches: int | float | None = Field(default=None, description=_LIMIT)
+    limit_val_batches: int | float | None = Field(default=None, description=_LIMIT)
+    limit_test_batches: int | float | None = Field(default=None, description=_LIMIT)
+    limit_predict_batches: int | float | None = Field(default=None, description=_LIMIT)
+    val_check_interval: int | float | str | None = Field(
+        default=None,
+        description='Validate every fraction of an epoch (float), every N batches (int), or every "DD:HH:MM:SS".',
+    )
+    check_val_every_n_epoch: int | None = Field(
+        default=1, description="Validate every N epochs; empty means only by val_check_interval."
+    )
+    num_sanity_val_steps: int | None = Field(
+        default=None, description="Validation batches run before training (default 2; -1 all)."
+    )
+    accumulate_grad_batches: int = Field(
+        default=1, description="Accumulate gradients over this many batches per optimizer step."
+    )
+    gradient_clip_val: float | None = Field(
+        default=None, description="Clip gradients at this value; empty means no clipping."
+    )
+    gradient_clip_algorithm: Literal["norm", "value"] | None = Field(
+        default=None, description='"norm" (default) or "value".'
+    )
+    log_every_n_steps: int | None = Field(
+        default=None, description="How often to log within an epoch (default 50)."
+    )
+    deterministic: bool | Literal["warn"] | None = Field(
+        default=None, description="Use deterministic algorithms (true, false or 'warn')."
+    )
+    enable_progress_bar: bool | None = Field(
+        default=None, description="Show the progress bar (default: shown)."
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _trainer_rule(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name
+        if name == "accelerator" and isinstance(value, str):
+            return value.lower()  # the Trainer is case-insensitive here
+        if name == "precision":
+            # The Trainer's table, with aliases mapped to their canonical name; "cuda" so that the CPU
+            # fallback (16-mixed -> bf16-mixed) stays the Trainer's decision on the machine that trains.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return normalize_precision(value, "cuda")
+        rule = _RULES.get(name or "")
+        if rule is not None:
+            rule(name, value)
+        return value
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``lightning_lib.Trainer``."""
+        return self.model_dump()
