@@ -111,12 +111,15 @@ def save_file(checkpoint: dict[str, Any], filepath: str | os.PathLike[str]) -> N
         raise
 
 
-def load_file(path: str | os.PathLike[str], map_location: Any = None) -> dict[str, Any]:
+def load_file(
+    path: str | os.PathLike[str], map_location: Any = None, verified: bytes | None = None
+) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``: a plain ``.ckpt`` file, or a committed checkpoint
-    folder (local or ``s3://``) whose bytes are verified against its manifest first."""
+    folder (local or ``s3://``) whose bytes are verified against its manifest first (``verified``:
+    bytes already read and checked, e.g. while choosing "last", so they are not fetched twice)."""
     text = os.fspath(path)
     if is_remote(text) or os.path.isdir(text):
-        data = read_committed(text)
+        data = verified if verified is not None else read_committed(text)
         return _torch_load(io.BytesIO(data), text, map_location)
     if not os.path.isfile(text):
         raise FileNotFoundError(
@@ -148,7 +151,7 @@ def _torch_load(handle: Any, where: str, map_location: Any) -> dict[str, Any]:
             f"Refusing to load checkpoint {where!r}: it contains objects that are not plain data"
             f" (weights_only=True rejected it: {str(err).splitlines()[0]})."
         ) from err
-    except (RuntimeError, EOFError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise ValueError(f"Expected a readable torch checkpoint at {where!r}: {err}") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"Expected a Lightning checkpoint dict with a 'state_dict' key in {where!r}.")
@@ -208,9 +211,10 @@ def _newest_valid(trainer: Trainer, fn: TrainerFn) -> str | None:
     for key, names in stores.items():
         found = latest_valid(by_store[key], names=names)
         if found is not None:
-            ckpt, _ = found
+            ckpt, data = found
             if best is None or (ckpt.step, ckpt.time) > best[:2]:
                 best = (ckpt.step, ckpt.time, ckpt.uri)
+                trainer._verified_checkpoint = (ckpt.uri, data)
     if best is None:
         warnings.warn(
             f'.{fn.value}(ckpt_path="last") is set, but no committed checkpoint verifies yet; starting from scratch.',

@@ -35,6 +35,28 @@ from lightning_lib.storage import (
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.ckpt"
+_STAGING_PREFIX = "lightning_lib-ckpt-"
+
+
+def _remove_stale_staging() -> None:
+    """Staging folders of writers that were killed (SIGKILL, OOM) before they could clean up."""
+    base = tempfile.gettempdir()
+    for entry in os.listdir(base):
+        if not entry.startswith(_STAGING_PREFIX):
+            continue
+        pid_text = entry[len(_STAGING_PREFIX) :].split("-", 1)[0]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def snapshot(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +95,7 @@ class CheckpointWriter:
         """Commit ``checkpoint`` as the checkpoint folder ``uri`` (in the background when enabled)."""
         self.raise_error()
         if not self.background:
-            self._commit(checkpoint, uri, step)
+            self._commit([checkpoint], uri, step)
             return
         state = snapshot(checkpoint)
         with self._idle:
@@ -82,7 +104,9 @@ class CheckpointWriter:
             self._pending_saves += 1
             self._pending_names.add(uri)
         self.raise_error()
-        self._submit(self._commit, state, uri, step)
+        # a one-item list, so the writer can drop the snapshot once serialised (the queued job would
+        # otherwise keep it alive for the whole upload)
+        self._submit(self._commit, [state], uri, step)
 
     def delete(self, uri: str) -> None:
         """Delete checkpoint ``uri`` once every save queued before it has committed."""
@@ -165,17 +189,17 @@ class CheckpointWriter:
                 self._pending_deletes.discard(args[0])
             self._idle.notify_all()
 
-    def _commit(self, state: dict[str, Any], uri: str, step: int) -> None:
+    def _commit(self, holder: list[dict[str, Any]], uri: str, step: int) -> None:
         root, name = split_uri(uri)
         store = self.store(root)
         if read_manifest(store, name) is not None:
             delete_checkpoint(store, name)  # an explicit overwrite of the same name (trainer.save_checkpoint)
-        tmpdir = tempfile.mkdtemp(prefix="ckpt-")
+        _remove_stale_staging()
+        tmpdir = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-")
         try:
             writer = HashingWriter(os.path.join(tmpdir, CHECKPOINT_FILE))
             with writer:
-                torch.save(state, writer)  # type: ignore[arg-type]
-            del state
+                torch.save(holder.pop(), writer)  # type: ignore[arg-type]
             prehashed = writer.finish()
             write_checkpoint(store, name, {CHECKPOINT_FILE: prehashed}, step)
         finally:

@@ -17,7 +17,7 @@ import torch
 from lightning_lib.data import LimitedFetcher
 from lightning_lib.loops import run_evaluation
 from lightning_lib.optimization import run_automatic_step, run_manual_step, update_lr_schedulers
-from lightning_lib.resume import restore_generators, restore_loader_position
+from lightning_lib.resume import restore_generators, restore_loader_position, restore_loader_state
 from lightning_lib.seed import capture_rng_states, restore_rng_states
 from lightning_lib.state import RunningStage
 
@@ -100,11 +100,22 @@ def _start_first_epoch_data(
         fetcher.start(skip=progress.epoch_batches_done)
         _restore_rng(trainer, fetcher, resume, loader_state)
     elif in_epoch:
+        _restore_finished_epoch_state(fetcher.loader, loader_state)
         _restore_rng(trainer, fetcher, resume, loader_state)
         fetcher.done = True  # this epoch's batches are all done; only its tail is left
     else:
+        _restore_finished_epoch_state(fetcher.loader, loader_state)
         _restore_rng(trainer, fetcher, resume, loader_state)
         fetcher.start()
+
+
+def _restore_finished_epoch_state(loader: Any, loader_state: dict[str, Any]) -> None:
+    """A stateful loader saved once its epoch's batches were all taken: restore it, then let the
+    restored iterator go, as the original run let go of that epoch's iterator, so the next ``iter``
+    starts the next epoch from the restored state rather than replaying the end of the old one."""
+    if restore_loader_state(loader, loader_state) == "loader":
+        iterator = iter(loader)
+        del iterator
 
 
 def _restore_rng(

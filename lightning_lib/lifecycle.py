@@ -69,6 +69,7 @@ class TrainerLifecycle(TrainerData, TrainerSteps):
         }[fn]
         self.should_stop = False
         self._check_model(model, fn, loaders, datamodule)
+        self._verified_checkpoint: tuple[str, bytes] | None = None
         ckpt = select_ckpt_path(self, fn, ckpt_path, model_provided)
         self.lightning_module = model
         model.trainer = self
@@ -117,7 +118,12 @@ class TrainerLifecycle(TrainerData, TrainerSteps):
         self._hooks.callbacks("setup", fn.value)
         self._hooks.module("setup", fn.value)
         self._hooks.module("configure_model")
-        checkpoint = load_file(ckpt, map_location=self.strategy.root_device) if ckpt else None
+        prefetched, self._verified_checkpoint = self._verified_checkpoint, None
+        verified = prefetched[1] if prefetched is not None and prefetched[0] == ckpt else None
+        checkpoint = (
+            load_file(ckpt, map_location=self.strategy.root_device, verified=verified) if ckpt else None
+        )
+        del prefetched, verified
         if checkpoint is not None:
             restore_modules(self, checkpoint)
         self._logger_connector.reset_results()
@@ -240,12 +246,14 @@ class TrainerLifecycle(TrainerData, TrainerSteps):
         self.strategy._lightning_optimizers = [LightningOptimizer(opt, self) for opt in self.optimizers]
 
     def _log_hyperparams(self: Trainer, model: Any, datamodule: Any) -> None:  # type: ignore[misc]
-        if not self.loggers or not self.enable_autolog_hparams:
+        if not self.loggers:
             return
         params: dict[str, Any] = {}
-        if datamodule is not None and getattr(datamodule, "_log_hyperparams", True):
+        if not self.enable_autolog_hparams:
+            pass  # log_graph still runs: loggers learn about the module there
+        elif datamodule is not None and getattr(datamodule, "_log_hyperparams", True):
             params.update(datamodule.hparams_initial)
-        if getattr(model, "_log_hyperparams", True):
+        if self.enable_autolog_hparams and getattr(model, "_log_hyperparams", True):
             model_params = model.hparams_initial
             clash = [k for k in model_params if k in params and params[k] != model_params[k]]
             if clash:

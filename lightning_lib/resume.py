@@ -104,16 +104,24 @@ def restore_loader_position(loader: Any, state: dict[str, Any], batches_done: in
 
     Returns whether the position could be restored (False: the loader cannot resume mid-epoch).
     """
-    if "loader" in state and _is_stateful(loader):
-        loader.load_state_dict(state["loader"])
+    if restore_loader_state(loader, state) == "loader":
         return True
-    if "dataset" in state and _is_stateful(getattr(loader, "dataset", None)):
-        loader.dataset.load_state_dict(state["dataset"])
     batch_sampler = getattr(loader, "batch_sampler", None)
     if "batches" in state and isinstance(batch_sampler, ResumableBatchSampler):
         batch_sampler.resume_from(_decode_batches(state["batches"]), batches_done)
         return True
     return "dataset" in state
+
+
+def restore_loader_state(loader: Any, state: dict[str, Any]) -> str | None:
+    """A loader's or dataset's own saved state, if it has one: which of the two was restored."""
+    if "loader" in state and _is_stateful(loader):
+        loader.load_state_dict(state["loader"])
+        return "loader"
+    if "dataset" in state and _is_stateful(getattr(loader, "dataset", None)):
+        loader.dataset.load_state_dict(state["dataset"])
+        return "dataset"
+    return None
 
 
 def restore_generators(loader: Any, state: dict[str, Any]) -> None:

@@ -343,7 +343,7 @@ class ModelCheckpoint(Checkpoint):
         )
         previous, self.last_model_path = self.last_model_path, filepath
         self._save(trainer, filepath)
-        if previous and self._may_remove(trainer, previous, filepath):
+        if previous and self._may_remove(trainer, previous, filepath, previous_is_last=True):
             trainer._checkpoint_writer.delete(previous)
 
     def _save(self, trainer: Trainer, filepath: str) -> None:
@@ -351,10 +351,14 @@ class ModelCheckpoint(Checkpoint):
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
 
-    def _may_remove(self, trainer: Trainer, previous: str, current: str) -> bool:
+    def _may_remove(
+        self, trainer: Trainer, previous: str, current: str, previous_is_last: bool = False
+    ) -> bool:
         if previous == current:
             return False
-        if trainer.ckpt_path is not None and _same_place(previous, trainer.ckpt_path):
+        # the checkpoint a fit resumed from is kept, unless it is this callback's own previous "last"
+        resumed_from = trainer.ckpt_path is not None and _same_place(previous, trainer.ckpt_path)
+        if resumed_from and not previous_is_last:
             return False
         return self.dirpath is not None and _inside(previous, self.dirpath)
 

@@ -16,6 +16,7 @@ leaks a credential into a database that many people read.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -64,6 +65,7 @@ _ASSIGNMENT = re.compile(
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):([^/\s@]+)@")
 # Values shorter than this are too likely to occur by chance to be scrubbed by exact match.
 _MIN_ENV_SECRET_LENGTH = 6
+_NOT_SECRET_ENV = frozenset({"PWD", "OLDPWD"})
 
 
 def _words(name: str) -> list[str]:
@@ -75,13 +77,24 @@ def is_secret_name(name: str) -> bool:
     words = _words(name)
     if any(w in _SECRET_WORDS for w in words):
         return True
-    return any(pair in _SECRET_PAIRS for pair in zip(words, words[1:]))
+    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
 
 
 def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Values of the environment variables whose names look like credentials, longest first."""
+    """Values of the environment variables whose names look like credentials, longest first.
+
+    Paths that exist are left out: ``PWD`` or ``SSH_AUTH_SOCK`` match by name but hold no secret, and
+    scrubbing them would hide every path under the working directory.
+    """
     env = os.environ if environ is None else environ
-    values = {v for k, v in env.items() if is_secret_name(k) and len(v) >= _MIN_ENV_SECRET_LENGTH}
+    values = {
+        v
+        for k, v in env.items()
+        if k not in _NOT_SECRET_ENV
+        and is_secret_name(k)
+        and len(v) >= _MIN_ENV_SECRET_LENGTH
+        and not os.path.exists(v)
+    }
     return sorted(values, key=len, reverse=True)
 
 

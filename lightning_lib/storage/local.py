@@ -185,7 +185,16 @@ class LocalStore:
         removed = 0
         for key, st in builtins.list(self._walk(self._walk_start(prefix), temp_files=True)):
             if key.startswith(prefix) and st.st_mtime <= cutoff:
+                path = os.path.join(self._root, *key.split("/"))
                 with suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self._root, *key.split("/")))
+                    os.unlink(path)
                     removed += 1
+                # a folder that held only the dead writer's temp file is gone too
+                parent = os.path.dirname(path)
+                while os.path.abspath(parent) != os.path.abspath(self._root):
+                    try:
+                        os.rmdir(parent)
+                    except OSError:
+                        break
+                    parent = os.path.dirname(parent)
         return removed

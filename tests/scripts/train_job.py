@@ -1,7 +1,12 @@
 """A training job run as a subprocess by the crash and SIGTERM tests.
 
 Usage: python -m tests.scripts.train_job ROOT [--resume] [--steps-sleep SECONDS] [--out FILE]
-Writes the final weights to --out when the fit completes.
+       [--dirpath PATH_OR_S3_URI] [--max-epochs N] [--every N] [--hidden N] [--top-k K]
+       [--orphan-grace SECONDS] [--s3-part-mib N] [--workers N]
+
+Writes the final weights to --out when the fit completes. Prints ``step N`` after every training
+batch and ``save step N`` whenever a checkpoint starts being written (its upload follows in the
+background), so a test can time a kill to land while an upload is in flight.
 """
 
 from __future__ import annotations
@@ -31,6 +36,29 @@ class SlowSteps(pl.Callback):
         print(f"step {trainer.global_step}", flush=True)
 
 
+class AnnounceSaves(pl.Callback):
+    """Prints when a checkpoint's state is being captured: its commit starts right after."""
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        print(f"save step {trainer.global_step}", flush=True)
+
+
+def use_small_s3_parts(mib: int) -> None:
+    """Make S3 stores upload in ``mib``-MiB multipart parts, so test-sized checkpoints go up as
+    multipart uploads (a kill then leaves an incomplete upload for the next run to abort)."""
+    from lightning_lib.storage import store
+
+    base = store.S3Store
+
+    class SmallPartS3Store(base):  # type: ignore[misc, valid-type]
+        def __init__(self, uri: str, **options: int) -> None:
+            options.setdefault("multipart_threshold", mib * 1024 * 1024)
+            options.setdefault("multipart_chunksize", mib * 1024 * 1024)
+            super().__init__(uri, **options)
+
+    store.S3Store = SmallPartS3Store  # type: ignore[misc]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("root")
@@ -39,26 +67,42 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
-    pl.seed_everything(5)
-    model = ClassifierModel(dropout=0.2)
-    checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=f"{args.root}/ckpt", every_n_train_steps=args.every, save_top_k=-1, save_last=True
+    parser.add_argument("--dirpath", default=None, help="checkpoint folder or s3:// URI (ROOT/ckpt)")
+    parser.add_argument("--max-epochs", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=64, help="hidden width: bigger = slower commits")
+    parser.add_argument("--top-k", type=int, default=-1)
+    parser.add_argument(
+        "--orphan-grace", type=float, default=None, help="seconds; default: ModelCheckpoint's"
     )
+    parser.add_argument("--s3-part-mib", type=int, default=None, help="S3 multipart threshold and part size")
+    args = parser.parse_args()
+    if args.s3_part_mib:
+        use_small_s3_parts(args.s3_part_mib)
+    pl.seed_everything(5)
+    model = ClassifierModel(dropout=0.2, hidden=args.hidden)
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=args.dirpath or f"{args.root}/ckpt",
+        every_n_train_steps=args.every,
+        save_top_k=args.top_k,
+        save_last=True,
+    )
+    if args.orphan_grace is not None:
+        checkpoint.orphan_grace_seconds = args.orphan_grace
     trainer = pl.Trainer(
-        max_epochs=3,
+        max_epochs=args.max_epochs,
         default_root_dir=args.root,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=2,
-        callbacks=[checkpoint, SlowSteps(args.steps_sleep)],
+        callbacks=[checkpoint, SlowSteps(args.steps_sleep), AnnounceSaves()],
     )
     train = DataLoader(classification_data(96, seed=0), batch_size=8, shuffle=True, num_workers=args.workers)
     val = DataLoader(classification_data(32, seed=1), batch_size=8)
     trainer.fit(model, train, val, ckpt_path="last" if args.resume else None)
     if args.out:
         torch.save([p.detach() for p in model.parameters()], args.out)
+    print(f"done step {trainer.global_step}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,335 @@
+"""MLFlowLogger against a real ``mlflow server`` over HTTP, everything read back with ``MlflowClient``.
+
+One server for the module (SQLite backend, artifacts to a local folder), stopped with its process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import lightning_lib as pl
+from lightning_lib.callbacks import ModelCheckpoint
+from lightning_lib.loggers import MLFlowLogger
+from lightning_lib.loggers.mlflow_artifacts import dataset_spec
+from lightning_lib.loggers.mlflow_checkpoints import sha256_file
+from lightning_lib.loggers.mlflow_worker import RetryPolicy
+from tests.helpers import ClassifierDataModule, ClassifierModel
+from tests.services import MlflowServer
+
+mlflow = pytest.importorskip("mlflow")
+pytestmark = [
+    pytest.mark.services,
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # the scrubbing warnings are expected here
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*"),  # mlflow on SQLAlchemy 2.1
+]
+
+REPO = Path(__file__).resolve().parents[2]
+ENV_SECRET = "env-Secret-7Q2w9Z"
+PARAM_SECRET = "param-Secret-K8d3Lp"
+URL_PASSWORD = "urlPw-5Nc1Rt"
+FAST_RETRY = RetryPolicy(initial=0.2, factor=2.0, maximum=1.0)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow_server"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def client(server: MlflowServer) -> Any:
+    return mlflow.MlflowClient(server.uri)
+
+
+def make_logger(server: MlflowServer, **kwargs: Any) -> MLFlowLogger:
+    kwargs.setdefault("run_key", f"test-{uuid.uuid4().hex[:12]}")
+    return MLFlowLogger(tracking_uri=server.uri, experiment_name="integration", retry=FAST_RETRY, **kwargs)
+
+
+def make_trainer(tmp_path: Path, logger: MLFlowLogger, **kwargs: Any) -> pl.Trainer:
+    options: dict[str, Any] = {
+        "max_epochs": 2, "limit_train_batches": 4, "limit_val_batches": 2, "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
+        "enable_checkpointing": False, "default_root_dir": str(tmp_path), "logger": logger,
+    }  # fmt: skip
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def runs_with_key(client: Any, run_key: str) -> list[Any]:
+    experiment = client.get_experiment_by_name("integration")
+    return list(client.search_runs([experiment.experiment_id], filter_string=f"tags.run_key = '{run_key}'"))
+
+
+def content_hash(path: str) -> str:
+    """What a reference pins: a file's sha256, or the sha256 of a committed folder's manifest."""
+    return sha256_file(os.path.join(path, "MANIFEST.json") if os.path.isdir(path) else path)
+
+
+class SecretModel(ClassifierModel):
+    """A classifier whose hyper-parameters carry credentials, as careless configs do."""
+
+    def __init__(self, api_key: str = PARAM_SECRET, note: str = ENV_SECRET, db: str = "") -> None:
+        super().__init__()
+
+
+def test_fit_records_everything_and_no_secret(
+    server: MlflowServer, client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_SERVICE_TOKEN", ENV_SECRET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ENV_SECRET + "aws")
+    pl.seed_everything(7, verbose=False)
+    logger = make_logger(
+        server,
+        tags={"team": "vision", "auth_token": PARAM_SECRET},
+        log_model=True,
+        registered_model_name="integration-model",
+        registered_model_alias="champion",
+    )
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = make_trainer(tmp_path, logger, enable_checkpointing=True, callbacks=[checkpoint])
+    model = SecretModel(db=f"postgresql://trainer:{URL_PASSWORD}@db:5432/features")
+    datamodule = ClassifierDataModule()
+    trainer.fit(model, datamodule)
+
+    assert logger.delivery_report is not None and logger.delivery_report.ok, logger.delivery_report
+    [run] = runs_with_key(client, logger.run_key or "")
+    assert run.info.run_id == logger.run_id and run.info.status == "FINISHED"
+
+    params = run.data.params
+    assert params["lr"] == "0.01" and params["hidden"] == "64" and params["batch_size"] == "16"
+    assert params["api_key"] == "***" and params["note"] == "***"
+    assert params["db"] == "postgresql://trainer:***@db:5432/features"
+
+    history = client.get_metric_history(run.info.run_id, "train_loss_step")
+    assert [m.step for m in history] == list(range(8))
+    assert [m.value for m in history] == pytest.approx(model.losses)
+    epoch_history = client.get_metric_history(run.info.run_id, "train_loss_epoch")
+    assert [m.step for m in epoch_history] == [3, 7]
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
+
+    tags = run.data.tags
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head and tags["git.dirty"] in ("true", "false")
+    assert tags["lightning_lib.version"] == pl.__version__ and tags["torch.version"] == torch.__version__
+    assert tags["python.version"].count(".") == 2 and tags["seed"] == "7"
+    assert tags["run_key"] == logger.run_key and tags["team"] == "vision" and tags["auth_token"] == "***"
+    assert tags["checkpoint.latest.sha256"] == content_hash(checkpoint.last_model_path)
+
+    [dataset_input] = run.inputs.dataset_inputs
+    expected = dataset_spec(datamodule.train_set)
+    assert expected is not None
+    assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("train", expected.digest)
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+
+    local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
+    assert (local / "plots" / "metric_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    references = json.loads((local / "checkpoints" / "references.json").read_text())["checkpoints"]
+    latest = next(
+        ref for ref in references if "latest" in ref["roles"] and ref["uri"] == checkpoint.last_model_path
+    )
+    assert latest["sha256"] == content_hash(checkpoint.last_model_path)
+    assert not list((local / "checkpoints").glob("*.ckpt"))  # recorded by reference, not copied
+
+    version = client.get_model_version_by_alias("integration-model", "champion")
+    assert version.version == str(logger.logged_model_info.registered_model_version)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)  # model URIs resolve through the global client
+    loaded = mlflow.pytorch.load_model("models:/integration-model@champion")
+    x = torch.randn(5, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+    # Found nowhere: not in the server's database (params, tags, inputs, logged-model records) nor in
+    # any artifact it stored, nor in the local artifact copy.
+    stored = [server.root / "mlflow.db", *server.artifacts.rglob("*"), *local.rglob("*")]
+    blobs = [p.read_bytes() for p in stored if p.is_file()]
+    assert len(blobs) > 5
+    for secret in (ENV_SECRET, PARAM_SECRET, URL_PASSWORD):
+        assert not any(secret.encode() in blob for blob in blobs), secret
+
+
+class FailingModel(ClassifierModel):
+    def __init__(self, error: str = "runtime") -> None:
+        super().__init__()
+        self.error = error
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.global_step == 2:
+            raise KeyboardInterrupt() if self.error == "interrupt" else RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(("error", "status"), [("runtime", "FAILED"), ("interrupt", "KILLED")])
+def test_a_failing_run_ends_failed_or_killed(
+    server: MlflowServer, client: Any, tmp_path: Path, error: str, status: str
+) -> None:
+    # log_model="all": every committed checkpoint is recorded by reference as it is saved
+    logger = make_logger(server, log_model="all")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
+    trainer = make_trainer(tmp_path, logger, enable_checkpointing=True, callbacks=[checkpoint])
+    with pytest.raises(KeyboardInterrupt if error == "interrupt" else RuntimeError):
+        trainer.fit(FailingModel(error), ClassifierDataModule())
+    [run] = runs_with_key(client, logger.run_key or "")
+    assert run.info.status == status
+    expected = "KeyboardInterrupt" if error == "interrupt" else "RuntimeError: boom"
+    assert run.data.tags["lightning_lib.exception"].startswith(expected)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss_step")] == [0, 1]
+    saved = sorted(str(p) for p in (tmp_path / "ckpt").iterdir())
+    assert len(saved) == 2 and run.data.tags["checkpoint.latest.uri"] == saved[-1]
+    assert run.data.tags["checkpoint.latest.sha256"] == content_hash(saved[-1])
+    local = client.download_artifacts(run.info.run_id, "checkpoints/references.json", str(tmp_path))
+    references = json.loads(Path(local).read_text())["checkpoints"]
+    assert sorted(ref["uri"] for ref in references) == saved
+    assert all(ref["sha256"] == content_hash(ref["uri"]) and ref["files"] for ref in references)
+    assert logger.logged_model_info is None  # a failed run logs no model
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run(
+    server: MlflowServer, client: Any, tmp_path: Path
+) -> None:
+    run_key = f"resume-{uuid.uuid4().hex[:8]}"
+    ckpt_dir = tmp_path / "ckpt"
+    first = make_logger(server, run_key=run_key)
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)]
+    make_trainer(tmp_path, first, max_epochs=1, enable_checkpointing=True, callbacks=callbacks).fit(
+        ClassifierModel(), ClassifierDataModule()
+    )
+    second = make_logger(server, run_key=run_key)
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)]
+    make_trainer(tmp_path, second, max_epochs=2, enable_checkpointing=True, callbacks=callbacks).fit(
+        ClassifierModel(), ClassifierDataModule(), ckpt_path=str(ckpt_dir / "last.ckpt")
+    )
+    assert second.run_id == first.run_id
+    [run] = runs_with_key(client, run_key)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss_step")]
+    assert steps == list(range(8))  # no gap, no second copy
+
+
+SIGTERM_SCRIPT = """
+import pathlib, sys, time
+import lightning_lib as pl
+from lightning_lib.loggers import MLFlowLogger
+from tests.helpers import ClassifierDataModule, ClassifierModel
+
+uri, ready, run_key = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+
+class Pace(pl.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 3:
+            ready.write_text("ready")
+        time.sleep(0.02)
+
+logger = MLFlowLogger(tracking_uri=uri, experiment_name="integration", run_key=run_key)
+trainer = pl.Trainer(max_epochs=10_000, logger=logger, callbacks=[Pace()], enable_progress_bar=False,
+                     enable_checkpointing=False, log_every_n_steps=1, default_root_dir=str(ready.parent))
+trainer.fit(ClassifierModel(), ClassifierDataModule())
+"""
+
+
+def test_sigterm_ends_the_run_killed(server: MlflowServer, client: Any, tmp_path: Path) -> None:
+    script, ready = tmp_path / "train.py", tmp_path / "ready"
+    script.write_text(SIGTERM_SCRIPT)
+    run_key = f"sigterm-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, str(script), server.uri, str(ready), run_key],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0].decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, output
+    [run] = runs_with_key(client, run_key)
+    assert run.info.status == "KILLED", output
+    assert len(client.get_metric_history(run.info.run_id, "train_loss_step")) >= 3  # logged before SIGTERM
+
+
+class RestartServer(pl.Callback):
+    """Stops the server after step 2 and starts it again on a thread while training goes on."""
+
+    def __init__(self, server: MlflowServer) -> None:
+        self.server = server
+        self.thread: threading.Thread | None = None
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        if trainer.global_step == 2 and self.thread is None:
+            trainer.logger.flush(wait=True, timeout=30)  # steps 0-1 are in; the rest meet a dead server
+            self.server.stop()
+            self.thread = threading.Thread(target=self.server.start)
+            self.thread.start()
+
+
+def test_server_stopped_mid_training(server: MlflowServer, client: Any, tmp_path: Path) -> None:
+    logger = make_logger(server, finalize_timeout=120)
+    restart = RestartServer(server)
+    start = time.monotonic()
+    trainer = make_trainer(tmp_path, logger, limit_train_batches=16, callbacks=[restart])
+    trainer.fit(ClassifierModel(), ClassifierDataModule())
+    assert restart.thread is not None
+    restart.thread.join()
+    assert server.healthy() and time.monotonic() - start < 120
+    report = logger.delivery_report
+    assert report is not None and report.ok, report.summary() if report else None
+    assert report.last_error  # the outage was seen
+    history = client.get_metric_history(logger.run_id, "train_loss_step")
+    assert trainer.global_step == 32 and [m.step for m in history] == list(range(32))
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+
+
+def test_default_store_and_lightning_properties(
+    tmp_path: Path, server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    logger = MLFlowLogger(
+        save_dir=str(tmp_path / "mlruns"), prefix="fit", synchronous=True, log_metric_curves=False
+    )
+    assert logger.tracking_uri == f"sqlite:///{tmp_path / 'mlruns'}/mlflow.db" and logger.save_dir == str(
+        tmp_path / "mlruns"
+    )
+    assert logger.name == logger.experiment_id and logger.version == logger.run_id
+    logger.log_hyperparams({"model": {"depth": 3, "widths": [1, 2]}})
+    logger.log_metrics({"loss": 0.5, "bad name!": 1.0, "skip": "text"}, step=3)  # type: ignore[dict-item]
+    logger.log_dataset("features", "0123abcd" * 8, "s3://bucket/features.parquet", schema={"columns": ["a"]})
+    logger.flush(wait=True, timeout=30)
+    run = logger.experiment.get_run(logger.run_id)
+    [dataset_input] = run.inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    assert (dataset.name, dataset.digest, dataset.source_type) == ("features", ("0123abcd" * 8)[:36], "s3")
+    assert json.loads(dataset.schema) == {"columns": ["a"]}
+    assert run.data.params == {"model/depth": "3", "model/widths": "[1, 2]"}
+    assert run.data.metrics == {"fit-loss": 0.5, "fit-bad name": 1.0}
+    logger.finalize("success")
+    run = logger.experiment.get_run(logger.run_id)
+    assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith(
+        str(tmp_path / "mlruns" / "artifacts")
+    )
+    continued = MLFlowLogger(save_dir=str(tmp_path / "mlruns"), run_id=logger.run_id)
+    assert continued.run_id == logger.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    assert MLFlowLogger().tracking_uri == server.uri and MLFlowLogger().save_dir is None

@@ -1,0 +1,411 @@
+"""MLFlowLogger's parts without a server: sender (batching, retries, bounds, report), redaction, limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from lightning_lib.loggers import MLFlowLogger
+from lightning_lib.loggers.mlflow_artifacts import best_weights, dataset_spec, detached_copy, make_spec
+from lightning_lib.loggers.mlflow_checkpoints import CheckpointReferences, checkpoint_reference, sha256_file
+from lightning_lib.loggers.mlflow_context import git_tags, prefect_tags
+from lightning_lib.loggers.mlflow_params import (
+    MAX_PARAM_VALUE_LENGTH,
+    clean_name,
+    prepare_params,
+    prepare_tags,
+)
+from lightning_lib.loggers.mlflow_transport import RestTransport, is_permanent
+from lightning_lib.loggers.mlflow_worker import MetricSender, RetryPolicy
+from lightning_lib.loggers.redact import (
+    REDACTED,
+    is_secret_name,
+    redact_mapping,
+    redact_text,
+    secret_env_values,
+)
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.exceptions import MlflowException, RestException  # noqa: E402
+
+FAST_RETRY = RetryPolicy(initial=0.01, factor=2.0, maximum=0.05)
+
+
+class FakeTransport:
+    """Records requests; fails the first ``fail`` calls (transiently), refuses names in ``refuse``."""
+
+    def __init__(self, fail: int = 0, refuse: set[str] | None = None, delay: float = 0.0) -> None:
+        self.fail = fail
+        self.refuse = refuse or set()
+        self.delay = delay
+        self.calls: list[tuple[str, list[Any]]] = []
+        self.attempts = 0
+        self.lock = threading.Lock()
+
+    def _attempt(self, kind: str, items: list[Any]) -> None:
+        with self.lock:
+            self.attempts += 1
+            if self.delay:
+                time.sleep(self.delay)
+            if self.attempts <= self.fail:
+                raise MlflowException("API request failed with exception Connection refused")
+            if any(item[0] in self.refuse for item in items):
+                raise RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad name"})
+            self.calls.append((kind, list(items)))
+
+    def log_batch(self, run_id: str, metrics: Any, params: Any, tags: Any) -> None:
+        kind, items = ("metrics", metrics) if metrics else ("params", params) if params else ("tags", tags)
+        self._attempt(kind, list(items))
+
+    def log_inputs(self, run_id: str, datasets: Any) -> None:
+        self._attempt("inputs", [(d.name,) for d in datasets])
+
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
+        self._attempt("status", [(status, end_time)])
+
+    def metrics(self) -> list[tuple[str, float, int, int]]:
+        return [record for kind, items in self.calls if kind == "metrics" for record in items]
+
+
+def records(n: int, key: str = "loss", start: int = 0) -> list[tuple[str, float, int, int]]:
+    return [(key, float(i), 0, i) for i in range(start, start + n)]
+
+
+# ---- the sender ------------------------------------------------------------------------------------------
+def test_sender_batches_up_to_1000_and_flushes_on_request() -> None:
+    transport = FakeTransport()
+    sender = MetricSender(transport, "run", interval=60.0, retry=FAST_RETRY)
+    for i in range(2500):
+        sender.add_metrics([("loss", float(i), 0, i)])
+    assert sender.flush(wait=True, timeout=10)
+    sizes = [len(items) for kind, items in transport.calls if kind == "metrics"]
+    assert sum(sizes) == 2500 and max(sizes) == 1000 and len(sizes) <= 4
+    assert [r[3] for r in transport.metrics()] == list(range(2500))  # order kept
+    report = sender.close(5)
+    assert report.ok and report.delivered_metrics == 2500
+
+
+def test_sender_sends_after_interval_without_flush() -> None:
+    transport = FakeTransport()
+    sender = MetricSender(transport, "run", interval=0.05, retry=FAST_RETRY)
+    sender.add_metrics(records(3))
+    deadline = time.monotonic() + 5
+    while not transport.metrics() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(transport.metrics()) == 3
+    sender.close(1)
+
+
+def test_sender_retries_transient_failures_with_backoff() -> None:
+    transport = FakeTransport(fail=3)
+    sender = MetricSender(transport, "run", interval=0.0, retry=FAST_RETRY)
+    sender.add_metrics(records(10))
+    assert sender.flush(wait=True, timeout=10)
+    assert transport.attempts == 4 and len(transport.metrics()) == 10
+    assert sender.healthy
+    assert sender.close(1).ok
+
+
+def test_sender_isolates_a_refused_item_and_keeps_the_rest() -> None:
+    transport = FakeTransport(refuse={"bad"})
+    sender = MetricSender(transport, "run", interval=60.0, retry=FAST_RETRY)
+    sender.add_metrics([*records(500), ("bad", 1.0, 0, 7), *records(499, start=500)])
+    sender.add("params", [("lr", "0.1"), ("bad", "x"), ("wd", "0")])
+    report = sender.close(10)
+    assert len(transport.metrics()) == 999
+    assert report.lost_metrics["bad"].count == 1
+    params = [p for kind, items in transport.calls if kind == "params" for p in items]
+    assert sorted(params) == [("lr", "0.1"), ("wd", "0")]
+    assert any("bad" in failure for failure in report.failures)
+
+
+def test_add_metrics_never_blocks_while_the_server_hangs() -> None:
+    transport = FakeTransport(delay=0.5, fail=10**6)
+    sender = MetricSender(transport, "run", interval=0.0, retry=FAST_RETRY)
+    start = time.perf_counter()
+    for i in range(2000):
+        sender.add_metrics([("loss", float(i), 0, i)])
+    assert time.perf_counter() - start < 2.0  # blocking on the server would take 0.5 s per request
+    sender.close(0.1)
+
+
+def test_buffer_is_bounded_and_the_report_gives_numbers() -> None:
+    transport = FakeTransport(fail=10**6)  # the server never answers
+    sender = MetricSender(transport, "run", max_buffer=100, interval=0.0, retry=FAST_RETRY)
+    for step in range(300):
+        sender.add_metrics([("train_loss", 1.0 / (step + 1), 0, step)])
+    start = time.monotonic()
+    report = sender.close(0.3)
+    assert time.monotonic() - start < 3
+    assert not report.ok and report.delivered_metrics == 0
+    assert report.dropped_on_overflow >= 100
+    loss = report.lost_metrics["train_loss"]
+    assert loss.count == 300 and loss.first_step == 0 and loss.last_step == 299
+    assert loss.last_value == pytest.approx(1 / 300)
+    summary = report.summary()
+    assert "train_loss: 300 values, steps 0..299" in summary and "Connection refused" in summary
+    assert len(report.lost_records) == 100
+
+
+def test_real_http_failure_is_transient_and_reported(tmp_path: Any) -> None:
+    """A RestTransport against a port where nothing listens: the real connection-refused path."""
+    from mlflow.utils.rest_utils import MlflowHostCreds
+
+    from tests.services import free_port
+
+    creds = MlflowHostCreds(f"http://127.0.0.1:{free_port()}")
+    sender = MetricSender(RestTransport(lambda: creds, timeout=2), "run", interval=0.0, retry=FAST_RETRY)
+    sender.add_metrics(records(5, key="val_loss"))
+    report = sender.close(0.5)
+    assert report.lost_metrics["val_loss"].count == 5 and report.last_error
+
+
+def test_permanent_and_transient_errors_are_told_apart() -> None:
+    assert is_permanent(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "x"}))
+    assert not is_permanent(MlflowException("API request failed with exception Connection refused"))
+    assert not is_permanent(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "x"}))
+    assert not is_permanent(ConnectionError("refused"))
+    assert is_permanent(TypeError("a bug"))
+
+
+# ---- redaction and limits ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name", ["password", "db_password", "AWS_SECRET_ACCESS_KEY", "apiKey", "api_key", "auth_token",
+             "Authorization", "private_key", "client_secret", "GITHUB_TOKEN", "aws_access_key_id"],
+)  # fmt: skip
+def test_secret_names(name: str) -> None:
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["lr", "max_tokens", "tokenizer", "run_key", "hidden_size", "monitor"])
+def test_ordinary_names(name: str) -> None:
+    assert not is_secret_name(name)
+
+
+def test_redact_text_patterns() -> None:
+    text = (
+        "s3 AKIAIOSFODNN7EXAMPLE url postgresql://bob:hunter2@db:5432/x "
+        "hdr Bearer abcdef0123456789abcdef jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.sig_part "
+        "conn AccountKey=c2VjcmV0a2V5;EndpointSuffix=core gh ghp_abcdefghijklmnopqrstuvwxyz0123456789"
+    )
+    clean = redact_text(text)
+    for secret in (
+        "AKIAIOSFODNN7EXAMPLE",
+        "hunter2",
+        "abcdef0123456789abcdef",
+        "eyJhbGci",
+        "c2VjcmV0a2V5",
+        "ghp_",
+    ):
+        assert secret not in clean
+    assert "postgresql://bob:***@db:5432/x" in clean and "EndpointSuffix=core" in clean
+    assert (
+        redact_text("basic augmentation with token embeddings") == "basic augmentation with token embeddings"
+    )
+    assert REDACTED in redact_text("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----")
+
+
+def test_environment_secrets_are_scrubbed_wherever_they_appear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-9f8e7d6c5b4a")
+    assert "tok-9f8e7d6c5b4a" in secret_env_values()
+    assert os.getcwd() not in secret_env_values()  # PWD is a path, not a secret
+    clean, changed = redact_mapping({"note": "uses tok-9f8e7d6c5b4a", "password": 12345, "lr": 0.1})
+    assert clean == {"note": f"uses {REDACTED}", "password": REDACTED, "lr": 0.1}
+    assert sorted(changed) == ["note", "password"]
+
+
+def test_clean_name_follows_mlflow_rules() -> None:
+    assert clean_name("val/acc@top1") == "val/acctop1"
+    assert clean_name("a//b/./c/") == "a/b/c"
+    assert clean_name("loss(x)", replacement="_") == "loss_x_"
+    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
+    assert len(clean_name(long_a)) == 250 and clean_name(long_a) != clean_name(long_b)
+    assert clean_name("???") == "_"
+
+
+def test_prepare_params_sanitises_with_warnings() -> None:
+    with pytest.warns(RuntimeWarning) as record:
+        pairs = dict(
+            prepare_params(
+                {"ok": 1, "bad key!": "v", "bad key?": "w", "long": "y" * 7000, "secret": "s3cr3t"}
+            )
+        )
+    messages = " ".join(str(w.message) for w in record)
+    assert "renamed" in messages and "truncated" in messages and "credentials" in messages
+    assert pairs["ok"] == "1" and pairs["bad key_"] == "v" and pairs["bad key__2"] == "w"
+    assert len(pairs["long"]) == MAX_PARAM_VALUE_LENGTH and pairs["secret"] == REDACTED
+    with pytest.warns(RuntimeWarning, match="credentials"):
+        tags = dict(prepare_tags({"repo": "https://user:pa55word@git.example.com/x.git"}))
+    assert tags["repo"] == "https://user:***@git.example.com/x.git"
+
+
+# ---- checkpoints and datasets ------------------------------------------------------------------------------
+def test_checkpoint_reference_of_file_folder_and_uncommitted(tmp_path: Any) -> None:
+    file = tmp_path / "epoch=0.ckpt"
+    file.write_bytes(b"weights")
+    ref = checkpoint_reference(str(file))
+    assert ref["sha256"] == sha256_file(str(file)) and ref["size"] == 7
+    folder = tmp_path / "step-10"
+    folder.mkdir()
+    manifest = {"files": {"model.pt": {"sha256": "ab" * 32, "size": 3}}, "step": 10}
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest))
+    ref = checkpoint_reference(str(folder))
+    assert ref["files"] == {"model.pt": "ab" * 32} and ref["step"] == 10
+    assert ref["sha256"] == sha256_file(str(folder / "MANIFEST.json"))
+    (tmp_path / "partial").mkdir()
+    assert "not committed" in checkpoint_reference(str(tmp_path / "partial"))["error"]
+    assert checkpoint_reference(str(tmp_path / "missing"))["sha256"] is None
+
+
+def test_checkpoint_references_track_roles(tmp_path: Any) -> None:
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    best.write_bytes(b"b")
+    last.write_bytes(b"l")
+
+    class Callback:
+        best_model_path, last_model_path, best_model_score, monitor = (
+            str(best),
+            str(last),
+            torch.tensor(0.5),
+            "loss",
+        )
+
+    refs = CheckpointReferences()
+    roles = refs.record(Callback())
+    tags = refs.tags(roles)
+    assert tags["checkpoint.best.uri"] == str(best) and tags["checkpoint.best.score"] == "0.5"
+    assert tags["checkpoint.latest.sha256"] == sha256_file(str(last))
+    refs.record(Callback())  # same files, same hashes: not recorded twice
+    assert len(refs.records) == 2 and json.loads(refs.to_json())["checkpoints"][0]["roles"]
+
+
+def test_dataset_specs() -> None:
+    x = torch.arange(12.0).reshape(6, 2)
+    spec = dataset_spec(TensorDataset(x, torch.zeros(6)))
+    assert spec is not None and len(spec.digest) == 36 and json.loads(spec.profile or "{}") == {"num_rows": 6}
+    assert spec.digest != dataset_spec(TensorDataset(x + 1, torch.zeros(6))).digest  # type: ignore[union-attr]
+
+    class Described:
+        digest, name, source = "d1g3st", "features", "s3://bucket/features.parquet"
+
+    spec = dataset_spec(Described())
+    assert spec is not None and (spec.name, spec.source_type) == ("features", "s3")
+    assert dataset_spec(object()) is None
+    assert make_spec("n", "x" * 64, "https://u:pw12345@h/x").source == '{"uri": "https://u:***@h/x"}'
+
+
+def test_import_does_not_import_mlflow() -> None:
+    code = "import sys, lightning_lib; from lightning_lib.loggers import MLFlowLogger; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ---- run context, status, the model copy -------------------------------------------------------------------
+def test_git_tags_of_a_project_folder(tmp_path: Any) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("print(1)\n")
+    git("add", "train.py")
+    git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "-m", "init")
+    git("remote", "add", "origin", "https://ci:ghp_abcdefghijklmnopqrstuvwxyz012345@git.example.com/p.git")
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout
+    tags = git_tags(tmp_path)
+    assert tags["mlflow.source.git.commit"] == head.strip() and tags["git.dirty"] == "false"
+    (tmp_path / "notes.txt").write_text("untracked files do not make it dirty")
+    assert git_tags(tmp_path)["git.dirty"] == "false"
+    (tmp_path / "train.py").write_text("print(2)\n")
+    assert git_tags(tmp_path)["git.dirty"] == "true"
+    with pytest.warns(RuntimeWarning):
+        scrubbed = dict(prepare_tags(tags))
+    assert "ghp_" not in scrubbed["mlflow.source.git.repoURL"]
+    assert git_tags(tmp_path / "missing") == {}
+
+
+def test_prefect_tags_only_inside_a_flow_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    monkeypatch.delitem(sys.modules, "prefect", raising=False)
+    assert prefect_tags() == {}  # never imports prefect itself
+    flow_run = types.SimpleNamespace(id="0b1c", name="brave-otter")
+    context = types.SimpleNamespace(flow_run=flow_run)
+    fake_context = types.ModuleType("prefect.context")
+    fake_context.FlowRunContext = types.SimpleNamespace(get=lambda: context)  # type: ignore[attr-defined]
+    fake_runtime = types.ModuleType("prefect.runtime")
+    fake_runtime.flow_run = types.SimpleNamespace(ui_url="http://prefect/runs/flow-run/0b1c")  # type: ignore[attr-defined]
+    for name, module in (("prefect", types.ModuleType("prefect")), ("prefect.context", fake_context),
+                         ("prefect.runtime", fake_runtime)):  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, module)
+    assert prefect_tags() == {
+        "prefect.flow_run.id": "0b1c",
+        "prefect.flow_run.name": "brave-otter",
+        "prefect.flow_run.url": "http://prefect/runs/flow-run/0b1c",
+    }
+    context.flow_run = None
+    assert prefect_tags() == {}
+
+
+def test_final_status_comes_from_the_exception(tmp_path: Any) -> None:
+    logger = MLFlowLogger(save_dir=str(tmp_path))
+    assert logger._final_status("success") == "FINISHED"
+    assert logger._final_status("failed") == "FAILED"
+    from lightning_lib.lifecycle import SIGTERMException
+
+    for exc, status in (
+        (KeyboardInterrupt(), "KILLED"),
+        (SIGTERMException(143), "KILLED"),
+        (ValueError(), "FAILED"),
+    ):
+        logger._exception_status = None
+        try:
+            raise exc
+        except BaseException:  # finalize("failed") runs inside the Trainer's except block
+            assert logger._final_status("failed") == status
+    logger._exception_status = None
+    logger.log_exception(KeyboardInterrupt())  # said explicitly, outside any except block
+    assert logger._final_status("failed") == "KILLED"
+    with pytest.raises(ValueError, match="run_key"):
+        MLFlowLogger(run_key="has space")
+    with pytest.raises(ValueError, match="log_model"):
+        MLFlowLogger(log_model="best")  # type: ignore[arg-type]
+
+
+def test_detached_copy_has_no_trainer_and_no_secret(tmp_path: Any) -> None:
+    from tests.helpers import ClassifierModel
+
+    model = ClassifierModel()
+    model._hparams["api_key"] = "sk-abcdefghijklmnopqrstuvwx"
+    model.trainer = object()  # type: ignore[assignment]
+    path = tmp_path / "best.ckpt"
+    weights = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    torch.save({"state_dict": weights}, path)
+    assert set(best_weights(str(path)) or {}) == set(weights)
+    assert best_weights(str(tmp_path / "missing.ckpt")) is None
+    copy = detached_copy(model, best_weights(str(path)))
+    assert copy._trainer is None and model._trainer is not None
+    assert copy.hparams["api_key"] == "***" and model.hparams["api_key"].startswith("sk-")
+    assert all(float(p.detach().abs().sum()) == 0 for p in copy.parameters())
+    assert not copy.training
+
+
+def test_an_absent_server_fails_fast_and_clearly() -> None:
+    from tests.services import free_port
+
+    logger = MLFlowLogger(tracking_uri=f"http://user:pw-123456@127.0.0.1:{free_port()}", startup_timeout=1)
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="none answered within 1s") as info:
+        _ = logger.run_id
+    assert time.monotonic() - start < 10 and "pw-123456" not in str(info.value)
+    assert MLFlowLogger(tracking_uri="file:/tmp/mlruns").save_dir == "/tmp/mlruns"
