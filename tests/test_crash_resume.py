@@ -176,7 +176,7 @@ class Folder:
 
 def _spill_dirs(tmpdir: Path) -> set[str]:
     """The checkpoint writer's local staging folders (it serialises there before uploading)."""
-    return {p.name for p in tmpdir.iterdir() if p.name.startswith("ckpt-")}
+    return {p.name for p in tmpdir.iterdir() if p.name.startswith("lightning_lib-ckpt-")}
 
 
 class Reference:
@@ -249,7 +249,8 @@ def _crash_and_resume(
     if dirpath.startswith("s3://"):
         extra = ["--s3-part-mib", str(S3_PART_MIB)]
     else:
-        extra = []
+        # a local commit of a test-sized model is too quick to hit reliably: hold each one open a while
+        extra = ["--commit-delay", "0.3"]
     folder = Folder(dirpath)
     modes = ["save", "save", "save", "time", "time"]
     rng.shuffle(modes)
@@ -306,8 +307,8 @@ def _crash_and_resume(
 
 
 def test_sigkill_and_resume_local(tmp_path: Path, reference: Reference) -> None:
-    # a local commit of this model takes ~0.1 s: kills within 0.1 s of its start land mid-commit
-    _crash_and_resume(tmp_path, str(tmp_path / "ckpt"), 20261126, (0.0, 0.1), reference)
+    # each local commit is held open 0.3 s after serialising (--commit-delay): kills within 0.2 s land mid-commit
+    _crash_and_resume(tmp_path, str(tmp_path / "ckpt"), 20261126, (0.0, 0.2), reference)
 
 
 @pytest.mark.services

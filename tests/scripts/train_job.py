@@ -2,7 +2,7 @@
 
 Usage: python -m tests.scripts.train_job ROOT [--resume] [--steps-sleep SECONDS] [--out FILE]
        [--dirpath PATH_OR_S3_URI] [--max-epochs N] [--every N] [--hidden N] [--top-k K]
-       [--orphan-grace SECONDS] [--s3-part-mib N] [--workers N]
+       [--orphan-grace SECONDS] [--commit-delay SECONDS] [--s3-part-mib N] [--workers N]
 
 Writes the final weights to --out when the fit completes. Prints ``step N`` after every training
 batch and ``save step N`` whenever a checkpoint starts being written (its upload follows in the
@@ -43,6 +43,19 @@ class AnnounceSaves(pl.Callback):
         print(f"save step {trainer.global_step}", flush=True)
 
 
+def hold_commits_open(seconds: float) -> None:
+    """Wait ``seconds`` between serialising a checkpoint and uploading it, so a kill can land mid-commit."""
+    from lightning_lib import checkpoint_writer
+
+    upload = checkpoint_writer.write_checkpoint
+
+    def slow_upload(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(seconds)
+        return upload(*args, **kwargs)
+
+    checkpoint_writer.write_checkpoint = slow_upload  # type: ignore[assignment]
+
+
 def use_small_s3_parts(mib: int) -> None:
     """Make S3 stores upload in ``mib``-MiB multipart parts, so test-sized checkpoints go up as
     multipart uploads (a kill then leaves an incomplete upload for the next run to abort)."""
@@ -74,8 +87,13 @@ def main() -> None:
     parser.add_argument(
         "--orphan-grace", type=float, default=None, help="seconds; default: ModelCheckpoint's"
     )
+    parser.add_argument(
+        "--commit-delay", type=float, default=0.0, help="seconds each commit waits between staging and upload"
+    )
     parser.add_argument("--s3-part-mib", type=int, default=None, help="S3 multipart threshold and part size")
     args = parser.parse_args()
+    if args.commit_delay:
+        hold_commits_open(args.commit_delay)
     if args.s3_part_mib:
         use_small_s3_parts(args.s3_part_mib)
     pl.seed_everything(5)
