@@ -49,6 +49,23 @@ class RandomDataset(Dataset):
         return len(self.data)
 
 
+class Crash(RuntimeError):
+    """What ``CrashAfter`` raises: a stand-in for a process dying in the middle of a fit."""
+
+
+class CrashAfter(lightning_lib.Callback):
+    """Raises after the given global step's batch, like a process killed there."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step >= self.step:
+            raise Crash(f"crash after step {trainer.global_step}")
+
+
 def classification_data(n: int = 256, features: int = 32, classes: int = 10, seed: int = 0) -> TensorDataset:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, features, generator=gen)

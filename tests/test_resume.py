@@ -15,24 +15,7 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler
 
 import lightning_lib as pl
-from tests.helpers import ClassifierModel, classification_data, quiet_trainer_kwargs
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAfter(pl.Callback):
-    """Raises after the given global step's batch, like a process killed there."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(
-        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if trainer.global_step >= self.step:
-            raise Crash(f"crash after step {trainer.global_step}")
+from tests.helpers import ClassifierModel, Crash, CrashAfter, classification_data, quiet_trainer_kwargs
 
 
 class ScheduledClassifier(ClassifierModel):

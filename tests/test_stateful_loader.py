@@ -18,27 +18,12 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 import lightning_lib as pl
-from tests.helpers import ClassifierModel, classification_data, quiet_trainer_kwargs
+from tests.helpers import ClassifierModel, Crash, CrashAfter, classification_data, quiet_trainer_kwargs
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11
 
 N, BATCH, EPOCHS = 96, 8, 3
 BATCHES = N // BATCH
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAfter(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(
-        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if trainer.global_step >= self.step:
-            raise Crash(f"crash after step {trainer.global_step}")
 
 
 class CountingDataset(Dataset):
