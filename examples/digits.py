@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_lib as pl
+from examples.loaders import seeded_loader
 
 NUM_FEATURES = 64
 NUM_CLASSES = 10
@@ -90,15 +91,7 @@ class DigitsDataModule(pl.LightningDataModule):
     def _loader(self, dataset: TensorDataset | None, shuffle: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("DigitsDataModule.setup() must run before asking for a dataloader.")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return seeded_loader(dataset, self.batch_size, self.seed, shuffle, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         # Shuffled with its own seeded generator: the order is reproducible and independent

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_lib as pl
+from examples.loaders import seeded_loader
 from lightning_lib.storage import open_store, split_uri
 
 
@@ -131,16 +132,7 @@ class TabularDataModule(pl.LightningDataModule):
                 raise RuntimeError("Standardisation needs the training split or a restored state_dict.")
             x, *rest = dataset.tensors
             dataset = TensorDataset((x - self.mean) / self.std, *rest)
-        # A seeded generator of its own: the order is reproducible and independent of the global RNG.
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return seeded_loader(dataset, self.batch_size, self.seed, shuffle, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

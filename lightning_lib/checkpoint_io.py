@@ -25,7 +25,6 @@ from lightning_lib.storage import (
     MANIFEST_NAME,
     is_remote,
     latest_valid,
-    list_committed,
     open_store,
     read_manifest,
     read_verified,
@@ -196,25 +195,19 @@ def select_ckpt_path(trainer: Trainer, fn: TrainerFn, ckpt_path: Any, model_prov
 
 
 def _newest_valid(trainer: Trainer, fn: TrainerFn) -> str | None:
-    candidates: list[tuple[int, float, str, Any]] = []
-    for callback in trainer.checkpoint_callbacks:
-        dirpath = getattr(callback, "dirpath", None) or callback._default_dirpath(trainer)
-        store = trainer._checkpoint_writer.store(dirpath)
-        candidates.extend((c.step, c.time, c.uri, store) for c in list_committed(store))
-    candidates.sort(key=lambda c: (c[0], c[1]))
-    stores: dict[int, list[str]] = {}
-    by_store: dict[int, Any] = {}
-    for _, _, uri, store in candidates:
-        stores.setdefault(id(store), []).append(split_uri(uri)[1])
-        by_store[id(store)] = store
     best: tuple[int, float, str] | None = None
-    for key, names in stores.items():
-        found = latest_valid(by_store[key], names=names)
-        if found is not None:
-            ckpt, data = found
-            if best is None or (ckpt.step, ckpt.time) > best[:2]:
-                best = (ckpt.step, ckpt.time, ckpt.uri)
-                trainer._verified_checkpoint = (ckpt.uri, data)
+    dirpaths = {
+        getattr(cb, "dirpath", None) or cb._default_dirpath(trainer) for cb in trainer.checkpoint_callbacks
+    }
+    for dirpath in dirpaths:
+        # the newest committed checkpoint of this folder whose bytes verify (older ones are fallbacks)
+        found = latest_valid(trainer._checkpoint_writer.store(dirpath))
+        if found is None:
+            continue
+        ckpt, data = found
+        if best is None or (ckpt.step, ckpt.time) > best[:2]:
+            best = (ckpt.step, ckpt.time, ckpt.uri)
+            trainer._verified_checkpoint = (ckpt.uri, data)
     if best is None:
         warnings.warn(
             f'.{fn.value}(ckpt_path="last") is set, but no committed checkpoint verifies yet; starting from scratch.',
