@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,8 +56,15 @@ def _tracking_uri(uri: str) -> Iterator[None]:
         finally:
             mlflow.set_tracking_uri(previous)
         return
-    with _use_tracking_uri(uri):
-        yield
+    # MLflow's helper restores its global by unsetting MLFLOW_TRACKING_URI when no URI had been set
+    # explicitly, which would leave the rest of the process (later tasks of a flow) on the default store.
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def log_pytorch_model(
@@ -95,6 +103,12 @@ def log_pytorch_model(
         "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"],
         "run_id": run_id,
     }
+    client = mlflow.MlflowClient(tracking_uri)
+    # The logged model is created here, in the run's experiment: left to log_model, it would go to the
+    # process's active experiment (the default one, whose artifacts live in ./mlruns of the cwd).
+    kwargs["model_id"] = client.create_logged_model(
+        experiment_id=client.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id
+    ).model_id
     with _tracking_uri(tracking_uri):
         try:
             if example_np is None:
@@ -105,7 +119,5 @@ def log_pytorch_model(
             info = mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
     version = getattr(info, "registered_model_version", None)
     if alias and registered_model_name and version is not None:
-        mlflow.MlflowClient(tracking_uri).set_registered_model_alias(
-            registered_model_name, alias, str(version)
-        )
+        client.set_registered_model_alias(registered_model_name, alias, str(version))
     return info
