@@ -20,7 +20,7 @@ from lightning_lib.loggers.redact import is_secret_name, redact_text, secret_env
 from lightning_lib.storage.uri import is_remote, local_path, parse_s3_uri
 from tasks.imports import IMPORT_PATH_PATTERN, check_import_path, load_class
 from tasks.params import apply_overrides, flatten, load_yaml_file, unflatten
-from tasks.trainer_config import TrainerConfig
+from tasks.trainer_config import CheckpointConfig, TrainerConfig
 
 PARAMS_PREFIX = "config."
 RUN_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -85,14 +85,17 @@ class DataConfig(BaseModel):
 
     def source_format(self) -> Literal["csv", "parquet"] | None:
         """The configured format, else the one the source's extension says."""
-        if self.format is not None:
-            return self.format
-        name = self.source.lower().rstrip("/")
-        if name.endswith(".csv"):
-            return "csv"
-        if name.endswith((".parquet", ".pq")):
-            return "parquet"
-        return None
+        return self.format if self.format is not None else table_format(self.source)
+
+
+def table_format(source: str) -> Literal["csv", "parquet"] | None:
+    """The table format a file name's extension says (.csv, .parquet, .pq), or None."""
+    name = source.lower().rstrip("/")
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    return None
 
 
 class MlflowConfig(BaseModel):
@@ -141,6 +144,9 @@ class TrainConfig(BaseModel):
         default="runs/checkpoints",
         min_length=1,
         description="Checkpoints go under <checkpoint_root>/<run_key>: a local folder or s3://bucket/prefix.",
+    )
+    checkpoint: CheckpointConfig = Field(
+        default=CheckpointConfig(), description="Which checkpoints the fit keeps and how often."
     )
     mlflow: MlflowConfig = Field(default=MlflowConfig(), description="MLflow tracking and registry.")
     run_key: str | None = Field(
@@ -284,4 +290,12 @@ def _norm(uri: str) -> str:
     return os.path.abspath(local_path(uri))
 
 
-__all__ = ["PARAMS_PREFIX", "DataConfig", "MlflowConfig", "TrainConfig", "TrainerConfig", "load_class"]
+__all__ = [
+    "PARAMS_PREFIX",
+    "CheckpointConfig",
+    "DataConfig",
+    "MlflowConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "load_class",
+]

@@ -16,12 +16,11 @@ import json
 from typing import Any
 
 from prefect import task
-from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
 from lightning_lib.storage import join_uri, open_store, split_uri
 from tasks.config import TrainConfig
-from tasks.retry import RETRIES, RETRY_BACKOFF_FACTOR, RETRY_JITTER_FACTOR, retry_on_transient
+from tasks.retry import retrying
 from tasks.tabular import DataValidationError, check_schema, parse_table, split_indices, to_parquet_bytes
 
 # Bump when the prepared output changes for the same input (columns kept, dtypes, split rule): it is
@@ -170,11 +169,7 @@ def prepare_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     name="prepare_data",
     cache_key_fn=prepare_cache_key,
     persist_result=True,
-    result_serializer="json",  # PreparedData is plain data: no pickle in the result store
-    retries=RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_FACTOR),
-    retry_jitter_factor=RETRY_JITTER_FACTOR,
-    retry_condition_fn=retry_on_transient,
+    **retrying(result_serializer="json"),  # PreparedData is plain data: no pickle in the result store
 )
 def prepare_data(config: TrainConfig) -> PreparedData:
     """Prefect task around :func:`prepare`: cached by input content, retried on transient storage faults."""

@@ -38,6 +38,20 @@ RETRY_BACKOFF_FACTOR = 2.0
 RETRY_JITTER_FACTOR = 0.5
 
 
+def retrying(**options: Any) -> dict[str, Any]:
+    """Keyword arguments of ``@task`` for a task that talks to storage or MLflow: retried with back-off on
+    transient faults only; ``options`` add to (or override) them."""
+    from prefect.tasks import exponential_backoff
+
+    return {
+        "retries": RETRIES,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=RETRY_BACKOFF_FACTOR),
+        "retry_jitter_factor": RETRY_JITTER_FACTOR,
+        "retry_condition_fn": retry_on_transient,
+        **options,
+    }
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying after ``exc`` may succeed."""
     if isinstance(exc, PERMANENT_ERRORS):

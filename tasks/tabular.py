@@ -82,18 +82,30 @@ def check_schema(frame: pd.DataFrame, features: list[str] | None, target: str, s
     if duplicated:
         raise DataValidationError(f"Expected unique column names in {source!r}, found {duplicated} repeated.")
     wanted = [c for c in columns if c != target] if features is None else list(features)
-    for role, name in [("target", target)] + [("feature", f) for f in wanted]:
-        if name not in frame.columns:
-            raise DataValidationError(
-                f"Expected {role} column {name!r} in {source!r}; its columns are {_listing(columns)}.",
-                column=name,
-            )
+    _require_column(frame, target, "target", source)
     if not wanted:
         raise DataValidationError(f"Expected at least one feature column besides {target!r} in {source!r}.")
-    _check_numeric(frame[target], "target", source)
     for name in wanted:
+        _require_column(frame, name, "feature", source)
+    _check_numeric(frame[target], "target", source)
+    return check_features(frame, wanted, source)
+
+
+def check_features(frame: pd.DataFrame, features: list[str], source: str) -> list[str]:
+    """Check that every feature column is there and numeric (scoring data has no target); return them."""
+    for name in features:
+        _require_column(frame, name, "feature", source)
+    for name in features:
         _check_numeric(frame[name], "feature", source)
-    return wanted
+    return list(features)
+
+
+def _require_column(frame: pd.DataFrame, name: str, role: str, source: str) -> None:
+    if name not in frame.columns:
+        raise DataValidationError(
+            f"Expected {role} column {name!r} in {source!r}; its columns are {_listing(list(frame.columns))}.",
+            column=name,
+        )
 
 
 def split_indices(

@@ -129,3 +129,43 @@ class TrainerConfig(BaseModel):
     def to_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``lightning_lib.Trainer``."""
         return self.model_dump()
+
+
+class CheckpointConfig(BaseModel):
+    """How the ``fit`` task checkpoints (``ModelCheckpoint`` under ``<checkpoint_root>/<run_key>``).
+
+    ``last`` is always kept: it is what a retry resumes from. Frequent step checkpoints make a crash cost
+    fewer repeated steps; each one is committed in the background.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, title="Checkpoints")
+
+    monitor: str | None = Field(
+        default="val_loss", description="Metric that ranks checkpoints ('best'); empty means the latest."
+    )
+    mode: Literal["min", "max"] = Field(
+        default="min", description="Whether a lower or higher monitor is better."
+    )
+    save_top_k: int = Field(default=1, ge=-1, description="Best checkpoints kept (-1 all) besides 'last'.")
+    every_n_train_steps: int | None = Field(
+        default=None, ge=1, description="Also checkpoint every N optimizer steps; empty means per epoch."
+    )
+
+    @field_validator("save_top_k")
+    @classmethod
+    def _rank_needs_monitor(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("monitor") is None and value not in (-1, 0, 1):
+            raise ValueError(
+                f"Expected a monitor to keep save_top_k={value} checkpoints; there is nothing to rank."
+            )
+        return value
+
+    def callback_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``ModelCheckpoint`` (besides ``dirpath``)."""
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "save_top_k": self.save_top_k,
+            "every_n_train_steps": self.every_n_train_steps,
+            "save_last": True,
+        }

@@ -33,6 +33,9 @@ _AWS_IDENTITY_VARS = (
 )
 TEST_BUCKET = "lightning-lib-test"
 
+# the Prefect test harness, shared by tests/tasks and tests/flows (one temporary API per session)
+pytest_plugins = ["tests.prefect_fixtures"]
+
 
 def _free_port() -> int:
     with socket.socket() as sock:

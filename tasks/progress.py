@@ -1,0 +1,124 @@
+"""A Prefect progress artifact that follows ``fit``: the bar a person sees on the flow run's page.
+
+The training thread only stores a number; a daemon thread posts it at most every ``interval`` seconds, so
+a slow or unreachable Prefect API never holds a training step up (a failed update is logged and skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Any
+
+from lightning_lib.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+
+def fit_progress(trainer: Any) -> float:
+    """Percent done: optimizer steps over the planned ones, else epochs over ``max_epochs``, else 0."""
+    return _percent(planned_steps(trainer), trainer.global_step, trainer.current_epoch, trainer.max_epochs)
+
+
+def planned_steps(trainer: Any) -> float | None:
+    """The optimizer steps the fit will take, when that is a finite number."""
+    total = trainer.estimated_stepping_batches
+    return float(total) if isinstance(total, int | float) and math.isfinite(total) and total > 0 else None
+
+
+def _percent(total: float | None, step: int, epoch: int, max_epochs: int | None) -> float:
+    if total:
+        return min(100.0, 100.0 * step / total)
+    if max_epochs and max_epochs > 0:
+        return min(100.0, 100.0 * epoch / max_epochs)
+    return 0.0
+
+
+class PrefectProgress(Callback):
+    """Create a progress artifact at the start of fit and keep it up to date until its end."""
+
+    def __init__(self, key: str | None = None, description: str = "Training progress", interval: float = 2.0):
+        self.key = key
+        self.description = description
+        self.interval = interval
+        self.artifact_id: Any = None
+        self._total: float | None = None
+        self._max_epochs: int | None = None
+        self._position = (0, 0)  # (global_step, epoch): one tuple store per batch, read by the thread
+        self._done = False
+        self._latest = 0.0
+        self._posted: float | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self._total = planned_steps(trainer)  # once: the estimate is not free
+        self._max_epochs = trainer.max_epochs
+        self._position = (trainer.global_step, trainer.current_epoch)
+        self._done = False
+        self._latest = self._progress()  # a resumed fit starts part of the way
+        try:
+            self.artifact_id = create_progress_artifact(
+                self._latest, key=self.key, description=self.description
+            )
+        except Exception as exc:  # no Prefect API: training goes on without the bar
+            log.warning("Could not create the Prefect progress artifact: %s", exc)
+            return
+        self._posted = self._latest
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._post_loop, name="prefect-progress", daemon=True)
+        self._thread.start()
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._position = (trainer.global_step, trainer.current_epoch)  # the hot path: no arithmetic here
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        # a fit that ends normally is done, whatever the estimate said (early stopping, max_time)
+        self._done = True
+        self._finish()
+
+    def _progress(self) -> float:
+        if self._done:
+            return 100.0
+        step, epoch = self._position
+        return _percent(self._total, step, epoch, self._max_epochs)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    def _post_loop(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            stopping = self._stop.is_set()
+            value = self._progress()
+            if value != self._posted:
+                self._post(value)
+            if stopping:
+                return
+
+    def _post(self, value: float) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        try:
+            update_progress_artifact(self.artifact_id, value)
+            self._posted = value
+        except Exception as exc:
+            log.warning("Could not update the Prefect progress artifact: %s", exc)
+
+
+__all__ = ["PrefectProgress", "fit_progress"]

@@ -1,0 +1,124 @@
+"""Unit tests of the training tasks' pieces: run keys, the loss guard, progress, retry decisions."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from tasks.config import TrainConfig
+from tasks.factory import (
+    FiniteLossGuard,
+    NonFiniteLossError,
+    build_datamodule,
+    checkpoint_dir,
+    without_userinfo,
+)
+from tasks.progress import PrefectProgress, fit_progress
+from tasks.retry import is_transient
+from tasks.run_key import config_digest, derive_run_key
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(tmp_path: Path, **extra: Any) -> TrainConfig:
+    return TrainConfig.model_validate(
+        {
+            "model": "examples.digits:DigitsClassifier",
+            "data": {"source": str(REPO / "examples" / "data" / "digits.csv"), "target": "target"},
+            "checkpoint_root": str(tmp_path / "ckpt"),
+            **extra,
+        }
+    )
+
+
+def test_run_key_is_the_configs_or_a_fresh_one_outside_prefect(tmp_path: Path) -> None:
+    assert derive_run_key(_config(tmp_path, run_key="mine")) == "mine"
+    one, two = derive_run_key(_config(tmp_path)), derive_run_key(_config(tmp_path))
+    assert one != two and one.startswith("run-")
+
+
+def test_config_digest_ignores_only_the_run_key(tmp_path: Path) -> None:
+    base = config_digest(_config(tmp_path))
+    assert config_digest(_config(tmp_path, run_key="x")) == base
+    assert config_digest(_config(tmp_path, seed=1)) != base
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_key_inside_a_flow_is_stable_across_a_subflow(tmp_path: Path) -> None:
+    from prefect import flow
+    from prefect.runtime import flow_run
+
+    config = _config(tmp_path)
+
+    @flow
+    def child() -> str:
+        return derive_run_key(config, "training")
+
+    @flow
+    def parent() -> tuple[str, str]:
+        return str(flow_run.id), child()
+
+    root_id, key = parent()
+    assert key == f"training-{root_id}-{config_digest(config)}"
+
+
+def test_finite_loss_guard_stops_at_nan_and_is_not_retried() -> None:
+    guard = FiniteLossGuard()
+    trainer = SimpleNamespace(global_step=7, current_epoch=1)
+    guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(0.5)}, None, 0)
+    with pytest.raises(NonFiniteLossError, match="global step 7") as info:
+        guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(math.nan)}, None, 3)
+    assert not is_transient(info.value)
+    assert is_transient(ConnectionError("S3 went away"))
+
+
+def test_fit_progress_uses_steps_then_epochs() -> None:
+    assert (
+        fit_progress(
+            SimpleNamespace(estimated_stepping_batches=40, global_step=10, current_epoch=0, max_epochs=9)
+        )
+        == 25.0
+    )
+    by_epoch = SimpleNamespace(
+        estimated_stepping_batches=math.inf, global_step=3, max_epochs=4, current_epoch=1
+    )
+    assert fit_progress(by_epoch) == 25.0
+
+
+def test_progress_artifact_is_posted_off_the_training_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.artifacts as artifacts
+
+    posted: list[float] = []
+    monkeypatch.setattr(artifacts, "create_progress_artifact", lambda progress, **_: "artifact-1")
+    monkeypatch.setattr(
+        artifacts, "update_progress_artifact", lambda artifact_id, progress: posted.append(progress)
+    )
+    progress = PrefectProgress(interval=0.01)
+    trainer = SimpleNamespace(estimated_stepping_batches=10, global_step=0, current_epoch=0, max_epochs=1)
+    progress.on_train_start(trainer, None)
+    assert progress.artifact_id == "artifact-1"
+    trainer.global_step = 5
+    progress.on_train_batch_end(trainer, None, None, None, 4)
+    deadline = time.monotonic() + 5
+    while 50.0 not in posted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    progress.on_train_end(trainer, None)
+    assert 50.0 in posted and posted[-1] == 100.0
+
+
+def test_data_module_arguments_cannot_override_the_prepared_splits(tmp_path: Path) -> None:
+    config = _config(tmp_path, datamodule_kwargs={"train_uri": "elsewhere.parquet"})
+    with pytest.raises(ValueError, match="train_uri"):
+        build_datamodule(config, prepared=SimpleNamespace(datamodule_kwargs=dict))  # type: ignore[arg-type]
+
+
+def test_checkpoint_dir_and_uris_without_credentials(tmp_path: Path) -> None:
+    assert checkpoint_dir(_config(tmp_path), "k") == str(tmp_path / "ckpt" / "k")
+    assert without_userinfo("http://user:secret@host:5000/x") == "http://host:5000/x"
+    assert without_userinfo("s3://bucket/prefix") == "s3://bucket/prefix"
