@@ -1,0 +1,101 @@
+"""Deployments of the flows: served from this process on the embedded setup, or deployed to a work pool.
+
+``serve`` runs every flow in the serving process (no worker needed) with a cron schedule for
+``retraining``; ``deploy`` registers the same deployments on a work pool (process, Docker, Kubernetes)
+whose workers pull the code from ``source``. A run is then triggered from the UI, with
+``prefect deployment run 'training/training'``, or through the API with ``run_deployment``, the same call
+the UI makes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.defaults import load_config
+from flows.pipeline import example_pipeline
+from flows.predict import predict_flow
+from flows.reproduce import reproduce
+from flows.retraining import retraining
+from flows.training import training
+from tasks.config import TrainConfig
+
+DEFAULT_CRON = "0 3 * * *"  # retrain nightly at 03:00 (the server's timezone: UTC unless configured)
+
+# name -> (flow, entrypoint for deployments from source)
+FLOWS: dict[str, tuple[Any, str]] = {
+    "training": (training, "flows/training.py:training"),
+    "retraining": (retraining, "flows/retraining.py:retraining"),
+    "reproduce": (reproduce, "flows/reproduce.py:reproduce"),
+    "predict": (predict_flow, "flows/predict.py:predict_flow"),
+    "example-pipeline": (example_pipeline, "flows/pipeline.py:example_pipeline"),
+}
+
+
+def deployment_options(
+    config: TrainConfig | None = None, cron: str | None = DEFAULT_CRON
+) -> dict[str, dict[str, Any]]:
+    """Per deployment: default parameters (the form's initial values), schedule and concurrency."""
+    cfg = (config or load_config()).model_dump(mode="json")
+    model_name = cfg["mlflow"].get("registered_model_name") or "model"
+    return {
+        "training": {"parameters": {"config": cfg}, "description": "Train, evaluate and register a model."},
+        "retraining": {
+            "parameters": {"config": cfg},
+            "cron": cron,
+            # a schedule firing while the previous retraining still runs waits for it (never overlaps)
+            "concurrency_limit": 1,
+            "description": "Scheduled retraining with champion/challenger promotion.",
+        },
+        "reproduce": {"description": "Rerun a past MLflow run and compare its metrics."},
+        "predict": {
+            "parameters": {"model_name": model_name, "source": cfg["data"]["source"]},
+            "description": "Batch scoring with the champion.",
+        },
+        "example-pipeline": {"parameters": {"config": cfg}, "description": "Land data, train, score."},
+    }
+
+
+def build_deployments(config: TrainConfig | None = None, cron: str | None = DEFAULT_CRON) -> list[Any]:
+    """The runner deployments ``serve`` hosts, one per flow, each named like its flow."""
+    from prefect.deployments.runner import EntrypointType
+
+    options = deployment_options(config, cron)
+    # by module path ("flows.training.training"), not file path: a run then imports flows.training, so
+    # its results and models are the same classes as everywhere else (not a second copy named "training")
+    return [
+        flow.to_deployment(name=name, entrypoint_type=EntrypointType.MODULE_PATH, **options[name])
+        for name, (flow, _) in FLOWS.items()
+    ]
+
+
+def serve(
+    config: TrainConfig | None = None, cron: str | None = DEFAULT_CRON, limit: int | None = None
+) -> None:
+    """Serve every deployment from this process until interrupted (the embedded setup)."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*build_deployments(config, cron), limit=limit)
+
+
+def deploy(
+    work_pool: str,
+    source: str,
+    image: str | None = None,
+    config: TrainConfig | None = None,
+    cron: str | None = DEFAULT_CRON,
+) -> list[Any]:
+    """Register the deployments on ``work_pool``; workers load the flows from ``source`` (a git URL or a
+    folder they can read). Returns the deployment ids."""
+    options = deployment_options(config, cron)
+    ids = []
+    for name, (flow, entrypoint) in FLOWS.items():
+        remote = flow.from_source(source=source, entrypoint=entrypoint)
+        ids.append(
+            remote.deploy(
+                name=name, work_pool_name=work_pool, image=image, build=False, push=False, **options[name]
+            )
+        )
+    return ids
+
+
+__all__ = ["DEFAULT_CRON", "FLOWS", "build_deployments", "deploy", "deployment_options", "serve"]

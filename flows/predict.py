@@ -1,0 +1,53 @@
+"""The ``predict`` flow: batch scoring with the registered champion (or any alias or version).
+
+The version's tags name its checkpoint; its MLflow run's params give back the config it was trained
+with (model class, data module), so scoring needs nothing but the model's name and the table.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.prediction import PredictionResult, predict
+from tasks.registry import CHAMPION, ModelVersionRef, get_alias
+from tasks.runs import read_run
+from tasks.tracking import resolve_tracking_uri
+
+
+@task(name="resolve_model", cache_policy=NO_CACHE, result_serializer="json")
+def resolve_model(tracking_uri: str, model_name: str, alias: str) -> ModelVersionRef:
+    """The version ``alias`` points at; a clear error when there is none yet."""
+    ref = get_alias(tracking_uri, model_name, alias)
+    if ref is None:
+        raise LookupError(
+            f"Registered model {model_name!r} has no {alias!r} alias at {tracking_uri}: train one first "
+            "(the first version registered by the training flow becomes the champion)."
+        )
+    return ref
+
+
+@flow(name="predict", persist_result=True, result_serializer="json", log_prints=True)
+def predict_flow(
+    source: str,
+    model_name: str,
+    alias: str = CHAMPION,
+    output_uri: str | None = None,
+    tracking_uri: str | None = None,
+) -> PredictionResult:
+    """Score ``source`` (CSV or Parquet, local or ``s3://``) with ``model_name@alias``; write Parquet."""
+    uri = resolve_tracking_uri(tracking_uri)
+    model = resolve_model(uri, model_name, alias)
+    config = read_run(uri, model.run_id).config
+    result = predict(config, model.checkpoint_uri, source, output_uri)
+    create_markdown_artifact(
+        f"# Predictions with `{model_name}@{alias}` (version {model.version})\n\n"
+        f"- Input: `{source}` (sha256 {result.input_sha256})\n- Output: `{result.uri}` ({result.rows} rows, "
+        f"sha256 {result.sha256})\n- Checkpoint: `{model.checkpoint_uri}`",
+        key="predict-summary",
+    )
+    return result
+
+
+__all__ = ["predict_flow", "resolve_model"]

@@ -1,0 +1,112 @@
+"""The ``training`` flow: prepare -> fit -> validate -> test -> register.
+
+Callable on its own (CLI, deployment, UI form) and as a subflow of a user's larger pipeline: it returns a
+:class:`TrainingResult` of URIs, metrics and ids that downstream steps consume. A retry of the flow run,
+or a re-run with the same ``run_key``, resumes the fit from its last committed checkpoint and continues
+the same MLflow run; prepared data is reused when the source and split are unchanged.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict
+
+from flows.summary import bullet_list, metrics_table, mlflow_lines
+from tasks.config import TrainConfig
+from tasks.data import PreparedData, prepare_data
+from tasks.registry import CHAMPION, ModelVersionRef, get_alias, register, set_alias
+from tasks.run_key import derive_run_key
+from tasks.tracking import tracking_uri
+from tasks.training import FitResult, fit, test, validate
+
+
+class TrainingResult(BaseModel):
+    """What the flow hands downstream; every location is a URI, never an object."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_key: str
+    prepared: PreparedData
+    fit: FitResult
+    validation_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    model_version: ModelVersionRef | None
+    champion: bool
+    flow_run_id: str | None = None
+
+    @property
+    def checkpoint_uri(self) -> str:
+        return self.fit.best_checkpoint_uri
+
+    @property
+    def mlflow_run_id(self) -> str:
+        return self.fit.mlflow_run_id
+
+
+def summary_markdown(result: TrainingResult) -> str:
+    fitted = result.fit
+    lines = [
+        f"# Training run `{result.run_key}`",
+        "",
+        f"{fitted.global_step} optimizer steps over {fitted.epochs} epochs"
+        + (f"; this attempt resumed from `{fitted.resumed_from}`" if fitted.resumed_from else "")
+        + f" and trained {fitted.steps_this_attempt} steps.",
+        "",
+        metrics_table(
+            {"fit": fitted.metrics, "validate": result.validation_metrics, "test": result.test_metrics}
+        ),
+        "",
+        bullet_list("Checkpoints", fitted.checkpoint_uris),
+        "",
+        f"- Best checkpoint: `{fitted.best_checkpoint_uri}`",
+        f"- Prepared data: `{result.prepared.manifest_uri}` (dataset {result.prepared.dataset_id})",
+        *mlflow_lines(fitted.tracking_uri, fitted.mlflow_experiment_id, fitted.mlflow_run_id),
+    ]
+    if result.model_version is not None:
+        version = result.model_version
+        lines.append(
+            f"- Registered: `{version.name}` version {version.version}"
+            + (" (champion)" if result.champion else "")
+        )
+    return "\n".join(lines)
+
+
+@flow(name="training", persist_result=True, result_serializer="json", log_prints=True)
+def training(config: TrainConfig, register_model: bool = True) -> TrainingResult:
+    """Train, evaluate and register a model described by ``config``.
+
+    The first version registered under a name also becomes its ``champion``; later ones are promoted by
+    the ``retraining`` flow only when they beat it.
+    """
+    run_key = derive_run_key(config, "training")
+    prepared = prepare_data(config)
+    fitted = fit(config, prepared, run_key)
+    validation = validate(config, prepared, fitted.best_checkpoint_uri, run_key)
+    tested = test(config, prepared, fitted.best_checkpoint_uri, run_key)
+    version: ModelVersionRef | None = None
+    champion = False
+    if register_model and config.mlflow.registered_model_name:
+        version = register(config, fitted, tested.metrics)
+        uri = tracking_uri(config)
+        if get_alias(uri, version.name, CHAMPION) is None:
+            set_alias(uri, version, CHAMPION)
+            champion = True
+    result = TrainingResult(
+        run_key=run_key,
+        prepared=prepared,
+        fit=fitted,
+        validation_metrics=validation.metrics,
+        test_metrics=tested.metrics,
+        model_version=version,
+        champion=champion,
+        flow_run_id=flow_run.get_id(),
+    )
+    create_markdown_artifact(
+        summary_markdown(result), key="training-summary", description=f"Training {run_key}"
+    )
+    return result
+
+
+__all__ = ["TrainingResult", "summary_markdown", "training"]

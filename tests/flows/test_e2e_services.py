@@ -1,0 +1,301 @@
+"""End to end against real servers on 127.0.0.1: ``prefect server start``, ``mlflow server`` and the S3
+endpoint, with the flows served by ``lightning-lib serve`` in its own process, as in production.
+
+Shown here: deployments created by serving; a run triggered with ``run_deployment`` (what the UI does);
+the serving process SIGKILLed mid-fit, started again, the flow run retried with ``prefect flow-run
+retry``: it resumes from the last committed checkpoint in S3, trains fewer steps, continues the same MLflow
+run and ends with the same metrics as an uninterrupted run; bad configs submitted through the API fail
+validation and do no work.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.training import TrainingResult
+from tasks.config import TrainConfig
+from tasks.run_key import config_digest
+from tests.flows.conftest import DIGITS_CSV, REPO
+from tests.prefect_server import PrefectServer, kill_group, spawn
+from tests.services import MlflowServer
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+class Stack:
+    def __init__(self, root: Path, prefect: PrefectServer, mlflow: MlflowServer, bucket: str) -> None:
+        self.root = root
+        self.prefect = prefect
+        self.mlflow = mlflow
+        self.bucket = bucket
+        self.serve_process: subprocess.Popen[bytes] | None = None
+        self.env = {
+            **os.environ,
+            **prefect.env(),
+            "PREFECT_LOCAL_STORAGE_PATH": str(root / "results"),
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "LIGHTNING_LIB_ALLOWED_IMPORTS": "tests.flows.",
+            "PYTHONPATH": str(REPO),
+        }
+
+    def serve(self) -> None:
+        command = [sys.executable, "-m", "flows.cli", "serve"]
+        self.serve_process = spawn(command, self.root / "serve.log", self.env, self.root)
+
+    def kill_serve(self) -> None:
+        if self.serve_process is not None:
+            kill_group(self.serve_process)
+            self.serve_process = None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "prefect", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Stack]:
+    """The servers and a serving process, shared by the tests of this module (starting them takes ~30 s).
+
+    The serving process runs in a clean git work tree: the code version its runs are tagged with, which
+    ``reproduce`` checks.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    root = tmp_path_factory.mktemp("e2e")
+    _git_project(root)
+    prefect = PrefectServer(root / "prefect")
+    mlflow = MlflowServer(root / "mlflow")
+    stack = Stack(root, prefect, mlflow, s3_endpoint)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LIGHTNING_LIB_ALLOWED_IMPORTS", "tests.flows.")  # the slow test model
+        env.setenv("MLFLOW_TRACKING_URI", mlflow.uri)
+        try:
+            prefect.start()
+            mlflow.start()
+            stack.env["MLFLOW_TRACKING_URI"] = mlflow.uri
+            with temporary_settings(
+                updates={PREFECT_API_URL: prefect.api_url, PREFECT_LOCAL_STORAGE_PATH: str(root / "results")}
+            ):
+                stack.serve()
+                _wait_for(lambda: _deployment_exists("training/training"), 120, "the served deployments")
+                yield stack
+        finally:
+            stack.kill_serve()
+            mlflow.stop()
+            prefect.stop()
+
+
+def _git_project(root: Path) -> None:
+    (root / "README").write_text("the user's project\n")
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "README"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "init"],
+    ):
+        subprocess.run(command, cwd=root, check=True)
+
+
+def _wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"waited {timeout}s for {what}")
+
+
+def _deployment_exists(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+            return True
+        except ObjectNotFound:
+            return False
+
+
+def _flow_run(flow_run_id: Any) -> Any:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def _wait_terminal(flow_run_id: Any, timeout: float = 300) -> Any:
+    return _wait_for(
+        lambda: (run := _flow_run(flow_run_id)).state and run.state.type.value in TERMINAL and run,
+        timeout,
+        f"flow run {flow_run_id} to finish",
+    )
+
+
+def _e2e_config(bucket: str, **changes: Any) -> TrainConfig:
+    data: dict[str, Any] = {
+        "model": "tests.flows.slow_model:SlowDigitsClassifier",
+        "model_kwargs": {"hidden": 32, "t_max": 2, "step_sleep": 0.15},
+        "datamodule_kwargs": {"batch_size": 64, "min_std": 1.0},
+        "data": {"source": str(DIGITS_CSV), "target": "target"},
+        "trainer": {"max_epochs": 2, "limit_train_batches": 15, "limit_val_batches": 2,
+                    "num_sanity_val_steps": 0, "enable_progress_bar": False, "accelerator": "cpu"},
+        "checkpoint": {"every_n_train_steps": 3},
+        "checkpoint_root": f"{bucket}/e2e/checkpoints",
+        "mlflow": {"experiment_name": "e2e", "registered_model_name": "digits-e2e"},
+        **changes,
+    }  # fmt: skip
+    return TrainConfig.model_validate(data)
+
+
+def _committed_step(checkpoint_dir: str) -> int:
+    from lightning_lib.storage import open_store
+    from lightning_lib.storage.checkpoint import list_committed
+
+    try:
+        return max((c.step for c in list_committed(open_store(checkpoint_dir))), default=-1)
+    except Exception:
+        return -1
+
+
+def test_served_training_survives_a_killed_server_and_resumes_on_retry(stack: Stack) -> None:
+    import mlflow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.deployments import run_deployment
+    from prefect.states import Crashed
+
+    config = _e2e_config(stack.bucket)
+    params = {"config": config.model_dump(mode="json")}
+    flow_run = run_deployment("training/training", parameters=params, timeout=0)
+    run_key = f"training-{flow_run.id}-{config_digest(config)}"
+    checkpoint_dir = f"{config.checkpoint_root}/{run_key}"
+
+    # SIGKILL the serving process (and the flow run process it started) once a mid-fit commit is in S3
+    _wait_for(lambda: _committed_step(checkpoint_dir) >= 6, 240, "a committed checkpoint at step >= 6")
+    stack.kill_serve()
+    killed_at = _committed_step(checkpoint_dir)
+    assert 6 <= killed_at < 30
+    # what Prefect's heartbeat monitor would do after a while; retry only accepts a terminal state
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Crashed(message="serving process killed"), force=True)
+
+    stack.serve()
+    retried = stack.cli("flow-run", "retry", str(flow_run.id))
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    final = _wait_terminal(flow_run.id)
+    assert final.state.type.value == "COMPLETED", final.state.message
+    result = final.state.result()
+    assert isinstance(result, TrainingResult)  # the served run imported flows.training, as the client does
+    fitted = result.fit
+    assert fitted.run_key == run_key and fitted.global_step == 30
+    assert fitted.resumed_from is not None and 0 < fitted.steps_this_attempt <= 30 - killed_at
+
+    # the same MLflow run continued: one run for the key, FINISHED, the config in its params
+    client = mlflow.MlflowClient(stack.mlflow.uri)
+    runs = client.search_runs([fitted.mlflow_experiment_id], filter_string=f"tags.run_key = '{run_key}'")
+    assert [r.info.run_id for r in runs] == [fitted.mlflow_run_id]
+    assert (
+        runs[0].info.status == "FINISHED"
+        and runs[0].data.params["config.checkpoint_root"] == config.checkpoint_root
+    )
+    history = client.get_metric_history(fitted.mlflow_run_id, "val_loss")
+    # both epochs' validation (before and after the kill), plus the validate task's, at its checkpoint's step
+    assert {14, 29} <= {m.step for m in history}
+    assert result.model_version is not None and result.model_version.checkpoint_uri.startswith(checkpoint_dir)
+
+    # Prefect artifacts of the run: the progress bar and the summary naming checkpoints and MLflow run
+    with get_client(sync_client=True) as prefect_client:
+        artifacts = prefect_client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+    kinds = {a.type for a in artifacts}
+    assert {"progress", "markdown"} <= kinds
+    summary = next(a.data for a in artifacts if a.type == "markdown")
+    assert fitted.best_checkpoint_uri in summary and fitted.mlflow_run_id in summary
+
+    # an uninterrupted run of the same config ends with the same metrics, bit for bit
+    reference_params = {
+        "config": config.model_copy(update={"run_key": "e2e-reference"}).model_dump(mode="json")
+    }
+    reference = run_deployment("training/training", parameters=reference_params, timeout=300)
+    assert reference.state.type.value == "COMPLETED", reference.state.message
+    expected = reference.state.result()
+    assert expected.fit.steps_this_attempt == 30
+    assert result.test_metrics == expected.test_metrics
+    assert result.fit.metrics == expected.fit.metrics
+
+
+def test_bad_configs_through_the_api_fail_validation_and_do_no_work(stack: Stack) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+
+    good = _e2e_config(stack.bucket).model_dump(mode="json")
+    # a wrong type is refused by the API itself, against the deployment's parameter schema
+    wrong_type = {**good, "trainer": {**good["trainer"], "max_epochs": "many"}}
+    with pytest.raises(Exception, match=r"max_epochs|[Vv]alidation"):
+        run_deployment("training/training", parameters={"config": wrong_type}, timeout=0)
+    # an import path outside the allowed prefixes passes the schema but fails before any task runs
+    outside = {**good, "model": "os.path:join", "run_key": "refused-run"}
+    flow_run = run_deployment("training/training", parameters={"config": outside}, timeout=0)
+    final = _wait_terminal(flow_run.id, timeout=180)
+    assert final.state.type.value == "FAILED"
+    assert "outside the allowed module prefixes" in (final.state.message or "")
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    assert tasks == []
+    assert _committed_step(f"{good['checkpoint_root']}/refused-run") == -1
+
+
+def _run(name: str, parameters: dict[str, Any], timeout: float = 300) -> Any:
+    """Trigger a deployment as the UI does and wait for its result."""
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(name, parameters=parameters, timeout=timeout)
+    assert flow_run.state.type.value == "COMPLETED", flow_run.state.message
+    return flow_run.state.result()
+
+
+def test_retraining_and_reproduce_through_the_served_deployments(stack: Stack) -> None:
+    import mlflow
+
+    def config(**trainer: Any) -> dict[str, Any]:
+        base = _e2e_config(
+            stack.bucket,
+            model_kwargs={"hidden": 32, "t_max": 2, "step_sleep": 0.0},
+            mlflow={"experiment_name": "e2e-retraining", "registered_model_name": "digits-e2e-retrain"},
+        ).model_dump(mode="json")
+        base["trainer"].update(trainer)
+        return base
+
+    weak = {"max_epochs": 1, "limit_train_batches": 1}
+    first = _run("training/training", {"config": config(**weak)})
+    assert first.champion
+    promoted = _run("retraining/retraining", {"config": config(max_epochs=2, limit_train_batches=12)})
+    assert promoted.decision.promote and promoted.champion_after == promoted.challenger
+    kept = _run("retraining/retraining", {"config": config(**weak)})
+    assert not kept.decision.promote and kept.champion_after == promoted.challenger
+    client = mlflow.MlflowClient(stack.mlflow.uri)
+    champion = client.get_model_version_by_alias("digits-e2e-retrain", "champion")
+    assert champion.version == promoted.challenger.version
+
+    # reproduce the first training run from MLflow alone: same code, same data, identical metrics
+    outcome = _run("reproduce/reproduce", {"run_id": first.mlflow_run_id})
+    assert outcome.match and "exactly" in outcome.message, outcome.message
+    assert outcome.reproduced_metrics["test_acc"] == first.test_metrics["test_acc"]

@@ -1,0 +1,103 @@
+"""Reproducing a past run from MLflow, and batch scoring with the champion."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from flows.predict import predict_flow
+from flows.reproduce import ReproductionRefused, compare_metrics, reproduce
+from flows.training import training
+from tasks.config import TrainConfig
+from tasks.prediction import PREDICTION_COLUMN
+from tasks.tracking import tracking_uri
+from tests.flows.conftest import DIGITS_CSV
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_reproduce_gives_identical_metrics_and_says_so(
+    git_project: Path, make_config: Callable[..., TrainConfig]
+) -> None:
+    config = make_config()
+    original = training(config)
+    outcome = reproduce(original.mlflow_run_id, tracking_uri=tracking_uri(config))
+    assert outcome.match, outcome.differences
+    assert "match" in outcome.message and "exactly" in outcome.message
+    assert outcome.reproduced_run_id != original.mlflow_run_id
+    assert outcome.reproduced_metrics["test_acc"] == original.test_metrics["test_acc"]
+
+
+def test_reproduce_refuses_changed_data_unless_allowed(
+    git_project: Path, tmp_path: Path, make_config: Callable[..., TrainConfig]
+) -> None:
+    source = tmp_path / "digits.csv"
+    shutil.copy(DIGITS_CSV, source)
+    config = make_config(**{"data.source": str(source)})
+    original = training(config, register_model=False)
+    frame = pd.read_csv(source)
+    frame.loc[0, "pixel_10"] = 16  # the data changed since the run
+    frame.to_csv(source, index=False)
+    with pytest.raises(ReproductionRefused, match="sha256") as info:
+        reproduce(original.mlflow_run_id, tracking_uri=tracking_uri(config))
+    assert "allow_data_change=True" in str(info.value)
+    outcome = reproduce(original.mlflow_run_id, tracking_uri=tracking_uri(config), allow_data_change=True)
+    assert "Allowed differences" in outcome.message
+
+
+def test_reproduce_refuses_another_code_version(
+    git_project: Path, make_config: Callable[..., TrainConfig]
+) -> None:
+    config = make_config()
+    original = training(config, register_model=False)
+    (git_project / "train.py").write_text("# changed, not committed\n")
+    with pytest.raises(ReproductionRefused, match="uncommitted changes"):
+        reproduce(original.mlflow_run_id, tracking_uri=tracking_uri(config))
+
+
+def test_compare_metrics_reports_each_difference() -> None:
+    assert compare_metrics({"a": 1.0}, {"a": 1.0}) == (True, {})
+    match, diff = compare_metrics({"a": 1.0, "b": 2.0}, {"a": 1.5})
+    assert not match and diff == {"a": 0.5, "b": float("inf")}
+    assert compare_metrics({"a": 1.0}, {"a": 1.0 + 1e-9}, rel_tol=1e-6)[0]
+
+
+def test_predict_flow_scores_with_the_champion(
+    tmp_path: Path, make_config: Callable[..., TrainConfig]
+) -> None:
+    config = make_config(**{"trainer.max_epochs": 3, "trainer.limit_train_batches": 10})
+    trained = training(config)
+    table = pd.read_csv(DIGITS_CSV).head(50).drop(columns=["target"])
+    table.insert(0, "id", range(1000, 1050))  # extra columns (ids) pass through untouched
+    source = tmp_path / "to_score.csv"
+    table.to_csv(source, index=False)
+    output = tmp_path / "out" / "predictions.parquet"
+    result = predict_flow(
+        str(source), "digits-test", output_uri=str(output), tracking_uri=tracking_uri(config)
+    )
+    scored = pd.read_parquet(output)
+    assert result.rows == 50 and list(scored["id"]) == list(range(1000, 1050))
+    # the same as the trained model applied by hand, with the training statistics from the checkpoint
+    from examples.digits import DigitsClassifier
+    from lightning_lib.checkpoint_io import load_file
+
+    checkpoint = load_file(trained.checkpoint_uri)
+    stats = checkpoint["TabularDataModule"]
+    model = DigitsClassifier.load_from_checkpoint(trained.checkpoint_uri).eval()
+    x = torch.tensor(table.drop(columns=["id"]).to_numpy(dtype="float32"))
+    x = (x - torch.tensor(stats["mean"])) / torch.tensor(stats["std"])
+    with torch.no_grad():
+        expected = model(x).argmax(dim=1).numpy()
+    assert (scored[PREDICTION_COLUMN].to_numpy() == expected).all()
+
+
+def test_predict_without_a_champion_says_what_to_do(
+    make_config: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    with pytest.raises(LookupError, match="no 'champion' alias"):
+        predict_flow(str(DIGITS_CSV), "never-trained", tracking_uri=tracking_uri(make_config()))
