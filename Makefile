@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Trains the bundled example on embedded defaults: CPU, local folders, no servers.
+# Runs the training flow on the bundled example with embedded defaults: Prefect's temporary local API,
+# MLflow on SQLite, checkpoints in ./runs; no servers.
 demo: install
-	$(BIN)/python -m examples.demo
+	$(BIN)/lightning-lib train
 
 lint: install
 	$(BIN)/ruff format --check .
@@ -35,4 +36,4 @@ bench: install
 	$(BIN)/python benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) lightning_logs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) lightning_logs runs .pytest_cache .mypy_cache .ruff_cache
