@@ -82,8 +82,11 @@ def test_rerun_with_the_same_run_key_resumes_instead_of_starting_over(
 
 def test_unchanged_data_reuses_the_prepared_splits(make_config: Callable[..., TrainConfig]) -> None:
     one = training(make_config(), register_model=False)
+    manifest = Path(one.prepared.manifest_uri)
+    written = manifest.stat().st_mtime_ns
     two = training(make_config(), register_model=False)
-    assert one.prepared == two.prepared  # same content address, served from the task cache
+    assert one.prepared == two.prepared
+    assert manifest.stat().st_mtime_ns == written  # served from the task cache: nothing was rewritten
 
 
 def test_disallowed_import_path_is_refused_before_any_work(tmp_path: Path) -> None:
