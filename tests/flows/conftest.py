@@ -55,17 +55,23 @@ def make_config(tmp_path: Path) -> Callable[..., TrainConfig]:
     return make
 
 
-@pytest.fixture
-def git_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A clean git work tree as the working directory: the code version the runs are tagged with."""
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "train.py").write_text("# the user's project\n")
+def make_git_project(folder: Path) -> Path:
+    """``folder`` as a clean git work tree with one commit: the code version runs made there are tagged
+    with (files created later stay untracked, which does not make the tree dirty)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.py").write_text("# the user's project\n")
     for command in (
         ["git", "init", "-q"],
-        ["git", "add", "."],
+        ["git", "add", "train.py"],
         ["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "init"],
     ):
-        subprocess.run(command, cwd=project, check=True)
+        subprocess.run(command, cwd=folder, check=True)
+    return folder
+
+
+@pytest.fixture
+def git_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean git work tree as the working directory."""
+    project = make_git_project(tmp_path / "project")
     monkeypatch.chdir(project)
     return project

@@ -23,7 +23,7 @@ import pytest
 from flows.training import TrainingResult
 from tasks.config import TrainConfig
 from tasks.run_key import config_digest
-from tests.flows.conftest import DIGITS_CSV, REPO
+from tests.flows.conftest import DIGITS_CSV, REPO, make_git_project
 from tests.prefect_server import PrefectServer, kill_group, spawn
 from tests.services import MlflowServer
 
@@ -77,7 +77,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
     from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     root = tmp_path_factory.mktemp("e2e")
-    _git_project(root)
+    make_git_project(root)
     prefect = PrefectServer(root / "prefect")
     mlflow = MlflowServer(root / "mlflow")
     stack = Stack(root, prefect, mlflow, s3_endpoint)
@@ -98,16 +98,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
             stack.kill_serve()
             mlflow.stop()
             prefect.stop()
-
-
-def _git_project(root: Path) -> None:
-    (root / "README").write_text("the user's project\n")
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "add", "README"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "init"],
-    ):
-        subprocess.run(command, cwd=root, check=True)
 
 
 def _wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
