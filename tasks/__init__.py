@@ -1,8 +1,8 @@
 """Prefect tasks around ``lightning_lib``: small typed functions that pass URIs and small results.
 
 Layout (DESIGN.md): ``flows -> tasks -> lightning_lib``. The config (``tasks.config``) imports no
-Prefect, so a CLI can validate a file without paying for it; the task modules (``tasks.data``, ...)
-are imported on first use of their names.
+Prefect, so a CLI can validate a file without paying for it; the task modules (``tasks.data``,
+``tasks.training``, ``tasks.prediction``, ``tasks.registry``) are imported on first use of their names.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from tasks.imports import DisallowedImportError, allowed_prefixes, load_class
 
 if TYPE_CHECKING:
     from tasks.data import DataValidationError, PreparedData, PreparedSplit, prepare, prepare_data
+    from tasks.prediction import PredictionResult, predict
+    from tasks.registry import ModelVersionRef, PromotionDecision, promote, register
+    from tasks.training import EvalResult, FitResult, fit, test, validate
 
 _LAZY = {
     "DataValidationError": "tasks.data",
@@ -22,6 +25,17 @@ _LAZY = {
     "PreparedSplit": "tasks.data",
     "prepare": "tasks.data",
     "prepare_data": "tasks.data",
+    "EvalResult": "tasks.training",
+    "FitResult": "tasks.training",
+    "fit": "tasks.training",
+    "validate": "tasks.training",
+    "test": "tasks.training",
+    "PredictionResult": "tasks.prediction",
+    "predict": "tasks.prediction",
+    "ModelVersionRef": "tasks.registry",
+    "PromotionDecision": "tasks.registry",
+    "register": "tasks.registry",
+    "promote": "tasks.registry",
 }
 
 
@@ -36,13 +50,24 @@ __all__ = [
     "DataConfig",
     "DataValidationError",
     "DisallowedImportError",
+    "EvalResult",
+    "FitResult",
     "MlflowConfig",
+    "ModelVersionRef",
+    "PredictionResult",
     "PreparedData",
     "PreparedSplit",
+    "PromotionDecision",
     "TrainConfig",
     "TrainerConfig",
     "allowed_prefixes",
+    "fit",
     "load_class",
+    "predict",
     "prepare",
     "prepare_data",
+    "promote",
+    "register",
+    "test",
+    "validate",
 ]
