@@ -17,6 +17,7 @@ from tasks.factory import (
     NonFiniteLossError,
     build_datamodule,
     checkpoint_dir,
+    local_artifact_location,
     without_userinfo,
 )
 from tasks.progress import PrefectProgress, fit_progress
@@ -122,3 +123,8 @@ def test_checkpoint_dir_and_uris_without_credentials(tmp_path: Path) -> None:
     assert checkpoint_dir(_config(tmp_path), "k") == str(tmp_path / "ckpt" / "k")
     assert without_userinfo("http://user:secret@host:5000/x") == "http://host:5000/x"
     assert without_userinfo("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
+def test_experiments_of_a_sqlite_store_keep_their_artifacts_beside_it(tmp_path: Path) -> None:
+    assert local_artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == str(tmp_path / "artifacts")
+    assert local_artifact_location("http://127.0.0.1:5000") is None
