@@ -12,10 +12,15 @@ the same pair for ``pytorch_lightning`` when it is importable (its figures are `
 third run per library uses a logger that records nothing (``noop_logger``): the difference between it
 and ``logger=False`` is the Trainer's own logging path (metric reduction, ``.item()``), not MLflow's. The
 Trainer calls lightning_lib's ``logger.flush()`` at every train epoch end, so that cost is inside the
-figure. ``finalize_s`` is the time ``fit`` spends after the last step (delivering the
-queue, the curve PNG, the final status); ``delivered`` checks every value reached the server.
+figure. ``finalize_s`` is the time ``fit`` spends after the last step (delivering the queue, the curve
+PNG, the final status); ``delivered`` checks every value reached the server.
 
-Usage: ``python benchmarks/mlflow_overhead.py [--quick] [--repeats N] [--steps N] [--threads N]``
+The machine's other work moves these figures a lot when the server shares its cores: the output records
+the 1-minute load average, the ratio of every round, and the CPU time per step of the training process
+and of the server, which say what each side costs independently of scheduling.
+
+Usage: ``python benchmarks/mlflow_overhead.py [--quick] [--repeats N] [--reference-repeats N] [--steps N]
+[--threads N] [--server-nice N]``
 """
 
 from __future__ import annotations
@@ -25,16 +30,22 @@ import contextlib
 import datetime
 import importlib
 import io
+import itertools
 import json
 import logging
 import math
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +55,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.services (the server runner)
-import itertools
-
-from tests.services import MlflowServer
+from tests.services import MlflowServer, free_port, group_cpu_seconds
 
 BATCH_SIZE = 64
 BATCHES_PER_EPOCH = 128
@@ -58,25 +67,8 @@ def make_data() -> TensorDataset:
                          torch.randint(0, 10, (BATCH_SIZE * BATCHES_PER_EPOCH,), generator=gen))  # fmt: skip
 
 
-def group_cpu_seconds(pgid: int | None) -> float | None:
-    """CPU seconds used so far by the live processes of process group ``pgid`` (Linux ``/proc``)."""
-    if pgid is None or not os.path.isdir("/proc"):
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...; utime=11, stime=12
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
 def run(
-    pl: Any, data: TensorDataset, steps: int, warmup: int, logger_factory: Any, server_pgid: int | None
+    pl: Any, data: TensorDataset, steps: int, warmup: int, logger_factory: Any, server_pgid: int
 ) -> dict[str, Any]:
     """One fit of ``steps`` steps: mean wall and process-CPU ms per step after ``warmup``, the server's
     CPU per step over the same steps, and how long ``fit`` took after the last step."""
@@ -132,6 +124,69 @@ def run(
     }
 
 
+def serve_absorbing_proxy(port: int, upstream: str) -> None:
+    """Relay every request to the MLflow server at ``upstream``, except batches of metrics only, which
+    are answered ``{}`` at once: the logger does all its client-side work, the server none of the storing."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Relay(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+        def relay(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, payload, kind = 200, b"{}", "application/json"
+            batch = json.loads(body) if self.path.endswith("/runs/log-batch") else {}
+            if not (batch.get("metrics") and not batch.get("params") and not batch.get("tags")):
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                request = urllib.request.Request(
+                    upstream + self.path, data=body or None, headers=headers, method=self.command
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=120) as response:
+                        status, payload = response.status, response.read()
+                        kind = response.headers.get("Content-Type", kind)
+                except urllib.error.HTTPError as error:
+                    status, payload = error.code, error.read()
+                    kind = error.headers.get("Content-Type", kind)
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = relay
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", port), Relay).serve_forever()
+
+
+@contextlib.contextmanager
+def absorbing_proxy(upstream: str) -> Iterator[str]:
+    """Run :func:`serve_absorbing_proxy` in its own process group; yield its URI."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--absorbing-proxy", str(port), upstream], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the absorbing proxy did not start") from None
+                time.sleep(0.1)
+        yield uri
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def noop_logger_class(pl: Any) -> Any:
     """A logger that records nothing: what the Trainer's own logging path costs without any backend."""
 
@@ -147,17 +202,23 @@ def noop_logger_class(pl: Any) -> Any:
     return NoopLogger
 
 
-def bench(pl: Any, mlflow_logger: Any, server: MlflowServer, args: argparse.Namespace) -> dict[str, Any]:
+def bench(
+    pl: Any, mlflow_logger: Any, server: MlflowServer, proxy: str, args: argparse.Namespace, repeats: int
+) -> dict[str, Any]:
     data = make_data()
     noop = noop_logger_class(pl)
     factories = {
         "no_logger": lambda root: False,
         "noop_logger": lambda root: noop(),
         "mlflow": lambda root: mlflow_logger(experiment_name=f"bench-{pl.__name__}", tracking_uri=server.uri),
+        "metrics_absorbed": lambda root: mlflow_logger(
+            experiment_name=f"bench-{pl.__name__}", tracking_uri=proxy
+        ),
     }
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in factories}
-    pgid = server.process.pid if server.process is not None else None
-    for _ in range(args.repeats):
+    pgid = server.pgid
+    assert pgid is not None, "the server is not running"
+    for _ in range(repeats):
         for name, factory in factories.items():
             results[name].append(run(pl, data, args.steps, args.warmup, factory, pgid))
 
@@ -165,20 +226,31 @@ def bench(pl: Any, mlflow_logger: Any, server: MlflowServer, args: argparse.Name
         values = [r[key] for r in results[name] if r[key] is not None]
         return round(statistics.median(values), 4) if values else None
 
+    per_round = [
+        round(m["ms"] / b["ms"], 3) for m, b in zip(results["mlflow"], results["no_logger"], strict=True)
+    ]
     base = statistics.median(r["ms"] for r in results["no_logger"])
     noop_ms = statistics.median(r["ms"] for r in results["noop_logger"])
     with_mlflow = statistics.median(r["ms"] for r in results["mlflow"])
+    absorbed = statistics.median(r["ms"] for r in results["metrics_absorbed"])
     return {
         "no_logger_ms_per_step": round(base, 4),
         "mlflow_ms_per_step": round(with_mlflow, 4),
         "ratio": round(with_mlflow / base, 3),
         # each round's MLflow run against the no-logger run next to it: robust to slow drift of the machine
-        "ratio_per_round": [
-            round(m["ms"] / b["ms"], 3) for m, b in zip(results["mlflow"], results["no_logger"], strict=True)
-        ],
+        "ratio_per_round": per_round,
+        "ratio_per_round_median": round(statistics.median(per_round), 3),
         "overhead_ms_per_step": round(with_mlflow - base, 4),
         "noop_logger_ms_per_step": round(noop_ms, 4),
         "ratio_vs_noop_logger": round(with_mlflow / noop_ms, 3),
+        # the same logger with the metric batches answered by a relay without storing them: what logging
+        # costs the training process itself when the server's storing work is not on this machine's CPUs
+        "metrics_absorbed_ms_per_step": round(absorbed, 4),
+        "ratio_metrics_absorbed": round(absorbed / base, 3),
+        "ratio_metrics_absorbed_per_round": [
+            round(m["ms"] / b["ms"], 3)
+            for m, b in zip(results["metrics_absorbed"], results["no_logger"], strict=True)
+        ],
         "mlflow_finalize_s": round(statistics.median(r["finalize_s"] for r in results["mlflow"]), 3),
         # CPU time per step of the training process (training thread + sender thread), and of the server
         "process_cpu_ms_per_step": {name: median(name, "cpu_ms") for name in factories},
@@ -190,14 +262,25 @@ def bench(pl: Any, mlflow_logger: Any, server: MlflowServer, args: argparse.Name
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--absorbing-proxy"]:
+        serve_absorbing_proxy(int(sys.argv[2]), sys.argv[3])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--reference-repeats",
+        type=int,
+        default=None,
+        help="rounds for pytorch_lightning (default: --repeats); its ratio is large and needs fewer",
+    )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.steps = 1, 150
+    if args.reference_repeats is None or args.quick:
+        args.reference_repeats = args.repeats
     args.warmup = min(100, args.steps // 5)
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
@@ -211,14 +294,23 @@ def main() -> None:
         from pytorch_lightning.loggers import MLFlowLogger as ReferenceLogger
     except ImportError:
         reference = None
+    # other work on the machine moves every figure: the 1-minute load average says how much there was
+    load = {"start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="mlflow-bench-server-") as server_root:
         server = MlflowServer(Path(server_root))
         server.start()
         try:
-            ours = bench(lightning_lib, MLFlowLogger, server, args)
-            theirs = bench(reference, ReferenceLogger, server, args) if reference is not None else None
+            with absorbing_proxy(server.uri) as proxy:
+                ours = bench(lightning_lib, MLFlowLogger, server, proxy, args, args.repeats)
+                load["after_lightning_lib"] = os.getloadavg()[0]
+                theirs = (
+                    bench(reference, ReferenceLogger, server, proxy, args, args.reference_repeats)
+                    if reference is not None
+                    else None
+                )
         finally:
             server.stop()
+    load["end"] = os.getloadavg()[0]
     import mlflow
 
     print(json.dumps({
@@ -226,8 +318,10 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "mlflow": mlflow.__version__,
                     "pytorch_lightning": getattr(reference, "__version__", None), "processor": platform.processor(),
-                    "threads": args.threads},
-        "setup": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "batch_size": BATCH_SIZE,
+                    "threads": args.threads, "cpus": os.cpu_count(),
+                    "load_average_1min": {k: round(v, 2) for k, v in load.items()}},
+        "setup": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+                  "reference_repeats": args.reference_repeats, "batch_size": BATCH_SIZE,
                   "batches_per_epoch": BATCHES_PER_EPOCH, "log_every_n_steps": 1, "server": "mlflow server, SQLite"},
         "target_ratio": 1.05,
         "lightning_lib": ours,

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -25,14 +26,55 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class MlflowServer:
-    """``mlflow server`` with a SQLite backend and local artifacts under ``root``; restartable in place."""
+def _group_stats(pgid: int) -> list[tuple[int, list[str]]]:
+    """``(pid, fields of /proc/<pid>/stat after the name)`` of each process in group ``pgid`` (Linux)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...; utime=11, stime=12
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            found.append((int(pid), fields))
+    return found
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    return [pid for pid, fields in _group_stats(pgid) if fields[0] != "Z"]
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds used so far by the processes of group ``pgid`` that are still there."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum((int(fields[11]) + int(fields[12])) / ticks for _, fields in _group_stats(pgid))
+
+
+class MlflowServer:
+    """``mlflow server`` with a SQLite backend under ``root``; restartable in place.
+
+    Artifacts are proxied by the server (clients only ever see ``mlflow-artifacts:/`` URIs) to
+    ``artifacts_destination``: a local folder ``root/artifacts`` by default, or e.g. ``s3://bucket/prefix``
+    with ``env`` telling the server process (and only it) where the endpoint is and which credentials to
+    use.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        port: int | None = None,
+        *,
+        artifacts_destination: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.pgid: int | None = None  # the last started server's process group
         self.artifacts = self.root / "artifacts"
+        self.artifacts_destination = artifacts_destination or str(self.artifacts)
+        self.extra_env = dict(env or {})
         self.log_path = self.root / "server.log"
 
     @property
@@ -46,16 +88,18 @@ class MlflowServer:
         # Background jobs (trace rollups, huey consumers) are not used by these tests and slow the start.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         env.pop("MLFLOW_TRACKING_URI", None)
+        env.update(self.extra_env)
         command = [
             sys.executable, "-m", "mlflow", "server",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination", str(self.artifacts),
+            "--artifacts-destination", self.artifacts_destination,
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        self.pgid = self.process.pid  # a new session's leader: its pid is the group id
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -73,19 +117,34 @@ class MlflowServer:
         except OSError:
             return False
 
-    def stop(self) -> None:
-        """Stop the server's whole process group (SIGTERM, then SIGKILL) and reap it."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server's whole process group (SIGTERM, then SIGKILL) and reap it.
+
+        Raises ``RuntimeError`` if any process of the group is still alive afterwards: a worker left
+        behind would keep the port and the database open.
+        """
         process, self.process = self.process, None
         if process is None:
             return
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, sig)
             try:
-                process.wait(wait)
-                break
+                process.wait(timeout)
             except subprocess.TimeoutExpired:
                 continue
-        # the group may outlive its leader for a moment; make sure no worker keeps the port
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+            if self._group_gone(process.pid, timeout):
+                return
+        survivors = group_members(process.pid)
+        if survivors:
+            raise RuntimeError(f"mlflow server processes {survivors} survived SIGKILL of their group")
+
+    @staticmethod
+    def _group_gone(pgid: int, timeout: float) -> bool:
+        """Wait until no live process is left in the group (workers exit a moment after the leader)."""
+        deadline = time.monotonic() + timeout
+        while group_members(pgid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True

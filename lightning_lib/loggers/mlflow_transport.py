@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -51,13 +52,48 @@ class Transport(Protocol):
     def update_run(self, run_id: str, status: str, end_time: int | None) -> None: ...
 
 
-def _json_number(value: float) -> float | str:
-    # Protobuf's JSON mapping spells non-finite doubles as strings; a bare NaN is not JSON.
+def _json_number(value: float) -> str:
+    # Protobuf's JSON mapping spells non-finite doubles as strings; a bare NaN is not JSON. A finite
+    # float's repr is a JSON number.
+    value = float(value)
     if math.isfinite(value):
-        return value
+        return repr(value)
     if math.isnan(value):
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
+        return '"NaN"'
+    return '"Infinity"' if value > 0 else '"-Infinity"'
+
+
+def log_batch_body(
+    run_id: str,
+    metrics: Sequence[Record],
+    params: Sequence[Pair],
+    tags: Sequence[Pair],
+    key_cache: dict[str, str] | None = None,
+) -> str:
+    """The JSON of a ``runs/log-batch`` request, metrics written directly as text.
+
+    A batch is up to 1000 metric values built on the sender thread, which holds the GIL while it does
+    so: formatting each value into a string is about three times cheaper than building a dict per value
+    for ``json.dumps``. ``key_cache`` keeps each metric name's JSON form between batches.
+    """
+    keys = {} if key_cache is None else key_cache
+    parts = [f'{{"run_id":{json.dumps(run_id)}']
+    if metrics:
+        values = []
+        for key, value, timestamp, step in metrics:
+            name = keys.get(key)
+            if name is None:
+                name = keys[key] = json.dumps(key)
+            values.append(
+                f'{{"key":{name},"value":{_json_number(value)},"timestamp":{int(timestamp)},"step":{int(step)}}}'
+            )
+        parts.append(f',"metrics":[{",".join(values)}]')
+    if params:
+        parts.append(f',"params":{json.dumps([{"key": k, "value": v} for k, v in params])}')
+    if tags:
+        parts.append(f',"tags":{json.dumps([{"key": k, "value": v} for k, v in tags])}')
+    parts.append("}")
+    return "".join(parts)
 
 
 def _input_tags(spec: DatasetSpec) -> list[Pair]:
@@ -70,8 +106,11 @@ class RestTransport:
     MLflow's own ``http_request`` re-resolves its request headers on every call (probing for Databricks
     and Spark by trying imports), about 5 ms of CPU per request, held under the GIL while training waits.
     Here the headers are resolved once and one keep-alive ``requests.Session`` is reused; credentials are
-    read per request (cheap, and a rotated token is picked up). Authentication that needs MLflow's own
-    machinery (Databricks SDK, SigV4, auth plugins, OAuth) goes through ``http_request`` instead.
+    read per request (cheap, and a rotated token is picked up). What ``requests`` would otherwise read
+    from the environment on every request (proxies and ``NO_PROXY``, ``REQUESTS_CA_BUNDLE`` /
+    ``CURL_CA_BUNDLE``, ``~/.netrc``; a scan of ``os.environ`` each time) is read once, the same way, when
+    the session is made. Authentication that needs MLflow's own machinery (Databricks SDK, SigV4, auth
+    plugins, OAuth) goes through ``http_request`` instead.
     """
 
     def __init__(self, get_host_creds: Callable[[], Any], timeout: float) -> None:
@@ -79,6 +118,8 @@ class RestTransport:
         self._timeout = timeout
         self._session: Any = None
         self._headers: dict[str, str] = {}
+        self._ca_bundle: str | None = None
+        self._keys: dict[str, str] = {}  # metric name -> its JSON string
 
     @staticmethod
     def _plain(creds: Any) -> bool:
@@ -86,14 +127,14 @@ class RestTransport:
         exotic = ("use_databricks_sdk", "aws_sigv4", "auth", "client_secret", "workspace_id")
         return not any(getattr(creds, name, None) for name in exotic)
 
-    def _post(self, endpoint: str, body: dict[str, Any]) -> None:
+    def _post(self, endpoint: str, body: dict[str, Any] | str) -> None:
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
         creds = self._get_host_creds()
         if not self._plain(creds):
             response = http_request(
                 creds, endpoint, "POST", max_retries=0, backoff_factor=0, backoff_jitter=0,
-                timeout=self._timeout, json=body,
+                timeout=self._timeout, json=json.loads(body) if isinstance(body, str) else body,
             )  # fmt: skip
             verify_rest_response(response, endpoint)
             return
@@ -101,7 +142,12 @@ class RestTransport:
             import requests
             from mlflow.tracking.request_header.registry import resolve_request_headers
 
-            self._session = requests.Session()
+            session = requests.Session()
+            session.proxies = requests.utils.get_environ_proxies(creds.host)
+            session.auth = requests.utils.get_netrc_auth(creds.host)
+            session.trust_env = False  # what it would re-read per request was read just above
+            self._ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            self._session = session
             self._headers = {**resolve_request_headers(), "Content-Type": "application/json"}
         headers = self._headers
         if creds.username and creds.password:
@@ -109,12 +155,15 @@ class RestTransport:
             headers = {**headers, "Authorization": f"Basic {token}"}
         elif creds.token:
             headers = {**headers, "Authorization": f"Bearer {creds.token}"}
+        verify = creds.verify
+        if (verify is True or verify is None) and self._ca_bundle:  # as requests does
+            verify = self._ca_bundle
         response = self._session.post(
             f"{creds.host.rstrip('/')}{endpoint}",
-            data=json.dumps(body, allow_nan=False),
+            data=body if isinstance(body, str) else json.dumps(body, allow_nan=False),
             headers=headers,
             timeout=self._timeout,
-            verify=creds.verify,
+            verify=verify,
             cert=creds.client_cert_path,
         )
         verify_rest_response(response, endpoint)
@@ -122,16 +171,7 @@ class RestTransport:
     def log_batch(
         self, run_id: str, metrics: Sequence[Record], params: Sequence[Pair], tags: Sequence[Pair]
     ) -> None:
-        body: dict[str, Any] = {"run_id": run_id}
-        if metrics:
-            body["metrics"] = [
-                {"key": k, "value": _json_number(v), "timestamp": t, "step": s} for k, v, t, s in metrics
-            ]
-        if params:
-            body["params"] = [{"key": k, "value": v} for k, v in params]
-        if tags:
-            body["tags"] = [{"key": k, "value": v} for k, v in tags]
-        self._post(f"{_API}/log-batch", body)
+        self._post(f"{_API}/log-batch", log_batch_body(run_id, metrics, params, tags, self._keys))
 
     def log_inputs(self, run_id: str, datasets: Sequence[DatasetSpec]) -> None:
         body = {

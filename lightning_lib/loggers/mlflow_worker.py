@@ -1,8 +1,11 @@
 """The background sender: the training thread queues, one daemon thread delivers in batches.
 
-The training thread only appends tuples to a deque under a lock (microseconds). The sender thread sends
-when a batch is full (1000 metric values, MLflow's limit per request), when the oldest queued value has
-waited ``interval`` seconds, or when asked to flush. A failed request is retried with exponential
+The training thread only appends tuples to a deque, usually without taking a lock (about a microsecond;
+see :meth:`MetricSender.add_metrics`). The sender thread sends when a batch is full (1000 metric values,
+MLflow's limit per request), when the oldest queued value has waited ``interval`` seconds, or when asked
+to flush. A flush sends what was queued when it was asked for, not what keeps arriving while its
+requests are in flight: otherwise one flush during training turns into a stream of small requests, each
+costing the server about as much CPU as a full batch. A failed request is retried with exponential
 backoff and jitter; while the server is away values keep queueing up to ``max_buffer``, after which the
 oldest are dropped (and counted). A request the server refuses (4xx) is split in halves until the bad
 value is isolated, so one bad name costs one value, not a thousand. ``close`` gives the sender a
@@ -127,13 +130,17 @@ class MetricSender:
         self._max_buffer = max_buffer
         self._interval = interval
         self._batch_size = min(batch_size, MAX_METRICS_PER_BATCH)
+        self._lock_free_below = min(self._batch_size, max_buffer)
         self._retry = retry or RetryPolicy()
         self._rng = random.Random()  # jitter must not consume the global RNG that training seeds
         self._cond = threading.Condition()
         self._metrics: deque[Record] = deque()
         self._ops: deque[_Work] = deque()
         self._oldest: float | None = None  # monotonic time the oldest queued metric arrived
-        self._flush_requested = False
+        # Counts of metric values since the start: taken off the queue (sent, being sent, dropped or given
+        # up), and how many must have been taken for the last flush to be done.
+        self._taken = 0
+        self._flush_upto = 0
         self._inflight: _Work | None = None
         self._closing = False
         self._deadline: float | None = None
@@ -145,7 +152,21 @@ class MetricSender:
 
     # ---- the training thread's side ------------------------------------------------------------------
     def add_metrics(self, records: list[Record]) -> None:
-        """Queue metric values; the oldest are dropped (and reported) beyond ``max_buffer``."""
+        """Queue metric values; the oldest are dropped (and reported) beyond ``max_buffer``.
+
+        The common case takes no lock: ``deque.extend`` of a list is atomic under the GIL, and the sender
+        needs no wake-up while values already wait for its timer, the batch is not full and nothing is
+        dropped. Should the sender empty the queue between the checks and the append, it finds the new
+        values at its next look (it never sleeps longer than the interval while idle).
+        """
+        metrics = self._metrics
+        if (
+            self._oldest is not None
+            and not self._closing
+            and len(metrics) + len(records) < self._lock_free_below
+        ):
+            metrics.extend(records)
+            return
         with self._cond:
             if self._closing:
                 self.report.lose(records, self._max_buffer)
@@ -154,6 +175,7 @@ class MetricSender:
             overflow = len(self._metrics) - self._max_buffer
             if overflow > 0:
                 dropped = [self._metrics.popleft() for _ in range(overflow)]
+                self._taken += overflow
                 self.report.dropped_on_overflow += overflow
                 self.report.lose(dropped, self._max_buffer)
             if self._oldest is None:
@@ -174,11 +196,11 @@ class MetricSender:
     def flush(self, wait: bool = False, timeout: float | None = None) -> bool:
         """Send what is queued now; with ``wait``, block until delivered (True) or ``timeout`` (False)."""
         with self._cond:
-            self._flush_requested = True
+            target = self._flush_upto = self._taken + len(self._metrics)
             self._cond.notify_all()
             if not wait:
                 return True
-            return self._cond.wait_for(lambda: self._idle() or self._abandoned, timeout)
+            return self._cond.wait_for(lambda: self._flushed(target) or self._abandoned, timeout)
 
     @property
     def healthy(self) -> bool:
@@ -189,7 +211,6 @@ class MetricSender:
         """Deliver what is queued within ``timeout`` seconds, stop the thread, return the report."""
         with self._cond:
             self._closing = True
-            self._flush_requested = True
             self._deadline = time.monotonic() + max(0.0, timeout)
             self._cond.notify_all()
         self._thread.join(max(0.0, timeout) + 1.0)
@@ -200,11 +221,14 @@ class MetricSender:
                     self._give_up(self._inflight, "no answer before the deadline")
                 self._give_up_pending("no answer before the deadline")
                 self._cond.notify_all()
+            elif self._metrics:  # logged by another thread while this one was closing
+                self._give_up_pending("logged while the sender was closing")
         return self.report
 
     # ---- the sender thread -------------------------------------------------------------------------
-    def _idle(self) -> bool:
-        return not self._metrics and not self._ops and self._inflight is None
+    def _flushed(self, target: int) -> bool:
+        """Whether the first ``target`` metric values and every queued operation are done with."""
+        return self._taken >= target and not self._ops and self._inflight is None
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
@@ -213,11 +237,12 @@ class MetricSender:
         if self._ops:
             return self._ops.popleft()
         if not self._metrics:
-            self._flush_requested = False
             return None
+        if self._oldest is None:  # appended without the lock just as the queue was emptied
+            self._oldest = time.monotonic()
         due = (
             len(self._metrics) >= self._batch_size
-            or self._flush_requested
+            or self._taken < self._flush_upto
             or self._closing
             or (self._oldest is not None and time.monotonic() - self._oldest >= self._interval)
         )
@@ -225,12 +250,13 @@ class MetricSender:
             return None
         n = min(self._batch_size, len(self._metrics))
         batch = [self._metrics.popleft() for _ in range(n)]
+        self._taken += n
         self._oldest = time.monotonic() if self._metrics else None
         return ("metrics", batch)
 
-    def _wait_time(self) -> float | None:
-        if self._oldest is None:
-            return None
+    def _wait_time(self) -> float:
+        if self._oldest is None:  # idle: look again now and then, for values appended without a wake-up
+            return max(self._interval, 0.1)
         return max(0.0, self._oldest + self._interval - time.monotonic())
 
     def _loop(self) -> None:
@@ -338,5 +364,6 @@ class MetricSender:
             self._give_up(self._ops.popleft(), reason)
         if self._metrics:
             self.report.lose(list(self._metrics), self._max_buffer)
+            self._taken += len(self._metrics)
             self._metrics.clear()
         self._oldest = None

@@ -1,6 +1,8 @@
 """MLFlowLogger against a real ``mlflow server`` over HTTP, everything read back with ``MlflowClient``.
 
-One server for the module (SQLite backend, artifacts to a local folder), stopped with its process group.
+One server for the module (SQLite backend, artifacts proxied by the server to moto's S3 endpoint from
+``tests/conftest.py``), stopped with its process group. Only the server process is told where the S3
+endpoint is and which (dummy) credentials to use: clients reach artifacts through the server.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from lightning_lib.loggers.mlflow_artifacts import dataset_spec
 from lightning_lib.loggers.mlflow_checkpoints import sha256_file
 from lightning_lib.loggers.mlflow_worker import RetryPolicy
 from tests.helpers import ClassifierDataModule, ClassifierModel
-from tests.services import MlflowServer
+from tests.services import MlflowServer, group_members
 
 mlflow = pytest.importorskip("mlflow")
 pytestmark = [
@@ -43,11 +45,41 @@ FAST_RETRY = RetryPolicy(initial=0.2, factor=2.0, maximum=1.0)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow_server"))
+def server(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Any:
+    endpoint = os.environ["AWS_ENDPOINT_URL"]  # moto's URL, set by the s3_endpoint fixture
+    server_env = {
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test-server-key-id",  # dummies: moto accepts any
+        "AWS_SECRET_ACCESS_KEY": "test-server-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    # a prefix of its own: other tests share the session's bucket
+    destination = f"{s3_endpoint}/mlflow/{uuid.uuid4().hex[:8]}"
+    srv = MlflowServer(
+        tmp_path_factory.mktemp("mlflow_server"), artifacts_destination=destination, env=server_env
+    )
     srv.start()
+    # uvicorn runs as a child of the `mlflow server` CLI: the group, not the pid, is what must be stopped
+    assert srv.pgid is not None and len(group_members(srv.pgid)) >= 2
     yield srv
+    pgid = srv.pgid
     srv.stop()
+    assert not group_members(pgid)
+
+
+def s3_objects(destination: str) -> dict[str, bytes]:
+    """Every object under an ``s3://bucket/prefix`` destination, read straight from the endpoint."""
+    import boto3
+
+    bucket, _, prefix = destination.removeprefix("s3://").partition("/")
+    s3 = boto3.session.Session().client("s3")
+    keys = [
+        obj["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
+        for obj in page.get("Contents", [])
+    ]
+    return {key[len(prefix) + 1 :]: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
 
 
 @pytest.fixture()
@@ -138,7 +170,11 @@ def test_fit_records_everything_and_no_secret(
     assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("train", expected.digest)
     assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
 
-    local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, dst_path=str(tmp_path / "artifacts"), tracking_uri=server.uri
+        )
+    )
     assert (local / "plots" / "metric_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     references = json.loads((local / "checkpoints" / "references.json").read_text())["checkpoints"]
     latest = next(
@@ -147,9 +183,27 @@ def test_fit_records_everything_and_no_secret(
     assert latest["sha256"] == content_hash(checkpoint.last_model_path)
     assert not list((local / "checkpoints").glob("*.ckpt"))  # recorded by reference, not copied
 
+    # The server proxied every artifact (clients only saw mlflow-artifacts:/ URIs) into the S3 bucket,
+    # and what the server hands back is byte for byte what is stored there.
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    objects = s3_objects(server.artifacts_destination)
+    run_artifacts = f"{run.info.experiment_id}/{run.info.run_id}/artifacts/"
+    for name in ("plots/metric_curves.png", "checkpoints/references.json"):
+        assert objects[run_artifacts + name] == (local / name).read_bytes(), name
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)  # model URIs resolve through the global client
+    model_id = logger.logged_model_info.model_id
+    model_objects = {key.rsplit("/", 1)[-1]: blob for key, blob in objects.items() if f"/{model_id}/" in key}
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_id}", dst_path=str(tmp_path / "model")
+        )
+    )
+    assert model_objects["MLmodel"] == (model_dir / "MLmodel").read_bytes()
+    assert {"conda.yaml", "requirements.txt", "input_example.json"} <= set(model_objects)
+    assert any(name.endswith((".pt2", ".pth")) for name in model_objects)  # the weights
+
     version = client.get_model_version_by_alias("integration-model", "champion")
     assert version.version == str(logger.logged_model_info.registered_model_version)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)  # model URIs resolve through the global client
     loaded = mlflow.pytorch.load_model("models:/integration-model@champion")
     x = torch.randn(5, 32)
     model.eval()
@@ -158,8 +212,10 @@ def test_fit_records_everything_and_no_secret(
 
     # Found nowhere: not in the server's database (params, tags, inputs, logged-model records) nor in
     # any artifact it stored, nor in the local artifact copy.
-    stored = [server.root / "mlflow.db", *server.artifacts.rglob("*"), *local.rglob("*")]
-    blobs = [p.read_bytes() for p in stored if p.is_file()]
+    stored = [server.root / "mlflow.db", *local.rglob("*")]
+    blobs = [p.read_bytes() for p in stored if p.is_file()] + list(
+        s3_objects(server.artifacts_destination).values()
+    )
     assert len(blobs) > 5
     for secret in (ENV_SECRET, PARAM_SECRET, URL_PASSWORD):
         assert not any(secret.encode() in blob for blob in blobs), secret

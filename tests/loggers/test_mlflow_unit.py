@@ -1,4 +1,4 @@
-"""MLFlowLogger's parts without a server: sender (batching, retries, bounds, report), redaction, limits."""
+"""MLFlowLogger's parts without a server: redaction, limits, checkpoint references, datasets, run context."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -24,8 +23,6 @@ from lightning_lib.loggers.mlflow_params import (
     prepare_params,
     prepare_tags,
 )
-from lightning_lib.loggers.mlflow_transport import RestTransport, is_permanent
-from lightning_lib.loggers.mlflow_worker import MetricSender, RetryPolicy
 from lightning_lib.loggers.redact import (
     REDACTED,
     is_secret_name,
@@ -35,146 +32,6 @@ from lightning_lib.loggers.redact import (
 )
 
 mlflow = pytest.importorskip("mlflow")
-from mlflow.exceptions import MlflowException, RestException  # noqa: E402
-
-FAST_RETRY = RetryPolicy(initial=0.01, factor=2.0, maximum=0.05)
-
-
-class FakeTransport:
-    """Records requests; fails the first ``fail`` calls (transiently), refuses names in ``refuse``."""
-
-    def __init__(self, fail: int = 0, refuse: set[str] | None = None, delay: float = 0.0) -> None:
-        self.fail = fail
-        self.refuse = refuse or set()
-        self.delay = delay
-        self.calls: list[tuple[str, list[Any]]] = []
-        self.attempts = 0
-        self.lock = threading.Lock()
-
-    def _attempt(self, kind: str, items: list[Any]) -> None:
-        with self.lock:
-            self.attempts += 1
-            if self.delay:
-                time.sleep(self.delay)
-            if self.attempts <= self.fail:
-                raise MlflowException("API request failed with exception Connection refused")
-            if any(item[0] in self.refuse for item in items):
-                raise RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad name"})
-            self.calls.append((kind, list(items)))
-
-    def log_batch(self, run_id: str, metrics: Any, params: Any, tags: Any) -> None:
-        kind, items = ("metrics", metrics) if metrics else ("params", params) if params else ("tags", tags)
-        self._attempt(kind, list(items))
-
-    def log_inputs(self, run_id: str, datasets: Any) -> None:
-        self._attempt("inputs", [(d.name,) for d in datasets])
-
-    def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
-        self._attempt("status", [(status, end_time)])
-
-    def metrics(self) -> list[tuple[str, float, int, int]]:
-        return [record for kind, items in self.calls if kind == "metrics" for record in items]
-
-
-def records(n: int, key: str = "loss", start: int = 0) -> list[tuple[str, float, int, int]]:
-    return [(key, float(i), 0, i) for i in range(start, start + n)]
-
-
-# ---- the sender ------------------------------------------------------------------------------------------
-def test_sender_batches_up_to_1000_and_flushes_on_request() -> None:
-    transport = FakeTransport()
-    sender = MetricSender(transport, "run", interval=60.0, retry=FAST_RETRY)
-    for i in range(2500):
-        sender.add_metrics([("loss", float(i), 0, i)])
-    assert sender.flush(wait=True, timeout=10)
-    sizes = [len(items) for kind, items in transport.calls if kind == "metrics"]
-    assert sum(sizes) == 2500 and max(sizes) == 1000 and len(sizes) <= 4
-    assert [r[3] for r in transport.metrics()] == list(range(2500))  # order kept
-    report = sender.close(5)
-    assert report.ok and report.delivered_metrics == 2500
-
-
-def test_sender_sends_after_interval_without_flush() -> None:
-    transport = FakeTransport()
-    sender = MetricSender(transport, "run", interval=0.05, retry=FAST_RETRY)
-    sender.add_metrics(records(3))
-    deadline = time.monotonic() + 5
-    while not transport.metrics() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(transport.metrics()) == 3
-    sender.close(1)
-
-
-def test_sender_retries_transient_failures_with_backoff() -> None:
-    transport = FakeTransport(fail=3)
-    sender = MetricSender(transport, "run", interval=0.0, retry=FAST_RETRY)
-    sender.add_metrics(records(10))
-    assert sender.flush(wait=True, timeout=10)
-    assert transport.attempts == 4 and len(transport.metrics()) == 10
-    assert sender.healthy
-    assert sender.close(1).ok
-
-
-def test_sender_isolates_a_refused_item_and_keeps_the_rest() -> None:
-    transport = FakeTransport(refuse={"bad"})
-    sender = MetricSender(transport, "run", interval=60.0, retry=FAST_RETRY)
-    sender.add_metrics([*records(500), ("bad", 1.0, 0, 7), *records(499, start=500)])
-    sender.add("params", [("lr", "0.1"), ("bad", "x"), ("wd", "0")])
-    report = sender.close(10)
-    assert len(transport.metrics()) == 999
-    assert report.lost_metrics["bad"].count == 1
-    params = [p for kind, items in transport.calls if kind == "params" for p in items]
-    assert sorted(params) == [("lr", "0.1"), ("wd", "0")]
-    assert any("bad" in failure for failure in report.failures)
-
-
-def test_add_metrics_never_blocks_while_the_server_hangs() -> None:
-    transport = FakeTransport(delay=0.5, fail=10**6)
-    sender = MetricSender(transport, "run", interval=0.0, retry=FAST_RETRY)
-    start = time.perf_counter()
-    for i in range(2000):
-        sender.add_metrics([("loss", float(i), 0, i)])
-    assert time.perf_counter() - start < 2.0  # blocking on the server would take 0.5 s per request
-    sender.close(0.1)
-
-
-def test_buffer_is_bounded_and_the_report_gives_numbers() -> None:
-    transport = FakeTransport(fail=10**6)  # the server never answers
-    sender = MetricSender(transport, "run", max_buffer=100, interval=0.0, retry=FAST_RETRY)
-    for step in range(300):
-        sender.add_metrics([("train_loss", 1.0 / (step + 1), 0, step)])
-    start = time.monotonic()
-    report = sender.close(0.3)
-    assert time.monotonic() - start < 3
-    assert not report.ok and report.delivered_metrics == 0
-    assert report.dropped_on_overflow >= 100
-    loss = report.lost_metrics["train_loss"]
-    assert loss.count == 300 and loss.first_step == 0 and loss.last_step == 299
-    assert loss.last_value == pytest.approx(1 / 300)
-    summary = report.summary()
-    assert "train_loss: 300 values, steps 0..299" in summary and "Connection refused" in summary
-    assert len(report.lost_records) == 100
-
-
-def test_real_http_failure_is_transient_and_reported(tmp_path: Any) -> None:
-    """A RestTransport against a port where nothing listens: the real connection-refused path."""
-    from mlflow.utils.rest_utils import MlflowHostCreds
-
-    from tests.services import free_port
-
-    creds = MlflowHostCreds(f"http://127.0.0.1:{free_port()}")
-    sender = MetricSender(RestTransport(lambda: creds, timeout=2), "run", interval=0.0, retry=FAST_RETRY)
-    sender.add_metrics(records(5, key="val_loss"))
-    report = sender.close(0.5)
-    assert report.lost_metrics["val_loss"].count == 5 and report.last_error
-
-
-def test_permanent_and_transient_errors_are_told_apart() -> None:
-    assert is_permanent(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "x"}))
-    assert not is_permanent(MlflowException("API request failed with exception Connection refused"))
-    assert not is_permanent(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "x"}))
-    assert not is_permanent(ConnectionError("refused"))
-    assert is_permanent(TypeError("a bug"))
 
 
 # ---- redaction and limits ----------------------------------------------------------------------------------
