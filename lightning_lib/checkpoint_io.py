@@ -6,7 +6,7 @@ carries pickled objects is refused instead of executed.
 
 from __future__ import annotations
 
-import io
+import logging
 import os
 import pickle
 import tempfile
@@ -23,16 +23,22 @@ from lightning_lib.seed import capture_rng_states
 from lightning_lib.state import TrainerFn
 from lightning_lib.storage import (
     MANIFEST_NAME,
+    CheckpointFallbackWarning,
+    CommittedCheckpoint,
+    CorruptCheckpointError,
+    ObjectStore,
     is_remote,
-    latest_valid,
+    list_committed,
+    load_verified,
     open_store,
     read_manifest,
-    read_verified,
     split_uri,
 )
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 LIBRARY_VERSION = "0.1.0"
 # The Lightning release whose checkpoint format and semantics this library follows; pytorch_lightning
@@ -111,15 +117,24 @@ def save_file(checkpoint: dict[str, Any], filepath: str | os.PathLike[str]) -> N
 
 
 def load_file(
-    path: str | os.PathLike[str], map_location: Any = None, verified: bytes | None = None
+    path: str | os.PathLike[str], map_location: Any = None, verified: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``: a plain ``.ckpt`` file, or a committed checkpoint
-    folder (local or ``s3://``) whose bytes are verified against its manifest first (``verified``:
-    bytes already read and checked, e.g. while choosing "last", so they are not fetched twice)."""
+    folder (local or ``s3://``) whose bytes are verified against its manifest while they are loaded.
+    ``verified`` is a checkpoint already loaded and verified (while choosing "last"): returned as is."""
+    if verified is not None:
+        return verified
     text = os.fspath(path)
     if is_remote(text) or os.path.isdir(text):
-        data = verified if verified is not None else read_committed(text)
-        return _torch_load(io.BytesIO(data), text, map_location)
+        root, name = split_uri(text)
+        store = open_store(root)
+        ckpt = read_manifest(store, name)
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"Expected a committed checkpoint at {text!r}: its {MANIFEST_NAME} is missing or invalid, so it"
+                " was never completely written."
+            )
+        return _load_committed(store, ckpt, map_location)
     if not os.path.isfile(text):
         raise FileNotFoundError(
             f"Expected a checkpoint file or committed checkpoint folder at {text!r}, found none."
@@ -128,18 +143,10 @@ def load_file(
         return _torch_load(handle, text, map_location)
 
 
-def read_committed(uri: str) -> bytes:
-    """The verified checkpoint bytes of committed folder ``uri``; a clear error when it is not usable."""
-    root, name = split_uri(uri)
-    store = open_store(root)
-    ckpt = read_manifest(store, name)
-    if ckpt is None:
-        raise FileNotFoundError(
-            f"Expected a committed checkpoint at {uri!r}: its {MANIFEST_NAME} is missing or invalid, so it was"
-            " never completely written."
-        )
+def _load_committed(store: ObjectStore, ckpt: CommittedCheckpoint, map_location: Any) -> dict[str, Any]:
+    """Load and verify a committed checkpoint's file (``CorruptCheckpointError`` if it does not match)."""
     filename = CHECKPOINT_FILE if CHECKPOINT_FILE in ckpt.files else next(iter(ckpt.files))
-    return read_verified(store, ckpt, filename)
+    return load_verified(store, ckpt, filename, lambda handle: _torch_load(handle, ckpt.uri, map_location))
 
 
 def _torch_load(handle: Any, where: str, map_location: Any) -> dict[str, Any]:
@@ -195,27 +202,35 @@ def select_ckpt_path(trainer: Trainer, fn: TrainerFn, ckpt_path: Any, model_prov
 
 
 def _newest_valid(trainer: Trainer, fn: TrainerFn) -> str | None:
-    best: tuple[int, float, str] | None = None
     dirpaths = {
         getattr(cb, "dirpath", None) or cb._default_dirpath(trainer) for cb in trainer.checkpoint_callbacks
     }
+    candidates: list[tuple[ObjectStore, CommittedCheckpoint]] = []
     for dirpath in dirpaths:
-        # the newest committed checkpoint of this folder whose bytes verify (older ones are fallbacks)
-        found = latest_valid(trainer._checkpoint_writer.store(dirpath))
-        if found is None:
+        store = trainer._checkpoint_writer.store(dirpath)
+        candidates.extend((store, ckpt) for ckpt in list_committed(store))
+    candidates.sort(key=lambda found: (found[1].step, found[1].time))
+    for store, ckpt in reversed(candidates):
+        try:
+            # loaded here, verified as it loads: the bytes are read once, and fit reuses the result
+            checkpoint = _load_committed(store, ckpt, trainer.strategy.root_device)
+        except CorruptCheckpointError as err:
+            warnings.warn(
+                f"Checkpoint {ckpt.uri} (step {ckpt.step}) cannot be used: {err} "
+                "Falling back to the previous committed checkpoint.",
+                CheckpointFallbackWarning,
+                stacklevel=4,
+            )
+            log.warning("Checkpoint %s failed verification, falling back: %s", ckpt.uri, err)
             continue
-        ckpt, data = found
-        if best is None or (ckpt.step, ckpt.time) > best[:2]:
-            best = (ckpt.step, ckpt.time, ckpt.uri)
-            trainer._verified_checkpoint = (ckpt.uri, data)
-    if best is None:
-        warnings.warn(
-            f'.{fn.value}(ckpt_path="last") is set, but no committed checkpoint verifies yet; starting from scratch.',
-            UserWarning,
-            stacklevel=4,
-        )
-        return None
-    return best[2]
+        trainer._verified_checkpoint = (ckpt.uri, checkpoint)
+        return ckpt.uri
+    warnings.warn(
+        f'.{fn.value}(ckpt_path="last") is set, but no committed checkpoint verifies yet; starting from scratch.',
+        UserWarning,
+        stacklevel=4,
+    )
+    return None
 
 
 def restore_modules(trainer: Trainer, checkpoint: dict[str, Any]) -> None:

@@ -1,11 +1,12 @@
 """Committing checkpoints without stalling training.
 
 ``save`` snapshots the state to CPU memory (pinned when it lives on CUDA) on the training thread, then
-a single background thread serialises the snapshot into a local file while hashing it, uploads it and
-commits it with the manifest-last protocol. At most one snapshot is pending at a time, so memory stays
-bounded: a second save waits for the first. Deletions queued after a save run only once that save has
-committed, which is how retention never removes the last good checkpoint. An error in the background
-is raised at the next ``save`` or ``wait`` (the end of fit): never lost.
+a single background thread commits it with the manifest-last protocol: the snapshot is serialised into
+a local staging file (hashed as it is written, then dropped) while the upload sends the file's parts as
+soon as they are written. At most one commit is pending at a time, so memory stays bounded: a second
+save waits for the first. Deletions queued after a save run only once that save has committed, which
+is how retention never removes the last good checkpoint. An error in the background is raised at the
+next ``save`` or ``wait`` (the end of fit): never lost.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 
 from lightning_lib.move import apply_to_tensors
 from lightning_lib.storage import (
+    GrowingFile,
     HashingWriter,
     ObjectStore,
     delete_checkpoint,
@@ -31,32 +31,11 @@ from lightning_lib.storage import (
     split_uri,
     write_checkpoint,
 )
+from lightning_lib.storage.staging import WRITE_PREFIX, staging_dir
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.ckpt"
-_STAGING_PREFIX = "lightning_lib-ckpt-"
-
-
-def _remove_stale_staging() -> None:
-    """Staging folders of writers that were killed (SIGKILL, OOM) before they could clean up."""
-    base = tempfile.gettempdir()
-    for entry in os.listdir(base):
-        if not entry.startswith(_STAGING_PREFIX):
-            continue
-        pid_text = entry[len(_STAGING_PREFIX) :].split("-", 1)[0]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
-            shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def snapshot(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +84,8 @@ class CheckpointWriter:
             self._pending_names.add(uri)
         self.raise_error()
         # a one-item list, so the writer can drop the snapshot once serialised (the queued job would
-        # otherwise keep it alive for the whole upload)
-        self._submit(self._commit, [state], uri, step)
+        # otherwise keep it alive for the whole upload); owned: nobody else holds the snapshot
+        self._submit(self._commit, [state], uri, step, True)
 
     def delete(self, uri: str) -> None:
         """Delete checkpoint ``uri`` once every save queued before it has committed."""
@@ -189,22 +168,91 @@ class CheckpointWriter:
                 self._pending_deletes.discard(args[0])
             self._idle.notify_all()
 
-    def _commit(self, holder: list[dict[str, Any]], uri: str, step: int) -> None:
+    def _commit(self, holder: list[dict[str, Any]], uri: str, step: int, owned: bool = False) -> None:
         root, name = split_uri(uri)
         store = self.store(root)
         if read_manifest(store, name) is not None:
             delete_checkpoint(store, name)  # an explicit overwrite of the same name (trainer.save_checkpoint)
-        _remove_stale_staging()
-        tmpdir = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-")
-        try:
-            writer = HashingWriter(os.path.join(tmpdir, CHECKPOINT_FILE))
-            with writer:
-                torch.save(holder.pop(), writer)  # type: ignore[arg-type]
-            prehashed = writer.finish()
-            write_checkpoint(store, name, {CHECKPOINT_FILE: prehashed}, step)
-        finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        with staging_dir(WRITE_PREFIX) as folder:
+            # serialised on a second thread while this one uploads what is already written: the commit
+            # takes about as long as the upload alone instead of serialisation + hashing + upload
+            staged = GrowingFile(os.path.join(folder, CHECKPOINT_FILE))
+            serialiser = threading.Thread(
+                target=_serialise, args=(holder, staged, owned), name="checkpoint-serialise", daemon=True
+            )
+            serialiser.start()
+            try:
+                write_checkpoint(store, name, {CHECKPOINT_FILE: staged}, step)
+            finally:
+                staged.cancel()  # stops the serialiser if the upload failed first; a no-op once it is done
+                serialiser.join()
 
     def _delete(self, uri: str) -> None:
         root, name = split_uri(uri)
         delete_checkpoint(self.store(root), name)
+
+
+def _serialise(holder: list[dict[str, Any]], staged: GrowingFile, owned: bool) -> None:
+    """``torch.save`` the state into ``staged`` while hashing it, then drop it: from here on the bytes
+    on disk are all the upload needs. A snapshot (``owned``: nothing else uses it) is released storage
+    by storage as it is written, so memory goes back to training while the upload runs."""
+    try:
+        state = holder.pop()
+        writer = _ReleasingWriter(staged.path, staged.advance, state if owned else {})
+        with writer:
+            torch.save(state, writer)  # type: ignore[arg-type]
+        del state
+        done = writer.finish()
+        del writer  # and the storages it still tracked
+        staged.finish(done)
+    except BaseException as err:  # raised to the uploader, which reports it as the commit's error
+        staged.fail(err)
+
+
+_RELEASE_MIN = 64 * 1024  # smaller storages are not worth tracking
+
+
+class _ReleasingWriter(HashingWriter):
+    """A ``HashingWriter`` that frees the storages of ``state`` once ``torch.save`` has written them.
+
+    ``torch.save`` keeps every storage it pickled alive until it returns, and writes each one with a
+    single ``write`` of the storage's own memory. A write whose address and size are exactly those of a
+    storage of ``state`` is that storage's record. It is resized to nothing two writes later, past the
+    record's data descriptor: torch still peeks at the buffer right after our ``write`` returns, and is
+    done with the record once the next one starts. Anything else is left alone, so a torch that writes
+    differently costs memory, never correctness.
+
+    Progress is reported two writes late too, so the upload never learns of a record's bytes before
+    the record's storage is freed: its buffers are never added on top of a whole snapshot.
+    """
+
+    def __init__(self, path: str, on_write: Callable[[int], None], state: dict[str, Any]) -> None:
+        super().__init__(path, on_write)
+        self._owned: dict[tuple[int, int], torch.UntypedStorage] = {}
+        self._pending: list[tuple[int, torch.UntypedStorage | None]] = [(0, None), (0, None)]
+
+        def own(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage.device.type == "cpu" and storage.nbytes() >= _RELEASE_MIN and storage.resizable():
+                self._owned[(storage.data_ptr(), storage.nbytes())] = storage
+            return tensor
+
+        apply_to_tensors(state, own)
+
+    def _written(self, view: memoryview) -> None:
+        found = None
+        if self._owned and view.nbytes >= _RELEASE_MIN:
+            found = self._owned.pop((_address(view), view.nbytes), None)
+        self._pending.append((self._size, found))
+        reported, storage = self._pending.pop(0)
+        if storage is not None:
+            storage.resize_(0)
+        if self._on_write is not None and reported:
+            self._on_write(reported)
+
+
+def _address(view: memoryview) -> int:
+    """Where a (read-only) buffer's bytes live; numpy is the portable way to ask for read-only ones."""
+    import numpy as np
+
+    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)

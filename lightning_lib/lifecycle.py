@@ -69,7 +69,7 @@ class TrainerLifecycle(TrainerData, TrainerSteps):
         }[fn]
         self.should_stop = False
         self._check_model(model, fn, loaders, datamodule)
-        self._verified_checkpoint: tuple[str, bytes] | None = None
+        self._verified_checkpoint: tuple[str, dict[str, Any]] | None = None
         ckpt = select_ckpt_path(self, fn, ckpt_path, model_provided)
         self.lightning_module = model
         model.trainer = self

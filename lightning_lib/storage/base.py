@@ -6,8 +6,12 @@ commit protocol in :mod:`lightning_lib.storage.checkpoint` is written once for b
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from lightning_lib.storage.hashing import GrowingFile
 
 # Every temporary object a store creates carries this marker, so listings can hide it and
 # ``abort_incomplete_uploads`` can find what a killed writer left behind.
@@ -87,12 +91,22 @@ class ObjectStore(Protocol):
         """Upload the local file at ``local_path`` to ``key`` (multipart for large files on S3)."""
         ...
 
+    def put_growing_file(self, key: str, source: GrowingFile) -> None:
+        """Upload a local file that another thread is still writing (see ``GrowingFile``), overlapping
+        the transfer with the writing where the backend can."""
+        ...
+
     def get_bytes(self, key: str) -> bytes:
         """Return the object's content; raise ``ObjectNotFound`` if it does not exist."""
         ...
 
     def get_file(self, key: str, local_path: str) -> None:
         """Download ``key`` to ``local_path``, which appears only once complete."""
+        ...
+
+    def local_file(self, key: str) -> AbstractContextManager[str]:
+        """A local path holding the object while the context lasts: the stored file itself for a local
+        folder, a temporary download otherwise. Raises ``ObjectNotFound`` if it does not exist."""
         ...
 
     def exists(self, key: str) -> bool:

@@ -15,10 +15,10 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 from lightning_lib.storage.base import (
     TEMP_MARKER,
@@ -28,7 +28,15 @@ from lightning_lib.storage.base import (
     PreconditionFailed,
     validate_key,
 )
-from lightning_lib.storage.hashing import FileSource, HashingWriter, PrehashedFile, hash_alongside, hash_file
+from lightning_lib.storage.hashing import (
+    FileSource,
+    GrowingFile,
+    HashingWriter,
+    PrehashedFile,
+    hash_alongside,
+    hash_fd,
+    hash_file,
+)
 from lightning_lib.storage.manifest import (
     MANIFEST_NAME,
     CheckpointExistsError,
@@ -45,6 +53,7 @@ from lightning_lib.storage.uploader import BackgroundUploader
 from lightning_lib.storage.uri import join_uri
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _manifest_key(name: str) -> str:
@@ -59,6 +68,16 @@ def _write_file(store: ObjectStore, key: str, source: FileSource) -> dict[str, A
             lambda: hashlib.sha256(view).hexdigest(), lambda: store.put_bytes(key, source)
         )
         return {"size": view.nbytes, "sha256": digest}
+    if isinstance(source, GrowingFile):
+        try:
+            store.put_growing_file(key, source)
+        except BaseException:
+            source.cancel()  # the rest of the file is not needed: stop its writer at its next write
+            raise
+        done = source.result()
+        if os.path.getsize(done.path) != done.size:
+            raise RuntimeError(f"{done.path} changed while it was uploaded to {store.uri}/{key}.")
+        return {"size": done.size, "sha256": done.sha256}
     if isinstance(source, PrehashedFile):
         if os.path.getsize(source.path) != source.size:
             raise ValueError(
@@ -182,6 +201,46 @@ def read_verified(store: ObjectStore, ckpt: CommittedCheckpoint, filename: str) 
     return data
 
 
+def load_verified(
+    store: ObjectStore, ckpt: CommittedCheckpoint, filename: str, load: Callable[[BinaryIO], T]
+) -> T:
+    """``load(file)`` a checkpoint file while its sha256 is computed on another thread; return the
+    result only once the bytes match the manifest, else raise ``CorruptCheckpointError``.
+
+    Hashing and loading read the same open file, so their costs overlap instead of adding up, and
+    nothing built from unverified bytes is ever returned. When ``load`` fails on a file that does not
+    match its manifest, the corruption is reported (chained to the error it caused).
+    """
+    _entry_or_raise(ckpt, filename)
+    outcome: list[tuple[T | None, Exception | None]] = []
+    try:
+        with store.local_file(f"{ckpt.name}/{filename}") as path, open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size != ckpt.files[filename]["size"]:
+                _check(ckpt, filename, *hash_fd(handle.fileno()))  # raises: no point in loading it
+            size, digest = hash_alongside(
+                lambda: hash_fd(handle.fileno()), lambda: outcome.append(_attempt(load, handle))
+            )
+    except ObjectNotFound:
+        raise CorruptCheckpointError(
+            f"{ckpt.uri}/{filename} is listed in the manifest but missing."
+        ) from None
+    result, error = outcome[0]
+    try:
+        _check(ckpt, filename, size, digest)
+    except CorruptCheckpointError as corrupt:
+        raise corrupt from error
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]
+
+
+def _attempt(load: Callable[[BinaryIO], T], handle: BinaryIO) -> tuple[T | None, Exception | None]:
+    try:
+        return load(handle), None
+    except Exception as exc:  # judged after the hash: corruption explains it better than the parser
+        return None, exc
+
+
 def download_verified(store: ObjectStore, ckpt: CommittedCheckpoint, filename: str, local_path: str) -> None:
     """Download a checkpoint file to ``local_path``, which appears only once its hash has been verified."""
     _entry_or_raise(ckpt, filename)
@@ -293,6 +352,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CommittedCheckpoint",
     "CorruptCheckpointError",
+    "GrowingFile",
     "HashingWriter",
     "InvalidManifestError",
     "PrehashedFile",
@@ -302,6 +362,7 @@ __all__ = [
     "latest_valid",
     "list_committed",
     "load_manifest",
+    "load_verified",
     "read_manifest",
     "read_verified",
     "write_checkpoint",

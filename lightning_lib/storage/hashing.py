@@ -1,4 +1,9 @@
-"""Hashing on the way out: a writer that hashes as it writes, and hashing that overlaps an upload."""
+"""Hashing on the way out and on the way in.
+
+``HashingWriter`` hashes a file while ``torch.save`` writes it; ``GrowingFile`` lets an upload read
+that file while it is still being written; ``hash_alongside`` overlaps a hash with an upload or a load
+(hashlib releases the GIL for large buffers, so the two really run at once).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-_CHUNK = 8 * 1024 * 1024
+# Small enough to stay in the CPU cache between the read and the hash, large enough that the
+# per-call overhead does not show.
+_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -26,25 +33,41 @@ class HashingWriter(io.RawIOBase):
     """A binary file for ``torch.save`` and friends that hashes bytes as they are written.
 
     ``finish()`` closes it and returns a ``PrehashedFile`` that ``write_checkpoint`` uploads without
-    reading the file a second time to hash it.
+    reading the file a second time to hash it. ``on_write(total)`` is called after each write with the
+    number of bytes written so far; those bytes are in the OS by then (the file is unbuffered), so
+    another reader of the path sees them.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], on_write: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self._path = os.fspath(path)
-        self._file = open(self._path, "wb")  # noqa: SIM115 - owned by this object, closed in close()
+        # unbuffered: torch.save's tensor payloads are single large writes that a buffer would only
+        # copy, and a concurrent reader must not miss bytes still held in a user-space buffer
+        self._file = open(self._path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
         self._hash = hashlib.sha256()
         self._size = 0
+        self._on_write = on_write
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        written = self._file.write(view)
-        self._hash.update(view[:written])
-        self._size += written
-        return written
+        done = 0
+        while done < view.nbytes:  # a raw write may be partial; torch ignores the count, so finish it here
+            step = self._file.write(view[done:])
+            if not step:
+                raise OSError(f"Writing {self._path} made no progress.")
+            done += step
+        self._hash.update(view)
+        self._size += done
+        self._written(view)
+        return done
+
+    def _written(self, view: memoryview) -> None:
+        """After each write: report the progress (subclasses may report it later)."""
+        if self._on_write is not None:
+            self._on_write(self._size)
 
     def close(self) -> None:
         file = getattr(self, "_file", None)  # absent when open() failed in __init__
@@ -58,17 +81,99 @@ class HashingWriter(io.RawIOBase):
         return PrehashedFile(self._path, self._size, self._hash.hexdigest())
 
 
-FileSource = bytes | bytearray | memoryview | str | os.PathLike[str] | PrehashedFile
+class WriteCancelled(Exception):
+    """Raised inside the writer of a ``GrowingFile`` whose reader gave up (its upload failed)."""
 
 
-def hash_file(path: str) -> tuple[int, str]:
-    """Size and sha256 of a local file, read in large chunks."""
+class GrowingFile:
+    """A local file one thread is still writing while another uploads it.
+
+    The writer reports progress (``advance``) and the outcome (``finish`` or ``fail``); the uploader
+    waits for the bytes it needs (``wait_for``) and for the final size and digest (``result``), so the
+    upload overlaps serialisation instead of following it. ``cancel`` stops the writer at its next
+    write, for when the upload has failed and the rest of the file is not needed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._changed = threading.Condition()
+        self._written = 0
+        self._done: PrehashedFile | None = None
+        self._error: BaseException | None = None
+        self._cancelled = False
+
+    def advance(self, written: int) -> None:
+        """The writer has ``written`` bytes in the file; raises ``WriteCancelled`` once cancelled."""
+        with self._changed:
+            if self._cancelled:
+                raise WriteCancelled(f"The upload of {self.path} was abandoned.")
+            self._written = written
+            self._changed.notify_all()
+
+    def finish(self, done: PrehashedFile) -> None:
+        with self._changed:
+            self._written, self._done = done.size, done
+            self._changed.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._changed:
+            self._error = error
+            self._changed.notify_all()
+
+    def cancel(self) -> None:
+        with self._changed:
+            self._cancelled = True
+
+    def wait_for(self, end: int) -> int:
+        """Block until the file holds ``end`` bytes or is complete; return how many of them it holds.
+
+        Raises the writer's error if it failed.
+        """
+        with self._changed:
+            while self._written < end and self._done is None and self._error is None:
+                self._changed.wait()
+            if self._error is not None:
+                raise self._error
+            return min(end, self._written)
+
+    def result(self) -> PrehashedFile:
+        """The complete file's size and digest, once written; raises the writer's error if it failed."""
+        with self._changed:
+            while self._done is None and self._error is None:
+                self._changed.wait()
+            if self._error is not None:
+                raise self._error
+            assert self._done is not None
+            return self._done
+
+
+FileSource = bytes | bytearray | memoryview | str | os.PathLike[str] | PrehashedFile | GrowingFile
+
+
+def hash_fd(fd: int) -> tuple[int, str]:
+    """Size and sha256 of an open file, read with ``pread`` so the descriptor's offset is not moved
+    (another thread may be reading the same descriptor meanwhile)."""
     digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+    if hasattr(os, "preadv"):  # into one reused buffer
+        buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
+        while n := os.preadv(fd, [buffer], size):
+            digest.update(view[:n])
+            size += n
+    else:
+        while chunk := os.pread(fd, _CHUNK, size):
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def hash_file(path: str) -> tuple[int, str]:
+    """Size and sha256 of a local file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def hash_alongside(compute: Callable[[], Any], upload: Callable[[], None]) -> Any:

@@ -23,6 +23,7 @@ from lightning_lib.storage.base import (
     StorageError,
     validate_key,
 )
+from lightning_lib.storage.hashing import GrowingFile
 from lightning_lib.storage.uri import local_path as _as_local_path
 
 # Filesystems without hard links (some FUSE and SMB mounts) answer os.link with one of these.
@@ -117,6 +118,10 @@ class LocalStore:
                 os.fsync(f.fileno())
             self._publish(tmp, final, key, False)
 
+    def put_growing_file(self, key: str, source: GrowingFile) -> None:
+        """Copy the file into the store once it is complete (a local copy is quick; nothing to overlap)."""
+        self.put_file(key, source.result().path)
+
     def get_bytes(self, key: str) -> bytes:
         """Read the whole object."""
         try:
@@ -134,6 +139,15 @@ class LocalStore:
         with self._temp_beside(target) as tmp:
             shutil.copyfile(source, tmp)
             os.replace(tmp, target)
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[str]:
+        """The stored file itself: nothing is copied. Objects are replaced by rename, never rewritten in
+        place, so a reader that opened it keeps reading one consistent version."""
+        path = self._path(key)
+        if not os.path.isfile(path):
+            raise ObjectNotFound(f"{self.uri}/{key} does not exist.")
+        yield path
 
     def exists(self, key: str) -> bool:
         """Whether a file is stored at ``key``."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import io
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from lightning_lib.storage.base import (
@@ -26,6 +27,9 @@ from lightning_lib.storage.base import (
     StorageError,
     validate_key,
 )
+from lightning_lib.storage.hashing import GrowingFile
+from lightning_lib.storage.s3_upload import MemoryReader, upload_growing
+from lightning_lib.storage.staging import DOWNLOAD_PREFIX, staging_dir
 from lightning_lib.storage.uri import S3_SCHEME, parse_s3_uri
 
 _ACCESS_CODES = {
@@ -70,34 +74,6 @@ def _new_client(config: Any) -> Any:
 
 class _InvalidRange(StorageError):
     """S3 refused a byte range: asking for byte 0 of an empty object does that."""
-
-
-class _MemoryReader(io.RawIOBase):
-    """A seekable read-only file over a buffer, so large puts stream without copying the whole buffer."""
-
-    def __init__(self, view: memoryview) -> None:
-        self._view = view
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), len(self._view) - self._pos))
-        buffer[:n] = self._view[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
 
 class S3Store:
@@ -225,13 +201,13 @@ class S3Store:
                 "write",
                 key,
                 self._client.upload_fileobj,
-                Fileobj=_MemoryReader(view),
+                Fileobj=MemoryReader(view),
                 Bucket=self._bucket,
                 Key=full,
                 Config=self._transfer,
             )
             return
-        body: Any = data if isinstance(data, bytes) else _MemoryReader(view)
+        body: Any = data if isinstance(data, bytes) else MemoryReader(view)
         extra = {"IfNoneMatch": "*"} if if_none_match else {}
         self._call("write", key, self._client.put_object, Bucket=self._bucket, Key=full, Body=body, **extra)
 
@@ -246,6 +222,20 @@ class S3Store:
             Bucket=self._bucket,
             Key=full,
             Config=self._transfer,
+        )
+
+    def put_growing_file(self, key: str, source: GrowingFile) -> None:
+        """Upload a file while it is being written: each multipart part goes out once it is complete."""
+        full = self._full(validate_key(key))
+        upload_growing(
+            self._client,
+            lambda fn, **kwargs: self._call("write", key, fn, **kwargs),
+            self._bucket,
+            full,
+            source,
+            threshold=self._transfer.multipart_threshold,
+            chunksize=self._transfer.multipart_chunksize,
+            concurrency=self._transfer.max_concurrency,
         )
 
     def _read_range(self, key: str, start: int, end: int, etag: str | None) -> tuple[bytes, dict[str, Any]]:
@@ -304,6 +294,15 @@ class S3Store:
             Filename=local_path,
             Config=self._transfer,
         )
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[str]:
+        """Download ``key`` to a private temporary file, removed when the context ends."""
+        validate_key(key)
+        with staging_dir(DOWNLOAD_PREFIX) as folder:
+            path = os.path.join(folder, "object")
+            self.get_file(key, path)
+            yield path
 
     def exists(self, key: str) -> bool:
         """A HEAD request; a missing key (or bucket) is ``False``, other failures raise."""

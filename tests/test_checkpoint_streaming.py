@@ -1,0 +1,168 @@
+"""The checkpoint writer's commit (serialise while uploading) and resume's single verified load."""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import lightning_lib as pl
+from lightning_lib import checkpoint_io, checkpoint_writer
+from lightning_lib.checkpoint_writer import CheckpointWriter
+from lightning_lib.storage import LocalStore, list_committed, read_manifest
+from lightning_lib.storage.hashing import WriteCancelled
+from tests.support import CountingModel, loader, trainer_kwargs
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ or err.__context__:
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return err
+
+
+def _staging(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.startswith("lightning_lib-ckpt-")]
+
+
+def test_snapshot_is_released_once_serialised_before_the_upload_ends(tmp_path: Path, monkeypatch) -> None:
+    refs: list[weakref.ref[torch.Tensor]] = []
+    real_snapshot = checkpoint_writer.snapshot
+
+    def recording_snapshot(checkpoint: dict[str, Any]) -> dict[str, Any]:
+        copied = real_snapshot(checkpoint)
+        refs.extend(weakref.ref(t) for t in copied["state_dict"].values())
+        return copied
+
+    alive_during_upload: list[bool] = []
+    real_put = LocalStore.put_growing_file
+
+    def upload(self: LocalStore, key: str, source: Any) -> None:
+        source.result()  # serialised
+        gc.collect()
+        alive_during_upload.append(any(ref() is not None for ref in refs))
+        real_put(self, key, source)
+
+    monkeypatch.setattr(checkpoint_writer, "snapshot", recording_snapshot)
+    monkeypatch.setattr(LocalStore, "put_growing_file", upload)
+    writer = CheckpointWriter()
+    writer.save({"state_dict": {"w": torch.randn(1000), "b": torch.randn(10)}}, str(tmp_path / "a.ckpt"), 1)
+    writer.wait()
+    writer.close()
+    assert refs and alive_during_upload == [False]
+    assert read_manifest(LocalStore(tmp_path), "a.ckpt") is not None
+
+
+def test_a_serialisation_error_surfaces_and_commits_nothing(tmp_path: Path, monkeypatch) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    writer = CheckpointWriter()
+    unpicklable = {"state_dict": {"w": torch.zeros(3)}, "bad": threading.Lock()}
+    writer.save(unpicklable, str(tmp_path / "ckpt" / "a.ckpt"), 1)
+    with pytest.raises(RuntimeError, match="background checkpoint commit failed"):
+        writer.wait()
+    writer.close()
+    assert list_committed(LocalStore(tmp_path / "ckpt")) == []
+    assert _staging(spill) == []  # the staging folder went with the failed commit
+
+
+def test_an_upload_error_stops_the_serialiser_and_surfaces(tmp_path: Path, monkeypatch) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    stopped: list[BaseException] = []
+    real_serialise = checkpoint_writer._serialise
+
+    def serialise(holder: list[dict[str, Any]], staged: Any, owned: bool) -> None:
+        real_serialise(holder, staged, owned)
+        try:
+            staged.result()
+        except BaseException as err:
+            stopped.append(err)
+
+    def failing_upload(self: LocalStore, key: str, source: Any) -> None:
+        source.wait_for(1)  # serialisation has started
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_writer, "_serialise", serialise)
+    monkeypatch.setattr(LocalStore, "put_growing_file", failing_upload)
+    writer = CheckpointWriter(background=False)
+    big = {"state_dict": {f"w{i}": torch.randn(256, 1024) for i in range(64)}}  # 64 MB in 64 writes
+    with pytest.raises(OSError, match="disk full"):
+        writer.save(big, str(tmp_path / "ckpt" / "a.ckpt"), 1)
+    # it stopped at its next write instead of writing on to the end (torch re-raises that as its own error)
+    assert len(stopped) == 1 and isinstance(_root_cause(stopped[0]), WriteCancelled)
+    assert _staging(spill) == []
+
+
+def test_resume_from_last_reads_and_verifies_the_checkpoint_once(tmp_path: Path, monkeypatch) -> None:
+    ckpt_dir = tmp_path / "ckpt"
+    first = pl.Trainer(
+        **trainer_kwargs(
+            tmp_path / "run1",
+            enable_checkpointing=True,
+            callbacks=[pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1)],
+        )
+    )
+    first.fit(CountingModel(), loader())
+    loads: list[str] = []
+    real_load = checkpoint_io.load_verified
+
+    def counting(store: Any, ckpt: Any, filename: str, load: Any) -> Any:
+        loads.append(ckpt.name)
+        return real_load(store, ckpt, filename, load)
+
+    monkeypatch.setattr(checkpoint_io, "load_verified", counting)
+    resumed = pl.Trainer(
+        **trainer_kwargs(
+            tmp_path / "run2",
+            limit_train_batches=3,
+            enable_checkpointing=True,
+            callbacks=[pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1)],
+        )
+    )
+    model = CountingModel()
+    resumed.fit(model, loader(), ckpt_path="last")
+    assert loads == ["epoch=0-step=2.ckpt"]  # the newest, once: chosen and loaded in the same pass
+    assert model.train_steps == 1
+
+
+def test_the_snapshot_is_freed_storage_by_storage_as_it_is_written(tmp_path: Path) -> None:
+    state = {"state_dict": {f"w{i}": torch.randn(64, 1024) for i in range(4)}, "small": torch.arange(5)}
+    expected = {k: v.clone() for k, v in state["state_dict"].items()}
+    sizes_at_each_record: list[list[int]] = []
+    staged = checkpoint_writer.GrowingFile(tmp_path / "ckpt")
+
+    class Watching(checkpoint_writer._ReleasingWriter):
+        def write(self, data: Any) -> int:
+            written = super().write(data)
+            if memoryview(data).nbytes == 64 * 1024 * 4:  # a weight's record
+                sizes_at_each_record.append([t.untyped_storage().nbytes() for t in tensors])
+            return written
+
+    tensors = list(state["state_dict"].values())
+    writer = Watching(staged.path, staged.advance, state)
+    with writer:
+        torch.save(state, writer)  # type: ignore[arg-type]
+    writer.finish()
+    full = 64 * 1024 * 4
+    # while the last weight is written, the ones before it are gone already
+    assert sizes_at_each_record[-1][:2] == [0, 0] and sizes_at_each_record[0] == [full] * 4
+    loaded = torch.load(staged.path, weights_only=True)  # and the file has every byte
+    for key, value in expected.items():
+        assert torch.equal(loaded["state_dict"][key], value)
+
+
+def test_a_live_state_saved_without_a_snapshot_is_left_intact(tmp_path: Path) -> None:
+    live = {"state_dict": {f"w{i}": torch.randn(64, 1024) for i in range(3)}}
+    expected = {k: v.clone() for k, v in live["state_dict"].items()}
+    writer = CheckpointWriter(background=False)  # commits the caller's own tensors: nothing is released
+    writer.save(live, str(tmp_path / "a.ckpt"), 1)
+    for key, value in expected.items():
+        assert torch.equal(live["state_dict"][key], value)
