@@ -137,19 +137,10 @@ def build_logger(
         # the embedded store: the logger puts the SQLite file and the artifacts under save_dir
         tracking_uri=None if embedded else uri,
         save_dir=embedded_mlflow_dir(config.checkpoint_root),
-        artifact_location=local_artifact_location(uri),
         log_model=log_model,
         run_key=run_key,
         tags=tags,
     )
-
-
-def local_artifact_location(uri: str) -> str | None:
-    """``artifacts`` beside a SQLite store's file, for experiments created there: MLflow's own default is
-    ``./mlruns`` under whatever the working directory happens to be. None for servers (they decide)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return os.path.join(os.path.dirname(os.path.abspath(uri[len("sqlite:///") :])), "artifacts")
 
 
 def build_trainer(config: TrainConfig, callbacks: list[Any], logger: Any) -> Any:
@@ -168,6 +159,5 @@ __all__ = [
     "build_model",
     "build_trainer",
     "checkpoint_dir",
-    "local_artifact_location",
     "without_userinfo",
 ]

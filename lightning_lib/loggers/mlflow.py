@@ -44,7 +44,12 @@ from lightning_lib.loggers.mlflow_params import (
     prepare_params,
     prepare_tags,
 )
-from lightning_lib.loggers.mlflow_run import experiment_id_for, find_run_by_key, wait_until_reachable
+from lightning_lib.loggers.mlflow_run import (
+    experiment_id_for,
+    find_run_by_key,
+    sqlite_artifact_location,
+    wait_until_reachable,
+)
 from lightning_lib.loggers.mlflow_worker import DeliveryReport, MetricSender, RetryPolicy
 
 if TYPE_CHECKING:
@@ -252,9 +257,9 @@ class MLFlowLogger(RunEnd, Logger):
             run = client.get_run(self._run_id)
             self._experiment_id = run.info.experiment_id
         else:
-            location = self._artifact_location
-            if location is None and self._local_dir is not None:
-                location = os.path.abspath(os.path.join(self._local_dir, "artifacts"))
+            # a new experiment of a SQLite store (the default one under save_dir, or a given one) keeps
+            # its artifacts beside the database file
+            location = self._artifact_location or sqlite_artifact_location(self._tracking_uri)
             self._experiment_id = self._experiment_id or experiment_id_for(
                 client, self._experiment_name, location
             )

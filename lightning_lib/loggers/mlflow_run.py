@@ -60,6 +60,14 @@ def experiment_id_for(client: Any, name: str, artifact_location: str | None) -> 
         return str(experiment.experiment_id)
 
 
+def sqlite_artifact_location(uri: str) -> str | None:
+    """``artifacts`` beside a SQLite store's file, for experiments created there: MLflow's own default is
+    ``./mlruns`` under whatever the working directory happens to be. None for servers (they decide)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(uri[len("sqlite:///") :])), "artifacts")
+
+
 def find_run_by_key(client: Any, experiment_id: str, run_key: str) -> Any:
     """The oldest live run of the experiment tagged ``run_key``, or None (the key's charset is checked
     by the logger, so it can be quoted as is)."""

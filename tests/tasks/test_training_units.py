@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 
+from lightning_lib.loggers.mlflow_run import sqlite_artifact_location as local_artifact_location
 from tasks.config import TrainConfig
 from tasks.factory import (
     FiniteLossGuard,
     NonFiniteLossError,
     build_datamodule,
     checkpoint_dir,
-    local_artifact_location,
     without_userinfo,
 )
 from tasks.progress import PrefectProgress, fit_progress
