@@ -6,6 +6,7 @@ carries pickled objects is refused instead of executed.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -57,7 +58,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         "pytorch-lightning_version": LIGHTNING_FORMAT_VERSION,
         "lightning_lib_version": LIBRARY_VERSION,
         "state_dict": module.state_dict(),
-        "loops": {_PROGRESS_KEY: _loop_state(trainer)},
+        "loops": {_PROGRESS_KEY: _loop_state(trainer, weights_only)},
     }
     if not weights_only:
         checkpoint["callbacks"] = {
@@ -70,7 +71,9 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         scaler_state = trainer.precision_plugin.state_dict()
         if scaler_state:
             checkpoint["MixedPrecision"] = scaler_state
-        checkpoint["rng_states"] = capture_rng_states()
+        ranks = checkpoint["loops"][_PROGRESS_KEY].get("ranks")
+        # Lightning's key holds rank zero's streams; every rank's are under "ranks"
+        checkpoint["rng_states"] = ranks[0]["rng_states"] if ranks else capture_rng_states()
     for obj, prefix in ((module, ""), (datamodule, "datamodule_")):
         if obj is not None and obj.hparams:
             checkpoint[f"{prefix}hyper_parameters"] = to_plain(dict(obj.hparams))
@@ -85,10 +88,15 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
     return checkpoint
 
 
-def _loop_state(trainer: Trainer) -> dict[str, Any]:
-    """Loop progress down to the batch, the train loader's position and the metrics callbacks read."""
+def _loop_state(trainer: Trainer, weights_only: bool) -> dict[str, Any]:
+    """Loop progress down to the batch, the train loader's position and the metrics callbacks read.
+
+    In a multi-process run each rank has its own RNG streams and its own share of the data: those are
+    gathered from every rank (a collective, so every rank builds the checkpoint) and kept per rank.
+    """
     progress = trainer.progress
     state: dict[str, Any] = {
+        "world_size": trainer.world_size,
         "progress": progress.state_dict(),
         "callback_metrics": {
             k: v.detach().cpu().clone()
@@ -99,7 +107,22 @@ def _loop_state(trainer: Trainer) -> dict[str, Any]:
     loader = trainer._train_loader
     if loader is not None and trainer.state.fn == TrainerFn.FITTING:
         state["train_loader"] = capture_loader_state(loader, mid_epoch=progress.epoch_started)
+    if trainer.world_size > 1 and not weights_only:
+        own = {"rng_states": capture_rng_states(), "train_loader": state.get("train_loader")}
+        # sent as torch.save bytes and read back with weights_only=True: plain data only, never pickles
+        gathered = trainer.strategy.all_gather_object(_to_bytes(own))
+        state["ranks"] = [_from_bytes(blob) for blob in gathered]
     return state
+
+
+def _to_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _from_bytes(blob: bytes) -> Any:
+    return torch.load(io.BytesIO(blob), weights_only=True)
 
 
 def save_file(checkpoint: dict[str, Any], filepath: str | os.PathLike[str]) -> None:
@@ -190,6 +213,10 @@ def select_ckpt_path(trainer: Trainer, fn: TrainerFn, ckpt_path: Any, model_prov
             )
         return str(callback.best_model_path)
     if ckpt_path == "last":
+        if trainer.world_size > 1:
+            # rank zero chooses (and verifies); every rank then loads that same checkpoint
+            chosen = _newest_valid(trainer, fn) if trainer.is_global_zero else None
+            return trainer.strategy.broadcast(chosen)
         return _newest_valid(trainer, fn)
     if isinstance(ckpt_path, str | os.PathLike):
         path = os.fspath(ckpt_path)
@@ -273,13 +300,42 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None
     progress = trainer.progress
     if ours is not None:
         # the fit loop finishes the interrupted batch or epoch from here (fit_loop.run_fit)
+        own = _own_rank_state(trainer, ours)
         progress.load_state_dict(ours["progress"])
         trainer._logger_connector._callback.update(ours.get("callback_metrics", {}))
-        trainer._resume = {"rng": checkpoint.get("rng_states"), "loader": ours.get("train_loader")}
+        trainer._resume = {
+            "rng": own.get("rng_states", checkpoint.get("rng_states")),
+            "loader": own.get("train_loader", ours.get("train_loader")),
+        }
         return
     else:
         _restore_lightning_progress(trainer, checkpoint)
     trainer._resume = {"rng": checkpoint.get("rng_states"), "loader": None}
+
+
+def _own_rank_state(trainer: Trainer, ours: dict[str, Any]) -> dict[str, Any]:
+    """This rank's RNG and data position from the checkpoint; the world size must be the one it was saved at.
+
+    Mid-epoch the data position is per rank, so another world size cannot continue it; at an epoch
+    boundary it can, but the order of the data then differs from an uninterrupted run's.
+    """
+    saved = int(ours.get("world_size", 1))
+    if saved != trainer.world_size:
+        if ours["progress"].get("epoch_started"):
+            raise ValueError(
+                f"Expected to resume with the world size the checkpoint was written with ({saved} processes),"
+                f" received {trainer.world_size}: it was taken in the middle of an epoch, whose remaining"
+                f" batches are split across {saved} processes. Resume with devices x num_nodes = {saved}."
+            )
+        warnings.warn(
+            f"Resuming a checkpoint written by {saved} processes with {trainer.world_size}: training goes on"
+            " from the next epoch, but the data order differs from an uninterrupted run.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return {}
+    ranks = ours.get("ranks")
+    return dict(ranks[trainer.global_rank] or {}) if ranks else {}
 
 
 def _restore_lightning_progress(trainer: Trainer, checkpoint: dict[str, Any]) -> None:

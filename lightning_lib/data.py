@@ -8,7 +8,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+from torch.utils.data.distributed import DistributedSampler
 
 from lightning_lib.seed import worker_init_function
 
@@ -118,6 +126,77 @@ def with_sequential_sampler(loader: Any) -> Any:
             f" {type(loader).__name__}; make it use a SequentialSampler yourself."
         )
     return rebuild_loader(loader, sampler=SequentialSampler(loader.dataset))  # type: ignore[arg-type]
+
+
+class ShardedSampler(Sampler[Any]):
+    """Rank ``rank``'s share of any sampler's indices (every ``num_replicas``-th, from ``rank``).
+
+    With ``pad`` the list is first extended by its own head so every rank gets as many indices (what
+    DistributedSampler does; the collectives of a step need every rank to take the same number of
+    batches); without it (prediction) no sample is seen twice.
+    """
+
+    def __init__(self, inner: Any, num_replicas: int, rank: int, pad: bool) -> None:
+        self.inner = inner
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pad = pad
+
+    def _indices(self) -> list[Any]:
+        indices = list(self.inner)
+        if self.pad and indices and len(indices) % self.num_replicas:
+            missing = self.num_replicas - len(indices) % self.num_replicas
+            indices += (indices * (missing // len(indices) + 1))[:missing]
+        return indices[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        total = len(self.inner)
+        if self.pad:
+            return -(-total // self.num_replicas)
+        return len(range(self.rank, total, self.num_replicas))
+
+    def set_epoch(self, epoch: int) -> None:
+        set_epoch = getattr(self.inner, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+
+def with_distributed_sampler(loader: Any, num_replicas: int, rank: int, hook: str) -> Any:
+    """The loader with each rank reading its own share of the data (``use_distributed_sampler``).
+
+    Lightning's rules: a sequential or random sampler becomes a DistributedSampler (shuffling as the
+    original did, seeded by ``PL_GLOBAL_SEED`` so every rank draws the same permutation); any other
+    sampler is sharded as it is; prediction shards without repeating samples. Iterable datasets and
+    loaders that already shard are left alone.
+    """
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler | ShardedSampler):
+        return loader
+    if type(loader) is not DataLoader or (
+        loader.batch_sampler is not None and type(loader.batch_sampler) is not BatchSampler
+    ):
+        raise ValueError(
+            f"Expected a plain torch DataLoader with a batch size from `{hook}` to add a distributed sampler"
+            f" to, received {type(loader).__name__} with batch sampler {type(loader.batch_sampler).__name__};"
+            " pass Trainer(use_distributed_sampler=False) and give each rank its own share yourself."
+        )
+    predicting = hook == "predict_dataloader"
+    if isinstance(sampler, SequentialSampler | RandomSampler) and not predicting:
+        new: Sampler[Any] = DistributedSampler(
+            loader.dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=isinstance(sampler, RandomSampler),
+            seed=int(os.environ.get("PL_GLOBAL_SEED", "0")),
+        )
+    else:
+        new = ShardedSampler(sampler, num_replicas, rank, pad=not predicting)
+    return rebuild_loader(loader, sampler=new)
 
 
 class LimitedFetcher:

@@ -69,6 +69,8 @@ class TrainerLifecycle(TrainerData, TrainerSteps):
         }[fn]
         self.should_stop = False
         self._check_model(model, fn, loaders, datamodule)
+        # the other ranks are started (or joined) before anything is read: "last" is chosen by rank zero
+        self.strategy.setup_environment()
         self._verified_checkpoint: tuple[str, dict[str, Any]] | None = None
         ckpt = select_ckpt_path(self, fn, ckpt_path, model_provided)
         self.lightning_module = model
@@ -97,6 +99,9 @@ class TrainerLifecycle(TrainerData, TrainerSteps):
             )
         except BaseException as exc:
             self._on_failure(exc)
+            explained = self.strategy.explain_failure(exc)
+            if explained is not None:
+                raise explained from exc
             raise
 
     def _run_stages(  # type: ignore[misc]
@@ -153,9 +158,11 @@ class TrainerLifecycle(TrainerData, TrainerSteps):
                     self._print_results(results, stage)
         if fn == TrainerFn.FITTING:
             self._checkpoint_writer.wait()  # fit returns only once every checkpoint is committed
+            self.strategy.barrier("fit_end")  # ... on every rank: rank zero committed them
             self._hooks.callbacks("on_fit_end")
             self._hooks.module("on_fit_end")
         self._teardown_hooks(fn)
+        self.strategy.teardown()
         for logger in self.loggers:
             logger.finalize("success")
         self.state.status = TrainerStatus.FINISHED
@@ -191,6 +198,7 @@ class TrainerLifecycle(TrainerData, TrainerSteps):
                 except Exception:  # a logger failing must not hide the original error
                     log.exception("logger.finalize('failed') raised")
             self._close_fetchers()
+            self.strategy.teardown()
             self.state.stage = None
 
     def _check_model(  # type: ignore[misc]
@@ -268,6 +276,8 @@ class TrainerLifecycle(TrainerData, TrainerSteps):
             logger.save()
 
     def _print_results(self: Trainer, results: list[dict[str, Any]], stage: RunningStage) -> None:  # type: ignore[misc]
+        if not self.is_global_zero:
+            return
         rows = [(name, value, idx) for idx, res in enumerate(results) for name, value in sorted(res.items())]
         if not rows:
             return

@@ -48,7 +48,7 @@ def run_automatic_step(
 
     def closure() -> Tensor | None:
         with precision.forward_context():
-            output = hooks.module("training_step", *trainer._training_step_args(batch, batch_idx))
+            output = trainer.strategy.training_step(*trainer._training_step_args(batch, batch_idx))
         loss = _loss_of(output)
         if loss is None:
             outputs[0] = output
@@ -67,7 +67,10 @@ def run_automatic_step(
             outputs[0] = {"loss": detached}
         return detached
 
-    if accumulating or optimizer is None:
+    if accumulating:
+        with trainer.strategy.block_backward_sync():  # the window's last backward all-reduces the sum
+            closure()
+    elif optimizer is None:
         closure()
     else:
         hooks.module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure)
@@ -78,7 +81,7 @@ def run_automatic_step(
 def run_manual_step(trainer: Trainer, batch: Any, batch_idx: int) -> Any:
     """``training_step`` drives the optimizers itself; ``global_step`` counts its ``step()`` calls."""
     with trainer.precision_plugin.forward_context():
-        output = trainer._hooks.module("training_step", *trainer._training_step_args(batch, batch_idx))
+        output = trainer.strategy.training_step(*trainer._training_step_args(batch, batch_idx))
     if isinstance(output, Tensor):
         output = {"loss": output.detach()}
     elif isinstance(output, Mapping) and isinstance(output.get("loss"), Tensor):

@@ -14,7 +14,7 @@ import torch
 from lightning_lib import loops
 from lightning_lib.callbacks.callback import Callback
 from lightning_lib.checkpoint_writer import CheckpointWriter
-from lightning_lib.distributed import SingleDeviceStrategy
+from lightning_lib.distributed import build_strategy
 from lightning_lib.hooks import HookDispatcher
 from lightning_lib.lifecycle import TrainerLifecycle
 from lightning_lib.logger_connector import LoggerConnector
@@ -27,9 +27,9 @@ from lightning_lib.trainer_args import (
     check_choice,
     check_int,
     check_strategy,
+    parse_devices,
     parse_duration,
     resolve_accelerator,
-    resolve_device,
 )
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,14 @@ class Trainer(TrainerLifecycle):
         model_registry: str | None = None,
     ) -> None:
         check_strategy(strategy)
-        if num_nodes != 1:
-            raise ValueError(f"Expected num_nodes=1 in this version, received {num_nodes!r}.")
+        check_int("num_nodes", num_nodes, 1)
         for name, value in (("profiler", profiler), ("plugins", plugins)):
             if value is not None:
                 raise ValueError(f"Expected {name}=None in this version, received {value!r}.")
         if barebones or sync_batchnorm:
             raise ValueError("Expected barebones=False and sync_batchnorm=False in this version.")
         device_type = resolve_accelerator(accelerator)
-        self.strategy = SingleDeviceStrategy(resolve_device(device_type, devices), self)
+        self.strategy = build_strategy(strategy, parse_devices(device_type, devices), num_nodes, self)
         self.precision_plugin = build_precision(precision, device_type)
         self.precision = self.precision_plugin.name
 
@@ -400,27 +399,36 @@ class Trainer(TrainerLifecycle):
 
     @property
     def is_global_zero(self) -> bool:
-        return True
+        return bool(self.strategy.is_global_zero)
 
     @property
     def global_rank(self) -> int:
-        return 0
+        return int(self.strategy.global_rank)
 
     @property
     def local_rank(self) -> int:
-        return 0
+        return int(self.strategy.local_rank)
+
+    @property
+    def node_rank(self) -> int:
+        return int(self.strategy.node_rank)
 
     @property
     def world_size(self) -> int:
-        return 1
+        return int(self.strategy.world_size)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.strategy.num_nodes)
 
     @property
     def num_devices(self) -> int:
-        return 1
+        return len(self.device_ids)
 
     @property
     def device_ids(self) -> list[int]:
-        return [self.strategy.root_device.index or 0]
+        devices = getattr(self.strategy, "parallel_devices", None) or [self.strategy.root_device]
+        return [d.index or 0 if d.type == "cuda" else i for i, d in enumerate(devices)]
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         if self.is_global_zero:
@@ -436,20 +444,26 @@ class Trainer(TrainerLifecycle):
             raise RuntimeError(
                 "Expected a model attached by fit/validate/test/predict before save_checkpoint."
             )
+        # every rank builds it (the per-rank states are gathered), rank zero alone writes it, and no rank
+        # goes on before it is there
         checkpoint = dump_checkpoint(self, weights_only)
-        if is_remote(os.fspath(filepath)):
-            # object storage: the same commit protocol as ModelCheckpoint, synchronously
-            self._checkpoint_writer.save(checkpoint, os.fspath(filepath), self.global_step)
-            self._checkpoint_writer.wait()
-        else:
-            save_file(checkpoint, filepath)  # a plain .ckpt file, as Lightning writes it
+        if self.is_global_zero:
+            if is_remote(os.fspath(filepath)):
+                # object storage: the same commit protocol as ModelCheckpoint, synchronously
+                self._checkpoint_writer.save(checkpoint, os.fspath(filepath), self.global_step)
+                self._checkpoint_writer.wait()
+            else:
+                save_file(checkpoint, filepath)  # a plain .ckpt file, as Lightning writes it
+        self.strategy.barrier("Trainer.save_checkpoint")
         self._notify_loggers_of_checkpoint(self.checkpoint_callback)
 
     def _commit_checkpoint(self, uri: str, weights_only: bool, callback: Any) -> None:
         """ModelCheckpoint's save: a committed checkpoint folder, written in the background."""
         from lightning_lib.checkpoint_io import dump_checkpoint
 
-        self._checkpoint_writer.save(dump_checkpoint(self, weights_only), uri, self.global_step)
+        checkpoint = dump_checkpoint(self, weights_only)  # on every rank: it gathers the per-rank states
+        if self.is_global_zero:  # committed once, by rank zero, in the background
+            self._checkpoint_writer.save(checkpoint, uri, self.global_step)
         self._notify_loggers_of_checkpoint(callback)
 
     def _notify_loggers_of_checkpoint(self, callback: Any) -> None:

@@ -79,31 +79,64 @@ def resolve_accelerator(accelerator: Any) -> str:
     raise _fail("accelerator", 'to be one of "auto", "cpu", "gpu", "cuda"', accelerator)
 
 
-def resolve_device(device_type: str, devices: Any) -> torch.device:
-    """One device from ``devices`` ("auto", 1, "1", -1, [index] or "index,")."""
-    if devices in ("auto", 1, "1", -1, "-1"):
-        index = 0
-    elif isinstance(devices, list | tuple) and len(devices) == 1 and isinstance(devices[0], int):
-        index = devices[0]
-    elif isinstance(devices, str) and devices.rstrip(",").isdigit() and devices.endswith(","):
-        index = int(devices.rstrip(","))
-    elif isinstance(devices, int) and not isinstance(devices, bool) and devices > 1:
-        raise ValueError(
-            f"Expected devices=1 (one process), received devices={devices}: multi-device training needs the"
-            " DDP strategy, which this version does not provide yet."
-        )
-    else:
-        raise _fail("devices", 'to be "auto", 1, -1 or a one-element list of device indices', devices)
+def parse_devices(device_type: str, devices: Any) -> list[torch.device]:
+    """The devices of this node, one process each: ``devices`` is "auto", a count, -1, a list of indices
+    or an "i,j" string. On CPU a count N means N processes; "auto" is one process on CPU, every GPU on CUDA."""
+    expected = 'to be "auto", an int >= 1, -1, a list of device indices or a string like "0,1"'
+    indices: list[int] | None = None
+    count: int | None = None
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            count = -1 if device_type == "cuda" else 1
+        elif text.lstrip("-").isdigit():
+            devices = int(text)
+        elif "," in text and all(part.strip().isdigit() for part in text.split(",") if part.strip()):
+            indices = [int(part) for part in text.split(",") if part.strip()]
+        else:
+            raise _fail("devices", expected, devices)
+    if count is None and indices is None:
+        if isinstance(devices, bool):
+            raise _fail("devices", expected, devices)
+        if isinstance(devices, int):
+            if devices == 0 or devices < -1:
+                raise _fail("devices", expected, devices)
+            count = devices
+        elif (
+            isinstance(devices, list | tuple)
+            and devices
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in devices)
+        ):
+            indices = list(devices)
+        else:
+            raise _fail("devices", expected, devices)
+    if indices is not None and len(set(indices)) != len(indices):
+        raise _fail("devices", "to list each device index once", devices)
     if device_type == "cpu":
-        return torch.device("cpu")
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"Expected a CUDA device index < {torch.cuda.device_count()}, received {index}.")
-    return torch.device("cuda", index)
+        processes = len(indices) if indices is not None else max(1, count or 1)
+        return [torch.device("cpu")] * processes
+    available = torch.cuda.device_count()
+    if indices is None:
+        assert count is not None
+        indices = list(range(available if count == -1 else count))
+    for index in indices:
+        if index >= available:
+            raise ValueError(f"Expected a CUDA device index < {available}, received {index}.")
+    if not indices:
+        raise ValueError("Expected at least one CUDA device, but torch finds none.")
+    return [torch.device("cuda", i) for i in indices]
+
+
+STRATEGIES = ("auto", "single_device", "ddp", "ddp_find_unused_parameters_true")
 
 
 def check_strategy(strategy: Any) -> None:
-    if strategy not in ("auto", "single_device"):
-        raise _fail("strategy", 'to be "auto" or "single_device" in this version', strategy)
+    from lightning_lib.ddp import DDPStrategy
+
+    if isinstance(strategy, DDPStrategy):
+        return
+    if strategy not in STRATEGIES:
+        raise _fail("strategy", f"to be one of {STRATEGIES} or a DDPStrategy", strategy)
 
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:

@@ -14,6 +14,7 @@ from lightning_lib.data import (
     check_iterable,
     flatten_loaders,
     num_batches,
+    with_distributed_sampler,
     with_sequential_sampler,
 )
 from lightning_lib.metrics import ResultCollection
@@ -94,7 +95,9 @@ class TrainerData:
         check_iterable(loader, hook)
         if self.overfit_batches > 0 and self.state.fn == TrainerFn.FITTING:
             loader = with_sequential_sampler(loader)
-        add_worker_init_fn(loader)
+        if self.use_distributed_sampler and self.world_size > 1:
+            loader = with_distributed_sampler(loader, self.world_size, self.global_rank, hook)
+        add_worker_init_fn(loader, self.global_rank)
         return loader
 
     def _setup_train_data(self: Trainer) -> None:  # type: ignore[misc]

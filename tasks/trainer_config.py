@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from lightning_lib.precision import normalize_precision
-from lightning_lib.trainer_args import batch_limit, check_choice, check_int, parse_duration, resolve_device
+from lightning_lib.trainer_args import batch_limit, check_choice, check_int, parse_devices, parse_duration
 
 PrecisionName = Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"]
 _LIMIT = "A fraction of the batches in [0.0, 1.0] or a whole number of batches; empty means all."
@@ -40,7 +40,8 @@ _RULES: dict[str, Any] = {
     "max_epochs": lambda n, v: check_int(n, v, -1, allow_none=True),
     "max_steps": lambda n, v: check_int(n, v, -1),
     "max_time": lambda n, v: parse_duration(n, v),
-    "devices": lambda n, v: resolve_device("cpu", v),  # the form only; the device is checked at fit time
+    "devices": lambda n, v: parse_devices("cpu", v),  # the form only; the device is checked at fit time
+    "num_nodes": lambda n, v: check_int(n, v, 1),
     "limit_train_batches": batch_limit,
     "limit_val_batches": batch_limit,
     "limit_test_batches": batch_limit,
@@ -71,8 +72,14 @@ class TrainerConfig(BaseModel):
         default="auto", description="The device type to train on."
     )
     devices: int | str | list[int] = Field(
-        default="auto", description='"auto", 1, -1 or a one-element list of device indices.'
+        default="auto",
+        description='Devices per node, one process each: "auto", a count, -1 (all GPUs) or a list of indices.'
+        " More than one trains with DDP (the fit task launches torchrun).",
     )
+    strategy: Literal["auto", "single_device", "ddp", "ddp_find_unused_parameters_true"] = Field(
+        default="auto", description='"auto" uses DDP when there is more than one device.'
+    )
+    num_nodes: int = Field(default=1, description="Machines taking part (each runs torchrun; see infra/k8s).")
     precision: PrecisionName = Field(
         default="32-true", description="Numerical precision; 16, 32, 64 and 'bf16' are accepted as aliases."
     )

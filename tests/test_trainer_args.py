@@ -14,9 +14,9 @@ from lightning_lib.trainer_args import (
     batch_limit,
     check_choice,
     check_int,
+    parse_devices,
     parse_duration,
     resolve_accelerator,
-    resolve_device,
 )
 from tests.support import CountingModel, trainer_kwargs
 
@@ -47,11 +47,15 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
     ({"precision": 8}, "precision .*received 8"),
     ({"accelerator": "tpu"}, "accelerator .*\"cpu\".*received 'tpu'"),
     ({"accelerator": 5}, "accelerator .*received 5"),
-    ({"devices": 2}, "devices=1.*received devices=2"),
     ({"devices": 0}, "devices .*received 0"),
-    ({"devices": [0, 1]}, r"devices .*received \[0, 1\]"),
-    ({"strategy": "ddp_foo"}, "strategy .*received 'ddp_foo'"),
-    ({"num_nodes": 0}, "num_nodes=1.*received 0"),
+    ({"devices": -2}, "devices .*received -2"),
+    ({"devices": "two"}, "devices .*received 'two'"),
+    ({"devices": [0, 0]}, r"devices to list each device index once, received \[0, 0\]"),
+    ({"devices": 2, "strategy": "single_device"}, "one device on one node for strategy='single_device'"),
+    ({"strategy": "ddp_foo"}, "strategy .*'ddp'.*received 'ddp_foo'"),
+    ({"strategy": "ddp_spawn"}, "strategy .*received 'ddp_spawn'"),
+    ({"num_nodes": 0}, "num_nodes >= 1, received 0"),
+    ({"num_nodes": 2, "strategy": "ddp"}, "launcher for num_nodes=2: run the script under torchrun"),
     ({"profiler": "simple"}, "profiler=None.*received 'simple'"),
     ({"plugins": ["x"]}, r"plugins=None.*received \['x'\]"),
     ({"logger": "x"}, "logger .*Logger.*received 'x'"),
@@ -139,6 +143,11 @@ def test_fractional_limit_too_small_for_the_loader(tmp_path: Any) -> None:
         ({"devices": [0]}, "num_devices", 1),
         ({"devices": "0,"}, "num_devices", 1),
         ({"devices": -1}, "num_devices", 1),
+        ({"devices": 2}, "world_size", 2),
+        ({"devices": [0, 1, 2]}, "num_devices", 3),
+        ({"devices": "2"}, "world_size", 2),
+        ({"devices": 2}, "is_global_zero", True),
+        ({"strategy": "ddp"}, "world_size", 1),
         ({"fast_dev_run": True}, "fast_dev_run", 1),
     ],
 )
@@ -223,11 +232,19 @@ def test_device_resolution_with_a_mocked_cuda(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_accelerator("auto") == "cuda"
     assert resolve_accelerator("gpu") == "cuda"
-    assert resolve_device("cuda", "auto") == torch.device("cuda", 0)
-    assert resolve_device("cuda", [1]) == torch.device("cuda", 1)
-    assert resolve_device("cuda", "1,") == torch.device("cuda", 1)
+    cuda = [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert parse_devices("cuda", "auto") == cuda  # Lightning: every GPU
+    assert parse_devices("cuda", -1) == cuda
+    assert parse_devices("cuda", 1) == cuda[:1]
+    assert parse_devices("cuda", [1]) == cuda[1:]
+    assert parse_devices("cuda", "1,") == cuda[1:]
+    assert parse_devices("cuda", "0,1") == cuda
     with pytest.raises(ValueError, match=r"CUDA device index < 2, received 5"):
-        resolve_device("cuda", [5])
+        parse_devices("cuda", [5])
+    with pytest.raises(ValueError, match=r"CUDA device index < 2, received 2"):
+        parse_devices("cuda", 3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_accelerator("auto") == "cpu"
-    assert resolve_device("cpu", [3]) == torch.device("cpu")
+    assert parse_devices("cpu", [3]) == [torch.device("cpu")]
+    assert parse_devices("cpu", "auto") == [torch.device("cpu")]
+    assert parse_devices("cpu", 3) == [torch.device("cpu")] * 3

@@ -121,8 +121,9 @@ class ModelCheckpoint(Checkpoint):
     # ---- hooks -------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.dirpath is None:
-            self.dirpath = self._default_dirpath(trainer)
-        if stage != TrainerFn.FITTING.value:
+            # rank zero's: the logger's version (and so the folder) is known there only
+            self.dirpath = trainer.strategy.broadcast(self._default_dirpath(trainer))
+        if stage != TrainerFn.FITTING.value or not trainer.is_global_zero:
             return
         store = trainer._checkpoint_writer.store(self.dirpath)
         # folders a killed writer left without a manifest; the grace period spares a concurrent writer's
@@ -271,7 +272,10 @@ class ModelCheckpoint(Checkpoint):
                 raise ValueError(message)
             log.warning(message)
             return
+        # rank zero's value decides on every rank, so all keep the same top-k and save at the same moments
         current = candidates[self.monitor]
+        if trainer.world_size > 1 and isinstance(current, Tensor):
+            current = trainer.strategy.broadcast(current.detach().cpu()).to(current.device)
         if self.check_monitor_top_k(trainer, current):
             self._update_best_and_save(current, trainer, candidates)
         elif self.verbose:
@@ -324,14 +328,14 @@ class ModelCheckpoint(Checkpoint):
             )
         self._save(trainer, filepath)
         if to_delete and self._may_remove(trainer, to_delete, filepath):
-            trainer._checkpoint_writer.delete(to_delete)
+            self._delete(trainer, to_delete)
 
     def _save_unmonitored(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
         filepath = self._unique_path(trainer, candidates, None, self.best_model_path)
         previous, self.best_model_path = self.best_model_path, filepath
         self._save(trainer, filepath)
         if self.save_top_k == 1 and previous and self._may_remove(trainer, previous, filepath):
-            trainer._checkpoint_writer.delete(previous)
+            self._delete(trainer, previous)
 
     def _save_last(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
@@ -344,12 +348,17 @@ class ModelCheckpoint(Checkpoint):
         previous, self.last_model_path = self.last_model_path, filepath
         self._save(trainer, filepath)
         if previous and self._may_remove(trainer, previous, filepath, previous_is_last=True):
-            trainer._checkpoint_writer.delete(previous)
+            self._delete(trainer, previous)
 
     def _save(self, trainer: Trainer, filepath: str) -> None:
         trainer._commit_checkpoint(filepath, self.save_weights_only, self)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+
+    @staticmethod
+    def _delete(trainer: Trainer, uri: str) -> None:
+        if trainer.is_global_zero:  # the rank that wrote it
+            trainer._checkpoint_writer.delete(uri)
 
     def _may_remove(
         self, trainer: Trainer, previous: str, current: str, previous_is_last: bool = False
@@ -388,7 +397,8 @@ class ModelCheckpoint(Checkpoint):
             ):
                 filepath = self.format_checkpoint_name(candidates, filename, ver=version)
                 version += 1
-        return filepath
+        # rank zero's name: its writer knows which names are still being committed
+        return str(trainer.strategy.broadcast(filepath))
 
     def format_checkpoint_name(
         self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None

@@ -12,16 +12,45 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lightning_lib.rank_zero import rank_zero_experiment, rank_zero_only
+
 if TYPE_CHECKING:
     from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
+
+
+# What reaches a logger's backend: on a non-zero rank of a distributed run these do nothing, and
+# ``experiment`` is a dummy, so every rank can run the same script with the same logger.
+RANK_ZERO_METHODS = (
+    "log_metrics",
+    "log_hyperparams",
+    "log_graph",
+    "log_dataset",
+    "log_exception",
+    "save",
+    "flush",
+    "finalize",
+    "after_save_checkpoint",
+)
 
 
 class Logger(ABC):
     """Base class for experiment loggers, with the interface of Lightning 2.x's ``Logger``.
 
     Subclasses must implement ``name``, ``version``, ``log_metrics`` and ``log_hyperparams``; every other
-    member has a harmless default so a logger only overrides what its backend supports.
+    member has a harmless default so a logger only overrides what its backend supports. The backend calls
+    of every subclass run on the global-zero process only (Lightning asks subclasses to decorate them
+    with ``@rank_zero_only``; here it is done for them).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in RANK_ZERO_METHODS:
+            method = getattr(cls, name, None)  # also what a mixin before Logger in the bases defines
+            if callable(method) and not getattr(method, "_rank_zero_only", False):
+                setattr(cls, name, rank_zero_only(method))
+        prop = getattr(cls, "experiment", None)
+        if isinstance(prop, property) and prop.fget is not None:
+            cls.experiment = property(rank_zero_experiment(prop.fget), prop.fset, prop.fdel, prop.__doc__)  # type: ignore[method-assign,assignment]
 
     @property
     @abstractmethod
