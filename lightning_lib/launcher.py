@@ -26,6 +26,7 @@ PARENT_PID = "LIGHTNING_LIB_PARENT_PID"
 # how long rank zero may go on after a child died (saving what it can) before the launcher ends it
 FAILURE_GRACE_S = float(os.environ.get("LIGHTNING_LIB_DDP_FAILURE_GRACE_S", "60"))
 _NOT_A_SCRIPT = ("pytest", "py.test", "ipykernel_launcher.py", "")
+_NOT_A_PROGRAM = ("pytest", "py.test", "ipykernel_launcher", "IPython")
 
 
 class RankFailedError(RuntimeError):
@@ -52,11 +53,11 @@ def script_command() -> list[str]:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     name = getattr(spec, "name", None)
-    if name:
-        module = name[: -len(".__main__")] if name.endswith(".__main__") else name
+    module = name[: -len(".__main__")] if name and name.endswith(".__main__") else name
+    if module and module not in _NOT_A_PROGRAM:
         return [sys.executable, "-m", module, *sys.argv[1:]]
     script = sys.argv[0] if sys.argv else ""
-    if os.path.basename(script) in _NOT_A_SCRIPT or not getattr(main, "__file__", None):
+    if module or os.path.basename(script) in _NOT_A_SCRIPT or not getattr(main, "__file__", None):
         raise RuntimeError(
             "Expected a script for Trainer(strategy='ddp', devices>1): the other processes are started by"
             f" running the same command again, but this process was started as {script!r} (an interactive"
