@@ -213,9 +213,17 @@ class LoggedValue:
             return
         stacked = torch.stack(self.pending_values)
         if self.reduce == "mean":
-            sizes = torch.tensor(self.pending_sizes, dtype=stacked.dtype, device=stacked.device)
-            part = (stacked * sizes).sum()
-            self.total_size += sum(self.pending_sizes)
+            sizes = self.pending_sizes
+            if all(size == sizes[0] for size in sizes):
+                part = stacked.sum() * sizes[0]  # the usual case: no sizes tensor to copy to the device
+            else:
+                # built on the host and copied without blocking: a plain torch.tensor(..., device="cuda")
+                # would wait for the GPU
+                host = torch.tensor(sizes, dtype=stacked.dtype)
+                if stacked.device.type == "cuda":
+                    host = host.pin_memory()
+                part = (stacked * host.to(stacked.device, non_blocking=True)).sum()
+            self.total_size += sum(sizes)
         elif self.reduce == "sum":
             part = stacked.sum()
         elif self.reduce == "max":
@@ -357,7 +365,8 @@ def as_log_tensor(name: str, value: Any, device: torch.device | None, warn: Call
         return value
     if isinstance(value, bool | int | float):
         check_finite_scalar(name, float(value))
-        return torch.tensor(float(value), dtype=torch.get_default_dtype(), device=device)
+        # filled on the device: no host-to-device copy, so no wait for the GPU
+        return torch.full((), float(value), dtype=torch.get_default_dtype(), device=device)
     if not isinstance(value, Tensor):
         raise ValueError(
             f"Expected `self.log({name!r}, value)` to receive a number or a scalar tensor,"

@@ -35,10 +35,12 @@ class TrainerSteps:
         (before, _), (to_device, _), (after, _) = calls
 
         def transfer(batch: Any) -> Any:
-            batch = precision.convert_input(batch)
             batch = before("on_before_batch_transfer", batch, dataloader_idx)
             batch = to_device("transfer_batch_to_device", batch, device, dataloader_idx)
-            return after("on_after_batch_transfer", batch, dataloader_idx)
+            batch = after("on_after_batch_transfer", batch, dataloader_idx)
+            # converted on the device, after the hooks (as Lightning does): a CPU-side cast would copy the
+            # batch out of pinned memory and make the "non-blocking" transfer block
+            return precision.convert_input(batch)
 
         return transfer
 
