@@ -8,10 +8,15 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# uv resolves and installs the pinned set in seconds where pip takes minutes; torch's CPU wheel comes from
+# the machine's local wheel folder when there is one (uv does not read pip's configuration).
+UV_VERSION := 0.13.9
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt $(FIND_LINKS) -e '.[dev]'
 	touch $(STAMP)
 
 # Runs the training flow on the bundled example with embedded defaults: Prefect's temporary local API,
