@@ -155,13 +155,14 @@ class DigitsClassifier(pl.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss, acc = self._loss_and_acc(batch)
-        self.log("val_loss", loss)
-        self.log("val_acc", acc, prog_bar=True)
+        # averaged over the processes of a DDP run (an identity with one), so every rank ranks checkpoints alike
+        self.log("val_loss", loss, sync_dist=True)
+        self.log("val_acc", acc, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         loss, acc = self._loss_and_acc(batch)
-        self.log("test_loss", loss)
-        self.log("test_acc", acc)
+        self.log("test_loss", loss, sync_dist=True)
+        self.log("test_acc", acc, sync_dist=True)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch

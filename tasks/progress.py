@@ -54,13 +54,18 @@ class PrefectProgress(Callback):
         self._thread: threading.Thread | None = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # the estimate is not free: taken once
+        self.start(planned_steps(trainer), trainer.max_epochs, (trainer.global_step, trainer.current_epoch))
+
+    def start(self, total: float | None, max_epochs: int | None, position: tuple[int, int]) -> None:
+        """Create the artifact at ``position`` (a resumed fit starts part of the way) and start posting."""
         from prefect.artifacts import create_progress_artifact
 
-        self._total = planned_steps(trainer)  # once: the estimate is not free
-        self._max_epochs = trainer.max_epochs
-        self._position = (trainer.global_step, trainer.current_epoch)
+        self._total = total
+        self._max_epochs = max_epochs
+        self._position = position
         self._done = False
-        self._latest = self._progress()  # a resumed fit starts part of the way
+        self._latest = self._progress()
         try:
             self.artifact_id = create_progress_artifact(
                 self._latest, key=self.key, description=self.description
@@ -72,6 +77,16 @@ class PrefectProgress(Callback):
         self._stop.clear()
         self._thread = threading.Thread(target=self._post_loop, name="prefect-progress", daemon=True)
         self._thread.start()
+
+    def update(self, step: int, epoch: int, total: float | None, max_epochs: int | None) -> None:
+        """Progress reported from elsewhere (rank zero of a torchrun launch), with the fit's plan."""
+        self._total, self._max_epochs = total, max_epochs
+        self._position = (step, epoch)
+
+    def finish(self, done: bool) -> None:
+        """The fit ended: 100 % when it completed, the last position when it failed."""
+        self._done = done
+        self._finish()
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_lib.launcher import RankFailedError
 from lightning_lib.storage import (
     AccessDeniedError,
     BucketNotFound,
@@ -16,6 +17,15 @@ from lightning_lib.storage import (
     ObjectNotFound,
     StorageError,
 )
+
+
+class DistributedFitFailed(RuntimeError):
+    """A process of a multi-process fit died (killed, out of memory, a lost node): a retry resumes."""
+
+
+class DistributedFitRefused(ValueError):
+    """A rank of a multi-process fit failed on the config, the data or the code: retrying cannot help."""
+
 
 # Errors that name a problem of configuration, data or code: retrying cannot change the outcome.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -30,7 +40,13 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     MissingCredentialsError,
 )
 # Faults of the network or of a storage service (boto3 has already retried its own retryable calls).
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StorageError, ConnectionError, TimeoutError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    StorageError,
+    ConnectionError,
+    TimeoutError,
+    DistributedFitFailed,  # a rank died (killed, lost node): the retry resumes from the last commit
+    RankFailedError,  # the same, seen by rank zero of a locally launched run
+)
 
 # Back-off for tasks that talk to storage: 2 s, 4 s, 8 s (with jitter, so parallel runs spread out).
 RETRIES = 3

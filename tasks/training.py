@@ -105,8 +105,16 @@ def fit_model(
     run_key: str,
     init_from: str | None = None,
     progress_artifact: bool = True,
+    extra_callbacks: list[Any] | None = None,
 ) -> FitResult:
-    """Train (or continue training) the run ``run_key``; return once its checkpoints are committed."""
+    """Train (or continue training) the run ``run_key``; return once its checkpoints are committed.
+
+    A config asking for several devices is run by torchrun, one process per device (tasks.distributed_fit).
+    """
+    from tasks.distributed_fit import launch_fit, needs_launch
+
+    if needs_launch(config):
+        return launch_fit(config, prepared, run_key, init_from)
     pl.seed_everything(config.seed)
     datamodule = build_datamodule(config, prepared)
     model = build_model(config)
@@ -116,7 +124,7 @@ def fit_model(
         dirpath=checkpoint_dir(config, run_key), **config.checkpoint.callback_kwargs()
     )
     attempt = _AttemptRecorder()
-    callbacks: list[Any] = [checkpoint, attempt, FiniteLossGuard()]
+    callbacks: list[Any] = [checkpoint, attempt, FiniteLossGuard(), *(extra_callbacks or [])]
     if progress_artifact and _in_prefect_run():
         callbacks.append(PrefectProgress(description=f"Training {run_key}"))
     logger = build_logger(config, run_key, tags=data_tags(prepared))

@@ -1,0 +1,242 @@
+"""The ``fit`` task over several processes: the task launches torchrun, each rank runs this module.
+
+The task stays one Prefect task with its retries: it writes a spec (config, prepared data, run key),
+runs ``torchrun --standalone --nproc-per-node=N -m tasks.distributed_fit SPEC`` and waits. Rank zero
+writes the FitResult and a progress file the task turns into the Prefect progress artifact. torchrun
+stops every rank when one fails; the task then raises, Prefect retries it, and the new launch resumes
+from the last committed checkpoint of the same run key, as a single-process fit does.
+
+Across nodes (infra/k8s/multinode-training.yaml) torchrun runs on every node with
+``--config FILE --run-key KEY`` instead of a spec: rank zero prepares the data and shares it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightning_lib import cluster
+from lightning_lib.callbacks import Callback
+from lightning_lib.trainer_args import parse_devices, resolve_accelerator
+from tasks.config import TrainConfig
+from tasks.data import PreparedData
+from tasks.retry import DistributedFitFailed, DistributedFitRefused
+
+if TYPE_CHECKING:
+    from tasks.training import FitResult
+
+RESULT_FILE = "result.json"
+PROGRESS_FILE = "progress.json"
+ERROR_FILE = "error-rank{rank}.json"
+
+
+def processes_per_node(config: TrainConfig) -> int:
+    """How many processes ``config.trainer`` asks for on this machine (its devices)."""
+    trainer = config.trainer
+    return len(parse_devices(resolve_accelerator(trainer.accelerator), trainer.devices))
+
+
+def needs_launch(config: TrainConfig) -> bool:
+    """More than one process, and nobody (torchrun) started them yet."""
+    if cluster.launched_externally() or cluster.launched_by_trainer():
+        return False
+    return processes_per_node(config) * config.trainer.num_nodes > 1
+
+
+def launch_fit(config: TrainConfig, prepared: PreparedData, run_key: str, init_from: str | None) -> FitResult:
+    """Run the fit under torchrun on this machine's devices and return rank zero's result."""
+    from tasks.training import FitResult
+
+    if config.trainer.num_nodes > 1:
+        raise ValueError(
+            f"Expected num_nodes=1 for a fit launched by the task, received {config.trainer.num_nodes}: several"
+            " machines are started by their own torchrun (see infra/k8s/multinode-training.yaml)."
+        )
+    nproc = processes_per_node(config)
+    with tempfile.TemporaryDirectory(prefix="lightning-lib-ddp-") as work:
+        folder = Path(work)
+        spec = {
+            "config": config.model_dump(mode="json"),
+            "prepared": prepared.model_dump(mode="json"),
+            "run_key": run_key,
+            "init_from": init_from,
+            "workdir": str(folder),
+        }
+        (folder / "spec.json").write_text(json.dumps(spec))
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "tasks.distributed_fit",
+            "--spec",
+            str(folder / "spec.json"),
+        ]
+        returncode, tail = _run_forwarding(command, folder / PROGRESS_FILE, f"Training {run_key}")
+        errors = [json.loads(p.read_text()) for p in sorted(folder.glob("error-rank*.json"))]
+        if returncode != 0 or not (folder / RESULT_FILE).exists():
+            permanent = [e for e in errors if not e["transient"]]
+            if permanent:
+                first = permanent[0]
+                raise DistributedFitRefused(
+                    f"Rank {first['rank']} failed: {first['type']}: {first['message']}"
+                )
+            detail = "; ".join(f"rank {e['rank']}: {e['type']}: {e['message']}" for e in errors) or tail
+            raise DistributedFitFailed(
+                f"torchrun ({nproc} processes) exited with code {returncode}; the run resumes from its last"
+                f" committed checkpoint when retried. {detail}"
+            )
+        return FitResult.model_validate_json((folder / RESULT_FILE).read_text())
+
+
+def _run_forwarding(command: list[str], progress_file: Path, description: str) -> tuple[int, str]:
+    """Run torchrun, echoing its output and keeping the last lines; mirror the progress file to Prefect."""
+    from tasks.progress import PrefectProgress
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    tail: deque[str] = deque(maxlen=30)
+    progress = PrefectProgress(description=description) if _in_prefect_run() else None
+    if progress is not None:
+        progress.start(None, None, (0, 0))  # here: the artifact is created in the task run's context
+    stop = threading.Event()
+    mirror = threading.Thread(target=_mirror_progress, args=(progress_file, progress, stop), daemon=True)
+    mirror.start()
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        tail.append(line.rstrip())
+    returncode = proc.wait()
+    stop.set()
+    mirror.join(timeout=10)
+    if progress is not None:
+        progress.finish(done=returncode == 0)
+    return returncode, "\n".join(tail)
+
+
+def _mirror_progress(path: Path, progress: Any, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        if progress is None or not path.exists():
+            continue
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced right now: read it next time
+        progress.update(state["step"], state["epoch"], state.get("total"), state.get("max_epochs"))
+
+
+def _in_prefect_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+class ProgressFile(Callback):
+    """Rank zero's fit progress as a small JSON file, rewritten at most once a second."""
+
+    def __init__(self, path: Path, interval: float = 1.0) -> None:
+        self.path = path
+        self.interval = interval
+        self._written = 0.0
+        self._static: dict[str, Any] = {}
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        from tasks.progress import planned_steps
+
+        self._static = {"total": planned_steps(trainer), "max_epochs": trainer.max_epochs}
+        self._write(trainer)
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if time.monotonic() - self._written >= self.interval:
+            self._write(trainer)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        state = {**self._static, "step": trainer.global_step, "epoch": trainer.current_epoch}
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, self.path)
+        self._written = time.monotonic()
+
+
+# ---- the worker: one per rank, started by torchrun -------------------------------------------------------
+def _report_error(workdir: Path | None, exc: BaseException) -> None:
+    from tasks.retry import PERMANENT_ERRORS, is_transient
+
+    if workdir is None:
+        return
+    rank = int(os.environ.get("RANK", "0"))
+    # a rank that dies with an exception says whether retrying can help (torchrun only sees exit codes)
+    transient = is_transient(exc) or not isinstance(exc, PERMANENT_ERRORS)
+    report = {"rank": rank, "type": type(exc).__name__, "message": str(exc)[:2000], "transient": transient}
+    (workdir / ERROR_FILE.format(rank=rank)).write_text(json.dumps(report))
+
+
+def _prepared_by_rank_zero(config: TrainConfig) -> PreparedData:
+    """Across nodes without a spec: rank zero prepares (into shared storage), the others receive it."""
+    import torch.distributed as dist
+
+    from tasks.data import prepare
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # CPU side-channel; the Trainer's DDP group is created next to it
+    holder = [prepare(config).model_dump_json() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    dist.destroy_process_group()
+    return PreparedData.model_validate_json(str(holder[0]))
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """One rank: rebuild the fit from the spec (or config) and run it; rank zero writes the result."""
+    from tasks.training import fit_model
+
+    parser = argparse.ArgumentParser(prog="python -m tasks.distributed_fit")
+    parser.add_argument("--spec", type=Path, help="written by the fit task")
+    parser.add_argument("--config", type=Path, help="a TrainConfig YAML file (multi-node jobs)")
+    parser.add_argument("--run-key", help="with --config: the run's key")
+    args = parser.parse_args(argv)
+    workdir: Path | None = None
+    try:
+        if args.spec is not None:
+            spec = json.loads(args.spec.read_text())
+            workdir = Path(spec["workdir"])
+            config = TrainConfig.model_validate(spec["config"])
+            prepared = PreparedData.model_validate(spec["prepared"])
+            run_key, init_from = spec["run_key"], spec["init_from"]
+        else:
+            if args.config is None or not args.run_key:
+                parser.error("expected --spec, or --config with --run-key")
+            config = TrainConfig.from_yaml(args.config, [])
+            prepared = _prepared_by_rank_zero(config)
+            run_key, init_from = args.run_key, None
+        progress = [ProgressFile(workdir / PROGRESS_FILE)] if workdir is not None else []
+        result = fit_model(
+            config, prepared, run_key, init_from, progress_artifact=False, extra_callbacks=progress
+        )
+        if workdir is not None and int(os.environ.get("RANK", "0")) == 0:
+            (workdir / RESULT_FILE).write_text(result.model_dump_json())
+        return 0
+    except BaseException as exc:
+        _report_error(workdir, exc)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
