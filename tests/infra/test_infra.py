@@ -3,6 +3,7 @@ secrets), and rendered by ``docker compose config`` where the compose plugin is 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -158,6 +159,12 @@ def test_multinode_job_is_consistent() -> None:
     assert args["rdzv-endpoint"].startswith(f"{job['metadata']['name']}-0.{service['metadata']['name']}:")
     assert args["node-rank"] == "$(JOB_COMPLETION_INDEX)"
     assert not any(is_secret_name(e["name"]) for e in container["env"])  # secrets only through the Secret
+    # each rank runs the distributed fit worker with a config and the run key its checkpoints are found by
+    module = container["args"][container["args"].index("-m") + 1]
+    assert module == "tasks.distributed_fit" and importlib.util.find_spec(module) is not None
+    assert args["config"].startswith("/config/") and args["run-key"] == "$(RUN_KEY)"
+    mount = next(m for m in container["volumeMounts"] if args["config"].startswith(m["mountPath"]))
+    assert any(v["name"] == mount["name"] and "configMap" in v for v in pod["volumes"])
 
 
 def test_project_image_installs_the_pinned_project() -> None:
