@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_lib import cluster
 from lightning_lib.callbacks import Callback
+from lightning_lib.storage import join_uri, open_store, split_uri
 from lightning_lib.trainer_args import parse_devices, resolve_accelerator
 from tasks.config import TrainConfig
 from tasks.data import PreparedData
@@ -189,18 +190,23 @@ def _report_error(workdir: Path | None, exc: BaseException) -> None:
     (workdir / ERROR_FILE.format(rank=rank)).write_text(json.dumps(report))
 
 
-def _prepared_by_rank_zero(config: TrainConfig) -> PreparedData:
-    """Across nodes without a spec: rank zero prepares (into shared storage), the others receive it."""
-    import torch.distributed as dist
+def _prepared_by_rank_zero(config: TrainConfig, timeout: float = 1800.0) -> PreparedData:
+    """Across nodes without a spec: rank zero prepares the data (into shared storage, e.g. S3); the other
+    ranks find it at its content address (same source bytes, same split) once its manifest is written."""
+    from tasks.data import MANIFEST_NAME, dataset_id, input_digest, load_prepared, prepare
 
-    from tasks.data import prepare
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")  # CPU side-channel; the Trainer's DDP group is created next to it
-    holder = [prepare(config).model_dump_json() if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(holder, src=0)
-    dist.destroy_process_group()
-    return PreparedData.model_validate_json(str(holder[0]))
+    if int(os.environ.get("RANK", "0")) == 0:
+        return prepare(config)
+    folder = join_uri(config.prepared_data_root(), dataset_id(config, input_digest(config)))
+    root, name = split_uri(join_uri(folder, MANIFEST_NAME))
+    store = open_store(root)
+    deadline = time.monotonic() + timeout
+    while not store.exists(name):  # the manifest is written last: its presence means the splits are there
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Rank 0 did not prepare the data at {folder} within {timeout:.0f}s.")
+        time.sleep(1.0)
+    # a previous run's manifest may be there while rank 0 rewrites identical splits; the content is the same
+    return load_prepared(join_uri(folder, MANIFEST_NAME))
 
 
 def worker_main(argv: list[str] | None = None) -> int:

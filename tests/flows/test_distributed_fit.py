@@ -6,6 +6,7 @@ The unit half checks how the task classifies what its ranks reported (retry or n
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,33 @@ def test_a_worker_reports_whether_its_error_is_worth_a_retry(
     assert json.loads((tmp_path / "error-rank1.json").read_text())["transient"] is False
     distributed_fit._report_error(tmp_path, RuntimeError("Connection reset by peer"))
     assert json.loads((tmp_path / "error-rank1.json").read_text())["transient"] is True
+
+
+@pytest.mark.slow
+def test_the_multinode_entry_point_runs_under_torchrun_with_a_config_file(
+    make_config: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    """What each node of infra/k8s/multinode-training.yaml runs (here one node of two processes)."""
+    import subprocess
+    import sys
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    config = make_config(**{"trainer.devices": 2, "trainer.strategy": "ddp"})
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command += ["-m", "tasks.distributed_fit", "--config", str(path), "--run-key", "multinode-1"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    committed = [
+        p.name for p in (tmp_path / "checkpoints" / "multinode-1").iterdir() if (p / "MANIFEST.json").exists()
+    ]
+    assert "epoch=1-step=8.ckpt" in committed
+    client = MlflowClient(config.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(config.mlflow.experiment_name)
+    runs = client.search_runs([experiment.experiment_id], "tags.run_key = 'multinode-1'")
+    assert len(runs) == 1 and runs[0].data.metrics["val_loss"] > 0  # rank 0's run, with synced metrics
