@@ -7,6 +7,7 @@ local launcher for ``devices=N``. The LightningModule itself stays what users an
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from contextlib import nullcontext
@@ -32,6 +33,10 @@ log = logging.getLogger("lightning_lib")
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 # one launcher per process: a second Trainer in the same script reuses the ranks already started
 _launcher: LocalLauncher | None = None
+_watching = [False]  # a child's parent watchdog, started once per process
+# decisions and small objects (stop? which file?) go through a gloo group on the host: with NCCL they
+# would need a device tensor and a host-device sync at every step
+_control_group: list[Any] = [None]
 
 
 class _TrainingStep(nn.Module):
@@ -117,15 +122,16 @@ class DDPStrategy(SingleDeviceStrategy):
                 _launcher = LocalLauncher(self.world_size)
                 _launcher.launch()
             self.env = cluster.from_environment(len(self.parallel_devices), self.num_nodes)
-        elif self.env.global_rank != 0 and not self.env.external:
+        elif self.env.global_rank != 0 and not self.env.external and not _watching[0]:
             watch_parent()
+            _watching[0] = True
         rank_zero_only.rank = self.global_rank
         if self.root_device.type == "cuda":
             torch.cuda.set_device(self.root_device)
         if not dist.is_initialized():
             backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
             if backend == "nccl":
-                # a failed rank aborts the others' pending NCCL work instead of leaving them waiting
+                # a collective that times out aborts the communicator (and raises) instead of hanging on
                 os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
             dist.init_process_group(
                 backend,
@@ -134,6 +140,9 @@ class DDPStrategy(SingleDeviceStrategy):
                 timeout=self.timeout,
                 device_id=self.root_device if backend == "nccl" else None,
             )
+            # NCCL warns (and some versions hang at exit) when the group is not destroyed
+            atexit.register(_destroy_process_group)
+            _control_group[0] = dist.new_group(backend="gloo") if backend != "gloo" else None
             log.info(
                 "Initialized %s process group: rank %d of %d", backend, self.global_rank, self.world_size
             )
@@ -142,9 +151,14 @@ class DDPStrategy(SingleDeviceStrategy):
         """On rank zero of a locally launched run: the error that names the child whose death caused ``exc``."""
         if _launcher is None or not self.is_global_zero:
             return None
+        if isinstance(exc, SystemExit | KeyboardInterrupt):  # a stop every rank took part in (SIGTERM)
+            _launcher.finished()
+            return None
         failure = _launcher.wait_for_failure(timeout=2.0)
         _launcher.finished()
         if failure is None:
+            # rank zero failed on its own: the children would wait for it in a collective until the timeout
+            _launcher.stop_children()
             return None
         return RankFailedError(
             f"The distributed run stopped: {failure.describe()} ({type(exc).__name__}: {exc})."
@@ -183,7 +197,7 @@ class DDPStrategy(SingleDeviceStrategy):
         if not isinstance(tensor, torch.Tensor):
             return tensor
         name = _reduce_name(reduce_op)
-        out = tensor.detach().clone()
+        out = tensor.detach().to(self.root_device, copy=True)  # NCCL reduces device tensors only
         if not out.is_floating_point() and name == "mean":
             out = out.float()
         dist.all_reduce(out, op=_REDUCE_OPS.get(name, dist.ReduceOp.SUM))
@@ -192,19 +206,19 @@ class DDPStrategy(SingleDeviceStrategy):
         return out
 
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
-        votes = torch.tensor(int(decision), device=self.root_device)
-        dist.all_reduce(votes, op=dist.ReduceOp.SUM)
+        votes = torch.tensor(int(decision))  # on the host, through the control group: no device sync
+        dist.all_reduce(votes, op=dist.ReduceOp.SUM, group=_control_group[0])
         count = int(votes.item())
         return count == self.world_size if all else count > 0
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         holder = [obj]
-        dist.broadcast_object_list(holder, src=src, device=self._object_device())
+        dist.broadcast_object_list(holder, src=src, group=_control_group[0])
         return holder[0]
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, obj)
+        dist.all_gather_object(gathered, obj, group=_control_group[0])
         return gathered
 
     def barrier(self, name: str | None = None) -> None:
@@ -215,20 +229,24 @@ class DDPStrategy(SingleDeviceStrategy):
                 dist.barrier()
 
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        size = dist.get_world_size(group) if group is not None else self.world_size
+
         def gather(tensor: torch.Tensor) -> torch.Tensor:
-            tensor = tensor.contiguous()
+            tensor = tensor.to(self.root_device).contiguous()  # NCCL gathers device tensors only
             if sync_grads:
                 import torch.distributed.nn.functional as dist_fn
 
                 return torch.stack(dist_fn.all_gather(tensor, group=group))
-            parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+            parts = [torch.empty_like(tensor) for _ in range(size)]
             dist.all_gather(parts, tensor, group=group)
             return torch.stack(parts)
 
         return apply_to_tensors(data, gather)
 
-    def _object_device(self) -> torch.device | None:
-        return self.root_device if self.root_device.type == "cuda" else None
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _reduce_name(reduce_op: Any) -> str:

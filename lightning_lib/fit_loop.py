@@ -281,7 +281,11 @@ def _after_batch(trainer: Trainer, fetcher: LimitedFetcher, accumulating: bool, 
         update_lr_schedulers(trainer, "step", plateau=True)
         progress.batches_that_stepped += 1
     progress.resume_point = ""
-    if trainer._received_sigterm:
+    stop = trainer._received_sigterm
+    if trainer.world_size > 1:
+        # each rank got SIGTERM at its own moment: all stop at the first batch boundary where any has it
+        stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+    if stop:
         trainer._raise_sigterm()
 
 

@@ -27,6 +27,8 @@ PARENT_PID = "LIGHTNING_LIB_PARENT_PID"
 FAILURE_GRACE_S = float(os.environ.get("LIGHTNING_LIB_DDP_FAILURE_GRACE_S", "60"))
 _NOT_A_SCRIPT = ("pytest", "py.test", "ipykernel_launcher.py", "")
 _NOT_A_PROGRAM = ("pytest", "py.test", "ipykernel_launcher", "IPython")
+# running these again would run a second copy of a flow run: launch the ranks with torchrun instead
+_ORCHESTRATORS = ("prefect", "flows", "tasks")
 
 
 class RankFailedError(RuntimeError):
@@ -54,15 +56,15 @@ def script_command() -> list[str]:
     spec = getattr(main, "__spec__", None)
     name = getattr(spec, "name", None)
     module = name[: -len(".__main__")] if name and name.endswith(".__main__") else name
-    if module and module not in _NOT_A_PROGRAM:
+    if module and module not in _NOT_A_PROGRAM and not module.startswith(_ORCHESTRATORS):
         return [sys.executable, "-m", module, *sys.argv[1:]]
     script = sys.argv[0] if sys.argv else ""
     if module or os.path.basename(script) in _NOT_A_SCRIPT or not getattr(main, "__file__", None):
         raise RuntimeError(
             "Expected a script for Trainer(strategy='ddp', devices>1): the other processes are started by"
-            f" running the same command again, but this process was started as {script!r} (an interactive"
-            " session, a notebook or a test runner). Run the training from a script, or launch it with"
-            " `torchrun --nproc-per-node=N script.py`."
+            f" running the same command again, but this process was started as {module or script!r} (an"
+            " interactive session, a notebook, a test runner or an orchestrator). Run the training from a"
+            " script, or launch it with `torchrun --nproc-per-node=N script.py`."
         )
     return [sys.executable, script, *sys.argv[1:]]
 
@@ -143,11 +145,15 @@ class LocalLauncher:
                 os._exit(1)
             return
 
-    def _terminate_children(self) -> None:
+    def stop_children(self) -> None:
+        """Rank zero failed by itself: end the other ranks now (they would wait for it in a collective)."""
+        self._terminate_children(grace=2.0)
+
+    def _terminate_children(self, grace: float = 10.0) -> None:
         for proc in self.children.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + grace
         for proc in self.children.values():
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from lightning_lib.data_hooks import DataHooks
 from lightning_lib.hparams import AttributeDict, HyperparametersMixin
 from lightning_lib.metrics import as_log_tensor, resolve_logging_levels, resolve_reduce_fx, warn_once
+from lightning_lib.move import apply_to_tensors
 
 if TYPE_CHECKING:
     from lightning_lib.optim import LightningOptimizer
@@ -169,7 +170,7 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"Expected `self.log({name!r}, batch_size=...)` >= 1, received {batch_size!r}.")
         tensor = as_log_tensor(name, value, None if isinstance(value, Tensor) else self.device, self._warn)
-        if sync_dist:
+        if sync_dist and not rank_zero_only:  # a rank-zero-only value has no peers to reduce with
             tensor = trainer.strategy.reduce(tensor, reduce_op=options[4])
         results = trainer._logger_connector.results
         assert results is not None
@@ -225,6 +226,9 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
         """Gather tensors from every process; one process returns its data with a leading dim of 1."""
         if self._trainer is None:
             return data
+        # numbers become tensors and every tensor moves to this module's device, as in Lightning
+        device = self.device
+        data = apply_to_tensors(_numbers_as_tensors(data), lambda t: t.to(device))
         return self._trainer.strategy.all_gather(data, group=group, sync_grads=sync_grads)
 
     # ---- steps -------------------------------------------------------------------------------------
@@ -431,3 +435,14 @@ def is_overridden(name: str, instance: object, parent: type) -> bool:
 
 def warn_deprecated(message: str) -> None:
     warnings.warn(message, DeprecationWarning, stacklevel=3)
+
+
+def _numbers_as_tensors(data: Any) -> Any:
+    """Python numbers inside ``data`` as tensors (what ``all_gather`` can send)."""
+    if isinstance(data, bool | int | float):
+        return torch.tensor(data)
+    if isinstance(data, Mapping):
+        return type(data)({k: _numbers_as_tensors(v) for k, v in data.items()})  # type: ignore[call-arg]
+    if isinstance(data, list | tuple) and not hasattr(data, "_fields"):
+        return type(data)(_numbers_as_tensors(v) for v in data)
+    return data

@@ -287,7 +287,9 @@ class TrainerData:
         if self.should_stop and self._can_stop_early():
             return True
         if self._val_check_time_interval is not None:
-            return time.monotonic() - self._last_val_time >= self._val_check_time_interval
+            due = time.monotonic() - self._last_val_time >= self._val_check_time_interval
+            # rank zero's clock decides: validation's collectives need every rank at the same batch
+            return bool(self.strategy.broadcast(due)) if self.world_size > 1 else due
         if self.val_check_batch != INF:
             current = (
                 self.progress.total_batch_idx

@@ -13,8 +13,10 @@ Across nodes (infra/k8s/multinode-training.yaml) torchrun runs on every node wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,8 +26,11 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch.distributed as dist
+
 from lightning_lib import cluster
 from lightning_lib.callbacks import Callback
+from lightning_lib.loggers.redact import redact_text
 from lightning_lib.storage import join_uri, open_store, split_uri
 from lightning_lib.trainer_args import parse_devices, resolve_accelerator
 from tasks.config import TrainConfig
@@ -87,16 +92,19 @@ def launch_fit(config: TrainConfig, prepared: PreparedData, run_key: str, init_f
         returncode, tail = _run_forwarding(command, folder / PROGRESS_FILE, f"Training {run_key}")
         errors = [json.loads(p.read_text()) for p in sorted(folder.glob("error-rank*.json"))]
         if returncode != 0 or not (folder / RESULT_FILE).exists():
-            permanent = [e for e in errors if not e["transient"]]
+            # a rank's own error decides (bad input is refused); the others' are what its death caused
+            permanent = [e for e in errors if not e["transient"] and not e["collateral"]]
             if permanent:
                 first = permanent[0]
                 raise DistributedFitRefused(
-                    f"Rank {first['rank']} failed: {first['type']}: {first['message']}"
+                    redact_text(f"Rank {first['rank']} failed: {first['type']}: {first['message']}")
                 )
             detail = "; ".join(f"rank {e['rank']}: {e['type']}: {e['message']}" for e in errors) or tail
             raise DistributedFitFailed(
-                f"torchrun ({nproc} processes) exited with code {returncode}; the run resumes from its last"
-                f" committed checkpoint when retried. {detail}"
+                redact_text(
+                    f"torchrun ({nproc} processes) exited with code {returncode}; the run resumes from its"
+                    f" last committed checkpoint when retried. {detail}"
+                )
             )
         return FitResult.model_validate_json((folder / RESULT_FILE).read_text())
 
@@ -106,24 +114,42 @@ def _run_forwarding(command: list[str], progress_file: Path, description: str) -
     from tasks.progress import PrefectProgress
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    # its own process group: a cancelled or timed-out task ends every rank, not just torchrun
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True
+    )
     tail: deque[str] = deque(maxlen=30)
     progress = PrefectProgress(description=description) if _in_prefect_run() else None
-    if progress is not None:
-        progress.start(None, None, (0, 0))  # here: the artifact is created in the task run's context
     stop = threading.Event()
-    mirror = threading.Thread(target=_mirror_progress, args=(progress_file, progress, stop), daemon=True)
-    mirror.start()
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        tail.append(line.rstrip())
-    returncode = proc.wait()
-    stop.set()
+    try:
+        if progress is not None:
+            progress.start(None, None, (0, 0))  # here: the artifact is created in the task run's context
+        mirror = threading.Thread(target=_mirror_progress, args=(progress_file, progress, stop), daemon=True)
+        mirror.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            tail.append(line.rstrip())
+        returncode = proc.wait()
+    finally:
+        stop.set()
+        if proc.poll() is None:  # interrupted here (cancellation, timeout): no rank may go on alone
+            _end_group(proc)
     mirror.join(timeout=10)
     if progress is not None:
         progress.finish(done=returncode == 0)
     return returncode, "\n".join(tail)
+
+
+def _end_group(proc: subprocess.Popen[str]) -> None:
+    for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)  # SIGTERM first: the ranks checkpoint at their next batch boundary
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _mirror_progress(path: Path, progress: Any, stop: threading.Event) -> None:
@@ -179,15 +205,42 @@ class ProgressFile(Callback):
 
 # ---- the worker: one per rank, started by torchrun -------------------------------------------------------
 def _report_error(workdir: Path | None, exc: BaseException) -> None:
-    from tasks.retry import PERMANENT_ERRORS, is_transient
+    from tasks.retry import is_transient
 
     if workdir is None:
         return
     rank = int(os.environ.get("RANK", "0"))
-    # a rank that dies with an exception says whether retrying can help (torchrun only sees exit codes)
-    transient = is_transient(exc) or not isinstance(exc, PERMANENT_ERRORS)
-    report = {"rank": rank, "type": type(exc).__name__, "message": str(exc)[:2000], "transient": transient}
+    # a rank that dies with an exception says whether retrying can help (torchrun only sees exit codes), and
+    # whether its error is only the echo of another rank's death (a broken connection, a stop request)
+    report = {
+        "rank": rank,
+        "type": type(exc).__name__,
+        "message": str(exc)[:2000],
+        "transient": is_transient(exc),
+        "collateral": is_collateral(exc),
+    }
     (workdir / ERROR_FILE.format(rank=rank)).write_text(json.dumps(report))
+
+
+_PEER_FAILURE_SIGNS = (
+    "connection reset",
+    "connection closed",
+    "broken pipe",
+    "timed out",
+    "socket",
+    "gloo",
+    "nccl",
+)
+
+
+def is_collateral(exc: BaseException) -> bool:
+    """Whether ``exc`` is what a rank sees when another rank dies or the run is stopped, not a cause."""
+    from lightning_lib.lifecycle import SIGTERMException
+
+    if isinstance(exc, SIGTERMException | KeyboardInterrupt | dist.DistError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(sign in text for sign in _PEER_FAILURE_SIGNS)
 
 
 def _prepared_by_rank_zero(config: TrainConfig, timeout: float = 1800.0) -> PreparedData:

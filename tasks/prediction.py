@@ -89,7 +89,7 @@ def score(
     model = config.load_model_class().load_from_checkpoint(checkpoint_uri)
     trainer = pl.Trainer(
         accelerator=config.trainer.accelerator,
-        devices=config.trainer.devices,
+        devices=1,  # one process: every row scored once, in order (see evaluate_checkpoint)
         precision=config.trainer.precision,
         logger=False,
         enable_checkpointing=False,

@@ -192,6 +192,9 @@ def evaluate_checkpoint(
     model = config.load_model_class().load_from_checkpoint(checkpoint_uri)
     kwargs = {k: v for k, v in config.trainer.to_kwargs().items() if v is not None}
     kwargs["enable_progress_bar"] = False
+    # one process, whatever the fit used: exact metrics (a DistributedSampler pads the last batch with
+    # repeated samples), and no launcher re-running the worker's command for the other ranks
+    kwargs.update(devices=1, strategy="auto", num_nodes=1)
     trainer = pl.Trainer(**kwargs, logger=False, enable_checkpointing=False)
     run = trainer.validate if stage == "validate" else trainer.test
     results = run(model, datamodule=datamodule, ckpt_path=checkpoint_uri, verbose=False)

@@ -152,6 +152,8 @@ class ModelCheckpoint(Checkpoint):
             now = time.monotonic()
             assert self._last_time_checked is not None
             skip_time = now - self._last_time_checked < self._train_time_interval.total_seconds()
+            if trainer.world_size > 1:  # rank zero's clock decides: every rank must save at the same step
+                skip_time = bool(trainer.strategy.broadcast(skip_time))
             if not skip_time:
                 self._last_time_checked = now
         if skip_batch and skip_time:
@@ -174,6 +176,12 @@ class ModelCheckpoint(Checkpoint):
         from lightning_lib.lifecycle import SIGTERMException
 
         sigterm = isinstance(exception, SIGTERMException)
+        if trainer.world_size > 1 and not sigterm:
+            # only the failing rank is here: saving needs every rank (gathers, broadcasts) and would hang
+            log.warning(
+                "Not saving a checkpoint on %r: the other processes of the run are not saving.", exception
+            )
+            return
         if (
             not (sigterm or self.save_on_exception)
             or trainer.state.fn != TrainerFn.FITTING

@@ -48,6 +48,10 @@ def run_ok(out: Path, *args: str) -> Any:
     return result
 
 
+def rank_files(out: Path, world: int = 2) -> list[Any]:
+    return [json.loads(Path(f"{out}.rank{rank}").read_text()) for rank in range(world)]
+
+
 def run_in_process(out: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
     monkeypatch.setattr(sys, "argv", ["ddp_program.py", "--out", str(out), *args])
     ddp_program.main()
@@ -63,7 +67,7 @@ def assert_close(a: list[list[float]], b: list[list[float]], tol: float) -> None
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Two processes, shuffled data, a checkpoint every 2 steps, 12 steps (1.5 epochs), never stopped."""
     work = tmp_path_factory.mktemp("ddp-uninterrupted")
-    return run_ok(work / "out.json", "--shuffle", "--ckpt-dir", str(work / "ckpt"))
+    return run_ok(work / "out.json", "--shuffle", "--dropout", "0.1", "--ckpt-dir", str(work / "ckpt"))
 
 
 def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(
@@ -82,6 +86,17 @@ def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(
     assert_close(two["weights"], one["weights"], 1e-5)
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
 
+    ranks = rank_files(tmp_path / "two.json")
+    # accumulation: the first backward of each window ran under no_sync, so one all-reduce per step
+    assert [r["allreduces"] for r in ranks] == [12, 12]
+    for r in ranks:  # sync_dist with max / sum, identical on every rank
+        assert r["fit_metrics"]["rank_max"] == 1.0 and r["fit_metrics"]["rank_sum"] == 1.0
+        assert r["validated"] == ranks[0]["validated"]
+    (single,) = rank_files(tmp_path / "one.json", world=1)
+    assert ranks[0]["validated"][0]["val_loss"] == pytest.approx(single["validated"][0]["val_loss"], rel=1e-5)
+    # prediction is sharded without repeats: the two ranks together score every sample once
+    assert sum(r["predicted_rows"] for r in ranks) == single["predicted_rows"] == ddp_program.SAMPLES
+
 
 def test_a_killed_rank_fails_the_run_quickly_and_a_restart_resumes_from_the_last_commit(
     tmp_path: Path, uninterrupted: Any, monkeypatch: pytest.MonkeyPatch
@@ -89,7 +104,8 @@ def test_a_killed_rank_fails_the_run_quickly_and_a_restart_resumes_from_the_last
     ckpt = tmp_path / "ckpt"
     started = time.monotonic()
     proc, result = run_program(
-        tmp_path / "killed.json", "--shuffle", "--ckpt-dir", str(ckpt), "--kill-rank", "1", "--kill-step", "5"
+        tmp_path / "killed.json",
+        *("--shuffle", "--dropout", "0.1", "--ckpt-dir", str(ckpt), "--kill-rank", "1", "--kill-step", "5"),
     )
     elapsed = time.monotonic() - started
     assert proc.returncode != 0 and result is None
@@ -116,21 +132,47 @@ def test_a_killed_rank_fails_the_run_quickly_and_a_restart_resumes_from_the_last
             "--resume",
         )
 
-    resumed = run_ok(tmp_path / "resumed.json", "--shuffle", "--ckpt-dir", str(ckpt), "--resume")
+    resumed = run_ok(
+        tmp_path / "resumed.json", "--shuffle", "--dropout", "0.1", "--ckpt-dir", str(ckpt), "--resume"
+    )
     assert resumed["start_step"] == 4 and resumed["global_step"] == 12
-    # step 4 was mid-epoch (8 steps per epoch): each rank continued its own shard exactly
+    # step 4 was mid-epoch (8 steps per epoch): each rank continued its own shard and its own dropout stream
     assert resumed["weights"] == uninterrupted["weights"]
     for step, loss in resumed["losses"].items():
         assert loss == uninterrupted["losses"][step], step
 
 
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_batch_with_a_checkpoint(
+    tmp_path: Path, uninterrupted: Any
+) -> None:
+    """A preempted pod's SIGTERM reaches the ranks at different moments; they must stop together."""
+    ckpt = tmp_path / "ckpt"
+    common = ("--shuffle", "--dropout", "0.1", "--ckpt-dir", str(ckpt))
+    proc, result = run_program(
+        tmp_path / "stopped.json", *common, "--kill-rank", "1", "--kill-step", "5", "--signal", "SIGTERM"
+    )
+    assert proc.returncode == 128 + 15 and result is None, proc.stderr[-3000:]
+    assert "RankFailedError" not in proc.stderr
+    manifests = [
+        json.loads((p / "MANIFEST.json").read_text()) for p in ckpt.iterdir() if p.name.startswith("last")
+    ]
+    assert [m["step"] for m in manifests] == [5]  # saved at the step where rank 1 got the signal, by both
+    resumed = run_ok(tmp_path / "resumed.json", *common, "--resume")
+    assert resumed["start_step"] == 5 and resumed["weights"] == uninterrupted["weights"]
+
+
 def test_checkpoint_and_resume_under_ddp_on_s3(tmp_path: Path, uninterrupted: Any, s3_endpoint: str) -> None:
     prefix = f"{s3_endpoint}/ddp-{os.getpid()}"
-    first = run_ok(tmp_path / "first.json", "--shuffle", "--ckpt-dir", prefix, "--max-steps", "6")
+    common = ("--shuffle", "--dropout", "0.1", "--monitor", "--ckpt-dir", prefix)
+    first = run_ok(tmp_path / "first.json", *common, "--max-steps", "6")
     assert first["global_step"] == 6
-    resumed = run_ok(tmp_path / "second.json", "--shuffle", "--ckpt-dir", prefix, "--resume")
+    resumed = run_ok(tmp_path / "second.json", *common, "--resume")
     assert resumed["start_step"] == 6 and resumed["global_step"] == 12
     assert resumed["weights"] == uninterrupted["weights"]
+    # the top-k by val_loss (rank zero's value, broadcast) and the file names are the same on every rank
+    ranks = rank_files(tmp_path / "second.json")
+    assert ranks[0]["best_model_path"] == ranks[1]["best_model_path"] != ""
+    assert ranks[0]["last_model_path"] == ranks[1]["last_model_path"]
 
     import boto3
 

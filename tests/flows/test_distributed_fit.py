@@ -80,14 +80,19 @@ def test_a_rank_failing_on_bad_input_is_not_retried_and_a_lost_rank_is(
     assert not distributed_fit.needs_launch(make_config(**{"trainer.devices": 1}))
     prepared = prepare(config)
 
+    echo = {"rank": 0, "type": "RuntimeError", "message": "gloo: Connection reset by peer"}
+    echo |= {"transient": False, "collateral": True}
     refused = {"rank": 1, "type": "NonFiniteLossError", "message": "loss is nan", "transient": False}
-    _fake_launch(monkeypatch, [refused], 1)
+    refused["collateral"] = False
+    _fake_launch(monkeypatch, [echo, refused], 1)
     with pytest.raises(DistributedFitRefused, match="Rank 1 failed: NonFiniteLossError: loss is nan") as err:
         distributed_fit.launch_fit(config, prepared, "k", None)
     assert not is_transient(err.value)
 
-    _fake_launch(monkeypatch, [], -9)
-    with pytest.raises(DistributedFitFailed, match=r"exited with code -9.*last lines of torchrun") as lost:
+    _fake_launch(monkeypatch, [echo], -9)  # rank 1 was killed (no report); rank 0 only saw it go
+    with pytest.raises(
+        DistributedFitFailed, match=r"exited with code -9.*rank 0: RuntimeError: gloo"
+    ) as lost:
         distributed_fit.launch_fit(config, prepared, "k", None)
     assert is_transient(lost.value)
 
@@ -96,10 +101,19 @@ def test_a_worker_reports_whether_its_error_is_worth_a_retry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RANK", "1")
-    distributed_fit._report_error(tmp_path, ValueError("bad column"))
-    assert json.loads((tmp_path / "error-rank1.json").read_text())["transient"] is False
-    distributed_fit._report_error(tmp_path, RuntimeError("Connection reset by peer"))
-    assert json.loads((tmp_path / "error-rank1.json").read_text())["transient"] is True
+
+    def report(exc: BaseException) -> tuple[bool, bool]:
+        distributed_fit._report_error(tmp_path, exc)
+        found = json.loads((tmp_path / "error-rank1.json").read_text())
+        return found["transient"], found["collateral"]
+
+    assert report(ValueError("bad column")) == (False, False)
+    assert report(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) == (
+        False,
+        False,
+    )  # a bug: no retry
+    assert report(RuntimeError("[gloo] Read error: Connection reset by peer")) == (False, True)
+    assert report(ConnectionError("MLflow unreachable")) == (True, False)
 
 
 @pytest.mark.slow

@@ -64,7 +64,12 @@ def test_defaults_are_the_bundled_example_and_local_folders() -> None:
         ("gradient_clip_algorithm", "max", "Expected gradient_clip_algorithm to be one of"),
         ("deterministic", "always", "Expected deterministic to be one of"),
         ("precision", "8-true", "Expected precision to be one of"),
-        ("devices", 2, "Expected devices=1 (one process), received devices=2"),
+        (
+            "devices",
+            0,
+            'Expected devices to be "auto", an int >= 1, -1, a list of device indices or a string like "0,1", received 0',
+        ),
+        ("num_nodes", 0, "Expected num_nodes >= 1, received 0"),
         ("max_time", "tomorrow", 'Expected max_time to be a "DD:HH:MM:SS" string'),
     ],
 )
