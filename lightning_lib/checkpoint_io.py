@@ -333,7 +333,9 @@ def _own_rank_state(trainer: Trainer, ours: dict[str, Any]) -> dict[str, Any]:
             UserWarning,
             stacklevel=3,
         )
-        return {}
+        # no rank's saved streams fit: with several processes each keeps its own seeded ones (all taking
+        # rank zero's would give every rank the same dropout masks)
+        return {"rng_states": None} if trainer.world_size > 1 else {}
     ranks = ours.get("ranks")
     return dict(ranks[trainer.global_rank] or {}) if ranks else {}
 

@@ -428,7 +428,7 @@ class Trainer(TrainerLifecycle):
     @property
     def device_ids(self) -> list[int]:
         devices = getattr(self.strategy, "parallel_devices", None) or [self.strategy.root_device]
-        return [d.index or 0 if d.type == "cuda" else i for i, d in enumerate(devices)]
+        return [(d.index or 0) if d.type == "cuda" else i for i, d in enumerate(devices)]
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         if self.is_global_zero:

@@ -258,7 +258,8 @@ def _prepared_by_rank_zero(config: TrainConfig, timeout: float = 1800.0) -> Prep
         if time.monotonic() > deadline:
             raise TimeoutError(f"Rank 0 did not prepare the data at {folder} within {timeout:.0f}s.")
         time.sleep(1.0)
-    # a previous run's manifest may be there while rank 0 rewrites identical splits; the content is the same
+    # a previous run's manifest may be there while rank 0 rewrites identical splits: each file is replaced
+    # atomically (local rename, S3 put), and the content is the same
     return load_prepared(join_uri(folder, MANIFEST_NAME))
 
 

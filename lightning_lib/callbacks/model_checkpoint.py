@@ -398,6 +398,8 @@ class ModelCheckpoint(Checkpoint):
     ) -> str:
         """The checkpoint name, with a ``-vN`` suffix while it is taken (or is ``avoid``)."""
         filepath = self.format_checkpoint_name(candidates, filename)
+        if not trainer.is_global_zero:  # rank zero's name is broadcast below: no storage lookups here
+            return str(trainer.strategy.broadcast(filepath))
         if self._enable_version_counter or avoid:
             version = self.STARTING_VERSION
             while filepath == avoid or (
