@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.summary import metrics_table, mlflow_lines
 from tasks.config import TrainConfig
-from tasks.data import prepare_data
+from tasks.data import run_prepare_data
 from tasks.registry import CHAMPION, ModelVersionRef, PromotionDecision, decide, get_alias, promote, register
 from tasks.run_key import derive_run_key
 from tasks.runs import read_run
@@ -118,7 +118,7 @@ def retraining(
         config = with_window(config, window_end, window_days)
         run_key = derive_run_key(config, "retraining")
         champion = find_champion(config, name)
-        prepared = prepare_data(config)
+        prepared = run_prepare_data(config)
         init_from = champion.checkpoint_uri if warm_start and champion is not None else None
         fitted = fit(config, prepared, run_key, init_from)
         challenger_eval = test(config, prepared, fitted.best_checkpoint_uri, run_key)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.summary import bullet_list, metrics_table, mlflow_lines
 from tasks.config import TrainConfig
-from tasks.data import PreparedData, prepare_data
+from tasks.data import PreparedData, run_prepare_data
 from tasks.registry import CHAMPION, ModelVersionRef, get_alias, register, set_alias
 from tasks.run_key import derive_run_key
 from tasks.tracking import tracking_uri
@@ -81,7 +81,7 @@ def training(config: TrainConfig, register_model: bool = True) -> TrainingResult
     the ``retraining`` flow only when they beat it.
     """
     run_key = derive_run_key(config, "training")
-    prepared = prepare_data(config)
+    prepared = run_prepare_data(config)
     fitted = fit(config, prepared, run_key)
     validation = validate(config, prepared, fitted.best_checkpoint_uri, run_key)
     tested = test(config, prepared, fitted.best_checkpoint_uri, run_key)

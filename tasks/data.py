@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from lightning_lib.storage import join_uri, open_store, split_uri
+from lightning_lib.storage.uri import is_remote, local_path
 from tasks.config import TrainConfig
 from tasks.retry import retrying
 from tasks.tabular import DataValidationError, check_schema, parse_table, split_indices, to_parquet_bytes
@@ -103,6 +105,13 @@ def _digest_of(obj: Any) -> str:
     return sha256_hex(json.dumps(obj, sort_keys=True).encode())
 
 
+def data_root(config: TrainConfig) -> str:
+    """Where prepared data goes; a local root made absolute, because the URIs in a (cached) result are read
+    from other working directories: a later run elsewhere, the ranks torchrun starts."""
+    root = config.prepared_data_root()
+    return root if is_remote(root) else os.path.abspath(local_path(root))
+
+
 def dataset_id(config: TrainConfig, input_sha256: str) -> str:
     """The content address of the prepared data: input bytes + split parameters (not where it is written)."""
     return _digest_of(_split_spec(config, input_sha256))[:24]
@@ -122,7 +131,7 @@ def prepare(config: TrainConfig, raw: bytes | None = None) -> PreparedData:
     parts = split_indices(len(table), data.val_fraction, data.test_fraction, config.split_seed())
 
     ident = dataset_id(config, digest)
-    folder = join_uri(config.prepared_data_root(), ident)
+    folder = join_uri(data_root(config), ident)
     store = open_store(folder)
     written: dict[str, PreparedSplit] = {}
     for name, rows in zip(SPLITS, parts, strict=True):
@@ -155,13 +164,14 @@ def load_prepared(manifest_uri: str) -> PreparedData:
 def prepare_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Prefect ``cache_key_fn``: ``(task_run_context, parameters) -> key``.
 
-    The key is the input digest plus the split parameters plus where the output goes (the cached result
-    holds URIs, so another data_root must not reuse it). Computing it reads the source once more, which
-    is the price of keying on content rather than on a name or a modification time.
+    The key is the input digest plus the split parameters plus where the output goes, as an absolute
+    path (the cached result holds URIs, so another data_root, or the same relative one in another working
+    directory, must not reuse it). Computing it reads the source once more, which is the price of keying
+    on content rather than on a name or a modification time.
     """
     config: TrainConfig = parameters["config"]
     spec = _split_spec(config, input_digest(config))
-    spec["data_root"] = config.prepared_data_root()
+    spec["data_root"] = data_root(config)
     return f"prepare-data-{_digest_of(spec)}"
 
 
@@ -176,12 +186,21 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     return prepare(config)
 
 
+def run_prepare_data(config: TrainConfig) -> PreparedData:
+    """In a flow: the ``prepare_data`` task, from the cache unless the cached output folder is gone (a
+    cleaned ``runs/`` folder, an expired bucket): then it prepares again and refreshes the cache."""
+    folder = join_uri(data_root(config), dataset_id(config, input_digest(config)))
+    present = open_store(folder).exists(MANIFEST_NAME)
+    return prepare_data.with_options(refresh_cache=not present)(config)
+
+
 __all__ = [
     "MANIFEST_NAME",
     "PREPARE_VERSION",
     "DataValidationError",
     "PreparedData",
     "PreparedSplit",
+    "data_root",
     "dataset_id",
     "input_digest",
     "load_prepared",
@@ -189,4 +208,5 @@ __all__ = [
     "prepare_cache_key",
     "prepare_data",
     "read_uri",
+    "run_prepare_data",
 ]

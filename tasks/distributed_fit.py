@@ -246,11 +246,11 @@ def is_collateral(exc: BaseException) -> bool:
 def _prepared_by_rank_zero(config: TrainConfig, timeout: float = 1800.0) -> PreparedData:
     """Across nodes without a spec: rank zero prepares the data (into shared storage, e.g. S3); the other
     ranks find it at its content address (same source bytes, same split) once its manifest is written."""
-    from tasks.data import MANIFEST_NAME, dataset_id, input_digest, load_prepared, prepare
+    from tasks.data import MANIFEST_NAME, data_root, dataset_id, input_digest, load_prepared, prepare
 
     if int(os.environ.get("RANK", "0")) == 0:
         return prepare(config)
-    folder = join_uri(config.prepared_data_root(), dataset_id(config, input_digest(config)))
+    folder = join_uri(data_root(config), dataset_id(config, input_digest(config)))
     root, name = split_uri(join_uri(folder, MANIFEST_NAME))
     store = open_store(root)
     deadline = time.monotonic() + timeout

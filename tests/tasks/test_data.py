@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -341,6 +342,17 @@ def test_second_run_on_unchanged_input_is_a_cache_hit(
     third = pipeline(config)
     assert third.name == "Completed" and counter.calls == 2
     assert third.result().dataset_id != first.result().dataset_id
+
+    # A cached result whose folder was deleted is prepared again (and the cache refreshed).
+    @flow
+    def through_the_flows_helper(config: TrainConfig) -> Any:
+        return data_module.run_prepare_data(config)
+
+    shutil.rmtree(Path(third.result().manifest_uri).parent)
+    again = through_the_flows_helper(config)
+    assert counter.calls == 3 and Path(again.manifest_uri).exists()
+    through_the_flows_helper(config)
+    assert counter.calls == 3  # refreshed: served from the cache again
     # And the key follows content and split parameters, not the run's other settings.
     key = prepare_cache_key(None, {"config": config})
     assert key == prepare_cache_key(None, {"config": config.with_overrides(["trainer.max_epochs=9"])})
@@ -371,3 +383,19 @@ def test_transient_storage_faults_are_retried_and_bad_data_is_not(
     with pytest.raises(DataValidationError, match="Expected feature column 'f0'"):
         fast(config)
     assert broken.calls == 1  # refused at once: retrying would not change the data
+
+
+def test_cached_preparation_is_keyed_on_the_absolute_folder_and_its_presence(
+    csv_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative data root in another working directory, or a deleted output folder, is not a cache hit
+    (the cached result's URIs would point at files that are not there)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    config = config_for(csv_file, "runs")  # relative, as the embedded defaults are
+    monkeypatch.chdir(one)
+    here = prepare_cache_key(None, {"config": config})
+    result = prepare(config)
+    assert result.train.uri.startswith(str(one))  # absolute: readable from any working directory
+    monkeypatch.chdir(two)
+    assert prepare_cache_key(None, {"config": config}) != here
