@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timed_module import timed_classifier  # benchmarks/ is this script's sys.path[0]
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
@@ -167,20 +168,7 @@ def run_lightning(
 ) -> Window:
     window = Window(case, device)
 
-    class Timed(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = build_net(case.widths, device)
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            window.mark()
-            x, y = batch
-            loss = F.cross_entropy(self.net(x), y)
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
+    Timed = timed_classifier(pl, lambda: build_net(case.widths, device), window.mark)
 
     torch.manual_seed(0)
     model = Timed()

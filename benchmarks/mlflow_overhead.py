@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from timed_module import timed_classifier  # benchmarks/ is this script's sys.path[0]
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -76,23 +76,15 @@ def run(
     cpu_stamps: list[float] = []
     server_cpu: list[float | None] = []  # sampled at the first timed step and at the last step
 
-    class Timed(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+    def on_step() -> None:
+        stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())
+        if len(stamps) in (warmup + 1, steps):  # every variant samples, so the cost is alike
+            server_cpu.append(group_cpu_seconds(server_pgid))
 
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            stamps.append(time.perf_counter())
-            cpu_stamps.append(time.process_time())
-            if len(stamps) in (warmup + 1, steps):  # every variant samples, so the cost is alike
-                server_cpu.append(group_cpu_seconds(server_pgid))
-            x, y = batch
-            loss = F.cross_entropy(self.net(x), y)
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
+    Timed = timed_classifier(
+        pl, lambda: nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)), on_step
+    )
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="mlflow-bench-") as root:

@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timed_module import timed_classifier  # benchmarks/ is this script's sys.path[0]
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -150,20 +151,7 @@ def run_lightning(pl: Any, case: Case, data: TensorDataset, progress_to: str = "
     """Fit with ``max_steps`` on a module whose training_step records when it starts."""
     stamps: list[float] = []
 
-    class Timed(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = build_net(case.widths)
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            stamps.append(time.perf_counter())
-            x, y = batch
-            loss = F.cross_entropy(self.net(x), y)
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
+    Timed = timed_classifier(pl, lambda: build_net(case.widths), lambda: stamps.append(time.perf_counter()))
 
     torch.manual_seed(0)
     model = Timed()

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict[str, str]:
-    # benchmarks/gpu.py imports lightning_lib from this checkout even where it is not installed
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
+from tests.gpu import run_quick_gpu_benchmark
 
 
 @pytest.mark.slow
 def test_gpu_benchmark_quick_on_cpu_prints_json() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--quick", "--device", "cpu", "--repeats", "1"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=_env(),
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    report = json.loads(proc.stdout)
+    report = run_quick_gpu_benchmark("cpu", "--repeats", "1", timeout=120)
     assert report["device"]["type"] == "cpu" and report["precision"] == "32-true"
     assert report["lightning_trainer_flags"]["logger"] is False
     assert set(report["cases"]) == {"tiny_mlp", "compute_bound"}

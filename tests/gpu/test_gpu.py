@@ -8,10 +8,6 @@ Skipped without CUDA. Every fit is a tiny model for a few dozen steps: this file
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import subprocess
-import sys
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -24,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import lightning_lib as pl
+from tests.gpu import run_quick_gpu_benchmark
 from tests.helpers import ClassifierModel, Crash, CrashAfter, classification_data, quiet_trainer_kwargs
 
 pytestmark = [
@@ -31,14 +28,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
 DEVICE = torch.device("cuda")
-
-
-def _env() -> dict[str, str]:
-    # benchmarks/gpu.py imports lightning_lib from this checkout even where it is not installed
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
 def _trainer(root: Path, **overrides: Any) -> pl.Trainer:
@@ -348,16 +338,7 @@ def test_resume_on_cuda_equals_an_uninterrupted_run(tmp_path: Path, precision: s
 
 
 def test_gpu_benchmark_quick_runs_on_cuda() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--quick", "--device", "cuda"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=_env(),
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    report = json.loads(proc.stdout)
+    report = run_quick_gpu_benchmark("cuda", timeout=300)
     assert report["device"]["type"] == "cuda" and report["device"]["name"]
     for case in ("tiny_mlp", "compute_bound"):
         figures = report["cases"][case]
