@@ -30,7 +30,6 @@ import datetime
 import functools
 import gc
 import importlib
-import itertools
 import json
 import logging
 import math
@@ -47,8 +46,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timed_module import build_mlp as build_net
 from timed_module import timed_classifier  # benchmarks/ is this script's sys.path[0]
-from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 IMPLEMENTATIONS = ("raw", "lightning_lib", "pytorch_lightning")
@@ -85,17 +84,6 @@ def cases(quick: bool, steps: int | None) -> list[Case]:
     if steps is not None:  # --steps sets the tiny case; the big one times a twentieth of it
         tiny, big = replace(tiny, steps=steps), replace(big, steps=max(3, steps // 20))
     return [tiny, big]
-
-
-def build_net(widths: tuple[int, ...], device: torch.device) -> nn.Module:
-    # Built on the device: initialising 143M parameters on the CPU would dwarf the timed window.
-    layers: list[nn.Module] = []
-    with device:
-        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
-            layers.append(nn.Linear(fan_in, fan_out))
-            if i < len(widths) - 2:
-                layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 def make_data(case: Case) -> TensorDataset:

@@ -47,8 +47,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timed_module import build_mlp as build_net
 from timed_module import timed_classifier  # benchmarks/ is this script's sys.path[0]
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 BATCH_SIZE = 64
@@ -78,15 +78,6 @@ def cases(quick: bool) -> list[Case]:
         Case("tiny_mlp", (32, 64, 10), 64 * 128, steps=2000, warmup=100),
         Case("wide_mlp", (1024, 4096, 4096, 10), 64 * 16, steps=30, warmup=5),
     ]
-
-
-def build_net(widths: tuple[int, ...]) -> nn.Module:
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 def make_data(case: Case) -> TensorDataset:

@@ -7,12 +7,25 @@ run the same module.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def build_mlp(widths: tuple[int, ...], device: torch.device | None = None) -> nn.Module:
+    """Linear layers of ``widths`` with ReLUs between them, built on ``device`` (a big model initialised on
+    the CPU first would dwarf a GPU benchmark's timed window)."""
+    layers: list[nn.Module] = []
+    with device or torch.device("cpu"):
+        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
+            layers.append(nn.Linear(fan_in, fan_out))
+            if i < len(widths) - 2:
+                layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
 
 
 def timed_classifier(pl: Any, build_net: Callable[[], nn.Module], on_step: Callable[[], None]) -> Any:
