@@ -24,7 +24,6 @@ from lightning_lib.seed import capture_rng_states
 from lightning_lib.state import TrainerFn
 from lightning_lib.storage import (
     MANIFEST_NAME,
-    CheckpointFallbackWarning,
     CommittedCheckpoint,
     CorruptCheckpointError,
     ObjectStore,
@@ -35,6 +34,7 @@ from lightning_lib.storage import (
     read_manifest,
     split_uri,
 )
+from lightning_lib.storage.checkpoint import warn_fallback
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
@@ -242,13 +242,7 @@ def _newest_valid(trainer: Trainer, fn: TrainerFn) -> str | None:
             # loaded here, verified as it loads: the bytes are read once, and fit reuses the result
             checkpoint = _load_committed(store, ckpt, trainer.strategy.root_device)
         except CorruptCheckpointError as err:
-            warnings.warn(
-                f"Checkpoint {ckpt.uri} (step {ckpt.step}) cannot be used: {err} "
-                "Falling back to the previous committed checkpoint.",
-                CheckpointFallbackWarning,
-                stacklevel=4,
-            )
-            log.warning("Checkpoint %s failed verification, falling back: %s", ckpt.uri, err)
+            warn_fallback(ckpt, str(err), stacklevel=4)
             continue
         trainer._verified_checkpoint = (ckpt.uri, checkpoint)
         return ckpt.uri

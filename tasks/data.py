@@ -112,6 +112,12 @@ def data_root(config: TrainConfig) -> str:
     return root if is_remote(root) else os.path.abspath(local_path(root))
 
 
+def prepared_folder(config: TrainConfig, input_sha256: str | None = None) -> str:
+    """The content-addressed folder the prepared splits of ``config`` go to (hashing the source if needed)."""
+    digest = input_sha256 if input_sha256 is not None else input_digest(config)
+    return join_uri(data_root(config), dataset_id(config, digest))
+
+
 def dataset_id(config: TrainConfig, input_sha256: str) -> str:
     """The content address of the prepared data: input bytes + split parameters (not where it is written)."""
     return _digest_of(_split_spec(config, input_sha256))[:24]
@@ -131,7 +137,7 @@ def prepare(config: TrainConfig, raw: bytes | None = None) -> PreparedData:
     parts = split_indices(len(table), data.val_fraction, data.test_fraction, config.split_seed())
 
     ident = dataset_id(config, digest)
-    folder = join_uri(data_root(config), ident)
+    folder = prepared_folder(config, digest)
     store = open_store(folder)
     written: dict[str, PreparedSplit] = {}
     for name, rows in zip(SPLITS, parts, strict=True):
@@ -189,8 +195,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
 def run_prepare_data(config: TrainConfig) -> PreparedData:
     """In a flow: the ``prepare_data`` task, from the cache unless the cached output folder is gone (a
     cleaned ``runs/`` folder, an expired bucket): then it prepares again and refreshes the cache."""
-    folder = join_uri(data_root(config), dataset_id(config, input_digest(config)))
-    present = open_store(folder).exists(MANIFEST_NAME)
+    present = open_store(prepared_folder(config)).exists(MANIFEST_NAME)
     return prepare_data.with_options(refresh_cache=not present)(config)
 
 
@@ -207,6 +212,7 @@ __all__ = [
     "prepare",
     "prepare_cache_key",
     "prepare_data",
+    "prepared_folder",
     "read_uri",
     "run_prepare_data",
 ]

@@ -111,7 +111,7 @@ def launch_fit(config: TrainConfig, prepared: PreparedData, run_key: str, init_f
 
 def _run_forwarding(command: list[str], progress_file: Path, description: str) -> tuple[int, str]:
     """Run torchrun, echoing its output and keeping the last lines; mirror the progress file to Prefect."""
-    from tasks.progress import PrefectProgress
+    from tasks.progress import PrefectProgress, in_prefect_run
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # its own process group: a cancelled or timed-out task ends every rank, not just torchrun
@@ -119,7 +119,7 @@ def _run_forwarding(command: list[str], progress_file: Path, description: str) -
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True
     )
     tail: deque[str] = deque(maxlen=30)
-    progress = PrefectProgress(description=description) if _in_prefect_run() else None
+    progress = PrefectProgress(description=description) if in_prefect_run() else None
     stop = threading.Event()
     try:
         if progress is not None:
@@ -161,12 +161,6 @@ def _mirror_progress(path: Path, progress: Any, stop: threading.Event) -> None:
         except (OSError, ValueError):
             continue  # being replaced right now: read it next time
         progress.update(state["step"], state["epoch"], state.get("total"), state.get("max_epochs"))
-
-
-def _in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
 class ProgressFile(Callback):
@@ -246,11 +240,11 @@ def is_collateral(exc: BaseException) -> bool:
 def _prepared_by_rank_zero(config: TrainConfig, timeout: float = 1800.0) -> PreparedData:
     """Across nodes without a spec: rank zero prepares the data (into shared storage, e.g. S3); the other
     ranks find it at its content address (same source bytes, same split) once its manifest is written."""
-    from tasks.data import MANIFEST_NAME, data_root, dataset_id, input_digest, load_prepared, prepare
+    from tasks.data import MANIFEST_NAME, load_prepared, prepare, prepared_folder
 
     if int(os.environ.get("RANK", "0")) == 0:
         return prepare(config)
-    folder = join_uri(data_root(config), dataset_id(config, input_digest(config)))
+    folder = prepared_folder(config)
     root, name = split_uri(join_uri(folder, MANIFEST_NAME))
     store = open_store(root)
     deadline = time.monotonic() + timeout

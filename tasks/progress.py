@@ -16,6 +16,13 @@ from lightning_lib.callbacks import Callback
 log = logging.getLogger(__name__)
 
 
+def in_prefect_run() -> bool:
+    """Whether this code runs inside a Prefect flow or task run (where an artifact can be created)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
 def fit_progress(trainer: Any) -> float:
     """Percent done: optimizer steps over the planned ones, else epochs over ``max_epochs``, else 0."""
     return _percent(planned_steps(trainer), trainer.global_step, trainer.current_epoch, trainer.max_epochs)
@@ -136,4 +143,4 @@ class PrefectProgress(Callback):
             log.warning("Could not update the Prefect progress artifact: %s", exc)
 
 
-__all__ = ["PrefectProgress", "fit_progress"]
+__all__ = ["PrefectProgress", "fit_progress", "in_prefect_run"]

@@ -30,7 +30,7 @@ from tasks.factory import (
     checkpoint_dir,
     without_userinfo,
 )
-from tasks.progress import PrefectProgress
+from tasks.progress import PrefectProgress, in_prefect_run
 from tasks.retry import retrying
 from tasks.tracking import tracking_uri
 
@@ -125,7 +125,7 @@ def fit_model(
     )
     attempt = _AttemptRecorder()
     callbacks: list[Any] = [checkpoint, attempt, FiniteLossGuard(), *(extra_callbacks or [])]
-    if progress_artifact and _in_prefect_run():
+    if progress_artifact and in_prefect_run():
         callbacks.append(PrefectProgress(description=f"Training {run_key}"))
     logger = build_logger(config, run_key, tags=data_tags(prepared))
     # The config itself goes into the run's params (``config.*``): ``reproduce`` rebuilds it from there.
@@ -206,12 +206,6 @@ def evaluate_checkpoint(
         logger.log_metrics(metrics, step=step)
         logger.finalize("success")
     return EvalResult(stage=stage, checkpoint_uri=checkpoint_uri, metrics=metrics)
-
-
-def _in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
 # Never served from a cache: a finished fit is cheap to "re-run" (it resumes at its end), and a cached

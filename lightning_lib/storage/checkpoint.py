@@ -287,14 +287,19 @@ def latest_valid(
             return ckpt, read_verified(store, ckpt, wanted)
         except (CorruptCheckpointError, KeyError) as err:
             message = err.args[0] if isinstance(err, KeyError) else str(err)
-            warnings.warn(
-                f"Checkpoint {ckpt.uri} (step {ckpt.step}) cannot be used: {message} "
-                "Falling back to the previous committed checkpoint.",
-                CheckpointFallbackWarning,
-                stacklevel=2,
-            )
-            log.warning("Checkpoint %s failed verification, falling back: %s", ckpt.uri, message)
+            warn_fallback(ckpt, message, stacklevel=2)
     return None
+
+
+def warn_fallback(ckpt: CommittedCheckpoint, message: str, stacklevel: int) -> None:
+    """Say (warning and log) that ``ckpt`` failed verification and the previous one is tried instead."""
+    warnings.warn(
+        f"Checkpoint {ckpt.uri} (step {ckpt.step}) cannot be used: {message} "
+        "Falling back to the previous committed checkpoint.",
+        CheckpointFallbackWarning,
+        stacklevel=stacklevel + 1,  # where the caller would have pointed
+    )
+    log.warning("Checkpoint %s failed verification, falling back: %s", ckpt.uri, message)
 
 
 def delete_checkpoint(store: ObjectStore, name: str) -> None:
@@ -365,5 +370,6 @@ __all__ = [
     "load_verified",
     "read_manifest",
     "read_verified",
+    "warn_fallback",
     "write_checkpoint",
 ]
