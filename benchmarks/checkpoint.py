@@ -59,10 +59,11 @@ from checkpoint_setup import (
 )
 
 import lightning_lib as pl
-from lightning_lib.checkpoint_io import dump_checkpoint, load_file, select_ckpt_path
-from lightning_lib.checkpoint_writer import CHECKPOINT_FILE, CheckpointWriter
-from lightning_lib.state import TrainerFn
-from lightning_lib.storage import GrowingFile, PrehashedFile, delete_checkpoint, list_committed, open_store
+from lightning_lib.checkpoint import delete_checkpoint, list_committed
+from lightning_lib.checkpoint._format import dump_checkpoint, load_file, select_ckpt_path
+from lightning_lib.checkpoint._writer import CHECKPOINT_FILE, CheckpointWriter
+from lightning_lib.storage import GrowingFile, PrehashedFile, open_store
+from lightning_lib.trainer.states import TrainerFn
 
 
 # ---- (a) training stall ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from checkpoint_setup import (
 )
 
 import lightning_lib as pl
-from lightning_lib.checkpoint_io import dump_checkpoint
+from lightning_lib.checkpoint._format import dump_checkpoint
 
 
 def _status_kib(field: str) -> int:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning_lib as pl
-from lightning_lib.checkpoint_io import dump_checkpoint
+from lightning_lib.checkpoint._format import dump_checkpoint
 
 BUCKET = "bench-checkpoints"
 MiB = 1024 * 1024
@@ -132,7 +132,7 @@ def train_loader(width: int) -> DataLoader:
 
 
 def state_bytes(checkpoint: dict[str, Any]) -> int:
-    from lightning_lib.move import apply_to_tensors
+    from lightning_lib.utilities.apply_func import apply_to_tensors
 
     total = 0
 

@@ -4,11 +4,11 @@ import logging as _logging
 
 from lightning_lib import callbacks, loggers
 from lightning_lib.callbacks import Callback
-from lightning_lib.checkpoint_io import LIBRARY_VERSION as __version__
-from lightning_lib.datamodule import LightningDataModule
-from lightning_lib.module import LightningModule
-from lightning_lib.seed import seed_everything
+from lightning_lib.checkpoint._format import LIBRARY_VERSION as __version__
+from lightning_lib.core.datamodule import LightningDataModule
+from lightning_lib.core.module import LightningModule
 from lightning_lib.trainer import Trainer
+from lightning_lib.utilities.seed import seed_everything
 
 # Like Lightning: INFO messages (model summary, early stopping) are shown unless the app configured logging.
 _log = _logging.getLogger("lightning_lib")

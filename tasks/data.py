@@ -20,7 +20,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from lightning_lib.storage import join_uri, open_store, split_uri
-from lightning_lib.storage.uri import is_remote, local_path
+from lightning_lib.storage._uri import is_remote, local_path
 from tasks.config import TrainConfig
 from tasks.retry import retrying
 from tasks.tabular import DataValidationError, check_schema, parse_table, split_indices, to_parquet_bytes

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
-from lightning_lib import cluster
 from lightning_lib.callbacks import Callback
+from lightning_lib.distributed import _cluster as cluster
 from lightning_lib.loggers.redact import redact_text
 from lightning_lib.storage import join_uri, open_store, split_uri
-from lightning_lib.trainer_args import parse_devices, resolve_accelerator
+from lightning_lib.trainer.arguments import parse_devices, resolve_accelerator
 from tasks.config import TrainConfig
 from tasks.data import PreparedData
 from tasks.retry import DistributedFitFailed, DistributedFitRefused
@@ -229,7 +229,7 @@ _PEER_FAILURE_SIGNS = (
 
 def is_collateral(exc: BaseException) -> bool:
     """Whether ``exc`` is what a rank sees when another rank dies or the run is stopped, not a cause."""
-    from lightning_lib.lifecycle import SIGTERMException
+    from lightning_lib.loop.run import SIGTERMException
 
     if isinstance(exc, SIGTERMException | KeyboardInterrupt | dist.DistError):
         return True

@@ -1,6 +1,6 @@
 """``TrainerConfig``: the commonly used ``Trainer`` arguments as a form, checked by the Trainer's own rules.
 
-Every rule comes from :mod:`lightning_lib.trainer_args` (and the precision table), so a config that
+Every rule comes from :mod:`lightning_lib.trainer.arguments` (and the precision table), so a config that
 validates here is one ``Trainer(**config.trainer.to_kwargs())`` accepts, with the same error messages.
 Only the checks that depend on the machine (is there a CUDA device?) are left to the Trainer itself:
 a config is often validated where the API runs, not on the GPU worker that trains.
@@ -13,8 +13,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from lightning_lib.precision import normalize_precision
-from lightning_lib.trainer_args import batch_limit, check_choice, check_int, parse_devices, parse_duration
+from lightning_lib.plugins.precision import normalize_precision
+from lightning_lib.trainer.arguments import (
+    batch_limit,
+    check_choice,
+    check_int,
+    parse_devices,
+    parse_duration,
+)
 
 PrecisionName = Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"]
 _LIMIT = "A fraction of the batches in [0.0, 1.0] or a whole number of batches; empty means all."

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lightning_lib as pl
-from lightning_lib.checkpoint_io import LIGHTNING_FORMAT_VERSION, load_file, save_file
+from lightning_lib.checkpoint._format import LIGHTNING_FORMAT_VERSION, load_file, save_file
 from tests.helpers import ClassifierDataModule, ClassifierModel
 from tests.support import CountingModel, trainer_kwargs
 

@@ -26,17 +26,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import lightning_lib as pl
-from lightning_lib.checkpoint_io import load_file
-from lightning_lib.storage import (
+from lightning_lib.checkpoint import (
     MANIFEST_NAME,
-    BucketNotFound,
     CheckpointFallbackWarning,
     CorruptCheckpointError,
-    LocalStore,
-    MissingCredentialsError,
     list_committed,
-    open_store,
 )
+from lightning_lib.checkpoint._format import load_file
+from lightning_lib.storage import BucketNotFound, LocalStore, MissingCredentialsError, open_store
 from tests.helpers import ClassifierModel, classification_data
 from tests.support import CountingModel, loader, trainer_kwargs
 
@@ -192,7 +189,7 @@ def case_manifest_without_file(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def case_pickled_in_folder(tmp_path: Path) -> tuple[Path, Path]:
-    from lightning_lib.storage import write_checkpoint
+    from lightning_lib.checkpoint import write_checkpoint
 
     uri = _committed_source(tmp_path / "src")[-1]
     good = load_file(uri)

@@ -13,10 +13,12 @@ import pytest
 import torch
 
 import lightning_lib as pl
-from lightning_lib import checkpoint_io, checkpoint_writer
-from lightning_lib.checkpoint_writer import CheckpointWriter
-from lightning_lib.storage import LocalStore, list_committed, read_manifest
-from lightning_lib.storage.hashing import WriteCancelled
+from lightning_lib.checkpoint import _format as checkpoint_io
+from lightning_lib.checkpoint import _writer as checkpoint_writer
+from lightning_lib.checkpoint import list_committed, read_manifest
+from lightning_lib.checkpoint._writer import CheckpointWriter
+from lightning_lib.storage import LocalStore
+from lightning_lib.storage._hashing import WriteCancelled
 from tests.support import CountingModel, loader, trainer_kwargs
 
 

@@ -31,8 +31,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_lib.storage import MANIFEST_NAME, list_committed, open_store, read_verified
-from lightning_lib.storage.base import TEMP_MARKER
+from lightning_lib.checkpoint import MANIFEST_NAME, list_committed, read_verified
+from lightning_lib.storage import open_store
+from lightning_lib.storage._base import TEMP_MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -321,7 +322,7 @@ def test_sigkill_and_resume_s3(tmp_path: Path, s3_endpoint: str, reference: Refe
 _KILLED_WRITER = """
 import sys, time
 import torch
-import lightning_lib.checkpoint_writer as writer
+import lightning_lib.checkpoint._writer as writer
 
 def upload_forever(*args, **kwargs):
     print("uploading", flush=True)

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
 import lightning_lib as pl
-from lightning_lib.data import (
+from lightning_lib.loop.loaders import (
     INF,
     CycleLoaders,
     LimitedFetcher,
@@ -22,7 +22,7 @@ from lightning_lib.data import (
     sized_len,
     with_sequential_sampler,
 )
-from lightning_lib.move import apply_to_tensors, move_to_device
+from lightning_lib.utilities.apply_func import apply_to_tensors, move_to_device
 from tests.support import CountingModel, loader, trainer_kwargs
 
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 import lightning_lib as pl
-from lightning_lib.hparams import AttributeDict, to_plain
+from lightning_lib.core.saving import AttributeDict, to_plain
 from tests.support import CountingModel, loader, trainer_kwargs
 
 

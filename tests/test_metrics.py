@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import lightning_lib as pl
-from lightning_lib.metrics import (
+from lightning_lib.loop.results import (
     LoggedValue,
     ResultCollection,
     as_log_tensor,

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import lightning_lib as pl
-from lightning_lib.optim import LightningOptimizer
+from lightning_lib.core.optimizer import LightningOptimizer
 from tests.support import CountingModel, loader, sgd, trainer_kwargs
 
 

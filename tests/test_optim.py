@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lightning_lib as pl
-from lightning_lib.optim import LightningOptimizer, LRSchedulerConfig, parse_optimizers
+from lightning_lib.core.optimizer import LightningOptimizer, LRSchedulerConfig, parse_optimizers
 from tests.support import CountingModel, trainer_kwargs
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lightning_lib as pl
-from lightning_lib.precision import (
+from lightning_lib.plugins.precision import (
     MixedPrecision,
     Precision,
     TruePrecision,

@@ -12,8 +12,13 @@ import torch
 from torch.utils.data import DataLoader
 
 import lightning_lib as pl
-from lightning_lib.data import add_worker_init_fn
-from lightning_lib.seed import capture_rng_states, reset_seed, restore_rng_states, worker_init_function
+from lightning_lib.loop.loaders import add_worker_init_fn
+from lightning_lib.utilities.seed import (
+    capture_rng_states,
+    reset_seed,
+    restore_rng_states,
+    worker_init_function,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,7 @@ def test_sigterm_saves_last_checkpoint_exits_nonzero_and_resumes_exactly(tmp_pat
     assert code == 128 + signal.SIGTERM, output
     last = tmp_path / "run" / "ckpt" / "last.ckpt"
     assert last.exists(), output
-    from lightning_lib.checkpoint_io import load_file
+    from lightning_lib.checkpoint._format import load_file
 
     saved_step = load_file(last)["global_step"]
     assert 7 <= saved_step < 36  # saved at the batch boundary after the signal, before the end

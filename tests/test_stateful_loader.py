@@ -113,9 +113,9 @@ def _check_resume(
 ) -> None:
     reference, ref_trainer, _ = _fit(tmp_path / "ref", make_loader, every, None, None)
     _fit(tmp_path / "run", make_loader, every, crash_at, None)
-    from lightning_lib.checkpoint_io import load_file
-    from lightning_lib.checkpoint_io import select_ckpt_path as _select
-    from lightning_lib.state import TrainerFn
+    from lightning_lib.checkpoint._format import load_file
+    from lightning_lib.checkpoint._format import select_ckpt_path as _select
+    from lightning_lib.trainer.states import TrainerFn
 
     probe = pl.Trainer(
         callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "run" / "ckpt")],

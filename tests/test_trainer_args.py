@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lightning_lib as pl
-from lightning_lib.trainer_args import (
+from lightning_lib.trainer.arguments import (
     batch_limit,
     check_choice,
     check_int,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from lightning_lib.module import LightningModule
+    from lightning_lib.core.module import LightningModule
     from lightning_lib.trainer import Trainer
 
 

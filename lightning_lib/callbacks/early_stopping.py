@@ -20,7 +20,7 @@ from torch import Tensor
 from lightning_lib.callbacks.callback import Callback
 
 if TYPE_CHECKING:
-    from lightning_lib.module import LightningModule
+    from lightning_lib.core.module import LightningModule
     from lightning_lib.trainer import Trainer
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 from lightning_lib.callbacks.callback import Callback
 
 if TYPE_CHECKING:
-    from lightning_lib.module import LightningModule
+    from lightning_lib.core.module import LightningModule
     from lightning_lib.trainer import Trainer
 
 

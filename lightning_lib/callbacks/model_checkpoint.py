@@ -14,11 +14,12 @@ import torch
 from torch import Tensor
 
 from lightning_lib.callbacks.callback import Callback
-from lightning_lib.state import TrainerFn
-from lightning_lib.storage import cleanup_orphans, is_remote, join_uri, list_committed
+from lightning_lib.checkpoint._commit import cleanup_orphans, list_committed
+from lightning_lib.storage import is_remote, join_uri
+from lightning_lib.trainer.states import TrainerFn
 
 if TYPE_CHECKING:
-    from lightning_lib.module import LightningModule
+    from lightning_lib.core.module import LightningModule
     from lightning_lib.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class ModelCheckpoint(Checkpoint):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Save before the process goes: always on SIGTERM (raised at a batch boundary, so the state is
         consistent and a retried run resumes from it), on other errors when ``save_on_exception``."""
-        from lightning_lib.lifecycle import SIGTERMException
+        from lightning_lib.loop.run import SIGTERMException
 
         sigterm = isinstance(exception, SIGTERMException)
         if trainer.world_size > 1 and not sigterm:

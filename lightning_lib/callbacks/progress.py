@@ -27,7 +27,7 @@ from tqdm import tqdm as _tqdm
 from lightning_lib.callbacks.callback import Callback
 
 if TYPE_CHECKING:
-    from lightning_lib.module import LightningModule
+    from lightning_lib.core.module import LightningModule
     from lightning_lib.trainer import Trainer
 
 _PAD_SIZE = 5

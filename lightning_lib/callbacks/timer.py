@@ -13,10 +13,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from lightning_lib.callbacks.callback import Callback
-from lightning_lib.state import RunningStage
+from lightning_lib.trainer.states import RunningStage
 
 if TYPE_CHECKING:
-    from lightning_lib.module import LightningModule
+    from lightning_lib.core.module import LightningModule
     from lightning_lib.trainer import Trainer
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lightning_lib.rank_zero import rank_zero_experiment, rank_zero_only
+from lightning_lib.utilities.rank_zero import rank_zero_experiment, rank_zero_only
 
 if TYPE_CHECKING:
     from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint

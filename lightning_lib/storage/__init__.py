@@ -1,32 +1,11 @@
-"""Checkpoint storage: object stores (local folder or S3) and the manifest-last commit protocol.
+"""Object storage: the ``ObjectStore`` protocol over a local folder or S3, and URIs that name either.
 
-Importing this package does not import boto3; only constructing an ``S3Store`` does.
+Importing this package does not import boto3; only constructing an ``S3Store`` does. The checkpoint
+commit protocol built on these stores lives in ``lightning_lib.checkpoint``.
 """
 
-from lightning_lib.storage.checkpoint import (
-    MANIFEST_NAME,
-    BackgroundUploader,
-    CheckpointExistsError,
-    CheckpointFallbackWarning,
-    CheckpointNotFoundError,
-    CommittedCheckpoint,
-    CorruptCheckpointError,
-    GrowingFile,
-    HashingWriter,
-    InvalidManifestError,
-    PrehashedFile,
-    cleanup_orphans,
-    delete_checkpoint,
-    download_verified,
-    latest_valid,
-    list_committed,
-    load_manifest,
-    load_verified,
-    read_manifest,
-    read_verified,
-    write_checkpoint,
-)
-from lightning_lib.storage.store import (
+from lightning_lib.storage._hashing import GrowingFile, HashingWriter, PrehashedFile
+from lightning_lib.storage._store import (
     AccessDeniedError,
     BucketNotFound,
     LocalStore,
@@ -44,18 +23,10 @@ from lightning_lib.storage.store import (
 )
 
 __all__ = [
-    "MANIFEST_NAME",
     "AccessDeniedError",
-    "BackgroundUploader",
     "BucketNotFound",
-    "CheckpointExistsError",
-    "CheckpointFallbackWarning",
-    "CheckpointNotFoundError",
-    "CommittedCheckpoint",
-    "CorruptCheckpointError",
     "GrowingFile",
     "HashingWriter",
-    "InvalidManifestError",
     "LocalStore",
     "MissingCredentialsError",
     "ObjectInfo",
@@ -65,18 +36,8 @@ __all__ = [
     "PrehashedFile",
     "S3Store",
     "StorageError",
-    "cleanup_orphans",
-    "delete_checkpoint",
-    "download_verified",
     "is_remote",
     "join_uri",
-    "latest_valid",
-    "list_committed",
-    "load_manifest",
-    "load_verified",
     "open_store",
-    "read_manifest",
-    "read_verified",
     "split_uri",
-    "write_checkpoint",
 ]

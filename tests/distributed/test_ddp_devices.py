@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_lib as pl
-from lightning_lib import ddp
-from lightning_lib.precision import MixedPrecision
-from lightning_lib.rank_zero import rank_zero_only
+from lightning_lib.distributed import _ddp as ddp
+from lightning_lib.plugins.precision import MixedPrecision
+from lightning_lib.utilities.rank_zero import rank_zero_only
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 import lightning_lib as pl
-from lightning_lib import cluster
-from lightning_lib.data import ShardedSampler, with_distributed_sampler
-from lightning_lib.ddp import DDPStrategy, _reduce_name
-from lightning_lib.distributed import SingleDeviceStrategy
-from lightning_lib.launcher import script_command
+from lightning_lib.distributed import _cluster as cluster
+from lightning_lib.distributed._ddp import DDPStrategy, _reduce_name
+from lightning_lib.distributed._launcher import script_command
+from lightning_lib.distributed.strategy import SingleDeviceStrategy
 from lightning_lib.loggers import CSVLogger, Logger, MLFlowLogger
-from lightning_lib.rank_zero import DummyExperiment, rank_zero_only
+from lightning_lib.loop.loaders import ShardedSampler, with_distributed_sampler
+from lightning_lib.utilities.rank_zero import DummyExperiment, rank_zero_only
 
 DATA = TensorDataset(torch.arange(10).float())
 

@@ -154,8 +154,8 @@ def _e2e_config(bucket: str, **changes: Any) -> TrainConfig:
 
 
 def _committed_step(checkpoint_dir: str) -> int:
+    from lightning_lib.checkpoint._commit import list_committed
     from lightning_lib.storage import open_store
-    from lightning_lib.storage.checkpoint import list_committed
 
     try:
         return max((c.step for c in list_committed(open_store(checkpoint_dir))), default=-1)

@@ -84,7 +84,7 @@ def test_predict_flow_scores_with_the_champion(
     assert result.rows == 50 and list(scored["id"]) == list(range(1000, 1050))
     # the same as the trained model applied by hand, with the training statistics from the checkpoint
     from examples.digits import DigitsClassifier
-    from lightning_lib.checkpoint_io import load_file
+    from lightning_lib.checkpoint._format import load_file
 
     checkpoint = load_file(trained.checkpoint_uri)
     stats = checkpoint["TabularDataModule"]

@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 from prefect.exceptions import ParameterTypeError
 
 from flows.training import TrainingResult, training
-from lightning_lib.storage import latest_valid, open_store
+from lightning_lib.checkpoint import latest_valid
+from lightning_lib.storage import open_store
 from tasks.config import TrainConfig
 from tasks.registry import CHAMPION, get_alias
 from tasks.tabular import DataValidationError

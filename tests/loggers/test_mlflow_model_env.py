@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_lib.loggers.mlflow_model import log_pytorch_model
+from lightning_lib.loggers.mlflow._model import log_pytorch_model
 
 
 def test_logging_a_model_keeps_the_tracking_uri_variable(

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from lightning_lib.loggers.mlflow_transport import RestTransport, is_permanent, log_batch_body
-from lightning_lib.loggers.mlflow_worker import MetricSender, RetryPolicy
+from lightning_lib.loggers.mlflow._transport import RestTransport, is_permanent, log_batch_body
+from lightning_lib.loggers.mlflow._worker import MetricSender, RetryPolicy
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.exceptions import MlflowException, RestException  # noqa: E402

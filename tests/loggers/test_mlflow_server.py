@@ -24,9 +24,9 @@ import torch
 import lightning_lib as pl
 from lightning_lib.callbacks import ModelCheckpoint
 from lightning_lib.loggers import MLFlowLogger
-from lightning_lib.loggers.mlflow_artifacts import dataset_spec
-from lightning_lib.loggers.mlflow_checkpoints import sha256_file
-from lightning_lib.loggers.mlflow_worker import RetryPolicy
+from lightning_lib.loggers.mlflow._artifacts import dataset_spec
+from lightning_lib.loggers.mlflow._checkpoints import sha256_file
+from lightning_lib.loggers.mlflow._worker import RetryPolicy
 from tests.helpers import ClassifierDataModule, ClassifierModel
 from tests.services import MlflowServer, group_members
 

@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from lightning_lib.loggers import MLFlowLogger
-from lightning_lib.loggers.mlflow_artifacts import best_weights, dataset_spec, detached_copy, make_spec
-from lightning_lib.loggers.mlflow_checkpoints import CheckpointReferences, checkpoint_reference, sha256_file
-from lightning_lib.loggers.mlflow_context import git_tags, prefect_tags
-from lightning_lib.loggers.mlflow_params import (
+from lightning_lib.loggers.mlflow._artifacts import best_weights, dataset_spec, detached_copy, make_spec
+from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences, checkpoint_reference, sha256_file
+from lightning_lib.loggers.mlflow._context import git_tags, prefect_tags
+from lightning_lib.loggers.mlflow._params import (
     MAX_PARAM_VALUE_LENGTH,
     clean_name,
     prepare_params,
@@ -218,7 +218,7 @@ def test_final_status_comes_from_the_exception(tmp_path: Any) -> None:
     logger = MLFlowLogger(save_dir=str(tmp_path))
     assert logger._final_status("success") == "FINISHED"
     assert logger._final_status("failed") == "FAILED"
-    from lightning_lib.lifecycle import SIGTERMException
+    from lightning_lib.loop.run import SIGTERMException
 
     for exc, status in (
         (KeyboardInterrupt(), "KILLED"),

@@ -45,7 +45,7 @@ class AnnounceSaves(pl.Callback):
 
 def hold_commits_open(seconds: float) -> None:
     """Wait ``seconds`` between serialising a checkpoint and uploading it, so a kill can land mid-commit."""
-    from lightning_lib import checkpoint_writer
+    from lightning_lib.checkpoint import _writer as checkpoint_writer
 
     upload = checkpoint_writer.write_checkpoint
 

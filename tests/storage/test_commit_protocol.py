@@ -12,15 +12,13 @@ from typing import IO, Any, cast
 import pytest
 import torch
 
-from lightning_lib.storage import (
+from lightning_lib.checkpoint import (
     MANIFEST_NAME,
     BackgroundUploader,
     CheckpointExistsError,
     CheckpointFallbackWarning,
     CheckpointNotFoundError,
     CorruptCheckpointError,
-    HashingWriter,
-    ObjectStore,
     cleanup_orphans,
     delete_checkpoint,
     download_verified,
@@ -31,6 +29,7 @@ from lightning_lib.storage import (
     read_verified,
     write_checkpoint,
 )
+from lightning_lib.storage import HashingWriter, ObjectStore
 
 
 class RecordingStore:

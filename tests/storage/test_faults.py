@@ -19,10 +19,8 @@ from botocore.exceptions import ConnectionClosedError
 from botocore.httpsession import URLLib3Session
 from botocore.retries.standard import ExponentialBackoff
 
-from lightning_lib.storage import (
+from lightning_lib.checkpoint import (
     CorruptCheckpointError,
-    S3Store,
-    StorageError,
     cleanup_orphans,
     latest_valid,
     list_committed,
@@ -30,6 +28,7 @@ from lightning_lib.storage import (
     read_verified,
     write_checkpoint,
 )
+from lightning_lib.storage import S3Store, StorageError
 
 pytestmark = pytest.mark.services
 MiB = 1024 * 1024

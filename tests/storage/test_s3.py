@@ -9,16 +9,13 @@ from typing import Any
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from lightning_lib.checkpoint import cleanup_orphans, latest_valid, list_committed, write_checkpoint
 from lightning_lib.storage import (
     AccessDeniedError,
     BucketNotFound,
     MissingCredentialsError,
     S3Store,
     StorageError,
-    cleanup_orphans,
-    latest_valid,
-    list_committed,
-    write_checkpoint,
 )
 
 pytestmark = pytest.mark.services

@@ -21,7 +21,7 @@ from lightning_lib.storage import (
     open_store,
     split_uri,
 )
-from lightning_lib.storage.base import TEMP_MARKER
+from lightning_lib.storage._base import TEMP_MARKER
 
 
 def test_put_get_roundtrip_and_exists(store: ObjectStore) -> None:
@@ -196,10 +196,10 @@ def test_import_does_not_need_boto3() -> None:
     code = (
         "import sys, tempfile\n"
         "sys.modules['boto3'] = None; sys.modules['botocore'] = None\n"
-        "import lightning_lib, lightning_lib.storage as s\n"
+        "import lightning_lib, lightning_lib.storage as s, lightning_lib.checkpoint as c\n"
         "st = s.open_store(tempfile.mkdtemp())\n"
-        "s.write_checkpoint(st, 'c', {'f': b'1'}, step=0)\n"
-        "assert s.latest_valid(st)[1] == b'1'\n"
+        "c.write_checkpoint(st, 'c', {'f': b'1'}, step=0)\n"
+        "assert c.latest_valid(st)[1] == b'1'\n"
         "try:\n"
         "    s.open_store('s3://bucket/x')\n"
         "except ImportError as e:\n"

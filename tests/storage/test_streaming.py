@@ -17,21 +17,17 @@ from typing import Any
 
 import pytest
 
-from lightning_lib.storage import (
+from lightning_lib.checkpoint import (
     CorruptCheckpointError,
-    GrowingFile,
-    HashingWriter,
-    LocalStore,
-    ObjectStore,
-    S3Store,
     load_verified,
     read_manifest,
     read_verified,
     write_checkpoint,
 )
-from lightning_lib.storage.hashing import WriteCancelled, hash_file
-from lightning_lib.storage.s3_upload import MAX_PART, FileRange, part_size
-from lightning_lib.storage.staging import remove_stale, staging_dir
+from lightning_lib.storage import GrowingFile, HashingWriter, LocalStore, ObjectStore, S3Store
+from lightning_lib.storage._hashing import WriteCancelled, hash_file
+from lightning_lib.storage._s3_upload import MAX_PART, FileRange, part_size
+from lightning_lib.storage._staging import remove_stale, staging_dir
 
 MiB = 1024 * 1024
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 import lightning_lib as pl
 from lightning_lib.loggers.redact import is_secret_name
-from lightning_lib.precision import PRECISIONS
+from lightning_lib.plugins.precision import PRECISIONS
 from tasks.config import DataConfig, TrainConfig, TrainerConfig, load_class
 from tasks.imports import ALLOWED_IMPORTS_ENV, DisallowedImportError, allowed_prefixes, check_import_path
 from tasks.trainer_config import PrecisionName

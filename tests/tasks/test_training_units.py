@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from lightning_lib.loggers.mlflow_run import sqlite_artifact_location as local_artifact_location
+from lightning_lib.loggers.mlflow._run import sqlite_artifact_location as local_artifact_location
 from tasks.config import TrainConfig
 from tasks.factory import (
     FiniteLossGuard,

@@ -1,0 +1,1 @@
+"""Process-level strategies (one device, or DDP over torch.distributed), the launcher and the cluster environment."""

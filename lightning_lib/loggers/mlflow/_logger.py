@@ -1,0 +1,459 @@
+"""MLFlowLogger: Lightning's MLflow logger, made safe for long runs in a pipeline.
+
+Same arguments, defaults, metric names and properties as ``pytorch_lightning.loggers.MLFlowLogger``,
+plus what a production stage needs:
+
+- metrics never wait for the network: they are queued and sent in batches from a background thread
+  (:mod:`lightning_lib.loggers.mlflow._worker`); an unreachable server costs retries, not training time,
+  and the end of the run reports, with numbers, whatever could not be delivered;
+- the run is found again by ``run_key`` (a retry or a re-run continues it, never a second run) and ends
+  FINISHED, FAILED or KILLED (SIGTERM, Ctrl-C);
+- tags say where the run came from (git commit of the user's project, versions, seed, Prefect flow run);
+- params are flattened, scrubbed of credentials and fitted to MLflow's limits with a warning;
+- the training data is recorded as a dataset input; checkpoints by URI and sha256; with ``log_model`` the
+  model is logged as an MLflow model (optionally registered, with an alias); a PNG of the metric curves.
+
+``import lightning_lib`` does not import mlflow: this module imports it when a run is first needed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import logging
+import os
+import re
+import threading
+import time
+import warnings
+import weakref
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from lightning_lib.loggers.logger import Logger, _convert_params, _flatten_dict, _sanitize_params
+from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences
+from lightning_lib.loggers.mlflow._context import TAG_RUN_KEY, environment_tags
+from lightning_lib.loggers.mlflow._end import RunEnd
+from lightning_lib.loggers.mlflow._params import (
+    MAX_PARAMS_PER_BATCH,
+    MAX_TAGS_PER_BATCH,
+    chunks,
+    clean_name,
+    prepare_params,
+    prepare_tags,
+)
+from lightning_lib.loggers.mlflow._run import (
+    experiment_id_for,
+    find_run_by_key,
+    sqlite_artifact_location,
+    wait_until_reachable,
+)
+from lightning_lib.loggers.mlflow._worker import DeliveryReport, MetricSender, RetryPolicy
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+_RUN_KEY = re.compile(r"[A-Za-z0-9_.:/@+=-]{1,250}")
+_MAX_HISTORY = 20_000  # points kept per metric for the curve PNG; thinned by half beyond that
+
+
+class MLFlowLogger(RunEnd, Logger):
+    """Log to MLflow (see the module docstring for what it adds to Lightning's logger).
+
+    Args:
+        experiment_name: The experiment to log into; created if missing.
+        run_name: The run's name (the ``mlflow.runName`` tag).
+        tracking_uri: Where the tracking store is. Default: ``MLFLOW_TRACKING_URI`` if set, else a SQLite
+            store ``<save_dir>/mlflow.db`` with artifacts under ``<save_dir>/artifacts``.
+        tags: Tags for a new run (scrubbed of credentials like everything sent).
+        save_dir: Folder of the default local store; ignored when a tracking URI is configured.
+        log_model: ``False``; ``True``: at the end of fit, record the latest and best checkpoints (by URI and
+            sha256) and log the model as an MLflow model; ``"all"``: record every checkpoint when saved.
+        prefix: Put in front of every metric key, joined with ``"-"``.
+        artifact_location: Artifact location of a newly created experiment.
+        run_id: Continue this run instead of starting one.
+        synchronous: ``True`` makes every logging call wait until MLflow has it (slow; for debugging).
+        run_key: Stable identity of the training run: a run tagged with it in the experiment is continued
+            instead of starting a new one (retries and re-runs share one run).
+        git_path: Folder of the user's git project for the commit tags (default: the working directory).
+        registered_model_name: Register the logged model under this name (needs ``log_model``).
+        registered_model_alias: Point this alias of the registered model at the new version.
+        copy_checkpoints: Also upload the checkpoint files into the run's artifacts (at the end of fit).
+        log_metric_curves: Log ``plots/metric_curves.png`` at the end of fit.
+        flush_interval: Longest time in seconds a metric value waits in the queue before being sent.
+        max_buffered_metrics: Most metric values queued while the server is away; the oldest go first.
+        finalize_timeout: Longest time in seconds ``finalize`` waits for the queue to be delivered.
+        request_timeout: Timeout in seconds of one request of the background sender.
+        startup_timeout: How long to wait for an HTTP tracking server to answer when the run starts
+            before raising ``ConnectionError`` (no run can be created without it).
+        retry: Backoff of the background sender's retries.
+    """
+
+    LOGGER_JOIN_CHAR = "-"
+
+    def __init__(
+        self,
+        experiment_name: str = "lightning_logs",
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        tags: dict[str, Any] | None = None,
+        save_dir: str | None = "./mlruns",
+        log_model: Literal[True, False, "all"] = False,
+        prefix: str = "",
+        artifact_location: str | None = None,
+        run_id: str | None = None,
+        synchronous: bool | None = None,
+        *,
+        run_key: str | None = None,
+        git_path: str | os.PathLike[str] | None = None,
+        registered_model_name: str | None = None,
+        registered_model_alias: str | None = None,
+        copy_checkpoints: bool = False,
+        log_metric_curves: bool = True,
+        flush_interval: float = 1.0,
+        max_buffered_metrics: int = 100_000,
+        finalize_timeout: float = 30.0,
+        request_timeout: float = 10.0,
+        startup_timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if importlib.util.find_spec("mlflow") is None:
+            raise ModuleNotFoundError(
+                "MLFlowLogger needs mlflow: pip install 'lightning-lib[mlflow]' (or mlflow-skinny)."
+            )
+        if log_model not in (True, False, "all"):
+            raise ValueError(f"Expected log_model to be True, False or 'all', received {log_model!r}.")
+        if run_key is not None and not _RUN_KEY.fullmatch(run_key):
+            raise ValueError(
+                f"Expected run_key of 1-250 characters from [A-Za-z0-9_.:/@+=-], received {run_key!r}."
+            )
+        for arg, value in (("flush_interval", flush_interval), ("finalize_timeout", finalize_timeout)):
+            if value < 0:
+                raise ValueError(f"Expected {arg} >= 0, received {value}.")
+        if max_buffered_metrics < 1:
+            raise ValueError(f"Expected max_buffered_metrics >= 1, received {max_buffered_metrics}.")
+        if registered_model_alias and not registered_model_name:
+            raise ValueError("Expected registered_model_name with registered_model_alias, received none.")
+        if registered_model_name and not log_model:
+            raise ValueError(
+                f"Expected log_model=True or 'all' to register a model, received log_model={log_model!r}."
+            )
+        super().__init__()
+        self._local_dir = (
+            None if (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")) else (save_dir or "./mlruns")
+        )
+        if self._local_dir is not None:
+            tracking_uri = f"sqlite:///{os.path.abspath(self._local_dir)}/mlflow.db"
+        self._tracking_uri: str = tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
+        self._experiment_name = experiment_name
+        self._experiment_id: str | None = None
+        self._run_name = run_name
+        self._run_id = run_id
+        self.tags = tags
+        self._log_model = log_model
+        self._prefix = prefix
+        self._artifact_location = artifact_location
+        self._synchronous = bool(synchronous)
+        self._run_key = run_key
+        self._git_path = git_path
+        self._registered_model_name = registered_model_name
+        self._registered_model_alias = registered_model_alias
+        self._copy_checkpoints = copy_checkpoints
+        self._log_metric_curves = log_metric_curves
+        self._flush_interval = flush_interval
+        self._max_buffered = max_buffered_metrics
+        self._finalize_timeout = finalize_timeout
+        self._request_timeout = request_timeout
+        self._startup_timeout = startup_timeout
+        self._retry = retry
+        self._client: Any = None
+        self._initialized = False
+        self._resumed = False
+        self._sender: MetricSender | None = None
+        self._terminated = False
+        self._names: dict[str, str | None] = {}  # metric key -> MLflow name (None: discarded)
+        self._history: dict[str, list[tuple[int, float]]] = {}
+        self._logged_params: dict[str, str] = {}
+        self._exception_status: str | None = None
+        self._module: weakref.ReferenceType[Any] | None = None
+        self._dataset_pending = False
+        self._fitting = False
+        self._datasets_logged: set[tuple[str, str]] = set()
+        self._dataset_thread: threading.Thread | None = None
+        self._checkpoint_callback: Any = None
+        self._references = CheckpointReferences()
+        self.delivery_report: DeliveryReport | None = None  # set by finalize
+        self.logged_model_info: Any = None  # mlflow's ModelInfo of the model logged by finalize
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    # ---- identity ----------------------------------------------------------------------------------
+    @property
+    def experiment(self) -> Any:
+        """The ``mlflow.MlflowClient``; the first access finds or creates the experiment and the run."""
+        if not self._initialized:
+            self._start()
+        return self._client
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id (starting the run if needed)."""
+        _ = self.experiment
+        return self._run_id
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The MLflow experiment id (creating the experiment if needed)."""
+        _ = self.experiment
+        return self._experiment_id
+
+    @property
+    def name(self) -> str | None:
+        """The experiment id, as in Lightning."""
+        return self.experiment_id
+
+    @property
+    def version(self) -> str | None:
+        """The run id, as in Lightning."""
+        return self.run_id
+
+    @property
+    def save_dir(self) -> str | None:
+        """The local folder of the store (the default SQLite one, or a ``file:`` URI's), else ``None``."""
+        if self._local_dir is None and self._tracking_uri.startswith("file:"):
+            return self._tracking_uri[len("file:") :]
+        return self._local_dir
+
+    @property
+    def tracking_uri(self) -> str:
+        """The tracking URI in use."""
+        return self._tracking_uri
+
+    @property
+    def run_key(self) -> str | None:
+        """The run key this logger finds its run by, if any."""
+        return self._run_key
+
+    def _start(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        if self._local_dir is not None:
+            os.makedirs(self._local_dir, exist_ok=True)
+        if self._tracking_uri.startswith(("http://", "https://")):
+            wait_until_reachable(self._tracking_uri, self._startup_timeout)
+        client = MlflowClient(self._tracking_uri)
+        tags = dict(environment_tags(self._git_path))
+        tags.update(self.tags or {})
+        if self._run_key:
+            tags[TAG_RUN_KEY] = self._run_key
+        if self._run_name:
+            tags["mlflow.runName"] = self._run_name
+        clean_tags = prepare_tags(tags)
+        run = None
+        if self._run_id is not None:
+            run = client.get_run(self._run_id)
+            self._experiment_id = run.info.experiment_id
+        else:
+            # a new experiment of a SQLite store (the default one under save_dir, or a given one) keeps
+            # its artifacts beside the database file
+            location = self._artifact_location or sqlite_artifact_location(self._tracking_uri)
+            self._experiment_id = self._experiment_id or experiment_id_for(
+                client, self._experiment_name, location
+            )
+            if self._run_key:
+                run = find_run_by_key(client, self._experiment_id, self._run_key)
+        if run is None:
+            run = client.create_run(self._experiment_id, tags=dict(clean_tags), run_name=self._run_name)
+        else:
+            self._resumed = True
+            self._logged_params = dict(run.data.params)
+            log.info("Continuing MLflow run %s (run_key=%s).", run.info.run_id, self._run_key)
+        self._run_id = run.info.run_id
+        self._client = client
+        self._initialized = True
+        sender = self._ensure_sender()
+        if self._resumed:
+            if run.info.status != "RUNNING":
+                sender.add("status", [("RUNNING", None)])
+            for chunk in chunks(clean_tags, MAX_TAGS_PER_BATCH):
+                sender.add("tags", chunk)
+
+    def _ensure_sender(self) -> MetricSender:
+        if not self._initialized:
+            self._start()  # creates the sender
+        if self._sender is None:
+            assert self._run_id is not None
+            self._sender = MetricSender(
+                self._transport(),
+                self._run_id,
+                max_buffer=self._max_buffered,
+                interval=self._flush_interval,
+                retry=self._retry,
+            )
+            if self._terminated:  # logging again after finalize (e.g. trainer.test after fit)
+                self._sender.add("status", [("RUNNING", None)])
+                self._terminated = False
+        return self._sender
+
+    def _transport(self) -> Any:
+        from lightning_lib.loggers.mlflow._transport import ClientTransport, RestTransport
+
+        store = getattr(getattr(self._client, "_tracking_client", None), "store", None)
+        get_host_creds = getattr(store, "get_host_creds", None)
+        if self._tracking_uri.startswith(("http://", "https://")) and callable(get_host_creds):
+            return RestTransport(get_host_creds, self._request_timeout)
+        return ClientTransport(self._client)
+
+    # ---- logging -----------------------------------------------------------------------------------
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        """Log params: flattened (``a/b``), scrubbed, fitted to MLflow's limits, 100 per request.
+
+        MLflow params cannot change; one already recorded with another value (a resumed run given new
+        hyper-parameters) is skipped with a warning instead of failing the request.
+        """
+        flat = _sanitize_params(_flatten_dict(_convert_params(params)))
+        pairs = []
+        changed = []
+        for key, value in prepare_params(flat):
+            previous = self._logged_params.get(key)
+            if previous is None:
+                pairs.append((key, value))
+                self._logged_params[key] = value
+            elif previous != value:
+                changed.append(key)
+        if changed:
+            warnings.warn(
+                f"MLflow params cannot change; keeping the recorded values of {sorted(changed)}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        sender = self._ensure_sender()
+        for chunk in chunks(pairs, MAX_PARAMS_PER_BATCH):
+            sender.add("params", chunk)
+        if self._synchronous:
+            sender.flush(wait=True, timeout=self._finalize_timeout)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Queue ``metrics`` at ``step`` (``0`` when None, as in Lightning); returns at once."""
+        sender = self._sender or self._ensure_sender()
+        timestamp = int(time.time() * 1000)
+        step = step or 0
+        names = self._names
+        history = self._history
+        records = []
+        for key, value in metrics.items():
+            name = names[key] if key in names else self._metric_name(key, value)
+            if name is None:
+                continue
+            number = float(value)
+            records.append((name, number, timestamp, step))
+            points = history.get(name)
+            if points is None:
+                history[name] = points = []
+            points.append((step, number))
+            if len(points) > _MAX_HISTORY:
+                del points[::2]
+        sender.add_metrics(records)
+        if self._dataset_pending:
+            self._record_train_dataset()
+        if self._synchronous:
+            sender.flush(wait=True, timeout=self._finalize_timeout)
+
+    def _metric_name(self, key: str, value: Any) -> str | None:
+        if isinstance(value, str):
+            log.warning("Discarding metric with string value %s=%s.", key, value)
+            return None  # not cached: a later numeric value under this key is logged
+        full = f"{self._prefix}{self.LOGGER_JOIN_CHAR}{key}" if self._prefix else key
+        name = clean_name(full)
+        if name != full:
+            warnings.warn(
+                "MLflow only allows '_', '/', '.', '-' and ' ' special characters in metric names."
+                f" Replacing {full} with {name}.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self._names[key] = name
+        return name
+
+    def flush(self, wait: bool = False, timeout: float | None = None) -> bool:
+        """Send everything queued now instead of at the next interval.
+
+        With ``wait=False`` (what the Trainer calls at epoch ends) it returns at once; with ``wait=True``
+        it blocks until MLflow has it all (True) or ``timeout`` passes (False).
+        """
+        if self._sender is None:
+            return True
+        return self._sender.flush(wait=wait, timeout=timeout)
+
+    def save(self) -> None:
+        """Nothing to do: values are queued and sent by the background sender (see :meth:`flush`)."""
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Remember the module the Trainer is fitting (weakly): its data and weights are logged from it."""
+        self._module = weakref.ref(model)
+        self._dataset_pending = True
+        self._fitting = True  # the Trainer calls log_graph at fit start only
+
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        source: str,
+        schema: Any = None,
+        profile: Any = None,
+        context: str = "training",
+    ) -> None:
+        """Record a dataset input of the run: ``digest`` identifies the data, ``source`` says where it is.
+
+        ``schema``/``profile`` may be dicts (stored as JSON). The digest is cut to MLflow's 36 characters.
+        """
+        from lightning_lib.loggers.mlflow._artifacts import make_spec
+
+        self._log_spec(make_spec(name, digest, source, schema, profile, context))
+
+    def _log_spec(self, spec: Any) -> None:
+        key = (spec.name, spec.digest)
+        if key in self._datasets_logged:
+            return
+        self._datasets_logged.add(key)
+        self._ensure_sender().add("inputs", [spec])
+
+    def _record_train_dataset(self) -> None:
+        """Record the train dataloader's dataset, hashing it on a helper thread (it may be large)."""
+        self._dataset_pending = False
+        module = self._module() if self._module is not None else None
+        trainer = getattr(module, "_trainer", None)
+        dataset = getattr(getattr(trainer, "train_dataloader", None), "dataset", None)
+        if dataset is None:
+            return
+
+        def describe() -> None:
+            from lightning_lib.loggers.mlflow._artifacts import dataset_spec
+
+            try:
+                spec = dataset_spec(dataset)
+            except Exception as exc:
+                log.warning("Could not describe the training data for MLflow: %s", exc)
+                return
+            sender = self._sender  # never a new sender from here: finalize may have closed this one
+            if spec is None or sender is None or (spec.name, spec.digest) in self._datasets_logged:
+                return
+            self._datasets_logged.add((spec.name, spec.digest))
+            sender.add("inputs", [spec])
+
+        self._dataset_thread = threading.Thread(target=describe, name="mlflow-dataset", daemon=True)
+        self._dataset_thread.start()
+
+
+def _close_at_exit(ref: weakref.ReferenceType[MLFlowLogger]) -> None:
+    """At interpreter exit, give a still-open sender a few seconds to deliver (the status is left as is)."""
+    logger = ref()
+    if logger is None or logger._sender is None:
+        return
+    with contextlib.suppress(Exception):  # at exit, a failing report must not add a traceback
+        report = logger._sender.close(min(5.0, logger._finalize_timeout))
+        if not report.ok:
+            log.warning(report.summary())

@@ -1,0 +1,1 @@
+"""Plugins: precision (and, later, checkpoint IO and environments)."""

@@ -1,0 +1,575 @@
+"""Trainer: validates its arguments up front; fit / validate / test / predict are thin entry points."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_lib.callbacks.callback import Callback
+from lightning_lib.checkpoint._writer import CheckpointWriter
+from lightning_lib.distributed.strategy import build_strategy
+from lightning_lib.loop import evaluation as loops
+from lightning_lib.loop.hooks import HookDispatcher
+from lightning_lib.loop.logger_connector import LoggerConnector
+from lightning_lib.loop.results import ResultCollection
+from lightning_lib.loop.run import TrainerLifecycle
+from lightning_lib.plugins.precision import build_precision
+from lightning_lib.storage import is_remote
+from lightning_lib.trainer.arguments import (
+    batch_limit,
+    check_choice,
+    check_int,
+    check_strategy,
+    parse_devices,
+    parse_duration,
+    resolve_accelerator,
+)
+from lightning_lib.trainer.states import FitProgress, RunningStage, TrainerFn, TrainerState
+
+log = logging.getLogger(__name__)
+
+
+class Trainer(TrainerLifecycle):
+    """Runs a LightningModule's fit, validate, test and predict loops (pytorch_lightning's arguments)."""
+
+    loggers: list[Any]
+
+    def __init__(
+        self,
+        *,
+        accelerator: str = "auto",
+        strategy: str = "auto",
+        devices: Any = "auto",
+        num_nodes: int = 1,
+        precision: Any = None,
+        logger: Any = None,
+        callbacks: Any = None,
+        fast_dev_run: int | bool = False,
+        max_epochs: int | None = None,
+        min_epochs: int | None = None,
+        max_steps: int = -1,
+        min_steps: int | None = None,
+        max_time: Any = None,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        overfit_batches: int | float = 0.0,
+        val_check_interval: Any = None,
+        check_val_every_n_epoch: int | None = 1,
+        num_sanity_val_steps: int | None = None,
+        log_every_n_steps: int | None = None,
+        enable_checkpointing: bool | None = None,
+        enable_progress_bar: bool | None = None,
+        enable_model_summary: bool | None = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
+        deterministic: bool | str | None = None,
+        benchmark: bool | None = None,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        profiler: Any = None,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        plugins: Any = None,
+        sync_batchnorm: bool = False,
+        reload_dataloaders_every_n_epochs: int = 0,
+        default_root_dir: str | Path | None = None,
+        enable_autolog_hparams: bool = True,
+        model_registry: str | None = None,
+    ) -> None:
+        check_strategy(strategy)
+        check_int("num_nodes", num_nodes, 1)
+        for name, value in (("profiler", profiler), ("plugins", plugins)):
+            if value is not None:
+                raise ValueError(f"Expected {name}=None in this version, received {value!r}.")
+        if barebones or sync_batchnorm:
+            raise ValueError("Expected barebones=False and sync_batchnorm=False in this version.")
+        device_type = resolve_accelerator(accelerator)
+        self.strategy = build_strategy(strategy, parse_devices(device_type, devices), num_nodes, self)
+        self.precision_plugin = build_precision(precision, device_type)
+        self.precision = self.precision_plugin.name
+
+        self.max_steps = check_int("max_steps", max_steps, -1)
+        max_epochs = check_int("max_epochs", max_epochs, -1, allow_none=True)
+        self.min_epochs = check_int("min_epochs", min_epochs, 0, allow_none=True)
+        self.min_steps = check_int("min_steps", min_steps, 0, allow_none=True)
+        self.max_time: timedelta | None = parse_duration("max_time", max_time)
+        if max_epochs is None:
+            max_epochs = 1000 if self.max_steps == -1 and self.max_time is None else -1
+        self.max_epochs: int = max_epochs
+        self.limit_train_batches = batch_limit("limit_train_batches", limit_train_batches)
+        self.limit_val_batches = batch_limit("limit_val_batches", limit_val_batches)
+        self.limit_test_batches = batch_limit("limit_test_batches", limit_test_batches)
+        self.limit_predict_batches = batch_limit("limit_predict_batches", limit_predict_batches)
+        self.overfit_batches = batch_limit("overfit_batches", overfit_batches)
+        self._val_check_time_interval: float | None = None
+        if isinstance(val_check_interval, str | timedelta | dict):
+            interval = parse_duration("val_check_interval", val_check_interval)
+            assert interval is not None
+            self._val_check_time_interval = interval.total_seconds()
+            self.val_check_interval: int | float = 1.0
+        else:
+            self.val_check_interval = batch_limit("val_check_interval", val_check_interval)
+            if self.val_check_interval == 0:
+                raise ValueError("Expected val_check_interval > 0, received 0.")
+        self.check_val_every_n_epoch = check_int(
+            "check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True
+        )
+        self.num_sanity_val_steps: int | float = check_int(
+            "num_sanity_val_steps", 2 if num_sanity_val_steps is None else num_sanity_val_steps, -1
+        )
+        if self.num_sanity_val_steps == -1:
+            self.num_sanity_val_steps = float("inf")
+        self.log_every_n_steps = check_int(
+            "log_every_n_steps", 50 if log_every_n_steps is None else log_every_n_steps, 0
+        )
+        self.accumulate_grad_batches = check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
+        if gradient_clip_val is not None and (
+            isinstance(gradient_clip_val, bool)
+            or not isinstance(gradient_clip_val, int | float)
+            or gradient_clip_val < 0
+        ):
+            raise ValueError(
+                f"Expected gradient_clip_val to be a number >= 0 or None, received {gradient_clip_val!r}."
+            )
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = check_choice(
+            "gradient_clip_algorithm", gradient_clip_algorithm, (None, "norm", "value")
+        )
+        check_choice("deterministic", deterministic, (None, True, False, "warn"))
+        self.deterministic = deterministic
+        self._configure_determinism(deterministic, benchmark)
+        self.inference_mode = bool(inference_mode)
+        self.use_distributed_sampler = use_distributed_sampler
+        self.detect_anomaly = detect_anomaly
+        self.reload_dataloaders_every_n_epochs = check_int(
+            "reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0
+        )
+        self.enable_autolog_hparams = enable_autolog_hparams
+        self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+        if isinstance(fast_dev_run, bool):
+            fast_dev_run = int(fast_dev_run)
+        self.fast_dev_run: int = check_int("fast_dev_run", fast_dev_run, 0)
+        self._apply_debug_flags()
+
+        self.state = TrainerState()
+        self.progress = FitProgress()
+        self.should_stop = False
+        self.sanity_checking = False
+        self.is_last_batch = False
+        self.lightning_module: Any = None
+        self.datamodule: Any = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.lr_scheduler_configs: list[Any] = []
+        self._hooks = HookDispatcher(self)
+        self._checkpoint_writer = CheckpointWriter()
+        self._logger_connector = LoggerConnector(self)
+        self._train_results = ResultCollection(training=True)
+        self._eval_result_sets = {stage: ResultCollection(training=False) for stage in RunningStage}
+        self._init_callbacks_and_loggers(
+            callbacks, logger, enable_checkpointing, enable_progress_bar, enable_model_summary
+        )
+        self._reset_data_state()
+
+    # ---- entry points --------------------------------------------------------------------------------
+    def fit(
+        self,
+        model: Any,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Any = None,
+        ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
+    ) -> None:
+        """Train ``model``; ``ckpt_path`` ("last", "best" or a path) resumes from a checkpoint."""
+        from lightning_lib.core.datamodule import LightningDataModule
+
+        if isinstance(train_dataloaders, LightningDataModule):
+            if datamodule is not None:
+                raise ValueError("Expected one datamodule, received one positionally and one as datamodule=.")
+            datamodule, train_dataloaders = train_dataloaders, None
+        if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
+            raise ValueError(
+                "Expected either dataloaders or a datamodule in `trainer.fit`, received both; pass only one."
+            )
+        self._run(
+            TrainerFn.FITTING,
+            model,
+            datamodule,
+            {"train": train_dataloaders, "val": val_dataloaders},
+            ckpt_path,
+        )
+
+    def validate(
+        self,
+        model: Any = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: Any = None,
+        weights_only: bool | None = None,
+    ) -> list[dict[str, float]]:
+        """Run the validation loop once; returns one dict of epoch metrics per dataloader."""
+        return self._evaluate(TrainerFn.VALIDATING, model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def test(
+        self,
+        model: Any = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: Any = None,
+        weights_only: bool | None = None,
+    ) -> list[dict[str, float]]:
+        """Run the test loop once; returns one dict of epoch metrics per dataloader."""
+        return self._evaluate(TrainerFn.TESTING, model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def predict(
+        self,
+        model: Any = None,
+        dataloaders: Any = None,
+        datamodule: Any = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
+    ) -> list[Any] | None:
+        """Run ``predict_step`` over the predict dataloaders and return the predictions."""
+        dataloaders, datamodule = self._split_datamodule(dataloaders, datamodule)
+        provided = model is not None
+        model = self._model_or_previous(model, "predict")
+        result = self._run(
+            TrainerFn.PREDICTING,
+            model,
+            datamodule,
+            {"predict": dataloaders},
+            ckpt_path,
+            return_predictions=True if return_predictions is None else return_predictions,
+            model_provided=provided,
+        )
+        return result
+
+    def _evaluate(
+        self, fn: TrainerFn, model: Any, dataloaders: Any, ckpt_path: Any, verbose: bool, datamodule: Any
+    ) -> list[dict[str, float]]:
+        dataloaders, datamodule = self._split_datamodule(dataloaders, datamodule)
+        provided = model is not None
+        model = self._model_or_previous(model, fn.value)
+        key = "test" if fn == TrainerFn.TESTING else "val"
+        results = self._run(
+            fn, model, datamodule, {key: dataloaders}, ckpt_path, verbose=verbose, model_provided=provided
+        )
+        return results
+
+    @staticmethod
+    def _split_datamodule(dataloaders: Any, datamodule: Any) -> tuple[Any, Any]:
+        from lightning_lib.core.datamodule import LightningDataModule
+
+        if isinstance(dataloaders, LightningDataModule):
+            if datamodule is not None:
+                raise ValueError("Expected one datamodule, received one positionally and one as datamodule=.")
+            return None, dataloaders
+        if dataloaders is not None and datamodule is not None:
+            raise ValueError("Expected either dataloaders or a datamodule, received both; pass only one.")
+        return dataloaders, datamodule
+
+    def _model_or_previous(self, model: Any, fn: str) -> Any:
+        from lightning_lib.core.module import LightningModule
+
+        if model is None:
+            if self.lightning_module is None:
+                raise ValueError(
+                    f"Expected a LightningModule for `trainer.{fn}()`, received none and none was fit."
+                )
+            return self.lightning_module
+        if not isinstance(model, LightningModule):
+            raise TypeError(
+                f"Expected a LightningModule for `trainer.{fn}()`, received {type(model).__name__}."
+            )
+        return model
+
+    # ---- attributes users read -----------------------------------------------------------------------
+    @property
+    def current_epoch(self) -> int:
+        return self.progress.current_epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.progress.global_step
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        return self._logger_connector.callback_metrics
+
+    @property
+    def logged_metrics(self) -> dict[str, torch.Tensor]:
+        return self._logger_connector.logged_metrics
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, Any]:
+        return self._logger_connector.progress_bar_metrics
+
+    @property
+    def estimated_stepping_batches(self) -> int | float:
+        if self.state.fn == TrainerFn.FITTING and self._train_loader is None:
+            self._setup_train_data()
+        return loops.estimated_stepping_batches(self)
+
+    @property
+    def model(self) -> Any:
+        return self.lightning_module
+
+    @property
+    def training(self) -> bool:
+        return self.state.stage == RunningStage.TRAINING
+
+    @property
+    def validating(self) -> bool:
+        return self.state.stage == RunningStage.VALIDATING
+
+    @property
+    def testing(self) -> bool:
+        return self.state.stage == RunningStage.TESTING
+
+    @property
+    def predicting(self) -> bool:
+        return self.state.stage == RunningStage.PREDICTING
+
+    @property
+    def evaluating(self) -> bool:
+        return self.state.stage is not None and self.state.stage.evaluating
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state.status.value == "interrupted"
+
+    @property
+    def default_root_dir(self) -> str:
+        return self._default_root_dir
+
+    @property
+    def logger(self) -> Any:
+        return self.loggers[0] if self.loggers else None
+
+    @logger.setter
+    def logger(self, logger: Any) -> None:
+        self.loggers = [] if logger is None else [logger]
+
+    @property
+    def log_dir(self) -> str:
+        if self.logger is None:
+            return self.default_root_dir
+        found = getattr(self.logger, "log_dir", None) or getattr(self.logger, "save_dir", None)
+        return str(found) if found is not None else self.default_root_dir
+
+    @property
+    def checkpoint_callbacks(self) -> list[Any]:
+        from lightning_lib.callbacks.model_checkpoint import Checkpoint
+
+        return [cb for cb in self.callbacks if isinstance(cb, Checkpoint)]
+
+    @property
+    def checkpoint_callback(self) -> Any:
+        found = self.checkpoint_callbacks
+        return found[0] if found else None
+
+    @property
+    def early_stopping_callbacks(self) -> list[Any]:
+        from lightning_lib.callbacks.early_stopping import EarlyStopping
+
+        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
+
+    @property
+    def early_stopping_callback(self) -> Any:
+        found = self.early_stopping_callbacks
+        return found[0] if found else None
+
+    @property
+    def progress_bar_callback(self) -> Any:
+        from lightning_lib.callbacks.progress import ProgressBar
+
+        return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
+
+    @property
+    def is_global_zero(self) -> bool:
+        return bool(self.strategy.is_global_zero)
+
+    @property
+    def global_rank(self) -> int:
+        return int(self.strategy.global_rank)
+
+    @property
+    def local_rank(self) -> int:
+        return int(self.strategy.local_rank)
+
+    @property
+    def node_rank(self) -> int:
+        return int(self.strategy.node_rank)
+
+    @property
+    def world_size(self) -> int:
+        return int(self.strategy.world_size)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.strategy.num_nodes)
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.device_ids)
+
+    @property
+    def device_ids(self) -> list[int]:
+        devices = getattr(self.strategy, "parallel_devices", None) or [self.strategy.root_device]
+        return [(d.index or 0) if d.type == "cuda" else i for i, d in enumerate(devices)]
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+    def save_checkpoint(
+        self, filepath: str | Path, weights_only: bool = False, storage_options: Any = None
+    ) -> None:
+        """Write the full training state (or only the weights) to ``filepath``."""
+        from lightning_lib.checkpoint._format import dump_checkpoint, save_file
+
+        if self.lightning_module is None:
+            raise RuntimeError(
+                "Expected a model attached by fit/validate/test/predict before save_checkpoint."
+            )
+        # every rank builds it (the per-rank states are gathered), rank zero alone writes it, and no rank
+        # goes on before it is there
+        checkpoint = dump_checkpoint(self, weights_only)
+        if self.is_global_zero:
+            if is_remote(os.fspath(filepath)):
+                # object storage: the same commit protocol as ModelCheckpoint, synchronously
+                self._checkpoint_writer.save(checkpoint, os.fspath(filepath), self.global_step)
+                self._checkpoint_writer.wait()
+            else:
+                save_file(checkpoint, filepath)  # a plain .ckpt file, as Lightning writes it
+        self.strategy.barrier("Trainer.save_checkpoint")
+        self._notify_loggers_of_checkpoint(self.checkpoint_callback)
+
+    def _commit_checkpoint(self, uri: str, weights_only: bool, callback: Any) -> None:
+        """ModelCheckpoint's save: a committed checkpoint folder, written in the background."""
+        from lightning_lib.checkpoint._format import dump_checkpoint
+
+        checkpoint = dump_checkpoint(self, weights_only)  # on every rank: it gathers the per-rank states
+        if self.is_global_zero:  # committed once, by rank zero, in the background
+            self._checkpoint_writer.save(checkpoint, uri, self.global_step)
+        self._notify_loggers_of_checkpoint(callback)
+
+    def _notify_loggers_of_checkpoint(self, callback: Any) -> None:
+        if callback is None:
+            return
+        for logger in self.loggers:
+            hook = getattr(logger, "after_save_checkpoint", None)
+            if hook is not None:
+                hook(callback)
+
+    # ---- construction helpers ------------------------------------------------------------------------
+    def _configure_determinism(self, deterministic: Any, benchmark: bool | None) -> None:
+        if deterministic is not None and deterministic is not False:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
+        elif deterministic is False:
+            torch.use_deterministic_algorithms(False)
+        if benchmark is None:
+            benchmark = False if deterministic else torch.backends.cudnn.benchmark
+        elif benchmark and deterministic:
+            log.warning(
+                "benchmark=True with deterministic=True: cudnn benchmark is disabled for reproducibility."
+            )
+            benchmark = False
+        torch.backends.cudnn.benchmark = bool(benchmark)
+        self.benchmark = benchmark
+
+    def _apply_debug_flags(self) -> None:
+        if self.fast_dev_run:
+            n = self.fast_dev_run
+            self.limit_train_batches = self.limit_val_batches = n
+            self.limit_test_batches = self.limit_predict_batches = n
+            self.max_steps = n
+            self.num_sanity_val_steps = 0
+            self.max_epochs = 1
+            self.val_check_interval = 1.0
+            self.check_val_every_n_epoch = 1
+            self.log_every_n_steps = 1
+        elif self.overfit_batches > 0:
+            self.limit_train_batches = self.overfit_batches
+            self.limit_val_batches = self.overfit_batches
+
+    def _init_callbacks_and_loggers(
+        self,
+        callbacks: Any,
+        logger: Any,
+        enable_checkpointing: bool | None,
+        enable_progress_bar: bool | None,
+        enable_model_summary: bool | None,
+    ) -> None:
+        from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
+        from lightning_lib.callbacks.model_summary import ModelSummary
+        from lightning_lib.callbacks.progress import ProgressBar, TQDMProgressBar
+        from lightning_lib.callbacks.timer import Timer
+        from lightning_lib.loggers import CSVLogger, Logger
+
+        if callbacks is None:
+            user: list[Callback] = []
+        elif isinstance(callbacks, Callback):
+            user = [callbacks]
+        elif isinstance(callbacks, Iterable):
+            user = list(callbacks)
+        else:
+            raise TypeError(
+                f"Expected callbacks to be a Callback or a list of them, received {type(callbacks).__name__}."
+            )
+        for cb in user:
+            if not isinstance(cb, Callback):
+                raise TypeError(
+                    f"Expected every callback to be a lightning_lib Callback, received {type(cb).__name__}."
+                )
+        found: list[Callback] = list(user)
+        has_checkpoint = any(isinstance(cb, ModelCheckpoint) for cb in found)
+        if enable_checkpointing is False and has_checkpoint:
+            raise ValueError(
+                "Expected no ModelCheckpoint in callbacks with enable_checkpointing=False, received one."
+            )
+        if enable_checkpointing is not False and not has_checkpoint:
+            found.append(ModelCheckpoint())
+        if enable_model_summary is not False and not any(isinstance(cb, ModelSummary) for cb in found):
+            found.append(ModelSummary())
+        bars = [cb for cb in found if isinstance(cb, ProgressBar)]
+        if len(bars) > 1:
+            raise ValueError(f"Expected at most one progress bar callback, received {len(bars)}.")
+        if enable_progress_bar is False and bars:
+            raise ValueError(
+                "Expected no progress bar callback with enable_progress_bar=False, received one."
+            )
+        if enable_progress_bar is not False and not bars:
+            found.append(TQDMProgressBar())
+        if self.max_time is not None and not any(isinstance(cb, Timer) for cb in found):
+            found.append(Timer(duration=self.max_time, interval="step"))
+        self.callbacks: list[Callback] = found
+        if logger is None or logger is True:
+            self.loggers = [CSVLogger(save_dir=self._default_root_dir)]
+        elif logger is False:
+            self.loggers = []
+        elif isinstance(logger, Logger):
+            self.loggers = [logger]
+        elif isinstance(logger, Iterable) and all(isinstance(lg, Logger) for lg in logger):
+            self.loggers = list(logger)
+        else:
+            raise TypeError(
+                f"Expected logger to be a Logger, a list of them, True or False, received {logger!r}."
+            )
+        if self.fast_dev_run:
+            from lightning_lib.loggers.logger import DummyLogger
+
+            self.loggers = [DummyLogger()] if self.loggers else []
