@@ -60,7 +60,8 @@ from checkpoint_setup import (
 
 import lightning_lib as pl
 from lightning_lib.checkpoint import delete_checkpoint, list_committed
-from lightning_lib.checkpoint._format import dump_checkpoint, load_file, select_ckpt_path
+from lightning_lib.checkpoint._format import dump_checkpoint, load_file
+from lightning_lib.checkpoint._resume import select_ckpt_path
 from lightning_lib.checkpoint._writer import CHECKPOINT_FILE, CheckpointWriter
 from lightning_lib.storage import GrowingFile, PrehashedFile, open_store
 from lightning_lib.trainer.states import TrainerFn
@@ -273,12 +274,13 @@ def bench_resume(checkpoint: dict[str, Any], root: str, repeats: int, workdir: P
         loads.append(os.getloadavg()[0])
         cpu_start = time.process_time()  # every thread of this process: how much of the wall is overlap
         start = time.perf_counter()
-        # exactly what fit(ckpt_path="last") does before restoring (lifecycle.Trainer._run): choosing
+        # exactly what fit(ckpt_path="last") does before restoring (lightning_lib.loop.run): choosing
         # "last" loads and verifies the newest checkpoint, and load_file hands back that result
-        trainer._verified_checkpoint = None
+        run_state = trainer._run_state
+        run_state.verified_checkpoint = None
         uri = select_ckpt_path(trainer, TrainerFn.FITTING, "last", True)
         found = time.perf_counter()
-        prefetched, trainer._verified_checkpoint = trainer._verified_checkpoint, None
+        prefetched, run_state.verified_checkpoint = run_state.verified_checkpoint, None
         assert prefetched is not None and prefetched[0] == uri
         loaded = load_file(uri, verified=prefetched[1])
         del prefetched

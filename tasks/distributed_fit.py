@@ -229,7 +229,7 @@ _PEER_FAILURE_SIGNS = (
 
 def is_collateral(exc: BaseException) -> bool:
     """Whether ``exc`` is what a rank sees when another rank dies or the run is stopped, not a cause."""
-    from lightning_lib.loop.run import SIGTERMException
+    from lightning_lib.utilities.exceptions import SIGTERMException
 
     if isinstance(exc, SIGTERMException | KeyboardInterrupt | dist.DistError):
         return True

@@ -114,7 +114,7 @@ def _check_resume(
     reference, ref_trainer, _ = _fit(tmp_path / "ref", make_loader, every, None, None)
     _fit(tmp_path / "run", make_loader, every, crash_at, None)
     from lightning_lib.checkpoint._format import load_file
-    from lightning_lib.checkpoint._format import select_ckpt_path as _select
+    from lightning_lib.checkpoint._resume import select_ckpt_path as _select
     from lightning_lib.trainer.states import TrainerFn
 
     probe = pl.Trainer(

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from lightning_lib.callbacks.callback import Callback
 from lightning_lib.checkpoint._commit import cleanup_orphans, list_committed
+from lightning_lib.checkpoint._format import commit_checkpoint
 from lightning_lib.storage import is_remote, join_uri
 from lightning_lib.trainer.states import TrainerFn
 
@@ -174,7 +175,7 @@ class ModelCheckpoint(Checkpoint):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Save before the process goes: always on SIGTERM (raised at a batch boundary, so the state is
         consistent and a retried run resumes from it), on other errors when ``save_on_exception``."""
-        from lightning_lib.loop.run import SIGTERMException
+        from lightning_lib.utilities.exceptions import SIGTERMException
 
         sigterm = isinstance(exception, SIGTERMException)
         if trainer.world_size > 1 and not sigterm:
@@ -277,7 +278,7 @@ class ModelCheckpoint(Checkpoint):
                 f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the logged"
                 f" metrics: {sorted(candidates)}. Did you call `self.log({self.monitor!r}, value)`?"
             )
-            if trainer._val_has_run:
+            if trainer._run_state.val_has_run:
                 raise ValueError(message)
             log.warning(message)
             return
@@ -360,7 +361,7 @@ class ModelCheckpoint(Checkpoint):
             self._delete(trainer, previous)
 
     def _save(self, trainer: Trainer, filepath: str) -> None:
-        trainer._commit_checkpoint(filepath, self.save_weights_only, self)
+        commit_checkpoint(trainer, filepath, self.save_weights_only, self)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -276,7 +275,9 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
             raise RuntimeError(
                 "`manual_backward` can only be used with manual optimization; set `self.automatic_optimization = False`."
             )
-        self.trainer._backward(loss, None, *args, **kwargs)
+        from lightning_lib.loop.step import backward
+
+        backward(self.trainer, loss, None, *args, **kwargs)
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         loss.backward(*args, **kwargs)
@@ -314,7 +315,9 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip the gradients of ``optimizer``'s parameters by norm or value."""
-        self.trainer._clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        from lightning_lib.loop.step import clip_gradients
+
+        clip_gradients(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_gradient_clipping(
         self,
@@ -422,19 +425,6 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
         from lightning_lib.checkpoint._format import build_from_checkpoint
 
         return build_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, strict, kwargs)
-
-
-def is_overridden(name: str, instance: object, parent: type) -> bool:
-    """Whether ``instance``'s class replaces ``parent``'s ``name`` (used to skip no-op hooks)."""
-    attr = getattr(type(instance), name, None)
-    base = getattr(parent, name, None)
-    if attr is None or base is None:
-        return attr is not None
-    return getattr(attr, "__code__", attr) is not getattr(base, "__code__", base)
-
-
-def warn_deprecated(message: str) -> None:
-    warnings.warn(message, DeprecationWarning, stacklevel=3)
 
 
 def _numbers_as_tensors(data: Any) -> Any:

@@ -193,7 +193,9 @@ class LightningOptimizer:
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """Step through the precision plugin; in manual optimization this also counts a global step."""
-        return self._trainer._optimizer_step(self._optimizer, closure, **kwargs)
+        from lightning_lib.loop.step import optimizer_step
+
+        return optimizer_step(self._trainer, self._optimizer, closure, **kwargs)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._optimizer.zero_grad(set_to_none=set_to_none)

@@ -1,10 +1,9 @@
-"""The Trainer's data plumbing: requesting, preparing and counting dataloaders, and when to validate."""
+"""Where a run's dataloaders come from, how they are prepared, and how many batches each loop takes."""
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_lib.checkpoint._positions import make_resumable
 from lightning_lib.loop.loaders import (
@@ -18,97 +17,110 @@ from lightning_lib.loop.loaders import (
     with_distributed_sampler,
     with_sequential_sampler,
 )
-from lightning_lib.loop.results import ResultCollection
 from lightning_lib.trainer.states import RunningStage, TrainerFn
 
 if TYPE_CHECKING:
+    from lightning_lib.loop.hooks import ModuleHook
     from lightning_lib.trainer import Trainer
 
 log = logging.getLogger("lightning_lib")
 
-_STAGE_KEYS = {
+LoaderKey = Literal["train", "val", "test", "predict"]
+EvalKey = Literal["val", "test", "predict"]
+
+_STAGE_KEYS: dict[RunningStage, EvalKey] = {
     RunningStage.VALIDATING: "val",
     RunningStage.SANITY_CHECKING: "val",
     RunningStage.TESTING: "test",
     RunningStage.PREDICTING: "predict",
 }
+_LOADER_HOOKS: dict[LoaderKey, ModuleHook] = {
+    "train": "train_dataloader",
+    "val": "val_dataloader",
+    "test": "test_dataloader",
+    "predict": "predict_dataloader",
+}
+_STEP_HOOKS: dict[EvalKey, ModuleHook] = {
+    "val": "validation_step",
+    "test": "test_step",
+    "predict": "predict_step",
+}
 
 
-class TrainerData:
-    """Mixin of ``Trainer``: where its dataloaders come from and how many batches each loop takes."""
+class DataConnector:
+    """The Trainer's data collaborator: requests loaders from the arguments, datamodule or module, prepares
+    them (samplers, worker seeding, resumable positions) and counts their batches under the limits."""
 
-    # ---- data ----------------------------------------------------------------------------------------
-    def _reset_data_state(self: Trainer) -> None:  # type: ignore[misc]
-        self._loader_sources: dict[str, Any] = {}
-        self._train_loader: Any = None
-        self._train_fetcher: LimitedFetcher | None = None
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous run's loaders: each entry point requests them again."""
+        self.sources: dict[str, Any] = {}
+        self.train_loader: Any = None
+        self.train_fetcher: LimitedFetcher | None = None
         self.num_training_batches: int | float = INF
-        self._eval: dict[str, tuple[list[Any], list[int | float]]] = {}
-        self._last_train_reload_epoch = 0
-        self._last_val_reload_epoch = 0
         self.val_check_batch: int | float = INF
-        self._last_val_time = time.monotonic()
-        self._accumulating = False
-        self._val_has_run = False
-        self._step_args_cache: dict[int, bool] = {}
-        self.ckpt_path = getattr(self, "ckpt_path", None)
+        self._eval: dict[EvalKey, tuple[list[Any], list[int | float]]] = {}
+        self.last_train_reload_epoch = 0
+        self.last_val_reload_epoch = 0
 
-    def _request_loaders(self: Trainer, key: str) -> Any:  # type: ignore[misc]
+    # ---- where loaders come from ------------------------------------------------------------------
+    def _request(self, key: LoaderKey) -> Any:
+        from lightning_lib.core.datamodule import LightningDataModule
+        from lightning_lib.core.module import LightningModule
         from lightning_lib.loop.hooks import overrides
 
-        if key in self._loader_sources:
-            return self._loader_sources[key]
-        hook = {
-            "train": "train_dataloader",
-            "val": "val_dataloader",
-            "test": "test_dataloader",
-            "predict": "predict_dataloader",
-        }[key]
-        datamodule = self.datamodule
+        if key in self.sources:
+            return self.sources[key]
+        hook = _LOADER_HOOKS[key]
+        trainer = self.trainer
+        datamodule = trainer.datamodule
         if datamodule is not None:
-            from lightning_lib.core.datamodule import LightningDataModule
-
             if overrides(datamodule, hook, LightningDataModule):
                 return getattr(datamodule, hook)()
             return None
-        from lightning_lib.core.module import LightningModule
-
-        if overrides(self.lightning_module, hook, LightningModule):
-            return self._hooks.module(hook)
+        if overrides(trainer.lightning_module, hook, LightningModule):
+            return trainer._hooks.module(hook)
         return None
 
-    def _source_defined(self: Trainer, key: str) -> bool:  # type: ignore[misc]
+    def source_defined(self, key: LoaderKey) -> bool:
+        """Whether the arguments, the datamodule or the module provide loaders for ``key``."""
+        from lightning_lib.core.datamodule import LightningDataModule
+        from lightning_lib.core.module import LightningModule
         from lightning_lib.loop.hooks import overrides
 
-        if key in self._loader_sources:
+        if key in self.sources:
             return True
-        hook = f"{key}_dataloader"
-        if self.datamodule is not None:
-            from lightning_lib.core.datamodule import LightningDataModule
+        hook = _LOADER_HOOKS[key]
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            return overrides(datamodule, hook, LightningDataModule)
+        return overrides(self.trainer.lightning_module, hook, LightningModule)
 
-            return overrides(self.datamodule, hook, LightningDataModule)
-        from lightning_lib.core.module import LightningModule
-
-        return overrides(self.lightning_module, hook, LightningModule)
-
-    def _prepare_loader(self: Trainer, loader: Any, hook: str) -> Any:  # type: ignore[misc]
+    def _prepare(self, loader: Any, hook: str) -> Any:
+        trainer = self.trainer
         check_iterable(loader, hook)
-        if self.overfit_batches > 0 and self.state.fn == TrainerFn.FITTING:
+        if trainer.overfit_batches > 0 and trainer.state.fn == TrainerFn.FITTING:
             loader = with_sequential_sampler(loader)
-        if self.use_distributed_sampler and self.world_size > 1:
-            loader = with_distributed_sampler(loader, self.world_size, self.global_rank, hook)
-        add_worker_init_fn(loader, self.global_rank)
+        if trainer.use_distributed_sampler and trainer.world_size > 1:
+            loader = with_distributed_sampler(loader, trainer.world_size, trainer.global_rank, hook)
+        add_worker_init_fn(loader, trainer.global_rank)
         return loader
 
-    def _setup_train_data(self: Trainer) -> None:  # type: ignore[misc]
-        source = self._request_loaders("train")
+    # ---- training data ------------------------------------------------------------------------------
+    def setup_train_data(self) -> None:
+        """Request, prepare and count the train loaders; decide after which batches validation runs."""
+        trainer = self.trainer
+        source = self._request("train")
         flat = flatten_loaders(source)
         if not flat:
             raise ValueError(
                 "Expected a train dataloader for `trainer.fit`: pass `train_dataloaders`, a datamodule,"
                 " or implement `train_dataloader`; received none."
             )
-        flat = [self._prepare_loader(dl, "train_dataloader") for dl in flat]
+        flat = [self._prepare(dl, "train_dataloader") for dl in flat]
         if isinstance(source, dict):
             loader: Any = CycleLoaders(dict(zip(source.keys(), flat)))
         elif isinstance(source, list | tuple):
@@ -116,138 +128,150 @@ class TrainerData:
         else:
             # a plain DataLoader is rebuilt so checkpoints can record its position in the epoch
             loader = make_resumable(flat[0])
-        self._train_loader = loader
-        self.num_training_batches = num_batches(loader, self.limit_train_batches, "train")
-        self._train_fetcher = LimitedFetcher(loader, self.num_training_batches)
-        self._last_train_reload_epoch = self.current_epoch
+        self.train_loader = loader
+        self.num_training_batches = num_batches(loader, trainer.limit_train_batches, "train")
+        self.train_fetcher = LimitedFetcher(loader, self.num_training_batches)
+        self.last_train_reload_epoch = trainer.current_epoch
         self._resolve_val_check_batch()
-        if self.loggers and self.num_training_batches < self.log_every_n_steps and not self.fast_dev_run:
-            self._info_once(
+        if (
+            trainer.loggers
+            and self.num_training_batches < trainer.log_every_n_steps
+            and not trainer.fast_dev_run
+        ):
+            info_once(
+                trainer,
                 f"The number of training batches ({self.num_training_batches}) is smaller than the logging"
-                f" interval Trainer(log_every_n_steps={self.log_every_n_steps})."
+                f" interval Trainer(log_every_n_steps={trainer.log_every_n_steps}).",
             )
 
-    def _resolve_val_check_batch(self: Trainer) -> None:  # type: ignore[misc]
+    def _resolve_val_check_batch(self) -> None:
+        trainer = self.trainer
         n = self.num_training_batches
-        if self._val_check_time_interval is not None:
+        if trainer._val_check_time_interval is not None:
             self.val_check_batch = INF
-        elif isinstance(self.val_check_interval, int):
-            self.val_check_batch = self.val_check_interval
+        elif isinstance(trainer.val_check_interval, int):
+            self.val_check_batch = trainer.val_check_interval
             if (
                 self.val_check_batch > n
-                and self.check_val_every_n_epoch is not None
-                and self.limit_val_batches > 0
+                and trainer.check_val_every_n_epoch is not None
+                and trainer.limit_val_batches > 0
             ):
                 raise ValueError(
                     f"Expected val_check_interval <= the number of training batches ({n}), received"
-                    f" {self.val_check_interval}; set check_val_every_n_epoch=None to count across epochs."
+                    f" {trainer.val_check_interval}; set check_val_every_n_epoch=None to count across epochs."
                 )
         elif n == INF:
-            if self.val_check_interval != 1.0:
+            if trainer.val_check_interval != 1.0:
                 raise ValueError(
                     "Expected val_check_interval to be 1.0 or an int for a train dataloader without a length,"
-                    f" received {self.val_check_interval}."
+                    f" received {trainer.val_check_interval}."
                 )
             self.val_check_batch = INF
         else:
-            self.val_check_batch = max(1, int(n * self.val_check_interval))
+            self.val_check_batch = max(1, int(n * trainer.val_check_interval))
 
-    def _setup_eval_data(self: Trainer, stage: RunningStage) -> None:  # type: ignore[misc]
-        key = _STAGE_KEYS[stage]
-        hook = f"{key}_dataloader"
-        step = {"val": "validation_step", "test": "test_step", "predict": "predict_step"}[key]
-        limit = getattr(self, f"limit_{key}_batches")
+    def reload_train_data_due(self) -> bool:
+        n = self.trainer.reload_dataloaders_every_n_epochs
+        return bool(n) and self.trainer.current_epoch - self.last_train_reload_epoch >= n
+
+    def train_loaders(self) -> list[Any]:
+        """The train loaders as a flat list (the members of a combined loader)."""
+        loader = self.train_loader
+        if isinstance(loader, CycleLoaders):
+            return list(loader._values)
+        return [loader] if loader is not None else []
+
+    def close_fetchers(self) -> None:
+        if self.train_fetcher is not None:
+            self.train_fetcher.close()
+
+    # ---- evaluation and prediction data -------------------------------------------------------------
+    def setup_eval_data(self, stage: RunningStage) -> None:
+        """Request, prepare and count the loaders of an evaluation or prediction stage."""
         from lightning_lib.core.module import LightningModule
         from lightning_lib.loop.hooks import overrides
 
-        if limit == 0 or (key != "predict" and not overrides(self.lightning_module, step, LightningModule)):
+        trainer = self.trainer
+        key = _STAGE_KEYS[stage]
+        hook = _LOADER_HOOKS[key]
+        limit = self._limit(key)
+        if limit == 0 or (
+            key != "predict" and not overrides(trainer.lightning_module, _STEP_HOOKS[key], LightningModule)
+        ):
             self._eval[key] = ([], [])
             return
-        defined = self._source_defined(key)
-        source = self._request_loaders(key) if defined else None
+        defined = self.source_defined(key)
+        source = self._request(key) if defined else None
         if defined and source is None:
             raise TypeError(f"Expected `{hook}()` to return a dataloader (or a list of them), received None.")
-        running_fn = self.state.fn.value if self.state.fn else key
-        if not defined and (key != "val" or self.state.fn == TrainerFn.VALIDATING):
+        running_fn = trainer.state.fn.value if trainer.state.fn else key
+        if not defined and (key != "val" or trainer.state.fn == TrainerFn.VALIDATING):
             raise ValueError(
                 f"Expected a {key} dataloader for `trainer.{running_fn}`: pass dataloaders, a datamodule,"
                 f" or implement `{hook}`; received none."
             )
-        flat = [self._prepare_loader(dl, hook) for dl in flatten_loaders(source)]
+        flat = [self._prepare(dl, hook) for dl in flatten_loaders(source)]
         self._eval[key] = (flat, [num_batches(dl, limit, key) for dl in flat])
         if key == "val":
-            self._last_val_reload_epoch = self.current_epoch
+            self.last_val_reload_epoch = trainer.current_epoch
 
-    def _eval_loaders_loaded(self: Trainer, stage: RunningStage) -> bool:  # type: ignore[misc]
+    def _limit(self, key: EvalKey) -> int | float:
+        trainer = self.trainer
+        return {
+            "val": trainer.limit_val_batches,
+            "test": trainer.limit_test_batches,
+            "predict": trainer.limit_predict_batches,
+        }[key]
+
+    def eval_loaders_current(self, stage: RunningStage) -> bool:
+        """Whether ``stage``'s loaders are loaded and not due for a reload."""
+        trainer = self.trainer
         key = _STAGE_KEYS[stage]
         if key not in self._eval:
             return False
-        if key == "val" and self.state.fn == TrainerFn.FITTING and not self.sanity_checking:
-            n = self.reload_dataloaders_every_n_epochs
-            return not (n and self.current_epoch - self._last_val_reload_epoch >= n)
+        if key == "val" and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            n = trainer.reload_dataloaders_every_n_epochs
+            return not (n and trainer.current_epoch - self.last_val_reload_epoch >= n)
         return True
 
     @property
-    def _val_loaders_loaded(self: Trainer) -> bool:  # type: ignore[misc]
+    def val_loaders_loaded(self) -> bool:
         return "val" in self._eval
 
-    def _eval_loaders(self: Trainer, stage: RunningStage) -> list[Any]:  # type: ignore[misc]
+    def eval_loaders(self, stage: RunningStage) -> list[Any]:
         if _STAGE_KEYS[stage] not in self._eval:
-            self._setup_eval_data(stage)
+            self.setup_eval_data(stage)
         return self._eval[_STAGE_KEYS[stage]][0]
 
-    def _eval_limits(self: Trainer, stage: RunningStage) -> list[int | float]:  # type: ignore[misc]
+    def eval_limits(self, stage: RunningStage) -> list[int | float]:
         if _STAGE_KEYS[stage] not in self._eval:
-            self._setup_eval_data(stage)
+            self.setup_eval_data(stage)
         return self._eval[_STAGE_KEYS[stage]][1]
 
-    def _eval_results(self: Trainer, stage: RunningStage) -> ResultCollection:  # type: ignore[misc]
-        return self._eval_result_sets[stage]
+    def loaded(self, key: EvalKey) -> list[Any]:
+        """The loaders of ``key`` loaded so far (none before the stage ran)."""
+        return self._eval.get(key, ([], []))[0]
+
+    def batch_counts(self, key: EvalKey) -> list[int | float]:
+        """How many batches each loaded loader of ``key`` gives under its limit."""
+        return list(self._eval.get(key, ([], []))[1])
 
     @property
-    def num_val_batches(self: Trainer) -> list[int | float]:  # type: ignore[misc]
-        return list(self._eval.get("val", ([], []))[1])
-
-    @property
-    def num_test_batches(self: Trainer) -> list[int | float]:  # type: ignore[misc]
-        return list(self._eval.get("test", ([], []))[1])
-
-    @property
-    def num_predict_batches(self: Trainer) -> list[int | float]:  # type: ignore[misc]
-        return list(self._eval.get("predict", ([], []))[1])
-
-    @property
-    def num_sanity_val_batches(self: Trainer) -> list[int | float]:  # type: ignore[misc]
-        return [min(self.num_sanity_val_steps, n) for n in self._eval_limits(RunningStage.VALIDATING)]
-
-    @property
-    def train_dataloader(self: Trainer) -> Any:  # type: ignore[misc]
-        return self._train_loader
-
-    @property
-    def val_dataloaders(self: Trainer) -> Any:  # type: ignore[misc]
-        loaders = self._eval.get("val", ([], []))[0]
-        return loaders[0] if len(loaders) == 1 else (loaders or None)
-
-    @property
-    def test_dataloaders(self: Trainer) -> Any:  # type: ignore[misc]
-        loaders = self._eval.get("test", ([], []))[0]
-        return loaders[0] if len(loaders) == 1 else (loaders or None)
-
-    @property
-    def enable_validation(self: Trainer) -> bool:  # type: ignore[misc]
+    def enable_validation(self) -> bool:
         from lightning_lib.core.module import LightningModule
         from lightning_lib.loop.hooks import overrides
 
+        trainer = self.trainer
         return (
-            self.lightning_module is not None
-            and self._source_defined("val")
-            and overrides(self.lightning_module, "validation_step", LightningModule)
-            and self.limit_val_batches > 0
+            trainer.lightning_module is not None
+            and self.source_defined("val")
+            and overrides(trainer.lightning_module, "validation_step", LightningModule)
+            and trainer.limit_val_batches > 0
         )
 
-    def _set_sampler_epoch(self: Trainer, epoch: int, loaders: list[Any] | None = None) -> None:  # type: ignore[misc]
-        targets = loaders if loaders is not None else flatten_loaders(self._loader_list())
+    def set_sampler_epoch(self, epoch: int, loaders: list[Any] | None = None) -> None:
+        """Tell each sampler that can shuffle per epoch (DistributedSampler and friends) which epoch it is."""
+        targets = loaders if loaders is not None else flatten_loaders(self.train_loaders())
         for dl in targets:
             for sampler in (
                 getattr(dl, "sampler", None),
@@ -257,61 +281,10 @@ class TrainerData:
                 if callable(set_epoch):
                     set_epoch(epoch)
 
-    def _loader_list(self: Trainer) -> list[Any]:  # type: ignore[misc]
-        loader = self._train_loader
-        if isinstance(loader, CycleLoaders):
-            return list(loader._values)
-        return [loader] if loader is not None else []
 
-    def _reload_train_data_due(self: Trainer) -> bool:  # type: ignore[misc]
-        n = self.reload_dataloaders_every_n_epochs
-        return bool(n) and self.current_epoch - self._last_train_reload_epoch >= n
-
-    def _close_fetchers(self: Trainer) -> None:  # type: ignore[misc]
-        if self._train_fetcher is not None:
-            self._train_fetcher.close()
-
-    # ---- decisions the loops ask for -----------------------------------------------------------------
-    def _should_check_val_epoch(self: Trainer) -> bool:  # type: ignore[misc]
-        return self.enable_validation and (
-            self.check_val_every_n_epoch is None
-            or (self.current_epoch + 1) % self.check_val_every_n_epoch == 0
-        )
-
-    def _should_check_val(self: Trainer, fetcher: LimitedFetcher) -> bool:  # type: ignore[misc]
-        """Whether to validate after this batch; the caller has checked ``_should_check_val_epoch``."""
-        is_last = fetcher.done
-        infinite = self.val_check_batch == INF
-        if is_last and infinite:
-            return True
-        if self.should_stop and self._can_stop_early():
-            return True
-        if self._val_check_time_interval is not None:
-            due = time.monotonic() - self._last_val_time >= self._val_check_time_interval
-            # rank zero's clock decides: validation's collectives need every rank at the same batch
-            return bool(self.strategy.broadcast(due)) if self.world_size > 1 else due
-        if self.val_check_batch != INF:
-            current = (
-                self.progress.total_batch_idx
-                if self.check_val_every_n_epoch is None
-                else self.progress.batch_idx
-            )
-            return (current + 1) % self.val_check_batch == 0
-        return is_last
-
-    def _epoch_batches_reached(self: Trainer) -> bool:  # type: ignore[misc]
-        fetcher = self._train_fetcher
-        return self.progress.epoch_batches_done == self.num_training_batches or (
-            fetcher is not None and fetcher.done and self.progress.epoch_batches_done > 0
-        )
-
-    def _can_stop_early(self: Trainer) -> bool:  # type: ignore[misc]
-        epochs_ok = self.progress.current_epoch >= self.min_epochs if self.min_epochs else True
-        steps_ok = self.progress.global_step >= self.min_steps if self.min_steps else True
-        return epochs_ok and steps_ok
-
-    def _info_once(self: Trainer, message: str) -> None:  # type: ignore[misc]
-        seen: set[str] = self.__dict__.setdefault("_infos_seen", set())
-        if message not in seen:
-            seen.add(message)
-            log.info(message)
+def info_once(trainer: Trainer, message: str) -> None:
+    """Log ``message`` at INFO once per Trainer."""
+    seen = trainer._run_state.infos_seen
+    if message not in seen:
+        seen.add(message)
+        log.info(message)

@@ -1,4 +1,4 @@
-"""The fit, evaluation and predict loops as plain functions over the Trainer's state.
+"""The evaluation loop: validation, sanity check and test over every loader in turn.
 
 Hook order, counters and the moments at which dataloaders are iterated follow Lightning 2.x, so the
 same seeds give the same losses; the hot path calls only hooks that something overrides.
@@ -6,62 +6,99 @@ same seeds give the same losses; the hot path calls only hooks that something ov
 
 from __future__ import annotations
 
-import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lightning_lib.loop.loaders import INF, LimitedFetcher
+from lightning_lib.loop.hooks import LoopHook, ModuleHook
+from lightning_lib.loop.loaders import LimitedFetcher
+from lightning_lib.loop.step import batch_transfer, takes_batch_idx
 from lightning_lib.trainer.states import RunningStage, TrainerFn
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
 
 
-# ---- evaluation ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _StageHooks:
+    """The hooks of one evaluation stage, named once so mypy checks every one of them."""
+
+    step: ModuleHook
+    model_eval: ModuleHook
+    model_train: ModuleHook
+    start: LoopHook
+    end: LoopHook
+    epoch_start: LoopHook
+    epoch_end: LoopHook
+    batch_start: LoopHook
+    batch_end: LoopHook
+
+
+_VALIDATION_HOOKS = _StageHooks(
+    step="validation_step",
+    model_eval="on_validation_model_eval",
+    model_train="on_validation_model_train",
+    start="on_validation_start",
+    end="on_validation_end",
+    epoch_start="on_validation_epoch_start",
+    epoch_end="on_validation_epoch_end",
+    batch_start="on_validation_batch_start",
+    batch_end="on_validation_batch_end",
+)
+_TEST_HOOKS = _StageHooks(
+    step="test_step",
+    model_eval="on_test_model_eval",
+    model_train="on_test_model_train",
+    start="on_test_start",
+    end="on_test_end",
+    epoch_start="on_test_epoch_start",
+    epoch_end="on_test_epoch_end",
+    batch_start="on_test_batch_start",
+    batch_end="on_test_batch_end",
+)
+
+
 def run_evaluation(trainer: Trainer, stage: RunningStage) -> list[dict[str, Any]]:
     """Validation, sanity check or test over every loader in turn; returns one dict per loader."""
-    testing = stage == RunningStage.TESTING
-    prefix = "test" if testing else "validation"
-    if not trainer._eval_loaders_loaded(stage):
-        trainer._setup_eval_data(stage)
-    loaders = trainer._eval_loaders(stage)
+    data = trainer._data
+    if not data.eval_loaders_current(stage):
+        data.setup_eval_data(stage)
+    loaders = data.eval_loaders(stage)
     limits = (
-        trainer.num_sanity_val_batches
-        if stage == RunningStage.SANITY_CHECKING
-        else trainer._eval_limits(stage)
+        trainer.num_sanity_val_batches if stage == RunningStage.SANITY_CHECKING else data.eval_limits(stage)
     )
     if not loaders or all(limit == 0 for limit in limits):
         return []
+    hooks = _TEST_HOOKS if stage == RunningStage.TESTING else _VALIDATION_HOOKS
     grad_context = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
     with grad_context:
-        return _evaluate(trainer, stage, prefix, loaders, limits)
+        return _evaluate(trainer, stage, hooks, loaders, limits)
 
 
 def _evaluate(
-    trainer: Trainer, stage: RunningStage, prefix: str, loaders: list[Any], limits: list[int | float]
+    trainer: Trainer, stage: RunningStage, names: _StageHooks, loaders: list[Any], limits: list[int | float]
 ) -> list[dict[str, Any]]:
     module = trainer.lightning_module
     hooks = trainer._hooks
+    run = trainer._run_state
     connector = trainer._logger_connector
-    results = trainer._eval_results(stage)
+    results = connector.eval_results(stage)
     connector.use(results)
     fetchers = [LimitedFetcher(dl, limit) for dl, limit in zip(loaders, limits)]
     if trainer.state.fn == TrainerFn.FITTING:
-        trainer._set_sampler_epoch(trainer.progress.current_epoch, loaders)
+        trainer._data.set_sampler_epoch(run.progress.current_epoch, loaders)
     # Lightning creates the first loader's iterator before the start hooks run.
     first = next((i for i, limit in enumerate(limits) if limit != 0), 0)
     fetchers[first].start()
     modes = {name: m.training for name, m in module.named_modules()}
-    hooks.module(f"on_{'test' if prefix == 'test' else 'validation'}_model_eval")
-    hooks.callbacks(f"on_{prefix}_start")
-    hooks.module(f"on_{prefix}_start")
-    hooks.callbacks(f"on_{prefix}_epoch_start")
-    hooks.module(f"on_{prefix}_epoch_start")
-    step_name = "test_step" if prefix == "test" else "validation_step"
-    step_fn = getattr(module, step_name)
-    pass_batch_idx = trainer._takes_batch_idx(step_fn)
+    hooks.module(names.model_eval)
+    hooks.callbacks(names.start)
+    hooks.module(names.start)
+    hooks.callbacks(names.epoch_start)
+    hooks.module(names.epoch_start)
+    pass_batch_idx = takes_batch_idx(trainer, getattr(module, names.step))
     multiple = len(loaders) > 1
     logged_outputs: list[dict[str, Any]] = []
     precision = trainer.precision_plugin
@@ -71,7 +108,7 @@ def _evaluate(
             continue
         if dl_idx != first:
             fetcher.start()
-        transfer = trainer._batch_transfer(dataloader_idx=dl_idx)
+        transfer = batch_transfer(trainer, dataloader_idx=dl_idx)
         seen = 0
         batch_idx = 0
         while True:
@@ -82,16 +119,16 @@ def _evaluate(
             batch = transfer(batch)
             hook_args: tuple[Any, ...] = (batch, batch_idx, dl_idx) if multiple else (batch, batch_idx)
             connector.on_batch_start(batch, dl_idx if multiple else None)
-            hooks.callbacks(f"on_{prefix}_batch_start", *hook_args)
-            hooks.module(f"on_{prefix}_batch_start", *hook_args)
+            hooks.callbacks(names.batch_start, *hook_args)
+            hooks.module(names.batch_start, *hook_args)
             step_args = hook_args if pass_batch_idx else (batch, *hook_args[2:])
             with precision.forward_context():
-                output = hooks.module(step_name, *step_args)
-            hooks.callbacks(f"on_{prefix}_batch_end", output, *hook_args)
-            hooks.module(f"on_{prefix}_batch_end", output, *hook_args)
+                output = hooks.module(names.step, *step_args)
+            hooks.callbacks(names.batch_end, output, *hook_args)
+            hooks.module(names.batch_end, output, *hook_args)
             connector.on_batch_end()
             if not sanity:
-                trainer._val_has_run = True
+                run.val_has_run = True
                 connector.update_eval_step_metrics(seen)
                 seen += 1
             batch_idx += 1
@@ -104,8 +141,8 @@ def _evaluate(
         logged_outputs.append(connector.update_eval_epoch_metrics())
     connector.epoch_end_reached()
     results.dataloader_idx = None
-    hooks.callbacks(f"on_{prefix}_epoch_end")
-    hooks.module(f"on_{prefix}_epoch_end")
+    hooks.callbacks(names.epoch_end)
+    hooks.module(names.epoch_end)
     connector.on_epoch_end()
     epoch_end_logged = connector.update_eval_epoch_metrics()
     combined: dict[str, Any] = {}
@@ -115,81 +152,14 @@ def _evaluate(
     for outputs in logged_outputs:
         outputs.update(epoch_end_logged)
     connector.log_eval_end_metrics(combined)
-    hooks.callbacks(f"on_{prefix}_end")
-    hooks.module(f"on_{prefix}_end")
+    hooks.callbacks(names.end)
+    hooks.module(names.end)
     connector.reset_results()
-    train_hook = f"on_{'test' if prefix == 'test' else 'validation'}_model_train"
-    if hooks.module_overrides(train_hook):
-        hooks.module(train_hook)
+    if hooks.module_overrides(names.model_train):
+        hooks.module(names.model_train)
     else:
         for name, sub in module.named_modules():
             if name in modes:
                 sub.train(modes[name])
-    trainer._last_val_time = time.monotonic()
+    run.last_val_time = time.monotonic()
     return logged_outputs
-
-
-# ---- predict -------------------------------------------------------------------------------------------
-def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
-    """Prediction over every loader; a flat list for one loader, a list per loader for several."""
-    hooks = trainer._hooks
-    loaders = trainer._eval_loaders(RunningStage.PREDICTING)
-    limits = trainer._eval_limits(RunningStage.PREDICTING)
-    if not loaders or all(limit == 0 for limit in limits):
-        return [] if return_predictions else None
-    grad_context = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
-    all_predictions: list[list[Any]] = []
-    multiple = len(loaders) > 1
-    precision = trainer.precision_plugin
-    with grad_context:
-        fetchers = [LimitedFetcher(dl, limit) for dl, limit in zip(loaders, limits)]
-        fetchers[0].start()
-        hooks.module("on_predict_model_eval")
-        hooks.callbacks("on_predict_start")
-        hooks.module("on_predict_start")
-        hooks.callbacks("on_predict_epoch_start")
-        hooks.module("on_predict_epoch_start")
-        for dl_idx, fetcher in enumerate(fetchers):
-            if dl_idx:
-                fetcher.start()
-            transfer = trainer._batch_transfer(dataloader_idx=dl_idx)
-            predictions: list[Any] = []
-            batch_idx = 0
-            while True:
-                try:
-                    batch = next(fetcher)
-                except StopIteration:
-                    break
-                batch = transfer(batch)
-                hook_args: tuple[Any, ...] = (batch, batch_idx, dl_idx) if multiple else (batch, batch_idx)
-                hooks.callbacks("on_predict_batch_start", *hook_args)
-                hooks.module("on_predict_batch_start", *hook_args)
-                with precision.forward_context():
-                    output = hooks.module("predict_step", *hook_args)
-                if return_predictions:
-                    predictions.append(output)
-                hooks.callbacks("on_predict_batch_end", output, *hook_args)
-                hooks.module("on_predict_batch_end", output, *hook_args)
-                batch_idx += 1
-            fetcher.close()
-            all_predictions.append(predictions)
-        hooks.callbacks("on_predict_epoch_end")
-        hooks.module("on_predict_epoch_end")
-        hooks.callbacks("on_predict_end")
-        hooks.module("on_predict_end")
-    if not return_predictions:
-        return None
-    return all_predictions if multiple else all_predictions[0]
-
-
-def estimated_stepping_batches(trainer: Trainer) -> int | float:
-    """Optimizer steps the fit will take, as Lightning estimates them (for OneCycleLR and friends)."""
-    if trainer.max_steps != -1:
-        return trainer.max_steps
-    if trainer.max_epochs is None or trainer.max_epochs == -1:
-        return INF
-    batches = trainer.num_training_batches
-    if batches == INF:
-        return INF
-    per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
-    return per_epoch * trainer.max_epochs

@@ -9,6 +9,9 @@ weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
+import signal
+import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -19,42 +22,41 @@ from lightning_lib.checkpoint._positions import (
     restore_loader_position,
     restore_loader_state,
 )
+from lightning_lib.loop.data import info_once
 from lightning_lib.loop.evaluation import run_evaluation
-from lightning_lib.loop.loaders import LimitedFetcher
-from lightning_lib.loop.optimization import run_automatic_step, run_manual_step, update_lr_schedulers
+from lightning_lib.loop.loaders import INF, LimitedFetcher
+from lightning_lib.loop.state import BATCH_END, EPOCH_END, VAL_END, ResumeState
+from lightning_lib.loop.step import batch_transfer, run_automatic_step, run_manual_step, update_lr_schedulers
 from lightning_lib.trainer.states import RunningStage
+from lightning_lib.utilities.exceptions import SIGTERMException
 from lightning_lib.utilities.seed import capture_rng_states, restore_rng_states
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
 
-# resume points: the moment inside the loop at which a checkpoint was written
-BATCH_END = "batch_end"  # in on_train_batch_end, before this batch's validation and counters
-VAL_END = "val_end"  # during validation after a batch, before the batch's counters
-EPOCH_END = "epoch_end"  # in on_train_epoch_end, before the epoch's schedulers and counters
-
 
 def run_fit(trainer: Trainer) -> None:
     """Sanity check (unless resuming), then epochs until a stopping condition holds."""
-    resume = trainer._resume
-    trainer._resume = None
+    run = trainer._run_state
+    data = trainer._data
+    resume, run.resume = run.resume, None
     if resume is None:
         run_sanity_check(trainer)
-    progress = trainer.progress
+    progress = run.progress
     trainer.state.stage = RunningStage.TRAINING
     torch.set_grad_enabled(True)
-    trainer._setup_train_data()
-    if trainer.num_training_batches == 0:
+    data.setup_train_data()
+    if data.num_training_batches == 0:
         return
     point = progress.resume_point if resume is not None else ""
     in_epoch = resume is not None and progress.epoch_started
     if not in_epoch and fit_done(trainer):
         return
-    fetcher = trainer._train_fetcher
+    fetcher = data.train_fetcher
     assert fetcher is not None
     _start_first_epoch_data(trainer, fetcher, resume, in_epoch, point)
-    if trainer._should_check_val_epoch() and not trainer._val_loaders_loaded:
-        trainer._setup_eval_data(RunningStage.VALIDATING)
+    if should_check_val_epoch(trainer) and not data.val_loaders_loaded:
+        data.setup_eval_data(RunningStage.VALIDATING)
     hooks = trainer._hooks
     hooks.callbacks("on_train_start")
     hooks.module("on_train_start")
@@ -62,15 +64,15 @@ def run_fit(trainer: Trainer) -> None:
         _finish_interrupted_epoch(trainer, fetcher, point)
     first_epoch = not in_epoch
     while not fit_done(trainer):
-        if not first_epoch and trainer._reload_train_data_due():
-            trainer._setup_train_data()
-        trainer._set_sampler_epoch(progress.current_epoch)
+        if not first_epoch and data.reload_train_data_due():
+            data.setup_train_data()
+        data.set_sampler_epoch(progress.current_epoch)
         progress.epoch_batches_done = 0
         progress.batch_idx = -1
         hooks.callbacks("on_train_epoch_start")
         hooks.module("on_train_epoch_start")
         progress.epoch_started = True
-        fetcher = trainer._train_fetcher
+        fetcher = data.train_fetcher
         assert fetcher is not None
         if not first_epoch:
             fetcher.start()
@@ -82,15 +84,17 @@ def run_fit(trainer: Trainer) -> None:
 
 
 def _start_first_epoch_data(
-    trainer: Trainer, fetcher: LimitedFetcher, resume: dict[str, Any] | None, in_epoch: bool, point: str
+    trainer: Trainer, fetcher: LimitedFetcher, resume: ResumeState | None, in_epoch: bool, point: str
 ) -> None:
     """Create the first iterator (Lightning does it before on_train_start) and put the RNG back."""
-    progress = trainer.progress
+    progress = trainer._run_state.progress
     if resume is None:
         fetcher.start()
         return
     loader_state = resume.get("loader") or {}
-    remaining = in_epoch and point != EPOCH_END and progress.epoch_batches_done < trainer.num_training_batches
+    remaining = (
+        in_epoch and point != EPOCH_END and progress.epoch_batches_done < trainer._data.num_training_batches
+    )
     if remaining:
         if not restore_loader_position(fetcher.loader, loader_state, progress.epoch_batches_done):
             warnings.warn(
@@ -123,41 +127,43 @@ def _restore_finished_epoch_state(loader: Any, loader_state: dict[str, Any]) -> 
 
 
 def _restore_rng(
-    trainer: Trainer, fetcher: LimitedFetcher, resume: dict[str, Any], loader_state: dict[str, Any]
+    trainer: Trainer, fetcher: LimitedFetcher, resume: ResumeState, loader_state: dict[str, Any]
 ) -> None:
-    if resume.get("rng") is not None:
-        restore_rng_states(resume["rng"])
+    rng = resume["rng"]
+    if rng is not None:
+        restore_rng_states(rng)
     restore_generators(fetcher.loader, loader_state)
 
 
 def _finish_interrupted_epoch(trainer: Trainer, fetcher: LimitedFetcher, point: str) -> None:
     """Do what the original run did after the checkpoint, then the rest of the epoch."""
-    progress = trainer.progress
-    trainer._logger_connector.use(trainer._train_results)
+    progress = trainer._run_state.progress
+    trainer._logger_connector.use(trainer._logger_connector.train_results)
     if point == EPOCH_END:
         finish_training_epoch(trainer, hooks_done=True)
         return
     if point in (BATCH_END, VAL_END):
         ready = progress.epoch_batches_done
-        epoch_end = ready >= trainer.num_training_batches
+        epoch_end = ready >= trainer._data.num_training_batches
         accumulating = (
             trainer.lightning_module.automatic_optimization
             and ready % trainer.accumulate_grad_batches != 0
             and not epoch_end
         )
-        trainer.is_last_batch = epoch_end
+        trainer._run_state.is_last_batch = epoch_end
         done = fetcher.done
         fetcher.done = epoch_end
-        _after_batch(trainer, fetcher, accumulating, trainer._should_check_val_epoch() and point == BATCH_END)
+        _after_batch(trainer, fetcher, accumulating, should_check_val_epoch(trainer) and point == BATCH_END)
         fetcher.done = done
-    if not trainer._epoch_batches_reached() and not fetcher.done:
+    if not _epoch_batches_reached(trainer) and not fetcher.done:
         run_training_epoch(trainer, fetcher)
     finish_training_epoch(trainer)
 
 
 def fit_done(trainer: Trainer) -> bool:
-    progress = trainer.progress
-    if trainer.num_training_batches == 0:
+    """Whether a stopping condition holds: max_steps, max_epochs, or a stop request past the minimums."""
+    progress = trainer._run_state.progress
+    if trainer._data.num_training_batches == 0:
         return True
     if trainer.max_steps != -1 and progress.global_step >= trainer.max_steps:
         return True
@@ -167,12 +173,12 @@ def fit_done(trainer: Trainer) -> bool:
         and progress.current_epoch >= trainer.max_epochs
     ):
         return True
-    return trainer.should_stop and trainer._can_stop_early()
+    return trainer._run_state.should_stop and _can_stop_early(trainer)
 
 
 def finish_training_epoch(trainer: Trainer, hooks_done: bool = False) -> None:
     """Lightning's end-of-epoch order: hooks, epoch metrics, epoch schedulers, counters."""
-    progress = trainer.progress
+    progress = trainer._run_state.progress
     connector = trainer._logger_connector
     hooks = trainer._hooks
     connector.epoch_end_reached()
@@ -182,7 +188,7 @@ def finish_training_epoch(trainer: Trainer, hooks_done: bool = False) -> None:
         hooks.module("on_train_epoch_end")
         hooks.callbacks("on_train_epoch_end", monitoring=True)
     connector.on_epoch_end()
-    if trainer._epoch_batches_reached():
+    if _epoch_batches_reached(trainer):
         update_lr_schedulers(trainer, "epoch", plateau=True)
     progress.batches_that_stepped -= 1
     connector.update_train_epoch_metrics()
@@ -199,11 +205,12 @@ def finish_training_epoch(trainer: Trainer, hooks_done: bool = False) -> None:
 
 def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
     """One epoch of training batches, with validation wherever ``val_check_interval`` puts it."""
-    progress = trainer.progress
+    run = trainer._run_state
+    progress = run.progress
     module = trainer.lightning_module
     hooks = trainer._hooks
     connector = trainer._logger_connector
-    connector.use(trainer._train_results)
+    connector.use(connector.train_results)
     strategy = trainer.strategy
     automatic = module.automatic_optimization
     optimizer = strategy._lightning_optimizers[0] if automatic and strategy._lightning_optimizers else None
@@ -211,11 +218,11 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
     batch_end_cbs = hooks.callback_fns("on_train_batch_end")
     module_batch_start = hooks.module_overrides("on_train_batch_start")
     module_batch_end = hooks.module_overrides("on_train_batch_end")
-    transfer = trainer._batch_transfer(dataloader_idx=0)
+    transfer = batch_transfer(trainer, dataloader_idx=0)
     accumulate = trainer.accumulate_grad_batches
-    num_batches = trainer.num_training_batches
+    num_batches = trainer._data.num_training_batches
     # fixed for the whole epoch: whether validation may run in it at all
-    val_epoch = trainer._should_check_val_epoch()
+    val_epoch = should_check_val_epoch(trainer)
     while True:
         if fit_epoch_done(trainer, fetcher):
             break
@@ -226,13 +233,13 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         batch_idx = progress.batch_idx + 1
         progress.batch_idx = batch_idx
         progress.total_batch_idx += 1
-        trainer.is_last_batch = fetcher.done
+        run.is_last_batch = fetcher.done
         batch = transfer(batch)
         connector.on_batch_start(batch)
         ready = progress.epoch_batches_done + 1
         epoch_end = ready == num_batches or fetcher.done
         accumulating = automatic and ready % accumulate != 0 and not epoch_end
-        trainer._accumulating = accumulating
+        run.accumulating = accumulating
         output: Any = None
         skip_rest = False
         if batch is None:
@@ -269,8 +276,9 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
 
 def _after_batch(trainer: Trainer, fetcher: LimitedFetcher, accumulating: bool, val_epoch: bool) -> None:
     """Validation if due, plateau schedulers and the logging step; then a pending SIGTERM stops the run."""
-    progress = trainer.progress
-    if val_epoch and trainer._should_check_val(fetcher):
+    run = trainer._run_state
+    progress = run.progress
+    if val_epoch and _should_check_val(trainer, fetcher):
         connector = trainer._logger_connector
         trainer.state.stage = RunningStage.VALIDATING
         progress.resume_point = VAL_END
@@ -279,42 +287,45 @@ def _after_batch(trainer: Trainer, fetcher: LimitedFetcher, accumulating: bool, 
             trainer._hooks.module("on_validation_model_zero_grad")
         run_evaluation(trainer, RunningStage.VALIDATING)
         trainer.state.stage = RunningStage.TRAINING
-        connector.use(trainer._train_results)
+        connector.use(connector.train_results)
         connector.first_loop_iter = first_loop_iter
     if not accumulating:
         update_lr_schedulers(trainer, "step", plateau=True)
         progress.batches_that_stepped += 1
     progress.resume_point = ""
-    stop = trainer._received_sigterm
+    stop = run.received_sigterm
     if trainer.world_size > 1:
         # each rank got SIGTERM at its own moment: all stop at the first batch boundary where any has it
         stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
     if stop:
-        trainer._raise_sigterm()
+        raise SIGTERMException(128 + signal.SIGTERM)
 
 
 def fit_epoch_done(trainer: Trainer, fetcher: LimitedFetcher) -> bool:
-    progress = trainer.progress
-    max_steps_reached = trainer.max_steps != -1 and progress.global_step >= trainer.max_steps
-    if max_steps_reached or trainer._epoch_batches_reached() or fetcher.done:
+    """Whether the epoch ends before the next batch: max_steps, its batches done, or a stop request."""
+    run = trainer._run_state
+    max_steps_reached = trainer.max_steps != -1 and run.progress.global_step >= trainer.max_steps
+    if max_steps_reached or _epoch_batches_reached(trainer) or fetcher.done:
         return True
-    if trainer.should_stop:
-        if trainer._can_stop_early():
+    if run.should_stop:
+        if _can_stop_early(trainer):
             return True
-        trainer._info_once(
+        info_once(
+            trainer,
             f"Trainer was signaled to stop but the required `min_epochs={trainer.min_epochs}` or"
-            f" `min_steps={trainer.min_steps}` has not been met. Training will continue..."
+            f" `min_steps={trainer.min_steps}` has not been met. Training will continue...",
         )
     return False
 
 
 def run_sanity_check(trainer: Trainer) -> None:
     """A few validation batches before training, isolated from the global RNG as Lightning does."""
-    if not (trainer.enable_validation and trainer.num_sanity_val_steps != 0):
+    if not (trainer._data.enable_validation and trainer.num_sanity_val_steps != 0):
         return
+    run = trainer._run_state
     rng = capture_rng_states()
     try:
-        trainer.sanity_checking = True
+        run.sanity_checking = True
         trainer.state.stage = RunningStage.SANITY_CHECKING
         connector = trainer._logger_connector
         connector.reset_results()
@@ -325,5 +336,62 @@ def run_sanity_check(trainer: Trainer) -> None:
         connector.reset_results()
         connector.reset_metrics()
     finally:
-        trainer.sanity_checking = False
+        run.sanity_checking = False
         restore_rng_states(rng)
+
+
+# ---- decisions the loop takes ------------------------------------------------------------------------
+def should_check_val_epoch(trainer: Trainer) -> bool:
+    """Whether validation may run during the current epoch (check_val_every_n_epoch)."""
+    every = trainer.check_val_every_n_epoch
+    return trainer._data.enable_validation and (
+        every is None or (trainer._run_state.progress.current_epoch + 1) % every == 0
+    )
+
+
+def _should_check_val(trainer: Trainer, fetcher: LimitedFetcher) -> bool:
+    """Whether to validate after this batch; the caller has checked ``should_check_val_epoch``."""
+    run = trainer._run_state
+    val_check_batch = trainer._data.val_check_batch
+    is_last = fetcher.done
+    infinite = val_check_batch == INF
+    if is_last and infinite:
+        return True
+    if run.should_stop and _can_stop_early(trainer):
+        return True
+    interval = trainer._val_check_time_interval
+    if interval is not None:
+        due = time.monotonic() - run.last_val_time >= interval
+        # rank zero's clock decides: validation's collectives need every rank at the same batch
+        return bool(trainer.strategy.broadcast(due)) if trainer.world_size > 1 else due
+    if val_check_batch != INF:
+        progress = run.progress
+        current = progress.total_batch_idx if trainer.check_val_every_n_epoch is None else progress.batch_idx
+        return (current + 1) % val_check_batch == 0
+    return is_last
+
+
+def _epoch_batches_reached(trainer: Trainer) -> bool:
+    done = trainer._run_state.progress.epoch_batches_done
+    fetcher = trainer._data.train_fetcher
+    return done == trainer._data.num_training_batches or (fetcher is not None and fetcher.done and done > 0)
+
+
+def _can_stop_early(trainer: Trainer) -> bool:
+    progress = trainer._run_state.progress
+    epochs_ok = progress.current_epoch >= trainer.min_epochs if trainer.min_epochs else True
+    steps_ok = progress.global_step >= trainer.min_steps if trainer.min_steps else True
+    return epochs_ok and steps_ok
+
+
+def estimated_stepping_batches(trainer: Trainer) -> int | float:
+    """Optimizer steps the fit will take, as Lightning estimates them (for OneCycleLR and friends)."""
+    if trainer.max_steps != -1:
+        return trainer.max_steps
+    if trainer.max_epochs is None or trainer.max_epochs == -1:
+        return INF
+    batches = trainer._data.num_training_batches
+    if batches == INF:
+        return INF
+    per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+    return per_epoch * trainer.max_epochs

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from lightning_lib.loop.results import MetricDicts, ResultCollection, to_python_scalars
+from lightning_lib.trainer.states import RunningStage
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
@@ -22,6 +23,9 @@ class LoggerConnector:
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
+        # one collection for training, one per evaluation stage; ``results`` is the one in use
+        self.train_results = ResultCollection(training=True)
+        self._eval_results = {stage: ResultCollection(training=False) for stage in RunningStage}
         self.results: ResultCollection | None = None
         # None between epochs, True on an epoch's first batch, False afterwards (Lightning's meaning).
         self.first_loop_iter: bool | None = None
@@ -29,6 +33,13 @@ class LoggerConnector:
         self._logged: dict[str, Tensor] = {}
         self._pbar: dict[str, Tensor] = {}
         self._step_values_pending = False
+
+    def eval_results(self, stage: RunningStage) -> ResultCollection:
+        return self._eval_results[stage]
+
+    def restore_callback_metrics(self, metrics: dict[str, Tensor]) -> None:
+        """The metrics a checkpoint recorded, so callbacks that read them on resume see what they saw."""
+        self._callback.update(metrics)
 
     # ---- views -------------------------------------------------------------------------------------
     def _live(self) -> MetricDicts | None:

@@ -1,5 +1,20 @@
-"""The Trainer and its states."""
+"""The Trainer (``trainer.trainer``), its states (``trainer.states``) and its argument checks (``trainer.arguments``).
 
-from lightning_lib.trainer.trainer import Trainer
+``Trainer`` is loaded on first use: the states and argument checks are imported by the layers the
+Trainer itself is built from (loops, checkpoints, callbacks), which must not pull in the Trainer.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_lib.trainer.trainer import Trainer
 
 __all__ = ["Trainer"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Trainer":
+        from lightning_lib.trainer.trainer import Trainer
+
+        return Trainer
+    raise AttributeError(f"module 'lightning_lib.trainer' has no attribute {name!r}")

@@ -7,20 +7,20 @@ import os
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lightning_lib.callbacks.callback import Callback
 from lightning_lib.checkpoint._writer import CheckpointWriter
 from lightning_lib.distributed.strategy import build_strategy
-from lightning_lib.loop import evaluation as loops
+from lightning_lib.loop import run as _run
+from lightning_lib.loop.data import DataConnector
+from lightning_lib.loop.fit import estimated_stepping_batches
 from lightning_lib.loop.hooks import HookDispatcher
 from lightning_lib.loop.logger_connector import LoggerConnector
-from lightning_lib.loop.results import ResultCollection
-from lightning_lib.loop.run import TrainerLifecycle
+from lightning_lib.loop.state import FitProgress, RunState
 from lightning_lib.plugins.precision import build_precision
-from lightning_lib.storage import is_remote
 from lightning_lib.trainer.arguments import (
     batch_limit,
     check_choice,
@@ -30,13 +30,23 @@ from lightning_lib.trainer.arguments import (
     parse_duration,
     resolve_accelerator,
 )
-from lightning_lib.trainer.states import FitProgress, RunningStage, TrainerFn, TrainerState
+from lightning_lib.trainer.states import RunningStage, TrainerFn, TrainerState
+
+if TYPE_CHECKING:
+    from lightning_lib.core.datamodule import LightningDataModule
+    from lightning_lib.core.module import LightningModule
 
 log = logging.getLogger(__name__)
 
 
-class Trainer(TrainerLifecycle):
-    """Runs a LightningModule's fit, validate, test and predict loops (pytorch_lightning's arguments)."""
+class Trainer:
+    """Runs a LightningModule's fit, validate, test and predict loops (pytorch_lightning's arguments).
+
+    The Trainer holds its arguments and the collaborators of a run: the run state the loops write
+    (``_run_state``), the data (``_data``), the hook dispatcher (``_hooks``), the metric bookkeeping
+    (``_logger_connector``) and the background checkpoint writer (``_checkpoint_writer``). The loops
+    are functions in ``lightning_lib.loop`` over those.
+    """
 
     loggers: list[Any]
 
@@ -161,35 +171,33 @@ class Trainer(TrainerLifecycle):
         self._apply_debug_flags()
 
         self.state = TrainerState()
-        self.progress = FitProgress()
-        self.should_stop = False
-        self.sanity_checking = False
-        self.is_last_batch = False
         self.lightning_module: Any = None
         self.datamodule: Any = None
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[Any] = []
+        self._run_state = RunState()
+        self._data = DataConnector(self)
         self._hooks = HookDispatcher(self)
         self._checkpoint_writer = CheckpointWriter()
         self._logger_connector = LoggerConnector(self)
-        self._train_results = ResultCollection(training=True)
-        self._eval_result_sets = {stage: ResultCollection(training=False) for stage in RunningStage}
         self._init_callbacks_and_loggers(
             callbacks, logger, enable_checkpointing, enable_progress_bar, enable_model_summary
         )
-        self._reset_data_state()
 
     # ---- entry points --------------------------------------------------------------------------------
     def fit(
         self,
-        model: Any,
+        model: LightningModule,
         train_dataloaders: Any = None,
         val_dataloaders: Any = None,
-        datamodule: Any = None,
+        datamodule: LightningDataModule | None = None,
         ckpt_path: str | Path | None = None,
         weights_only: bool | None = None,
     ) -> None:
-        """Train ``model``; ``ckpt_path`` ("last", "best" or a path) resumes from a checkpoint."""
+        """Train ``model``; ``ckpt_path`` ("last", "best" or a path) resumes from a checkpoint.
+
+        ``weights_only`` is passed to ``torch.load`` for ``ckpt_path``: None and True accept plain data only.
+        """
         from lightning_lib.core.datamodule import LightningDataModule
 
         if isinstance(train_dataloaders, LightningDataModule):
@@ -200,43 +208,49 @@ class Trainer(TrainerLifecycle):
             raise ValueError(
                 "Expected either dataloaders or a datamodule in `trainer.fit`, received both; pass only one."
             )
-        self._run(
+        _run.run(
+            self,
             TrainerFn.FITTING,
             model,
             datamodule,
             {"train": train_dataloaders, "val": val_dataloaders},
             ckpt_path,
+            _weights_only(weights_only),
         )
 
     def validate(
         self,
-        model: Any = None,
+        model: LightningModule | None = None,
         dataloaders: Any = None,
         ckpt_path: str | Path | None = None,
         verbose: bool = True,
-        datamodule: Any = None,
+        datamodule: LightningDataModule | None = None,
         weights_only: bool | None = None,
     ) -> list[dict[str, float]]:
         """Run the validation loop once; returns one dict of epoch metrics per dataloader."""
-        return self._evaluate(TrainerFn.VALIDATING, model, dataloaders, ckpt_path, verbose, datamodule)
+        return self._evaluate(
+            TrainerFn.VALIDATING, model, dataloaders, ckpt_path, verbose, datamodule, weights_only
+        )
 
     def test(
         self,
-        model: Any = None,
+        model: LightningModule | None = None,
         dataloaders: Any = None,
         ckpt_path: str | Path | None = None,
         verbose: bool = True,
-        datamodule: Any = None,
+        datamodule: LightningDataModule | None = None,
         weights_only: bool | None = None,
     ) -> list[dict[str, float]]:
         """Run the test loop once; returns one dict of epoch metrics per dataloader."""
-        return self._evaluate(TrainerFn.TESTING, model, dataloaders, ckpt_path, verbose, datamodule)
+        return self._evaluate(
+            TrainerFn.TESTING, model, dataloaders, ckpt_path, verbose, datamodule, weights_only
+        )
 
     def predict(
         self,
-        model: Any = None,
+        model: LightningModule | None = None,
         dataloaders: Any = None,
-        datamodule: Any = None,
+        datamodule: LightningDataModule | None = None,
         return_predictions: bool | None = None,
         ckpt_path: str | Path | None = None,
         weights_only: bool | None = None,
@@ -245,31 +259,50 @@ class Trainer(TrainerLifecycle):
         dataloaders, datamodule = self._split_datamodule(dataloaders, datamodule)
         provided = model is not None
         model = self._model_or_previous(model, "predict")
-        result = self._run(
+        result: list[Any] | None = _run.run(
+            self,
             TrainerFn.PREDICTING,
             model,
             datamodule,
             {"predict": dataloaders},
             ckpt_path,
+            _weights_only(weights_only),
             return_predictions=True if return_predictions is None else return_predictions,
             model_provided=provided,
         )
         return result
 
     def _evaluate(
-        self, fn: TrainerFn, model: Any, dataloaders: Any, ckpt_path: Any, verbose: bool, datamodule: Any
+        self,
+        fn: TrainerFn,
+        model: LightningModule | None,
+        dataloaders: Any,
+        ckpt_path: str | Path | None,
+        verbose: bool,
+        datamodule: LightningDataModule | None,
+        weights_only: bool | None,
     ) -> list[dict[str, float]]:
         dataloaders, datamodule = self._split_datamodule(dataloaders, datamodule)
         provided = model is not None
         model = self._model_or_previous(model, fn.value)
         key = "test" if fn == TrainerFn.TESTING else "val"
-        results = self._run(
-            fn, model, datamodule, {key: dataloaders}, ckpt_path, verbose=verbose, model_provided=provided
+        results: list[dict[str, float]] = _run.run(
+            self,
+            fn,
+            model,
+            datamodule,
+            {key: dataloaders},
+            ckpt_path,
+            _weights_only(weights_only),
+            verbose=verbose,
+            model_provided=provided,
         )
         return results
 
     @staticmethod
-    def _split_datamodule(dataloaders: Any, datamodule: Any) -> tuple[Any, Any]:
+    def _split_datamodule(
+        dataloaders: Any, datamodule: LightningDataModule | None
+    ) -> tuple[Any, LightningDataModule | None]:
         from lightning_lib.core.datamodule import LightningDataModule
 
         if isinstance(dataloaders, LightningDataModule):
@@ -280,7 +313,7 @@ class Trainer(TrainerLifecycle):
             raise ValueError("Expected either dataloaders or a datamodule, received both; pass only one.")
         return dataloaders, datamodule
 
-    def _model_or_previous(self, model: Any, fn: str) -> Any:
+    def _model_or_previous(self, model: LightningModule | None, fn: str) -> LightningModule:
         from lightning_lib.core.module import LightningModule
 
         if model is None:
@@ -288,7 +321,8 @@ class Trainer(TrainerLifecycle):
                 raise ValueError(
                     f"Expected a LightningModule for `trainer.{fn}()`, received none and none was fit."
                 )
-            return self.lightning_module
+            previous: LightningModule = self.lightning_module
+            return previous
         if not isinstance(model, LightningModule):
             raise TypeError(
                 f"Expected a LightningModule for `trainer.{fn}()`, received {type(model).__name__}."
@@ -297,12 +331,85 @@ class Trainer(TrainerLifecycle):
 
     # ---- attributes users read -----------------------------------------------------------------------
     @property
+    def progress(self) -> FitProgress:
+        """The fit loop's counters, down to the batch within the epoch."""
+        return self._run_state.progress
+
+    @property
     def current_epoch(self) -> int:
-        return self.progress.current_epoch
+        return self._run_state.progress.current_epoch
 
     @property
     def global_step(self) -> int:
-        return self.progress.global_step
+        return self._run_state.progress.global_step
+
+    @property
+    def should_stop(self) -> bool:
+        """Set by callbacks (EarlyStopping, Timer) or users to end fit once min_epochs/min_steps allow."""
+        return self._run_state.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self._run_state.should_stop = value
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self._run_state.sanity_checking
+
+    @property
+    def is_last_batch(self) -> bool:
+        return self._run_state.is_last_batch
+
+    @property
+    def ckpt_path(self) -> str | None:
+        """The checkpoint the running (or last) entry point loaded, if any."""
+        return self._run_state.ckpt_path
+
+    @ckpt_path.setter
+    def ckpt_path(self, value: str | None) -> None:
+        self._run_state.ckpt_path = value
+
+    @property
+    def num_training_batches(self) -> int | float:
+        return self._data.num_training_batches
+
+    @property
+    def val_check_batch(self) -> int | float:
+        return self._data.val_check_batch
+
+    @property
+    def num_val_batches(self) -> list[int | float]:
+        return self._data.batch_counts("val")
+
+    @property
+    def num_test_batches(self) -> list[int | float]:
+        return self._data.batch_counts("test")
+
+    @property
+    def num_predict_batches(self) -> list[int | float]:
+        return self._data.batch_counts("predict")
+
+    @property
+    def num_sanity_val_batches(self) -> list[int | float]:
+        return [min(self.num_sanity_val_steps, n) for n in self._data.eval_limits(RunningStage.VALIDATING)]
+
+    @property
+    def train_dataloader(self) -> Any:
+        return self._data.train_loader
+
+    @property
+    def val_dataloaders(self) -> Any:
+        loaders = self._data.loaded("val")
+        return loaders[0] if len(loaders) == 1 else (loaders or None)
+
+    @property
+    def test_dataloaders(self) -> Any:
+        loaders = self._data.loaded("test")
+        return loaders[0] if len(loaders) == 1 else (loaders or None)
+
+    @property
+    def enable_validation(self) -> bool:
+        return self._data.enable_validation
 
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:
@@ -318,9 +425,9 @@ class Trainer(TrainerLifecycle):
 
     @property
     def estimated_stepping_batches(self) -> int | float:
-        if self.state.fn == TrainerFn.FITTING and self._train_loader is None:
-            self._setup_train_data()
-        return loops.estimated_stepping_batches(self)
+        if self.state.fn == TrainerFn.FITTING and self._data.train_loader is None:
+            self._data.setup_train_data()
+        return estimated_stepping_batches(self)
 
     @property
     def model(self) -> Any:
@@ -438,41 +545,13 @@ class Trainer(TrainerLifecycle):
         self, filepath: str | Path, weights_only: bool = False, storage_options: Any = None
     ) -> None:
         """Write the full training state (or only the weights) to ``filepath``."""
-        from lightning_lib.checkpoint._format import dump_checkpoint, save_file
+        from lightning_lib.checkpoint._format import save_checkpoint
 
         if self.lightning_module is None:
             raise RuntimeError(
                 "Expected a model attached by fit/validate/test/predict before save_checkpoint."
             )
-        # every rank builds it (the per-rank states are gathered), rank zero alone writes it, and no rank
-        # goes on before it is there
-        checkpoint = dump_checkpoint(self, weights_only)
-        if self.is_global_zero:
-            if is_remote(os.fspath(filepath)):
-                # object storage: the same commit protocol as ModelCheckpoint, synchronously
-                self._checkpoint_writer.save(checkpoint, os.fspath(filepath), self.global_step)
-                self._checkpoint_writer.wait()
-            else:
-                save_file(checkpoint, filepath)  # a plain .ckpt file, as Lightning writes it
-        self.strategy.barrier("Trainer.save_checkpoint")
-        self._notify_loggers_of_checkpoint(self.checkpoint_callback)
-
-    def _commit_checkpoint(self, uri: str, weights_only: bool, callback: Any) -> None:
-        """ModelCheckpoint's save: a committed checkpoint folder, written in the background."""
-        from lightning_lib.checkpoint._format import dump_checkpoint
-
-        checkpoint = dump_checkpoint(self, weights_only)  # on every rank: it gathers the per-rank states
-        if self.is_global_zero:  # committed once, by rank zero, in the background
-            self._checkpoint_writer.save(checkpoint, uri, self.global_step)
-        self._notify_loggers_of_checkpoint(callback)
-
-    def _notify_loggers_of_checkpoint(self, callback: Any) -> None:
-        if callback is None:
-            return
-        for logger in self.loggers:
-            hook = getattr(logger, "after_save_checkpoint", None)
-            if hook is not None:
-                hook(callback)
+        save_checkpoint(self, filepath, weights_only)
 
     # ---- construction helpers ------------------------------------------------------------------------
     def _configure_determinism(self, deterministic: Any, benchmark: bool | None) -> None:
@@ -573,3 +652,10 @@ class Trainer(TrainerLifecycle):
             from lightning_lib.loggers.logger import DummyLogger
 
             self.loggers = [DummyLogger()] if self.loggers else []
+
+
+def _weights_only(value: bool | None) -> bool:
+    """Lightning's ``weights_only=None`` means torch's default, which is True for the torch versions supported."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"Expected weights_only to be True, False or None, received {value!r}.")
+    return True if value is None else value

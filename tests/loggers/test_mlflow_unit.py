@@ -218,7 +218,7 @@ def test_final_status_comes_from_the_exception(tmp_path: Any) -> None:
     logger = MLFlowLogger(save_dir=str(tmp_path))
     assert logger._final_status("success") == "FINISHED"
     assert logger._final_status("failed") == "FAILED"
-    from lightning_lib.loop.run import SIGTERMException
+    from lightning_lib.utilities.exceptions import SIGTERMException
 
     for exc, status in (
         (KeyboardInterrupt(), "KILLED"),
