@@ -3,6 +3,8 @@
 Layout (DESIGN.md): ``flows -> tasks -> lightning_lib``. The config (``tasks.config``) imports no
 Prefect, so a CLI can validate a file without paying for it; the task modules (``tasks.data``,
 ``tasks.training``, ``tasks.prediction``, ``tasks.registry``) are imported on first use of their names.
+Importing ``tasks`` registers Prefect with ``lightning_lib`` (``tasks.orchestration``), without importing
+Prefect: the flow run's tags on MLflow runs, and no relaunching of a flow process as a DDP rank.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.config import DataConfig, MlflowConfig, TrainConfig, TrainerConfig
 from tasks.imports import DisallowedImportError, allowed_prefixes, load_class
+from tasks.orchestration import register_prefect
 
 if TYPE_CHECKING:
     from tasks.data import DataValidationError, PreparedData, PreparedSplit, prepare, prepare_data
     from tasks.prediction import PredictionResult, predict
     from tasks.registry import ModelVersionRef, PromotionDecision, promote, register
     from tasks.training import EvalResult, FitResult, fit, test, validate
+
+register_prefect()
 
 _LAZY = {
     "DataValidationError": "tasks.data",

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from lightning_lib.loggers.mlflow._context import TAG_GIT_COMMIT, TAG_GIT_DIRTY, git_tags
+from lightning_lib.loggers.mlflow import TAG_GIT_COMMIT, TAG_GIT_DIRTY, git_tags
 from tasks.config import TrainConfig
 from tasks.training import TAG_INPUT_SHA256
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from lightning_lib.distributed._cluster import LAUNCHED_BY_TRAINER, free_port
+from lightning_lib.utilities.orchestration import orchestrator_of_module
 
 log = logging.getLogger("lightning_lib")
 
@@ -27,8 +28,6 @@ PARENT_PID = "LIGHTNING_LIB_PARENT_PID"
 FAILURE_GRACE_S = float(os.environ.get("LIGHTNING_LIB_DDP_FAILURE_GRACE_S", "60"))
 _NOT_A_SCRIPT = ("pytest", "py.test", "ipykernel_launcher.py", "")
 _NOT_A_PROGRAM = ("pytest", "py.test", "ipykernel_launcher", "IPython")
-# running these again would run a second copy of a flow run: launch the ranks with torchrun instead
-_ORCHESTRATORS = ("prefect", "flows", "tasks")
 
 
 class RankFailedError(RuntimeError):
@@ -51,12 +50,17 @@ class ChildFailure:
 
 
 def script_command() -> list[str]:
-    """The command line that started this process, to start the other ranks with."""
+    """The command line that started this process, to start the other ranks with.
+
+    Refuses test runners and interactive sessions, and the programs of a registered orchestrator
+    (:mod:`lightning_lib.utilities.orchestration`): running those again would run a second copy of the
+    orchestrator's run, so their ranks are launched with torchrun instead.
+    """
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     name = getattr(spec, "name", None)
     module = name[: -len(".__main__")] if name and name.endswith(".__main__") else name
-    if module and module not in _NOT_A_PROGRAM and not module.startswith(_ORCHESTRATORS):
+    if module and module not in _NOT_A_PROGRAM and orchestrator_of_module(module) is None:
         return [sys.executable, "-m", module, *sys.argv[1:]]
     script = sys.argv[0] if sys.argv else ""
     if module or os.path.basename(script) in _NOT_A_SCRIPT or not getattr(main, "__file__", None):

@@ -2,6 +2,6 @@
 
 from lightning_lib.loggers.csv import CSVLogger
 from lightning_lib.loggers.logger import Logger
-from lightning_lib.loggers.mlflow._logger import MLFlowLogger
+from lightning_lib.loggers.mlflow import MLFlowLogger
 
 __all__ = ["CSVLogger", "Logger", "MLFlowLogger"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +174,30 @@ def test_the_local_launcher_needs_a_script_and_reductions_are_named(monkeypatch:
     with pytest.raises(ValueError, match=r"'mean', 'sum', 'max' or 'min' .*received 'median'"):
         _reduce_name("median")
     assert os.environ.get(cluster.LAUNCHED_BY_TRAINER) is None
+
+
+def test_the_local_launcher_never_relaunches_a_registered_orchestrators_program(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lightning_lib.utilities.orchestration import (
+        Orchestrator,
+        register_orchestrator,
+        unregister_orchestrator,
+    )
+
+    main = types.ModuleType("__main__")  # as `python -m sched_jobs.train --epochs 2` would leave it
+    main.__spec__ = types.SimpleNamespace(name="sched_jobs.train")  # type: ignore[assignment]
+    main.__file__ = "/project/sched_jobs/train.py"
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", [main.__file__, "--epochs", "2"])
+    # `python -m package.module` is relaunched as such while no orchestrator claims the module
+    assert script_command() == [sys.executable, "-m", "sched_jobs.train", "--epochs", "2"]
+    register_orchestrator(Orchestrator("test-scheduler", entry_modules=("sched_jobs",)))
+    try:
+        with pytest.raises(
+            RuntimeError, match=r"started as 'sched_jobs.train' \(.*an orchestrator\).*torchrun"
+        ):
+            script_command()
+    finally:
+        unregister_orchestrator("test-scheduler")
+    assert script_command()[:3] == [sys.executable, "-m", "sched_jobs.train"]

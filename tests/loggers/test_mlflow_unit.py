@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 from lightning_lib.loggers import MLFlowLogger
 from lightning_lib.loggers.mlflow._artifacts import best_weights, dataset_spec, detached_copy, make_spec
 from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences, checkpoint_reference, sha256_file
-from lightning_lib.loggers.mlflow._context import git_tags, prefect_tags
+from lightning_lib.loggers.mlflow._context import environment_tags, git_tags
 from lightning_lib.loggers.mlflow._params import (
     MAX_PARAM_VALUE_LENGTH,
     clean_name,
@@ -191,27 +191,26 @@ def test_git_tags_of_a_project_folder(tmp_path: Any) -> None:
     assert git_tags(tmp_path / "missing") == {}
 
 
-def test_prefect_tags_only_inside_a_flow_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    import types
+def test_environment_tags_end_with_the_registered_orchestrators(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning_lib.utilities.orchestration import (
+        Orchestrator,
+        register_orchestrator,
+        unregister_orchestrator,
+    )
 
-    monkeypatch.delitem(sys.modules, "prefect", raising=False)
-    assert prefect_tags() == {}  # never imports prefect itself
-    flow_run = types.SimpleNamespace(id="0b1c", name="brave-otter")
-    context = types.SimpleNamespace(flow_run=flow_run)
-    fake_context = types.ModuleType("prefect.context")
-    fake_context.FlowRunContext = types.SimpleNamespace(get=lambda: context)  # type: ignore[attr-defined]
-    fake_runtime = types.ModuleType("prefect.runtime")
-    fake_runtime.flow_run = types.SimpleNamespace(ui_url="http://prefect/runs/flow-run/0b1c")  # type: ignore[attr-defined]
-    for name, module in (("prefect", types.ModuleType("prefect")), ("prefect.context", fake_context),
-                         ("prefect.runtime", fake_runtime)):  # fmt: skip
-        monkeypatch.setitem(sys.modules, name, module)
-    assert prefect_tags() == {
-        "prefect.flow_run.id": "0b1c",
-        "prefect.flow_run.name": "brave-otter",
-        "prefect.flow_run.url": "http://prefect/runs/flow-run/0b1c",
-    }
-    context.flow_run = None
-    assert prefect_tags() == {}
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+    register_orchestrator(
+        Orchestrator("test-scheduler", run_tags=lambda: {"scheduler.job": "42", "seed": "from-scheduler"})
+    )
+    try:
+        tags = environment_tags(tmp_path)
+    finally:
+        unregister_orchestrator("test-scheduler")
+    assert tags["scheduler.job"] == "42" and "lightning_lib.version" in tags
+    assert tags["seed"] == "from-scheduler"  # the orchestrator's tags come last, as the run's context
+    assert "scheduler.job" not in environment_tags(tmp_path)
 
 
 def test_final_status_comes_from_the_exception(tmp_path: Any) -> None:

@@ -16,7 +16,10 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
 
 MANIFEST_NAME = "MANIFEST.json"
 _CHUNK = 1 << 20
@@ -105,7 +108,7 @@ def checkpoint_reference(path: str) -> dict[str, Any]:
 Snapshot = tuple[str, list[str], float | None, str | None]
 
 
-def snapshot(callback: Any) -> list[Snapshot]:
+def snapshot(callback: ModelCheckpoint) -> list[Snapshot]:
     """The callback's ``last_model_path`` / ``best_model_path`` now, with their roles ("latest", "best")."""
     by_path: dict[str, list[str]] = {}
     for role, attr in (("latest", "last_model_path"), ("best", "best_model_path")):
@@ -142,7 +145,7 @@ class CheckpointReferences:
         self._index: dict[tuple[str, str | None], dict[str, Any]] = {}
         self._pending: list[Snapshot] = []
 
-    def add(self, callback: Any) -> None:
+    def add(self, callback: ModelCheckpoint) -> None:
         """Remember what ``callback`` points at now, to be hashed by :meth:`resolve`."""
         self._pending.extend(snapshot(callback))
 
@@ -167,7 +170,7 @@ class CheckpointReferences:
         self._pending = still_pending
         return roles
 
-    def record(self, callback: Any) -> dict[str, dict[str, Any]]:
+    def record(self, callback: ModelCheckpoint) -> dict[str, dict[str, Any]]:
         """Snapshot ``callback`` and resolve everything at once (the end of fit)."""
         self.add(callback)
         return self.resolve(final=True)

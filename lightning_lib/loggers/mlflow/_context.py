@@ -1,9 +1,11 @@
-"""The tags that say where a run came from: code version, library versions, seed, orchestrator.
+"""The tags that say where a run came from: code version, library versions, seed, orchestrator run.
 
-MLflow guesses the git commit from ``sys.argv[0]``, which under an orchestrator (a Prefect worker, a
-pytest run, ``python -m``) points into the orchestrator's installation, not the user's project. Here it
-is computed from the project folder itself (the working directory unless told otherwise). Every value
-goes through the secret scrubber before it is sent (a remote URL may carry a token).
+MLflow guesses the git commit from ``sys.argv[0]``, which under an orchestrator (a workflow engine's
+worker, a pytest run, ``python -m``) points into the orchestrator's installation, not the user's project.
+Here it is computed from the project folder itself (the working directory unless told otherwise). The
+orchestrator run's tags come from whatever the application registered
+(:mod:`lightning_lib.utilities.orchestration`). Every value goes through the secret scrubber before it is
+sent (a remote URL may carry a token).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Any
+
+from lightning_lib.utilities.orchestration import orchestrator_run_tags
 
 TAG_RUN_KEY = "run_key"
 TAG_SEED = "seed"
@@ -25,9 +28,6 @@ TAG_GIT_DIRTY = "git.dirty"
 TAG_LIBRARY_VERSION = "lightning_lib.version"
 TAG_TORCH_VERSION = "torch.version"
 TAG_PYTHON_VERSION = "python.version"
-TAG_PREFECT_FLOW_RUN_ID = "prefect.flow_run.id"
-TAG_PREFECT_FLOW_RUN_NAME = "prefect.flow_run.name"
-TAG_PREFECT_FLOW_RUN_URL = "prefect.flow_run.url"
 TAG_EXCEPTION = "lightning_lib.exception"
 
 
@@ -91,56 +91,12 @@ def source_tags() -> dict[str, str]:
     return tags
 
 
-def prefect_tags() -> dict[str, str]:
-    """The Prefect flow run this process runs in, if any.
-
-    Prefect is only consulted when the process has imported it already: a process that runs inside a
-    flow always has, and one that does not should not pay for importing it (or depend on it).
-    """
-    if "prefect" not in sys.modules:
-        return {}
-    try:
-        from prefect.context import FlowRunContext
-
-        context: Any = FlowRunContext.get()
-        flow_run = getattr(context, "flow_run", None)
-        if flow_run is None:
-            return {}
-        tags = {TAG_PREFECT_FLOW_RUN_ID: str(flow_run.id)}
-        if getattr(flow_run, "name", None):
-            tags[TAG_PREFECT_FLOW_RUN_NAME] = str(flow_run.name)
-        url = _prefect_flow_run_url(str(flow_run.id))
-        if url:
-            tags[TAG_PREFECT_FLOW_RUN_URL] = url
-        return tags
-    except Exception:  # an unexpected Prefect version must not stop training
-        return {}
-
-
-def _prefect_flow_run_url(flow_run_id: str) -> str | None:
-    try:
-        from prefect.runtime import flow_run as runtime_flow_run
-
-        url = getattr(runtime_flow_run, "ui_url", None)
-        if url:
-            return str(url)
-    except Exception:
-        pass
-    try:
-        from prefect.settings import PREFECT_UI_URL
-
-        base = PREFECT_UI_URL.value()
-        return f"{str(base).rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
-    except Exception:
-        return None
-
-
 def environment_tags(git_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
-    """All the tags above, unscrubbed (the caller scrubs them with the user's tags)."""
+    """All the tags above, then the registered orchestrators', unscrubbed (the caller scrubs them)."""
     tags: dict[str, str] = {}
     tags.update(source_tags())
     tags.update(git_tags(git_path))
     tags.update(version_tags())
     tags.update(seed_tags())
-    tags.update(prefect_tags())
+    tags.update(orchestrator_run_tags())
     return tags

@@ -1,21 +1,28 @@
-"""The end of an MLflow run: checkpoints recorded, why the run stopped, the final status and model.
+"""The end of an MLflow run: checkpoints recorded, why the run stopped, the end-of-fit artifacts, the
+final status.
 
-A mixin of :class:`~lightning_lib.loggers.mlflow._logger.MLFlowLogger` (its methods take the logger as ``self``).
+:class:`RunEnd` is a mixin of :class:`~lightning_lib.loggers.mlflow._logger.MLFlowLogger` (its methods take
+the logger as ``self``); :func:`log_fit_artifacts` is what a fit leaves in the run.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning_lib.loggers.mlflow._context import TAG_EXCEPTION
 from lightning_lib.loggers.mlflow._params import MAX_TAGS_PER_BATCH, chunks, prepare_tags
-from lightning_lib.loggers.mlflow._run import log_fit_artifacts
 from lightning_lib.loggers.redact import redact_text
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.models.model import ModelInfo
+
     from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
     from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences
     from lightning_lib.loggers.mlflow._logger import MLFlowLogger
@@ -31,7 +38,7 @@ class RunEnd:
 
     # the logger's state these methods use; MLFlowLogger.__init__ sets it
     _references: CheckpointReferences
-    _checkpoint_callback: Any
+    _checkpoint_callback: ModelCheckpoint | None
     _sender: MetricSender | None
     _initialized: bool
     _fitting: bool
@@ -39,7 +46,7 @@ class RunEnd:
     _exception_status: str | None
     _run_id: str | None
     delivery_report: DeliveryReport | None
-    logged_model_info: Any
+    logged_model_info: ModelInfo | None
 
     def after_save_checkpoint(self: MLFlowLogger, checkpoint_callback: ModelCheckpoint) -> None:  # type: ignore[misc]
         """Remember the checkpoint callback; with ``log_model="all"`` record its checkpoints now."""
@@ -107,7 +114,7 @@ class RunEnd:
         delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
         if delivered and fitted:  # validate/test/predict end here too; only fit leaves curves, model
             log_fit_artifacts(
-                self._client,
+                self.experiment,
                 str(self._run_id),
                 sender.report,
                 references=self._references,
@@ -147,3 +154,51 @@ class RunEnd:
             registered_model_name=self._registered_model_name,
             alias=self._registered_model_alias,
         )
+
+
+def log_fit_artifacts(
+    client: MlflowClient,
+    run_id: str,
+    report: DeliveryReport,
+    *,
+    references: CheckpointReferences,
+    copy_checkpoints: bool,
+    history: Mapping[str, list[tuple[int, float]]] | None,
+    log_model: Callable[[], None] | None,
+) -> None:
+    """The end-of-fit artifacts, each on its own: one that fails is reported, the others still go.
+
+    ``checkpoints/references.json`` (URIs and hashes), optionally copies of the local checkpoints,
+    ``plots/metric_curves.png`` when ``history`` is given, then the model through ``log_model``.
+    """
+    from lightning_lib.loggers.mlflow._artifacts import plot_metric_curves
+
+    def copies() -> None:
+        for ref in references.records:
+            uri = str(ref["uri"])
+            if not uri.startswith("s3://") and os.path.exists(uri):
+                client.log_artifact(run_id, uri, "checkpoints")
+
+    def curves() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "metric_curves.png")
+            if history and plot_metric_curves(history, path):
+                client.log_artifact(run_id, path, "plots")
+
+    steps: list[tuple[str, Callable[[], None]]] = []
+    if references.records:
+        steps.append(("checkpoint references", lambda: client.log_text(
+            run_id, references.to_json(), "checkpoints/references.json")))  # fmt: skip
+    if copy_checkpoints:
+        steps.append(("checkpoint copies", copies))
+    if history:
+        steps.append(("metric curves", curves))
+    if log_model is not None:
+        steps.append(("model", log_model))
+    for what, step in steps:
+        try:
+            step()
+        except Exception as exc:
+            message = redact_text(f"{type(exc).__name__}: {exc}")[:500]
+            log.warning("Could not log the %s to MLflow: %s", what, message)
+            report.failures.append(f"{what}: {message}")

@@ -8,7 +8,8 @@ plus what a production stage needs:
   and the end of the run reports, with numbers, whatever could not be delivered;
 - the run is found again by ``run_key`` (a retry or a re-run continues it, never a second run) and ends
   FINISHED, FAILED or KILLED (SIGTERM, Ctrl-C);
-- tags say where the run came from (git commit of the user's project, versions, seed, Prefect flow run);
+- tags say where the run came from (git commit of the user's project, versions, seed, the orchestrator's
+  run: :mod:`lightning_lib.utilities.orchestration`);
 - params are flattened, scrubbed of credentials and fitted to MLflow's limits with a warning;
 - the training data is recorded as a dataset input; checkpoints by URI and sha256; with ``log_model`` the
   model is logged as an MLflow model (optionally registered, with an alias); a PNG of the metric curves.
@@ -53,7 +54,12 @@ from lightning_lib.loggers.mlflow._run import (
 from lightning_lib.loggers.mlflow._worker import DeliveryReport, MetricSender, RetryPolicy
 
 if TYPE_CHECKING:
-    pass
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.models.model import ModelInfo
+
+    from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
+    from lightning_lib.loggers.mlflow._transport import DatasetSpec, Transport
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +176,7 @@ class MLFlowLogger(RunEnd, Logger):
         self._request_timeout = request_timeout
         self._startup_timeout = startup_timeout
         self._retry = retry
-        self._client: Any = None
+        self._client: MlflowClient | None = None
         self._initialized = False
         self._resumed = False
         self._sender: MetricSender | None = None
@@ -179,23 +185,24 @@ class MLFlowLogger(RunEnd, Logger):
         self._history: dict[str, list[tuple[int, float]]] = {}
         self._logged_params: dict[str, str] = {}
         self._exception_status: str | None = None
-        self._module: weakref.ReferenceType[Any] | None = None
+        self._module: weakref.ReferenceType[torch.nn.Module] | None = None
         self._dataset_pending = False
         self._fitting = False
         self._datasets_logged: set[tuple[str, str]] = set()
         self._dataset_thread: threading.Thread | None = None
-        self._checkpoint_callback: Any = None
+        self._checkpoint_callback: ModelCheckpoint | None = None
         self._references = CheckpointReferences()
         self.delivery_report: DeliveryReport | None = None  # set by finalize
-        self.logged_model_info: Any = None  # mlflow's ModelInfo of the model logged by finalize
+        self.logged_model_info: ModelInfo | None = None  # mlflow's ModelInfo of the model logged by finalize
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # ---- identity ----------------------------------------------------------------------------------
     @property
-    def experiment(self) -> Any:
+    def experiment(self) -> MlflowClient:
         """The ``mlflow.MlflowClient``; the first access finds or creates the experiment and the run."""
         if not self._initialized:
             self._start()
+        assert self._client is not None  # _start sets it or raises
         return self._client
 
     @property
@@ -298,14 +305,14 @@ class MLFlowLogger(RunEnd, Logger):
                 self._terminated = False
         return self._sender
 
-    def _transport(self) -> Any:
+    def _transport(self) -> Transport:
         from lightning_lib.loggers.mlflow._transport import ClientTransport, RestTransport
 
         store = getattr(getattr(self._client, "_tracking_client", None), "store", None)
         get_host_creds = getattr(store, "get_host_creds", None)
         if self._tracking_uri.startswith(("http://", "https://")) and callable(get_host_creds):
             return RestTransport(get_host_creds, self._request_timeout)
-        return ClientTransport(self._client)
+        return ClientTransport(self.experiment)
 
     # ---- logging -----------------------------------------------------------------------------------
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
@@ -391,7 +398,7 @@ class MLFlowLogger(RunEnd, Logger):
     def save(self) -> None:
         """Nothing to do: values are queued and sent by the background sender (see :meth:`flush`)."""
 
-    def log_graph(self, model: Any, input_array: Any = None) -> None:
+    def log_graph(self, model: torch.nn.Module, input_array: torch.Tensor | None = None) -> None:
         """Remember the module the Trainer is fitting (weakly): its data and weights are logged from it."""
         self._module = weakref.ref(model)
         self._dataset_pending = True
@@ -414,7 +421,7 @@ class MLFlowLogger(RunEnd, Logger):
 
         self._log_spec(make_spec(name, digest, source, schema, profile, context))
 
-    def _log_spec(self, spec: Any) -> None:
+    def _log_spec(self, spec: DatasetSpec) -> None:
         key = (spec.name, spec.digest)
         if key in self._datasets_logged:
             return

@@ -6,9 +6,12 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ def log_pytorch_model(
     name: str = "model",
     registered_model_name: str | None = None,
     alias: str | None = None,
-) -> Any:
+) -> ModelInfo:
     """Log ``model`` to run ``run_id``; register it (and point ``alias`` at the version) when asked.
 
     MLflow's default format (``pt2``, an exported graph that loads without the user's classes) is tried

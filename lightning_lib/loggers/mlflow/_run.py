@@ -1,18 +1,18 @@
-"""Finding or starting the MLflow run a logger writes to, and what it leaves at the end of fit."""
+"""The start of an MLflow run: the server reachable, the experiment found or created, the run found by key."""
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
-from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences
 from lightning_lib.loggers.mlflow._context import TAG_RUN_KEY
-from lightning_lib.loggers.mlflow._worker import DeliveryReport
 from lightning_lib.loggers.redact import redact_text
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def wait_until_reachable(uri: str, timeout: float) -> None:
         delay = min(2 * delay, 5.0)
 
 
-def experiment_id_for(client: Any, name: str, artifact_location: str | None) -> str:
+def experiment_id_for(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     """The id of the live experiment called ``name``, created (at ``artifact_location``) if missing."""
     from mlflow.exceptions import MlflowException
 
@@ -68,7 +68,7 @@ def sqlite_artifact_location(uri: str) -> str | None:
     return os.path.join(os.path.dirname(os.path.abspath(uri[len("sqlite:///") :])), "artifacts")
 
 
-def find_run_by_key(client: Any, experiment_id: str, run_key: str) -> Any:
+def find_run_by_key(client: MlflowClient, experiment_id: str, run_key: str) -> Run | None:
     """The oldest live run of the experiment tagged ``run_key``, or None (the key's charset is checked
     by the logger, so it can be quoted as is)."""
     runs = client.search_runs(
@@ -78,51 +78,3 @@ def find_run_by_key(client: Any, experiment_id: str, run_key: str) -> Any:
         order_by=["attributes.start_time ASC"],
     )
     return runs[0] if runs else None
-
-
-def log_fit_artifacts(
-    client: Any,
-    run_id: str,
-    report: DeliveryReport,
-    *,
-    references: CheckpointReferences,
-    copy_checkpoints: bool,
-    history: Mapping[str, list[tuple[int, float]]] | None,
-    log_model: Callable[[], None] | None,
-) -> None:
-    """The end-of-fit artifacts, each on its own: one that fails is reported, the others still go.
-
-    ``checkpoints/references.json`` (URIs and hashes), optionally copies of the local checkpoints,
-    ``plots/metric_curves.png`` when ``history`` is given, then the model through ``log_model``.
-    """
-    from lightning_lib.loggers.mlflow._artifacts import plot_metric_curves
-
-    def copies() -> None:
-        for ref in references.records:
-            uri = str(ref["uri"])
-            if not uri.startswith("s3://") and os.path.exists(uri):
-                client.log_artifact(run_id, uri, "checkpoints")
-
-    def curves() -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "metric_curves.png")
-            if history and plot_metric_curves(history, path):
-                client.log_artifact(run_id, path, "plots")
-
-    steps: list[tuple[str, Callable[[], None]]] = []
-    if references.records:
-        steps.append(("checkpoint references", lambda: client.log_text(
-            run_id, references.to_json(), "checkpoints/references.json")))  # fmt: skip
-    if copy_checkpoints:
-        steps.append(("checkpoint copies", copies))
-    if history:
-        steps.append(("metric curves", curves))
-    if log_model is not None:
-        steps.append(("model", log_model))
-    for what, step in steps:
-        try:
-            step()
-        except Exception as exc:
-            message = redact_text(f"{type(exc).__name__}: {exc}")[:500]
-            log.warning("Could not log the %s to MLflow: %s", what, message)
-            report.failures.append(f"{what}: {message}")

@@ -17,7 +17,10 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 # (key, value, timestamp in ms, step): the cheapest shape to build on the training thread.
 Record = tuple[str, float, int, int]
@@ -207,7 +210,7 @@ class RestTransport:
 class ClientTransport:
     """Goes through ``MlflowClient``: for local stores (SQLite, files), where requests cannot hang."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: MlflowClient) -> None:
         self._client = client
 
     def log_batch(
