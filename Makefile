@@ -26,9 +26,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/lightning-lib train
 
+# Style, then the import layers and optional-dependency boundaries of [tool.importlinter] in pyproject.toml.
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy
@@ -36,7 +38,7 @@ typecheck: install
 unit: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The README's test command: style, types, then every test (slow ones included).
+# The README's test command: style and import layers, types, then every test (slow ones included).
 test: lint typecheck unit
 
 bench: install

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch.distributed as dist
 
 from lightning_lib.callbacks import Callback
-from lightning_lib.distributed import _cluster as cluster
+from lightning_lib.distributed import launched_by_trainer, launched_externally
 from lightning_lib.loggers.redact import redact_text
 from lightning_lib.storage import join_uri, open_store, split_uri
 from lightning_lib.trainer.arguments import parse_devices, resolve_accelerator
@@ -53,7 +53,7 @@ def processes_per_node(config: TrainConfig) -> int:
 
 def needs_launch(config: TrainConfig) -> bool:
     """More than one process, and nobody (torchrun) started them yet."""
-    if cluster.launched_externally() or cluster.launched_by_trainer():
+    if launched_externally() or launched_by_trainer():
         return False
     return processes_per_node(config) * config.trainer.num_nodes > 1
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,8 +27,11 @@ from lightning_lib.utilities.apply_func import apply_to_tensors
 from lightning_lib.utilities.rank_zero import rank_zero_only
 
 if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
     from lightning_lib.trainer import Trainer
 
+_T = TypeVar("_T")
 log = logging.getLogger("lightning_lib")
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
@@ -36,7 +40,7 @@ _launcher: LocalLauncher | None = None
 _watching = [False]  # a child's parent watchdog, started once per process
 # decisions and small objects (stop? which file?) go through a gloo group on the host: with NCCL they
 # would need a device tensor and a host-device sync at every step
-_control_group: list[Any] = [None]
+_control_group: list[ProcessGroup | None] = [None]
 
 
 class _TrainingStep(nn.Module):
@@ -188,13 +192,13 @@ class DDPStrategy(SingleDeviceStrategy):
             return super().training_step(*args)
         return self._ddp(*args)
 
-    def block_backward_sync(self) -> Any:
+    def block_backward_sync(self) -> AbstractContextManager[object]:
         """While accumulating gradients: no all-reduce until the window's last backward."""
         return self._ddp.no_sync() if self._ddp is not None else nullcontext()
 
     # ---- collectives ----------------------------------------------------------------------------------
-    def reduce(self, tensor: Any, reduce_op: Any = "mean") -> Any:
-        if not isinstance(tensor, torch.Tensor):
+    def reduce(self, tensor: torch.Tensor, reduce_op: str | Callable[..., Any] = "mean") -> torch.Tensor:
+        if not isinstance(tensor, torch.Tensor):  # as in Lightning, anything else is returned as it is
             return tensor
         name = _reduce_name(reduce_op)
         out = tensor.detach().to(self.root_device, copy=True)  # NCCL reduces device tensors only
@@ -211,12 +215,12 @@ class DDPStrategy(SingleDeviceStrategy):
         count = int(votes.item())
         return count == self.world_size if all else count > 0
 
-    def broadcast(self, obj: Any, src: int = 0) -> Any:
+    def broadcast(self, obj: _T, src: int = 0) -> _T:
         holder = [obj]
         dist.broadcast_object_list(holder, src=src, group=_control_group[0])
         return holder[0]
 
-    def all_gather_object(self, obj: Any) -> list[Any]:
+    def all_gather_object(self, obj: _T) -> list[_T]:
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, obj, group=_control_group[0])
         return gathered
@@ -228,7 +232,7 @@ class DDPStrategy(SingleDeviceStrategy):
             else:
                 dist.barrier()
 
-    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+    def all_gather(self, data: Any, group: ProcessGroup | None = None, sync_grads: bool = False) -> Any:
         size = dist.get_world_size(group) if group is not None else self.world_size
 
         def gather(tensor: torch.Tensor) -> torch.Tensor:
@@ -249,7 +253,7 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _reduce_name(reduce_op: Any) -> str:
+def _reduce_name(reduce_op: str | Callable[..., Any]) -> str:
     if isinstance(reduce_op, str):
         name = reduce_op.lower()
     else:

@@ -1,13 +1,14 @@
 """Process-level strategies: one device in one process, or DDP (lightning_lib.distributed._ddp) over several.
 
-The Trainer talks to either through the same small surface: set up the process (and its group), put
-the module on its device, run ``training_step``, and the collectives (identities with one process).
+The Trainer talks to either through the same small surface, the ``Strategy`` protocol: set up the
+process (and its group), put the module on its device, run ``training_step``, and the collectives
+(identities with one process).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -15,8 +16,104 @@ from torch import nn
 from lightning_lib.distributed import _cluster as cluster
 
 if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
     from lightning_lib.core.optimizer import LightningOptimizer
+    from lightning_lib.distributed._ddp import DDPStrategy
     from lightning_lib.trainer import Trainer
+
+_T = TypeVar("_T")
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """What the Trainer, its loops, the callbacks, the checkpoint code and the LightningModule use of a strategy.
+
+    ``SingleDeviceStrategy`` (one process) and ``DDPStrategy`` (one process per device) implement it.
+    Every rank calls the collectives in the same order; with one process they are identities.
+    """
+
+    root_device: torch.device
+    num_nodes: int
+    # the LightningOptimizer wrappers of the run's optimizers, set by the Trainer once they are configured
+    _lightning_optimizers: list[LightningOptimizer]
+
+    def configure(self, trainer: Trainer, devices: list[torch.device], num_nodes: int) -> None:
+        """Bind to ``trainer`` running on ``devices`` of each of ``num_nodes`` nodes (at ``Trainer.__init__``)."""
+        ...
+
+    @property
+    def world_size(self) -> int:
+        """How many processes take part in the run."""
+        ...
+
+    @property
+    def global_rank(self) -> int:
+        """This process's index among all processes."""
+        ...
+
+    @property
+    def local_rank(self) -> int:
+        """This process's index among the processes of its node."""
+        ...
+
+    @property
+    def node_rank(self) -> int:
+        """The index of this process's node."""
+        ...
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this is the process that writes checkpoints and logs."""
+        ...
+
+    def setup_environment(self) -> None:
+        """Join the other processes of the run (once per process) at the start of every Trainer run."""
+        ...
+
+    def explain_failure(self, exc: BaseException) -> BaseException | None:
+        """The error to raise instead of ``exc`` when another process's failure caused it, else None."""
+        ...
+
+    def setup_module(self, module: nn.Module) -> None:
+        """Put ``module`` on ``root_device`` in the precision's dtype, wrapped as the run needs."""
+        ...
+
+    def teardown(self) -> None:
+        """Drop what ``setup_module`` wrapped, at the end of a Trainer run."""
+        ...
+
+    def training_step(self, *args: Any) -> Any:
+        """The LightningModule's ``training_step`` through whatever synchronises its gradients."""
+        ...
+
+    def block_backward_sync(self) -> AbstractContextManager[object]:
+        """A context in which backward accumulates gradients locally, without synchronising them."""
+        ...
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
+        """``tensor`` reduced across processes with ``reduce_op`` ('mean', 'sum', 'max' or 'min')."""
+        ...
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        """Whether every process (``all``) or any process decided True."""
+        ...
+
+    def broadcast(self, obj: _T, src: int = 0) -> _T:
+        """Process ``src``'s ``obj``, on every process."""
+        ...
+
+    def all_gather_object(self, obj: _T) -> list[_T]:
+        """Every process's ``obj``, in rank order."""
+        ...
+
+    def barrier(self, name: str | None = None) -> None:
+        """Wait until every process reaches this point."""
+        ...
+
+    def all_gather(self, data: Any, group: ProcessGroup | None = None, sync_grads: bool = False) -> Any:
+        """Every tensor in ``data`` stacked across processes on a new leading dimension."""
+        ...
 
 
 class SingleDeviceStrategy:
@@ -80,7 +177,7 @@ class SingleDeviceStrategy:
     def training_step(self, *args: Any) -> Any:
         return self.trainer._hooks.module("training_step", *args)
 
-    def block_backward_sync(self) -> Any:
+    def block_backward_sync(self) -> AbstractContextManager[object]:
         return nullcontext()
 
     # ---- collectives ----------------------------------------------------------------------------------
@@ -90,27 +187,31 @@ class SingleDeviceStrategy:
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         return decision
 
-    def broadcast(self, obj: Any, src: int = 0) -> Any:
+    def broadcast(self, obj: _T, src: int = 0) -> _T:
         return obj
 
-    def all_gather_object(self, obj: Any) -> list[Any]:
+    def all_gather_object(self, obj: _T) -> list[_T]:
         return [obj]
 
     def barrier(self, name: str | None = None) -> None:
         """Nothing to wait for with one process."""
 
-    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+    def all_gather(self, data: Any, group: ProcessGroup | None = None, sync_grads: bool = False) -> Any:
         if isinstance(data, torch.Tensor):
             return data.unsqueeze(0) if data.ndim == 0 else data
         return data
 
 
-def build_strategy(strategy: Any, devices: list[torch.device], num_nodes: int, trainer: Trainer) -> Any:
+def build_strategy(
+    strategy: str | DDPStrategy, devices: list[torch.device], num_nodes: int, trainer: Trainer
+) -> Strategy:
     """The strategy for the Trainer's ``strategy`` argument; "auto" picks DDP for more than one process."""
     from lightning_lib.distributed._ddp import DDPStrategy
 
+    # typed as the protocol, so that mypy checks both classes against it at these assignments
+    chosen: Strategy
     if isinstance(strategy, DDPStrategy):
-        chosen: Any = strategy
+        chosen = strategy
     elif strategy == "ddp":
         chosen = DDPStrategy()
     elif strategy == "ddp_find_unused_parameters_true":
@@ -125,4 +226,4 @@ def build_strategy(strategy: Any, devices: list[torch.device], num_nodes: int, t
     return chosen
 
 
-__all__ = ["SingleDeviceStrategy", "build_strategy"]
+__all__ = ["SingleDeviceStrategy", "Strategy", "build_strategy"]
