@@ -6,7 +6,9 @@ below too; a public name defined in a package but left out of its ``__all__`` fa
 
 from __future__ import annotations
 
+import ast
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -80,3 +82,42 @@ def test_every_public_name_is_exported(name: str) -> None:
     module = importlib.import_module(name)
     unexported = sorted(set(_public_names(module)) - set(module.__all__))
     assert unexported == [], f"{name} defines public names left out of __all__: {unexported}"
+
+
+def _private_library_imports(source: Path) -> list[str]:
+    """``lightning_lib`` modules or names behind a leading underscore that ``source`` imports."""
+    found = []
+    for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lightning_lib"):
+            targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names if alias.name.startswith("lightning_lib")]
+        else:
+            continue
+        found += [
+            f"{source.name}:{node.lineno} {target}"
+            for target in targets
+            if any(part.startswith("_") and part != "__version__" for part in target.split("."))
+        ]
+    return found
+
+
+@pytest.mark.parametrize("package", ["tasks", "flows", "examples"])
+def test_the_pipeline_uses_only_the_library_s_public_api(package: str) -> None:
+    root = Path(__file__).resolve().parents[1] / package
+    private = [hit for source in sorted(root.rglob("*.py")) for hit in _private_library_imports(source)]
+    assert private == [], f"{package}/ imports lightning_lib internals: {private}"
+
+
+def test_the_private_import_check_sees_private_imports(tmp_path: Path) -> None:
+    source = tmp_path / "user.py"
+    source.write_text(
+        "import lightning_lib.storage._s3\n"
+        "from lightning_lib.checkpoint import _format\n"
+        "from lightning_lib.storage import open_store\n"
+        "from lightning_lib import __version__\n"
+    )
+    assert _private_library_imports(source) == [
+        "user.py:1 lightning_lib.storage._s3",
+        "user.py:2 lightning_lib.checkpoint._format",
+    ]

@@ -99,7 +99,8 @@ class DataConnector:
             return overrides(datamodule, hook, LightningDataModule)
         return overrides(self.trainer.lightning_module, hook, LightningModule)
 
-    def _prepare(self, loader: Any, hook: str) -> Any:
+    def prepare(self, loader: Any, hook: str) -> Any:
+        """The loader as this run iterates it: sequential when overfitting, sharded across processes, seeded workers."""
         trainer = self.trainer
         check_iterable(loader, hook)
         if trainer.overfit_batches > 0 and trainer.state.fn == TrainerFn.FITTING:
@@ -120,7 +121,7 @@ class DataConnector:
                 "Expected a train dataloader for `trainer.fit`: pass `train_dataloaders`, a datamodule,"
                 " or implement `train_dataloader`; received none."
             )
-        flat = [self._prepare(dl, "train_dataloader") for dl in flat]
+        flat = [self.prepare(dl, "train_dataloader") for dl in flat]
         if isinstance(source, dict):
             loader: Any = CycleLoaders(dict(zip(source.keys(), flat)))
         elif isinstance(source, list | tuple):
@@ -210,7 +211,7 @@ class DataConnector:
                 f"Expected a {key} dataloader for `trainer.{running_fn}`: pass dataloaders, a datamodule,"
                 f" or implement `{hook}`; received none."
             )
-        flat = [self._prepare(dl, hook) for dl in flatten_loaders(source)]
+        flat = [self.prepare(dl, hook) for dl in flatten_loaders(source)]
         self._eval[key] = (flat, [num_batches(dl, limit, key) for dl in flat])
         if key == "val":
             self.last_val_reload_epoch = trainer.current_epoch

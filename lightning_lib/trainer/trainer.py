@@ -35,6 +35,8 @@ from lightning_lib.trainer.states import RunningStage, TrainerFn, TrainerState
 if TYPE_CHECKING:
     from lightning_lib.core.datamodule import LightningDataModule
     from lightning_lib.core.module import LightningModule
+    from lightning_lib.distributed import DDPStrategy
+    from lightning_lib.loggers.logger import Logger
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +50,30 @@ class Trainer:
     are functions in ``lightning_lib.loop`` over those.
     """
 
-    loggers: list[Any]
+    loggers: list[Logger]
 
     def __init__(
         self,
         *,
         accelerator: str = "auto",
-        strategy: str = "auto",
-        devices: Any = "auto",
+        strategy: str | DDPStrategy = "auto",
+        devices: int | str | list[int] = "auto",
         num_nodes: int = 1,
-        precision: Any = None,
-        logger: Any = None,
-        callbacks: Any = None,
+        precision: str | int | None = None,
+        logger: Logger | Iterable[Logger] | bool | None = None,
+        callbacks: Callback | Iterable[Callback] | None = None,
         fast_dev_run: int | bool = False,
         max_epochs: int | None = None,
         min_epochs: int | None = None,
         max_steps: int = -1,
         min_steps: int | None = None,
-        max_time: Any = None,
+        max_time: str | timedelta | dict[str, int] | None = None,
         limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None,
         limit_test_batches: int | float | None = None,
         limit_predict_batches: int | float | None = None,
         overfit_batches: int | float = 0.0,
-        val_check_interval: Any = None,
+        val_check_interval: int | float | str | timedelta | dict[str, int] | None = None,
         check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int | None = None,
         log_every_n_steps: int | None = None,

@@ -93,12 +93,12 @@ def test_the_trainer_injects_the_sampler_only_for_several_processes(tmp_path: Pa
     loader = DataLoader(DATA, batch_size=2, sampler=RandomSampler(DATA))
     two = pl.Trainer(accelerator="cpu", devices=2, default_root_dir=tmp_path)
     assert isinstance(two.strategy, DDPStrategy) and two.world_size == 2 and two.is_global_zero
-    assert isinstance(two._prepare_loader(loader, "train_dataloader").sampler, DistributedSampler)
+    assert isinstance(two._data.prepare(loader, "train_dataloader").sampler, DistributedSampler)
     off = pl.Trainer(accelerator="cpu", devices=2, use_distributed_sampler=False, default_root_dir=tmp_path)
-    assert off._prepare_loader(loader, "train_dataloader").sampler is loader.sampler
+    assert off._data.prepare(loader, "train_dataloader").sampler is loader.sampler
     one = pl.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path)
     assert isinstance(one.strategy, SingleDeviceStrategy)
-    assert one._prepare_loader(loader, "train_dataloader") is loader
+    assert one._data.prepare(loader, "train_dataloader") is loader
 
 
 def test_loggers_do_nothing_on_other_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
