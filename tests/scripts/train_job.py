@@ -59,7 +59,7 @@ def hold_commits_open(seconds: float) -> None:
 def use_small_s3_parts(mib: int) -> None:
     """Make S3 stores upload in ``mib``-MiB multipart parts, so test-sized checkpoints go up as
     multipart uploads (a kill then leaves an incomplete upload for the next run to abort)."""
-    from lightning_lib.storage import store
+    from lightning_lib.storage import _store as store
 
     base = store.S3Store
 
