@@ -59,10 +59,9 @@ from checkpoint_setup import (
 )
 
 import lightning_lib as pl
-from lightning_lib.checkpoint import delete_checkpoint, list_committed
+from lightning_lib.checkpoint import CHECKPOINT_FILE, CheckpointWriter, delete_checkpoint, list_committed
 from lightning_lib.checkpoint._format import dump_checkpoint, load_file
 from lightning_lib.checkpoint._resume import select_ckpt_path
-from lightning_lib.checkpoint._writer import CHECKPOINT_FILE, CheckpointWriter
 from lightning_lib.storage import GrowingFile, PrehashedFile, open_store
 from lightning_lib.trainer.states import TrainerFn
 

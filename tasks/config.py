@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from lightning_lib.loggers.redact import is_secret_name, redact_text, secret_env_values
-from lightning_lib.storage._uri import is_remote, local_path, parse_s3_uri
+from lightning_lib.storage import is_remote, local_path, parse_s3_uri
 from tasks.imports import IMPORT_PATH_PATTERN, check_import_path, load_class
 from tasks.params import apply_overrides, flatten, load_yaml_file, unflatten
 from tasks.trainer_config import CheckpointConfig, TrainerConfig

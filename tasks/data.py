@@ -19,8 +19,7 @@ from typing import Any
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from lightning_lib.storage import join_uri, open_store, split_uri
-from lightning_lib.storage._uri import is_remote, local_path
+from lightning_lib.storage import is_remote, join_uri, local_path, open_store, split_uri
 from tasks.config import TrainConfig
 from tasks.retry import retrying
 from tasks.tabular import DataValidationError, check_schema, parse_table, split_indices, to_parquet_bytes

@@ -15,8 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import torch
 
 from lightning_lib.callbacks import Callback
-from lightning_lib.storage import join_uri
-from lightning_lib.storage._uri import is_remote, local_path
+from lightning_lib.storage import is_remote, join_uri, local_path
 from tasks.config import TrainConfig
 from tasks.data import PreparedData
 from tasks.tracking import embedded_mlflow_dir, tracking_uri

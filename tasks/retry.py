@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_lib.distributed._launcher import RankFailedError
+from lightning_lib.distributed import RankFailedError
 from lightning_lib.storage import (
     AccessDeniedError,
     BucketNotFound,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from urllib.parse import quote
 
-from lightning_lib.storage._uri import is_remote, local_path
+from lightning_lib.storage import is_remote, local_path
 from tasks.config import TrainConfig
 
 EMBEDDED_MLFLOW_DIR = "mlflow"

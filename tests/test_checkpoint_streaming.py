@@ -1,8 +1,13 @@
-"""The checkpoint writer's commit (serialise while uploading) and resume's single verified load."""
+"""The one background checkpoint writer (one commit in flight, an error raised once, nothing run after a
+failure, shutdown waiting for a commit), its commit (serialise while uploading), and resume's single
+verified load."""
 
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import tempfile
 import threading
 import weakref
@@ -13,13 +18,14 @@ import pytest
 import torch
 
 import lightning_lib as pl
+from lightning_lib.checkpoint import CheckpointWriter, list_committed, read_manifest
 from lightning_lib.checkpoint import _format as checkpoint_io
 from lightning_lib.checkpoint import _writer as checkpoint_writer
-from lightning_lib.checkpoint import list_committed, read_manifest
-from lightning_lib.checkpoint._writer import CheckpointWriter
 from lightning_lib.storage import LocalStore
 from lightning_lib.storage._hashing import WriteCancelled
 from tests.support import CountingModel, loader, trainer_kwargs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -168,3 +174,168 @@ def test_a_live_state_saved_without_a_snapshot_is_left_intact(tmp_path: Path) ->
     writer.save(live, str(tmp_path / "a.ckpt"), 1)
     for key, value in expected.items():
         assert torch.equal(live["state_dict"][key], value)
+
+
+# ---------------------------------------------------------------- the background writer's guarantees
+
+
+class HeldCommits:
+    """Stands in for each commit's upload: records it, holds it until released, fails it if asked."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._upload = checkpoint_writer.write_checkpoint
+        self._gates: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.fail: set[str] = set()
+        self.started: list[str] = []
+        self.running = self.peak = 0
+        monkeypatch.setattr(checkpoint_writer, "write_checkpoint", self)
+
+    def hold(self, name: str) -> threading.Event:
+        """The commit of ``name`` waits until the returned event is set."""
+        gate = self._gates[name] = threading.Event()
+        return gate
+
+    def __call__(self, store: Any, name: str, files: Any, step: int) -> Any:
+        with self._lock:
+            self.started.append(name)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            gate = self._gates.get(name)
+            if gate is not None:
+                assert gate.wait(10)
+            if name in self.fail:
+                raise OSError(f"upload of {name} failed")
+            return self._upload(store, name, files, step)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def _state() -> dict[str, Any]:
+    return {"state_dict": {"w": torch.randn(100)}}
+
+
+def _committed(folder: Path) -> list[str]:
+    return [ckpt.name for ckpt in list_committed(LocalStore(folder))]
+
+
+def test_the_writer_keeps_one_commit_in_flight(tmp_path: Path, monkeypatch) -> None:
+    commits = HeldCommits(monkeypatch)
+    first = commits.hold("a.ckpt")
+    writer = CheckpointWriter()
+    writer.save(_state(), str(tmp_path / "a.ckpt"), 1)
+    second = threading.Thread(target=writer.save, args=(_state(), str(tmp_path / "b.ckpt"), 2))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # a save waits while the previous commit runs
+    first.set()
+    second.join(10)
+    writer.wait()
+    assert commits.started == ["a.ckpt", "b.ckpt"] and commits.peak == 1
+    assert _committed(tmp_path) == ["a.ckpt", "b.ckpt"]
+
+
+def test_a_failed_commit_is_raised_once_by_the_next_save_which_does_not_start(
+    tmp_path: Path, monkeypatch
+) -> None:
+    commits = HeldCommits(monkeypatch)
+    commits.fail.add("a.ckpt")
+    writer = CheckpointWriter()
+    writer.save(_state(), str(tmp_path / "a.ckpt"), 1)
+    with pytest.raises(RuntimeError, match="background checkpoint commit failed") as raised:
+        writer.save(_state(), str(tmp_path / "b.ckpt"), 2)
+    assert isinstance(raised.value.__cause__, OSError)
+    writer.save(_state(), str(tmp_path / "c.ckpt"), 3)  # raised once: the writer goes on
+    writer.wait()
+    assert commits.started == ["a.ckpt", "c.ckpt"]  # the save that raised the failure never started
+    assert _committed(tmp_path) == ["c.ckpt"]
+
+
+def test_a_failed_commit_is_raised_once_by_wait_and_by_close(tmp_path: Path, monkeypatch) -> None:
+    commits = HeldCommits(monkeypatch)
+    commits.fail.add("a.ckpt")
+    writer = CheckpointWriter()
+    writer.save(_state(), str(tmp_path / "a.ckpt"), 1)
+    with pytest.raises(RuntimeError, match=r"upload of a\.ckpt failed"):
+        writer.wait()
+    writer.wait()  # raised once, not again
+    writer.save(_state(), str(tmp_path / "a.ckpt"), 1)
+    with pytest.raises(RuntimeError, match=r"upload of a\.ckpt failed"):
+        writer.close()
+    assert _committed(tmp_path) == []
+
+
+def test_nothing_queued_behind_a_failed_commit_runs(tmp_path: Path, monkeypatch) -> None:
+    writer = CheckpointWriter()
+    writer.save(_state(), str(tmp_path / "old.ckpt"), 1)
+    writer.wait()
+    commits = HeldCommits(monkeypatch)
+    gate = commits.hold("new.ckpt")
+    commits.fail.add("new.ckpt")
+    writer.save(_state(), str(tmp_path / "new.ckpt"), 2)
+    writer.delete(str(tmp_path / "old.ckpt"))  # retention: the new one replaces it once committed
+    assert writer.exists(str(tmp_path / "new.ckpt")) and not writer.exists(str(tmp_path / "old.ckpt"))
+    raised: list[RuntimeError] = []
+
+    def save_next() -> None:
+        try:
+            writer.save(_state(), str(tmp_path / "next.ckpt"), 3)
+        except RuntimeError as err:
+            raised.append(err)
+
+    # the failure is raised to a save waiting for it, before the writer could look at the deletion
+    waiting = threading.Thread(target=save_next)
+    waiting.start()
+    gate.set()
+    waiting.join(10)
+    writer.wait()
+    assert len(raised) == 1 and commits.started == ["new.ckpt"]
+    assert _committed(tmp_path) == ["old.ckpt"]  # the deletion queued behind the failure never ran
+
+
+def test_an_idle_writer_holds_no_thread(tmp_path: Path, monkeypatch) -> None:
+    commits = HeldCommits(monkeypatch)
+    gate = commits.hold("a.ckpt")
+    writer = CheckpointWriter()
+    writer.save(_state(), str(tmp_path / "a.ckpt"), 1)
+    workers = [t for t in threading.enumerate() if t.name == "checkpoint-writer"]
+    assert workers and not any(t.daemon for t in workers)  # shutdown waits for what they commit
+    gate.set()
+    writer.wait()
+    for worker in workers:
+        worker.join(10)
+        assert not worker.is_alive()  # so a Trainer that is never closed leaves no thread behind
+
+
+_EXITS_WHILE_COMMITTING = """
+import sys, time
+import torch
+import lightning_lib.checkpoint._writer as writer
+
+upload = writer.write_checkpoint
+
+def slow_upload(*args, **kwargs):
+    time.sleep(1.0)
+    return upload(*args, **kwargs)
+
+writer.write_checkpoint = slow_upload
+writer.CheckpointWriter().save({"state_dict": {"w": torch.zeros(1000)}}, sys.argv[1], 1)
+print("queued", flush=True)
+"""  # and the script ends, its commit still uploading
+
+
+def test_interpreter_shutdown_waits_for_a_commit_in_flight(tmp_path: Path) -> None:
+    script = tmp_path / "exits_while_committing.py"
+    script.write_text(_EXITS_WHILE_COMMITTING)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "ckpt" / "a.ckpt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "queued", done.stderr
+    assert read_manifest(LocalStore(tmp_path / "ckpt"), "a.ckpt") is not None

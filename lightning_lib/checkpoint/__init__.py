@@ -1,9 +1,16 @@
-"""Checkpoints: their content, the manifest-last commit protocol over an object store, one background
-writer, and resuming a run from them.
+"""Checkpoints: what one holds, how it is committed to object storage, the one background writer,
+and resuming a run from it.
+
+A checkpoint is a folder in an ``ObjectStore`` (``lightning_lib.storage``) committed by its
+``MANIFEST.json``, written last: ``write_checkpoint`` commits one; ``load_manifest``,
+``list_committed``, ``latest_valid`` and the ``*_verified`` readers only believe a manifest that
+validates and bytes that match it; ``delete_checkpoint`` and ``cleanup_orphans`` remove checkpoints
+and what killed writers left. ``CheckpointWriter`` is the one background writer: it commits (and,
+for retention, deletes) a Trainer's checkpoints in order, off the training thread. The content of a
+checkpoint and resuming from it (``_format``, ``_positions``) are internal to the Trainer.
 """
 
 from lightning_lib.checkpoint._commit import (
-    BackgroundUploader,
     cleanup_orphans,
     delete_checkpoint,
     download_verified,
@@ -22,17 +29,21 @@ from lightning_lib.checkpoint._manifest import (
     CheckpointNotFoundError,
     CommittedCheckpoint,
     CorruptCheckpointError,
+    FileEntry,
     InvalidManifestError,
 )
+from lightning_lib.checkpoint._writer import CHECKPOINT_FILE, CheckpointWriter
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "MANIFEST_NAME",
-    "BackgroundUploader",
     "CheckpointExistsError",
     "CheckpointFallbackWarning",
     "CheckpointNotFoundError",
+    "CheckpointWriter",
     "CommittedCheckpoint",
     "CorruptCheckpointError",
+    "FileEntry",
     "InvalidManifestError",
     "cleanup_orphans",
     "delete_checkpoint",

@@ -27,6 +27,7 @@ from lightning_lib.checkpoint._manifest import (
     CheckpointNotFoundError,
     CommittedCheckpoint,
     CorruptCheckpointError,
+    FileEntry,
     InvalidManifestError,
     decode_manifest,
     encode_manifest,
@@ -43,13 +44,11 @@ from lightning_lib.storage._base import (
 from lightning_lib.storage._hashing import (
     FileSource,
     GrowingFile,
-    HashingWriter,
     PrehashedFile,
     hash_alongside,
     hash_fd,
     hash_file,
 )
-from lightning_lib.storage._uploader import BackgroundUploader
 from lightning_lib.storage._uri import join_uri
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ def _manifest_key(name: str) -> str:
     return f"{name}/{MANIFEST_NAME}"
 
 
-def _write_file(store: ObjectStore, key: str, source: FileSource) -> dict[str, Any]:
+def _write_file(store: ObjectStore, key: str, source: FileSource) -> FileEntry:
     """Upload one file and return its manifest entry, hashing the bytes on their way out."""
     if isinstance(source, bytes | bytearray | memoryview):
         view = memoryview(source).cast("B")
@@ -351,16 +350,12 @@ def cleanup_orphans(store: ObjectStore, grace_seconds: float, prefix: str = "") 
 
 __all__ = [
     "MANIFEST_NAME",
-    "BackgroundUploader",
     "CheckpointExistsError",
     "CheckpointFallbackWarning",
     "CheckpointNotFoundError",
     "CommittedCheckpoint",
     "CorruptCheckpointError",
-    "GrowingFile",
-    "HashingWriter",
     "InvalidManifestError",
-    "PrehashedFile",
     "cleanup_orphans",
     "delete_checkpoint",
     "download_verified",

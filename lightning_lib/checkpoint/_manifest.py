@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from lightning_lib.storage._base import ObjectNotFound, PreconditionFailed, StorageError, validate_key
 
@@ -13,6 +13,13 @@ MANIFEST_NAME = "MANIFEST.json"
 MANIFEST_FORMAT = "lightning_lib.checkpoint"
 MANIFEST_VERSION = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class FileEntry(TypedDict):
+    """What a manifest records of one file: its size in bytes and its lowercase hex sha256."""
+
+    size: int
+    sha256: str
 
 
 class CorruptCheckpointError(StorageError):
@@ -40,14 +47,14 @@ class CommittedCheckpoint:
     """A checkpoint whose manifest validated: where it is and what its files must hash to.
 
     ``name`` is the folder relative to the store root, ``uri`` its full location, ``files`` maps each
-    file name to ``{"size": int, "sha256": str}``, ``time`` is the commit time in epoch seconds.
+    file name to its ``FileEntry``, ``time`` is the commit time in epoch seconds.
     """
 
     name: str
     uri: str
     step: int
     time: float
-    files: dict[str, dict[str, Any]]
+    files: dict[str, FileEntry]
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,7 +68,7 @@ def validate_filename(filename: str) -> str:
     return filename
 
 
-def encode_manifest(step: int, time: float, files: dict[str, dict[str, Any]], extra: dict[str, Any]) -> bytes:
+def encode_manifest(step: int, time: float, files: dict[str, FileEntry], extra: dict[str, Any]) -> bytes:
     """Serialise a manifest deterministically (sorted keys), so equal content means equal bytes."""
     document = {
         "format": MANIFEST_FORMAT,
@@ -118,5 +125,5 @@ def decode_manifest(raw: bytes, name: str, uri: str) -> CommittedCheckpoint:
             raise invalid(f"file {filename!r} needs a non-negative integer size")
         if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
             raise invalid(f"file {filename!r} needs a lowercase hex sha256")
-    clean = {f: {"size": e["size"], "sha256": e["sha256"]} for f, e in files.items()}
+    clean = {f: FileEntry(size=e["size"], sha256=e["sha256"]) for f, e in files.items()}
     return CommittedCheckpoint(name=name, uri=uri, step=step, time=float(when), files=clean, extra=extra)

@@ -1,21 +1,28 @@
-"""Committing checkpoints without stalling training.
+"""Committing checkpoints without stalling training: the one background writer.
 
 ``save`` snapshots the state to CPU memory (pinned when it lives on CUDA) on the training thread, then
 a single background thread commits it with the manifest-last protocol: the snapshot is serialised into
 a local staging file (hashed as it is written, then dropped) while the upload sends the file's parts as
 soon as they are written. At most one commit is pending at a time, so memory stays bounded: a second
 save waits for the first. Deletions queued after a save run only once that save has committed, which
-is how retention never removes the last good checkpoint. An error in the background is raised at the
-next ``save`` or ``wait`` (the end of fit): never lost.
+is how retention never removes the last good checkpoint.
+
+An error in the background is raised once, at the next ``save``, ``delete`` or ``wait`` (the end of
+fit): never lost. Everything queued behind the failed job is dropped, so a deletion queued after a
+failed commit never removes the checkpoint it was meant to replace. The thread is not a daemon and
+ends whenever the queue is empty: interpreter shutdown waits for a commit in flight instead of cutting
+it, and an idle writer holds no thread.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,20 +53,30 @@ def snapshot(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return copied
 
 
+@dataclass(frozen=True)
+class _Job:
+    """A queued commit (``save``) or deletion of the checkpoint folder ``uri``."""
+
+    uri: str
+    save: bool
+    run: Callable[[], None]
+
+
 class CheckpointWriter:
-    """One per Trainer: the ordered queue of checkpoint commits and deletions."""
+    """One per Trainer: the ordered queue of checkpoint commits and deletions.
+
+    ``background=False`` runs each commit and deletion on the caller's thread instead (errors are
+    then raised by the call itself).
+    """
 
     def __init__(self, background: bool = True) -> None:
         self.background = background
-        self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._jobs: deque[_Job] = deque()  # in order; the head is the job running, removed once done
+        self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._idle = threading.Condition()
-        self._pending_saves = 0
-        self._pending_names: set[str] = set()  # queued saves
-        self._pending_deletes: set[str] = set()
+        self._changed = threading.Condition()  # guards the three above; notified when a job ends
         self._stores: dict[str, ObjectStore] = {}
-        self._lock = threading.Lock()
+        self._stores_lock = threading.Lock()
 
     # ---- public API --------------------------------------------------------------------------------
     def save(self, checkpoint: dict[str, Any], uri: str, step: int) -> None:
@@ -68,16 +85,14 @@ class CheckpointWriter:
         if not self.background:
             self._commit([checkpoint], uri, step)
             return
-        state = snapshot(checkpoint)
-        with self._idle:
-            while self._pending_saves and self._error is None:
-                self._idle.wait()
-            self._pending_saves += 1
-            self._pending_names.add(uri)
-        self.raise_error()
         # a one-item list, so the writer can drop the snapshot once serialised (the queued job would
         # otherwise keep it alive for the whole upload); owned: nobody else holds the snapshot
-        self._submit(self._commit, [state], uri, step, True)
+        holder = [snapshot(checkpoint)]
+        commit = functools.partial(self._commit, holder, uri, step, True)
+        with self._changed:
+            while any(job.save for job in self._jobs):  # a failure empties the queue too
+                self._changed.wait()
+            self._enqueue(_Job(uri=uri, save=True, run=commit))
 
     def delete(self, uri: str) -> None:
         """Delete checkpoint ``uri`` once every save queued before it has committed."""
@@ -85,80 +100,87 @@ class CheckpointWriter:
         if not self.background:
             self._delete(uri)
             return
-        with self._idle:
-            self._pending_deletes.add(uri)
-        self._submit(self._delete, uri)
+        with self._changed:
+            self._enqueue(_Job(uri=uri, save=False, run=functools.partial(self._delete, uri)))
 
     def exists(self, uri: str) -> bool:
         """Queued for commit, or committed and not queued for deletion: a new save must pick another name.
 
         A name queued for deletion is free: the queue runs in order, so the deletion happens first.
         """
-        with self._idle:
-            if uri in self._pending_names:
-                return True
-            if uri in self._pending_deletes:
-                return False
+        with self._changed:
+            queued = [job.save for job in self._jobs if job.uri == uri]
+        if any(queued):
+            return True
+        if queued:
+            return False
         root, name = split_uri(uri)
         return read_manifest(self.store(root), name) is not None
 
     def wait(self) -> None:
         """Block until everything queued is committed or deleted; raise a background error."""
-        if self._thread is not None:
-            self._queue.join()
+        with self._changed:
+            while self._jobs:
+                self._changed.wait()
         self.raise_error()
 
     def raise_error(self) -> None:
-        error, self._error = self._error, None
+        """Raise the error of a background job that failed since the last check, once."""
+        with self._changed:
+            error, self._error = self._error, None
         if error is not None:
             raise RuntimeError(f"A background checkpoint commit failed: {error}") from error
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        """``wait``, then join the writer thread, for callers that must know no thread is left running."""
+        self.wait()
+        with self._changed:
+            worker = self._worker
+        if worker is not None:
+            worker.join()
 
     def store(self, root: str) -> ObjectStore:
-        with self._lock:
+        """The store for the checkpoint root ``root``, opened once and shared by every caller."""
+        with self._stores_lock:
             found = self._stores.get(root)
             if found is None:
                 found = self._stores[root] = open_store(root)
             return found
 
     # ---- the worker --------------------------------------------------------------------------------
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="checkpoint-writer", daemon=True)
-            self._thread.start()
-        self._queue.put((fn, args))
+    def _enqueue(self, job: _Job) -> None:
+        """Queue ``job`` (``self._changed`` held), starting the writer thread if none is running."""
+        # a failure dropped the jobs queued before it: refuse this one too, by raising the failure
+        self.raise_error()
+        self._jobs.append(job)
+        if self._worker is None:
+            # not a daemon: interpreter shutdown waits for the commit in flight instead of cutting it
+            self._worker = threading.Thread(target=self._work, name="checkpoint-writer")
+            self._worker.start()
 
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
-            try:
-                if job is None:
+            with self._changed:
+                if not self._jobs:
+                    self._worker = None  # ends when idle, so an idle writer never blocks shutdown
+                    self._changed.notify_all()
                     return
-                fn, args = job
-                if self._error is None:  # after a failure nothing else runs: no deletion of good checkpoints
-                    fn(*args)
+                job = self._jobs[0]
+            error: BaseException | None = None
+            try:
+                job.run()
             except BaseException as err:
-                self._error = err
+                error = err
                 log.error("Background checkpoint job failed: %s", err)
-            finally:
-                if job is not None:
-                    self._finished(job)
-                self._queue.task_done()
-
-    def _finished(self, job: tuple[Callable[..., Any], tuple[Any, ...]]) -> None:
-        fn, args = job
-        with self._idle:
-            if fn == self._commit:
-                self._pending_saves -= 1
-                self._pending_names.discard(args[1])
-            else:
-                self._pending_deletes.discard(args[0])
-            self._idle.notify_all()
+            with self._changed:
+                self._jobs.popleft()
+                if error is not None:
+                    # nothing queued behind a failure runs: no deletion of the checkpoint it should
+                    # have replaced; the caller learns of it at its next save, delete or wait
+                    self._jobs.clear()
+                    self._error = error
+                self._changed.notify_all()
+            del job  # the last reference to it, and to a snapshot a failed commit did not consume
 
     def _commit(self, holder: list[dict[str, Any]], uri: str, step: int, owned: bool = False) -> None:
         root, name = split_uri(uri)

@@ -1,7 +1,7 @@
 """The ``ObjectStore`` protocol shared by the local and S3 stores, and the errors they raise.
 
 Keys are always ``/``-separated and relative to the store's root URI, whatever the backend, so the
-commit protocol in :mod:`lightning_lib.checkpoint._commit` is written once for both.
+checkpoint commit protocol (:mod:`lightning_lib.checkpoint`) is written once for both.
 """
 
 from __future__ import annotations

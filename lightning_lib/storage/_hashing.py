@@ -13,11 +13,15 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 # Small enough to stay in the CPU cache between the read and the hash, large enough that the
 # per-call overhead does not show.
 _CHUNK = 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class HashingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: Any) -> int:
+    def write(self, data: ReadableBuffer) -> int:
         view = memoryview(data).cast("B")
         done = 0
         while done < view.nbytes:  # a raw write may be partial; torch ignores the count, so finish it here
@@ -176,10 +180,10 @@ def hash_file(path: str) -> tuple[int, str]:
         os.close(fd)
 
 
-def hash_alongside(compute: Callable[[], Any], upload: Callable[[], None]) -> Any:
+def hash_alongside(compute: Callable[[], T], upload: Callable[[], None]) -> T:
     """Run ``compute`` on a helper thread while ``upload`` runs here; hashlib releases the GIL, so
     hashing overlaps the network transfer instead of adding to it."""
-    result: list[Any] = []
+    result: list[T] = []
     errors: list[BaseException] = []
 
     def run() -> None:

@@ -1,28 +1,16 @@
-"""Object stores for checkpoints: the ``ObjectStore`` protocol, ``LocalStore``, ``S3Store``, ``open_store``.
+"""``open_store``: the ``ObjectStore`` a URI or path names (``S3Store`` or ``LocalStore``).
 
-``S3Store`` lives in its own module but is re-exported here; boto3 itself is imported only when an
-``S3Store`` is constructed.
+boto3 itself is imported only when an ``S3Store`` is constructed.
 """
 
 from __future__ import annotations
 
 import os
 
-from lightning_lib.storage._base import (
-    TEMP_MARKER,
-    AccessDeniedError,
-    BucketNotFound,
-    MissingCredentialsError,
-    ObjectInfo,
-    ObjectNotFound,
-    ObjectStore,
-    PreconditionFailed,
-    StorageError,
-    validate_key,
-)
+from lightning_lib.storage._base import ObjectStore
 from lightning_lib.storage._local import LocalStore
 from lightning_lib.storage._s3 import S3Store
-from lightning_lib.storage._uri import is_remote, join_uri, split_uri
+from lightning_lib.storage._uri import is_remote
 
 
 def open_store(uri_or_path: str | os.PathLike[str], **s3_options: int) -> ObjectStore:
@@ -36,23 +24,3 @@ def open_store(uri_or_path: str | os.PathLike[str], **s3_options: int) -> Object
     if s3_options:
         raise ValueError(f"S3 options {sorted(s3_options)} were given for the local path {uri_or_path!r}.")
     return LocalStore(uri_or_path)
-
-
-__all__ = [
-    "TEMP_MARKER",
-    "AccessDeniedError",
-    "BucketNotFound",
-    "LocalStore",
-    "MissingCredentialsError",
-    "ObjectInfo",
-    "ObjectNotFound",
-    "ObjectStore",
-    "PreconditionFailed",
-    "S3Store",
-    "StorageError",
-    "is_remote",
-    "join_uri",
-    "open_store",
-    "split_uri",
-    "validate_key",
-]

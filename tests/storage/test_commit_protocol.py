@@ -1,11 +1,10 @@
-"""The manifest-last commit protocol, on both stores, and the BackgroundUploader."""
+"""The manifest-last commit protocol, on both stores."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import threading
 import time
 from typing import IO, Any, cast
 
@@ -14,7 +13,6 @@ import torch
 
 from lightning_lib.checkpoint import (
     MANIFEST_NAME,
-    BackgroundUploader,
     CheckpointExistsError,
     CheckpointFallbackWarning,
     CheckpointNotFoundError,
@@ -271,71 +269,3 @@ def test_cleanup_orphans_scoped_to_prefix(store: ObjectStore) -> None:
     assert cleanup_orphans(store, grace_seconds=0) == []
     assert cleanup_orphans(store, grace_seconds=0, prefix="run1/") == ["run1/ck-2"]
     assert [c.name for c in list_committed(store, "run1/")] == ["run1/ck-1"]
-
-
-# ---------------------------------------------------------------- BackgroundUploader
-
-
-def test_uploader_keeps_one_job_in_flight() -> None:
-    release = threading.Event()
-    running, peak, order = [0], [0], []
-    lock = threading.Lock()
-
-    def job(i: int) -> None:
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        if i == 0:
-            assert release.wait(10)
-        order.append(i)
-        with lock:
-            running[0] -= 1
-
-    uploader = BackgroundUploader()
-    uploader.submit(job, 0)
-    assert uploader.busy
-    second = threading.Thread(target=uploader.submit, args=(job, 1))
-    second.start()
-    second.join(0.2)
-    assert second.is_alive()  # submit blocks while the previous job runs
-    release.set()
-    second.join(10)
-    uploader.wait()
-    assert order == [0, 1] and peak[0] == 1 and not uploader.busy
-    uploader.close()
-    with pytest.raises(RuntimeError, match="after close"):
-        uploader.submit(job, 2)
-
-
-def test_uploader_error_surfaces_at_next_submit_once() -> None:
-    ran: list[int] = []
-
-    def fail() -> None:
-        raise OSError("upload to s3://bucket/ck failed")
-
-    with BackgroundUploader() as uploader:
-        uploader.submit(fail)
-        with pytest.raises(OSError, match="upload to s3://bucket/ck failed"):
-            uploader.submit(ran.append, 1)
-        assert ran == []  # the job submitted behind a failure did not start
-        uploader.submit(ran.append, 2)
-        uploader.wait()
-    assert ran == [2]
-
-
-def test_uploader_error_surfaces_at_wait_and_close() -> None:
-    uploader = BackgroundUploader()
-    uploader.submit(lambda: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        uploader.wait()
-    uploader.wait()  # raised once, not again
-    uploader.submit(lambda: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        uploader.close()
-
-
-def test_uploader_context_does_not_mask_the_error_in_flight(caplog) -> None:
-    with pytest.raises(KeyError, match="the caller's error"), BackgroundUploader() as uploader:
-        uploader.submit(lambda: 1 / 0)
-        raise KeyError("the caller's error")
-    assert "background upload failed" in caplog.text and "ZeroDivisionError" in caplog.text
