@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 import lightning_lib as pl
-from lightning_lib.checkpoint._format import load_file
+from lightning_lib.checkpoint import load_file
 from lightning_lib.storage import join_uri, open_store, split_uri
 from tasks.config import TrainConfig, table_format
 from tasks.data import read_uri

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 import lightning_lib as pl
 from lightning_lib.callbacks import Callback, ModelCheckpoint
-from lightning_lib.checkpoint._format import load_file
+from lightning_lib.checkpoint import load_file
 from tasks.config import TrainConfig
 from tasks.data import PreparedData
 from tasks.factory import (

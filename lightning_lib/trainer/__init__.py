@@ -4,15 +4,15 @@
 Trainer itself is built from (loops, checkpoints, callbacks), which must not pull in the Trainer.
 """
 
-from typing import TYPE_CHECKING, Any
+import typing
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from lightning_lib.trainer.trainer import Trainer
 
 __all__ = ["Trainer"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     if name == "Trainer":
         from lightning_lib.trainer.trainer import Trainer
 

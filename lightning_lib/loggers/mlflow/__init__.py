@@ -10,4 +10,10 @@ numbers). ``import lightning_lib`` does not import mlflow; these modules import 
 from lightning_lib.loggers.mlflow._context import TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_RUN_KEY, git_tags
 from lightning_lib.loggers.mlflow._logger import MLFlowLogger
 
-__all__ = ["TAG_GIT_COMMIT", "TAG_GIT_DIRTY", "TAG_RUN_KEY", "MLFlowLogger", "git_tags"]
+__all__ = [
+    "MLFlowLogger",
+    "TAG_GIT_COMMIT",
+    "TAG_GIT_DIRTY",
+    "TAG_RUN_KEY",
+    "git_tags",
+]
