@@ -39,6 +39,7 @@ from lightning_lib.checkpoint._writer import CHECKPOINT_FILE, CheckpointWriter
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "MANIFEST_NAME",
     "CheckpointExistsError",
     "CheckpointFallbackWarning",
     "CheckpointNotFoundError",
@@ -47,7 +48,6 @@ __all__ = [
     "CorruptCheckpointError",
     "FileEntry",
     "InvalidManifestError",
-    "MANIFEST_NAME",
     "cleanup_orphans",
     "delete_checkpoint",
     "download_verified",

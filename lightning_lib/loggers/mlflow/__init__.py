@@ -11,9 +11,9 @@ from lightning_lib.loggers.mlflow._context import TAG_GIT_COMMIT, TAG_GIT_DIRTY,
 from lightning_lib.loggers.mlflow._logger import MLFlowLogger
 
 __all__ = [
-    "MLFlowLogger",
     "TAG_GIT_COMMIT",
     "TAG_GIT_DIRTY",
     "TAG_RUN_KEY",
+    "MLFlowLogger",
     "git_tags",
 ]
