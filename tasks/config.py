@@ -23,6 +23,13 @@ from tasks.params import apply_overrides, flatten, load_yaml_file, unflatten
 from tasks.trainer_config import CheckpointConfig, TrainerConfig
 
 PARAMS_PREFIX = "config."
+# Bounds on the conventional data module arguments (issue 14): each DataLoader worker is a process with
+# its own copy of the dataset, and a batch is held in memory (and on the device) at once. The data
+# module is user code, so only these well-known names are bounded here; its other arguments are its own
+# to check (``examples.tabular`` refuses batch_size < 1 itself).
+MAX_DATALOADER_WORKERS = 64
+MAX_BATCH_SIZE = 2**20
+_BOUNDED_DATAMODULE_KWARGS = {"num_workers": (0, MAX_DATALOADER_WORKERS), "batch_size": (1, MAX_BATCH_SIZE)}
 RUN_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _STRICT = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 _NO_SECRETS_HINT = (
@@ -134,7 +141,8 @@ class TrainConfig(BaseModel):
     )
     datamodule_kwargs: dict[str, JsonValue] = Field(
         default_factory=dict,
-        description="Keyword arguments of the data module's __init__ besides the prepared splits (batch_size, ...).",
+        description="Keyword arguments of the data module's __init__ besides the prepared splits (batch_size, ...)."
+        f" batch_size must be in [1, {MAX_BATCH_SIZE}] and num_workers in [0, {MAX_DATALOADER_WORKERS}] when given.",
     )
     trainer: TrainerConfig = Field(default=TrainerConfig(), description="Arguments of the Trainer.")
     seed: int = Field(
@@ -160,6 +168,19 @@ class TrainConfig(BaseModel):
     @classmethod
     def _allowed_import(cls, value: str) -> str:
         return check_import_path(value)  # on the string: nothing is imported here
+
+    @field_validator("datamodule_kwargs")
+    @classmethod
+    def _bounded_loader(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        for name, (low, high) in _BOUNDED_DATAMODULE_KWARGS.items():
+            if name not in value:
+                continue
+            given = value[name]
+            if isinstance(given, bool) or not isinstance(given, int) or not low <= given <= high:
+                raise ValueError(
+                    f"Expected datamodule_kwargs.{name} to be an int in [{low}, {high}], received {given!r}."
+                )
+        return value
 
     @field_validator("checkpoint_root")
     @classmethod

@@ -60,7 +60,7 @@ def test_defaults_are_the_bundled_example_and_local_folders() -> None:
         ("val_check_interval", "soon", 'Expected val_check_interval to be a "DD:HH:MM:SS" string'),
         ("check_val_every_n_epoch", 0, "Expected check_val_every_n_epoch >= 1, received 0."),
         ("log_every_n_steps", -1, "Expected log_every_n_steps >= 0, received -1."),
-        ("gradient_clip_val", -1.0, "Expected gradient_clip_val to be a number >= 0 or None"),
+        ("gradient_clip_val", -1.0, "Expected gradient_clip_val to be a finite number >= 0 or None"),
         ("gradient_clip_algorithm", "max", "Expected gradient_clip_algorithm to be one of"),
         ("deterministic", "always", "Expected deterministic to be one of"),
         ("precision", "8-true", "Expected precision to be one of"),
