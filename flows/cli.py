@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--allow-data-change", action="store_true", help="run even if the data digest differs"
     )
+    reproduce.add_argument(
+        "--allow-unfinished-run",
+        action="store_true",
+        help="rerun a run that ended FAILED or KILLED (or is still RUNNING); refused by default",
+    )
     reproduce.add_argument("--rel-tol", type=float, default=0.0, help="relative tolerance (default 0: exact)")
 
     predict = commands.add_parser("predict", help="score a CSV/Parquet table with a registered model")
@@ -173,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
             allow_code_change=args.allow_code_change,
             allow_data_change=args.allow_data_change,
             rel_tol=args.rel_tol,
+            allow_unfinished_run=args.allow_unfinished_run,
         )
         print(outcome.message)
         return 0 if outcome.match else 3

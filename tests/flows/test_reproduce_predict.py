@@ -60,6 +60,25 @@ def test_reproduce_refuses_another_code_version(
         reproduce(original.mlflow_run_id, tracking_uri=tracking_uri(config))
 
 
+def test_reproduce_refuses_a_failed_run_up_front_unless_allowed(
+    git_project: Path, make_config: Callable[..., TrainConfig]
+) -> None:
+    from mlflow import MlflowClient
+
+    config = make_config()
+    original = training(config, register_model=False)
+    client = MlflowClient(tracking_uri(config))
+    client.set_terminated(original.mlflow_run_id, status="FAILED")
+    experiment = original.fit.mlflow_experiment_id
+    before = len(client.search_runs([experiment]))
+    with pytest.raises(ReproductionRefused, match="the original run ended FAILED") as info:
+        reproduce(original.mlflow_run_id, tracking_uri=tracking_uri(config))
+    assert "allow_unfinished_run=True (--allow-unfinished-run)" in str(info.value)
+    assert len(client.search_runs([experiment])) == before  # refused before any training
+    outcome = reproduce(original.mlflow_run_id, tracking_uri=tracking_uri(config), allow_unfinished_run=True)
+    assert "Allowed differences: the original run ended FAILED" in outcome.message
+
+
 def test_compare_metrics_reports_each_difference() -> None:
     assert compare_metrics({"a": 1.0}, {"a": 1.0}) == (True, {})
     match, diff = compare_metrics({"a": 1.0, "b": 2.0}, {"a": 1.5})
