@@ -78,10 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--rel-tol", type=float, default=0.0, help="relative tolerance (default 0: exact)")
 
     predict = commands.add_parser("predict", help="score a CSV/Parquet table with a registered model")
-    predict.add_argument("source", help="table to score: local path or s3://bucket/key")
+    predict.add_argument(
+        "source",
+        help="table to score: local path or s3://bucket/key, under the working directory, the model's data"
+        " root or LIGHTNING_LIB_DATA_ROOTS",
+    )
     predict.add_argument("--model", required=True, help="registered model name")
     predict.add_argument("--alias", default="champion", help="registry alias (default champion)")
-    predict.add_argument("--output", help="Parquet URI for the predictions (default: under the data root)")
+    predict.add_argument(
+        "--output",
+        help="Parquet URI for the predictions (default: under the data root); never replaces a file that"
+        " predict did not write",
+    )
     predict.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else runs/mlflow/mlflow.db")
 
     serve = commands.add_parser("serve", help="serve the deployments here, or deploy them to a work pool")
