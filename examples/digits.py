@@ -115,6 +115,8 @@ class DigitsClassifier(pl.LightningModule):
     ``scheduler="step"`` multiplies the rate by ``gamma`` every ``step_size`` epochs.
     """
 
+    num_classes = NUM_CLASSES  # the pipeline checks the target's labels against it (tasks.data)
+
     def __init__(
         self,
         hidden: int = 128,

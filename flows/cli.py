@@ -70,13 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--allow-data-change", action="store_true", help="run even if the data digest differs"
     )
+    reproduce.add_argument(
+        "--allow-unfinished-run",
+        action="store_true",
+        help="rerun a run that ended FAILED or KILLED (or is still RUNNING); refused by default",
+    )
     reproduce.add_argument("--rel-tol", type=float, default=0.0, help="relative tolerance (default 0: exact)")
 
     predict = commands.add_parser("predict", help="score a CSV/Parquet table with a registered model")
-    predict.add_argument("source", help="table to score: local path or s3://bucket/key")
+    predict.add_argument(
+        "source",
+        help="table to score: local path or s3://bucket/key, under the working directory, the model's data"
+        " root or LIGHTNING_LIB_DATA_ROOTS",
+    )
     predict.add_argument("--model", required=True, help="registered model name")
     predict.add_argument("--alias", default="champion", help="registry alias (default champion)")
-    predict.add_argument("--output", help="Parquet URI for the predictions (default: under the data root)")
+    predict.add_argument(
+        "--output",
+        help="Parquet URI for the predictions (default: under the data root); never replaces a file that"
+        " predict did not write",
+    )
     predict.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else runs/mlflow/mlflow.db")
 
     serve = commands.add_parser("serve", help="serve the deployments here, or deploy them to a work pool")
@@ -173,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             allow_code_change=args.allow_code_change,
             allow_data_change=args.allow_data_change,
             rel_tol=args.rel_tol,
+            allow_unfinished_run=args.allow_unfinished_run,
         )
         print(outcome.message)
         return 0 if outcome.match else 3

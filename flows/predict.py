@@ -36,7 +36,11 @@ def predict_flow(
     output_uri: str | None = None,
     tracking_uri: str | None = None,
 ) -> PredictionResult:
-    """Score ``source`` (CSV or Parquet, local or ``s3://``) with ``model_name@alias``; write Parquet."""
+    """Score ``source`` (CSV or Parquet, local or ``s3://``) with ``model_name@alias``; write Parquet.
+
+    ``source`` and ``output_uri`` must lie under the worker's data roots (the model's data root, plus
+    ``LIGHTNING_LIB_DATA_ROOTS`` or else the working directory), and ``output_uri`` never replaces a file
+    that predict did not write (see ``tasks.prediction``): both refused before scoring."""
     uri = resolve_tracking_uri(tracking_uri)
     model = resolve_model(uri, model_name, alias)
     config = read_run(uri, model.run_id).config

@@ -22,7 +22,34 @@ from tasks.tracking import resolve_tracking_uri
 
 
 class ReproductionRefused(ValueError):
-    """The code or the data differ from the original run's (never retried: rerunning will not fix it)."""
+    """The code or the data differ from the original run's, or it did not finish (never retried:
+    rerunning will not fix it)."""
+
+
+FINISHED = "FINISHED"
+
+
+def check_finished(record: RunRecord, allow_unfinished_run: bool) -> str | None:
+    """Refuse a run that did not end FINISHED, before anything is read or trained.
+
+    A FAILED run most likely fails again the same way, after retraining up to the failure; a KILLED or
+    still RUNNING one has partial metrics to compare with. So only finished runs are reproduced unless
+    the caller allows it; then the waiver is returned, said up front and repeated in the result.
+    """
+    if record.status == FINISHED:
+        return None
+    reason = (
+        f"the original run ended {record.status}"
+        if record.status != "RUNNING"
+        else ("the original run is still RUNNING (or was never ended)")
+    )
+    if not allow_unfinished_run:
+        raise ReproductionRefused(
+            f"Not reproducing MLflow run {record.run_id}: {reason}, so its metrics are not a finished "
+            "run's and the rerun would likely end the same way. Pass allow_unfinished_run=True "
+            "(--allow-unfinished-run) to rerun it anyway."
+        )
+    return reason
 
 
 class ReproduceResult(BaseModel):
@@ -96,10 +123,17 @@ def reproduce(
     allow_code_change: bool = False,
     allow_data_change: bool = False,
     rel_tol: float = 0.0,
+    allow_unfinished_run: bool = False,
 ) -> ReproduceResult:
-    """Rerun MLflow run ``run_id`` from its recorded config and compare the metrics (exact by default)."""
+    """Rerun MLflow run ``run_id`` from its recorded config and compare the metrics (exact by default).
+
+    Only a run that ended FINISHED is reproduced unless ``allow_unfinished_run`` (see
+    :func:`check_finished`)."""
     uri = resolve_tracking_uri(tracking_uri)
     record = read_run(uri, run_id)
+    unfinished = check_finished(record, allow_unfinished_run)
+    if unfinished:
+        print(f"Reproducing MLflow run {run_id} although {unfinished} (allowed): it may fail the same way.")
     config = record.config.model_copy(
         update={
             "run_key": None,
@@ -111,6 +145,8 @@ def reproduce(
     waived = check_reproducible(
         record, current_code_version(), input_digest(config), allow_code_change, allow_data_change
     )
+    if unfinished:
+        waived.insert(0, unfinished)
     result = training(config, register_model=False)
     reproduced = run_metrics(uri, result.mlflow_run_id)
     match, differences = compare_metrics(record.metrics, reproduced, rel_tol)
@@ -147,4 +183,11 @@ def reproduce(
     )
 
 
-__all__ = ["ReproduceResult", "ReproductionRefused", "check_reproducible", "compare_metrics", "reproduce"]
+__all__ = [
+    "ReproduceResult",
+    "ReproductionRefused",
+    "check_finished",
+    "check_reproducible",
+    "compare_metrics",
+    "reproduce",
+]

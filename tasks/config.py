@@ -23,6 +23,14 @@ from tasks.params import apply_overrides, flatten, load_yaml_file, unflatten
 from tasks.trainer_config import CheckpointConfig, TrainerConfig
 
 PARAMS_PREFIX = "config."
+# Bounds on the conventional data module arguments (issue 14): each DataLoader worker is a process with
+# its own copy of the dataset, and a batch is held in memory (and on the device) at once. The data
+# module is user code, so only these well-known names are bounded here; its other arguments are its own
+# to check (``examples.tabular`` refuses batch_size < 1 itself).
+MAX_DATALOADER_WORKERS = 64
+MAX_CLASSES = 2**24
+MAX_BATCH_SIZE = 2**20
+_BOUNDED_DATAMODULE_KWARGS = {"num_workers": (0, MAX_DATALOADER_WORKERS), "batch_size": (1, MAX_BATCH_SIZE)}
 RUN_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _STRICT = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 _NO_SECRETS_HINT = (
@@ -56,6 +64,14 @@ class DataConfig(BaseModel):
     data_root: str | None = Field(
         default=None,
         description="Where prepared splits are written; empty means a 'data' folder beside checkpoint_root.",
+    )
+    num_classes: int | None = Field(
+        default=None,
+        ge=2,
+        le=MAX_CLASSES,
+        description="Classes of a classifier: the target must hold whole numbers in [0, num_classes), checked "
+        "when the data is prepared. Empty means the model's: model_kwargs.num_classes, else the model "
+        "class's num_classes attribute, else no check (a regression target).",
     )
 
     @model_validator(mode="after")
@@ -134,7 +150,8 @@ class TrainConfig(BaseModel):
     )
     datamodule_kwargs: dict[str, JsonValue] = Field(
         default_factory=dict,
-        description="Keyword arguments of the data module's __init__ besides the prepared splits (batch_size, ...).",
+        description="Keyword arguments of the data module's __init__ besides the prepared splits (batch_size, ...)."
+        f" batch_size must be in [1, {MAX_BATCH_SIZE}] and num_workers in [0, {MAX_DATALOADER_WORKERS}] when given.",
     )
     trainer: TrainerConfig = Field(default=TrainerConfig(), description="Arguments of the Trainer.")
     seed: int = Field(
@@ -161,11 +178,27 @@ class TrainConfig(BaseModel):
     def _allowed_import(cls, value: str) -> str:
         return check_import_path(value)  # on the string: nothing is imported here
 
+    @field_validator("datamodule_kwargs")
+    @classmethod
+    def _bounded_loader(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        for name, (low, high) in _BOUNDED_DATAMODULE_KWARGS.items():
+            if name not in value:
+                continue
+            given = value[name]
+            if isinstance(given, bool) or not isinstance(given, int) or not low <= given <= high:
+                raise ValueError(
+                    f"Expected datamodule_kwargs.{name} to be an int in [{low}, {high}], received {given!r}."
+                )
+        return value
+
     @field_validator("checkpoint_root")
     @classmethod
     def _valid_root(cls, value: str) -> str:
         if is_remote(value):
             parse_s3_uri(value)
+        else:
+            # found here rather than when the first checkpoint is committed, an epoch into training
+            _check_local_folder("checkpoint_root", value)
         return value
 
     @model_validator(mode="after")
@@ -186,6 +219,12 @@ class TrainConfig(BaseModel):
                 raise ValueError(
                     f"{where} looks like it contains a credential (not shown). {_NO_SECRETS_HINT}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _data_root_is_a_folder(self) -> TrainConfig:
+        if self.data.data_root and not is_remote(self.data.data_root):
+            _check_local_folder("data.data_root", self.data.data_root)
         return self
 
     @model_validator(mode="after")
@@ -217,6 +256,20 @@ class TrainConfig(BaseModel):
             return f"s3://{bucket}/{parent}/data" if parent else f"s3://{bucket}/data"
         parent = os.path.dirname(os.path.normpath(local_path(root)))
         return os.path.join(parent, "data") if parent else "data"
+
+    def class_count(self) -> int | None:
+        """How many classes the target must fit: ``data.num_classes``, else ``model_kwargs.num_classes``,
+        else the model class's ``num_classes`` attribute (importing it, from an allowed prefix only);
+        None when none says (a regression model, or one that does not declare it: nothing is checked)."""
+        if self.data.num_classes is not None:
+            return self.data.num_classes
+        given = self.model_kwargs.get("num_classes")
+        if isinstance(given, int) and not isinstance(given, bool):
+            return given
+        declared = getattr(self.load_model_class(), "num_classes", None)
+        if isinstance(declared, int) and not isinstance(declared, bool):
+            return declared
+        return None
 
     def split_seed(self) -> int:
         """The seed of the data split: ``data.split_seed``, else the run's seed."""
@@ -282,6 +335,22 @@ def _looks_secret(text: str, env_secrets: list[str]) -> bool:
         if any(is_secret_name(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
             return True
     return False
+
+
+def _check_local_folder(field: str, value: str) -> None:
+    """A local root must be a folder or not exist yet; nor may any existing parent be a file."""
+    path = os.path.abspath(local_path(value))
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+    if not os.path.isdir(probe):
+        what = "is" if probe == path else f"is under {probe!r}, which is"
+        raise ValueError(
+            f"Expected {field} to be a folder (or not to exist yet), but {value!r} {what} a file."
+        )
 
 
 def _norm(uri: str) -> str:

@@ -22,7 +22,14 @@ from pydantic import BaseModel, ConfigDict
 from lightning_lib.storage import is_remote, join_uri, local_path, open_store, split_uri
 from tasks.config import TrainConfig
 from tasks.retry import retrying
-from tasks.tabular import DataValidationError, check_schema, parse_table, split_indices, to_parquet_bytes
+from tasks.tabular import (
+    DataValidationError,
+    check_labels,
+    check_schema,
+    parse_table,
+    split_indices,
+    to_parquet_bytes,
+)
 
 # Bump when the prepared output changes for the same input (columns kept, dtypes, split rule): it is
 # part of the dataset id and the cache key, so older prepared data and cache entries are not reused.
@@ -132,6 +139,9 @@ def prepare(config: TrainConfig, raw: bytes | None = None) -> PreparedData:
     assert fmt is not None  # DataConfig refuses a source without a known format
     frame = parse_table(raw, fmt, data.source)
     features = check_schema(frame, data.features, data.target, data.source)
+    num_classes = config.class_count()
+    if num_classes is not None:
+        check_labels(frame[data.target], num_classes, data.source)
     table = frame[[*features, data.target]]
     parts = split_indices(len(table), data.val_fraction, data.test_fraction, config.split_seed())
 
@@ -177,6 +187,8 @@ def prepare_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     config: TrainConfig = parameters["config"]
     spec = _split_spec(config, input_digest(config))
     spec["data_root"] = data_root(config)
+    # the labels were checked against this many classes: another model must not reuse an unchecked result
+    spec["num_classes"] = config.class_count()
     return f"prepare-data-{_digest_of(spec)}"
 
 

@@ -4,13 +4,28 @@ The checkpoint describes itself: its data module's hyper-parameters name the fea
 target, and its data module state holds the training statistics, so scoring applies exactly the
 preprocessing the model was trained with. The output keeps every input column (ids included) and adds
 ``prediction``.
+
+Where it reads and writes (issue 14): ``source`` and ``output_uri`` are parameters a UI form or an API
+call sets, so the worker only reads and writes under its data roots: the model's own data root
+(``prepared_data_root()``, where the default output goes) plus the comma-separated local folders and
+``s3://bucket/prefix`` URIs of ``LIGHTNING_LIB_DATA_ROOTS``, which the deployment sets; without it, the
+working directory (the project, for ``lightning-lib predict data/new.csv``). Local paths are compared
+after resolving ``..`` and symbolic links. The output must be a ``.parquet`` (or ``.pq``) name, and a
+file already there is replaced only when predict wrote it (its Parquet footer carries
+:data:`OUTPUT_MARKER`): a config, a data file or anything else the worker may write is never replaced.
+Both are checked before the checkpoint is loaded or anything is scored, and again just before writing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import os
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -19,12 +34,101 @@ from pydantic import BaseModel, ConfigDict
 import lightning_lib as pl
 from lightning_lib.checkpoint import load_file
 from lightning_lib.storage import join_uri, open_store, split_uri
+from lightning_lib.storage._uri import is_remote, local_path, parse_s3_uri
 from tasks.config import TrainConfig, table_format
 from tasks.data import read_uri
 from tasks.retry import retrying
 from tasks.tabular import DataValidationError, check_features, parse_table, to_parquet_bytes
 
 PREDICTION_COLUMN = "prediction"
+DATA_ROOTS_ENV = "LIGHTNING_LIB_DATA_ROOTS"
+OUTPUT_MARKER = b"lightning_lib.predictions"  # a Parquet footer key: "predict wrote this file"
+_ROOTS_HINT = (
+    f"The deployment allows more with {DATA_ROOTS_ENV} (comma-separated folders or s3://bucket/prefix URIs)."
+)
+
+
+class PredictionRefused(ValueError):
+    """A source or an output outside what predict may read or replace (never retried)."""
+
+
+def data_roots(config: TrainConfig) -> list[str]:
+    """Where predict may read and write: the model's data root, plus the deployment's
+    ``LIGHTNING_LIB_DATA_ROOTS``, else the working directory."""
+    configured = [r.strip() for r in os.environ.get(DATA_ROOTS_ENV, "").split(",") if r.strip()]
+    return [config.prepared_data_root(), *(configured or [os.getcwd()])]
+
+
+def _under(uri: str, root: str) -> bool:
+    if is_remote(uri) != is_remote(root):
+        return False
+    if is_remote(uri):
+        bucket, key = parse_s3_uri(uri)
+        root_bucket, prefix = parse_s3_uri(root)
+        prefix = prefix.strip("/")
+        return bucket == root_bucket and (not prefix or key.startswith(prefix + "/"))
+    path = os.path.realpath(local_path(uri))
+    folder = os.path.realpath(local_path(root))
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_allowed(role: str, uri: str, roots: list[str]) -> None:
+    """Refuse ``uri`` unless it lies under one of ``roots``; ``role`` names it in the error."""
+    if is_remote(uri) and ".." in parse_s3_uri(uri)[1].split("/"):
+        raise PredictionRefused(
+            f"Expected the {role} to name an object without '..' segments, received {uri!r}."
+        )
+    if not any(_under(uri, root) for root in roots):
+        raise PredictionRefused(
+            f"Refusing the {role} {uri!r}: expected a path under the data roots {roots}. {_ROOTS_HINT}"
+        )
+
+
+def check_output(uri: str, roots: list[str]) -> None:
+    """The output may be created, or replace a predictions file predict wrote, and nothing else."""
+    if table_format(uri) != "parquet":
+        raise PredictionRefused(
+            f"Expected the output to be a .parquet or .pq name (predictions are Parquet), received {uri!r}."
+        )
+    check_allowed("output", uri, roots)
+    existing: bytes | None = None
+    if is_remote(uri):
+        root, name = split_uri(uri)
+        store = open_store(root)
+        if store.exists(name):
+            existing = store.get_bytes(name)
+    else:
+        path = local_path(uri)
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+            raise PredictionRefused(
+                f"Refusing to write predictions to {uri!r}: it is a link or a folder, not a file predict wrote."
+            )
+        if os.path.exists(path):
+            with open(path, "rb") as handle:
+                existing = handle.read()
+    if existing is not None and not written_by_predict(existing):
+        raise PredictionRefused(
+            f"Refusing to replace {uri!r}: a file is there that predict did not write (expected none, or a "
+            "predictions Parquet file). Choose another output, or remove that file yourself."
+        )
+
+
+def written_by_predict(payload: bytes) -> bool:
+    """Whether ``payload`` is a Parquet file whose footer carries :data:`OUTPUT_MARKER`."""
+    try:
+        metadata = pq.read_schema(io.BytesIO(payload)).metadata or {}
+    except (pa.ArrowException, OSError, ValueError):
+        return False
+    return OUTPUT_MARKER in metadata
+
+
+def _predictions_parquet(frame: Any, provenance: dict[str, str]) -> bytes:
+    """The predictions as Parquet, without the index, marked as predict's in the footer."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = {**(table.schema.metadata or {}), OUTPUT_MARKER: json.dumps(provenance).encode()}
+    buffer = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(metadata), buffer)
+    return buffer.getvalue()
 
 
 class PredictionResult(BaseModel):
@@ -65,12 +169,19 @@ def default_output_uri(config: TrainConfig, input_sha256: str, checkpoint_uri: s
 def score(
     config: TrainConfig, checkpoint_uri: str, source: str, output_uri: str | None = None
 ) -> PredictionResult:
-    """Predict every row of ``source`` (CSV or Parquet, local or S3) with the checkpoint."""
+    """Predict every row of ``source`` (CSV or Parquet, local or S3) with the checkpoint.
+
+    ``source`` and ``output_uri`` must lie under :func:`data_roots`, and ``output_uri`` may only replace
+    a predictions file (see the module docstring): checked before any scoring work."""
     fmt = table_format(source)
     if fmt is None:
         raise DataValidationError(
             f"Expected the table to score to end in .csv, .parquet or .pq, received {source!r}."
         )
+    roots = data_roots(config)
+    check_allowed("source", source, roots)
+    if output_uri is not None:
+        check_output(output_uri, roots)
     checkpoint = load_file(checkpoint_uri)  # verified and weights_only=True, before any scoring work
     features, target = checkpoint_columns(checkpoint, config)
     raw = read_uri(source)
@@ -108,8 +219,11 @@ def score(
     else:
         for i in range(values.shape[1]):
             out[f"{PREDICTION_COLUMN}_{i}"] = values[:, i]
-    payload = to_parquet_bytes(out)
+    payload = _predictions_parquet(
+        out, {"source": source, "input_sha256": digest, "checkpoint": checkpoint_uri}
+    )
     uri = output_uri or default_output_uri(config, digest, checkpoint_uri)
+    check_output(uri, roots)  # again: something may have appeared there while scoring
     _put(uri, payload)
     return PredictionResult(
         uri=uri,
@@ -135,10 +249,17 @@ def predict(
 
 
 __all__ = [
+    "DATA_ROOTS_ENV",
+    "OUTPUT_MARKER",
     "PREDICTION_COLUMN",
+    "PredictionRefused",
     "PredictionResult",
+    "check_allowed",
+    "check_output",
     "checkpoint_columns",
+    "data_roots",
     "default_output_uri",
     "predict",
     "score",
+    "written_by_predict",
 ]

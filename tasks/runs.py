@@ -27,6 +27,7 @@ class RunRecord(BaseModel):
     git_dirty: bool | None
     input_sha256: str | None
     metrics: dict[str, float]
+    status: str = "FINISHED"  # MLflow's: FINISHED, FAILED, KILLED, RUNNING, SCHEDULED
 
 
 class CodeVersion(BaseModel):
@@ -60,6 +61,7 @@ def read_run(tracking_uri: str, run_id: str) -> RunRecord:
         git_dirty=_dirty(tags.get(TAG_GIT_DIRTY)),
         input_sha256=tags.get(TAG_INPUT_SHA256),
         metrics={k: float(v) for k, v in run.data.metrics.items()},
+        status=str(run.info.status),
     )
 
 

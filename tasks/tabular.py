@@ -108,6 +108,35 @@ def _require_column(frame: pd.DataFrame, name: str, role: str, source: str) -> N
         )
 
 
+def check_labels(series: pd.Series, num_classes: int, source: str) -> None:
+    """A classifier's target: whole numbers in ``[0, num_classes)``; otherwise the error names the column,
+    how many rows are wrong and the first such value with its row (found here, not inside the fit)."""
+    name = str(series.name)
+    values = series.to_numpy()
+    if values.dtype.kind in "iub":
+        whole = np.ones(len(values), dtype=bool)
+    else:
+        whole = np.isfinite(values) & (np.floor(values) == values)
+    bad = ~whole | (values < 0) | (values >= num_classes)
+    count = int(bad.sum())
+    if count:
+        first = int(np.flatnonzero(bad)[0])
+        value = values[first].item()
+        raise DataValidationError(
+            f"Expected class labels in [0, {num_classes - 1}] (whole numbers, {num_classes} classes) in target "
+            f"column {name!r} in {source!r}, found {count} row(s) outside (first {value!r} at row "
+            f"{series.index[first]}).",
+            column=name,
+        )
+    if values.dtype.kind == "f":
+        raise DataValidationError(
+            f"Expected class labels in target column {name!r} in {source!r} to be stored as integers, found "
+            f"dtype {series.dtype} (e.g. {values[0].item()!r}): the data module would train on it as a "
+            "regression target.",
+            column=name,
+        )
+
+
 def split_indices(
     rows: int, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,25 +2,40 @@
 
 Every rule comes from :mod:`lightning_lib.trainer.arguments` (and the precision table), so a config that
 validates here is one ``Trainer(**config.trainer.to_kwargs())`` accepts, with the same error messages.
-Only the checks that depend on the machine (is there a CUDA device?) are left to the Trainer itself:
-a config is often validated where the API runs, not on the GPU worker that trains.
+Only the checks that depend on the machine (is there a CUDA device? how many CPUs?) are left to the
+Trainer itself: a config is often validated where the API runs, not on the GPU worker that trains.
+
+Bounds (issue 14): every count a parameter controls has a fixed upper bound here, in the JSON schema
+(the Prefect form) as well as in the checks: ``devices`` per node <= ``MAX_DEVICES_PER_NODE`` (each is a
+process), ``num_nodes`` <= ``MAX_NUM_NODES``, ``max_time`` <= ten years (longer overflows), and epochs,
+steps and the other counts <= ``MAX_COUNT`` (2**31 - 1: they allocate nothing, but a larger number is a
+typo and loses precision in the browser's JavaScript form). The machine's own bound (CPUs, CUDA devices)
+is checked by the Trainer on the worker, before torchrun is launched.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from lightning_lib.plugins.precision import normalize_precision
 from lightning_lib.trainer.arguments import (
+    MAX_DEVICES_PER_NODE,
+    MAX_NUM_NODES,
     batch_limit,
     check_choice,
+    check_gradient_clip_val,
     check_int,
-    parse_devices,
+    device_request,
     parse_duration,
 )
+
+# Upper bound of the counts that allocate nothing (epochs, steps, intervals): see the module docstring.
+MAX_COUNT = 2**31 - 1
+_Count = Annotated[int, Field(le=MAX_COUNT)]
+_Limit = Annotated[int, Field(ge=0, le=MAX_COUNT)] | Annotated[float, Field(ge=0, le=1)]
 
 PrecisionName = Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"]
 _LIMIT = "A fraction of the batches in [0.0, 1.0] or a whole number of batches; empty means all."
@@ -33,31 +48,37 @@ def _check_interval(name: str, value: Any) -> None:
         parse_duration(name, value)
     elif batch_limit(name, value) == 0:
         raise ValueError(f"Expected {name} > 0, received 0.")
+    else:
+        _check_limit(name, value)
 
 
-def _check_clip(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
-        raise ValueError(f"Expected {name} to be a number >= 0 or None, received {value!r}.")
+def _check_limit(name: str, value: Any) -> None:
+    if batch_limit(name, value) > MAX_COUNT:
+        raise ValueError(f"Expected {name} <= {MAX_COUNT} batches, received {value!r}.")
+
+
+def _count(minimum: int, allow_none: bool = False) -> Any:
+    return lambda n, v: check_int(n, v, minimum, allow_none=allow_none, maximum=MAX_COUNT)
 
 
 # Field -> the Trainer's check for it, applied to the raw value before pydantic's own type coercion, so
 # e.g. ``max_epochs=True`` is refused as the Trainer refuses it instead of becoming 1.
 _RULES: dict[str, Any] = {
-    "max_epochs": lambda n, v: check_int(n, v, -1, allow_none=True),
-    "max_steps": lambda n, v: check_int(n, v, -1),
+    "max_epochs": _count(-1, allow_none=True),
+    "max_steps": _count(-1),
     "max_time": lambda n, v: parse_duration(n, v),
-    "devices": lambda n, v: parse_devices("cpu", v),  # the form only; the device is checked at fit time
-    "num_nodes": lambda n, v: check_int(n, v, 1),
-    "limit_train_batches": batch_limit,
-    "limit_val_batches": batch_limit,
-    "limit_test_batches": batch_limit,
-    "limit_predict_batches": batch_limit,
+    "devices": lambda n, v: device_request(v),  # the form and its bound; the machine's at fit time
+    "num_nodes": lambda n, v: check_int(n, v, 1, maximum=MAX_NUM_NODES),
+    "limit_train_batches": _check_limit,
+    "limit_val_batches": _check_limit,
+    "limit_test_batches": _check_limit,
+    "limit_predict_batches": _check_limit,
     "val_check_interval": _check_interval,
-    "check_val_every_n_epoch": lambda n, v: check_int(n, v, 1, allow_none=True),
-    "num_sanity_val_steps": lambda n, v: check_int(n, v, -1, allow_none=True),
-    "log_every_n_steps": lambda n, v: check_int(n, v, 0, allow_none=True),
-    "accumulate_grad_batches": lambda n, v: check_int(n, v, 1),
-    "gradient_clip_val": _check_clip,
+    "check_val_every_n_epoch": _count(1, allow_none=True),
+    "num_sanity_val_steps": _count(-1, allow_none=True),
+    "log_every_n_steps": _count(0, allow_none=True),
+    "accumulate_grad_batches": _count(1),
+    "gradient_clip_val": lambda n, v: check_gradient_clip_val(v),
     "gradient_clip_algorithm": lambda n, v: check_choice(n, v, (None, "norm", "value")),
     "deterministic": lambda n, v: check_choice(n, v, (None, True, False, "warn")),
 }
@@ -68,51 +89,74 @@ class TrainerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, title="Trainer")
 
-    max_epochs: int | None = Field(
+    max_epochs: Annotated[int, Field(ge=-1, le=MAX_COUNT)] | None = Field(
         default=None,
         description="Stop after this many epochs; empty means 1000 (or unlimited with max_steps), -1 unlimited.",
     )
-    max_steps: int = Field(default=-1, description="Stop after this many optimizer steps; -1 means no limit.")
-    max_time: str | None = Field(default=None, description='Stop after this much time, "DD:HH:MM:SS".')
+    max_steps: int = Field(
+        default=-1,
+        ge=-1,
+        le=MAX_COUNT,
+        description="Stop after this many optimizer steps; -1 means no limit.",
+    )
+    max_time: Annotated[str, Field(pattern=r"^\s*\d{1,4}:\d{1,2}:\d{1,2}:\d{1,2}\s*$")] | None = Field(
+        default=None, description='Stop after this much time, "DD:HH:MM:SS" (at most 3650 days).'
+    )
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field(
         default="auto", description="The device type to train on."
     )
-    devices: int | str | list[int] = Field(
+    devices: (
+        Annotated[int, Field(ge=-1, le=MAX_DEVICES_PER_NODE)]
+        | Annotated[str, Field(max_length=8 * MAX_DEVICES_PER_NODE)]
+        | Annotated[
+            list[Annotated[int, Field(ge=0, lt=MAX_DEVICES_PER_NODE)]],
+            Field(min_length=1, max_length=MAX_DEVICES_PER_NODE),
+        ]
+    ) = Field(
         default="auto",
         description='Devices per node, one process each: "auto", a count, -1 (all GPUs) or a list of indices.'
-        " More than one trains with DDP (the fit task launches torchrun).",
+        f" More than one trains with DDP (the fit task launches torchrun). At most {MAX_DEVICES_PER_NODE},"
+        " and at most the worker's CPUs (CPU) or CUDA devices (GPU), checked on the worker before launching.",
     )
     strategy: Literal["auto", "single_device", "ddp", "ddp_find_unused_parameters_true"] = Field(
         default="auto", description='"auto" uses DDP when there is more than one device.'
     )
-    num_nodes: int = Field(default=1, description="Machines taking part (each runs torchrun; see infra/k8s).")
+    num_nodes: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_NUM_NODES,
+        description="Machines taking part (each runs torchrun; see infra/k8s).",
+    )
     precision: PrecisionName = Field(
         default="32-true", description="Numerical precision; 16, 32, 64 and 'bf16' are accepted as aliases."
     )
-    limit_train_batches: int | float | None = Field(default=None, description=_LIMIT)
-    limit_val_batches: int | float | None = Field(default=None, description=_LIMIT)
-    limit_test_batches: int | float | None = Field(default=None, description=_LIMIT)
-    limit_predict_batches: int | float | None = Field(default=None, description=_LIMIT)
-    val_check_interval: int | float | str | None = Field(
+    limit_train_batches: _Limit | None = Field(default=None, description=_LIMIT)
+    limit_val_batches: _Limit | None = Field(default=None, description=_LIMIT)
+    limit_test_batches: _Limit | None = Field(default=None, description=_LIMIT)
+    limit_predict_batches: _Limit | None = Field(default=None, description=_LIMIT)
+    val_check_interval: _Limit | str | None = Field(
         default=None,
         description='Validate every fraction of an epoch (float), every N batches (int), or every "DD:HH:MM:SS".',
     )
-    check_val_every_n_epoch: int | None = Field(
+    check_val_every_n_epoch: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = Field(
         default=1, description="Validate every N epochs; empty means only by val_check_interval."
     )
-    num_sanity_val_steps: int | None = Field(
+    num_sanity_val_steps: Annotated[int, Field(ge=-1, le=MAX_COUNT)] | None = Field(
         default=None, description="Validation batches run before training (default 2; -1 all)."
     )
     accumulate_grad_batches: int = Field(
-        default=1, description="Accumulate gradients over this many batches per optimizer step."
+        default=1,
+        ge=1,
+        le=MAX_COUNT,
+        description="Accumulate gradients over this many batches per optimizer step.",
     )
-    gradient_clip_val: float | None = Field(
+    gradient_clip_val: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
         default=None, description="Clip gradients at this value; empty means no clipping."
     )
     gradient_clip_algorithm: Literal["norm", "value"] | None = Field(
         default=None, description='"norm" (default) or "value".'
     )
-    log_every_n_steps: int | None = Field(
+    log_every_n_steps: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = Field(
         default=None, description="How often to log within an epoch (default 50)."
     )
     deterministic: bool | Literal["warn"] | None = Field(
@@ -159,9 +203,14 @@ class CheckpointConfig(BaseModel):
     mode: Literal["min", "max"] = Field(
         default="min", description="Whether a lower or higher monitor is better."
     )
-    save_top_k: int = Field(default=1, ge=-1, description="Best checkpoints kept (-1 all) besides 'last'.")
+    save_top_k: int = Field(
+        default=1, ge=-1, le=MAX_COUNT, description="Best checkpoints kept (-1 all) besides 'last'."
+    )
     every_n_train_steps: int | None = Field(
-        default=None, ge=1, description="Also checkpoint every N optimizer steps; empty means per epoch."
+        default=None,
+        ge=1,
+        le=MAX_COUNT,
+        description="Also checkpoint every N optimizer steps; empty means per epoch.",
     )
 
     @field_validator("save_top_k")

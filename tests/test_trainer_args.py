@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import lightning_lib as pl
+from lightning_lib.trainer import arguments
 from lightning_lib.trainer.arguments import (
+    MAX_DEVICES_PER_NODE,
     batch_limit,
     check_choice,
     check_int,
@@ -144,7 +146,7 @@ def test_fractional_limit_too_small_for_the_loader(tmp_path: Any) -> None:
         ({"devices": "0,"}, "num_devices", 1),
         ({"devices": -1}, "num_devices", 1),
         ({"devices": 2}, "world_size", 2),
-        ({"devices": [0, 1, 2]}, "num_devices", 3),
+        ({"devices": [0, 1]}, "num_devices", 2),
         ({"devices": "2"}, "world_size", 2),
         ({"devices": 2}, "is_global_zero", True),
         ({"strategy": "ddp"}, "world_size", 1),
@@ -241,10 +243,60 @@ def test_device_resolution_with_a_mocked_cuda(monkeypatch: pytest.MonkeyPatch) -
     assert parse_devices("cuda", "0,1") == cuda
     with pytest.raises(ValueError, match=r"CUDA device index < 2, received 5"):
         parse_devices("cuda", [5])
-    with pytest.raises(ValueError, match=r"CUDA device index < 2, received 2"):
+    with pytest.raises(
+        ValueError, match=r"Expected devices <= 2 \(the CUDA devices torch finds\), received 3"
+    ):
         parse_devices("cuda", 3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_accelerator("auto") == "cpu"
     assert parse_devices("cpu", [3]) == [torch.device("cpu")]
     assert parse_devices("cpu", "auto") == [torch.device("cpu")]
+    monkeypatch.setattr(arguments, "usable_cpus", lambda: 4)
     assert parse_devices("cpu", 3) == [torch.device("cpu")] * 3
+
+
+@pytest.mark.parametrize("devices", [100_000, 10**11, "100000000000", [0] * 10**6])
+def test_a_huge_device_count_is_refused_before_any_list_is_built(
+    devices: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 14: devices=10**11 made the check itself build a list that size (out of memory); the bound
+    # is checked first, so this fails at once, on CPU and on CUDA alike
+    monkeypatch.setattr(torch, "device", lambda *a: pytest.fail("a device list was built"))
+    for device_type in ("cpu", "cuda"):
+        with pytest.raises(
+            ValueError, match=rf"devices per node\)? <= {MAX_DEVICES_PER_NODE}|at most {MAX_DEVICES_PER_NODE}"
+        ):
+            parse_devices(device_type, devices)
+
+
+def test_cpu_processes_are_bounded_by_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 14: devices=100000 on CPU would launch torchrun with 100,000 processes
+    monkeypatch.setattr(arguments, "usable_cpus", lambda: 4)
+    assert len(parse_devices("cpu", 4)) == 4
+    assert len(parse_devices("cpu", [0, 5, 7])) == 3
+    with pytest.raises(
+        ValueError,
+        match=r"Expected devices <= 4 \(the CPUs this process may use\) for a CPU run, received 5 \(5 processes\)\.",
+    ):
+        parse_devices("cpu", 5)
+    with pytest.raises(ValueError, match=r"Expected devices <= 4 .*received 100"):
+        pl.Trainer(accelerator="cpu", devices=100, logger=False)
+    with pytest.raises(ValueError, match=r"received \[0, 1, 2, 3, 4\] \(5 processes\)"):
+        parse_devices("cpu", [0, 1, 2, 3, 4])
+
+
+def test_num_nodes_and_durations_are_bounded() -> None:
+    with pytest.raises(ValueError, match=r"Expected num_nodes <= 1024, received 100000\."):
+        pl.Trainer(accelerator="cpu", num_nodes=100_000, logger=False)
+    # beyond ten years a limit means nothing, and far beyond it timedelta overflows (an OverflowError
+    # escaped every caller's ``except ValueError``)
+    for value in ("9999999999:00:00:00", "3651:00:00:00", {"days": 10**12}):
+        with pytest.raises(ValueError, match=r"Expected max_time to be at most 3650 days"):
+            parse_duration("max_time", value)
+    assert parse_duration("max_time", "3650:00:00:00") == timedelta(days=3650)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_clip_value_is_refused(value: float) -> None:
+    with pytest.raises(ValueError, match=r"Expected gradient_clip_val to be a finite number >= 0 or None"):
+        pl.Trainer(accelerator="cpu", gradient_clip_val=value, logger=False)

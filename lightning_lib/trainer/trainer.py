@@ -22,8 +22,10 @@ from lightning_lib.loop.logger_connector import LoggerConnector
 from lightning_lib.loop.state import FitProgress, RunState
 from lightning_lib.plugins.precision import build_precision
 from lightning_lib.trainer.arguments import (
+    MAX_NUM_NODES,
     batch_limit,
     check_choice,
+    check_gradient_clip_val,
     check_int,
     check_strategy,
     parse_devices,
@@ -98,7 +100,7 @@ class Trainer:
         model_registry: str | None = None,
     ) -> None:
         check_strategy(strategy)
-        check_int("num_nodes", num_nodes, 1)
+        check_int("num_nodes", num_nodes, 1, maximum=MAX_NUM_NODES)
         for name, value in (("profiler", profiler), ("plugins", plugins)):
             if value is not None:
                 raise ValueError(f"Expected {name}=None in this version, received {value!r}.")
@@ -144,15 +146,7 @@ class Trainer:
             "log_every_n_steps", 50 if log_every_n_steps is None else log_every_n_steps, 0
         )
         self.accumulate_grad_batches = check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
-        if gradient_clip_val is not None and (
-            isinstance(gradient_clip_val, bool)
-            or not isinstance(gradient_clip_val, int | float)
-            or gradient_clip_val < 0
-        ):
-            raise ValueError(
-                f"Expected gradient_clip_val to be a number >= 0 or None, received {gradient_clip_val!r}."
-            )
-        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_val = check_gradient_clip_val(gradient_clip_val)
         self.gradient_clip_algorithm = check_choice(
             "gradient_clip_algorithm", gradient_clip_algorithm, (None, "norm", "value")
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from flows.predict import predict_flow
 from flows.reproduce import ReproductionRefused, compare_metrics, reproduce
 from flows.training import training
 from tasks.config import TrainConfig
-from tasks.prediction import PREDICTION_COLUMN
+from tasks.prediction import DATA_ROOTS_ENV, PREDICTION_COLUMN, PredictionRefused
 from tasks.tracking import tracking_uri
 from tests.flows.conftest import DIGITS_CSV
 
@@ -60,6 +61,25 @@ def test_reproduce_refuses_another_code_version(
         reproduce(original.mlflow_run_id, tracking_uri=tracking_uri(config))
 
 
+def test_reproduce_refuses_a_failed_run_up_front_unless_allowed(
+    git_project: Path, make_config: Callable[..., TrainConfig]
+) -> None:
+    from mlflow import MlflowClient
+
+    config = make_config()
+    original = training(config, register_model=False)
+    client = MlflowClient(tracking_uri(config))
+    client.set_terminated(original.mlflow_run_id, status="FAILED")
+    experiment = original.fit.mlflow_experiment_id
+    before = len(client.search_runs([experiment]))
+    with pytest.raises(ReproductionRefused, match="the original run ended FAILED") as info:
+        reproduce(original.mlflow_run_id, tracking_uri=tracking_uri(config))
+    assert "allow_unfinished_run=True (--allow-unfinished-run)" in str(info.value)
+    assert len(client.search_runs([experiment])) == before  # refused before any training
+    outcome = reproduce(original.mlflow_run_id, tracking_uri=tracking_uri(config), allow_unfinished_run=True)
+    assert "Allowed differences: the original run ended FAILED" in outcome.message
+
+
 def test_compare_metrics_reports_each_difference() -> None:
     assert compare_metrics({"a": 1.0}, {"a": 1.0}) == (True, {})
     match, diff = compare_metrics({"a": 1.0, "b": 2.0}, {"a": 1.5})
@@ -68,8 +88,9 @@ def test_compare_metrics_reports_each_difference() -> None:
 
 
 def test_predict_flow_scores_with_the_champion(
-    tmp_path: Path, make_config: Callable[..., TrainConfig]
+    tmp_path: Path, make_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(DATA_ROOTS_ENV, str(tmp_path))  # the deployment's data roots
     config = make_config(**{"trainer.max_epochs": 3, "trainer.limit_train_batches": 10})
     trained = training(config)
     table = pd.read_csv(DIGITS_CSV).head(50).drop(columns=["target"])
@@ -94,6 +115,35 @@ def test_predict_flow_scores_with_the_champion(
     with torch.no_grad():
         expected = model(x).argmax(dim=1).numpy()
     assert (scored[PREDICTION_COLUMN].to_numpy() == expected).all()
+
+    # issue 14: the output never replaces a file predict did not write, the source stays under the data
+    # roots; both refused before scoring, naming the path. Re-running onto its own output is fine.
+    uri = tracking_uri(config)
+    assert predict_flow(str(source), "digits-test", output_uri=str(output), tracking_uri=uri).rows == 50
+    precious = tmp_path / "run.yaml"
+    precious.write_text("model: mine\n")
+    foreign = tmp_path / "other.parquet"
+    table.to_parquet(foreign)
+    for target, reason in (
+        (precious, "Expected the output to be a .parquet or .pq name"),
+        (foreign, f"Refusing to replace {str(foreign)!r}: a file is there that predict did not write"),
+    ):
+        before = target.read_bytes()
+        with pytest.raises(PredictionRefused, match=re.escape(reason)):
+            predict_flow(str(source), "digits-test", output_uri=str(target), tracking_uri=uri)
+        assert target.read_bytes() == before
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.csv"
+    shutil.copy(source, outside)
+    for refused in (outside, tmp_path / ".." / outside.name):
+        with pytest.raises(
+            PredictionRefused, match=r"Refusing the source .*expected a path under the data roots"
+        ):
+            predict_flow(str(refused), "digits-test", tracking_uri=uri)
+    link = tmp_path / "link.csv"
+    link.symlink_to(outside)  # inside by name, outside once resolved
+    with pytest.raises(PredictionRefused, match="Refusing the source"):
+        predict_flow(str(link), "digits-test", tracking_uri=uri)
+    outside.unlink()
 
 
 def test_predict_without_a_champion_says_what_to_do(

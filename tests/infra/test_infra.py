@@ -200,3 +200,27 @@ def test_docker_compose_config_renders(tmp_path: Path) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+ROOT = INFRA.parent
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+
+
+@pytest.mark.skipif(
+    shutil.which("git") is None or _git("rev-parse", "--git-dir").returncode != 0,
+    reason="not a git checkout",
+)
+def test_env_files_with_secrets_are_ignored_by_git_and_the_example_is_tracked() -> None:
+    # --no-index: the rules themselves, so the test also fails if someone force-adds a .env later and
+    # the ignore rule is then dropped
+    for secret in ("infra/.env", "infra/.env.local", ".env", "examples/.env.production"):
+        result = _git("check-ignore", "--no-index", "-q", secret)
+        assert result.returncode == 0, f"{secret} is not ignored by git: {result.stderr}"
+    result = _git("check-ignore", "--no-index", "-q", "infra/.env.example")
+    assert result.returncode == 1, "infra/.env.example must stay tracked, but git ignores it"
+    assert _git("ls-files", "--error-unmatch", "infra/.env.example").returncode == 0
+    tracked = [p for p in _git("ls-files").stdout.splitlines() if Path(p).name.startswith(".env")]
+    assert tracked == ["infra/.env.example"], f"only the example may be tracked, found {tracked}"

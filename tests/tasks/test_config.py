@@ -60,7 +60,7 @@ def test_defaults_are_the_bundled_example_and_local_folders() -> None:
         ("val_check_interval", "soon", 'Expected val_check_interval to be a "DD:HH:MM:SS" string'),
         ("check_val_every_n_epoch", 0, "Expected check_val_every_n_epoch >= 1, received 0."),
         ("log_every_n_steps", -1, "Expected log_every_n_steps >= 0, received -1."),
-        ("gradient_clip_val", -1.0, "Expected gradient_clip_val to be a number >= 0 or None"),
+        ("gradient_clip_val", -1.0, "Expected gradient_clip_val to be a finite number >= 0 or None"),
         ("gradient_clip_algorithm", "max", "Expected gradient_clip_algorithm to be one of"),
         ("deterministic", "always", "Expected deterministic to be one of"),
         ("precision", "8-true", "Expected precision to be one of"),
@@ -391,3 +391,24 @@ def test_prefect_renders_the_config_as_the_flow_parameter_schema() -> None:
     bad = {"config": {**good["config"], "run_key": "../x"}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_a_checkpoint_root_that_is_a_file_is_refused_when_validating(tmp_path: Path) -> None:
+    # noticed only when the first checkpoint was committed, after a full epoch, before issue 14
+    afile = tmp_path / "not-a-folder"
+    afile.write_text("x")
+    for root, where in ((afile, "is a file"), (afile / "sub", f"is under {str(afile)!r}, which is a file")):
+        with pytest.raises(ValidationError) as exc:
+            make(checkpoint_root=str(root))
+        error = only_error(exc)
+        assert error["loc"] == ("checkpoint_root",)
+        assert (
+            f"Expected checkpoint_root to be a folder (or not to exist yet), but {str(root)!r} {where}"
+            in error["msg"]
+        )
+    with pytest.raises(ValidationError, match=r"Expected data.data_root to be a folder"):
+        make(
+            checkpoint_root=str(tmp_path / "ckpt"),
+            data={"source": "a.csv", "target": "y", "data_root": str(afile)},
+        )
+    assert make(checkpoint_root=str(tmp_path / "new" / "ckpt")).checkpoint_root.endswith("ckpt")

@@ -399,3 +399,45 @@ def test_cached_preparation_is_keyed_on_the_absolute_folder_and_its_presence(
     assert result.train.uri.startswith(str(one))  # absolute: readable from any working directory
     monkeypatch.chdir(two)
     assert prepare_cache_key(None, {"config": config}) != here
+
+
+@pytest.mark.parametrize(
+    ("labels", "first", "count"),
+    [
+        ({3: 999, 7: 999, 11: -1}, "999 at row 3", 3),
+        ({5: 0.5}, "0.5 at row 5", 1),
+        ({0: 10}, "10 at row 0", 1),  # one past the last class: an IndexError deep inside the fit before
+    ],
+    ids=["out-of-range", "fraction", "one-past"],
+)
+def test_labels_outside_the_models_classes_are_refused_when_preparing(
+    tmp_path: Path, labels: dict[int, float], first: str, count: int
+) -> None:
+    frame = make_frame()
+    frame["label"] = frame["label"].astype(float if any(v % 1 for v in labels.values()) else int)
+    for row, value in labels.items():
+        frame.loc[row, "label"] = value
+    path = write_csv(tmp_path, frame)
+    config = config_for(path, tmp_path)  # DigitsClassifier declares num_classes = 10
+    assert config.class_count() == 10
+    with pytest.raises(DataValidationError) as exc:
+        prepare(config)
+    message = str(exc.value)
+    assert exc.value.column == "label"
+    assert "Expected class labels in [0, 9]" in message and "target column 'label'" in message
+    assert f"found {count} row(s) outside (first {first})" in message
+    assert not (tmp_path / "data").exists()  # nothing was written
+
+
+def test_the_class_count_comes_from_the_config_then_the_model(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, make_frame())  # labels 0..2
+    with pytest.raises(DataValidationError, match=r"labels in \[0, 1\].*first 2 at row"):
+        prepare(config_for(path, tmp_path, num_classes=2))
+    by_kwargs = config_for(path, tmp_path).model_copy(update={"model_kwargs": {"num_classes": 2}})
+    assert by_kwargs.class_count() == 2
+    assert prepare(config_for(path, tmp_path, num_classes=3)).train.rows > 0
+    # whole-number floats would train as a regression target: refused for a classifier, with the reason
+    floats = make_frame()
+    floats["label"] = floats["label"].astype(float)
+    with pytest.raises(DataValidationError, match=r"to be stored as integers, found dtype float64"):
+        prepare(config_for(write_csv(tmp_path, floats), tmp_path))

@@ -1,0 +1,82 @@
+"""Issue 14, point 10: where predict may read and write (the end-to-end refusals are in
+tests/flows/test_reproduce_predict.py); the rules on their own, without a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flows.cli import build_parser
+from tasks.config import TrainConfig
+from tasks.prediction import (
+    DATA_ROOTS_ENV,
+    PredictionRefused,
+    _predictions_parquet,
+    check_allowed,
+    check_output,
+    data_roots,
+    written_by_predict,
+)
+
+
+def config(root: str) -> TrainConfig:
+    return TrainConfig(
+        model="examples.digits:DigitsClassifier",
+        checkpoint_root=f"{root}/checkpoints",
+        data={"source": "a.csv", "target": "y"},
+    )
+
+
+def test_s3_roots_are_prefixes_on_folder_boundaries() -> None:
+    roots = ["s3://bucket/data"]
+    check_allowed("source", "s3://bucket/data/new.csv", roots)
+    for uri in ("s3://bucket/database/new.csv", "s3://other/data/new.csv", "s3://bucket/new.csv"):
+        with pytest.raises(PredictionRefused, match=r"Refusing the source 's3://.*under the data roots"):
+            check_allowed("source", uri, roots)
+    with pytest.raises(PredictionRefused, match=r"without '\.\.' segments"):
+        check_allowed("source", "s3://bucket/data/../secrets/x.csv", roots)
+    check_allowed("output", "s3://bucket/x/y.parquet", ["s3://bucket"])  # a whole bucket
+
+
+def test_the_deployment_roots_replace_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(DATA_ROOTS_ENV, raising=False)
+    cfg = config("s3://bucket")
+    assert data_roots(cfg) == ["s3://bucket/data", str(tmp_path)]
+    monkeypatch.setenv(DATA_ROOTS_ENV, "s3://incoming/scoring, /srv/tables")
+    assert data_roots(cfg) == ["s3://bucket/data", "s3://incoming/scoring", "/srv/tables"]
+    with pytest.raises(PredictionRefused, match=DATA_ROOTS_ENV):
+        check_allowed("source", str(tmp_path / "x.csv"), data_roots(cfg))
+
+
+def test_only_a_file_predict_wrote_is_replaced(tmp_path: Path) -> None:
+    roots = [str(tmp_path)]
+    ours = tmp_path / "ours.parquet"
+    ours.write_bytes(_predictions_parquet(pd.DataFrame({"prediction": [1, 2]}), {"source": "x"}))
+    assert written_by_predict(ours.read_bytes())
+    check_output(str(ours), roots)
+    check_output(str(tmp_path / "new" / "p.parquet"), roots)  # nothing there yet
+    theirs = tmp_path / "theirs.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(theirs)
+    folder = tmp_path / "folder.parquet"
+    folder.mkdir()
+    link = tmp_path / "link.parquet"
+    link.symlink_to(ours)
+    for path, message in (
+        (theirs, "a file is there that predict did not write"),
+        (folder, "it is a link or a folder"),
+        (link, "it is a link or a folder"),
+        (tmp_path / "config.yaml", "Expected the output to be a .parquet or .pq name"),
+    ):
+        with pytest.raises(PredictionRefused, match=message):
+            check_output(str(path), roots)
+
+
+def test_cli_flags() -> None:
+    args = build_parser().parse_args(["reproduce", "run-1", "--allow-unfinished-run"])
+    assert args.allow_unfinished_run is True
+    assert build_parser().parse_args(["reproduce", "run-1"]).allow_unfinished_run is False
