@@ -6,11 +6,13 @@ evaluate it exactly as it was trained.
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from lightning_lib.loggers.mlflow import TAG_GIT_COMMIT, TAG_GIT_DIRTY, git_tags
+from lightning_lib.loggers.mlflow import TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_RUN_KEY, git_tags
 from tasks.config import TrainConfig
 from tasks.training import TAG_INPUT_SHA256
 
@@ -77,4 +79,93 @@ def run_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
     return {k: float(v) for k, v in MlflowClient(tracking_uri).get_run(run_id).data.metrics.items()}
 
 
-__all__ = ["CodeVersion", "RunRecord", "current_code_version", "read_run", "run_metrics"]
+class KeyedRun(BaseModel):
+    """The MLflow run a run key already has: what a new fit of that key must agree with."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    experiment_id: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metric_names: list[str]
+
+
+def _reachable(uri: str, timeout: float = 60.0) -> None:
+    """Raise ``ConnectionError`` (transient: the task is retried) when nothing answers at an HTTP tracking
+    URI within ``timeout``; MLflow's own client would retry each call for minutes first."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    from tasks.factory import without_userinfo
+
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=5)
+            return
+        except requests.RequestException as exc:
+            if time.monotonic() + delay > deadline:
+                raise ConnectionError(
+                    f"Expected an MLflow tracking server at {without_userinfo(uri)}, none answered within "
+                    f"{timeout:g}s ({type(exc).__name__}); the run key's MLflow run could not be looked up."
+                ) from None
+        time.sleep(delay)
+        delay = min(2 * delay, 5.0)
+
+
+def find_keyed_run(tracking_uri: str, experiment_name: str, run_key: str) -> KeyedRun | None:
+    """The live MLflow run tagged ``run_key`` in the experiment (the one the logger would continue), or
+    None; looks only, so a refused fit leaves MLflow as it was (no experiment, no SQLite file created)."""
+    if tracking_uri.startswith("sqlite:///") and not os.path.exists(tracking_uri[len("sqlite:///") :]):
+        return None
+    _reachable(tracking_uri)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        return None
+    runs: Any = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.{TAG_RUN_KEY} = '{run_key}'",  # the key's charset is [A-Za-z0-9_.-]
+        max_results=1,
+        order_by=["attributes.start_time ASC"],  # as the logger picks it
+    )
+    if not runs:
+        return None
+    run = runs[0]
+    return KeyedRun(
+        run_id=run.info.run_id,
+        experiment_id=str(run.info.experiment_id),
+        status=str(run.info.status),
+        params=dict(run.data.params),
+        tags=dict(run.data.tags),
+        metric_names=sorted(run.data.metrics),
+    )
+
+
+def last_logged_step(tracking_uri: str, run: KeyedRun) -> int:
+    """The highest step of any metric the run logged (-1 for none)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    return max(
+        (m.step for name in run.metric_names for m in client.get_metric_history(run.run_id, name)),
+        default=-1,
+    )
+
+
+__all__ = [
+    "CodeVersion",
+    "KeyedRun",
+    "RunRecord",
+    "current_code_version",
+    "find_keyed_run",
+    "last_logged_step",
+    "read_run",
+    "run_metrics",
+]

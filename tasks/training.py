@@ -32,6 +32,7 @@ from tasks.factory import (
 )
 from tasks.progress import PrefectProgress, in_prefect_run
 from tasks.retry import retrying
+from tasks.run_identity import hold_run_key
 from tasks.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,27 @@ def fit_model(
 ) -> FitResult:
     """Train (or continue training) the run ``run_key``; return once its checkpoints are committed.
 
-    A config asking for several devices is run by torchrun, one process per device (tasks.distributed_fit).
+    First, before anything is trained, committed or logged (``tasks.run_identity``): the run key's lease is
+    taken (a second fit of the key is refused, naming the holder), the config is compared with the one the
+    run key started with (a different one is refused, naming each field), and a run whose checkpoints were
+    lost while its MLflow run has history is refused. The lease is held until the fit ends.
     """
+    with hold_run_key(config, prepared, run_key) as guards:
+        return _fit_held(
+            config, prepared, run_key, init_from, progress_artifact, [*guards, *(extra_callbacks or [])]
+        )
+
+
+def _fit_held(
+    config: TrainConfig,
+    prepared: PreparedData,
+    run_key: str,
+    init_from: str | None = None,
+    progress_artifact: bool = True,
+    extra_callbacks: list[Any] | None = None,
+) -> FitResult:
+    """The fit of a held run key. A config asking for several devices is run by torchrun, one process per
+    device (tasks.distributed_fit)."""
     from tasks.distributed_fit import launch_fit, needs_launch
 
     if needs_launch(config):

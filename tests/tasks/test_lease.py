@@ -1,0 +1,138 @@
+"""The run key's lease (tasks.lease) on a local folder and on the S3 test server: one holder at a time,
+the holder named to whoever is refused, crashed or expired holders taken over, a replaced holder stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lightning_lib.storage import LocalStore, ObjectStore, S3Store
+from tasks import lease as lease_module
+from tasks.lease import LeaseLostError, RunKeyBusyError, RunLease, lease_ttl
+
+REPO = Path(__file__).resolve().parents[2]
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from lightning_lib.storage import open_store
+    from tasks.lease import RunLease
+    lease = RunLease.acquire(open_store(sys.argv[1]), "k1", ttl=600).start()
+    print("held", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.services)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        return LocalStore(tmp_path / "run")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return S3Store(f"{endpoint}/{uuid.uuid4().hex}/run")
+
+
+@pytest.fixture
+def holder_process(store: ObjectStore) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the lease of run key k1 (renewing it), until the test kills it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, store.uri], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+def _lease_keys(store: ObjectStore) -> list[str]:
+    return [info.key for info in store.list("lease-")]
+
+
+def test_a_live_holder_is_named_and_refused_until_it_is_sigkilled(
+    store: ObjectStore, holder_process: subprocess.Popen[str]
+) -> None:
+    with pytest.raises(RunKeyBusyError) as refused:
+        RunLease.acquire(store, "k1")
+    message = str(refused.value)
+    assert f"pid {holder_process.pid}" in message and f"host {socket.gethostname()}" in message
+    assert "since " in message and "no flow run" in message and "lease-000001.json" in message
+
+    holder_process.send_signal(signal.SIGKILL)  # dies without releasing: its lease stays behind
+    holder_process.wait(timeout=30)
+    taken = RunLease.acquire(store, "k1")
+    assert taken.holder.generation == 2 and taken.holder.pid == os.getpid()
+    assert _lease_keys(store) == ["lease-000002.json"]  # the dead holder's generation is cleared away
+
+
+def _forge(store: ObjectStore, generation: int, since: float, ttl: float, host: str = "elsewhere") -> None:
+    claim = {
+        "token": "t",
+        "run_key": "k1",
+        "host": host,
+        "pid": 4242,
+        "pid_start": None,
+        "boot_id": None,
+        "flow_run_id": "0b9e-flow",
+        "flow_run_name": "brave-otter",
+        "since": since,
+        "ttl": ttl,
+    }
+    store.put_bytes(f"lease-{generation:06d}.json", json.dumps(claim).encode())
+
+
+def test_another_machines_lease_is_refused_while_fresh_and_taken_over_once_expired(
+    store: ObjectStore,
+) -> None:
+    _forge(store, 1, since=time.time(), ttl=600)
+    with pytest.raises(
+        RunKeyBusyError, match=r"flow run brave-otter \(0b9e-flow\), host elsewhere, pid 4242"
+    ):
+        RunLease.acquire(store, "k1")
+    _forge(store, 2, since=time.time() - 700, ttl=600)  # its holder stopped renewing 100 s ago
+    assert RunLease.acquire(store, "k1").holder.generation == 3
+
+
+def test_a_released_lease_is_taken_and_an_earlier_attempt_of_this_process_too(store: ObjectStore) -> None:
+    first = RunLease.acquire(store, "k1").start()
+    with pytest.raises(RunKeyBusyError, match=f"pid {os.getpid()}"):
+        RunLease.acquire(store, "k1")  # a concurrent fit in this process
+    first.release()
+    second = RunLease.acquire(store, "k1").start()
+    # an attempt that failed and whose release failed too (storage down): no longer active here, so
+    # Prefect's retry of the task in this process takes the run key over instead of being refused
+    second._stop.set()
+    lease_module._ACTIVE.discard(second.holder.token)
+    third = RunLease.acquire(store, "k1")
+    assert third.holder.generation == 3
+
+
+def test_a_holder_whose_lease_was_taken_over_stops(store: ObjectStore) -> None:
+    held = RunLease.acquire(store, "k1")
+    held.check()
+    _forge(store, 2, since=time.time(), ttl=600)  # taken over (it looked expired to another host)
+    held.renew()
+    with pytest.raises(LeaseLostError, match="a newer claim replaced it"):
+        held.check()
+
+
+def test_ttl_from_the_environment_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTNING_LIB_RUN_LEASE_TTL_S", "30")
+    assert lease_ttl() == 30.0
+    monkeypatch.setenv("LIGHTNING_LIB_RUN_LEASE_TTL_S", "soon")
+    with pytest.raises(ValueError, match=r"LIGHTNING_LIB_RUN_LEASE_TTL_S .* >= 2, received 'soon'"):
+        lease_ttl()
