@@ -45,10 +45,31 @@ PROGRESS_FILE = "progress.json"
 ERROR_FILE = "error-rank{rank}.json"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def processes_per_node(config: TrainConfig) -> int:
-    """How many processes ``config.trainer`` asks for on this machine (its devices)."""
+    """How many processes ``config.trainer`` asks for on this machine (its devices).
+
+    The count comes from a parameter (a UI form, an API call): on CPU it is bounded by the CPUs this
+    worker may use, so a parameter cannot make the task launch more processes than the machine runs
+    (the library, like Lightning, would oversubscribe).
+    """
     trainer = config.trainer
-    return len(parse_devices(resolve_accelerator(trainer.accelerator), trainer.devices))
+    device_type = resolve_accelerator(trainer.accelerator)
+    processes = len(parse_devices(device_type, trainer.devices))
+    cpus = usable_cpus()
+    if device_type == "cpu" and processes > cpus:
+        raise ValueError(
+            f"Expected trainer.devices <= {cpus} (the CPUs this worker may use) for a CPU run, "
+            f"received {trainer.devices!r} ({processes} processes)."
+        )
+    return processes
 
 
 def needs_launch(config: TrainConfig) -> bool:

@@ -115,6 +115,9 @@ def fit_model(
     run key started with (a different one is refused, naming each field), and a run whose checkpoints were
     lost while its MLflow run has history is refused. The lease is held until the fit ends.
     """
+    from tasks.distributed_fit import processes_per_node
+
+    processes_per_node(config)  # the device count is refused (a bad parameter) before the run key is held
     with hold_run_key(config, prepared, run_key) as guards:
         return _fit_held(
             config, prepared, run_key, init_from, progress_artifact, [*guards, *(extra_callbacks or [])]

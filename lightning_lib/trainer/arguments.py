@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from datetime import timedelta
 from typing import Any
@@ -102,14 +101,6 @@ def resolve_accelerator(accelerator: Any) -> str:
     raise _fail("accelerator", 'to be one of "auto", "cpu", "gpu", "cuda"', accelerator)
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def device_request(devices: Any) -> str | int | list[int]:
     """The form of ``devices`` without looking at the machine: "auto", -1 (every GPU), a count, or a
     list of device indices (from a list or an "i,j" string). Counts and indices are bounded by
@@ -157,19 +148,15 @@ def parse_devices(device_type: str, devices: Any) -> list[torch.device]:
     """The devices of this node, one process each: ``devices`` is "auto", a count, -1, a list of indices
     or an "i,j" string. On CPU a count N means N processes; "auto" is one process on CPU, every GPU on CUDA.
 
-    What the machine has bounds the request, before any list is built: on CPU at most one process per
-    usable CPU (:func:`usable_cpus`), on CUDA the devices torch finds."""
+    The request is bounded (:data:`MAX_DEVICES_PER_NODE`) before any list is built; on CUDA it is also
+    bounded by the devices torch finds. On CPU, as in Lightning, more processes than CPUs is allowed
+    (oversubscribed): the pipeline, which takes the count from untrusted parameters, bounds it by the
+    worker's CPUs before it launches anything (``tasks.distributed_fit``)."""
     request = device_request(devices)
     if device_type == "cpu":
         processes = (
             len(request) if isinstance(request, list) else max(1, request if isinstance(request, int) else 1)
         )
-        cpus = usable_cpus()
-        if processes > cpus:
-            raise ValueError(
-                f"Expected devices <= {cpus} (the CPUs this process may use) for a CPU run, "
-                f"received {devices!r} ({processes} processes)."
-            )
         return [torch.device("cpu")] * processes
     available = torch.cuda.device_count()
     if isinstance(request, list):

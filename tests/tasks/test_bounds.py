@@ -14,7 +14,6 @@ import pytest
 from pydantic import ValidationError
 
 import tasks.distributed_fit as distributed_fit
-from lightning_lib.trainer import arguments
 from lightning_lib.trainer.arguments import MAX_DEVICES_PER_NODE, MAX_NUM_NODES
 from tasks.config import MAX_BATCH_SIZE, MAX_DATALOADER_WORKERS, TrainConfig
 from tasks.data import prepare
@@ -117,7 +116,7 @@ def test_fit_refuses_more_cpu_processes_than_the_worker_has_before_launching_tor
 ) -> None:
     # devices=100 is within the form's bound (a GPU worker elsewhere may validate it); the worker that
     # trains knows it has 2 CPUs and refuses before torchrun starts, with an error that is not retried
-    monkeypatch.setattr(arguments, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(distributed_fit, "usable_cpus", lambda: 2)
 
     def no_launch(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("torchrun was launched")
@@ -129,7 +128,9 @@ def test_fit_refuses_more_cpu_processes_than_the_worker_has_before_launching_tor
         trainer={"accelerator": "cpu", "devices": 100},
     )
     prepared = prepare(config)
-    with pytest.raises(ValueError, match=r"Expected devices <= 2 \(the CPUs this process may use\)") as exc:
+    with pytest.raises(
+        ValueError, match=r"Expected trainer.devices <= 2 \(the CPUs this worker may use\)"
+    ) as exc:
         fit_model(config, prepared, "too-many-devices")
     assert "received 100 (100 processes)" in str(exc.value)
     assert not is_transient(exc.value)
