@@ -80,6 +80,8 @@ def training(config: TrainConfig, register_model: bool = True) -> TrainingResult
     The first version registered under a name also becomes its ``champion``; later ones are promoted by
     the ``retraining`` flow only when they beat it.
     """
+    # a tracking URI the worker's MLflow credentials must not reach is refused before any work
+    tracking_uri(config)
     run_key = derive_run_key(config, "training")
     prepared = run_prepare_data(config)
     fitted = fit(config, prepared, run_key)
