@@ -99,6 +99,14 @@ def load_weights(model: Any, checkpoint_uri: str) -> None:
     model.load_state_dict(checkpoint["state_dict"])
 
 
+def _end_failed(logger: Any, exc: BaseException) -> None:
+    try:
+        logger.log_exception(exc)
+        logger.finalize("failed")
+    except Exception:  # the original error is what the caller must see
+        log.exception("Could not end the MLflow run as failed after %r", exc)
+
+
 def fit_model(
     config: TrainConfig,
     prepared: PreparedData,
@@ -128,24 +136,31 @@ def fit_model(
     if progress_artifact and in_prefect_run():
         callbacks.append(PrefectProgress(description=f"Training {run_key}"))
     logger = build_logger(config, run_key, tags=data_tags(prepared))
-    # The config itself goes into the run's params (``config.*``): ``reproduce`` rebuilds it from there.
-    logger.log_hyperparams(config.to_flat_params())
-    logger.log_dataset(
-        name=os.path.basename(config.data.source.rstrip("/")) or "data",
-        digest=prepared.input_sha256,
-        source=config.data.source,
-        schema={"features": prepared.features, "target": prepared.target},
-        profile={
-            "train_rows": prepared.train.rows,
-            "val_rows": prepared.val.rows,
-            "test_rows": prepared.test.rows,
-        },
-    )
-    trainer = build_trainer(config, callbacks, logger)
-    with warnings.catch_warnings():
-        # a first attempt has nothing to resume from: that is the normal case here, not news
-        warnings.filterwarnings("ignore", message=r".*no committed checkpoint verifies yet.*")
-        trainer.fit(model, datamodule=datamodule, ckpt_path="last")
+    try:
+        # The config itself goes into the run's params (``config.*``): ``reproduce`` rebuilds it from there.
+        logger.log_hyperparams(config.to_flat_params())
+        logger.log_dataset(
+            name=os.path.basename(config.data.source.rstrip("/")) or "data",
+            digest=prepared.input_sha256,
+            source=config.data.source,
+            schema={"features": prepared.features, "target": prepared.target},
+            profile={
+                "train_rows": prepared.train.rows,
+                "val_rows": prepared.val.rows,
+                "test_rows": prepared.test.rows,
+            },
+        )
+        trainer = build_trainer(config, callbacks, logger)
+        with warnings.catch_warnings():
+            # a first attempt has nothing to resume from: that is the normal case here, not news
+            warnings.filterwarnings("ignore", message=r".*no committed checkpoint verifies yet.*")
+            trainer.fit(model, datamodule=datamodule, ckpt_path="last")
+    except BaseException as exc:
+        # The run was started above (the config is recorded first): whatever fails before the Trainer took
+        # over must end it FAILED, never leave it RUNNING. After the Trainer's own failure path this does
+        # nothing (the logger has ended the run already).
+        _end_failed(logger, exc)
+        raise
 
     last = checkpoint.last_model_path
     if not last:
