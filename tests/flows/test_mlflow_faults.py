@@ -82,3 +82,54 @@ def test_a_checkpoint_that_cannot_be_chosen_ends_the_trainer_s_run_failed(
         trainer.fit(ClassifierModel(), ClassifierDataModule(), ckpt_path=str(tmp_path / "missing.ckpt"))
     [run] = _runs_with_key(server.uri, "faults", run_key)
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_mlflow_outage_at_the_end_of_a_fit_does_not_fail_the_flow(
+    server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning_lib.loggers
+    from flows.training import training
+    from tests.faults import FaultProxy
+    from tests.flows.mlflow_outage import OUTAGE, ShortWaitLogger
+
+    monkeypatch.setenv("LIGHTNING_LIB_ALLOWED_IMPORTS", "tests.flows.")
+    # the fit's logger waits 3 s instead of 30 for the server, then ends the outage (see mlflow_outage)
+    monkeypatch.setattr(lightning_lib.loggers, "MLFlowLogger", ShortWaitLogger)
+    name = f"outage-{uuid.uuid4().hex[:8]}"
+    with FaultProxy(server.port) as proxy:
+        OUTAGE.proxy, OUTAGE.reports = proxy, []
+        config = digits_config(
+            tmp_path,
+            model="tests.flows.mlflow_outage:OutageClassifier",
+            **{
+                "mlflow.tracking_uri": proxy.url,
+                "mlflow.experiment_name": name,
+                "mlflow.registered_model_name": name,
+            },
+        )
+        try:
+            result = training(config)
+        finally:
+            OUTAGE.proxy = None
+    # the outage did cost the fit its metrics (the last values of its validation), its model and its
+    # final status ...
+    [report] = OUTAGE.reports
+    assert not report.ok and proxy.faulted > 0
+    assert {"val_loss", "val_acc"} <= set(report.lost_metrics) and report.lost_records
+    # ... and the flow delivered all of it once the server was back
+    fitted = result.fit
+    assert fitted.global_step == 8 and fitted.pending is None and fitted.model_uri is not None
+    assert result.model_version is not None and result.champion
+    client = MlflowClient(server.uri)
+    run = client.get_run(fitted.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    for key, value, timestamp, step in report.lost_records:
+        history = {(m.step, m.timestamp, m.value) for m in client.get_metric_history(run.info.run_id, key)}
+        assert (step, timestamp, value) in history, key
+    assert run.data.tags["checkpoint.best.uri"] == fitted.best_checkpoint_uri  # the lost tags too
+    version = client.get_model_version(name, result.model_version.version)
+    assert (
+        version.run_id == fitted.mlflow_run_id
+        and version.tags["checkpoint_uri"] == fitted.best_checkpoint_uri
+    )
