@@ -19,7 +19,7 @@ from tasks.data import PreparedData, run_prepare_data
 from tasks.registry import CHAMPION, ModelVersionRef, get_alias, register, set_alias
 from tasks.run_key import derive_run_key
 from tasks.tracking import tracking_uri
-from tasks.training import FitResult, fit, test, validate
+from tasks.training import FitResult, deliver, fit, test, validate
 
 
 class TrainingResult(BaseModel):
@@ -80,15 +80,21 @@ def training(config: TrainConfig, register_model: bool = True) -> TrainingResult
     The first version registered under a name also becomes its ``champion``; later ones are promoted by
     the ``retraining`` flow only when they beat it.
     """
+    # a tracking URI the worker's MLflow credentials must not reach is refused before any work
+    tracking_uri(config)
     run_key = derive_run_key(config, "training")
     prepared = run_prepare_data(config)
     fitted = fit(config, prepared, run_key)
     validation = validate(config, prepared, fitted.best_checkpoint_uri, run_key)
     tested = test(config, prepared, fitted.best_checkpoint_uri, run_key)
+    if fitted.pending is not None or fitted.model_uri is None:
+        # MLflow was away at the end of the fit (training itself succeeded): deliver what it missed and
+        # log the model from the checkpoint now, retried while the server is still away
+        fitted = deliver(config, fitted, prepared)
     version: ModelVersionRef | None = None
     champion = False
     if register_model and config.mlflow.registered_model_name:
-        version = register(config, fitted, tested.metrics)
+        version = register(config, fitted, tested.metrics, prepared=prepared)
         uri = tracking_uri(config)
         if get_alias(uri, version.name, CHAMPION) is None:
             set_alias(uri, version, CHAMPION)

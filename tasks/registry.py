@@ -16,9 +16,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import TrainConfig
+from tasks.data import PreparedData
 from tasks.retry import retrying
 from tasks.tracking import tracking_uri
-from tasks.training import FitResult
+from tasks.training import FitResult, deliver_pending
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -81,14 +82,26 @@ def _ref(version: Any) -> ModelVersionRef:
 
 
 def register_model(
-    config: TrainConfig, fit_result: FitResult, metrics: dict[str, float], name: str | None = None
+    config: TrainConfig,
+    fit_result: FitResult,
+    metrics: dict[str, float],
+    name: str | None = None,
+    prepared: PreparedData | None = None,
 ) -> ModelVersionRef:
-    """Register the model ``fit`` logged, tagged with its checkpoint, run key and ``metrics``."""
+    """Register the model ``fit`` logged, tagged with its checkpoint, run key and ``metrics``.
+
+    When the fit could not deliver everything to MLflow (the server was away at its end), that is
+    delivered first and the model is logged from the best checkpoint (:func:`tasks.training.deliver_pending`;
+    ``prepared`` gives it the input example). An MLflow outage here raises a transient error: the task
+    is retried.
+    """
     from mlflow.exceptions import MlflowException
 
     name = name or config.mlflow.registered_model_name
     if not name:
         raise ValueError("Expected mlflow.registered_model_name to register a model, received none.")
+    if fit_result.pending is not None or fit_result.model_uri is None:
+        fit_result = deliver_pending(config, fit_result, prepared)
     if fit_result.model_uri is None:
         raise LookupError(
             f"MLflow run {fit_result.mlflow_run_id} has no logged model to register (logging it failed; "
@@ -182,10 +195,14 @@ _RETRYING = retrying(cache_policy=NO_CACHE, result_serializer="json")
 
 @task(name="register", **_RETRYING)
 def register(
-    config: TrainConfig, fit_result: FitResult, metrics: dict[str, float], name: str | None = None
+    config: TrainConfig,
+    fit_result: FitResult,
+    metrics: dict[str, float],
+    name: str | None = None,
+    prepared: PreparedData | None = None,
 ) -> ModelVersionRef:
     """Prefect task around :func:`register_model`."""
-    return register_model(config, fit_result, metrics, name)
+    return register_model(config, fit_result, metrics, name, prepared)
 
 
 @task(name="promote", **_RETRYING)

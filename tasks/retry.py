@@ -70,9 +70,35 @@ def retrying(**options: Any) -> dict[str, Any]:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying after ``exc`` may succeed."""
+    if is_transient_mlflow(exc):
+        return True
     if isinstance(exc, PERMANENT_ERRORS):
         return False
     return isinstance(exc, TRANSIENT_ERRORS)
+
+
+# MLflow's answers that say "not now" rather than "no": its server (or a proxy in front of it) failing or
+# overloaded, and the client's own wrapping of a connection that failed after its retries (error code
+# INTERNAL_ERROR or TEMPORARILY_UNAVAILABLE, HTTP 500/503). A 4xx (a missing run or model, a refused
+# parameter, bad credentials) never heals by waiting.
+_TRANSIENT_MLFLOW_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def is_transient_mlflow(exc: BaseException) -> bool:
+    """Whether ``exc`` is an MLflow outage (server unreachable, 5xx, 408/429): a retry may succeed."""
+    module = type(exc).__module__
+    if module.startswith("requests"):
+        # requests' ConnectionError and Timeout are OSErrors, not the builtin ConnectionError; a TLS
+        # failure (SSLError) is a configuration problem
+        from requests import exceptions as rex
+
+        return isinstance(
+            exc, rex.ConnectionError | rex.Timeout | rex.ChunkedEncodingError
+        ) and not isinstance(exc, rex.SSLError)
+    if not module.startswith("mlflow"):
+        return False
+    status = getattr(exc, "get_http_status_code", None)
+    return callable(status) and status() in _TRANSIENT_MLFLOW_STATUS
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -38,6 +38,34 @@ from tasks.tracking import tracking_uri
 log = logging.getLogger(__name__)
 
 
+# The newest metric values an outage kept from MLflow that the fit's result carries to be delivered later
+# (about 60 bytes each in the task's JSON result); older ones are counted, per metric, not carried.
+MAX_PENDING_METRICS = 10_000
+
+
+class PendingDelivery(BaseModel):
+    """What the MLflow logger could not deliver at the end of a fit (the server was away): delivered by
+    :func:`deliver_pending` (the ``deliver`` task, and ``register``) once the server is back.
+
+    Kept: up to :data:`MAX_PENDING_METRICS` newest metric values with their original steps and times, the
+    params and tags (checkpoint references among them), the final status. Not kept: older metric values
+    beyond that cap and those the logger's buffer dropped during a long outage (``metrics_not_kept``
+    counts them, ``summary`` names them per metric), dataset inputs (the run's data tags identify the
+    data), and the metric-curves PNG and ``checkpoints/references.json`` artifacts (the same URIs and
+    hashes are in the tags and in the fit's result).
+    """
+
+    # NaN and infinite metric values survive the JSON round trip of a task result
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
+
+    metrics: list[tuple[str, float, int, int]] = []  # (key, value, timestamp in ms, step), oldest first
+    params: list[tuple[str, str]] = []
+    tags: list[tuple[str, str]] = []
+    status: str = "FINISHED"
+    metrics_not_kept: int = 0
+    summary: str = ""
+
+
 class FitResult(BaseModel):
     """What ``fit`` hands on: where the checkpoints and the MLflow run are, and the final metrics."""
 
@@ -57,6 +85,7 @@ class FitResult(BaseModel):
     epochs: int
     steps_this_attempt: int
     resumed_from: str | None
+    pending: PendingDelivery | None = None  # what MLflow has not received yet (an outage at the end)
 
 
 class EvalResult(BaseModel):
@@ -98,6 +127,14 @@ def load_weights(model: Any, checkpoint_uri: str) -> None:
     """Warm start: the weights of another run's checkpoint (optimizer and progress start fresh)."""
     checkpoint = load_file(checkpoint_uri)  # verified, weights_only=True
     model.load_state_dict(checkpoint["state_dict"])
+
+
+def _end_failed(logger: Any, exc: BaseException) -> None:
+    try:
+        logger.log_exception(exc)
+        logger.finalize("failed")
+    except Exception:  # the original error is what the caller must see
+        log.exception("Could not end the MLflow run as failed after %r", exc)
 
 
 def fit_model(
@@ -151,24 +188,31 @@ def _fit_held(
     if progress_artifact and in_prefect_run():
         callbacks.append(PrefectProgress(description=f"Training {run_key}"))
     logger = build_logger(config, run_key, tags=data_tags(prepared))
-    # The config itself goes into the run's params (``config.*``): ``reproduce`` rebuilds it from there.
-    logger.log_hyperparams(config.to_flat_params())
-    logger.log_dataset(
-        name=os.path.basename(config.data.source.rstrip("/")) or "data",
-        digest=prepared.input_sha256,
-        source=config.data.source,
-        schema={"features": prepared.features, "target": prepared.target},
-        profile={
-            "train_rows": prepared.train.rows,
-            "val_rows": prepared.val.rows,
-            "test_rows": prepared.test.rows,
-        },
-    )
-    trainer = build_trainer(config, callbacks, logger)
-    with warnings.catch_warnings():
-        # a first attempt has nothing to resume from: that is the normal case here, not news
-        warnings.filterwarnings("ignore", message=r".*no committed checkpoint verifies yet.*")
-        trainer.fit(model, datamodule=datamodule, ckpt_path="last")
+    try:
+        # The config itself goes into the run's params (``config.*``): ``reproduce`` rebuilds it from there.
+        logger.log_hyperparams(config.to_flat_params())
+        logger.log_dataset(
+            name=os.path.basename(config.data.source.rstrip("/")) or "data",
+            digest=prepared.input_sha256,
+            source=config.data.source,
+            schema={"features": prepared.features, "target": prepared.target},
+            profile={
+                "train_rows": prepared.train.rows,
+                "val_rows": prepared.val.rows,
+                "test_rows": prepared.test.rows,
+            },
+        )
+        trainer = build_trainer(config, callbacks, logger)
+        with warnings.catch_warnings():
+            # a first attempt has nothing to resume from: that is the normal case here, not news
+            warnings.filterwarnings("ignore", message=r".*no committed checkpoint verifies yet.*")
+            trainer.fit(model, datamodule=datamodule, ckpt_path="last")
+    except BaseException as exc:
+        # The run was started above (the config is recorded first): whatever fails before the Trainer took
+        # over must end it FAILED, never leave it RUNNING. After the Trainer's own failure path this does
+        # nothing (the logger has ended the run already).
+        _end_failed(logger, exc)
+        raise
 
     last = checkpoint.last_model_path
     if not last:
@@ -194,7 +238,117 @@ def _fit_held(
         epochs=trainer.current_epoch,
         steps_this_attempt=trainer.global_step - attempt.start_step,
         resumed_from=attempt.resumed_from,
+        pending=_pending(logger.delivery_report),
     )
+
+
+def _pending(report: Any) -> PendingDelivery | None:
+    """What an outage at the end of the fit kept from MLflow, as plain data for a later task."""
+    if report is None or report.ok:
+        return None
+    lost = list(report.lost_records)
+    kept = lost[-MAX_PENDING_METRICS:]
+    total = sum(loss.count for loss in report.lost_metrics.values())
+    pending = PendingDelivery(
+        metrics=[(str(k), float(v), int(t), int(s)) for k, v, t, s in kept],
+        params=[pair for kind, items in report.lost_items if kind == "params" for pair in items],
+        tags=[pair for kind, items in report.lost_items if kind == "tags" for pair in items],
+        metrics_not_kept=total - len(kept),
+        summary=report.summary()[:4000],
+    )
+    log.warning(
+        "MLflow did not receive everything of run %s at the end of the fit; %d metric values, %d params "
+        "and %d tags will be delivered once the server is back (%d older values are not kept).",
+        report.run_id, len(pending.metrics), len(pending.params), len(pending.tags), pending.metrics_not_kept,
+    )  # fmt: skip
+    return pending
+
+
+class MlflowUnavailable(ConnectionError):
+    """The tracking server does not answer: transient, the task is retried."""
+
+
+def _wait_for_server(uri: str, timeout: float) -> None:
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as exc:
+        raise MlflowUnavailable(
+            f"Expected the MLflow tracking server at {without_userinfo(uri)} to answer, received "
+            f"{type(exc).__name__}; the delivery is retried."
+        ) from exc
+
+
+def deliver_pending(
+    config: TrainConfig, fit_result: FitResult, prepared: PreparedData | None = None
+) -> FitResult:
+    """Deliver to the fit's MLflow run what an outage kept from it; log the model from the checkpoint
+    when the fit could not. Returns the fit's result completed (``pending`` None, ``model_uri`` set).
+
+    Idempotent: MLflow ignores a metric value logged again with the same key, step, time and value, and
+    an equal param; so a retry after a partial delivery duplicates nothing. An unreachable server raises
+    :class:`MlflowUnavailable` (transient, retried by Prefect) before anything is sent.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    from lightning_lib.loggers.mlflow import log_pytorch_model
+
+    pending = fit_result.pending
+    if pending is None and fit_result.model_uri is not None:
+        return fit_result
+    uri = tracking_uri(config)
+    _wait_for_server(uri, timeout=10.0)
+    client = MlflowClient(uri)
+    run_id = fit_result.mlflow_run_id
+    if pending is not None:
+        for start in range(0, len(pending.metrics), 1000):
+            batch = pending.metrics[start : start + 1000]
+            client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in batch], synchronous=True)
+        for start in range(0, len(pending.params), 100):
+            params = [Param(k, v) for k, v in pending.params[start : start + 100]]
+            client.log_batch(run_id, params=params, synchronous=True)
+        for start in range(0, len(pending.tags), 100):
+            client.log_batch(
+                run_id, tags=[RunTag(k, v) for k, v in pending.tags[start : start + 100]], synchronous=True
+            )
+    model_uri = fit_result.model_uri
+    if model_uri is None:
+        module = config.load_model_class().load_from_checkpoint(fit_result.best_checkpoint_uri)
+        module.eval()
+        info = log_pytorch_model(uri, run_id, module, _example(config, prepared, module))
+        model_uri = str(info.model_uri)
+    if pending is not None and client.get_run(run_id).info.status == "RUNNING":
+        # the fit's final status was lost with the outage; a later task may already have set it
+        client.set_terminated(run_id, status=pending.status)
+    if pending is not None and pending.metrics_not_kept:
+        log.warning(
+            "MLflow run %s misses %d metric values for good: %s",
+            run_id,
+            pending.metrics_not_kept,
+            pending.summary,
+        )
+    return fit_result.model_copy(update={"pending": None, "model_uri": model_uri})
+
+
+def _example(config: TrainConfig, prepared: PreparedData | None, module: Any) -> Any:
+    """The model's input example, as the logger takes it at the end of a fit (first training rows)."""
+    from types import SimpleNamespace
+
+    from lightning_lib.loggers.mlflow import example_input
+
+    if prepared is None:
+        return example_input(module, None)
+    try:
+        datamodule = build_datamodule(config, prepared)
+        datamodule.setup("fit")
+        return example_input(module, SimpleNamespace(train_dataloader=datamodule.train_dataloader()))
+    except Exception as exc:  # without an example the model is still logged (pickled)
+        log.info("No input example for the model of this run: %s", exc)
+        return example_input(module, None)
 
 
 def evaluate_checkpoint(
@@ -242,6 +396,12 @@ def fit(config: TrainConfig, prepared: PreparedData, run_key: str, init_from: st
     return fit_model(config, prepared, run_key, init_from)
 
 
+@task(name="deliver", **_RETRYING)
+def deliver(config: TrainConfig, fit_result: FitResult, prepared: PreparedData | None = None) -> FitResult:
+    """Prefect task around :func:`deliver_pending`: retried while MLflow is away."""
+    return deliver_pending(config, fit_result, prepared)
+
+
 @task(name="validate", **_RETRYING)
 def validate(
     config: TrainConfig, prepared: PreparedData, checkpoint_uri: str, run_key: str | None = None
@@ -261,11 +421,16 @@ def test(
 test.__test__ = False  # type: ignore[attr-defined,unused-ignore]  # not a pytest test, despite its name
 
 __all__ = [
+    "MAX_PENDING_METRICS",
     "TAG_DATASET_ID",
     "TAG_INPUT_SHA256",
     "EvalResult",
     "FitResult",
+    "MlflowUnavailable",
+    "PendingDelivery",
     "data_tags",
+    "deliver",
+    "deliver_pending",
     "evaluate_checkpoint",
     "fit",
     "fit_model",

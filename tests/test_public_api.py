@@ -104,7 +104,9 @@ EXPORTED = {
         "TAG_GIT_COMMIT",
         "TAG_GIT_DIRTY",
         "TAG_RUN_KEY",
+        "example_input",
         "git_tags",
+        "log_pytorch_model",
     ],
 }
 

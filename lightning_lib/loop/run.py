@@ -61,22 +61,25 @@ def run(
     trainer.state.status = TrainerStatus.RUNNING
     trainer.state.stage = _STAGE_OF[fn]
     state.start()
-    _check_model(trainer, model, fn)
-    # the other ranks are started (or joined) before anything is read: "last" is chosen by rank zero
-    trainer.strategy.setup_environment()
-    ckpt = select_ckpt_path(trainer, fn, ckpt_path, model_provided, weights_only)
-    trainer.lightning_module = model
-    model.trainer = trainer
-    trainer.datamodule = datamodule
-    if datamodule is not None:
-        datamodule.trainer = trainer
-    trainer._data.reset()
-    state.reset_data_flags()
-    trainer._data.sources.update({k: v for k, v in loaders.items() if v is not None})
-    _attach_model_callbacks(trainer, model)
-    trainer._hooks.reset()
-    state.ckpt_path = ckpt
+    # Everything after this point fails through _on_failure, as in Lightning: a logger may already have
+    # started its run (an MLflow run the pipeline opened to record the config), and an error choosing the
+    # checkpoint (object storage unreachable, a missing bucket) must end it FAILED, not leave it RUNNING.
     try:
+        _check_model(trainer, model, fn)
+        # the other ranks are started (or joined) before anything is read: "last" is chosen by rank zero
+        trainer.strategy.setup_environment()
+        ckpt = select_ckpt_path(trainer, fn, ckpt_path, model_provided, weights_only)
+        trainer.lightning_module = model
+        model.trainer = trainer
+        trainer.datamodule = datamodule
+        if datamodule is not None:
+            datamodule.trainer = trainer
+        trainer._data.reset()
+        state.reset_data_flags()
+        trainer._data.sources.update({k: v for k, v in loaders.items() if v is not None})
+        _attach_model_callbacks(trainer, model)
+        trainer._hooks.reset()
+        state.ckpt_path = ckpt
         return _run_stages(trainer, fn, model, datamodule, ckpt, weights_only, verbose, return_predictions)
     except BaseException as exc:
         _on_failure(trainer, exc)

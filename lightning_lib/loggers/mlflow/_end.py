@@ -73,8 +73,11 @@ class RunEnd:
         """Tell the logger why the run is ending: KILLED for Ctrl-C / SIGTERM (``SystemExit``), else FAILED.
 
         The Trainer calls it before ``finalize("failed")``; the exception's type and message are recorded
-        (scrubbed) in the ``lightning_lib.exception`` tag.
+        (scrubbed) in the ``lightning_lib.exception`` tag. After the run has ended it does nothing: a late
+        report (an application making sure its run ended) must not reopen the run.
         """
+        if self._initialized and self._sender is None:
+            return
         self._exception_status = (
             "KILLED" if isinstance(exception, KeyboardInterrupt | SystemExit) else "FAILED"
         )

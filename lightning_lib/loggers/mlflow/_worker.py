@@ -71,6 +71,8 @@ class DeliveryReport:
     lost_records: list[Record] = field(default_factory=list)  # the values themselves, oldest first
     dropped_on_overflow: int = 0
     failures: list[str] = field(default_factory=list)  # params, tags, inputs, status updates
+    # the params and tags themselves (kind, [(key, value)]), so that an application can deliver them later
+    lost_items: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
     last_error: str | None = None
 
     @property
@@ -358,6 +360,8 @@ class MetricSender:
             self.report.lose(items, self._max_buffer)
         else:
             self.report.failures.append(f"{kind} {items!r}: {reason}")
+            if kind in ("params", "tags"):
+                self.report.lost_items.append((kind, list(items)))
 
     def _give_up_pending(self, reason: str) -> None:
         while self._ops:

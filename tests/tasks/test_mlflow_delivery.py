@@ -1,0 +1,66 @@
+"""What an MLflow outage at the end of a fit leaves for later, and which MLflow errors are retried."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+from mlflow.protos import databricks_pb2 as pb
+
+from lightning_lib.loggers.mlflow._worker import DeliveryReport
+from tasks.retry import is_transient
+from tasks.training import MAX_PENDING_METRICS, FitResult, MlflowUnavailable, PendingDelivery, _pending
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (MlflowException("server busy", error_code=pb.TEMPORARILY_UNAVAILABLE), True),
+        (MlflowException("API request failed: Max retries exceeded"), True),  # INTERNAL_ERROR, 500
+        (MlflowException("no such run", error_code=pb.RESOURCE_DOES_NOT_EXIST), False),
+        (MlflowException("bad param", error_code=pb.INVALID_PARAMETER_VALUE), False),
+        (MlflowException("who are you", error_code=pb.UNAUTHENTICATED), False),
+        (requests.ConnectionError("connection refused"), True),
+        (requests.Timeout("read timed out"), True),
+        (requests.exceptions.SSLError("certificate verify failed"), False),
+        (MlflowUnavailable("no answer"), True),
+        (LookupError("no logged model"), False),
+    ],
+)
+def test_mlflow_outages_are_transient_and_refusals_are_not(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
+
+
+def _report(values: int) -> DeliveryReport:
+    report = DeliveryReport("run-1")
+    report.lose([("loss", float(i), 1000 + i, i) for i in range(values)], keep=values)
+    report.lose([("nan_metric", math.nan, 5, 3)], keep=values + 1)
+    report.lost_items.append(("tags", [("checkpoint.best.uri", "s3://b/k/best.ckpt")]))
+    report.failures.append("status [('FINISHED', 1)]: 503")
+    return report
+
+
+def test_the_newest_values_are_carried_and_the_rest_counted() -> None:
+    pending = _pending(_report(MAX_PENDING_METRICS + 5))
+    assert pending is not None and len(pending.metrics) == MAX_PENDING_METRICS
+    assert pending.metrics_not_kept == 6  # 5 oldest "loss" values, counted with the NaN's 1 value total
+    assert pending.metrics[-1][0] == "nan_metric" and pending.metrics[0][3] == 6
+    assert pending.tags == [("checkpoint.best.uri", "s3://b/k/best.ckpt")] and pending.status == "FINISHED"
+    assert "loss" in pending.summary
+    assert _pending(DeliveryReport("run-2")) is None
+
+
+def test_a_pending_delivery_survives_the_json_of_a_task_result() -> None:
+    pending = PendingDelivery(metrics=[("a", math.nan, 1, 2), ("b", math.inf, 1, 2), ("c", 0.5, 1, 2)])
+    result = FitResult(
+        run_key="k", mlflow_run_id="r", mlflow_experiment_id="1", tracking_uri="sqlite:///x.db",
+        checkpoint_dir="/c", best_checkpoint_uri="/c/b", last_checkpoint_uri="/c/l", checkpoint_uris=["/c/b"],
+        model_uri=None, metrics={}, global_step=1, epochs=1, steps_this_attempt=1, resumed_from=None,
+        pending=pending,
+    )  # fmt: skip
+    back = FitResult.model_validate_json(result.model_dump_json())
+    assert back.pending is not None
+    (_, a, _, _), (_, b, _, _), (_, c, _, _) = back.pending.metrics
+    assert math.isnan(a) and b == math.inf and c == 0.5
