@@ -33,8 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 import lightning_lib as pl
 from lightning_lib.checkpoint import load_file
-from lightning_lib.storage import join_uri, open_store, split_uri
-from lightning_lib.storage._uri import is_remote, local_path, parse_s3_uri
+from lightning_lib.storage import is_remote, join_uri, local_path, open_store, parse_s3_uri, split_uri
 from tasks.config import TrainConfig, table_format
 from tasks.data import read_uri
 from tasks.retry import retrying
