@@ -17,6 +17,7 @@ from lightning_lib.loggers import MLFlowLogger
 from lightning_lib.loggers.mlflow._artifacts import best_weights, dataset_spec, detached_copy, make_spec
 from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences, checkpoint_reference, sha256_file
 from lightning_lib.loggers.mlflow._context import environment_tags, git_tags
+from lightning_lib.loggers.mlflow._end import final_status
 from lightning_lib.loggers.mlflow._params import (
     MAX_PARAM_VALUE_LENGTH,
     clean_name,
@@ -215,8 +216,8 @@ def test_environment_tags_end_with_the_registered_orchestrators(
 
 def test_final_status_comes_from_the_exception(tmp_path: Any) -> None:
     logger = MLFlowLogger(save_dir=str(tmp_path))
-    assert logger._final_status("success") == "FINISHED"
-    assert logger._final_status("failed") == "FAILED"
+    assert final_status(logger, "success") == "FINISHED"
+    assert final_status(logger, "failed") == "FAILED"
     from lightning_lib.utilities.exceptions import SIGTERMException
 
     for exc, status in (
@@ -228,10 +229,10 @@ def test_final_status_comes_from_the_exception(tmp_path: Any) -> None:
         try:
             raise exc
         except BaseException:  # finalize("failed") runs inside the Trainer's except block
-            assert logger._final_status("failed") == status
+            assert final_status(logger, "failed") == status
     logger._exception_status = None
     logger.log_exception(KeyboardInterrupt())  # said explicitly, outside any except block
-    assert logger._final_status("failed") == "KILLED"
+    assert final_status(logger, "failed") == "KILLED"
     with pytest.raises(ValueError, match="run_key"):
         MLFlowLogger(run_key="has space")
     with pytest.raises(ValueError, match="log_model"):

@@ -1,8 +1,9 @@
 """The end of an MLflow run: checkpoints recorded, why the run stopped, the end-of-fit artifacts, the
 final status.
 
-:class:`RunEnd` is a mixin of :class:`~lightning_lib.loggers.mlflow._logger.MLFlowLogger` (its methods take
-the logger as ``self``); :func:`log_fit_artifacts` is what a fit leaves in the run.
+:class:`~lightning_lib.loggers.mlflow._logger.MLFlowLogger`'s ``after_save_checkpoint``, ``log_exception``
+and ``finalize`` are the functions of the same names here, over the logger's state; :func:`log_fit_artifacts`
+is what a fit leaves in the run.
 """
 
 from __future__ import annotations
@@ -21,142 +22,131 @@ from lightning_lib.loggers.redact import redact_text
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.models.model import ModelInfo
 
     from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
     from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences
     from lightning_lib.loggers.mlflow._logger import MLFlowLogger
-    from lightning_lib.loggers.mlflow._worker import DeliveryReport, MetricSender
+    from lightning_lib.loggers.mlflow._worker import DeliveryReport
 
 log = logging.getLogger("lightning_lib.loggers.mlflow._logger")
 
 _STATUSES = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 
 
-class RunEnd:
-    """``after_save_checkpoint``, ``log_exception`` and ``finalize`` of the MLflow logger."""
+def after_save_checkpoint(logger: MLFlowLogger, checkpoint_callback: ModelCheckpoint) -> None:
+    """Remember the checkpoint callback; with ``log_model="all"`` record its checkpoints now."""
+    logger._checkpoint_callback = checkpoint_callback
+    every = logger._log_model == "all" or (
+        logger._log_model is True and getattr(checkpoint_callback, "save_top_k", None) == -1
+    )
+    if every:
+        logger._references.add(checkpoint_callback)
+        _send_checkpoint_tags(logger, logger._references.resolve())
 
-    # the logger's state these methods use; MLFlowLogger.__init__ sets it
-    _references: CheckpointReferences
-    _checkpoint_callback: ModelCheckpoint | None
-    _sender: MetricSender | None
-    _initialized: bool
-    _fitting: bool
-    _terminated: bool
-    _exception_status: str | None
-    _run_id: str | None
-    delivery_report: DeliveryReport | None
-    logged_model_info: ModelInfo | None
 
-    def after_save_checkpoint(self: MLFlowLogger, checkpoint_callback: ModelCheckpoint) -> None:  # type: ignore[misc]
-        """Remember the checkpoint callback; with ``log_model="all"`` record its checkpoints now."""
-        self._checkpoint_callback = checkpoint_callback
-        every = self._log_model == "all" or (
-            self._log_model is True and getattr(checkpoint_callback, "save_top_k", None) == -1
+def _record_checkpoints(logger: MLFlowLogger) -> None:
+    if logger._checkpoint_callback is not None:
+        logger._references.add(logger._checkpoint_callback)
+    _send_checkpoint_tags(logger, logger._references.resolve(final=True))
+
+
+def _send_checkpoint_tags(logger: MLFlowLogger, roles: dict[str, dict[str, Any]]) -> None:
+    if not roles:
+        return
+    for chunk in chunks(prepare_tags(logger._references.tags(roles)), MAX_TAGS_PER_BATCH):
+        logger._ensure_sender().add("tags", chunk)
+
+
+def log_exception(logger: MLFlowLogger, exception: BaseException) -> None:
+    """Tell the logger why the run is ending: KILLED for Ctrl-C / SIGTERM (``SystemExit``), else FAILED.
+
+    The Trainer calls it before ``finalize("failed")``; the exception's type and message are recorded
+    (scrubbed) in the ``lightning_lib.exception`` tag. After the run has ended it does nothing: a late
+    report (an application making sure its run ended) must not reopen the run.
+    """
+    if logger._initialized and logger._sender is None:
+        return
+    logger._exception_status = "KILLED" if isinstance(exception, KeyboardInterrupt | SystemExit) else "FAILED"
+    if logger._initialized:
+        text = redact_text(f"{type(exception).__name__}: {exception}")[:8000]
+        logger._ensure_sender().add("tags", [(TAG_EXCEPTION, text)])
+
+
+def final_status(logger: MLFlowLogger, status: str) -> str:
+    """The MLflow status a run ends with: ``status`` ("success", "failed", ...), or KILLED for an interrupt."""
+    mlflow_status = _STATUSES.get(status.lower(), status.upper())
+    if mlflow_status not in ("FINISHED", "FAILED", "KILLED"):
+        log.warning("Unknown run status %r: ending the MLflow run as FAILED.", status)
+        mlflow_status = "FAILED"
+    if mlflow_status == "FAILED":
+        if logger._exception_status is None:
+            exc = sys.exc_info()[1]  # finalize("failed") runs inside the Trainer's except block
+            if exc is not None:
+                log_exception(logger, exc)
+        mlflow_status = logger._exception_status or "FAILED"
+    return mlflow_status
+
+
+def finalize(logger: MLFlowLogger, status: str = "success") -> None:
+    """End the run: deliver the queue, record checkpoints, model and curves, set the final status.
+
+    Waits at most ``finalize_timeout`` for the queue; what did not arrive is reported (a warning and
+    :attr:`delivery_report`). Never raises because MLflow is unreachable.
+    """
+    if not logger._initialized or logger._sender is None:
+        return
+    mlflow_status = final_status(logger, status)
+    sender = logger._sender
+    deadline = time.monotonic() + logger._finalize_timeout
+    if logger._dataset_thread is not None:
+        logger._dataset_thread.join(max(0.0, deadline - time.monotonic()))
+    fitted, logger._fitting = logger._fitting, False
+    if logger._log_model and fitted:
+        _record_checkpoints(logger)
+    delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
+    if delivered and fitted:  # validate/test/predict end here too; only fit leaves curves, model
+        log_fit_artifacts(
+            logger.experiment,
+            str(logger._run_id),
+            sender.report,
+            references=logger._references,
+            copy_checkpoints=logger._copy_checkpoints,
+            history=logger._history if logger._log_metric_curves else None,
+            log_model=(lambda: _log_final_model(logger))
+            if logger._log_model and mlflow_status == "FINISHED"
+            else None,
         )
-        if every:
-            self._references.add(checkpoint_callback)
-            self._send_checkpoint_tags(self._references.resolve())
+    elif not delivered:
+        sender.report.failures.append("artifacts (checkpoint references, curves, model): server unreachable")
+    sender.add("status", [(mlflow_status, int(time.time() * 1000))])
+    report = sender.close(max(0.0, deadline - time.monotonic()))
+    logger._sender = None
+    logger._terminated = True
+    logger._exception_status = None
+    logger.delivery_report = report
+    if not report.ok:
+        log.warning(report.summary())
 
-    def _record_checkpoints(self: MLFlowLogger) -> None:  # type: ignore[misc]
-        if self._checkpoint_callback is not None:
-            self._references.add(self._checkpoint_callback)
-        self._send_checkpoint_tags(self._references.resolve(final=True))
 
-    def _send_checkpoint_tags(self: MLFlowLogger, roles: dict[str, dict[str, Any]]) -> None:  # type: ignore[misc]
-        if not roles:
-            return
-        for chunk in chunks(prepare_tags(self._references.tags(roles)), MAX_TAGS_PER_BATCH):
-            self._ensure_sender().add("tags", chunk)
+def _log_final_model(logger: MLFlowLogger) -> None:
+    from lightning_lib.loggers.mlflow._artifacts import best_weights, detached_copy
+    from lightning_lib.loggers.mlflow._model import example_input, log_pytorch_model
 
-    def log_exception(self: MLFlowLogger, exception: BaseException) -> None:  # type: ignore[misc]
-        """Tell the logger why the run is ending: KILLED for Ctrl-C / SIGTERM (``SystemExit``), else FAILED.
-
-        The Trainer calls it before ``finalize("failed")``; the exception's type and message are recorded
-        (scrubbed) in the ``lightning_lib.exception`` tag. After the run has ended it does nothing: a late
-        report (an application making sure its run ended) must not reopen the run.
-        """
-        if self._initialized and self._sender is None:
-            return
-        self._exception_status = (
-            "KILLED" if isinstance(exception, KeyboardInterrupt | SystemExit) else "FAILED"
-        )
-        if self._initialized:
-            text = redact_text(f"{type(exception).__name__}: {exception}")[:8000]
-            self._ensure_sender().add("tags", [(TAG_EXCEPTION, text)])
-
-    def _final_status(self: MLFlowLogger, status: str) -> str:  # type: ignore[misc]
-        mlflow_status = _STATUSES.get(status.lower(), status.upper())
-        if mlflow_status not in ("FINISHED", "FAILED", "KILLED"):
-            log.warning("Unknown run status %r: ending the MLflow run as FAILED.", status)
-            mlflow_status = "FAILED"
-        if mlflow_status == "FAILED":
-            if self._exception_status is None:
-                exc = sys.exc_info()[1]  # finalize("failed") runs inside the Trainer's except block
-                if exc is not None:
-                    self.log_exception(exc)
-            mlflow_status = self._exception_status or "FAILED"
-        return mlflow_status
-
-    def finalize(self: MLFlowLogger, status: str = "success") -> None:  # type: ignore[misc]
-        """End the run: deliver the queue, record checkpoints, model and curves, set the final status.
-
-        Waits at most ``finalize_timeout`` for the queue; what did not arrive is reported (a warning and
-        :attr:`delivery_report`). Never raises because MLflow is unreachable.
-        """
-        if not self._initialized or self._sender is None:
-            return
-        mlflow_status = self._final_status(status)
-        sender = self._sender
-        deadline = time.monotonic() + self._finalize_timeout
-        if self._dataset_thread is not None:
-            self._dataset_thread.join(max(0.0, deadline - time.monotonic()))
-        fitted, self._fitting = self._fitting, False
-        if self._log_model and fitted:
-            self._record_checkpoints()
-        delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
-        if delivered and fitted:  # validate/test/predict end here too; only fit leaves curves, model
-            log_fit_artifacts(
-                self.experiment,
-                str(self._run_id),
-                sender.report,
-                references=self._references,
-                copy_checkpoints=self._copy_checkpoints,
-                history=self._history if self._log_metric_curves else None,
-                log_model=self._log_final_model if self._log_model and mlflow_status == "FINISHED" else None,
-            )
-        elif not delivered:
-            sender.report.failures.append(
-                "artifacts (checkpoint references, curves, model): server unreachable"
-            )
-        sender.add("status", [(mlflow_status, int(time.time() * 1000))])
-        report = sender.close(max(0.0, deadline - time.monotonic()))
-        self._sender = None
-        self._terminated = True
-        self._exception_status = None
-        self.delivery_report = report
-        if not report.ok:
-            log.warning(report.summary())
-
-    def _log_final_model(self: MLFlowLogger) -> None:  # type: ignore[misc]
-        from lightning_lib.loggers.mlflow._artifacts import best_weights, detached_copy
-        from lightning_lib.loggers.mlflow._model import example_input, log_pytorch_model
-
-        module = self._module() if self._module is not None else None
-        if module is None:
-            log.warning("log_model: no module was handed to the logger (log_graph), so none is logged.")
-            return
-        callback = self._checkpoint_callback
-        best = getattr(callback, "best_model_path", "") if getattr(callback, "monitor", None) else ""
-        model = detached_copy(module, best_weights(best) if best else None)
-        self.logged_model_info = log_pytorch_model(
-            self._tracking_uri,
-            str(self._run_id),
-            model,
-            example_input(module, getattr(module, "_trainer", None)),
-            registered_model_name=self._registered_model_name,
-            alias=self._registered_model_alias,
-        )
+    module = logger._module() if logger._module is not None else None
+    if module is None:
+        log.warning("log_model: no module was handed to the logger (log_graph), so none is logged.")
+        return
+    callback = logger._checkpoint_callback
+    best = getattr(callback, "best_model_path", "") if getattr(callback, "monitor", None) else ""
+    model = detached_copy(module, best_weights(best) if best else None)
+    logger.logged_model_info = log_pytorch_model(
+        logger._tracking_uri,
+        str(logger._run_id),
+        model,
+        example_input(module, getattr(module, "_trainer", None)),
+        registered_model_name=logger._registered_model_name,
+        alias=logger._registered_model_alias,
+    )
 
 
 def log_fit_artifacts(

@@ -34,9 +34,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_lib.loggers.logger import Logger, _convert_params, _flatten_dict, _sanitize_params
+from lightning_lib.loggers.mlflow import _end
 from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences
 from lightning_lib.loggers.mlflow._context import TAG_RUN_KEY, environment_tags
-from lightning_lib.loggers.mlflow._end import RunEnd
 from lightning_lib.loggers.mlflow._params import (
     MAX_PARAMS_PER_BATCH,
     MAX_TAGS_PER_BATCH,
@@ -67,7 +67,7 @@ _RUN_KEY = re.compile(r"[A-Za-z0-9_.:/@+=-]{1,250}")
 _MAX_HISTORY = 20_000  # points kept per metric for the curve PNG; thinned by half beyond that
 
 
-class MLFlowLogger(RunEnd, Logger):
+class MLFlowLogger(Logger):
     """Log to MLflow (see the module docstring for what it adds to Lightning's logger).
 
     Args:
@@ -397,6 +397,22 @@ class MLFlowLogger(RunEnd, Logger):
 
     def save(self) -> None:
         """Nothing to do: values are queued and sent by the background sender (see :meth:`flush`)."""
+
+    # ---- the end of the run (lightning_lib.loggers.mlflow._end) ----------------------------------------
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        """Remember the checkpoint callback; with ``log_model="all"`` record its checkpoints now."""
+        _end.after_save_checkpoint(self, checkpoint_callback)
+
+    def log_exception(self, exception: BaseException) -> None:
+        """Tell the logger why the run is ending: KILLED for Ctrl-C / SIGTERM (``SystemExit``), else FAILED."""
+        _end.log_exception(self, exception)
+
+    def finalize(self, status: str = "success") -> None:
+        """End the run: deliver the queue, record checkpoints, model and curves, set the final status.
+
+        Waits at most ``finalize_timeout`` for the queue; never raises because MLflow is unreachable.
+        """
+        _end.finalize(self, status)
 
     def log_graph(self, model: torch.nn.Module, input_array: torch.Tensor | None = None) -> None:
         """Remember the module the Trainer is fitting (weakly): its data and weights are logged from it."""
