@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from lightning_lib.checkpoint._commit import delete_checkpoint, name_taken, write_checkpoint
+from lightning_lib.checkpoint._manifest import MANIFEST_NAME
 from lightning_lib.storage import GrowingFile, HashingWriter, ObjectStore, open_store, split_uri
 from lightning_lib.storage._staging import WRITE_PREFIX, staging_dir
 from lightning_lib.utilities.apply_func import apply_to_tensors
@@ -108,6 +109,9 @@ class CheckpointWriter:
         self._changed = threading.Condition()  # guards the above; notified when a job ends
         self._stores: dict[str, ObjectStore] = {}
         self._stores_lock = threading.Lock()
+        # per checkpoint root, the names whose manifest exists (valid or not): listed once, then kept up
+        # to date by this writer's own commits and deletions, so naming never waits on a slow store
+        self._taken: dict[str, set[str]] = {}
 
     # ---- public API --------------------------------------------------------------------------------
     @property
@@ -138,9 +142,11 @@ class CheckpointWriter:
         if not self.background:
             self._stats.saves += 1
             self._commit([checkpoint], uri, step, overwrite=overwrite)
-            self._stats.committed += 1
+            with self._changed:
+                self._stats.committed += 1
+                self._record(uri, taken=True)
             if replaces is not None:
-                self._delete(replaces)
+                self.delete(replaces)
             return
         with self._changed:
             self._stats.saves += 1
@@ -166,6 +172,8 @@ class CheckpointWriter:
         self.raise_error()
         if not self.background:
             self._delete(uri)
+            with self._changed:
+                self._record(uri, taken=False)
             return
         with self._changed:
             self._enqueue(_Job(uri=uri, save=False, run=functools.partial(self._delete, uri)))
@@ -175,15 +183,17 @@ class CheckpointWriter:
 
         The last job queued for ``uri`` decides (a save: taken; a deletion: free, since the queue runs
         in order and the deletion happens first); otherwise the name is taken when its manifest object
-        exists, valid or not (``name_taken``): an invalid manifest is skipped by readers but never
-        overwritten, so the next free name is used instead of failing every later commit.
+        exists, valid or not: an invalid manifest is skipped by readers but never overwritten, so the
+        next free name is used instead of failing every later commit. The root is listed once; after
+        that this writer's own commits and deletions keep the answer current without asking the store
+        again (a name another writer takes meanwhile is still refused by the commit's conditional put).
         """
         with self._changed:
             queued = [job.save for job in self._jobs if job.uri == uri]
         if queued:
             return queued[-1]
         root, name = split_uri(uri)
-        return name_taken(self.store(root), name)
+        return name in self._taken_names(root)
 
     def wait(self) -> None:
         """Block until everything queued is committed or deleted; raise a background error."""
@@ -220,6 +230,28 @@ class CheckpointWriter:
             return found
 
     # ---- the worker --------------------------------------------------------------------------------
+    def _taken_names(self, root: str) -> set[str]:
+        with self._changed:
+            known = self._taken.get(root)
+        if known is None:
+            suffix = "/" + MANIFEST_NAME
+            listed = {
+                info.key[: -len(suffix)] for info in self.store(root).list() if info.key.endswith(suffix)
+            }
+            with self._changed:
+                known = self._taken.setdefault(root, listed)
+        return known
+
+    def _record(self, uri: str, taken: bool) -> None:
+        """What a job of this writer did to ``uri``'s name, for ``exists`` (``self._changed`` held)."""
+        root, name = split_uri(uri)
+        known = self._taken.get(root)
+        if known is not None:
+            if taken:
+                known.add(name)
+            else:
+                known.discard(name)
+
     def _pending_saves(self) -> int:
         """Saves queued whose commit has not started (``self._changed`` held)."""
         return sum(1 for job in self._jobs if job.save and job is not self._running)
@@ -266,8 +298,9 @@ class CheckpointWriter:
                     self._jobs.clear()
                     self._error = error
                     self._stats.failed += 1
-                elif job.save:
-                    self._stats.committed += 1
+                else:
+                    self._stats.committed += job.save
+                    self._record(job.uri, taken=job.save)
                 self._changed.notify_all()
             del job  # the last reference to it, and to a snapshot a failed commit did not consume
 
