@@ -69,10 +69,25 @@ def retrying(**options: Any) -> dict[str, Any]:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying after ``exc`` may succeed."""
-    if isinstance(exc, PERMANENT_ERRORS):
-        return False
-    return isinstance(exc, TRANSIENT_ERRORS)
+    """Whether retrying after ``exc`` may succeed.
+
+    An error of neither kind that was raised ``from`` another is judged by that cause: the checkpoint
+    writer reports a failed background commit as ``RuntimeError("A background checkpoint commit failed:
+    ...") from <the store's error>``, so an S3 outage or a reset connection there is transient (the retry
+    resumes from the last commit) and a denied access or a missing bucket stays permanent, whichever
+    wrapper it arrives in. Only explicit causes count (``raise ... from``), not errors that merely
+    happened while another was handled.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PERMANENT_ERRORS):
+            return False
+        if isinstance(current, TRANSIENT_ERRORS):
+            return True
+        seen.add(id(current))
+        current = current.__cause__
+    return False
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
