@@ -69,12 +69,27 @@ def retrying(**options: Any) -> dict[str, Any]:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying after ``exc`` may succeed."""
-    if is_transient_mlflow(exc):
-        return True
-    if isinstance(exc, PERMANENT_ERRORS):
-        return False
-    return isinstance(exc, TRANSIENT_ERRORS)
+    """Whether retrying after ``exc`` may succeed.
+
+    An error of neither kind that was raised ``from`` another is judged by that cause: the checkpoint
+    writer reports a failed background commit as ``RuntimeError("A background checkpoint commit failed:
+    ...") from <the store's error>``, so an S3 outage or a reset connection there is transient (the retry
+    resumes from the last commit) and a denied access or a missing bucket stays permanent, whichever
+    wrapper it arrives in. Only explicit causes count (``raise ... from``), not errors that merely
+    happened while another was handled. An MLflow outage (unreachable, 5xx, 408/429) is transient too.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if is_transient_mlflow(current):
+            return True
+        if isinstance(current, PERMANENT_ERRORS):
+            return False
+        if isinstance(current, TRANSIENT_ERRORS):
+            return True
+        seen.add(id(current))
+        current = current.__cause__
+    return False
 
 
 # MLflow's answers that say "not now" rather than "no": its server (or a proxy in front of it) failing or

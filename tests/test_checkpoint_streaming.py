@@ -1,6 +1,6 @@
-"""The one background checkpoint writer (one commit in flight, an error raised once, nothing run after a
-failure, shutdown waiting for a commit), its commit (serialise while uploading), and resume's single
-verified load."""
+"""The one background checkpoint writer (one commit in flight, saves queued behind it without waiting,
+an error raised once, nothing run after a failure, shutdown waiting for a commit), its commit (serialise
+while uploading), and resume's single verified load."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import lightning_lib as pl
 from lightning_lib.checkpoint import CheckpointWriter, list_committed, read_manifest
 from lightning_lib.checkpoint import _format as checkpoint_io
 from lightning_lib.checkpoint import _writer as checkpoint_writer
+from lightning_lib.checkpoint._writer import WriterStats
 from lightning_lib.storage import LocalStore
 from lightning_lib.storage._hashing import WriteCancelled
 from tests.support import CountingModel, loader, trainer_kwargs
@@ -221,20 +223,32 @@ def _committed(folder: Path) -> list[str]:
     return [ckpt.name for ckpt in list_committed(LocalStore(folder))]
 
 
-def test_the_writer_keeps_one_commit_in_flight(tmp_path: Path, monkeypatch) -> None:
+def _until(condition: Any, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail the test if it does not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.01)
+
+
+def test_the_writer_keeps_one_commit_in_flight_and_a_save_does_not_wait_for_it(
+    tmp_path: Path, monkeypatch
+) -> None:
     commits = HeldCommits(monkeypatch)
     first = commits.hold("a.ckpt")
     writer = CheckpointWriter()
     writer.save(_state(), str(tmp_path / "a.ckpt"), 1)
     second = threading.Thread(target=writer.save, args=(_state(), str(tmp_path / "b.ckpt"), 2))
     second.start()
-    second.join(0.3)
-    assert second.is_alive()  # a save waits while the previous commit runs
-    first.set()
     second.join(10)
+    assert not second.is_alive()  # queued behind the commit in flight: training goes on
+    _until(lambda: commits.started)
+    assert commits.started == ["a.ckpt"]  # ... but it is not uploaded alongside it
+    first.set()
     writer.wait()
     assert commits.started == ["a.ckpt", "b.ckpt"] and commits.peak == 1
     assert _committed(tmp_path) == ["a.ckpt", "b.ckpt"]
+    assert writer.stats == WriterStats(saves=2, committed=2)
 
 
 def test_a_failed_commit_is_raised_once_by_the_next_save_which_does_not_start(
@@ -244,6 +258,7 @@ def test_a_failed_commit_is_raised_once_by_the_next_save_which_does_not_start(
     commits.fail.add("a.ckpt")
     writer = CheckpointWriter()
     writer.save(_state(), str(tmp_path / "a.ckpt"), 1)
+    _until(lambda: writer.stats.failed == 1)
     with pytest.raises(RuntimeError, match="background checkpoint commit failed") as raised:
         writer.save(_state(), str(tmp_path / "b.ckpt"), 2)
     assert isinstance(raised.value.__cause__, OSError)
@@ -274,24 +289,16 @@ def test_nothing_queued_behind_a_failed_commit_runs(tmp_path: Path, monkeypatch)
     commits = HeldCommits(monkeypatch)
     gate = commits.hold("new.ckpt")
     commits.fail.add("new.ckpt")
-    writer.save(_state(), str(tmp_path / "new.ckpt"), 2)
-    writer.delete(str(tmp_path / "old.ckpt"))  # retention: the new one replaces it once committed
+    # retention: the new one replaces the old once committed
+    writer.save(_state(), str(tmp_path / "new.ckpt"), 2, replaces=str(tmp_path / "old.ckpt"))
     assert writer.exists(str(tmp_path / "new.ckpt")) and not writer.exists(str(tmp_path / "old.ckpt"))
-    raised: list[RuntimeError] = []
-
-    def save_next() -> None:
-        try:
-            writer.save(_state(), str(tmp_path / "next.ckpt"), 3)
-        except RuntimeError as err:
-            raised.append(err)
-
-    # the failure is raised to a save waiting for it, before the writer could look at the deletion
-    waiting = threading.Thread(target=save_next)
-    waiting.start()
+    writer.save(_state(), str(tmp_path / "next.ckpt"), 3)  # queued behind the commit in flight
+    writer.delete(str(tmp_path / "other.ckpt"))
     gate.set()
-    waiting.join(10)
-    writer.wait()
-    assert len(raised) == 1 and commits.started == ["new.ckpt"]
+    with pytest.raises(RuntimeError, match=r"upload of new\.ckpt failed"):
+        writer.wait()
+    writer.wait()  # raised once
+    assert commits.started == ["new.ckpt"]  # neither the save nor the deletions behind it ran
     assert _committed(tmp_path) == ["old.ckpt"]  # the deletion queued behind the failure never ran
 
 

@@ -197,9 +197,8 @@ class ModelCheckpoint(Checkpoint):
             self._save_last(trainer, candidates)
             return
         name = f"{'sigterm' if sigterm else 'exception'}-epoch={{epoch}}-step={{step}}"
-        self._save(
-            trainer, self._unique_path(trainer, candidates, self._format_name(name, candidates, False), None)
-        )
+        filepath = self._unique_path(trainer, candidates, self._format_name(name, candidates, False), None)
+        self._save(trainer, filepath, overwrite=self._reuses(filepath, None))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -336,16 +335,15 @@ class ModelCheckpoint(Checkpoint):
                 filepath,
                 k,
             )
-        self._save(trainer, filepath)
-        if to_delete and self._may_remove(trainer, to_delete, filepath):
-            self._delete(trainer, to_delete)
+        removed = to_delete if to_delete and self._may_remove(trainer, to_delete, filepath) else None
+        self._save(trainer, filepath, replaces=removed, overwrite=self._reuses(filepath, to_delete))
 
     def _save_unmonitored(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
         filepath = self._unique_path(trainer, candidates, None, self.best_model_path)
         previous, self.best_model_path = self.best_model_path, filepath
-        self._save(trainer, filepath)
-        if self.save_top_k == 1 and previous and self._may_remove(trainer, previous, filepath):
-            self._delete(trainer, previous)
+        removable = self.save_top_k == 1 and previous and self._may_remove(trainer, previous, filepath)
+        replaces = previous if removable else None
+        self._save(trainer, filepath, replaces=replaces, overwrite=self._reuses(filepath, previous))
 
     def _save_last(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
@@ -356,19 +354,31 @@ class ModelCheckpoint(Checkpoint):
             trainer, candidates, self.CHECKPOINT_NAME_LAST, None, avoid=self.last_model_path
         )
         previous, self.last_model_path = self.last_model_path, filepath
-        self._save(trainer, filepath)
-        if previous and self._may_remove(trainer, previous, filepath, previous_is_last=True):
-            self._delete(trainer, previous)
+        removable = previous and self._may_remove(trainer, previous, filepath, previous_is_last=True)
+        self._save(trainer, filepath, replaces=previous if removable else None)
 
-    def _save(self, trainer: Trainer, filepath: str) -> None:
-        commit_checkpoint(trainer, filepath, self.save_weights_only, self)
+    def _reuses(self, filepath: str, allowed_existing: str | None) -> bool:
+        """Whether saving ``filepath`` deliberately replaces a checkpoint of that name: the one it was
+        allowed to take over, or any, when the version counter is off (Lightning overwrites then).
+        Otherwise a taken name (a manifest exists there, valid or not) is never overwritten."""
+        return filepath == allowed_existing or not self._enable_version_counter
+
+    def _save(
+        self, trainer: Trainer, filepath: str, replaces: str | None = None, overwrite: bool = False
+    ) -> None:
+        """Commit ``filepath`` in the background; ``replaces`` (retention) is deleted once it has committed.
+
+        Handing the replaced checkpoint to the writer with the save (instead of deleting it afterwards)
+        lets a slow store coalesce: a replaced checkpoint whose commit has not started yet is dropped,
+        so training never waits behind uploads of checkpoints that would be deleted anyway. Every path
+        this callback names (best, last, top-k) is one it saved and has not replaced: committed, or
+        committed before ``fit`` returns.
+        """
+        commit_checkpoint(
+            trainer, filepath, self.save_weights_only, self, replaces=replaces, overwrite=overwrite
+        )
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
-
-    @staticmethod
-    def _delete(trainer: Trainer, uri: str) -> None:
-        if trainer.is_global_zero:  # the rank that wrote it
-            trainer._checkpoint_writer.delete(uri)
 
     def _may_remove(
         self, trainer: Trainer, previous: str, current: str, previous_is_last: bool = False

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from lightning_lib.checkpoint._manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     CheckpointExistsError,
     CheckpointFallbackWarning,
     CheckpointNotFoundError,
@@ -114,8 +115,11 @@ def write_checkpoint(
     extra = dict(extra or {})
     json.dumps(extra, allow_nan=False)  # refuse unserialisable extras before uploading anything
     uri = join_uri(store.uri, name)
-    if store.exists(_manifest_key(name)):
-        raise CheckpointExistsError(f"{uri} is already committed; write under a new name or delete it first.")
+    if name_taken(store, name):
+        raise CheckpointExistsError(
+            f"{uri} is already committed (a {MANIFEST_NAME} exists there, valid or not): a name whose "
+            "manifest exists is never overwritten; write under a new name or delete it first."
+        )
 
     entries = {filename: _write_file(store, f"{name}/{filename}", src) for filename, src in files.items()}
     committed_at = time.time()
@@ -131,6 +135,16 @@ def write_checkpoint(
         raise CheckpointExistsError(f"{uri} was committed by another writer meanwhile.") from None
     log.debug("Committed checkpoint %s (step %d)", uri, step)
     return CommittedCheckpoint(name, uri, step, committed_at, entries, extra)
+
+
+def name_taken(store: ObjectStore, name: str) -> bool:
+    """Whether a ``MANIFEST.json`` object exists under ``name``, valid or not.
+
+    The naming policy: such a name is taken. Readers skip an invalid manifest, but a writer never
+    reuses its name (that would overwrite what is there), so a new checkpoint takes the next free name
+    and the invalid folder stays for the operator to inspect.
+    """
+    return store.exists(_manifest_key(name))
 
 
 def load_manifest(store: ObjectStore, name: str) -> CommittedCheckpoint:
@@ -169,7 +183,19 @@ def _read_manifests(store: ObjectStore, names: list[str]) -> list[CommittedCheck
 def list_committed(store: ObjectStore, prefix: str = "") -> list[CommittedCheckpoint]:
     """Every committed checkpoint whose name starts with ``prefix``, newest last by (step, time)."""
     suffix = "/" + MANIFEST_NAME
-    names = [info.key[: -len(suffix)] for info in store.list(prefix) if info.key.endswith(suffix)]
+    names = []
+    for info in store.list(prefix):
+        if not info.key.endswith(suffix):
+            continue
+        if info.size > MAX_MANIFEST_BYTES:  # refused without downloading it
+            log.warning(
+                "Ignoring checkpoint: %s is %d bytes, more than a manifest's %d.",
+                join_uri(store.uri, info.key),
+                info.size,
+                MAX_MANIFEST_BYTES,
+            )
+            continue
+        names.append(info.key[: -len(suffix)])
     return _read_manifests(store, names)
 
 
@@ -363,6 +389,7 @@ __all__ = [
     "list_committed",
     "load_manifest",
     "load_verified",
+    "name_taken",
     "read_manifest",
     "read_verified",
     "warn_fallback",

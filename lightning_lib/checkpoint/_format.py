@@ -199,7 +199,7 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
         target = os.fspath(filepath)
         if is_remote(target):
             # object storage: the same commit protocol as ModelCheckpoint, synchronously
-            trainer._checkpoint_writer.save(checkpoint, target, trainer.global_step)
+            trainer._checkpoint_writer.save(checkpoint, target, trainer.global_step, overwrite=True)
             trainer._checkpoint_writer.wait()
         else:
             save_file(checkpoint, filepath)  # a plain .ckpt file, as Lightning writes it
@@ -207,11 +207,22 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
     _notify_loggers(trainer, trainer.checkpoint_callback)
 
 
-def commit_checkpoint(trainer: Trainer, uri: str, weights_only: bool, callback: Any) -> None:
-    """ModelCheckpoint's save: a committed checkpoint folder, written in the background."""
+def commit_checkpoint(
+    trainer: Trainer,
+    uri: str,
+    weights_only: bool,
+    callback: Any,
+    replaces: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """ModelCheckpoint's save: a committed checkpoint folder, written in the background; ``replaces``
+    (retention) is deleted once it has committed, or never committed if superseded before its turn;
+    ``overwrite`` takes over a checkpoint already at ``uri`` (see ``CheckpointWriter.save``)."""
     checkpoint = dump_checkpoint(trainer, weights_only)  # on every rank: it gathers the per-rank states
     if trainer.is_global_zero:  # committed once, by rank zero, in the background
-        trainer._checkpoint_writer.save(checkpoint, uri, trainer.global_step)
+        trainer._checkpoint_writer.save(
+            checkpoint, uri, trainer.global_step, replaces=replaces, overwrite=overwrite
+        )
     _notify_loggers(trainer, callback)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -12,7 +13,10 @@ from lightning_lib.storage._base import ObjectNotFound, PreconditionFailed, Stor
 MANIFEST_NAME = "MANIFEST.json"
 MANIFEST_FORMAT = "lightning_lib.checkpoint"
 MANIFEST_VERSION = 1
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A real manifest is a few hundred bytes per file; anything near this size is garbage or hostile, and
+# parsing it would only cost memory and time before being refused.
+MAX_MANIFEST_BYTES = 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class FileEntry(TypedDict):
@@ -35,7 +39,7 @@ class CheckpointNotFoundError(ObjectNotFound):
 
 
 class CheckpointExistsError(PreconditionFailed):
-    """A checkpoint is already committed under the name; committed checkpoints are immutable."""
+    """A manifest (valid or not) already exists under the name; such a name is never overwritten."""
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -81,25 +85,40 @@ def encode_manifest(step: int, time: float, files: dict[str, FileEntry], extra: 
     return json.dumps(document, indent=2, sort_keys=True, allow_nan=False).encode("utf-8")
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a hostile manifest must not flood the logs."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def decode_manifest(raw: bytes, name: str, uri: str) -> CommittedCheckpoint:
-    """Parse and validate a manifest; raise ``InvalidManifestError`` saying what is wrong."""
+    """Parse and validate a manifest; raise ``InvalidManifestError`` saying what is wrong.
+
+    Whatever the bytes (garbage, a non-object, wrong types, nesting deep enough to exhaust the parser's
+    recursion, integers too long to convert, more than ``MAX_MANIFEST_BYTES``), the only error raised
+    is ``InvalidManifestError``: readers skip such a checkpoint instead of failing.
+    """
 
     def invalid(reason: str) -> InvalidManifestError:
         return InvalidManifestError(f"{uri}/{MANIFEST_NAME} is not a valid manifest: {reason}.")
 
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise invalid(f"expected at most {MAX_MANIFEST_BYTES} bytes, received {len(raw)}")
     try:
         doc: Any = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid(f"unparsable JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, int digit limit
+        raise invalid(f"unparsable JSON ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise invalid("JSON nested too deeply to parse") from None
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise invalid(f"expected format {MANIFEST_FORMAT!r}")
     version: Any = doc.get("version")
     if not _is_int(version) or version < 1:
-        raise invalid(f"expected an integer version, received {version!r}")
+        raise invalid(f"expected an integer version, received {_show(version)}")
     if version > MANIFEST_VERSION:
         raise invalid(
             f"version {version} was written by a newer lightning_lib (this one reads {MANIFEST_VERSION})"
@@ -109,9 +128,9 @@ def decode_manifest(raw: bytes, name: str, uri: str) -> CommittedCheckpoint:
     files: Any = doc.get("files")
     extra: Any = doc.get("extra", {})
     if not _is_int(step) or step < 0:
-        raise invalid(f"expected a non-negative integer step, received {step!r}")
-    if not isinstance(when, int | float) or isinstance(when, bool):
-        raise invalid(f"expected a numeric time, received {when!r}")
+        raise invalid(f"expected a non-negative integer step, received {_show(step)}")
+    if not isinstance(when, int | float) or isinstance(when, bool) or not math.isfinite(when):
+        raise invalid(f"expected a finite numeric time, received {_show(when)}")
     if not isinstance(extra, dict):
         raise invalid(f"expected extra to be an object, received {type(extra).__name__}")
     if not isinstance(files, dict) or not files:
@@ -119,11 +138,11 @@ def decode_manifest(raw: bytes, name: str, uri: str) -> CommittedCheckpoint:
     for filename, entry in files.items():
         try:
             validate_filename(filename)
-        except ValueError as exc:
-            raise invalid(str(exc)) from None
+        except ValueError:
+            raise invalid(f"expected a safe relative file name, received {_show(filename)}") from None
         if not isinstance(entry, dict) or not _is_int(entry.get("size")) or entry["size"] < 0:
-            raise invalid(f"file {filename!r} needs a non-negative integer size")
-        if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
-            raise invalid(f"file {filename!r} needs a lowercase hex sha256")
+            raise invalid(f"file {_show(filename)} needs a non-negative integer size")
+        if not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
+            raise invalid(f"file {_show(filename)} needs a lowercase hex sha256")
     clean = {f: FileEntry(size=e["size"], sha256=e["sha256"]) for f, e in files.items()}
     return CommittedCheckpoint(name=name, uri=uri, step=step, time=float(when), files=clean, extra=extra)

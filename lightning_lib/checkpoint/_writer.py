@@ -3,15 +3,26 @@
 ``save`` snapshots the state to CPU memory (pinned when it lives on CUDA) on the training thread, then
 a single background thread commits it with the manifest-last protocol: the snapshot is serialised into
 a local staging file (hashed as it is written, then dropped) while the upload sends the file's parts as
-soon as they are written. At most one commit is pending at a time, so memory stays bounded: a second
-save waits for the first. Deletions queued after a save run only once that save has committed, which
+soon as they are written. Deletions queued after a save run only once that save has committed, which
 is how retention never removes the last good checkpoint.
 
+Slow storage never holds training up: the policy is to *coalesce*. One commit is in flight, and at
+most ``max_pending`` more snapshots wait behind it (memory stays bounded: ``1 + max_pending`` copies of
+the state). A save that ``replaces`` an older checkpoint (``ModelCheckpoint``'s rotating "last", the
+top-k checkpoint that drops out) supersedes it: if the older one's commit has not started, it is
+dropped (``stats.coalesced``) instead of being uploaded only to be deleted, so a store slower than an
+epoch commits the newest state each time it is free instead of a backlog. A commit in flight is never
+cut (otherwise a store slower than an epoch would never commit anything), the newest save is never
+dropped, and ``wait`` (the end of fit) returns only once it is committed. Only a caller that keeps
+more distinct checkpoints than ``max_pending`` per commit (``save_top_k=-1`` on a store slower than the
+run) waits for room; ``stats.waited`` counts those saves.
+
 An error in the background is raised once, at the next ``save``, ``delete`` or ``wait`` (the end of
-fit): never lost. Everything queued behind the failed job is dropped, so a deletion queued after a
-failed commit never removes the checkpoint it was meant to replace. The thread is not a daemon and
-ends whenever the queue is empty: interpreter shutdown waits for a commit in flight instead of cutting
-it, and an idle writer holds no thread.
+fit): never lost, and as a ``RuntimeError`` chained (``from``) to the store's own error, whose type says
+whether a retry may heal it (``tasks.retry.is_transient`` follows the chain). Everything queued behind
+the failed job is dropped, so a deletion queued after a failed commit never removes the checkpoint it
+was meant to replace. The thread is not a daemon and ends whenever the queue is empty: interpreter
+shutdown waits for a commit in flight instead of cutting it, and an idle writer holds no thread.
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from typing import Any
 
 import torch
 
-from lightning_lib.checkpoint._commit import delete_checkpoint, read_manifest, write_checkpoint
+from lightning_lib.checkpoint._commit import delete_checkpoint, name_taken, write_checkpoint
+from lightning_lib.checkpoint._manifest import MANIFEST_NAME
 from lightning_lib.storage import GrowingFile, HashingWriter, ObjectStore, open_store, split_uri
 from lightning_lib.storage._staging import WRITE_PREFIX, staging_dir
 from lightning_lib.utilities.apply_func import apply_to_tensors
@@ -62,60 +74,126 @@ class _Job:
     run: Callable[[], None]
 
 
+@dataclass
+class WriterStats:
+    """What a writer did since it was built: ``saves`` asked for, ``committed``, ``coalesced`` (dropped
+    before their commit started because a newer save replaced them), ``waited`` (saves that had to wait
+    for room behind ``max_pending`` others: the only way a slow store can hold training up) and
+    ``failed`` (background jobs that raised)."""
+
+    saves: int = 0
+    committed: int = 0
+    coalesced: int = 0
+    waited: int = 0
+    failed: int = 0
+
+
 class CheckpointWriter:
     """One per Trainer: the ordered queue of checkpoint commits and deletions.
 
     ``background=False`` runs each commit and deletion on the caller's thread instead (errors are
-    then raised by the call itself).
+    then raised by the call itself). ``max_pending`` is how many snapshots may wait behind the commit
+    in flight (2: a top-k checkpoint and "last" saved at the same step never wait for each other).
     """
 
-    def __init__(self, background: bool = True) -> None:
+    def __init__(self, background: bool = True, max_pending: int = 2) -> None:
+        if max_pending < 1:
+            raise ValueError(f"Expected max_pending >= 1, received {max_pending}.")
         self.background = background
-        self._jobs: deque[_Job] = deque()  # in order; the head is the job running, removed once done
+        self.max_pending = max_pending
+        self._jobs: deque[_Job] = deque()  # in order; the head is running once ``_running`` is set
+        self._running: _Job | None = None
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._changed = threading.Condition()  # guards the three above; notified when a job ends
+        self._stats = WriterStats()
+        self._changed = threading.Condition()  # guards the above; notified when a job ends
         self._stores: dict[str, ObjectStore] = {}
         self._stores_lock = threading.Lock()
+        # per checkpoint root, the names whose manifest exists (valid or not): listed once, then kept up
+        # to date by this writer's own commits and deletions, so naming never waits on a slow store
+        self._taken: dict[str, set[str]] = {}
 
     # ---- public API --------------------------------------------------------------------------------
-    def save(self, checkpoint: dict[str, Any], uri: str, step: int) -> None:
-        """Commit ``checkpoint`` as the checkpoint folder ``uri`` (in the background when enabled)."""
-        self.raise_error()
-        if not self.background:
-            self._commit([checkpoint], uri, step)
-            return
-        # a one-item list, so the writer can drop the snapshot once serialised (the queued job would
-        # otherwise keep it alive for the whole upload); owned: nobody else holds the snapshot
-        holder = [snapshot(checkpoint)]
-        commit = functools.partial(self._commit, holder, uri, step, True)
+    @property
+    def stats(self) -> WriterStats:
+        """A copy of the writer's counters."""
         with self._changed:
-            while any(job.save for job in self._jobs):  # a failure empties the queue too
-                self._changed.wait()
+            return WriterStats(**vars(self._stats))
+
+    def save(
+        self,
+        checkpoint: dict[str, Any],
+        uri: str,
+        step: int,
+        *,
+        replaces: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        """Commit ``checkpoint`` as the checkpoint folder ``uri`` (in the background when enabled).
+
+        ``replaces`` names a checkpoint this one supersedes: it is deleted once ``uri`` has committed,
+        and not committed at all if its commit has not started yet. ``overwrite`` replaces a checkpoint
+        already at ``uri`` (``Trainer.save_checkpoint``'s explicit path); without it a name whose
+        manifest exists, valid or not, is refused (``CheckpointExistsError``), never overwritten.
+        """
+        self.raise_error()
+        if replaces == uri:
+            raise ValueError(f"Expected a checkpoint to replace other than the one saved, received {uri!r}.")
+        if not self.background:
+            self._stats.saves += 1
+            self._commit([checkpoint], uri, step, overwrite=overwrite)
+            with self._changed:
+                self._stats.committed += 1
+                self._record(uri, taken=True)
+            if replaces is not None:
+                self.delete(replaces)
+            return
+        with self._changed:
+            self._stats.saves += 1
+            # a newer save of the same name (an explicit overwrite) or of its replacement supersedes a
+            # save of the old one that has not started
+            for superseded in {replaces, uri if overwrite else None} - {None}:
+                self._drop_pending_save(str(superseded))
+            if self._pending_saves() >= self.max_pending:
+                self._stats.waited += 1
+                while self._pending_saves() >= self.max_pending:  # a failure empties the queue too
+                    self._changed.wait()
+            self.raise_error()  # a failure dropped what was queued: this save must not start either
+            # taken once there is room, so at most 1 + max_pending snapshots exist; a one-item list, so
+            # the writer can drop the snapshot once serialised (the job would keep it alive otherwise)
+            holder = [snapshot(checkpoint)]
+            commit = functools.partial(self._commit, holder, uri, step, owned=True, overwrite=overwrite)
             self._enqueue(_Job(uri=uri, save=True, run=commit))
+            if replaces is not None:
+                self._enqueue(_Job(uri=replaces, save=False, run=functools.partial(self._delete, replaces)))
 
     def delete(self, uri: str) -> None:
         """Delete checkpoint ``uri`` once every save queued before it has committed."""
         self.raise_error()
         if not self.background:
             self._delete(uri)
+            with self._changed:
+                self._record(uri, taken=False)
             return
         with self._changed:
             self._enqueue(_Job(uri=uri, save=False, run=functools.partial(self._delete, uri)))
 
     def exists(self, uri: str) -> bool:
-        """Queued for commit, or committed and not queued for deletion: a new save must pick another name.
+        """Whether a new save must pick another name than ``uri``.
 
-        A name queued for deletion is free: the queue runs in order, so the deletion happens first.
+        The last job queued for ``uri`` decides (a save: taken; a deletion: free, since the queue runs
+        in order and the deletion happens first); otherwise the name is taken when its manifest object
+        exists, valid or not: an invalid manifest is skipped by readers but never overwritten, so the
+        next free name is used instead of failing every later commit. The root is listed once; after
+        that this writer's own commits and deletions keep the answer current without asking the store
+        again (a name another writer takes meanwhile is still refused by the commit's conditional put).
         """
         with self._changed:
             queued = [job.save for job in self._jobs if job.uri == uri]
-        if any(queued):
-            return True
         if queued:
-            return False
+            return queued[-1]
         root, name = split_uri(uri)
-        return read_manifest(self.store(root), name) is not None
+        return name in self._taken_names(root)
 
     def wait(self) -> None:
         """Block until everything queued is committed or deleted; raise a background error."""
@@ -125,7 +203,11 @@ class CheckpointWriter:
         self.raise_error()
 
     def raise_error(self) -> None:
-        """Raise the error of a background job that failed since the last check, once."""
+        """Raise the error of a background job that failed since the last check, once.
+
+        A ``RuntimeError`` that says so, chained to the job's own error: its type (a transient
+        ``StorageError``, or ``AccessDeniedError``, ``BucketNotFound``...) is what a retry policy judges.
+        """
         with self._changed:
             error, self._error = self._error, None
         if error is not None:
@@ -148,6 +230,40 @@ class CheckpointWriter:
             return found
 
     # ---- the worker --------------------------------------------------------------------------------
+    def _taken_names(self, root: str) -> set[str]:
+        with self._changed:
+            known = self._taken.get(root)
+        if known is None:
+            suffix = "/" + MANIFEST_NAME
+            listed = {
+                info.key[: -len(suffix)] for info in self.store(root).list() if info.key.endswith(suffix)
+            }
+            with self._changed:
+                known = self._taken.setdefault(root, listed)
+        return known
+
+    def _record(self, uri: str, taken: bool) -> None:
+        """What a job of this writer did to ``uri``'s name, for ``exists`` (``self._changed`` held)."""
+        root, name = split_uri(uri)
+        known = self._taken.get(root)
+        if known is not None:
+            if taken:
+                known.add(name)
+            else:
+                known.discard(name)
+
+    def _pending_saves(self) -> int:
+        """Saves queued whose commit has not started (``self._changed`` held)."""
+        return sum(1 for job in self._jobs if job.save and job is not self._running)
+
+    def _drop_pending_save(self, uri: str) -> None:
+        """Drop a not yet started save of ``uri`` (``self._changed`` held): superseded, never needed."""
+        for job in list(self._jobs):
+            if job.save and job.uri == uri and job is not self._running:
+                self._jobs.remove(job)
+                self._stats.coalesced += 1
+                log.debug("Checkpoint %s superseded before its commit started: not committed", uri)
+
     def _enqueue(self, job: _Job) -> None:
         """Queue ``job`` (``self._changed`` held), starting the writer thread if none is running."""
         # a failure dropped the jobs queued before it: refuse this one too, by raising the failure
@@ -165,7 +281,8 @@ class CheckpointWriter:
                     self._worker = None  # ends when idle, so an idle writer never blocks shutdown
                     self._changed.notify_all()
                     return
-                job = self._jobs[0]
+                job = self._running = self._jobs[0]
+                self._changed.notify_all()  # a save waiting for room has it now
             error: BaseException | None = None
             try:
                 job.run()
@@ -174,18 +291,30 @@ class CheckpointWriter:
                 log.error("Background checkpoint job failed: %s", err)
             with self._changed:
                 self._jobs.popleft()
+                self._running = None
                 if error is not None:
                     # nothing queued behind a failure runs: no deletion of the checkpoint it should
                     # have replaced; the caller learns of it at its next save, delete or wait
                     self._jobs.clear()
                     self._error = error
+                    self._stats.failed += 1
+                else:
+                    self._stats.committed += job.save
+                    self._record(job.uri, taken=job.save)
                 self._changed.notify_all()
             del job  # the last reference to it, and to a snapshot a failed commit did not consume
 
-    def _commit(self, holder: list[dict[str, Any]], uri: str, step: int, owned: bool = False) -> None:
+    def _commit(
+        self,
+        holder: list[dict[str, Any]],
+        uri: str,
+        step: int,
+        owned: bool = False,
+        overwrite: bool = False,
+    ) -> None:
         root, name = split_uri(uri)
         store = self.store(root)
-        if read_manifest(store, name) is not None:
+        if overwrite and name_taken(store, name):
             delete_checkpoint(store, name)  # an explicit overwrite of the same name (trainer.save_checkpoint)
         with staging_dir(WRITE_PREFIX) as folder:
             # serialised on a second thread while this one uploads what is already written: the commit

@@ -72,6 +72,17 @@ def _new_client(config: Any) -> Any:
         return session.client("s3", config=config)
 
 
+def _attempts_from_environment(default: int = 10) -> int:
+    """``AWS_MAX_ATTEMPTS`` (boto3's own variable) as an int, else ``default``."""
+    text = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"Expected AWS_MAX_ATTEMPTS to be an integer >= 1, received {text!r}.") from None
+
+
 class _InvalidRange(StorageError):
     """S3 refused a byte range: asking for byte 0 of an empty object does that."""
 
@@ -80,14 +91,16 @@ class S3Store:
     """An object store rooted at ``s3://bucket[/prefix]``.
 
     ``max_attempts`` feeds botocore's "standard" retry mode (exponential backoff with jitter on 5xx,
-    throttling and connection errors); the multipart settings feed boto3's ``TransferConfig``.
+    throttling and connection errors); left out, it is boto3's own ``AWS_MAX_ATTEMPTS`` when the
+    environment sets it (how an operator tunes retries for every boto3 client), else 10. The multipart
+    settings feed boto3's ``TransferConfig``.
     """
 
     def __init__(
         self,
         uri: str,
         *,
-        max_attempts: int = 10,
+        max_attempts: int | None = None,
         multipart_threshold: int = 64 * MiB,
         multipart_chunksize: int = 16 * MiB,
         max_concurrency: int = 8,
@@ -97,6 +110,8 @@ class S3Store:
             from botocore.config import Config
         except ImportError as exc:
             raise ImportError(f"{uri} needs boto3: install it with `pip install boto3`.") from exc
+        if max_attempts is None:
+            max_attempts = _attempts_from_environment()
         if max_attempts < 1:
             raise ValueError(f"Expected max_attempts >= 1, received {max_attempts}.")
         self._bucket, self._prefix = parse_s3_uri(uri)

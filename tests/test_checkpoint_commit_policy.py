@@ -1,0 +1,188 @@
+"""Checkpoint commits under storage faults and hostile manifests (issue 14, points 2, 3 and 12).
+
+- A failed background commit is raised as ``RuntimeError(...) from <the store's error>``: the retry
+  policy judges it by that cause (an outage is transient, a denied access permanent).
+- Any content in a ``MANIFEST.json`` (garbage, deep nesting, wrong types, huge) is an
+  ``InvalidManifestError`` that readers skip; a name whose manifest exists, valid or not, is taken, so a
+  fit resumed past a corrupt newest manifest takes the next name and keeps committing.
+- The writer coalesces: saves queue behind the commit in flight without waiting, a save that replaces a
+  checkpoint whose commit has not started drops it, and only more than ``max_pending`` distinct
+  snapshots make a save wait (memory stays bounded).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lightning_lib as pl
+from lightning_lib.checkpoint import (
+    MANIFEST_NAME,
+    CheckpointExistsError,
+    CheckpointWriter,
+    InvalidManifestError,
+    list_committed,
+    read_manifest,
+    write_checkpoint,
+)
+from lightning_lib.checkpoint._manifest import MAX_MANIFEST_BYTES, decode_manifest, encode_manifest
+from lightning_lib.checkpoint._writer import WriterStats
+from lightning_lib.storage import AccessDeniedError, BucketNotFound, LocalStore, StorageError
+from tasks.retry import is_transient
+from tests.support import CountingModel, loader, trainer_kwargs
+from tests.test_checkpoint_streaming import HeldCommits, _committed, _state, _until
+
+SHA = "0" * 64
+
+
+def _manifest(**changes: Any) -> bytes:
+    doc = json.loads(encode_manifest(3, 1.0, {"checkpoint.ckpt": {"size": 1, "sha256": SHA}}, {}))
+    doc.update(changes)
+    return json.dumps(doc).encode()
+
+
+# ---- point 3: hostile manifests ------------------------------------------------------------------
+HOSTILE = {
+    "garbage": b"\x00\xff not json at all",
+    "not-an-object": b"[1, 2, 3]",
+    "deeply-nested-array": b"[" * 200_000 + b"]" * 200_000,
+    "deeply-nested-extra": _manifest()[:-1] + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "huge-integer-step": _manifest()[:-1] + b', "step": ' + b"9" * 5000 + b"}",
+    "non-finite-time": _manifest(time=float("nan")),
+    "string-files": _manifest(files="checkpoint.ckpt"),
+    "sha-with-newline": _manifest(files={"checkpoint.ckpt": {"size": 1, "sha256": SHA + "\n"}}),
+    "escaping-file-name": _manifest(files={"../../etc/passwd": {"size": 1, "sha256": SHA}}),
+    "too-large": _manifest(extra={"pad": "x" * MAX_MANIFEST_BYTES}),
+}
+
+
+@pytest.mark.parametrize("content", HOSTILE.values(), ids=HOSTILE.keys())
+def test_any_bad_manifest_is_an_invalid_manifest_error_that_readers_skip(
+    content: bytes, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidManifestError, match="is not a valid manifest") as raised:
+        decode_manifest(content, "ck", "file:///root/ck")
+    assert len(str(raised.value)) < 600  # names what is wrong without echoing the hostile content
+    store = LocalStore(tmp_path)
+    store.put_bytes("ck/checkpoint.ckpt", b"x")
+    store.put_bytes(f"ck/{MANIFEST_NAME}", content)
+    assert read_manifest(store, "ck") is None and list_committed(store) == []
+
+
+def test_a_name_whose_manifest_is_invalid_is_taken_never_overwritten(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_bytes(f"last.ckpt/{MANIFEST_NAME}", b"garbage")
+    writer = CheckpointWriter()
+    assert writer.exists(str(tmp_path / "last.ckpt"))  # taken, though readers skip it
+    with pytest.raises(CheckpointExistsError, match="valid or not"):
+        write_checkpoint(store, "last.ckpt", {"checkpoint.ckpt": b"new"}, step=1)
+    assert store.get_bytes(f"last.ckpt/{MANIFEST_NAME}") == b"garbage"
+
+
+@pytest.mark.parametrize("content", [b"{garbage", b"[" * 200_000], ids=["garbage", "deeply-nested"])
+def test_a_fit_resumed_past_a_corrupt_newest_manifest_keeps_committing(
+    content: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dirpath = tmp_path / "ckpt"
+
+    def fit(epochs: int, ckpt_path: str | None) -> pl.Trainer:
+        checkpoint = pl.callbacks.ModelCheckpoint(dirpath=dirpath, save_top_k=-1, save_last=True)
+        kwargs = trainer_kwargs(
+            tmp_path, max_epochs=epochs, enable_checkpointing=True, callbacks=[checkpoint]
+        )
+        trainer = pl.Trainer(**kwargs)
+        trainer.fit(CountingModel(), loader(), ckpt_path=ckpt_path)
+        return trainer
+
+    fit(2, None)
+    store = LocalStore(dirpath)
+    names = {c.name: c.step for c in list_committed(store)}
+    assert names == {"epoch=0-step=2.ckpt": 2, "epoch=1-step=4.ckpt": 4, "last-v1.ckpt": 4}
+    store.put_bytes(f"last-v1.ckpt/{MANIFEST_NAME}", content)  # garbage in the newest manifest
+
+    trainer = fit(3, "last")
+    assert "Ignoring checkpoint" in caplog.text and "is not a valid manifest" in caplog.text
+    assert trainer.ckpt_path == str(dirpath / "epoch=1-step=4.ckpt") and trainer.global_step == 6
+    trainer = fit(4, "last")  # and again: every attempt commits, under names that are free
+    assert trainer.global_step == 8
+    newest = list_committed(store)[-1]
+    assert newest.step == 8 and newest.name.startswith("last") and newest.name != "last-v1.ckpt"
+    assert store.get_bytes(f"last-v1.ckpt/{MANIFEST_NAME}") == content  # left in place, never overwritten
+
+
+# ---- point 2: what a failed background commit is raised as ----------------------------------------
+@pytest.mark.parametrize(
+    ("cause", "transient"),
+    [
+        (StorageError("S3 request to write s3://b/k failed: SlowDown"), True),
+        (ConnectionResetError("connection reset by peer"), True),
+        (AccessDeniedError("Access denied to write s3://b/k"), False),
+        (BucketNotFound("The S3 bucket 'b' does not exist"), False),
+    ],
+)
+def test_a_failed_background_commit_is_retried_only_when_its_cause_is_transient(
+    cause: BaseException, transient: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise cause
+
+    monkeypatch.setattr("lightning_lib.checkpoint._writer.write_checkpoint", failing)
+    writer = CheckpointWriter()
+    writer.save(_state(), str(tmp_path / "a.ckpt"), 1)
+    with pytest.raises(RuntimeError, match="background checkpoint commit failed") as raised:
+        writer.wait()
+    assert raised.value.__cause__ is cause
+    assert is_transient(raised.value) is transient
+    assert not is_transient(RuntimeError("a bug"))  # an unclassified error without a cause is permanent
+
+
+# ---- point 12: coalescing -------------------------------------------------------------------------------
+def test_a_replaced_checkpoint_whose_commit_has_not_started_is_never_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits = HeldCommits(monkeypatch)
+    gate = commits.hold("a.ckpt")  # a slow store: the first commit takes long
+    writer = CheckpointWriter()
+    uri = str(tmp_path / "{}.ckpt").format
+    writer.save(_state(), uri("a"), 1)
+    _until(lambda: commits.started == ["a.ckpt"])
+    writer.save(_state(), uri("last"), 1)
+    writer.save(_state(), uri("last-v1"), 2, replaces=uri("last"))  # next epoch's "last"
+    writer.save(_state(), uri("last"), 3, replaces=uri("last-v1"))  # and the next
+    assert writer.stats == WriterStats(saves=4, coalesced=2)  # nothing waited
+    gate.set()
+    writer.wait()
+    assert commits.started == ["a.ckpt", "last.ckpt"]  # the newest, uploaded once
+    assert _committed(tmp_path) == ["a.ckpt", "last.ckpt"]
+    assert read_manifest(LocalStore(tmp_path), "last.ckpt").step == 3  # type: ignore[union-attr]
+    assert writer.stats == WriterStats(saves=4, committed=2, coalesced=2)
+
+
+def test_more_distinct_checkpoints_than_max_pending_wait_for_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits = HeldCommits(monkeypatch)
+    gate = commits.hold("a.ckpt")
+    writer = CheckpointWriter(max_pending=2)
+    writer.save(_state(), str(tmp_path / "a.ckpt"), 1)
+    _until(lambda: commits.started == ["a.ckpt"])
+    writer.save(_state(), str(tmp_path / "b.ckpt"), 2)
+    writer.save(_state(), str(tmp_path / "c.ckpt"), 3)  # every one kept (save_top_k=-1): none dropped
+    third = threading.Thread(target=writer.save, args=(_state(), str(tmp_path / "d.ckpt"), 4))
+    third.start()
+    _until(lambda: writer.stats.waited == 1)
+    assert third.is_alive()  # bounded memory: 1 in flight + 2 waiting snapshots
+    gate.set()
+    third.join(10)
+    writer.wait()
+    assert _committed(tmp_path) == ["a.ckpt", "b.ckpt", "c.ckpt", "d.ckpt"]
+    assert writer.stats == WriterStats(saves=4, committed=4, waited=1)
+
+
+def test_max_pending_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Expected max_pending >= 1, received 0"):
+        CheckpointWriter(max_pending=0)
