@@ -36,6 +36,12 @@ TEST_BUCKET = "lightning-lib-test"
 # the Prefect test harness, shared by tests/tasks and tests/flows (one temporary API per session)
 pytest_plugins = ["tests.prefect_fixtures"]
 
+# Prefect's temporary API server (the harness, and the CLI runs the tests start as subprocesses) gets 20 s
+# to start; on a loaded 2-core machine it can take longer, and the tests would fail on the machine, not
+# on the code. Set before any test, so subprocesses inherit it.
+PREFECT_STARTUP_TIMEOUT_S = 120
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(PREFECT_STARTUP_TIMEOUT_S))
+
 
 def _free_port() -> int:
     with socket.socket() as sock:

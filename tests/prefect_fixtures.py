@@ -22,5 +22,9 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         prefect_settings.PREFECT_LOCAL_STORAGE_PATH: str(storage),
         prefect_settings.PREFECT_SERVER_ANALYTICS_ENABLED: False,  # no network from tests
     }
-    with prefect_settings.temporary_settings(updates=updates), prefect_test_harness():
+    # the harness waits 30 s for its server by default: too short on a loaded 2-core machine
+    with (
+        prefect_settings.temporary_settings(updates=updates),
+        prefect_test_harness(server_startup_timeout=120),
+    ):
         yield storage
