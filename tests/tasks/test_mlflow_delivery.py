@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import socket
 
 import pytest
 import requests
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos import databricks_pb2 as pb
 
 from lightning_lib.loggers.mlflow._worker import DeliveryReport
@@ -14,11 +15,34 @@ from tasks.retry import is_transient
 from tasks.training import MAX_PENDING_METRICS, FitResult, MlflowUnavailable, PendingDelivery, _pending
 
 
+def _wrapped(failure: BaseException) -> MlflowException:
+    """What MLflow's http_request raises after its own retries: a plain MlflowException (INTERNAL_ERROR)
+    raised while handling the failure, without ``from``."""
+    try:
+        raise failure
+    except Exception as e:
+        try:
+            raise MlflowException(f"API request to http://x/api failed with exception {e}")
+        except MlflowException as wrapped:
+            return wrapped
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.parametrize(
     ("exc", "transient"),
     [
         (MlflowException("server busy", error_code=pb.TEMPORARILY_UNAVAILABLE), True),
-        (MlflowException("API request failed: Max retries exceeded"), True),  # INTERNAL_ERROR, 500
+        (_wrapped(requests.ConnectionError("Max retries exceeded")), True),
+        (_wrapped(requests.exceptions.RetryError("too many 503 error responses")), True),
+        (RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}), True),  # 503
+        (RestException({"error_code": "INTERNAL_ERROR", "message": "db down"}), True),  # 500 answered
+        (RestException({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "slow down"}), True),  # 429
+        (RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}), False),
+        # review finding 9: a client-side MlflowException carries INTERNAL_ERROR (500) by default, but
+        # no server answered it: retrying only repeats it
+        (MlflowException("Invalid flavor 'x'"), False),
+        (_wrapped(ValueError("bad input example")), False),
+        (_wrapped(requests.exceptions.SSLError("certificate verify failed")), False),
         (MlflowException("no such run", error_code=pb.RESOURCE_DOES_NOT_EXIST), False),
         (MlflowException("bad param", error_code=pb.INVALID_PARAMETER_VALUE), False),
         (MlflowException("who are you", error_code=pb.UNAUTHENTICATED), False),
@@ -31,6 +55,23 @@ from tasks.training import MAX_PENDING_METRICS, FitResult, MlflowUnavailable, Pe
 )
 def test_mlflow_outages_are_transient_and_refusals_are_not(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
+
+
+def test_the_client_s_own_wrapping_of_a_refused_connection_is_transient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real client, not a hand-made exception: MLflow's wrapping of a refused connection is
+    recognised (a closed port on 127.0.0.1, MLflow's own retries off so it fails at once)."""
+    from mlflow import MlflowClient
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again when the block ends: nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with pytest.raises(MlflowException) as info:
+        MlflowClient(f"http://127.0.0.1:{port}").get_run("0" * 32)
+    assert type(info.value) is MlflowException and is_transient(info.value)
 
 
 def _report(values: int) -> DeliveryReport:
