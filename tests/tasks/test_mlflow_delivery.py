@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -12,7 +15,14 @@ from mlflow.protos import databricks_pb2 as pb
 
 from lightning_lib.loggers.mlflow._worker import DeliveryReport
 from tasks.retry import is_transient
-from tasks.training import MAX_PENDING_METRICS, FitResult, MlflowUnavailable, PendingDelivery, _pending
+from tasks.training import (
+    MAX_PENDING_METRICS,
+    FitResult,
+    MlflowUnavailable,
+    PendingDelivery,
+    _pending,
+    _wait_for_server,
+)
 
 
 def _wrapped(failure: BaseException) -> MlflowException:
@@ -105,3 +115,43 @@ def test_a_pending_delivery_survives_the_json_of_a_task_result() -> None:
     assert back.pending is not None
     (_, a, _, _), (_, b, _, _), (_, c, _, _) = back.pending.metrics
     assert math.isnan(a) and b == math.inf and c == 0.5
+
+
+class _Health(BaseHTTPRequestHandler):
+    status = 503  # what /health answers; the test switches it
+
+    def do_GET(self) -> None:
+        body = b"Service Unavailable" if self.status >= 300 else b"OK"
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # keep the test output quiet
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[str, type[_Health]]]:
+    """A tiny HTTP server on 127.0.0.1 whose /health answers ``handler.status`` (503 first)."""
+    handler = type("Health", (_Health,), {"status": 503})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_non_2xx_health_answer_is_unavailable(health_server: tuple[str, type[_Health]]) -> None:
+    """Review finding 10: a server (or a proxy in front of it) answering 503 is not up; the delivery
+    waits for a retry instead of failing half-way."""
+    url, handler = health_server
+    with pytest.raises(MlflowUnavailable, match=r"health check with 2xx, received HTTP 503") as info:
+        _wait_for_server(url, timeout=10.0)
+    assert is_transient(info.value)
+    handler.status = 200
+    _wait_for_server(url, timeout=10.0)  # healed
