@@ -80,15 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="score a CSV/Parquet table with a registered model")
     predict.add_argument(
         "source",
-        help="table to score: local path or s3://bucket/key, under the working directory, the model's data"
-        " root or LIGHTNING_LIB_DATA_ROOTS",
+        help="table to score: local path or s3://bucket/key, under LIGHTNING_LIB_DATA_ROOTS (else the"
+        " working directory)",
     )
     predict.add_argument("--model", required=True, help="registered model name")
     predict.add_argument("--alias", default="champion", help="registry alias (default champion)")
     predict.add_argument(
         "--output",
-        help="Parquet URI for the predictions (default: under the data root); never replaces a file that"
-        " predict did not write",
+        help="Parquet URI for the predictions, under the same roots (default: under the model's data root,"
+        " which must lie there); never replaces a file that predict did not write",
     )
     predict.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else runs/mlflow/mlflow.db")
 

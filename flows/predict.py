@@ -38,9 +38,10 @@ def predict_flow(
 ) -> PredictionResult:
     """Score ``source`` (CSV or Parquet, local or ``s3://``) with ``model_name@alias``; write Parquet.
 
-    ``source`` and ``output_uri`` must lie under the worker's data roots (the model's data root, plus
-    ``LIGHTNING_LIB_DATA_ROOTS`` or else the working directory), and ``output_uri`` never replaces a file
-    that predict did not write (see ``tasks.prediction``): both refused before scoring."""
+    ``source`` and ``output_uri`` must lie under the worker's data roots (``LIGHTNING_LIB_DATA_ROOTS``,
+    else the working directory; the model's own data root never adds to them), without ``output_uri``
+    the model's data root must lie there too (the default output goes under it), and ``output_uri`` never
+    replaces a file that predict did not write (see ``tasks.prediction``): all refused before scoring."""
     uri = resolve_tracking_uri(tracking_uri)
     model = resolve_model(uri, model_name, alias)
     config = read_run(uri, model.run_id).config

@@ -6,11 +6,15 @@ preprocessing the model was trained with. The output keeps every input column (i
 ``prediction``.
 
 Where it reads and writes (issue 14): ``source`` and ``output_uri`` are parameters a UI form or an API
-call sets, so the worker only reads and writes under its data roots: the model's own data root
-(``prepared_data_root()``, where the default output goes) plus the comma-separated local folders and
-``s3://bucket/prefix`` URIs of ``LIGHTNING_LIB_DATA_ROOTS``, which the deployment sets; without it, the
-working directory (the project, for ``lightning-lib predict data/new.csv``). Local paths are compared
-after resolving ``..`` and symbolic links. The output must be a ``.parquet`` (or ``.pq``) name, and a
+call sets, so the worker only reads and writes under its data roots: the comma-separated local folders
+and ``s3://bucket/prefix`` URIs of ``LIGHTNING_LIB_DATA_ROOTS``, which the deployment sets; without it,
+the working directory (the project, for ``lightning-lib predict data/new.csv``). Local paths are compared
+after resolving ``..`` and symbolic links. The model's own data root (``data.data_root`` of its training
+config, where the default output goes) never widens them: that config was itself a parameter, and a model
+trained with ``data.data_root="/"`` would otherwise open the whole machine. So the default output is
+used only when the model's data root lies under the data roots; otherwise predict is refused up front and
+asks for an ``output_uri`` (``--output``) there. The scored columns are staged in a private temporary
+folder of the worker, not under the model's data root. The output must be a ``.parquet`` (or ``.pq``) name, and a
 file already there is replaced only when predict wrote it (its Parquet footer carries
 :data:`OUTPUT_MARKER`): a config, a data file or anything else the worker may write is never replaced.
 Both are checked before the checkpoint is loaded or anything is scored, and again just before writing.
@@ -22,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from typing import Any
 
 import pyarrow as pa
@@ -51,11 +56,23 @@ class PredictionRefused(ValueError):
     """A source or an output outside what predict may read or replace (never retried)."""
 
 
-def data_roots(config: TrainConfig) -> list[str]:
-    """Where predict may read and write: the model's data root, plus the deployment's
-    ``LIGHTNING_LIB_DATA_ROOTS``, else the working directory."""
+def data_roots() -> list[str]:
+    """Where predict may read and write: the deployment's ``LIGHTNING_LIB_DATA_ROOTS``, else the working
+    directory. Nothing from a parameter or a model's config adds to them (see the module docstring)."""
     configured = [r.strip() for r in os.environ.get(DATA_ROOTS_ENV, "").split(",") if r.strip()]
-    return [config.prepared_data_root(), *(configured or [os.getcwd()])]
+    return configured or [os.getcwd()]
+
+
+def check_default_output_root(config: TrainConfig, roots: list[str]) -> None:
+    """Refuse, before any work, a default output (no ``output_uri``) whose folder, under the model's data
+    root, lies outside ``roots``."""
+    folder = join_uri(config.prepared_data_root(), "predictions")
+    if not any(_under(folder, root) for root in roots):
+        raise PredictionRefused(
+            f"Refusing the default output under the model's data root {config.prepared_data_root()!r} "
+            f"(from its training config): expected it under the data roots {roots}, received "
+            f"{folder!r}. Give an output_uri (--output) under the data roots. {_ROOTS_HINT}"
+        )
 
 
 def _under(uri: str, root: str) -> bool:
@@ -170,17 +187,20 @@ def score(
 ) -> PredictionResult:
     """Predict every row of ``source`` (CSV or Parquet, local or S3) with the checkpoint.
 
-    ``source`` and ``output_uri`` must lie under :func:`data_roots`, and ``output_uri`` may only replace
-    a predictions file (see the module docstring): checked before any scoring work."""
+    ``source`` and ``output_uri`` (or, without it, the default output under the model's data root) must
+    lie under :func:`data_roots`, and ``output_uri`` may only replace a predictions file (see the module
+    docstring): checked before any scoring work."""
     fmt = table_format(source)
     if fmt is None:
         raise DataValidationError(
             f"Expected the table to score to end in .csv, .parquet or .pq, received {source!r}."
         )
-    roots = data_roots(config)
+    roots = data_roots()
     check_allowed("source", source, roots)
     if output_uri is not None:
         check_output(output_uri, roots)
+    else:
+        check_default_output_root(config, roots)
     checkpoint = load_file(checkpoint_uri)  # verified and weights_only=True, before any scoring work
     features, target = checkpoint_columns(checkpoint, config)
     raw = read_uri(source)
@@ -188,24 +208,25 @@ def score(
     frame = parse_table(raw, fmt, source)
     check_features(frame, features, source)
 
-    # The data module reads URIs: the checked feature columns go to a content-addressed Parquet file.
-    inputs = to_parquet_bytes(frame[features].reset_index(drop=True))
-    inputs_uri = join_uri(config.prepared_data_root(), "scoring", _sha256(inputs)[:24], "inputs.parquet")
-    _put(inputs_uri, inputs)
-
-    datamodule = config.load_datamodule_class()(
-        features=features, target=target, predict_uri=inputs_uri, **config.datamodule_kwargs
-    )
-    model = config.load_model_class().load_from_checkpoint(checkpoint_uri)
-    trainer = pl.Trainer(
-        accelerator=config.trainer.accelerator,
-        devices=1,  # one process: every row scored once, in order (see evaluate_checkpoint)
-        precision=config.trainer.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-    )
-    batches = trainer.predict(model, datamodule=datamodule, ckpt_path=checkpoint_uri) or []
+    # The data module reads URIs: the checked feature columns go to a Parquet file in a private temporary
+    # folder (one process reads it, below), never under the model's data root, which is not trusted.
+    with tempfile.TemporaryDirectory(prefix="lightning-lib-predict-") as scratch:
+        inputs_uri = os.path.join(scratch, "inputs.parquet")
+        with open(inputs_uri, "wb") as handle:
+            handle.write(to_parquet_bytes(frame[features].reset_index(drop=True)))
+        datamodule = config.load_datamodule_class()(
+            features=features, target=target, predict_uri=inputs_uri, **config.datamodule_kwargs
+        )
+        model = config.load_model_class().load_from_checkpoint(checkpoint_uri)
+        trainer = pl.Trainer(
+            accelerator=config.trainer.accelerator,
+            devices=1,  # one process: every row scored once, in order (see evaluate_checkpoint)
+            precision=config.trainer.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+        )
+        batches = trainer.predict(model, datamodule=datamodule, ckpt_path=checkpoint_uri) or []
     predictions = (
         torch.cat([torch.as_tensor(b).reshape(len(b), -1) for b in batches]) if batches else torch.empty(0, 1)
     )
@@ -254,6 +275,7 @@ __all__ = [
     "PredictionRefused",
     "PredictionResult",
     "check_allowed",
+    "check_default_output_root",
     "check_output",
     "checkpoint_columns",
     "data_roots",

@@ -76,7 +76,8 @@ def is_transient(exc: BaseException) -> bool:
     ...") from <the store's error>``, so an S3 outage or a reset connection there is transient (the retry
     resumes from the last commit) and a denied access or a missing bucket stays permanent, whichever
     wrapper it arrives in. Only explicit causes count (``raise ... from``), not errors that merely
-    happened while another was handled. An MLflow outage (unreachable, 5xx, 408/429) is transient too.
+    happened while another was handled (MLflow's wrapping of a failed connection is the one exception, see
+    :func:`is_transient_mlflow`). An MLflow outage (unreachable, 5xx, 408/429) is transient too.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -92,28 +93,49 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-# MLflow's answers that say "not now" rather than "no": its server (or a proxy in front of it) failing or
-# overloaded, and the client's own wrapping of a connection that failed after its retries (error code
-# INTERNAL_ERROR or TEMPORARILY_UNAVAILABLE, HTTP 500/503). A 4xx (a missing run or model, a refused
-# parameter, bad credentials) never heals by waiting.
+# MLflow's errors that say "not now" rather than "no". Only an answer of the server (or of a proxy in
+# front of it) or a failed connection counts: a RestException is the server's JSON answer, so its HTTP
+# status tells; a plain MlflowException says it only through an explicit "not now" code (a non-JSON
+# 503/504/429 answer gets one from MLflow), never through the default INTERNAL_ERROR (500) that every
+# client-side MlflowException("...") carries (a bad argument, a missing file, a refused flavor: retrying
+# repeats it). MLflow wraps a connection that failed after its own retries in such a plain exception,
+# without ``from`` for most failures, so that wrapping is recognised by the requests failure it was
+# raised while handling (its cause or context). A 4xx (a missing run or model, a refused parameter, bad
+# credentials) never heals by waiting.
 _TRANSIENT_MLFLOW_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_MLFLOW_CODES = frozenset(
+    {"TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}
+)
+
+
+def _is_requests_failure(exc: BaseException) -> bool:
+    """requests' failed connection, timeout, cut-off body or exhausted retries on 5xx/429 answers (not a
+    TLS failure: a configuration problem). These are OSErrors, not the builtin ConnectionError."""
+    if not type(exc).__module__.startswith("requests"):
+        return False
+    from requests import exceptions as rex
+
+    return isinstance(
+        exc, rex.ConnectionError | rex.Timeout | rex.ChunkedEncodingError | rex.RetryError
+    ) and not isinstance(exc, rex.SSLError)
 
 
 def is_transient_mlflow(exc: BaseException) -> bool:
     """Whether ``exc`` is an MLflow outage (server unreachable, 5xx, 408/429): a retry may succeed."""
-    module = type(exc).__module__
-    if module.startswith("requests"):
-        # requests' ConnectionError and Timeout are OSErrors, not the builtin ConnectionError; a TLS
-        # failure (SSLError) is a configuration problem
-        from requests import exceptions as rex
-
-        return isinstance(
-            exc, rex.ConnectionError | rex.Timeout | rex.ChunkedEncodingError
-        ) and not isinstance(exc, rex.SSLError)
-    if not module.startswith("mlflow"):
+    if _is_requests_failure(exc):
+        return True
+    if not type(exc).__module__.startswith("mlflow"):
         return False
-    status = getattr(exc, "get_http_status_code", None)
-    return callable(status) and status() in _TRANSIENT_MLFLOW_STATUS
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(exc, RestException):
+        return exc.get_http_status_code() in _TRANSIENT_MLFLOW_STATUS
+    if not isinstance(exc, MlflowException):
+        return False
+    if exc.error_code in _TRANSIENT_MLFLOW_CODES:
+        return True
+    wrapped = exc.__cause__ or exc.__context__
+    return wrapped is not None and _is_requests_failure(wrapped)
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:

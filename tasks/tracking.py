@@ -25,6 +25,7 @@ Without credentials in the environment a parameter may name any server: nothing 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from urllib.parse import quote, urlsplit
@@ -95,9 +96,24 @@ def _origin(uri: str) -> tuple[str, str, int | None] | None:
     match = _SERVER_URI.fullmatch(uri)
     if match is None:
         return None
-    scheme, host = match["scheme"].lower(), match["host"].lower().rstrip(".")
+    scheme = match["scheme"].lower()
     port = int(match["port"]) if match["port"] else _DEFAULT_PORTS.get(scheme)
-    return scheme, host, port
+    return scheme, _canonical_host(match["host"]), port
+
+
+def _canonical_host(host: str) -> str:
+    """One spelling per host, so that origins compare equal however they were written: lower case, no
+    trailing dot, and an IPv6 address bracketed and compressed as in a URL (``[::1]``, also for
+    ``[0:0:0:0:0:0:0:1]`` or urlsplit's unbracketed ``::1``)."""
+    bare = host.lower().rstrip(".")
+    if bare.startswith("[") and bare.endswith("]"):
+        bare = bare[1:-1]
+    if ":" in bare:
+        try:
+            return f"[{ipaddress.IPv6Address(bare).compressed}]"
+        except ValueError:
+            return f"[{bare}]"  # not an address: kept bracketed, so it matches only itself
+    return bare
 
 
 def _env_origin(uri: str) -> tuple[str, str, int | None] | None:
@@ -110,21 +126,26 @@ def _env_origin(uri: str) -> tuple[str, str, int | None] | None:
     if not parts.hostname:
         return None
     scheme = parts.scheme.lower()
-    return scheme, parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS.get(scheme)
+    # urlsplit's hostname drops an IPv6 address's brackets, which _origin keeps: both canonicalised
+    return scheme, _canonical_host(parts.hostname), port or _DEFAULT_PORTS.get(scheme)
 
 
 def allowed_tracking_hosts() -> list[tuple[str, int | None]]:
-    """``(host, port or None for any port)`` from ``LIGHTNING_LIB_ALLOWED_TRACKING_HOSTS``."""
+    """``(host, port or None for any port)`` from ``LIGHTNING_LIB_ALLOWED_TRACKING_HOSTS``.
+
+    An IPv6 address is written bracketed (``[::1]`` or ``[::1]:5000``); a bare one (``::1``) is read as
+    a host without a port, never as ``host:port`` split at its last colon."""
     entries: list[tuple[str, int | None]] = []
     for raw in os.environ.get(ALLOWED_TRACKING_HOSTS_ENV, "").split(","):
         entry = raw.strip().lower()
         if not entry:
             continue
-        host, sep, port = entry.rpartition(":") if not entry.endswith("]") else (entry, "", "")
+        bare_ipv6 = not entry.startswith("[") and entry.count(":") > 1
+        host, sep, port = entry.rpartition(":") if not (entry.endswith("]") or bare_ipv6) else (entry, "", "")
         if sep and port.isdigit() and host:
-            entries.append((host.rstrip("."), int(port)))
+            entries.append((_canonical_host(host), int(port)))
         else:
-            entries.append((entry.rstrip("."), None))
+            entries.append((_canonical_host(entry), None))
     return entries
 
 

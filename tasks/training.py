@@ -269,17 +269,26 @@ class MlflowUnavailable(ConnectionError):
 
 
 def _wait_for_server(uri: str, timeout: float) -> None:
+    """Raise :class:`MlflowUnavailable` unless the tracking server answers its health check with a 2xx.
+
+    A 5xx or any other non-2xx answer (a proxy's 502/503 while the server restarts, a maintenance page)
+    counts as unavailable like no answer at all: delivering into it would fail half-way."""
     if not uri.startswith(("http://", "https://")):
         return
     import requests
 
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.RequestException as exc:
         raise MlflowUnavailable(
             f"Expected the MLflow tracking server at {without_userinfo(uri)} to answer, received "
             f"{type(exc).__name__}; the delivery is retried."
         ) from exc
+    if not 200 <= response.status_code < 300:
+        raise MlflowUnavailable(
+            f"Expected the MLflow tracking server at {without_userinfo(uri)} to answer its health check "
+            f"with 2xx, received HTTP {response.status_code}; the delivery is retried."
+        )
 
 
 def deliver_pending(

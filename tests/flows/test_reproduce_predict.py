@@ -120,6 +120,12 @@ def test_predict_flow_scores_with_the_champion(
     # roots; both refused before scoring, naming the path. Re-running onto its own output is fine.
     uri = tracking_uri(config)
     assert predict_flow(str(source), "digits-test", output_uri=str(output), tracking_uri=uri).rows == 50
+    # without output_uri: the default output under the model's data root, which lies under the data roots
+    # (review finding 5); the scored columns are staged outside it, so nothing else is written there
+    data_root = Path(config.prepared_data_root())
+    default = predict_flow(str(source), "digits-test", tracking_uri=uri)
+    assert Path(default.uri).is_relative_to(data_root / "predictions") and default.sha256 == result.sha256
+    assert not (data_root / "scoring").exists()
     precious = tmp_path / "run.yaml"
     precious.write_text("model: mine\n")
     foreign = tmp_path / "other.parquet"

@@ -3,6 +3,7 @@ tests/flows/test_reproduce_predict.py); the rules on their own, without a model.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -15,17 +16,19 @@ from tasks.prediction import (
     PredictionRefused,
     _predictions_parquet,
     check_allowed,
+    check_default_output_root,
     check_output,
     data_roots,
+    score,
     written_by_predict,
 )
 
 
-def config(root: str) -> TrainConfig:
+def config(root: str, data_root: str | None = None) -> TrainConfig:
     return TrainConfig(
         model="examples.digits:DigitsClassifier",
         checkpoint_root=f"{root}/checkpoints",
-        data={"source": "a.csv", "target": "y"},
+        data={"source": "a.csv", "target": "y", "data_root": data_root},
     )
 
 
@@ -45,12 +48,41 @@ def test_the_deployment_roots_replace_the_working_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(DATA_ROOTS_ENV, raising=False)
-    cfg = config("s3://bucket")
-    assert data_roots(cfg) == ["s3://bucket/data", str(tmp_path)]
+    assert data_roots() == [str(tmp_path)]
     monkeypatch.setenv(DATA_ROOTS_ENV, "s3://incoming/scoring, /srv/tables")
-    assert data_roots(cfg) == ["s3://bucket/data", "s3://incoming/scoring", "/srv/tables"]
+    assert data_roots() == ["s3://incoming/scoring", "/srv/tables"]
     with pytest.raises(PredictionRefused, match=DATA_ROOTS_ENV):
-        check_allowed("source", str(tmp_path / "x.csv"), data_roots(cfg))
+        check_allowed("source", str(tmp_path / "x.csv"), data_roots())
+
+
+def test_the_model_s_data_root_never_widens_the_roots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 5: a model trained with data.data_root="/" (its config was a parameter) must not
+    open the whole machine to predict. Every refusal comes before the checkpoint is even read (it does
+    not exist here)."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "new.csv").write_text("a,b\n1,2\n")
+    monkeypatch.setenv(DATA_ROOTS_ENV, str(tables))
+    hostile = config(str(tmp_path), data_root="/")  # accepted by the config's own validation
+    assert hostile.prepared_data_root() == "/" and data_roots() == [str(tables)]
+    missing = str(tmp_path / "no-such.ckpt")
+    for source, output, message in (
+        (
+            "/etc/anything/secret.csv",
+            str(tables / "out.parquet"),
+            "Refusing the source '/etc/anything/secret.csv'",
+        ),
+        (str(tables / "new.csv"), "/home/x/out.parquet", "Refusing the output '/home/x/out.parquet'"),
+        (str(tables / "new.csv"), None, "Refusing the default output under the model's data root '/'"),
+    ):
+        with pytest.raises(PredictionRefused, match=re.escape(message)) as info:
+            score(hostile, missing, source, output)
+        assert str(tables) in str(info.value)  # names the roots that do apply
+    # a model whose data root lies under the deployment's roots keeps its default output there
+    inside = config(str(tmp_path), data_root=str(tables / "model"))
+    check_default_output_root(inside, data_roots())
 
 
 def test_only_a_file_predict_wrote_is_replaced(tmp_path: Path) -> None:

@@ -108,3 +108,25 @@ def test_a_credentials_file_counts(monkeypatch: pytest.MonkeyPatch, tmp_path) ->
 
 def test_the_environment_s_own_uri_is_trusted(credentials: None) -> None:
     assert resolve_tracking_uri(None) == OWN
+
+
+def test_an_ipv6_server_of_the_environment_is_its_own(
+    credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 8: urlsplit reads the environment's host without brackets while a parameter's keeps
+    them; the one server must compare equal to itself (and still only to itself)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://[::1]:5000")
+    for same in ("http://[::1]:5000", "http://[::1]:5000/", "http://[0:0:0:0:0:0:0:1]:5000"):
+        assert check_tracking_uri(same, "tracking_uri") == same
+    for other in ("http://[::1]:5001", "https://[::1]:5000", "http://[::2]:5000", "http://127.0.0.1:5000"):
+        with pytest.raises(UntrustedTrackingURI, match="tracking_uri"):
+            check_tracking_uri(other, "tracking_uri")
+
+
+def test_the_allow_list_takes_ipv6_hosts(credentials: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ALLOWED_TRACKING_HOSTS_ENV, "[fd00::5]:8080, ::1")
+    assert check_tracking_uri("http://[fd00::5]:8080") == "http://[fd00::5]:8080"
+    assert check_tracking_uri("http://[::1]:9999") == "http://[::1]:9999"  # a bare address: every port
+    for refused in ("http://[fd00::5]:8081", "http://[fd00::6]:8080"):
+        with pytest.raises(UntrustedTrackingURI):
+            check_tracking_uri(refused)
