@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 
 from lightning_lib.storage import LocalStore, ObjectStore, S3Store, StorageError
+from tasks import distributed_fit, training
 from tasks import lease as lease_module
 from tasks.lease import LeaseLostError, RunKeyBusyError, RunLease, lease_ttl
+from tasks.run_identity import LeaseGuard
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -250,3 +252,65 @@ def test_a_stale_claim_of_a_generation_already_cleared_away_is_withdrawn(
         current.check()
     finally:
         current.release()
+
+
+def test_a_multi_device_fit_polls_its_lease_and_a_lost_lease_kills_torchrun_and_its_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """launch_fit's wait loop (tasks.distributed_fit): a stand-in for torchrun with one rank that would
+    save on SIGTERM; the lease is lost once both run. Every process is killed, nothing saved."""
+    pids, saved = tmp_path / "pids", tmp_path / "saved"
+    torchrun = textwrap.dedent(
+        f"""
+        import os, signal, subprocess, sys, time
+        rank = subprocess.Popen([sys.executable, "-c", '''
+        import signal, time
+        signal.signal(signal.SIGTERM, lambda *a: open({str(saved)!r}, "w").write("saved"))
+        time.sleep(300)
+        '''])
+        open({str(pids)!r} + ".tmp", "w").write(f"{{os.getpid()}} {{rank.pid}}")
+        os.replace({str(pids)!r} + ".tmp", {str(pids)!r})
+        time.sleep(300)
+        """
+    )
+    checks: list[int] = []
+
+    def lease_check() -> None:
+        checks.append(1)
+        if pids.exists():
+            raise LeaseLostError("The lease of run key 'k1' was lost (a newer claim replaced it)")
+
+    with pytest.raises(LeaseLostError, match="a newer claim replaced it"):
+        distributed_fit._run_forwarding(
+            [sys.executable, "-c", torchrun],
+            tmp_path / "progress.json",
+            "t",
+            lease_check=lease_check,
+            poll_s=0.1,
+        )
+    for pid in map(int, pids.read_text().split()):
+        deadline = time.monotonic() + 60  # bounds the wait for init to reap the orphaned rank
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(pid), f"process {pid} outlived the lost lease"
+    assert not saved.exists()  # SIGKILL, not SIGTERM: no checkpoint into a folder another fit holds
+
+    # the fit task hands the lease it holds to launch_fit (the ranks get no LeaseGuard)
+    passed: dict[str, Any] = {}
+    monkeypatch.setattr(distributed_fit, "needs_launch", lambda config: True)
+    monkeypatch.setattr(distributed_fit, "launch_fit", lambda *args, **kwargs: passed.update(kwargs))
+    held = RunLease.acquire(LocalStore(tmp_path / "run"), "k1")
+    try:
+        training._fit_held(None, None, "k1", extra_callbacks=[LeaseGuard(held)])  # type: ignore[arg-type]
+        assert passed["lease_check"] == held.check
+    finally:
+        held.release()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan is one until init reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
