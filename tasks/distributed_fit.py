@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 RESULT_FILE = "result.json"
 PROGRESS_FILE = "progress.json"
 ERROR_FILE = "error-rank{rank}.json"
+_LEASE_POLL_S = 1.0  # how often the parent checks the run key's lease while torchrun runs
 
 
 def usable_cpus() -> int:
@@ -79,8 +81,18 @@ def needs_launch(config: TrainConfig) -> bool:
     return processes_per_node(config) * config.trainer.num_nodes > 1
 
 
-def launch_fit(config: TrainConfig, prepared: PreparedData, run_key: str, init_from: str | None) -> FitResult:
-    """Run the fit under torchrun on this machine's devices and return rank zero's result."""
+def launch_fit(
+    config: TrainConfig,
+    prepared: PreparedData,
+    run_key: str,
+    init_from: str | None,
+    lease_check: Callable[[], None] | None = None,
+) -> FitResult:
+    """Run the fit under torchrun on this machine's devices and return rank zero's result.
+
+    ``lease_check`` (the run key's ``RunLease.check``, held by this process, not by the ranks) is polled
+    while torchrun runs; when it raises (the lease was lost), every rank is killed and its error raised.
+    """
     from tasks.training import FitResult
 
     if config.trainer.num_nodes > 1:
@@ -110,7 +122,9 @@ def launch_fit(config: TrainConfig, prepared: PreparedData, run_key: str, init_f
             "--spec",
             str(folder / "spec.json"),
         ]
-        returncode, tail = _run_forwarding(command, folder / PROGRESS_FILE, f"Training {run_key}")
+        returncode, tail = _run_forwarding(
+            command, folder / PROGRESS_FILE, f"Training {run_key}", lease_check=lease_check
+        )
         errors = [json.loads(p.read_text()) for p in sorted(folder.glob("error-rank*.json"))]
         if returncode != 0 or not (folder / RESULT_FILE).exists():
             # a rank's own error decides (bad input is refused); the others' are what its death caused
@@ -130,8 +144,19 @@ def launch_fit(config: TrainConfig, prepared: PreparedData, run_key: str, init_f
         return FitResult.model_validate_json((folder / RESULT_FILE).read_text())
 
 
-def _run_forwarding(command: list[str], progress_file: Path, description: str) -> tuple[int, str]:
-    """Run torchrun, echoing its output and keeping the last lines; mirror the progress file to Prefect."""
+def _run_forwarding(
+    command: list[str],
+    progress_file: Path,
+    description: str,
+    lease_check: Callable[[], None] | None = None,
+    poll_s: float = _LEASE_POLL_S,
+) -> tuple[int, str]:
+    """Run torchrun, echoing its output and keeping the last lines; mirror the progress file to Prefect.
+
+    Every ``poll_s`` seconds ``lease_check`` is called; if it raises, the process group is killed at once
+    (SIGKILL, no SIGTERM): on SIGTERM the ranks would save a checkpoint into a folder whose run key another
+    fit holds now, which is the mixing the lease exists to prevent. Its exception is then raised.
+    """
     from tasks.progress import PrefectProgress, in_prefect_run
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -148,10 +173,22 @@ def _run_forwarding(command: list[str], progress_file: Path, description: str) -
         mirror = threading.Thread(target=_mirror_progress, args=(progress_file, progress, stop), daemon=True)
         mirror.start()
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            tail.append(line.rstrip())
-        returncode = proc.wait()
+        # the output is read by a thread so that this one can poll the lease while torchrun runs
+        reader = threading.Thread(target=_forward_output, args=(proc.stdout, tail), daemon=True)
+        reader.start()
+        while True:
+            try:
+                returncode = proc.wait(timeout=poll_s)
+                break
+            except subprocess.TimeoutExpired:
+                if lease_check is None:
+                    continue
+                try:
+                    lease_check()
+                except BaseException:
+                    _end_group(proc, graceful=False)
+                    raise
+        reader.join(timeout=10)  # the ranks may outlive torchrun a moment, holding the pipe open
     finally:
         stop.set()
         if proc.poll() is None:  # interrupted here (cancellation, timeout): no rank may go on alone
@@ -162,8 +199,15 @@ def _run_forwarding(command: list[str], progress_file: Path, description: str) -
     return returncode, "\n".join(tail)
 
 
-def _end_group(proc: subprocess.Popen[str]) -> None:
-    for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+def _forward_output(stream: Any, tail: deque[str]) -> None:
+    for line in stream:
+        sys.stdout.write(line)
+        tail.append(line.rstrip())
+
+
+def _end_group(proc: subprocess.Popen[str], graceful: bool = True) -> None:
+    steps = ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)) if graceful else ((signal.SIGKILL, 10.0),)
+    for sig, wait in steps:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)  # SIGTERM first: the ranks checkpoint at their next batch boundary
         try:

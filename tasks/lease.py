@@ -11,17 +11,23 @@ folder and on S3):
 - Claims are generations: ``lease-000001.json``, ``lease-000002.json``, ... each written with
   ``if_none_match``, so of two processes claiming the same generation exactly one wins. The claim names
   the holder (flow run, host, pid, since). The highest generation is the current one.
-- The holder renews by rewriting ``lease-NNNNNN.heartbeat`` every ``ttl / 4`` seconds from a thread; the
+- The holder renews by rewriting ``lease-NNNNNN.heartbeat`` every ``ttl / 8`` seconds from a thread; the
   lease expires ``ttl`` seconds after the last renewal (``LIGHTNING_LIB_RUN_LEASE_TTL_S``, default 120).
+- A claimant re-lists after its claim: a claim of a generation that was already deleted (a claimant with a
+  stale view, when a newer generation exists) is withdrawn and the claimant looks again.
 - It is released (``lease-NNNNNN.released``) when the fit ends, whether it succeeded or failed.
 - A newcomer takes the run key over, by claiming the next generation, when the current lease is released,
   expired, held by a process of this machine that is gone (pid and process start time, so a reused pid
   does not count as alive; boot id, so a reboot does), or held by an earlier attempt in this very process
   that ended without releasing it (Prefect's retry of a failed attempt when storage failed the release
   too). Anything else is refused with :class:`RunKeyBusyError`.
-- A holder that finds a newer generation at its next renewal, or that could not renew for most of its
-  ttl (a store outage: a newcomer may already think it expired), has lost the lease; :meth:`RunLease.check`
-  then raises :class:`LeaseLostError` and the fit stops at its next batch.
+- A holder that finds a newer generation at its next renewal, or whose last successful renewal is older
+  than 0.8 of its ttl (a store outage, or a store call that hangs: a newcomer may soon think it expired),
+  has lost the lease; :meth:`RunLease.check` then raises :class:`LeaseLostError` and the fit stops at its
+  next batch. ``check`` measures the age itself, so a renewal call that hangs (the ``ObjectStore`` API has
+  no per-call timeout: boto3's own connect/read timeouts and retries bound it, minutes at worst) cannot
+  delay the fence; the age counts from the moment the renewal's timestamp was taken, which is what other
+  hosts compare with.
 
 Hosts' clocks must agree to well within the ttl (NTP): expiry compares one host's renewal time with
 another's clock. The objects are loose files at the top of the checkpoint folder, which checkpoint
@@ -52,6 +58,8 @@ DEFAULT_TTL_S = 120.0
 _MIN_TTL_S = 2.0
 _CLAIM = re.compile(r"^lease-(\d{6})\.json$")
 _SELF_FENCE = 0.8  # share of the ttl without a successful renewal after which a holder stops by itself
+_RENEWALS_PER_TTL = 8  # several tries fit in the ttl's first 0.8, so one slow or failed call is no loss
+_now = time.monotonic  # the clock of renewals and the fence (tests replace it)
 
 # Tokens of the leases this process holds now: a lease of this pid whose token is not here was left by an
 # attempt that has ended (so a retry takes it over); one whose token is here is a concurrent fit.
@@ -243,6 +251,17 @@ def _vacancy(current: _Current) -> str | None:
     return None
 
 
+def _deactivate(token: str) -> None:
+    with _ACTIVE_LOCK:
+        _ACTIVE.discard(token)
+
+
+def _newer_generation(store: ObjectStore, generation: int) -> int | None:
+    """The highest claimed generation when it is above ``generation``, else None."""
+    generations = _generations(store)
+    return generations[-1][0] if generations and generations[-1][0] > generation else None
+
+
 def held_by_ancestor(store: ObjectStore, run_key: str) -> Holder | None:
     """The current holder when it is a live process above this one on this machine (the fit task that
     launched this rank with torchrun), else None."""
@@ -280,7 +299,7 @@ class RunLease:
         self.store = store
         self.holder = holder
         self._lost: str | None = None
-        self._renewed = time.monotonic()
+        self._renewed = _now()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -323,12 +342,33 @@ class RunLease:
                 ttl=ttl,
             )
             payload = {k: v for k, v in asdict(holder).items() if k != "generation"}
+            # active before the claim exists: a concurrent acquire in this process that reads the claim
+            # must see a fit at work, not "an earlier attempt in this process ended"
+            with _ACTIVE_LOCK:
+                _ACTIVE.add(holder.token)
             try:
                 store.put_bytes(
                     _claim_key(holder.generation), json.dumps(payload).encode(), if_none_match=True
                 )
+                newer = _newer_generation(store, holder.generation)
             except PreconditionFailed:
+                _deactivate(holder.token)
                 continue  # another fit claimed this generation first: look at it
+            except BaseException:
+                _deactivate(holder.token)
+                raise
+            if newer is not None:
+                # our view was stale: this generation had been claimed and cleared away already
+                _deactivate(holder.token)
+                with contextlib.suppress(Exception):
+                    store.delete(_claim_key(holder.generation))
+                log.warning(
+                    "Withdrew the claim %s of run key %s: generation %d is newer; looking again.",
+                    _claim_key(holder.generation),
+                    run_key,
+                    newer,
+                )
+                continue
             if current is not None:
                 log.warning(
                     "Took over the lease of run key %s from %s: %s.",
@@ -352,7 +392,8 @@ class RunLease:
                     self.store.delete(info.key)
 
     def start(self) -> RunLease:
-        """Mark the lease active in this process and renew it from a daemon thread until released."""
+        """Mark the lease active in this process (``acquire`` already did) and renew it from a daemon thread
+        until released."""
         with _ACTIVE_LOCK:
             _ACTIVE.add(self.holder.token)
         self._thread = threading.Thread(target=self._renew_loop, name="run-key-lease", daemon=True)
@@ -360,7 +401,7 @@ class RunLease:
         return self
 
     def _renew_loop(self) -> None:
-        interval = max(0.5, self.holder.ttl / 4)
+        interval = max(0.25, self.holder.ttl / _RENEWALS_PER_TTL)
         while not self._stop.wait(interval):
             self.renew()
             if self._lost:
@@ -373,22 +414,33 @@ class RunLease:
             if not newest or newest[-1][0] != self.holder.generation:
                 self._lost = "a newer claim replaced it" if newest else "its claim was deleted"
             else:
+                # stamped before the put: others count the ttl from renewed_at, however long the put takes
+                stamped = _now()
                 beat = {"renewed_at": time.time(), "token": self.holder.token}
                 self.store.put_bytes(_heartbeat_key(self.holder.generation), json.dumps(beat).encode())
-                self._renewed = time.monotonic()
+                self._renewed = stamped
         except Exception as exc:
-            overdue = time.monotonic() - self._renewed
             log.warning("Could not renew the lease %s (%s: %s).", self.uri, type(exc).__name__, exc)
-            if overdue > _SELF_FENCE * self.holder.ttl:
-                self._lost = f"it could not be renewed for {overdue:.0f}s (ttl {self.holder.ttl:g}s)"
+            self._lost = self._lost or self._overdue()
         if self._lost:
             log.error("Lost the lease %s of run key %s: %s.", self.uri, self.holder.run_key, self._lost)
 
+    def _overdue(self) -> str | None:
+        """Why the lease must be presumed lost for want of renewal, or None while it is fresh enough."""
+        age = _now() - self._renewed
+        if age > _SELF_FENCE * self.holder.ttl:
+            return f"it was last renewed {age:.1f}s ago, more than {_SELF_FENCE:g} of its ttl {self.holder.ttl:g}s"
+        return None
+
     def check(self) -> None:
-        """Raise ``LeaseLostError`` if the lease is no longer this fit's."""
-        if self._lost:
+        """Raise ``LeaseLostError`` if the lease is no longer this fit's: a newer claim replaced it, or its
+        last successful renewal is older than 0.8 of the ttl (whether or not a renewal call has returned)."""
+        lost = self._lost or self._overdue()
+        if lost:
+            # once fenced, for good: a renewal that returns late must not revive a lease the fit gave up
+            self._lost = lost
             raise LeaseLostError(
-                f"The lease {self.uri} of run key {self.holder.run_key!r} was lost ({self._lost}): this fit "
+                f"The lease {self.uri} of run key {self.holder.run_key!r} was lost ({lost}): this fit "
                 "stops so that two fits never train the run at once; the fit that holds it now goes on."
             )
 

@@ -10,8 +10,10 @@
    MLflow run keeps the same config as its ``config.*`` params and the digest as its ``data.input_sha256``
    tag. Two copies, so that neither a wiped checkpoint folder nor a deleted MLflow run loses it: a fit
    compares its config with ``run.json``, or with the MLflow run's params when the folder has no record
-   (a run started before this check existed, or a wiped folder). Any difference is refused, naming each
-   field with both values. Policy: refuse rather than start a new run, because the run key is the run's
+   (a run started before this check existed, or a wiped folder). The record is read as the current
+   code would write it (:func:`normalise`): a field added since the run started compares as its default,
+   so a run recorded before ``data.num_classes`` existed still resumes. Any difference is refused,
+   naming each field with both values. Policy: refuse rather than start a new run, because the run key is the run's
    identity (one checkpoint folder, one MLflow run, what ``reproduce`` reads back); a changed config is a
    new run and gets a new run key (a warm start from the old run's checkpoint is ``init_from``).
    Locations and presentation may change between attempts (``checkpoint_root``, ``data.data_root``,
@@ -38,6 +40,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import to_jsonable_python
+
 from lightning_lib.callbacks import Callback
 from lightning_lib.checkpoint import list_committed
 from lightning_lib.distributed import launched_by_trainer, launched_externally
@@ -46,6 +50,7 @@ from tasks.config import PARAMS_PREFIX, TrainConfig
 from tasks.data import PreparedData
 from tasks.factory import checkpoint_dir
 from tasks.lease import RunLease, held_by_ancestor
+from tasks.params import flatten
 from tasks.tracking import tracking_uri
 
 if TYPE_CHECKING:
@@ -89,8 +94,55 @@ def _show(value: str | None, limit: int = 200) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
+def _default_param(name: str) -> str | None:
+    """The flat param text of config field ``name``'s default, or None (required, or not a field of a
+    section: a ``model_kwargs`` key has no default)."""
+    model: Any = TrainConfig
+    parts = name[len(PARAMS_PREFIX) :].split(".")
+    for depth, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(fields, dict) or part not in fields:
+            return None
+        info = fields[part]
+        if depth < len(parts) - 1:
+            model = info.annotation
+            continue
+        if info.is_required():
+            return None
+        value = to_jsonable_python(info.get_default(call_default_factory=True))
+        return flatten({"v": value}).get("v")  # None when a non-empty mapping would expand
+    return None
+
+
+def normalise(recorded: Mapping[str, str], current: Mapping[str, str]) -> dict[str, str]:
+    """The recorded params as this version writes them: a field the record lacks (it did not exist when
+    the run started) reads as its default, and values read back the way the current code encodes them.
+
+    Policy: a run started before a field existed is the same run as long as the current config leaves
+    that field at its default; set to anything else, the field is named as a difference. The record is
+    validated by ``TrainConfig`` with the fields that are not compared (locations) taken from the current
+    config, so a moved folder cannot make it invalid. A record that no longer validates (a field since
+    removed, a bound since tightened) falls back to filling in only the defaults of the missing fields,
+    and whatever still differs is named.
+    """
+    config_params = {n: v for n, v in recorded.items() if n.startswith(PARAMS_PREFIX)}
+    others = {n: v for n, v in recorded.items() if not n.startswith(PARAMS_PREFIX)}
+    probe = {n: v for n, v in config_params.items() if n not in NOT_COMPARED}
+    probe.update({n: v for n, v in current.items() if n in NOT_COMPARED})
+    try:
+        flat = TrainConfig.from_flat_params(probe).to_flat_params()
+    except ValueError:  # pydantic's ValidationError is one
+        defaults = {
+            n: _default_param(n) for n in current if n.startswith(PARAMS_PREFIX) and n not in recorded
+        }
+        flat = {**{n: v for n, v in defaults.items() if v is not None}, **config_params}
+    return {**flat, **others}
+
+
 def differences(recorded: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
-    """``field: recorded -> current`` for every compared config field (and the data digest) that differs."""
+    """``field: recorded -> current`` for every compared config field (and the data digest) that differs,
+    after :func:`normalise` (a field the record predates compares as its default)."""
+    recorded = normalise(recorded, current)
     names = {n for n in (*recorded, *current) if n.startswith(PARAMS_PREFIX) or n == DATA_FIELD}
     out = []
     for name in sorted(names - NOT_COMPARED):
@@ -235,4 +287,5 @@ __all__ = [
     "check_run_identity",
     "differences",
     "hold_run_key",
+    "normalise",
 ]

@@ -32,7 +32,7 @@ from tasks.factory import (
 )
 from tasks.progress import PrefectProgress, in_prefect_run
 from tasks.retry import retrying
-from tasks.run_identity import hold_run_key
+from tasks.run_identity import LeaseGuard, hold_run_key
 from tasks.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,11 @@ def _fit_held(
     from tasks.distributed_fit import launch_fit, needs_launch
 
     if needs_launch(config):
-        return launch_fit(config, prepared, run_key, init_from)
+        # the ranks get no LeaseGuard: this process holds the lease, and launch_fit polls it
+        guard = next((c for c in extra_callbacks or [] if isinstance(c, LeaseGuard)), None)
+        return launch_fit(
+            config, prepared, run_key, init_from, lease_check=guard.lease.check if guard else None
+        )
     pl.seed_everything(config.seed)
     datamodule = build_datamodule(config, prepared)
     model = build_model(config)

@@ -62,7 +62,7 @@ def test_fit_task_runs_ddp_under_torchrun_and_its_retry_resumes_after_a_killed_r
 
 
 def _fake_launch(monkeypatch: pytest.MonkeyPatch, reports: list[dict[str, Any]], returncode: int) -> None:
-    def fake(command: list[str], progress_file: Path, description: str) -> tuple[int, str]:
+    def fake(command: list[str], progress_file: Path, description: str, **options: Any) -> tuple[int, str]:
         spec = json.loads(Path(command[-1]).read_text())
         for report in reports:
             Path(spec["workdir"], f"error-rank{report['rank']}.json").write_text(json.dumps(report))

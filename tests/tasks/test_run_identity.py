@@ -3,6 +3,7 @@ were lost while its MLflow run has history, is refused before anything is traine
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from lightning_lib.storage import open_store
 from tasks.config import TrainConfig
 from tasks.data import prepare
 from tasks.factory import checkpoint_dir
-from tasks.run_identity import RECORD_NAME, LostCheckpointsError, RunConfigMismatchError
+from tasks.run_identity import RECORD_NAME, LostCheckpointsError, RunConfigMismatchError, differences
 from tasks.tracking import tracking_uri
 from tasks.training import fit_model
 from tests.flows.conftest import digits_config
@@ -106,3 +107,34 @@ def test_a_first_attempt_that_died_before_its_first_checkpoint_is_retried_from_s
     assert "run.json" in _folder(config)
     retried = _fit(config)  # MLflow has steps 0..1 but no checkpoint was ever recorded: not a loss
     assert retried.resumed_from is None and retried.steps_this_attempt == retried.global_step == 8
+
+
+def test_a_run_recorded_before_a_config_field_existed_resumes_and_the_field_compares_as_its_default(
+    tmp_path: Path,
+) -> None:
+    config = digits_config(tmp_path, run_key="k1", **{"trainer.max_epochs": 1})
+    first = _fit(config)
+    # run.json as a version before data.num_classes existed wrote it
+    record_path = Path(checkpoint_dir(config, "k1")) / RECORD_NAME
+    record = json.loads(record_path.read_text())
+    del record["params"]["config.data.num_classes"]
+    record_path.write_text(json.dumps(record))
+
+    again = _fit(config)
+    assert again.mlflow_run_id == first.mlflow_run_id and again.steps_this_attempt == 0
+
+    # set to anything but its default, the new field is a difference like any other
+    with pytest.raises(RunConfigMismatchError, match=r"data\.num_classes: started with 'null', now '10'"):
+        _fit(digits_config(tmp_path, run_key="k1", **{"trainer.max_epochs": 1, "data.num_classes": 10}))
+
+
+def test_a_record_that_no_longer_validates_still_gets_the_defaults_of_fields_it_predates(
+    tmp_path: Path,
+) -> None:
+    current = digits_config(tmp_path, run_key="k1").to_flat_params()
+    recorded = {k: v for k, v in current.items() if k != "config.data.num_classes"}
+    assert differences(recorded, current) == []
+    recorded["config.data.since_removed"] = "1"  # fails validation now: only the fallback applies
+    assert differences(recorded, current) == ["data.since_removed: started with '1', now (absent)"]
+    current["config.model_kwargs.extra"] = "2"  # a model kwarg has no default: absent is a difference
+    assert "model_kwargs.extra: started with (absent), now '2'" in differences(recorded, current)
