@@ -194,7 +194,10 @@ def test_validate_and_test_with_best_and_last(tmp_path: Path) -> None:
     trainer, model = _classifier_fit(
         tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint]
     )
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=2-step=12.ckpt", "last.ckpt"]
+    # "last" takes the first free name: last.ckpt, or last-vN while an older one's deletion is still queued
+    last = Path(checkpoint.last_model_path).name
+    assert last.startswith("last") and last.endswith(".ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=2-step=12.ckpt", last]
     final = [p.detach().clone() for p in model.parameters()]
     datamodule = ClassifierDataModule(batch_size=8, n=64)
 
@@ -207,7 +210,7 @@ def test_validate_and_test_with_best_and_last(tmp_path: Path) -> None:
         torch.testing.assert_close(a, b)
 
     trainer.test(model, datamodule=datamodule, ckpt_path="last", verbose=False)
-    assert Path(trainer.ckpt_path).name == "last.ckpt"
+    assert Path(trainer.ckpt_path).name == last
 
     # without a model, validate defaults to the best checkpoint; with one, to the model as it is
     trainer.validate(datamodule=datamodule, verbose=False)

@@ -8,6 +8,8 @@
 - The writer coalesces: saves queue behind the commit in flight without waiting, a save that replaces a
   checkpoint whose commit has not started drops it, and only more than ``max_pending`` distinct
   snapshots make a save wait (memory stays bounded).
+- Review finding 1: the deletions behind a dropped save wait for the save that superseded it, and a name
+  stays taken until its deletion has run, so retention never deletes the run's last committed checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from lightning_lib.checkpoint import (
     read_manifest,
     write_checkpoint,
 )
+from lightning_lib.checkpoint import _writer as checkpoint_writer
 from lightning_lib.checkpoint._manifest import MAX_MANIFEST_BYTES, decode_manifest, encode_manifest
 from lightning_lib.checkpoint._writer import WriterStats
 from lightning_lib.storage import AccessDeniedError, BucketNotFound, LocalStore, StorageError
@@ -186,3 +189,117 @@ def test_more_distinct_checkpoints_than_max_pending_wait_for_room(
 def test_max_pending_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Expected max_pending >= 1, received 0"):
         CheckpointWriter(max_pending=0)
+
+
+# ---- review finding 1: coalescing never leaves the run without a committed checkpoint -------------------
+class RetentionWatch:
+    """Wraps the writer's deletions: right before each one, the committed checkpoints of its folder are
+    listed, and a deletion that would leave none (while one exists) is recorded as a violation."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._delete = checkpoint_writer.delete_checkpoint
+        self.deleted: list[str] = []
+        self.violations: list[tuple[str, list[str]]] = []
+        monkeypatch.setattr(checkpoint_writer, "delete_checkpoint", self)
+
+    def __call__(self, store: Any, name: str) -> None:
+        committed = [c.name for c in list_committed(store)]
+        if committed and not set(committed) - {name}:
+            self.violations.append((name, committed))
+        self.deleted.append(name)
+        self._delete(store, name)
+
+
+class ImprovingModel(CountingModel):
+    """Logs a ``score`` that improves every epoch, so each epoch's checkpoint replaces the previous best."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.log("score", -float(self.current_epoch))
+        return super().training_step(batch, batch_idx)
+
+
+class HoldOneCommit(pl.Callback):
+    """The commit of ``held`` (epoch 1's checkpoint) is in flight through epochs 2 and 3: every save of
+    those epochs queues behind it, and the later one supersedes the earlier. Released when training ends,
+    before ``fit`` waits for the writer."""
+
+    def __init__(self, commits: HeldCommits, held: str) -> None:
+        self.commits, self.held = commits, held
+        self.gate = commits.hold(held)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == 1:
+            trainer._checkpoint_writer.wait()  # epoch 0's checkpoint is committed: the one to keep
+        if trainer.current_epoch == 2:
+            _until(lambda: self.held in self.commits.started)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.gate.set()
+
+
+@pytest.mark.parametrize(
+    ("checkpoint_kwargs", "held", "newest"),
+    [
+        # the reviewer's sequence: "last" alternating names, epoch 2's "last" dropped by epoch 3's
+        ({"save_top_k": 0, "save_last": True}, "last-v1.ckpt", "last-v3.ckpt"),
+        # top-k: epoch 2's best dropped by epoch 3's, while epoch 1's best (the only one) is uploading
+        ({"save_top_k": 1, "monitor": "score"}, "epoch=1-step=4.ckpt", "epoch=3-step=8.ckpt"),
+    ],
+    ids=["last", "top-k"],
+)
+def test_a_dropped_save_never_lets_retention_delete_the_last_committed_checkpoint(
+    checkpoint_kwargs: dict[str, Any], held: str, newest: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits = HeldCommits(monkeypatch)
+    watch = RetentionWatch(monkeypatch)
+    dirpath = tmp_path / "ckpt"
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=dirpath, **checkpoint_kwargs)
+    hold = HoldOneCommit(commits, held)
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, max_epochs=4, enable_checkpointing=True, callbacks=[hold, checkpoint])
+    )
+    trainer.fit(ImprovingModel(), loader())
+    stats = trainer._checkpoint_writer.stats
+    assert stats.coalesced == 1 and stats.waited == 0 and stats.failed == 0  # the slow-store policy holds
+    assert watch.violations == []  # before every deletion, another committed checkpoint existed
+    assert watch.deleted  # ... and retention did run
+    assert _committed(dirpath) == [newest]  # the newest, alone once retention caught up
+    assert read_manifest(LocalStore(dirpath), newest).step == trainer.global_step == 8  # type: ignore[union-attr]
+
+
+def test_a_name_stays_taken_until_its_deletion_has_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits = HeldCommits(monkeypatch)
+    writer = CheckpointWriter()
+    uri = str(tmp_path / "{}.ckpt").format
+    writer.save(_state(), uri("old"), 1)
+    writer.wait()
+    gate = commits.hold("new.ckpt")
+    writer.save(_state(), uri("new"), 2, replaces=uri("old"))
+    _until(lambda: commits.started[-1] == "new.ckpt")
+    assert writer.exists(uri("old"))  # its deletion is only queued: a new save must not reuse the name
+    gate.set()
+    writer.wait()
+    assert not writer.exists(uri("old")) and _committed(tmp_path) == ["new.ckpt"]
+
+
+def test_deletions_behind_a_dropped_save_wait_for_the_save_that_superseded_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits = HeldCommits(monkeypatch)
+    watch = RetentionWatch(monkeypatch)
+    writer = CheckpointWriter()
+    uri = str(tmp_path / "{}.ckpt").format
+    writer.save(_state(), uri("b1"), 1)
+    writer.wait()
+    gate = commits.hold("b2.ckpt")
+    writer.save(_state(), uri("b2"), 2, replaces=uri("b1"))
+    _until(lambda: commits.started[-1] == "b2.ckpt")
+    writer.save(_state(), uri("b3"), 3, replaces=uri("b2"))
+    writer.save(_state(), uri("b4"), 4, replaces=uri("b3"))  # b3 dropped: "delete b2" now waits for b4
+    gate.set()
+    writer.wait()
+    assert watch.violations == [] and watch.deleted == ["b1.ckpt", "b2.ckpt", "b3.ckpt"]
+    assert commits.started == ["b1.ckpt", "b2.ckpt", "b4.ckpt"] and _committed(tmp_path) == ["b4.ckpt"]
+    assert writer.stats == WriterStats(saves=4, committed=3, coalesced=1)

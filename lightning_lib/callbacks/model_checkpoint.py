@@ -349,7 +349,9 @@ class ModelCheckpoint(Checkpoint):
         if not self.save_last:
             return
         # A committed checkpoint is immutable: the new "last" takes a free name (last.ckpt / last-v1.ckpt
-        # alternate) and the previous one is deleted only after the new one has committed.
+        # alternate; last-v2... while an older one's deletion is still queued behind a slow store, since a
+        # name stays taken until its deletion has run) and the previous one is deleted only after the new
+        # one (or, if the writer drops it, a newer one) has committed.
         filepath = self._unique_path(
             trainer, candidates, self.CHECKPOINT_NAME_LAST, None, avoid=self.last_model_path
         )

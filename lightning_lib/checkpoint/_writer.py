@@ -4,14 +4,18 @@
 a single background thread commits it with the manifest-last protocol: the snapshot is serialised into
 a local staging file (hashed as it is written, then dropped) while the upload sends the file's parts as
 soon as they are written. Deletions queued after a save run only once that save has committed, which
-is how retention never removes the last good checkpoint.
+is how retention never removes the last good checkpoint: once a checkpoint has committed, at every
+moment some committed checkpoint of the run exists, the newest or an older one.
 
 Slow storage never holds training up: the policy is to *coalesce*. One commit is in flight, and at
 most ``max_pending`` more snapshots wait behind it (memory stays bounded: ``1 + max_pending`` copies of
 the state). A save that ``replaces`` an older checkpoint (``ModelCheckpoint``'s rotating "last", the
 top-k checkpoint that drops out) supersedes it: if the older one's commit has not started, it is
 dropped (``stats.coalesced``) instead of being uploaded only to be deleted, so a store slower than an
-epoch commits the newest state each time it is free instead of a backlog. A commit in flight is never
+epoch commits the newest state each time it is free instead of a backlog. The deletions that counted on
+a dropped save's commit (the checkpoint it replaced, and any deletion queued after it) move behind the
+save that superseded it, and a name stays taken (``exists``) until its deletion has actually run, so a
+new save never takes a name whose deletion would then have to run before it. A commit in flight is never
 cut (otherwise a store slower than an epoch would never commit anything), the newest save is never
 dropped, and ``wait`` (the end of fit) returns only once it is committed. Only a caller that keeps
 more distinct checkpoints than ``max_pending`` per commit (``save_top_k=-1`` on a store slower than the
@@ -32,7 +36,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,19 +155,23 @@ class CheckpointWriter:
         with self._changed:
             self._stats.saves += 1
             # a newer save of the same name (an explicit overwrite) or of its replacement supersedes a
-            # save of the old one that has not started
-            for superseded in {replaces, uri if overwrite else None} - {None}:
-                self._drop_pending_save(str(superseded))
-            if self._pending_saves() >= self.max_pending:
+            # save of the old one that has not started: it does not count against the room, since it
+            # is dropped below (room is never waited for while one is pending)
+            superseded = {str(s) for s in (replaces, uri if overwrite else None) if s is not None}
+            if self._pending_saves(besides=superseded) >= self.max_pending:
                 self._stats.waited += 1
-                while self._pending_saves() >= self.max_pending:  # a failure empties the queue too
+                while self._pending_saves(besides=superseded) >= self.max_pending:  # a failure empties it too
                     self._changed.wait()
             self.raise_error()  # a failure dropped what was queued: this save must not start either
             # taken once there is room, so at most 1 + max_pending snapshots exist; a one-item list, so
             # the writer can drop the snapshot once serialised (the job would keep it alive otherwise)
             holder = [snapshot(checkpoint)]
+            # from here to the last enqueue the lock is held: the worker never sees the deletions that
+            # a dropped save held back out of the queue
+            held_back = [job for old in sorted(superseded) for job in self._drop_pending_save(old, uri)]
             commit = functools.partial(self._commit, holder, uri, step, owned=True, overwrite=overwrite)
             self._enqueue(_Job(uri=uri, save=True, run=commit))
+            self._jobs.extend(held_back)  # they now wait for this save's commit instead of the dropped one's
             if replaces is not None:
                 self._enqueue(_Job(uri=replaces, save=False, run=functools.partial(self._delete, replaces)))
 
@@ -181,17 +189,18 @@ class CheckpointWriter:
     def exists(self, uri: str) -> bool:
         """Whether a new save must pick another name than ``uri``.
 
-        The last job queued for ``uri`` decides (a save: taken; a deletion: free, since the queue runs
-        in order and the deletion happens first); otherwise the name is taken when its manifest object
+        A name with a job queued is taken: a save's until it has committed, and a deletion's until the
+        deletion has actually run. Reusing a name whose deletion is only queued would make that deletion
+        run before the new save (the name must be free for it), that is before any newer checkpoint
+        exists: the moment retention must never open. Otherwise the name is taken when its manifest object
         exists, valid or not: an invalid manifest is skipped by readers but never overwritten, so the
         next free name is used instead of failing every later commit. The root is listed once; after
         that this writer's own commits and deletions keep the answer current without asking the store
         again (a name another writer takes meanwhile is still refused by the commit's conditional put).
         """
         with self._changed:
-            queued = [job.save for job in self._jobs if job.uri == uri]
-        if queued:
-            return queued[-1]
+            if any(job.uri == uri for job in self._jobs):
+                return True
         root, name = split_uri(uri)
         return name in self._taken_names(root)
 
@@ -252,17 +261,34 @@ class CheckpointWriter:
             else:
                 known.discard(name)
 
-    def _pending_saves(self) -> int:
-        """Saves queued whose commit has not started (``self._changed`` held)."""
-        return sum(1 for job in self._jobs if job.save and job is not self._running)
+    def _pending_saves(self, besides: Collection[str] = ()) -> int:
+        """Saves queued whose commit has not started, not counting those of ``besides`` (``self._changed``
+        held)."""
+        return sum(
+            1 for job in self._jobs if job.save and job is not self._running and job.uri not in besides
+        )
 
-    def _drop_pending_save(self, uri: str) -> None:
-        """Drop a not yet started save of ``uri`` (``self._changed`` held): superseded, never needed."""
-        for job in list(self._jobs):
+    def _drop_pending_save(self, uri: str, saving: str) -> list[_Job]:
+        """Drop a not yet started save of ``uri``, superseded by the save of ``saving`` (``self._changed``
+        held), and take out of the queue the deletions queued behind it, to be queued again behind that
+        save: a deletion queued after a save counts on that save's commit (the replaced checkpoint goes
+        only once its replacement exists), so with the save dropped it must wait for the one that
+        supersedes it. A deletion of ``saving`` itself stays ahead of it: that name must be free first.
+        """
+        kept: deque[_Job] = deque()
+        held_back: list[_Job] = []
+        dropped = False
+        for job in self._jobs:
             if job.save and job.uri == uri and job is not self._running:
-                self._jobs.remove(job)
+                dropped = True
                 self._stats.coalesced += 1
                 log.debug("Checkpoint %s superseded before its commit started: not committed", uri)
+            elif dropped and not job.save and job.uri != saving:
+                held_back.append(job)
+            else:
+                kept.append(job)
+        self._jobs = kept
+        return held_back
 
     def _enqueue(self, job: _Job) -> None:
         """Queue ``job`` (``self._changed`` held), starting the writer thread if none is running."""

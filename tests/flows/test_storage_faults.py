@@ -4,8 +4,8 @@
   the attempt with an error the retry policy calls transient; healed before the retry, the ``training``
   flow completes, the retry resumes from the last commit and ends exactly where an undisturbed run ends.
 - Point 12: with the store throttled to 64 KB per 0.1 s, training never waits for a commit: saves are
-  coalesced (the writer's counters), the newest checkpoint is committed when fit returns, and every path
-  ModelCheckpoint names is committed.
+  coalesced (the writer's counters), no deletion ever leaves the run without a committed checkpoint, the
+  newest checkpoint is committed when fit returns, and every path ModelCheckpoint names is committed.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tasks.config import TrainConfig
 from tasks.retry import is_transient, retry_on_transient
 from tests.faults import FaultProxy, http_response
 from tests.support import CountingModel, loader, trainer_kwargs
+from tests.test_checkpoint_commit_policy import RetentionWatch
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_harness")]
 
@@ -94,8 +95,11 @@ def test_an_outage_during_a_background_commit_is_retried_and_resumes_exactly(
     assert [c.step for c in committed] == [8] and committed[0].uri == fitted.last_checkpoint_uri
 
 
-def test_a_slow_store_never_holds_training_up(s3_endpoint: str, s3_proxy: FaultProxy, tmp_path: Any) -> None:
+def test_a_slow_store_never_holds_training_up(
+    s3_endpoint: str, s3_proxy: FaultProxy, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dirpath = f"{s3_endpoint}/{uuid.uuid4().hex}"
+    watch = RetentionWatch(monkeypatch)  # lists the committed checkpoints right before every deletion
 
     def fit(epochs: int, ckpt_path: str | None) -> tuple[pl.Trainer, pl.callbacks.ModelCheckpoint]:
         pl.seed_everything(7)
@@ -119,6 +123,9 @@ def test_a_slow_store_never_holds_training_up(s3_endpoint: str, s3_proxy: FaultP
     # the ones a newer save replaced before their turn were never uploaded, the rest were committed
     assert stats.waited == 0 and stats.failed == 0
     assert stats.coalesced > 0 and stats.committed + stats.coalesced == stats.saves
+    # a dropped save's deletions waited for the save that superseded it: no deletion ever left the run
+    # without a committed checkpoint
+    assert watch.deleted and watch.violations == []
     s3_proxy.set("pass")
     committed = {c.uri: c.step for c in list_committed(open_store(dirpath))}
     assert committed[checkpoint.last_model_path] == trainer.global_step == 32  # the newest is committed
