@@ -20,20 +20,7 @@ from tasks.data import prepare
 from tasks.retry import is_transient
 from tasks.trainer_config import MAX_COUNT
 from tasks.training import fit_model
-
-MODEL = "examples.digits:DigitsClassifier"
-
-
-def make(**overrides: Any) -> TrainConfig:
-    fields: dict[str, Any] = {"model": MODEL, "data": {"source": "data/table.csv", "target": "label"}}
-    fields.update(overrides)
-    return TrainConfig(**fields)
-
-
-def only_error(exc: pytest.ExceptionInfo[ValidationError]) -> dict[str, Any]:
-    errors = exc.value.errors()
-    assert len(errors) == 1, errors
-    return dict(errors[0])
+from tests.tasks.configs import make, only_error
 
 
 @pytest.mark.parametrize(

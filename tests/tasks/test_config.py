@@ -18,20 +18,7 @@ from lightning_lib.plugins.precision import PRECISIONS
 from tasks.config import DataConfig, TrainConfig, TrainerConfig, load_class
 from tasks.imports import ALLOWED_IMPORTS_ENV, DisallowedImportError, allowed_prefixes, check_import_path
 from tasks.trainer_config import PrecisionName
-
-MODEL = "examples.digits:DigitsClassifier"
-
-
-def make(**overrides: Any) -> TrainConfig:
-    fields: dict[str, Any] = {"model": MODEL, "data": {"source": "data/table.csv", "target": "label"}}
-    fields.update(overrides)
-    return TrainConfig(**fields)
-
-
-def only_error(exc: pytest.ExceptionInfo[ValidationError]) -> dict[str, Any]:
-    errors = exc.value.errors()
-    assert len(errors) == 1, errors
-    return dict(errors[0])
+from tests.tasks.configs import make, only_error
 
 
 def test_defaults_are_the_bundled_example_and_local_folders() -> None:
