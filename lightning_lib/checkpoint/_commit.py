@@ -375,13 +375,6 @@ def cleanup_orphans(store: ObjectStore, grace_seconds: float, prefix: str = "") 
 
 
 __all__ = [
-    "MANIFEST_NAME",
-    "CheckpointExistsError",
-    "CheckpointFallbackWarning",
-    "CheckpointNotFoundError",
-    "CommittedCheckpoint",
-    "CorruptCheckpointError",
-    "InvalidManifestError",
     "cleanup_orphans",
     "delete_checkpoint",
     "download_verified",

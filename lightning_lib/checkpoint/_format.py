@@ -16,12 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lightning_lib.checkpoint._commit import (
-    MANIFEST_NAME,
-    CommittedCheckpoint,
-    load_verified,
-    read_manifest,
-)
+from lightning_lib.checkpoint._commit import load_verified, read_manifest
+from lightning_lib.checkpoint._manifest import MANIFEST_NAME, CommittedCheckpoint
 from lightning_lib.checkpoint._positions import capture_loader_state
 from lightning_lib.checkpoint._writer import CHECKPOINT_FILE
 from lightning_lib.core.saving import to_plain
