@@ -1,0 +1,1 @@
+"""Reusable LightningDataModules a project imports as its own (see each module's docstring)."""
