@@ -39,7 +39,7 @@ SERVING_EXAMPLE_SIZE = 8
 # one small object per request (S3) or per synced file (a local store): reads and writes overlap this many
 # (boto3's client is thread-safe and the S3 store's connection pool holds at least 16)
 _IO_THREADS = 16
-_DIGIT_MAX = 16  # scikit-learn's digits are counts 0..16 of an 4x4 block of a 32x32 bitmap
+_DIGIT_MAX = 16  # scikit-learn's digits are counts 0..16 of a 4x4 block of a 32x32 bitmap
 _DIGIT_KEY = re.compile(r"(?:train|val|test)/\d/\d{4}\.png")
 
 _T = TypeVar("_T")
@@ -92,10 +92,10 @@ def write_digits_pngs(
     """Write scikit-learn's 1,797 digits as ``<root>/<split>/<label>/<index>.png``; return how many were written.
 
     ``root`` is a local folder or an ``s3://bucket/prefix``. The split is a seeded permutation (the one
-    ``examples.digits`` uses for the same arguments) and the PNG bytes depend only on the pixels, so every
-    run produces the same objects. One listing decides what is missing and only that is written: a
-    complete dataset is left untouched (same mtimes and ETags, hence the same fingerprint), and a write
-    that was interrupted is completed. ``limit`` writes only the digits with index below it (a small
+    ``examples.digits`` uses for the same arguments) and the PNG bytes depend only on the pixels (for a given
+    Pillow and zlib), so every run produces the same objects. A listing of the split folders decides what
+    is missing and only that is written: a complete dataset is left untouched (same mtimes and ETags,
+    hence the same fingerprint), and a write that was interrupted is completed. ``limit`` writes only the digits with index below it (a small
     dataset for quick runs); each digit's split does not depend on it.
     """
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -109,7 +109,7 @@ def write_digits_pngs(
         raise ValueError(f"Expected limit >= 1 or None, received {limit}.")
     pixels, keys = _digits_layout(seed, val_fraction, test_fraction)
     store = open_store(root)
-    present = {info.key for info in store.list()}
+    present = {info.key for split in SPLITS for info in store.list(f"{split}/")}
     layout = set(keys)
     # digits filed under another split would appear in two splits at once: refuse to mix layouts
     foreign = sorted(key for key in present if _DIGIT_KEY.fullmatch(key) and key not in layout)
@@ -185,8 +185,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
     ``root`` is a local folder or an ``s3://bucket/prefix``. Classes are the training split's folder
     names, sorted (their index is the label); the validation and test splits may only use those. Every
     image must have the same size (``image_size``, ``[height, width]`` or one int for squares, or else the
-    first training image's); colour images are converted to grayscale. ``generate=True`` makes
-    ``prepare_data`` write the digits dataset to ``root`` first (``generate_limit`` digits only, if set).
+    first training image's); colour images are converted to grayscale; files other than ``*.png`` and
+    hidden files are ignored. ``generate=True`` makes ``prepare_data`` write the digits dataset to
+    ``root`` first (the first ``generate_limit`` digits only, if set).
 
     The training pixels' mean and std, the classes, the image size and a few raw images for serving are
     the module's state (``state_dict``), so a checkpoint preprocesses and serves as training did.
@@ -251,7 +252,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return self._preprocessor
 
     def serving_example(self) -> torch.Tensor:
-        """Up to eight raw uint8 ``(N, H, W)`` images of the validation split, for a model's signature."""
+        """Up to eight raw uint8 ``(N, H, W)`` images spread over the validation split, for a signature."""
         if self._example is None:
             raise RuntimeError(
                 "ImageFolderDataModule.serving_example() needs images: call setup(...) or load_state_dict(...) first."
@@ -284,16 +285,20 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if self.mean is None:
             self._fit_statistics(self._datasets["train"].tensors[0])
         if self._example is None:
-            source = next(self._datasets[s] for s in ("val", "test", "train") if s in self._datasets)
-            self._example = source.tensors[0][:SERVING_EXAMPLE_SIZE].clone()
+            split = next(s for s in ("val", "test", "train") if s in self._datasets)
+            images = self._datasets[split].tensors[0]
+            # spread over the split, which is ordered by class, so the example shows several classes
+            rows = torch.linspace(0, len(images) - 1, min(SERVING_EXAMPLE_SIZE, len(images))).long()
+            self._example = images[rows].clone()
 
     def _list_split(self, store: ObjectStore, split: str) -> dict[str, list[str]]:
-        """The PNG keys of each class folder of ``split``; other files are ignored."""
+        """The PNG keys of each class folder of ``split``; other and hidden files are ignored."""
         listing = store.list(f"{split}/")
         by_class: dict[str, list[str]] = {}
         for info in listing:
             parts = info.key.split("/")
-            if len(parts) >= 3 and parts[-1].lower().endswith(".png"):
+            # hidden files (".DS_Store", macOS's "._name.png" companions) are not images of the dataset
+            if len(parts) >= 3 and parts[-1].lower().endswith(".png") and not parts[-1].startswith("."):
                 by_class.setdefault(parts[1], []).append(info.key)
         if not by_class:
             found = f"{len(listing)} other files" if listing else "nothing"
@@ -328,7 +333,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 if image.format != "PNG":
                     raise ValueError(f"it is a {image.format} image")
                 return np.asarray(image.convert("L"), dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for a corrupt or foreign file
+        # what Pillow raises for a corrupt, foreign or implausibly large file
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ValueError(
                 f"Expected {uri} to be a readable PNG image, received an unreadable file: {exc}"
             ) from exc

@@ -350,6 +350,28 @@ def test_a_class_unknown_to_training_is_named(small_root: Path) -> None:
         ImageFolderDataModule(str(small_root)).setup("fit")
 
 
+def test_hidden_and_other_files_are_ignored(small_root: Path) -> None:
+    reference = ImageFolderDataModule(str(small_root))
+    reference.setup("fit")
+    folder = sorted((small_root / "train").iterdir())[0]
+    (folder / "._0001.png").write_bytes(b"macOS metadata, not an image")
+    (folder / "notes.txt").write_text("not an image either")
+    datamodule = ImageFolderDataModule(str(small_root))
+    datamodule.setup("fit")
+    assert datamodule.state_dict() == reference.state_dict()
+
+
+def test_loader_workers_give_the_same_batches(small_root: Path) -> None:
+    in_process = ImageFolderDataModule(str(small_root), batch_size=16, seed=3)
+    with_workers = ImageFolderDataModule(str(small_root), batch_size=16, seed=3, num_workers=1)
+    in_process.setup("fit")
+    with_workers.setup("fit")
+    for (x, y), (x_worker, y_worker) in zip(
+        in_process.train_dataloader(), with_workers.train_dataloader(), strict=True
+    ):
+        assert torch.equal(x, x_worker) and torch.equal(y, y_worker)
+
+
 def test_colour_images_are_read_as_grayscale(small_root: Path) -> None:
     colour = small_root / "train" / "0" / "colour.png"
     Image.new("RGB", (8, 8), (255, 255, 255)).save(colour)
@@ -433,15 +455,22 @@ def test_checkpoint_round_trip_with_weights_only(
 
 
 def test_exported_preprocessor_and_model_give_the_loader_s_logits(
-    fitted: tuple[pl.Trainer, DigitsCNN, Any],
+    fitted: tuple[pl.Trainer, DigitsCNN, Any], digits_root: Path
 ) -> None:
     _, model, datamodule = fitted
     model.eval()
     example = datamodule.serving_example()
     assert example.dtype == torch.uint8 and example.shape == (8, 8, 8)
-    serving = nn.Sequential(datamodule.preprocessor(), model)
-    exported = torch.export.export(serving, (example,))
-    x, _ = next(iter(datamodule.val_dataloader()))
+    exported = torch.export.export(nn.Sequential(datamodule.preprocessor(), model), (example,))
+
+    # the loader's rows holding the example's images (raw pixels from the files, in the loader's order)
+    pixels, _ = _digits()
+    keys = sorted(p.relative_to(digits_root).as_posix() for p in (digits_root / "val").rglob("*.png"))
+    raw = torch.from_numpy(pixels[[int(k.rsplit("/", 1)[1].removesuffix(".png")) for k in keys]])
+    rows = [next(i for i, image in enumerate(raw) if torch.equal(image, wanted)) for wanted in example]
+    x = torch.cat([batch[0] for batch in datamodule.val_dataloader()])
+    labels = torch.cat([batch[1] for batch in datamodule.val_dataloader()])
+    assert len(set(labels[rows].tolist())) >= 5  # the example shows several classes
     with torch.no_grad():
-        expected = model(x[: len(example)])
+        expected = model(x[rows])
         torch.testing.assert_close(exported.module()(example), expected, rtol=1e-5, atol=1e-6)
