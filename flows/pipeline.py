@@ -43,7 +43,7 @@ def land_data(source: str, landing_root: str) -> str:
 def example_pipeline(config: TrainConfig, score_source: str | None = None) -> PipelineResult:
     """Land the config's source, train on it (subflow), then score ``score_source`` (default: the landed
     table) with the model just trained."""
-    landed = land_data(config.data.source, join_uri(config.prepared_data_root(), "landing"))
+    landed = land_data(config.table().source, join_uri(config.prepared_data_root(), "landing"))
     data = config.model_dump(mode="json")
     data["data"]["source"] = landed
     trained = training(TrainConfig.model_validate(data))

@@ -31,6 +31,9 @@ MAX_DATALOADER_WORKERS = 64
 MAX_CLASSES = 2**24
 MAX_BATCH_SIZE = 2**20
 _BOUNDED_DATAMODULE_KWARGS = {"num_workers": (0, MAX_DATALOADER_WORKERS), "batch_size": (1, MAX_BATCH_SIZE)}
+# The data module that reads the splits ``prepare_data`` makes of a table (``data``); any other is the
+# project's own, which reads its data itself.
+TABLE_DATAMODULE = "examples.tabular:TabularDataModule"
 RUN_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _STRICT = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 _NO_SECRETS_HINT = (
@@ -144,14 +147,18 @@ class TrainConfig(BaseModel):
         default_factory=dict, description="Keyword arguments of the model's __init__ (plain JSON values)."
     )
     datamodule: str = Field(
-        default="examples.tabular:TabularDataModule",
+        default=TABLE_DATAMODULE,
         pattern=IMPORT_PATH_PATTERN,
-        description="The LightningDataModule that reads the prepared splits, as 'package.module:Class'.",
+        description="The LightningDataModule, as 'package.module:Class' under an allowed prefix: your project's "
+        "own (then leave data empty: the pipeline calls its prepare_data and setup as Lightning does), or the "
+        "one that reads the splits the pipeline makes of a table (data set).",
     )
     datamodule_kwargs: dict[str, JsonValue] = Field(
         default_factory=dict,
-        description="Keyword arguments of the data module's __init__ besides the prepared splits (batch_size, ...)."
-        f" batch_size must be in [1, {MAX_BATCH_SIZE}] and num_workers in [0, {MAX_DATALOADER_WORKERS}] when given.",
+        description="Keyword arguments of the data module's __init__ (plain JSON values; with a table, besides "
+        "the prepared splits). String values may hold {window_start} and {window_end}, which retraining "
+        f"replaces with its window's dates. batch_size must be in [1, {MAX_BATCH_SIZE}] and num_workers in "
+        f"[0, {MAX_DATALOADER_WORKERS}] when given.",
     )
     trainer: TrainerConfig = Field(default=TrainerConfig(), description="Arguments of the Trainer.")
     seed: int = Field(
@@ -171,7 +178,11 @@ class TrainConfig(BaseModel):
         pattern=RUN_KEY_PATTERN,
         description="Names the run's checkpoints and MLflow run, so a retry continues them; empty means derived from the flow run.",
     )
-    data: DataConfig = Field(description="The raw table and its split.")
+    data: DataConfig | None = Field(
+        default=None,
+        description="A table (CSV or Parquet) the pipeline checks and splits for the data module; empty when the "
+        "data module reads its own data.",
+    )
 
     @field_validator("model", "datamodule")
     @classmethod
@@ -222,8 +233,17 @@ class TrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _some_data(self) -> TrainConfig:
+        if self.data is None and self.datamodule == TABLE_DATAMODULE:
+            raise ValueError(
+                f"Expected data (a table the pipeline splits for {TABLE_DATAMODULE}) or datamodule (your "
+                "project's own LightningDataModule, which reads its data itself), received neither."
+            )
+        return self
+
+    @model_validator(mode="after")
     def _data_root_is_a_folder(self) -> TrainConfig:
-        if self.data.data_root and not is_remote(self.data.data_root):
+        if self.data is not None and self.data.data_root and not is_remote(self.data.data_root):
             _check_local_folder("data.data_root", self.data.data_root)
         return self
 
@@ -242,7 +262,7 @@ class TrainConfig(BaseModel):
 
     def prepared_data_root(self) -> str:
         """``data.data_root``, else a ``data`` folder beside ``checkpoint_root``."""
-        if self.data.data_root:
+        if self.data is not None and self.data.data_root:
             return self.data.data_root
         root = self.checkpoint_root.rstrip("/")
         if is_remote(root):
@@ -261,7 +281,7 @@ class TrainConfig(BaseModel):
         """How many classes the target must fit: ``data.num_classes``, else ``model_kwargs.num_classes``,
         else the model class's ``num_classes`` attribute (importing it, from an allowed prefix only);
         None when none says (a regression model, or one that does not declare it: nothing is checked)."""
-        if self.data.num_classes is not None:
+        if self.data is not None and self.data.num_classes is not None:
             return self.data.num_classes
         given = self.model_kwargs.get("num_classes")
         if isinstance(given, int) and not isinstance(given, bool):
@@ -273,7 +293,16 @@ class TrainConfig(BaseModel):
 
     def split_seed(self) -> int:
         """The seed of the data split: ``data.split_seed``, else the run's seed."""
-        return self.seed if self.data.split_seed is None else self.data.split_seed
+        return self.seed if self.data is None or self.data.split_seed is None else self.data.split_seed
+
+    def table(self) -> DataConfig:
+        """The table section; raises, naming the data module, when the run reads its own data."""
+        if self.data is None:
+            raise ValueError(
+                f"Expected a table (data) for this step, but the run's data module {self.datamodule!r} reads its "
+                "own data."
+            )
+        return self.data
 
     def load_model_class(self) -> type[Any]:
         """Import the LightningModule class (only from an allowed prefix)."""
@@ -361,6 +390,7 @@ def _norm(uri: str) -> str:
 
 __all__ = [
     "PARAMS_PREFIX",
+    "TABLE_DATAMODULE",
     "CheckpointConfig",
     "DataConfig",
     "MlflowConfig",

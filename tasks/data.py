@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 from prefect import task
 from pydantic import BaseModel, ConfigDict
@@ -53,6 +53,7 @@ class PreparedData(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    kind: Literal["table"] = "table"  # tells it from a project's own data module's (tasks.run_data)
     dataset_id: str
     source: str
     input_sha256: str
@@ -65,6 +66,15 @@ class PreparedData(BaseModel):
     val: PreparedSplit
     test: PreparedSplit
     manifest_uri: str
+
+    @property
+    def digest(self) -> str:
+        """The data's identity: the sha256 of the source table's bytes."""
+        return self.input_sha256
+
+    def describe(self) -> str:
+        """One line for logs and summaries."""
+        return f"{self.source} (sha256 {self.input_sha256}; prepared as {self.manifest_uri})"
 
     def datamodule_kwargs(self) -> dict[str, Any]:
         """What a pipeline data module (``examples.tabular.TabularDataModule``) takes from this result."""
@@ -90,11 +100,11 @@ def read_uri(uri: str) -> bytes:
 
 def input_digest(config: TrainConfig) -> str:
     """sha256 of the source file's bytes."""
-    return sha256_hex(read_uri(config.data.source))
+    return sha256_hex(read_uri(config.table().source))
 
 
 def _split_spec(config: TrainConfig, input_sha256: str) -> dict[str, Any]:
-    data = config.data
+    data = config.table()
     return {
         "version": PREPARE_VERSION,
         "input_sha256": input_sha256,
@@ -131,7 +141,7 @@ def dataset_id(config: TrainConfig, input_sha256: str) -> str:
 
 def prepare(config: TrainConfig, raw: bytes | None = None) -> PreparedData:
     """Read, check, split and write; return the URIs and digests. ``raw`` skips reading the source."""
-    data = config.data
+    data = config.table()
     if raw is None:
         raw = read_uri(data.source)
     digest = sha256_hex(raw)
@@ -164,7 +174,9 @@ def prepare(config: TrainConfig, raw: bytes | None = None) -> PreparedData:
         val_fraction=data.val_fraction,
         test_fraction=data.test_fraction,
         manifest_uri=join_uri(folder, MANIFEST_NAME),
-        **written,
+        train=written["train"],
+        val=written["val"],
+        test=written["test"],
     )
     # Written last: a folder without it was interrupted, and its splits are not to be trusted.
     store.put_bytes(MANIFEST_NAME, result.model_dump_json(indent=2).encode())

@@ -12,8 +12,9 @@ import os
 import re
 from typing import Any
 
-# The bundled example is always importable; a deployment adds its own packages through this variable.
-DEFAULT_ALLOWED_PREFIXES: tuple[str, ...] = ("examples.",)
+# The bundled examples and the reusable data modules are always importable; a deployment adds its own
+# packages through this variable.
+DEFAULT_ALLOWED_PREFIXES: tuple[str, ...] = ("examples.", "datamodules.")
 ALLOWED_IMPORTS_ENV = "LIGHTNING_LIB_ALLOWED_IMPORTS"
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"

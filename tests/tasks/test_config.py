@@ -109,7 +109,7 @@ def test_disallowed_import_prefix_is_refused_before_importing(
         make(**{field: "sneaky_module_xyz:Thing"})
     error = only_error(exc)
     assert error["loc"] == (field,)
-    assert "outside the allowed module prefixes ['examples.']" in error["msg"]
+    assert "outside the allowed module prefixes ['examples.', 'datamodules.']" in error["msg"]
     assert ALLOWED_IMPORTS_ENV in error["msg"]
     with pytest.raises(DisallowedImportError, match="it was not imported"):
         load_class("sneaky_module_xyz:Thing")
@@ -122,7 +122,7 @@ def test_the_deployment_allows_more_prefixes_on_package_boundaries(
     (tmp_path / "allowed_pkg_xyz.py").write_text("class Thing: pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv(ALLOWED_IMPORTS_ENV, " allowed_pkg_xyz , other.models. ")
-    assert allowed_prefixes() == ("examples.", "allowed_pkg_xyz", "other.models.")
+    assert allowed_prefixes() == ("examples.", "datamodules.", "allowed_pkg_xyz", "other.models.")
     assert load_class("allowed_pkg_xyz:Thing").__name__ == "Thing"
     check_import_path("other.models.mlp:MLP")
     for outside in ("allowed_pkg_xyz_evil:Thing", "other.modelsx:M", "other:M", "examples_x.m:M"):
