@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import time
+import typing
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +109,9 @@ def _default_param(name: str) -> str | None:
             return None
         info = fields[part]
         if depth < len(parts) - 1:
-            model = info.annotation
+            # an optional section (``data: DataConfig | None``) holds the fields of its model
+            members = typing.get_args(info.annotation) or (info.annotation,)
+            model = next((m for m in members if hasattr(m, "model_fields")), None)
             continue
         if info.is_required():
             return None

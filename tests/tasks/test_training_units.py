@@ -116,7 +116,7 @@ def test_progress_artifact_is_posted_off_the_training_thread(monkeypatch: pytest
 def test_data_module_arguments_cannot_override_the_prepared_splits(tmp_path: Path) -> None:
     config = _config(tmp_path, datamodule_kwargs={"train_uri": "elsewhere.parquet"})
     with pytest.raises(ValueError, match="train_uri"):
-        build_datamodule(config, prepared=SimpleNamespace(datamodule_kwargs=dict))  # type: ignore[arg-type]
+        build_datamodule(config, prepared=SimpleNamespace(kind="table", datamodule_kwargs=dict))  # type: ignore[arg-type]
 
 
 def test_checkpoint_dir_and_uris_without_credentials(tmp_path: Path) -> None:
