@@ -172,7 +172,7 @@ def retraining(
         decision = decide(
             metric, mode, challenger_eval.metrics, champion_eval.metrics if champion_eval else None
         )
-        challenger = register(config, fitted, challenger_eval.metrics)
+        challenger = register(config, fitted, challenger_eval.metrics, prepared=prepared)
         champion_after = promote(config, challenger, decision)
     print(("Promoted" if decision.promote else "Kept the champion") + f": {decision.reason}.")
     result = RetrainingResult(

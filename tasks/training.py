@@ -398,9 +398,11 @@ def deliver_pending(config: TrainConfig, fit_result: FitResult, prepared: RunDat
             )
     model_uri = fit_result.model_uri
     if model_uri is None:
-        module = config.load_model_class().load_from_checkpoint(fit_result.best_checkpoint_uri)
+        best = fit_result.best_checkpoint_uri
+        module = config.load_model_class().load_from_checkpoint(best)
         module.eval()
-        info = log_pytorch_model(uri, run_id, module, _example(config, prepared, module))
+        preprocessor, example = _example(config, prepared, module, best)
+        info = log_pytorch_model(uri, run_id, module, example, preprocessor=preprocessor)
         model_uri = str(info.model_uri)
     if pending is not None and client.get_run(run_id).info.status == "RUNNING":
         # the fit's final status was lost with the outage; a later task may already have set it
@@ -415,21 +417,45 @@ def deliver_pending(config: TrainConfig, fit_result: FitResult, prepared: RunDat
     return fit_result.model_copy(update={"pending": None, "model_uri": model_uri})
 
 
-def _example(config: TrainConfig, prepared: RunData | None, module: Any) -> Any:
-    """The model's input example, as the logger takes it at the end of a fit (first training rows)."""
+def _example(
+    config: TrainConfig, prepared: RunData | None, module: Any, checkpoint_uri: str
+) -> tuple[Any, Any]:
+    """The data module's preprocessor and the model's input example, as the logger takes them at the end
+    of a fit: the data module rebuilt, set up for fit and given the checkpoint's state (its training
+    statistics); without serving hooks, the first training rows as the example.
+
+    A data module with a ``preprocessor`` hook that cannot be rebuilt is an error: the model without its
+    preprocessing would predict something else than the pipeline.
+    """
     from types import SimpleNamespace
 
-    from lightning_lib.loggers.mlflow import example_input
+    from lightning_lib.loggers.mlflow import example_input, serving_parts
 
+    hooked = callable(getattr(config.load_datamodule_class(), "preprocessor", None))
     if prepared is None:
-        return example_input(module, None)
+        if hooked:
+            raise ValueError(
+                f"Expected the prepared data to log the model of {checkpoint_uri} with its data module's "
+                f"preprocessor ({config.datamodule}), received none."
+            )
+        return None, example_input(module, None)
     try:
         datamodule = build_datamodule(config, prepared)
         datamodule.setup("fit")
-        return example_input(module, SimpleNamespace(train_dataloader=datamodule.train_dataloader()))
-    except Exception as exc:  # without an example the model is still logged (pickled)
+        # after setup, as Lightning restores a data module's state
+        state = load_file(checkpoint_uri).get(type(datamodule).__qualname__)
+        if state:
+            datamodule.load_state_dict(state)
+        preprocessor, example = serving_parts(datamodule)
+        if preprocessor is None and example is None:
+            example = example_input(module, SimpleNamespace(train_dataloader=datamodule.train_dataloader()))
+        return preprocessor, example
+    except Exception as exc:
+        if hooked:
+            raise
+        # without an example the model is still logged (pickled)
         log.info("No input example for the model of this run: %s", exc)
-        return example_input(module, None)
+        return None, example_input(module, None)
 
 
 def evaluate_checkpoint(

@@ -107,6 +107,7 @@ EXPORTED = {
         "example_input",
         "git_tags",
         "log_pytorch_model",
+        "serving_parts",
     ],
 }
 
