@@ -19,6 +19,7 @@ from lightning_lib.loop.data import DataConnector
 from lightning_lib.loop.fit import estimated_stepping_batches
 from lightning_lib.loop.hooks import HookDispatcher
 from lightning_lib.loop.logger_connector import LoggerConnector
+from lightning_lib.loop.predict import PredictLoop
 from lightning_lib.loop.state import FitProgress, RunState
 from lightning_lib.plugins.precision import build_precision
 from lightning_lib.trainer.arguments import (
@@ -172,6 +173,8 @@ class Trainer:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[Any] = []
         self._run_state = RunState()
+        # Lightning's name: prediction writers read the batch indices and kept predictions from it
+        self.predict_loop = PredictLoop()
         self._data = DataConnector(self)
         self._hooks = HookDispatcher(self)
         self._checkpoint_writer = CheckpointWriter()
