@@ -592,7 +592,7 @@ class Trainer:
         enable_progress_bar: bool | None,
         enable_model_summary: bool | None,
     ) -> None:
-        from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
+        from lightning_lib.callbacks.model_checkpoint import Checkpoint, ModelCheckpoint
         from lightning_lib.callbacks.model_summary import ModelSummary
         from lightning_lib.callbacks.progress import ProgressBar, TQDMProgressBar
         from lightning_lib.callbacks.timer import Timer
@@ -614,7 +614,8 @@ class Trainer:
                     f"Expected every callback to be a lightning_lib Callback, received {type(cb).__name__}."
                 )
         found: list[Callback] = list(user)
-        has_checkpoint = any(isinstance(cb, ModelCheckpoint) for cb in found)
+        # any checkpoint callback (OnExceptionCheckpoint too) stands in for the default ModelCheckpoint, as in Lightning
+        has_checkpoint = any(isinstance(cb, Checkpoint) for cb in found)
         if enable_checkpointing is False and has_checkpoint:
             raise ValueError(
                 "Expected no ModelCheckpoint in callbacks with enable_checkpointing=False, received one."
