@@ -137,7 +137,7 @@ def test_refused_with_manual_optimization(tmp_path: Any) -> None:
 
     kwargs = quiet_trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=2)
     trainer = lightning_lib.Trainer(callbacks=[GradientAccumulationScheduler({0: 2})], **kwargs)
-    with pytest.raises(RuntimeError, match="not supported for\\s+manual optimization"):
+    with pytest.raises(RuntimeError, match=r"not supported for\s+manual optimization"):
         trainer.fit(Manual())
 
 

@@ -75,7 +75,9 @@ def test_the_checkpoint_of_a_failure_holds_what_lightning_s_holds(tmp_path: Any)
 
 def test_a_failed_fit_resumes_from_it_and_ends_like_an_uninterrupted_one(tmp_path: Any) -> None:
     reference, _ = _fit(lightning_lib, tmp_path / "ref", crash_at=None)
-    assert list((tmp_path / "ref").glob("**/*")) == []  # removed at teardown; no default ModelCheckpoint wrote
+    assert (
+        list((tmp_path / "ref").glob("**/*")) == []
+    )  # removed at teardown; no default ModelCheckpoint wrote
     _fit(lightning_lib, tmp_path / "run", crash_at=11)  # in the second epoch, after its third batch
     path = str(tmp_path / "run" / "on_exception.ckpt")
     model, trainer = _fit(lightning_lib, tmp_path / "run", crash_at=None, ckpt_path=path)
