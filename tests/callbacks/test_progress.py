@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import lightning_lib.callbacks.progress as progress
+import lightning_lib.callbacks.progress.tqdm_progress as progress
 from lightning_lib.callbacks.progress import ProgressBar, Tqdm, TQDMProgressBar, get_standard_metrics
 
 
