@@ -63,12 +63,28 @@ def epoch_order(
 
 
 def layout(
-    total_rows: int, world_size: int, rank: int, streams: int, batch_size: int, drop_last: bool
+    total_rows: int,
+    world_size: int,
+    rank: int,
+    streams: int,
+    batch_size: int,
+    drop_last: bool,
+    even_ranks: bool,
 ) -> Layout:
-    """Rank ``rank``'s share of the epoch (ranks differ by at most one row) cut into whole batches,
-    which go to the streams in contiguous blocks: only the rank's last batch can be short."""
-    start = total_rows * rank // world_size
-    rows = total_rows * (rank + 1) // world_size - start
+    """Rank ``rank``'s share of the epoch cut into whole batches, which go to the streams in contiguous
+    blocks: only the rank's last batch can be short.
+
+    With ``even_ranks`` every rank gets ``total_rows // world_size`` rows, so all take the same number
+    of steps (each step's collectives need every rank), and the epoch's last ``total_rows %
+    world_size`` rows in its order are left out; otherwise ranks differ by at most one row and every
+    row is served.
+    """
+    if even_ranks:
+        rows = total_rows // world_size
+        start = rows * rank
+    else:
+        start = total_rows * rank // world_size
+        rows = total_rows * (rank + 1) // world_size - start
     batches = rows // batch_size if drop_last else -(-rows // batch_size)
     used = min(rows, batches * batch_size)
     bounds = [batches * w // streams for w in range(streams + 1)]
@@ -185,6 +201,7 @@ class _Reader:
 class ParquetStream(IterableDataset[tuple[torch.Tensor, ...]]):
     """Batches of one split for one rank; in a DataLoader worker, that worker's stream only.
 
+    ``even_ranks``: every rank takes the same number of rows (training under DDP; see :func:`layout`).
     ``plan`` (epoch, batches each stream already produced, the stream worker 0 takes) is set by
     :class:`ParquetStreamLoader` right before its workers start; they receive it with their copy.
     """
@@ -203,6 +220,7 @@ class ParquetStream(IterableDataset[tuple[torch.Tensor, ...]]):
         world_size: int,
         rank: int,
         num_workers: int,
+        even_ranks: bool = False,
         mean: torch.Tensor | None = None,
         std: torch.Tensor | None = None,
     ) -> None:
@@ -220,7 +238,8 @@ class ParquetStream(IterableDataset[tuple[torch.Tensor, ...]]):
         self.mean = mean
         self.std = std
         self.streams = max(1, num_workers)
-        self.layout = layout(index.rows, world_size, rank, self.streams, batch_size, drop_last)
+        self.even_ranks = even_ranks
+        self.layout = layout(index.rows, world_size, rank, self.streams, batch_size, drop_last, even_ranks)
         self.plan: tuple[int, list[int], int] = (0, [0] * self.streams, 0)
 
     def __len__(self) -> int:
@@ -354,6 +373,7 @@ class ParquetStreamLoader(DataLoader[tuple[torch.Tensor, ...]]):
             "shuffle": stream.shuffle,
             "shuffle_buffer": stream.shuffle_buffer,
             "drop_last": stream.drop_last,
+            "even_ranks": stream.even_ranks,
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -36,11 +36,14 @@ Shuffling
 
 Several workers and processes
     Each epoch's rows (in the permuted order) are divided among DDP ranks (the Trainer's
-    ``world_size`` and ``global_rank``; ranks get the same number of rows, to within one), and each
-    rank's rows among its DataLoader workers in blocks of whole batches: every row is read exactly
-    once per epoch, and only the rank's last batch can be short. The batch order is the DataLoader's
-    usual turn-taking between workers; it depends on ``num_workers``, ``batch_size`` and the world
-    size, never on timing.
+    ``world_size`` and ``global_rank``), and each rank's rows among its DataLoader workers in blocks
+    of whole batches: no row is read twice, and only the rank's last batch can be short. Evaluation
+    and prediction serve every row (ranks get the same number of rows to within one). Training under
+    DDP gives every rank ``rows // world_size`` rows, since each step's collectives need every rank to
+    take the same number of steps: the fewer than ``world_size`` rows left over are the last ones of
+    that epoch's shuffled order, so different rows each epoch (with one process, no row is left out).
+    The batch order is the DataLoader's usual turn-taking between workers; it depends on
+    ``num_workers``, ``batch_size`` and the world size, never on timing.
 
 Resume guarantee
     The train loader has ``state_dict()`` / ``load_state_dict()``: the epoch and the number of batches
@@ -152,7 +155,8 @@ class ShardedParquetDataModule(pl.LightningDataModule):
                 f"Expected partition_key to be a folder-name key like 'dt', received {partition_key!r}."
             )
         for name, bound in (("since", since), ("until", until)):
-            if bound is not None and (not isinstance(bound, str) or not bound):
+            # an unfilled ``{window_start}`` placeholder would silently compare as text
+            if bound is not None and (not isinstance(bound, str) or not bound or "{" in bound):
                 raise ValueError(
                     f"Expected {name} to be a partition value like '2026-12-01', received {bound!r}."
                 )
@@ -347,6 +351,8 @@ class ShardedParquetDataModule(pl.LightningDataModule):
             world_size=world_size,
             rank=rank,
             num_workers=self.num_workers,
+            # every rank must take as many training steps as the others (a step's collectives wait for all)
+            even_ranks=training,
             mean=mean,
             std=std,
         )

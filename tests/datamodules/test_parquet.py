@@ -81,14 +81,22 @@ def test_every_row_exactly_once_per_epoch(data: tuple[Path, int], workers: int) 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_ranks_share_the_rows_without_overlap(data: tuple[Path, int], workers: int) -> None:
     root, rows = data
-    served = []
-    for rank in range(3):
-        dm = module(root, num_workers=workers)
-        dm.trainer = SimpleNamespace(world_size=3, global_rank=rank, current_epoch=0)
+    world = 4  # 702 rows: 175 a rank and 2 left over in training, 175 or 176 in evaluation
+    trained, evaluated = [], []
+    for rank in range(world):
+        dm = ShardedParquetDataModule(
+            str(root), val=str(root), features=["id"], target="label", batch_size=10, num_workers=workers
+        )
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank, current_epoch=0)
         dm.setup("fit")
-        served.append(ids(list(dm.train_dataloader())))
-    assert sorted(i for share in served for i in share) == list(range(rows))
-    assert max(map(len, served)) - min(map(len, served)) <= 1
+        trained.append(ids(list(dm.train_dataloader())))
+        evaluated.append(ids(list(dm.val_dataloader())))
+    # every rank takes the same number of training steps, and no row is served twice
+    assert {len(share) for share in trained} == {rows // world}
+    assert len({i for share in trained for i in share}) == rows // world * world
+    # evaluation serves every row once
+    assert sorted(i for share in evaluated for i in share) == list(range(rows))
+    assert max(map(len, evaluated)) - min(map(len, evaluated)) <= 1
 
 
 def test_drop_last_serves_only_full_batches(data: tuple[Path, int]) -> None:
@@ -237,6 +245,7 @@ def test_missing_and_wrong_columns_are_named(tmp_path: Path) -> None:
         ({"features": []}, "Expected features to be a non-empty list"),
         ({"features": ["label"]}, "Expected the target 'label' not to be one of the features"),
         ({"since": "2026-12-02", "until": "2026-12-01"}, "Expected since < until"),
+        ({"since": "{window_start}"}, "Expected since to be a partition value like '2026-12-01'"),
     ],
 )
 def test_arguments_are_checked_up_front(overrides: dict[str, Any], message: str) -> None:
