@@ -115,3 +115,33 @@ def test_retraining_windows_select_the_data_module_s_partition(tmp_path: Path) -
     assert second.fit.run_key != first.fit.run_key
     # the champion was tested on the challenger's window, with its own checkpoint
     assert second.champion_metrics is not None and "test_loss" in second.champion_metrics
+
+
+def test_bad_shards_fail_before_training_and_touch_nothing(tmp_path: Path) -> None:
+    """A schema change between shards (and an unreadable shard) is named by the data module's checks, which
+    the pipeline runs before the run key is taken: no checkpoint folder, no MLflow run."""
+    import pyarrow as pa
+
+    data = tmp_path / "events"
+    (data / "dt=2026-12-01").mkdir(parents=True)
+    (data / "dt=2026-12-02").mkdir(parents=True)
+    pq.write_table(pa.table({"f0": [1.0, 2.0], "label": [0, 1]}), data / "dt=2026-12-01" / "part-0.parquet")
+    pq.write_table(pa.table({"f0": ["a", "b"], "label": [0, 1]}), data / "dt=2026-12-02" / "part-0.parquet")
+    (tmp_path / "mlflow").mkdir()
+    config = TrainConfig.model_validate(
+        {
+            "model": "tests.tasks.project_datamodule:Regressor",
+            "datamodule": "datamodules.parquet:ShardedParquetDataModule",
+            "datamodule_kwargs": {"train": str(data), "features": ["f0"], "target": "label"},
+            "checkpoint_root": str(tmp_path / "checkpoints"),
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"},
+        }
+    )
+    with pytest.raises(Exception, match=r"part-0\.parquet") as failed:
+        training(config, register_model=False)
+    assert "f0" in str(failed.value)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+    (data / "dt=2026-12-02" / "part-0.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(Exception, match=r"dt=2026-12-02.part-0\.parquet"):
+        training(config, register_model=False)
