@@ -13,7 +13,8 @@ Public names:
 - :class:`DataFingerprint` (frozen pydantic, JSON-serialisable, bounded in size) is what goes into the
   MLflow run (dataset input, tag) and the checkpoint: the sha256 digest over the sorted listing, the object
   count, the total bytes, and per source its count, bytes and digest (the first ``MAX_SUMMARY_SOURCES``
-  sources; the rest are counted in ``sources_omitted``).
+  sources; the rest are counted in ``sources_omitted``). ``short_digest`` fits MLflow's 36-character
+  dataset digest; ``model_dump(mode="json")`` is plain data for a ``weights_only`` checkpoint.
 - :meth:`SourceListing.to_bytes` / :meth:`SourceListing.from_bytes`: the whole listing as gzip-compressed
   JSON lines (:data:`LISTING_ARTIFACT` is its artifact name), a few bytes per object, so a later run can
   name the exact object that changed.
@@ -120,6 +121,11 @@ class DataFingerprint(BaseModel):
     total_bytes: int
     sources: tuple[SourceSummary, ...]
     sources_omitted: int = 0
+
+    @property
+    def short_digest(self) -> str:
+        """The digest's first 32 hex digits (128 bits): fits MLflow's 36-character dataset digest."""
+        return self.digest[:32]
 
     @property
     def source_names(self) -> list[str]:

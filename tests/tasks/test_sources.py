@@ -192,9 +192,19 @@ def test_fingerprint_is_small_json_and_bounded(tmp_path: Path) -> None:
     assert len(listing.sources) == len(files)  # the listing keeps every source
     text = fp.model_dump_json()
     assert len(text) < 20_000
+    assert len(fp.digest) == 64 and fp.short_digest == fp.digest[:32]
     assert DataFingerprint.model_validate_json(text) == fp
     with pytest.raises(Exception, match="frozen"):
         fp.objects = 0  # type: ignore[misc]
+
+
+def test_fingerprint_travels_in_a_weights_only_checkpoint(tree: Path, tmp_path: Path) -> None:
+    import torch
+
+    fp = fingerprint_sources([str(tree)]).fingerprint
+    torch.save({"data_fingerprint": fp.model_dump(mode="json")}, tmp_path / "c.ckpt")
+    loaded = torch.load(tmp_path / "c.ckpt", weights_only=True)["data_fingerprint"]
+    assert DataFingerprint.model_validate(loaded) == fp
 
 
 def test_compare_without_listing_names_the_source(tmp_path: Path) -> None:
