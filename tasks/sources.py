@@ -360,8 +360,9 @@ def fingerprint_sources(sources: Sequence[str | os.PathLike[str]]) -> SourceList
     """List every object of ``sources`` (local files and folders, ``s3://bucket/prefix`` URIs) and fingerprint
     them without reading a byte of their content.
 
-    Sources are checked before any listing; one that does not exist raises :class:`SourceNotFound` naming
-    it. An object reached through two sources (a folder and a file in it) counts once.
+    The list's form is checked before any request; a source that does not exist (or holds nothing) raises
+    :class:`SourceNotFound` naming it. An object reached through two sources (a folder and a file in it)
+    counts once.
     """
     if isinstance(sources, str | bytes | os.PathLike) or not isinstance(sources, Sequence):
         raise TypeError(f"Expected data sources as a list of paths or s3:// URIs, received {sources!r}.")
