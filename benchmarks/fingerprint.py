@@ -138,29 +138,34 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def alternate(
-    rounds: int, ours: Callable[[], Any], baseline: Callable[[], Any]
-) -> tuple[list[float], list[float], Any]:
-    """Alternate baseline and ours ``rounds`` times; return both lists of seconds and ours' last result."""
-    ours_s: list[float] = []
-    base_s: list[float] = []
-    result = None
+def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Wall seconds, and CPU seconds of this process alone (not the S3 server's), of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def alternate(rounds: int, ours: Callable[[], Any], baseline: Callable[[], Any]) -> dict[str, Any]:
+    """Alternate baseline and ours ``rounds`` times: wall and CPU seconds of each, ours' last result."""
+    times: dict[str, Any] = {"ours": [], "ours_cpu": [], "base": [], "base_cpu": []}
     for _ in range(rounds):
-        seconds, _ = timed(baseline)
-        base_s.append(seconds)
-        seconds, result = timed(ours)
-        ours_s.append(seconds)
-    return ours_s, base_s, result
+        wall, cpu, _ = timed_cpu(baseline)
+        times["base"].append(wall)
+        times["base_cpu"].append(cpu)
+        wall, cpu, times["result"] = timed_cpu(ours)
+        times["ours"].append(wall)
+        times["ours_cpu"].append(cpu)
+    return times
 
 
 def bench_s3(workdir: Path, objects: int, rounds: int) -> dict[str, Any]:
     with s3_server(workdir, objects) as uri:
         raw_listing(uri)  # warm-up: the first request pays for connections and botocore's models
-        ours_s, base_s, listing = alternate(
-            rounds, lambda: fingerprint_sources([uri]), lambda: raw_listing(uri)
-        )
+        times = alternate(rounds, lambda: fingerprint_sources([uri]), lambda: raw_listing(uri))
+        listing = times["result"]
         assert isinstance(listing, SourceListing) and listing.fingerprint.objects == objects
-        ours, base = statistics.median(ours_s), statistics.median(base_s)
+        ours, base = statistics.median(times["ours"]), statistics.median(times["base"])
+        ours_cpu, base_cpu = statistics.median(times["ours_cpu"]), statistics.median(times["base_cpu"])
         to_bytes_s, payload = timed(listing.to_bytes)
         from_bytes_s, restored = timed(lambda: SourceListing.from_bytes(payload))
         # one object rewritten with other bytes: the difference reproduce must name
@@ -180,8 +185,12 @@ def bench_s3(workdir: Path, objects: int, rounds: int) -> dict[str, Any]:
             "baseline_list_s": round(base, 3),
             "baseline_objects_per_s": round(objects / base),
             "ratio": round(ours / base, 3),
-            "fingerprint_rounds_s": [round(s, 3) for s in ours_s],
-            "baseline_rounds_s": [round(s, 3) for s in base_s],
+            "fingerprint_rounds_s": [round(s, 3) for s in times["ours"]],
+            "baseline_rounds_s": [round(s, 3) for s in times["base"]],
+            # the server's time dominates the wall clock; the client's CPU shows what the fingerprint adds
+            "fingerprint_client_cpu_s": round(ours_cpu, 3),
+            "baseline_client_cpu_s": round(base_cpu, 3),
+            "client_cpu_ratio": round(ours_cpu / base_cpu, 3),
             "fingerprint_json_bytes": len(listing.fingerprint.model_dump_json()),
             "listing_artifact_bytes": len(payload),
             "listing_to_bytes_s": round(to_bytes_s, 3),
@@ -236,11 +245,10 @@ def bench_local(workdir: Path, files: int, file_mb: int, read_mb: int, rounds: i
     apparent = sum(p.stat().st_size for p in paths)
     on_disk = sum(p.stat().st_blocks * 512 for p in paths)
     scandir_stat(str(root))  # warm-up: both sides then read the same cached directory entries
-    ours_s, base_s, listing = alternate(
-        rounds, lambda: fingerprint_sources([str(root)]), lambda: scandir_stat(str(root))
-    )
+    times = alternate(rounds, lambda: fingerprint_sources([str(root)]), lambda: scandir_stat(str(root)))
+    listing = times["result"]
     assert isinstance(listing, SourceListing) and listing.fingerprint.total_bytes == apparent
-    ours, base = statistics.median(ours_s), statistics.median(base_s)
+    ours, base = statistics.median(times["ours"]), statistics.median(times["base"])
     sample = paths[: max(1, read_mb // file_mb)]
     read_s, read_bytes = timed(lambda: sha256_files(sample))
     read_all_s = read_s * apparent / read_bytes
@@ -252,8 +260,8 @@ def bench_local(workdir: Path, files: int, file_mb: int, read_mb: int, rounds: i
         "files_per_s": round(files / ours),
         "baseline_scandir_stat_s": round(base, 4),
         "ratio": round(ours / base, 3),
-        "fingerprint_rounds_s": [round(s, 4) for s in ours_s],
-        "baseline_rounds_s": [round(s, 4) for s in base_s],
+        "fingerprint_rounds_s": [round(s, 4) for s in times["ours"]],
+        "baseline_rounds_s": [round(s, 4) for s in times["base"]],
         "read_sha256_sample_bytes": read_bytes,
         "read_sha256_sample_s": round(read_s, 3),
         "read_sha256_MBps": round(read_bytes / MiB / read_s, 1),

@@ -13,7 +13,8 @@ Public names:
 - :class:`DataFingerprint` (frozen pydantic, JSON-serialisable, bounded in size) is what goes into the
   MLflow run (dataset input, tag) and the checkpoint: the sha256 digest over the sorted listing, the object
   count, the total bytes, and per source its count, bytes and digest (the first ``MAX_SUMMARY_SOURCES``
-  sources; the rest are counted in ``sources_omitted``).
+  sources; the rest are counted in ``sources_omitted``). ``short_digest`` fits MLflow's 36-character
+  dataset digest; ``model_dump(mode="json")`` is plain data for a ``weights_only`` checkpoint.
 - :meth:`SourceListing.to_bytes` / :meth:`SourceListing.from_bytes`: the whole listing as gzip-compressed
   JSON lines (:data:`LISTING_ARTIFACT` is its artifact name), a few bytes per object, so a later run can
   name the exact object that changed.
@@ -43,7 +44,8 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
@@ -121,6 +123,11 @@ class DataFingerprint(BaseModel):
     sources_omitted: int = 0
 
     @property
+    def short_digest(self) -> str:
+        """The digest's first 32 hex digits (128 bits): fits MLflow's 36-character dataset digest."""
+        return self.digest[:32]
+
+    @property
     def source_names(self) -> list[str]:
         """The canonical names of the summarised sources (at most ``MAX_SUMMARY_SOURCES``)."""
         return [summary.source for summary in self.sources]
@@ -135,6 +142,8 @@ class SourceListing:
         self.fingerprint = fingerprint
         self.objects = tuple(objects)
         self.sources = tuple(sources)
+        # the JSON lines of ``objects`` when they are already at hand (listed or read back), else None
+        self._body: str | None = None
 
     def __repr__(self) -> str:
         fp = self.fingerprint
@@ -151,7 +160,7 @@ class SourceListing:
             "sources": list(self.sources),
             "fingerprint": self.fingerprint.model_dump(mode="json"),
         }
-        body = "".join(_line(obj) for obj in self.objects)
+        body = self._body if self._body is not None else "".join(map(_line, self.objects))
         text = json.dumps(header, separators=(",", ":")) + "\n" + body
         return gzip.compress(text.encode(), compresslevel=6, mtime=0)
 
@@ -159,47 +168,58 @@ class SourceListing:
     def from_bytes(cls, data: bytes) -> SourceListing:
         """Read :meth:`to_bytes`' output back; raise ``ValueError`` if it is not one or its digest is off."""
         try:
-            lines = gzip.decompress(data).decode().splitlines()
-            header = json.loads(lines[0])
-        except (OSError, EOFError, UnicodeDecodeError, ValueError, IndexError) as exc:
+            first, _, body = gzip.decompress(data).decode().partition("\n")
+            header = json.loads(first)
+        except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"Expected a gzip JSON-lines data source listing, received {exc}.") from None
         if not isinstance(header, dict) or header.get("format") != _FORMAT:
-            raise ValueError(f"Expected a {_FORMAT} listing header, received {str(lines[0])[:200]!r}.")
+            raise ValueError(f"Expected a {_FORMAT} listing header, received {first[:200]!r}.")
         if header.get("version") != _FORMAT_VERSION:
             raise ValueError(
                 f"Expected a data source listing of version {_FORMAT_VERSION}, "
                 f"received version {header.get('version')!r}."
             )
         fingerprint = DataFingerprint.model_validate(header["fingerprint"])
-        objects = [_parse_line(line) for line in lines[1:]]
-        digest = _digest(line + "\n" for line in lines[1:])
+        digest = _digest(body)
         if digest != fingerprint.digest:
             raise ValueError(
                 f"Expected the listing's objects to hash to its fingerprint {fingerprint.digest}, "
                 f"received {digest}: the listing is damaged."
             )
-        return cls(fingerprint, objects, header.get("sources", []))
+        # every line ends with a newline, so the last split is empty
+        listing = cls(fingerprint, _parse_lines(body.split("\n")[:-1]), header.get("sources", []))
+        listing._body = body
+        return listing
+
+
+# json's own string quoting (C-accelerated; ASCII-only output, control characters escaped, so a line
+# never breaks): lines are built without a JSONEncoder per object, most of a listing's cost otherwise.
+_quote = encode_basestring_ascii
 
 
 def _line(obj: ListedObject) -> str:
-    # A compact, canonical JSON object per line; the digest hashes exactly these bytes.
-    record: dict[str, Any] = {"n": obj.name, "s": obj.size}
+    """The object's canonical JSON line; the digest hashes exactly these bytes.
+
+    Same text as ``json.dumps(record, separators=(",", ":"))`` of ``{"n", "s", "e"|"m"|"l"}``.
+    """
+    text = f'{{"n":{_quote(obj.name)},"s":{int(obj.size)}'
     if obj.etag is not None:
-        record["e"] = obj.etag
+        text += f',"e":{_quote(obj.etag)}'
     if obj.mtime_ns is not None:
-        record["m"] = obj.mtime_ns
+        text += f',"m":{int(obj.mtime_ns)}'
     if obj.link is not None:
-        record["l"] = obj.link
-    return json.dumps(record, separators=(",", ":")) + "\n"
+        text += f',"l":{_quote(obj.link)}'
+    return text + "}\n"
 
 
-def _parse_line(line: str) -> ListedObject:
+def _parse_lines(lines: Sequence[str]) -> list[ListedObject]:
     try:
-        record = json.loads(line)
-        return ListedObject(record["n"], int(record["s"]), record.get("e"), record.get("m"), record.get("l"))
-    except (ValueError, KeyError, TypeError) as exc:
+        # one json.loads over all lines: parsing them one by one costs several times more
+        records = json.loads("[" + ",".join(lines) + "]")
+        return [ListedObject(r["n"], int(r["s"]), r.get("e"), r.get("m"), r.get("l")) for r in records]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(
-            f"Expected a listed object as a JSON line, received {line[:200]!r} ({exc})."
+            f"Expected listed objects as JSON lines, received a line that is not one ({exc})."
         ) from None
 
 
@@ -331,19 +351,18 @@ def _list_s3(source: str, client: Any) -> list[ListedObject]:
         raise translated from exc
 
 
-def _digest(lines: Iterable[str]) -> str:
-    sha = hashlib.sha256(_DIGEST_HEADER)
-    for line in lines:
-        sha.update(line.encode())
-    return sha.hexdigest()
+def _digest(body: str) -> str:
+    """sha256 over the versioned header and the JSON lines (ASCII by construction)."""
+    return hashlib.sha256(_DIGEST_HEADER + body.encode("ascii")).hexdigest()
 
 
 def fingerprint_sources(sources: Sequence[str | os.PathLike[str]]) -> SourceListing:
     """List every object of ``sources`` (local files and folders, ``s3://bucket/prefix`` URIs) and fingerprint
     them without reading a byte of their content.
 
-    Sources are checked before any listing; one that does not exist raises :class:`SourceNotFound` naming
-    it. An object reached through two sources (a folder and a file in it) counts once.
+    The list's form is checked before any request; a source that does not exist (or holds nothing) raises
+    :class:`SourceNotFound` naming it. An object reached through two sources (a folder and a file in it)
+    counts once.
     """
     if isinstance(sources, str | bytes | os.PathLike) or not isinstance(sources, Sequence):
         raise TypeError(f"Expected data sources as a list of paths or s3:// URIs, received {sources!r}.")
@@ -359,6 +378,7 @@ def fingerprint_sources(sources: Sequence[str | os.PathLike[str]]) -> SourceList
     clients: dict[str, Any] = {}
     lines_by_name: dict[str, tuple[ListedObject, str]] = {}
     summaries: list[SourceSummary] = []
+    body = ""
     for source in canonical:
         if is_remote(source):
             bucket, _ = parse_s3_uri(source)
@@ -368,27 +388,35 @@ def fingerprint_sources(sources: Sequence[str | os.PathLike[str]]) -> SourceList
         else:
             listed = _list_local(source)
         listed.sort()
-        lines = [_line(obj) for obj in listed]
+        lines = list(map(_line, listed))
+        body = "".join(lines)
         summaries.append(
             SourceSummary(
                 source=source,
                 objects=len(listed),
                 total_bytes=sum(obj.size for obj in listed),
-                digest=_digest(lines),
+                digest=_digest(body),
             )
         )
-        for obj, line in zip(listed, lines):
-            lines_by_name.setdefault(obj.name, (obj, line))
-    names = sorted(lines_by_name)
-    objects = [lines_by_name[name][0] for name in names]
+        if len(canonical) > 1:
+            for obj, line in zip(listed, lines):
+                lines_by_name.setdefault(obj.name, (obj, line))
+    if len(canonical) == 1:  # the common case: the one source's listing is the whole listing
+        objects = listed
+    else:
+        names = sorted(lines_by_name)
+        objects = [lines_by_name[name][0] for name in names]
+        body = "".join(lines_by_name[name][1] for name in names)
     fingerprint = DataFingerprint(
-        digest=_digest(lines_by_name[name][1] for name in names),
+        digest=_digest(body),
         objects=len(objects),
         total_bytes=sum(obj.size for obj in objects),
         sources=tuple(summaries[:MAX_SUMMARY_SOURCES]),
         sources_omitted=max(0, len(summaries) - MAX_SUMMARY_SOURCES),
     )
-    return SourceListing(fingerprint, objects, canonical)
+    listing = SourceListing(fingerprint, objects, canonical)
+    listing._body = body
+    return listing
 
 
 # ---- comparing -------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import builtins
 import datetime as dt
 import gzip
 import io
+import json
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -156,6 +157,16 @@ def test_same_data_compares_equal_and_listing_round_trips(tree: Path) -> None:
     assert len(lines) == 1 + 3
 
 
+def test_odd_names_stay_one_line_each_and_round_trip(tree: Path) -> None:
+    odd = write(tree / 'we"ird\nname \u00e9\u2028.csv', b"1")
+    (tree / "back\\slash").symlink_to('target "quoted"')
+    listing = fingerprint_sources([str(tree)])
+    payload = listing.to_bytes()
+    assert len(gzip.decompress(payload).splitlines()) == 1 + 5
+    back = SourceListing.from_bytes(payload)
+    assert back.objects == listing.objects and str(odd) in {obj.name for obj in back.objects}
+
+
 def test_damaged_or_foreign_listing_is_refused(tree: Path) -> None:
     text = gzip.decompress(fingerprint_sources([str(tree)]).to_bytes()).decode()
     tampered = text.replace('"s":100', '"s":101')
@@ -166,6 +177,11 @@ def test_damaged_or_foreign_listing_is_refused(tree: Path) -> None:
         SourceListing.from_bytes(b"not gzip")
     with pytest.raises(ValueError, match="listing header"):
         SourceListing.from_bytes(gzip.compress(b'{"format": "other"}\n'))
+    # lines that hash right but are not objects (a listing written by something else)
+    header, body = json.loads(text.splitlines()[0]), '{"name":"x"}\n'
+    header["fingerprint"]["digest"] = sources._digest(body)
+    with pytest.raises(ValueError, match="not one"):
+        SourceListing.from_bytes(gzip.compress((json.dumps(header) + "\n" + body).encode()))
 
 
 def test_fingerprint_is_small_json_and_bounded(tmp_path: Path) -> None:
@@ -176,9 +192,19 @@ def test_fingerprint_is_small_json_and_bounded(tmp_path: Path) -> None:
     assert len(listing.sources) == len(files)  # the listing keeps every source
     text = fp.model_dump_json()
     assert len(text) < 20_000
+    assert len(fp.digest) == 64 and fp.short_digest == fp.digest[:32]
     assert DataFingerprint.model_validate_json(text) == fp
     with pytest.raises(Exception, match="frozen"):
         fp.objects = 0  # type: ignore[misc]
+
+
+def test_fingerprint_travels_in_a_weights_only_checkpoint(tree: Path, tmp_path: Path) -> None:
+    import torch
+
+    fp = fingerprint_sources([str(tree)]).fingerprint
+    torch.save({"data_fingerprint": fp.model_dump(mode="json")}, tmp_path / "c.ckpt")
+    loaded = torch.load(tmp_path / "c.ckpt", weights_only=True)["data_fingerprint"]
+    assert DataFingerprint.model_validate(loaded) == fp
 
 
 def test_compare_without_listing_names_the_source(tmp_path: Path) -> None:
