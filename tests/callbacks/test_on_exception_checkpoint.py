@@ -121,3 +121,21 @@ def test_arguments(tmp_path: Any) -> None:
         lightning_lib.Trainer(callbacks=[callback], enable_checkpointing=False)
     trainer = lightning_lib.Trainer(callbacks=[callback], logger=False)
     assert trainer.checkpoint_callbacks == [callback]
+
+
+@pytest.mark.services
+def test_on_object_storage(tmp_path: Any, s3_endpoint: str) -> None:
+    from lightning_lib.checkpoint import list_committed, load_file
+    from lightning_lib.storage import open_store
+
+    dirpath = f"{s3_endpoint}/on-exception-{os.getpid()}"
+    model = make_classes(lightning_lib)["BoringModel"]()
+    callbacks = [OnExceptionCheckpoint(dirpath), CrashAfter(3)]
+    kwargs = quiet_trainer_kwargs(tmp_path, max_epochs=1, enable_checkpointing=True)
+    with pytest.raises(Crash):
+        lightning_lib.Trainer(callbacks=callbacks, **kwargs).fit(model)
+    assert load_file(f"{dirpath}/on_exception.ckpt")["global_step"] == 3
+    # a successful run removes it
+    lightning_lib.Trainer(callbacks=[OnExceptionCheckpoint(dirpath)], **kwargs).fit(model)
+    assert list_committed(open_store(dirpath)) == []
+    assert open_store(dirpath).list() == []
