@@ -125,7 +125,8 @@ class MlflowConfig(BaseModel):
     model_config = ConfigDict(**_STRICT, title="MLflow")
 
     tracking_uri: str | None = Field(
-        default=None, description="Where runs are tracked; `None` means `MLFLOW_TRACKING_URI`, else a local SQLite file."
+        default=None,
+        description="Where runs are tracked; `None` means `MLFLOW_TRACKING_URI`, else a local SQLite file.",
     )
     experiment_name: str = Field(default="lightning_lib", min_length=1, description="The MLflow experiment.")
     registered_model_name: str | None = Field(
@@ -149,8 +150,11 @@ class TrainConfig(BaseModel):
         description="The LightningModule, as `package.module:Class` under an allowed module prefix.",
         examples=["examples.digits:DigitsClassifier"],
     )
+    # json_schema_extra: a default the form shows (pydantic puts none in the schema for a factory)
     model_kwargs: dict[str, JsonValue] = Field(
-        default_factory=dict, description="Keyword arguments of the model's `__init__` (plain JSON values)."
+        default_factory=dict,
+        json_schema_extra={"default": {}},
+        description="Keyword arguments of the model's `__init__` (plain JSON values).",
     )
     datamodule: str = Field(
         default=TABLE_DATAMODULE,
@@ -161,6 +165,7 @@ class TrainConfig(BaseModel):
     )
     datamodule_kwargs: dict[str, JsonValue] = Field(
         default_factory=dict,
+        json_schema_extra={"default": {}},
         description="Keyword arguments of the data module's `__init__` (plain JSON values; with a table, besides "
         "the prepared splits). String values may hold `{window_start}` and `{window_end}`, which retraining "
         f"replaces with its window's dates. `batch_size` must be from 1 to {MAX_BATCH_SIZE} and "
@@ -348,6 +353,9 @@ class TrainConfig(BaseModel):
         return cls.model_validate(unflatten(params, prefix))
 
 
+_SECTION_TITLES = {"trainer": "Trainer", "checkpoint": "Checkpoints", "mlflow": "MLflow", "data": "Data"}
+
+
 def _form_schema(schema: dict[str, JsonValue]) -> None:
     """The config's JSON schema as the Prefect form needs it: every field required (see
     :func:`require_every_field`) and import paths held to the allowed prefixes of the process that renders
@@ -359,6 +367,12 @@ def _form_schema(schema: dict[str, JsonValue]) -> None:
         prop = properties[name]
         assert isinstance(prop, dict)
         prop["pattern"] = import_path_pattern()
+    # pydantic leaves the title off a field that references a section; the form labels the field with
+    # the property's own title (with nothing when an empty section is chosen)
+    for name, title in _SECTION_TITLES.items():
+        prop = properties[name]
+        assert isinstance(prop, dict)
+        prop.setdefault("title", title)
 
 
 def _walk(value: Any, where: str = "", key: str | None = None) -> Any:

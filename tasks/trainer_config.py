@@ -36,9 +36,14 @@ from lightning_lib.trainer.arguments import (
 MAX_COUNT = 2**31 - 1
 _Count = Annotated[int, Field(le=MAX_COUNT)]
 _Limit = Annotated[int, Field(ge=0, le=MAX_COUNT)] | Annotated[float, Field(ge=0, le=1)]
+# What a limit allows but an interval does not: 0 (the Trainer refuses validating every 0 batches).
+_Interval = Annotated[int, Field(ge=1, le=MAX_COUNT)] | Annotated[float, Field(gt=0, le=1)]
+_Duration = Annotated[str, Field(pattern=r"^\s*\d{1,4}:\d{1,2}:\d{1,2}:\d{1,2}\s*$")]
 
 PrecisionName = Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"]
-_LIMIT = "A fraction of the batches (a number from 0.0 to 1.0) or a whole number of batches; `None` means all."
+_LIMIT = (
+    "A fraction of the batches (a number from 0.0 to 1.0) or a whole number of batches; `None` means all."
+)
 
 
 def require_every_field(schema: dict[str, JsonValue]) -> None:
@@ -119,8 +124,9 @@ class TrainerConfig(BaseModel):
         le=MAX_COUNT,
         description="Stop after this many optimizer steps; -1 means no limit.",
     )
-    max_time: Annotated[str, Field(pattern=r"^\s*\d{1,4}:\d{1,2}:\d{1,2}:\d{1,2}\s*$")] | None = Field(
-        default=None, description="Stop after this much time, `DD:HH:MM:SS` (at most 3650 days); `None` means no time limit."
+    max_time: _Duration | None = Field(
+        default=None,
+        description="Stop after this much time, `DD:HH:MM:SS` (at most 3650 days); `None` means no time limit.",
     )
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field(
         default="auto", description="The device type to train on; `auto` picks a GPU when there is one."
@@ -148,13 +154,14 @@ class TrainerConfig(BaseModel):
         description="Machines taking part (each runs torchrun; see `infra/k8s`).",
     )
     precision: PrecisionName = Field(
-        default="32-true", description="Numerical precision; a config file (not this form) may also give 16, 32, 64 or `bf16`."
+        default="32-true",
+        description="Numerical precision; a config file (not this form) may also give 16, 32, 64 or `bf16`.",
     )
     limit_train_batches: _Limit | None = Field(default=None, description=_LIMIT)
     limit_val_batches: _Limit | None = Field(default=None, description=_LIMIT)
     limit_test_batches: _Limit | None = Field(default=None, description=_LIMIT)
     limit_predict_batches: _Limit | None = Field(default=None, description=_LIMIT)
-    val_check_interval: _Limit | str | None = Field(
+    val_check_interval: _Interval | _Duration | None = Field(
         default=None,
         description="Validate every fraction of an epoch (a number up to 1.0), every N batches (a whole number) "
         "or every `DD:HH:MM:SS`; `None` means once per epoch.",
@@ -181,7 +188,8 @@ class TrainerConfig(BaseModel):
         default=None, description="Log every N steps within an epoch; `None` means 50."
     )
     deterministic: bool | Literal["warn"] | None = Field(
-        default=None, description="Use deterministic algorithms: true, false or `warn`; `None` leaves torch's setting as it is."
+        default=None,
+        description="Use deterministic algorithms: true, false or `warn`; `None` leaves torch's setting as it is.",
     )
     enable_progress_bar: bool | None = Field(
         default=None, description="Show the progress bar; `None` means shown."
@@ -225,7 +233,8 @@ class CheckpointConfig(BaseModel):
     )
 
     monitor: str | None = Field(
-        default="val_loss", description="Metric that ranks checkpoints (`best`); `None` means the latest is the best."
+        default="val_loss",
+        description="Metric that ranks checkpoints (`best`); `None` means the latest is the best.",
     )
     mode: Literal["min", "max"] = Field(
         default="min", description="Whether a lower (`min`) or higher (`max`) monitor is better."
