@@ -48,7 +48,19 @@ def predict_flow(
     model's own data root never adds to them), without ``output_uri`` the model's data root must lie there
     too (the default output goes under it), and ``output_uri`` never replaces a file that predict did not
     write (see ``tasks.prediction``): all refused before scoring. The model version that scored is printed
-    and recorded in the result, the artifact and the output's footer."""
+    and recorded in the result, the artifact and the output's footer.
+
+    Args:
+        source: The table to score (CSV or Parquet, a local path or an `s3://` URI); `None` for a model
+            trained on its project's own data module, which scores its `predict_dataloader`.
+        model_name: The registered model to score with.
+        alias: The alias of the version that scores (`champion` by default).
+        output_uri: Where the Parquet predictions go; `None` means under the model's data root.
+        tracking_uri: The MLflow server that has the model; `None` means `MLFLOW_TRACKING_URI`, else the
+            local SQLite file.
+        datamodule_kwargs: Arguments laid over the training config's `datamodule_kwargs` to point the
+            project's data module at new data; `None` keeps the training config's.
+    """
     if not model_name:
         raise ValueError("Expected model_name, the registered model to score with, received none.")
     uri = resolve_tracking_uri(tracking_uri)

@@ -182,7 +182,18 @@ def reproduce(
     """Rerun MLflow run ``run_id`` from its recorded config and compare the metrics (exact by default).
 
     Only a run that ended FINISHED is reproduced unless ``allow_unfinished_run`` (see
-    :func:`check_finished`)."""
+    :func:`check_finished`).
+
+    Args:
+        run_id: The MLflow run to reproduce.
+        tracking_uri: The MLflow server that has it; `None` means `MLFLOW_TRACKING_URI`, else the local
+            SQLite file.
+        allow_code_change: Rerun although the code differs from the run's git commit (or has
+            uncommitted changes); the metrics may then differ.
+        allow_data_change: Rerun although the data's digest differs from the run's.
+        rel_tol: Relative tolerance of the metric comparison; 0 means exactly equal.
+        allow_unfinished_run: Rerun a run that did not end FINISHED (failed, killed or still running).
+    """
     uri = resolve_tracking_uri(tracking_uri)
     record = read_run(uri, run_id)
     unfinished = check_finished(record, allow_unfinished_run)

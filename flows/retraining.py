@@ -152,6 +152,17 @@ def retraining(
     ``window_end`` (default: the day the run was scheduled for) and spans ``window_days``. With
     ``warm_start`` the challenger starts from the champion's weights. ``lock_timeout_s`` bounds the wait
     for a running retraining of the same model (default: wait).
+
+    Args:
+        config: The challenger's training run; `mlflow.registered_model_name` names the champion.
+        metric: The test metric that decides the promotion, compared on the same test data.
+        mode: Whether a lower (`min`) or higher (`max`) metric wins.
+        warm_start: Start the challenger from the champion's weights instead of from scratch.
+        window_end: The day the data window ends (exclusive); `None` means the day the run was scheduled
+            for.
+        window_days: Days the data window spans, at least 1.
+        lock_timeout_s: Seconds to wait for a running retraining of the same model; `None` means wait
+            as long as it takes.
     """
     name = config.mlflow.registered_model_name
     if not name:

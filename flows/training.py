@@ -79,6 +79,11 @@ def training(config: TrainConfig, register_model: bool = True) -> TrainingResult
 
     The first version registered under a name also becomes its ``champion``; later ones are promoted by
     the ``retraining`` flow only when they beat it.
+
+    Args:
+        config: The training run: model, data, Trainer arguments, checkpoints and MLflow tracking.
+        register_model: Register the trained model under `mlflow.registered_model_name` (when that is
+            set); the first version registered under a name becomes its `champion`.
     """
     # a tracking URI the worker's MLflow credentials must not reach is refused before any work
     tracking_uri(config)

@@ -241,12 +241,21 @@ def test_bad_configs_through_the_api_fail_validation_and_do_no_work(stack: Stack
     wrong_type = {**good, "trainer": {**good["trainer"], "max_epochs": "many"}}
     with pytest.raises(Exception, match=r"max_epochs|[Vv]alidation"):
         run_deployment("training/training", parameters={"config": wrong_type}, timeout=0)
-    # an import path outside the allowed prefixes passes the schema but fails before any task runs
+    # an import path outside the allowed prefixes is refused by the API as well: the schema's pattern
+    # carries the serving process's prefixes (issue 13)
     outside = {**good, "model": "os.path:join", "run_key": "refused-run"}
-    flow_run = run_deployment("training/training", parameters={"config": outside}, timeout=0)
+    with pytest.raises(Exception, match=r"model|[Vv]alidation"):
+        run_deployment("training/training", parameters={"config": outside}, timeout=0)
+    # a rule across fields passes the schema but fails before any task runs
+    crossed = {
+        **good,
+        "data": {**good["data"], "val_fraction": 0.5, "test_fraction": 0.5},
+        "run_key": "refused-run",
+    }
+    flow_run = run_deployment("training/training", parameters={"config": crossed}, timeout=0)
     final = _wait_terminal(flow_run.id, timeout=180)
     assert final.state.type.value == "FAILED"
-    assert "outside the allowed module prefixes" in (final.state.message or "")
+    assert "Expected val_fraction + test_fraction < 1" in (final.state.message or "")
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
     assert tasks == []

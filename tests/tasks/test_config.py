@@ -347,9 +347,10 @@ def test_flat_params_round_trip() -> None:
 def test_json_schema_is_a_form_with_titles_and_descriptions() -> None:
     schema = TrainConfig.model_json_schema()
     assert schema["title"] == "Training run configuration"
-    assert set(schema["required"]) == {
-        "model"
-    }  # the table is optional: a project's data module reads its own
+    # every field is required in the form, so a cleared one is refused rather than defaulted; the Python
+    # model still defaults all but the model (the table too: a project's data module reads its own)
+    assert schema["required"] == list(schema["properties"])
+    assert [n for n, f in TrainConfig.model_fields.items() if f.is_required()] == ["model"]
     for name, prop in schema["properties"].items():
         # a section is a reference (or a reference or null): its title is on the referenced definition
         ref = prop.get("$ref") or next((o["$ref"] for o in prop.get("anyOf", []) if "$ref" in o), None)
