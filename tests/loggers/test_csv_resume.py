@@ -29,7 +29,8 @@ def fit(root: Path, logger: CSVLogger, *, resume: bool = False, crash_at: int | 
     pl.seed_everything(7)
     model = ClassifierModel(dropout=0.2, hidden=16)
     callbacks: list[Any] = [
-        pl.callbacks.ModelCheckpoint(dirpath=str(root / "ckpt"), every_n_train_steps=EVERY, save_last=True)
+        # no last.ckpt: it would also be saved at the end of epoch 0's validation (step 12)
+        pl.callbacks.ModelCheckpoint(dirpath=str(root / "ckpt"), every_n_train_steps=EVERY, save_top_k=-1)
     ]
     if crash_at is not None:
         callbacks.append(CrashAfter(crash_at))
@@ -86,7 +87,7 @@ def test_a_fit_resumed_after_a_crash_continues_metrics_csv_as_an_uninterrupted_r
     second = CSVLogger(root, version=0, flush_logs_every_n_steps=1)
     with pytest.warns(UserWarning, match="exists and is not empty"):
         trainer = fit(root, second, resume=True)
-    assert trainer.ckpt_path is not None and trainer.ckpt_path.endswith(".ckpt")
+    assert trainer.ckpt_path is not None and f"step={2 * EVERY}" in trainer.ckpt_path  # before epoch 0's end
     after = read_rows(os.path.join(second.log_dir, "metrics.csv"))
     assert after == expected  # every row once, same values, same order
     assert after[: len(before)] == before  # the first attempt's rows stand

@@ -28,11 +28,12 @@ def new_logger(save_dir: Path, run_key: str = "run-1") -> MLFlowLogger:
     return MLFlowLogger(save_dir=str(save_dir), run_key=run_key, log_metric_curves=False, flush_interval=0.05)
 
 
-def fit(root: Path, logger: MLFlowLogger, *, resume: bool = False, crash_at: int | None = None) -> None:
+def fit(root: Path, logger: MLFlowLogger, *, resume: bool = False, crash_at: int | None = None) -> pl.Trainer:
     pl.seed_everything(7)
     model = ClassifierModel(dropout=0.2, hidden=16)
     callbacks: list[Any] = [
-        pl.callbacks.ModelCheckpoint(dirpath=str(root / "ckpt"), every_n_train_steps=EVERY, save_last=True)
+        # no last.ckpt: it would also be saved at the end of epoch 0's validation (step 12)
+        pl.callbacks.ModelCheckpoint(dirpath=str(root / "ckpt"), every_n_train_steps=EVERY, save_top_k=-1)
     ]
     if crash_at is not None:
         callbacks.append(CrashAfter(crash_at))
@@ -49,6 +50,7 @@ def fit(root: Path, logger: MLFlowLogger, *, resume: bool = False, crash_at: int
     train = DataLoader(classification_data(96, seed=0), batch_size=8, shuffle=True)
     val = DataLoader(classification_data(32, seed=1), batch_size=8)
     trainer.fit(model, train, val, ckpt_path="last" if resume else None)
+    return trainer
 
 
 def history(logger: MLFlowLogger) -> History:
@@ -91,9 +93,11 @@ def test_a_fit_resumed_after_a_crash_records_each_step_once(tmp_path: Path) -> N
     # the premise: points beyond the last checkpoint (step 10), the end of epoch 0 among them
     assert max(step for step, _ in before["train_loss_step"]) >= 2 * EVERY + 1
     assert before["val_loss"] == expected["val_loss"][:1]
+    assert before["train_loss_epoch"] == expected["train_loss_epoch"][:1]
 
     second = new_logger(tmp_path / "mlruns")
-    fit(tmp_path, second, resume=True)
+    trainer = fit(tmp_path, second, resume=True)
+    assert trainer.ckpt_path is not None and f"step={2 * EVERY}" in trainer.ckpt_path  # before epoch 0's end
     assert second.run_id == first.run_id
     assert_one_clean_history(before, history(second), expected)
 
