@@ -60,6 +60,7 @@ class ExperimentWriter:
 
     def _prepare_log_dir(self) -> None:
         if os.path.isdir(self.log_dir) and os.listdir(self.log_dir):
+            # stacklevel: the user call that first logged
             warnings.warn(_REUSED_WARNING.format(log_dir=self.log_dir), UserWarning, stacklevel=5)
             self._replace_existing = os.path.isfile(self.metrics_file_path)
         os.makedirs(self.log_dir, exist_ok=True)
@@ -198,6 +199,7 @@ class RemoteExperimentWriter(ExperimentWriter):
     def _prepare_log_dir(self) -> None:
         listing = self._store.list()
         if listing:
+            # stacklevel: the user call that first logged
             warnings.warn(_REUSED_WARNING.format(log_dir=self.log_dir), UserWarning, stacklevel=5)
             # _text stays empty, so the first save uploads a new file over it
             self._replace_existing = any(info.key == self.NAME_METRICS_FILE for info in listing)
