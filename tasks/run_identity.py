@@ -26,8 +26,8 @@
    MLflow run, its last step and the empty folder, and what to do. Policy: refuse rather than start a new
    MLflow run for the key, since two runs under one key would make every later lookup ambiguous. A first
    attempt that died before its first commit keeps ``run.json`` and never recorded a checkpoint, so its
-   retry still starts over from step 0 (re-logging the steps of that attempt, as any resume re-logs the
-   steps after its checkpoint).
+   retry still starts over from step 0. It replays that attempt's steps exactly, as any resume replays the
+   steps after its checkpoint, and the MLflow logger does not send again a point the run has recorded.
 """
 
 from __future__ import annotations

@@ -101,6 +101,7 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     if logger._dataset_thread is not None:
         logger._dataset_thread.join(max(0.0, deadline - time.monotonic()))
     fitted, logger._fitting = logger._fitting, False
+    logger._recorded = None  # the replay of the continued run ends with this fit
     if logger._log_model and fitted:
         _record_checkpoints(logger)
     delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
