@@ -92,11 +92,11 @@ def check_reproducible(
     elif input_sha256 is None:
         data_reasons.append(f"the data module {record.config.datamodule} now declares no data_sources()")
     elif record.input_sha256 != input_sha256:
-        where = f"at {record.config.data.source} " if record.config.data is not None else "sources "
-        data_reasons.append(
-            data_difference
-            or f"the data {where}has digest {input_sha256}, the run used {record.input_sha256}"
-        )
+        if record.config.data is not None:
+            what = f"the data at {record.config.data.source} has sha256"
+        else:
+            what = "the data module's sources have fingerprint"
+        data_reasons.append(data_difference or f"{what} {input_sha256}, the run used {record.input_sha256}")
     refused = (code_reasons if not allow_code_change else []) + (
         data_reasons if not allow_data_change else []
     )
