@@ -16,7 +16,9 @@ it grows (``ObjectStore.put_growing_file``: multipart on S3), and published only
 read the same bytes as the first. An S3 source is downloaded once to a private temporary file for the two
 passes (Parquet needs random access anyway: its footer comes last); :func:`input_digest` hashes it through
 a streaming GET instead, without a copy. Peak memory depends on the width of the table (a CSV block of
-~1 MiB, a Parquet batch, a row group of each split being written), not on its length.
+512 KiB, a Parquet batch, a row group of each split being written), not on its length, except for the
+split's one byte per row (and four more while it is drawn). Disk is what holds the table: the splits are
+staged in a private temporary folder as they are written, and an S3 source is downloaded next to them.
 """
 
 from __future__ import annotations
@@ -73,11 +75,11 @@ MANIFEST_NAME = "PREPARED.json"
 SPLITS = ("train", "val", "test")
 
 _READ_CHUNK = 1024 * 1024  # bytes per read when hashing a stream
-_CSV_BLOCK_BYTES = 1024 * 1024  # CSV text per record batch (Arrow's default block)
+_CSV_BLOCK_BYTES = 512 * 1024  # CSV text per record batch
 _PARQUET_BATCH_ROWS = 64 * 1024  # rows per record batch read from a Parquet source
 # A prepared split's row groups hold about this many bytes of values (at least 1,024 rows, at most
 # Arrow's default 1 Mi rows): each split buffers one row group before writing it.
-_ROW_GROUP_BYTES = 16 * 1024 * 1024
+_ROW_GROUP_BYTES = 4 * 1024 * 1024
 _S3_READ_ATTEMPTS = 3  # a GET body that breaks off is resumed where it stopped, this many times
 
 

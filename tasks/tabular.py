@@ -282,6 +282,15 @@ def _cast(values: pa.Array, to: pa.DataType) -> pa.Array | None:
         return None
 
 
+def _numbers(trimmed: pa.Array) -> pa.Array | None:
+    """The cells as float64, or None if one is not a number. A NaN spelling outside the missing-value
+    list (``NAN``, ``Nan``) is text to pandas, so it is here too."""
+    floats = _cast(trimmed, pa.float64())
+    if floats is None or pc.any(pc.is_nan(floats)).as_py():
+        return None
+    return floats
+
+
 def _classify_text(text: pa.Array, try_int: bool) -> tuple[Kind, pa.Array | None]:
     """The kind of one batch of a CSV column read as text, and its values parsed as that kind."""
     trimmed = pc.utf8_trim_whitespace(text)
@@ -289,7 +298,7 @@ def _classify_text(text: pa.Array, try_int: bool) -> tuple[Kind, pa.Array | None
         ints = _cast(trimmed, pa.int64())
         if ints is not None:
             return "int", ints
-    floats = _cast(trimmed, pa.float64())
+    floats = _numbers(trimmed)
     if floats is not None:
         return "float", floats
     if pc.all(pc.is_in(trimmed.drop_null(), value_set=pa.array(_BOOL))).as_py():
@@ -300,12 +309,12 @@ def _classify_text(text: pa.Array, try_int: bool) -> tuple[Kind, pa.Array | None
 def _first_unparsable(text: pa.Array) -> int | None:
     """Index of the first non-empty cell that is not a number, found by bisection (a few casts)."""
     trimmed = pc.utf8_trim_whitespace(text)
-    if _cast(trimmed, pa.float64()) is not None:
+    if _numbers(trimmed) is not None:
         return None
     lo, hi = 0, len(trimmed)  # the first failure lies in [lo, hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _cast(trimmed.slice(lo, mid - lo), pa.float64()) is None:
+        if _numbers(trimmed.slice(lo, mid - lo)) is None:
             hi = mid
         else:
             lo = mid
@@ -358,6 +367,10 @@ class _Column:
         return {"bool": pa.bool_(), "int64": pa.int64(), "float64": pa.float64()}[self.dtype()]
 
 
+def _is_text(dtype: pa.DataType) -> bool:
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
+
+
 def _parquet_kind(dtype: pa.DataType) -> Kind:
     if pa.types.is_integer(dtype):
         return "int"
@@ -376,7 +389,7 @@ def _parquet_dtype(dtype: pa.DataType, has_missing: bool) -> str:
         return "float64"
     if kind == "bool" and has_missing:
         return "object"
-    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+    if _is_text(dtype):
         return "str"
     try:
         return str(np.dtype(dtype.to_pandas_dtype()))
@@ -440,7 +453,7 @@ class TableScan:
         else:
             kind = _parquet_kind(column.source_type)
             typed = values if kind in _NUMERIC_KINDS else None
-            if typed is None and column.unparsable is None and pa.types.is_string(values.type):
+            if typed is None and column.unparsable is None and _is_text(values.type):
                 at = _first_unparsable(values)
                 if at is not None:
                     column.unparsable = (values[at].as_py(), offset + at)
