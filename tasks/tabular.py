@@ -14,8 +14,8 @@ CSV type inference when streaming: every column is read as text and each batch i
 whole numbers throughout are int64, any fractional (or exponent, ``inf``) value, or a missing value in
 a column of whole numbers, makes it float64, ``True``/``False`` spellings throughout are bool, anything
 else is text (refused). So a column that is int in the first batches and float later is float64, the
-dtype pandas gives it. Numbers are parsed with Arrow's rules after trimming surrounding whitespace;
-rare spellings differ from pandas (``+5`` is read as a float, ``0x10`` as the integer 16).
+dtype pandas gives it. Numbers are parsed with Arrow's rules after trimming surrounding whitespace, which
+agree with pandas' on the usual spellings (``-3``, ``+5``, ``1.5e-3``, ``inf``, ``Infinity``).
 """
 
 from __future__ import annotations
@@ -282,25 +282,37 @@ def _cast(values: pa.Array, to: pa.DataType) -> pa.Array | None:
         return None
 
 
-def _numbers(trimmed: pa.Array) -> pa.Array | None:
-    """The cells as float64, or None if one is not a number. A NaN spelling outside the missing-value
-    list (``NAN``, ``Nan``) is text to pandas, so it is here too."""
-    floats = _cast(trimmed, pa.float64())
-    if floats is None or pc.any(pc.is_nan(floats)).as_py():
+def _as_numbers(text: pa.Array, to: pa.DataType) -> pa.Array | None:
+    """The cells of a text column as ``to`` (int64 or float64) the way pandas reads numbers, or None if one
+    is not such a number. Surrounding whitespace and an integer's leading ``+`` are allowed; Arrow's
+    hexadecimal integers (``0x10``) and NaN spellings outside the missing-value list (``NAN``) are text to
+    pandas, so they are here too. The common case is one cast; the rest only runs when it fails."""
+    values = _cast(text, to)
+    if values is None:
+        text = pc.utf8_trim_whitespace(text)
+        if pa.types.is_integer(to) and pc.any(pc.starts_with(text, "+")).as_py():
+            text = pc.replace_substring_regex(text, r"^\+", "")
+        values = _cast(text, to)
+        if values is None:
+            return None
+    if pa.types.is_integer(to):
+        if pc.any(pc.starts_with(text, "0x")).as_py() or pc.any(pc.starts_with(text, "0X")).as_py():
+            return None
+    elif pc.any(pc.is_nan(values)).as_py():
         return None
-    return floats
+    return values
 
 
 def _classify_text(text: pa.Array, try_int: bool) -> tuple[Kind, pa.Array | None]:
     """The kind of one batch of a CSV column read as text, and its values parsed as that kind."""
-    trimmed = pc.utf8_trim_whitespace(text)
     if try_int:
-        ints = _cast(trimmed, pa.int64())
+        ints = _as_numbers(text, pa.int64())
         if ints is not None:
             return "int", ints
-    floats = _numbers(trimmed)
+    floats = _as_numbers(text, pa.float64())
     if floats is not None:
         return "float", floats
+    trimmed = pc.utf8_trim_whitespace(text)
     if pc.all(pc.is_in(trimmed.drop_null(), value_set=pa.array(_BOOL))).as_py():
         return "bool", pc.is_in(trimmed, value_set=pa.array(_TRUE))
     return "text", None
@@ -308,13 +320,12 @@ def _classify_text(text: pa.Array, try_int: bool) -> tuple[Kind, pa.Array | None
 
 def _first_unparsable(text: pa.Array) -> int | None:
     """Index of the first non-empty cell that is not a number, found by bisection (a few casts)."""
-    trimmed = pc.utf8_trim_whitespace(text)
-    if _numbers(trimmed) is not None:
+    if _as_numbers(text, pa.float64()) is not None:
         return None
-    lo, hi = 0, len(trimmed)  # the first failure lies in [lo, hi)
+    lo, hi = 0, len(text)  # the first failure lies in [lo, hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _numbers(trimmed.slice(lo, mid - lo)) is None:
+        if _as_numbers(text.slice(lo, mid - lo), pa.float64()) is None:
             hi = mid
         else:
             lo = mid
@@ -461,7 +472,11 @@ class TableScan:
             column.kinds = column.kinds | {kind}
         if column.first_value is None and offset == 0 and len(values):
             column.first_value = (values if typed is None else typed)[0].as_py()
-        missing = values.is_null().to_numpy(zero_copy_only=False)
+        missing = (
+            values.is_null().to_numpy(zero_copy_only=False)
+            if values.null_count
+            else np.zeros(len(values), bool)
+        )
         if typed is not None and kind == "float":
             floats = typed.to_numpy(zero_copy_only=False)
             missing = missing | np.isnan(floats)
@@ -534,11 +549,17 @@ class TableScan:
         arrays = []
         for field, values in zip(schema, batch.columns, strict=True):
             if self._columns[field.name].source_type is None:
-                trimmed = pc.utf8_trim_whitespace(values)
                 if pa.types.is_boolean(field.type):
-                    values = pc.is_in(trimmed, value_set=pa.array(_TRUE))
+                    values = pc.is_in(pc.utf8_trim_whitespace(values), value_set=pa.array(_TRUE))
                 else:
-                    values = pc.cast(trimmed, field.type)
+                    parsed = _as_numbers(values, field.type)
+                    if parsed is None:  # it parsed when checked: the file changed in between
+                        raise DataValidationError(
+                            f"Expected column {field.name!r} of {self.source!r} to parse as {field.type} as "
+                            "it did when checked; the file changed while it was being prepared.",
+                            column=field.name,
+                        )
+                    values = parsed
             arrays.append(values)
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

@@ -108,6 +108,8 @@ CSV_CASES: list[tuple[str, Callable[[pd.DataFrame], Any], dict[str, Any]]] = [
         edited(lambda t: t.replace(",", " , ").replace("id , x , n , label", "id,x,n,label")),
         {},
     ),
+    ("signed-and-hex", with_cells("n", {4: "+5", 6: "-0"}), {}),
+    ("hex-is-text", with_cells("n", {8: "0x10"}), {}),
     ("header-only", lambda f: f.iloc[:0], {}),
 ]
 
@@ -187,6 +189,8 @@ def test_the_cases_cover_what_they_name(tmp_path: Path) -> None:
     assert list(messages["repeated-header"][1].columns) == ["id", "x", "x.1", "label"]
     assert list(messages["empty-header-name"][1].columns) == ["id", "Unnamed: 1", "n", "label"]
     assert messages["spaces-around-numbers"][1]["n"].dtype == np.int64
+    assert messages["signed-and-hex"][1]["n"].dtype == np.int64
+    assert "e.g. '0x10' at row 8" in messages["hex-is-text"][1]
 
 
 def parquet_cases() -> list[tuple[str, pa.Table, dict[str, Any]]]:
