@@ -31,12 +31,29 @@ def read_parquet_uri(uri: str, expected_sha256: str | None = None) -> Any:
     return pd.read_parquet(io.BytesIO(raw))
 
 
+class Standardize(torch.nn.Module):
+    """``(x - mean) / std`` per feature column, with the statistics as buffers (float32 like the inputs)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("std", std.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class TabularDataModule(pl.LightningDataModule):
     """Numeric feature columns -> float32 inputs; the target -> int64 classes or float32 values.
 
     Features are standardised with the training split's mean and std (kept in ``state_dict`` so that a
     checkpoint predicts with the statistics it was trained with); a std below ``min_std`` counts as
     ``1`` so that an almost-constant column does not blow up (use 1.0 for pixel data like the digits).
+    The standardisation is :meth:`preprocessor`, which the loaders apply and the registered MLflow model
+    carries, so that both compute the same model inputs from the same raw rows.
     """
 
     def __init__(
@@ -128,10 +145,9 @@ class TabularDataModule(pl.LightningDataModule):
                 f"TabularDataModule.setup() must load the {split} split before its dataloader."
             )
         if self.standardize:
-            if self.mean is None or self.std is None:
-                raise RuntimeError("Standardisation needs the training split or a restored state_dict.")
             x, *rest = dataset.tensors
-            dataset = TensorDataset((x - self.mean) / self.std, *rest)
+            with torch.no_grad():
+                dataset = TensorDataset(self.preprocessor()(x), *rest)
         return seeded_loader(dataset, self.batch_size, self.seed, shuffle, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
@@ -145,6 +161,28 @@ class TabularDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict" if self.uris["predict"] else "test")
+
+    # -- serving --------------------------------------------------------------------------------------
+
+    def preprocessor(self) -> torch.nn.Module:
+        """Raw float32 feature rows ``(N, F)`` -> the model's inputs: :class:`Standardize` with the training
+        statistics, or the identity with ``standardize=False``."""
+        if not self.standardize:
+            return torch.nn.Identity()
+        if self.mean is None or self.std is None:
+            raise RuntimeError("Standardisation needs the training split or a restored state_dict.")
+        return Standardize(self.mean, self.std)
+
+    def serving_example(self) -> torch.Tensor:
+        """The first (at most 8) raw training feature rows, float32: the registered model's input example."""
+        train = self.datasets.get("train")
+        if train is None:
+            if self.uris["train"] is None:
+                raise RuntimeError(
+                    "TabularDataModule.serving_example() needs train_uri: it shows training rows."
+                )
+            train = self._dataset("train")
+        return train.tensors[0][:8].clone()
 
     # -- checkpoint state ---------------------------------------------------------------------------
 

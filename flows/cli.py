@@ -77,11 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("--rel-tol", type=float, default=0.0, help="relative tolerance (default 0: exact)")
 
-    predict = commands.add_parser("predict", help="score a CSV/Parquet table with a registered model")
+    predict = commands.add_parser(
+        "predict",
+        help="score a table, or the model's own data module's predict data, with a registered model",
+    )
     predict.add_argument(
         "source",
-        help="table to score: local path or s3://bucket/key, under LIGHTNING_LIB_DATA_ROOTS (else the"
-        " working directory)",
+        nargs="?",
+        help="table to score (a model trained on a table): local path or s3://bucket/key, under"
+        " LIGHTNING_LIB_DATA_ROOTS (else the working directory); none for a model trained on its own data module",
+    )
+    predict.add_argument(
+        "--datamodule-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an argument of the model's own data module over its training config's (value parsed as YAML),"
+        " e.g. predict=s3://bucket/new/; repeatable",
     )
     predict.add_argument("--model", required=True, help="registered model name")
     predict.add_argument("--alias", default="champion", help="registry alias (default champion)")
@@ -192,9 +204,19 @@ def run(args: argparse.Namespace) -> int:
         return 0 if outcome.match else 3
     if args.command == "predict":
         from flows.predict import predict_flow
+        from tasks.params import apply_overrides
 
-        scored = predict_flow(args.source, args.model, args.alias, args.output, args.tracking_uri)
-        print(f"Wrote {scored.rows} predictions to {scored.uri} (sha256 {scored.sha256}).")
+        scored = predict_flow(
+            args.source,
+            args.model,
+            args.alias,
+            args.output,
+            args.tracking_uri,
+            apply_overrides({}, args.datamodule_arg) or None,
+        )
+        print(
+            f"Wrote {scored.rows} predictions to {scored.uri} (sha256 {scored.sha256}) with {scored.model}."
+        )
         return 0
     if args.command == "serve":
         from flows import deploy

@@ -48,7 +48,10 @@ def deployment_options(
         },
         "reproduce": {"description": "Rerun a past MLflow run and compare its metrics."},
         "predict": {
-            "parameters": {"model_name": model_name, "source": cfg["data"]["source"]},
+            # a model trained on a table scores a table (the config's, as an example); one trained on its
+            # project's own data module scores that module's predict data
+            "parameters": {"model_name": model_name}
+            | ({"source": cfg["data"]["source"]} if cfg.get("data") else {}),
             "description": "Batch scoring with the champion.",
         },
         "example-pipeline": {"parameters": {"config": cfg}, "description": "Land data, train, score."},

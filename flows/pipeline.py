@@ -42,8 +42,13 @@ def land_data(source: str, landing_root: str) -> str:
 @flow(name="example-pipeline", persist_result=True, result_serializer="json", log_prints=True)
 def example_pipeline(config: TrainConfig, score_source: str | None = None) -> PipelineResult:
     """Land the config's source, train on it (subflow), then score ``score_source`` (default: the landed
-    table) with the model just trained."""
-    landed = land_data(config.data.source, join_uri(config.prepared_data_root(), "landing"))
+    table) with the model just trained.
+
+    Args:
+        config: The training run; its table (`data.source`) is landed first and trained on.
+        score_source: The table to score with the model just trained; `None` means the landed table.
+    """
+    landed = land_data(config.table().source, join_uri(config.prepared_data_root(), "landing"))
     data = config.model_dump(mode="json")
     data["data"]["source"] = landed
     trained = training(TrainConfig.model_validate(data))

@@ -6,6 +6,8 @@ with (model class, data module), so scoring needs nothing but the model's name a
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -30,26 +32,49 @@ def resolve_model(tracking_uri: str, model_name: str, alias: str) -> ModelVersio
 
 @flow(name="predict", persist_result=True, result_serializer="json", log_prints=True)
 def predict_flow(
-    source: str,
-    model_name: str,
+    source: str | None = None,
+    model_name: str = "",
     alias: str = CHAMPION,
     output_uri: str | None = None,
     tracking_uri: str | None = None,
+    datamodule_kwargs: dict[str, Any] | None = None,
 ) -> PredictionResult:
-    """Score ``source`` (CSV or Parquet, local or ``s3://``) with ``model_name@alias``; write Parquet.
+    """Score with ``model_name@alias``, writing Parquet: the table ``source`` (CSV or Parquet, local or
+    ``s3://``) for a model trained on a table; for a model trained on its project's own data module, its
+    ``predict_dataloader`` (``datamodule_kwargs`` laid over the training config's point it at new data).
 
-    ``source`` and ``output_uri`` must lie under the worker's data roots (``LIGHTNING_LIB_DATA_ROOTS``,
-    else the working directory; the model's own data root never adds to them), without ``output_uri``
-    the model's data root must lie there too (the default output goes under it), and ``output_uri`` never
-    replaces a file that predict did not write (see ``tasks.prediction``): all refused before scoring."""
+    ``source``, the data module's declared sources when ``datamodule_kwargs`` are given, and ``output_uri``
+    must lie under the worker's data roots (``LIGHTNING_LIB_DATA_ROOTS``, else the working directory; the
+    model's own data root never adds to them), without ``output_uri`` the model's data root must lie there
+    too (the default output goes under it), and ``output_uri`` never replaces a file that predict did not
+    write (see ``tasks.prediction``): all refused before scoring. The model version that scored is printed
+    and recorded in the result, the artifact and the output's footer.
+
+    Args:
+        source: The table to score (CSV or Parquet, a local path or an `s3://` URI); `None` for a model
+            trained on its project's own data module, which scores its `predict_dataloader`.
+        model_name: The registered model to score with.
+        alias: The alias of the version that scores (`champion` by default).
+        output_uri: Where the Parquet predictions go; `None` means under the model's data root.
+        tracking_uri: The MLflow server that has the model; `None` means `MLFLOW_TRACKING_URI`, else the
+            local SQLite file.
+        datamodule_kwargs: Arguments laid over the training config's `datamodule_kwargs` to point the
+            project's data module at new data; `None` keeps the training config's.
+    """
+    if not model_name:
+        raise ValueError("Expected model_name, the registered model to score with, received none.")
     uri = resolve_tracking_uri(tracking_uri)
     model = resolve_model(uri, model_name, alias)
     config = read_run(uri, model.run_id).config
-    result = predict(config, model.checkpoint_uri, source, output_uri)
+    scored_by = f"{model_name} version {model.version} ({alias})"
+    print(f"Scoring with {scored_by}, checkpoint {model.checkpoint_uri}.")
+    result = predict(config, model.checkpoint_uri, source, output_uri, datamodule_kwargs, scored_by)
+    print(f"Wrote {result.rows} predictions to {result.uri} with {scored_by}.")
     create_markdown_artifact(
         f"# Predictions with `{model_name}@{alias}` (version {model.version})\n\n"
-        f"- Input: `{source}` (sha256 {result.input_sha256})\n- Output: `{result.uri}` ({result.rows} rows, "
-        f"sha256 {result.sha256})\n- Checkpoint: `{model.checkpoint_uri}`",
+        f"- Input: `{result.source}` (sha256 {result.input_sha256 or 'not fingerprinted'})\n"
+        f"- Output: `{result.uri}` ({result.rows} rows, sha256 {result.sha256})\n"
+        f"- Checkpoint: `{model.checkpoint_uri}`",
         key="predict-summary",
     )
     return result

@@ -16,9 +16,13 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.summary import metrics_table, mlflow_lines
 from flows.training import training
+from tasks.config import TrainConfig
 from tasks.data import input_digest
+from tasks.project_data import identify
 from tasks.runs import CodeVersion, RunRecord, current_code_version, read_run, run_metrics
+from tasks.sources import LISTING_ARTIFACT, SourceListing, compare
 from tasks.tracking import resolve_tracking_uri
+from tasks.training import LISTING_ARTIFACT_PATH
 
 
 class ReproductionRefused(ValueError):
@@ -65,7 +69,12 @@ class ReproduceResult(BaseModel):
 
 
 def check_reproducible(
-    record: RunRecord, code: CodeVersion, input_sha256: str, allow_code_change: bool, allow_data_change: bool
+    record: RunRecord,
+    code: CodeVersion,
+    input_sha256: str | None,
+    allow_code_change: bool,
+    allow_data_change: bool,
+    data_difference: str | None = None,
 ) -> list[str]:
     """Why this run cannot be repeated as it was (empty when it can); raises unless allowed."""
     code_reasons: list[str] = []
@@ -80,9 +89,13 @@ def check_reproducible(
     data_reasons: list[str] = []
     if record.input_sha256 is None:
         data_reasons.append("the original run has no data digest tag")
+    elif input_sha256 is None:
+        data_reasons.append(f"the data module {record.config.datamodule} now declares no data_sources()")
     elif record.input_sha256 != input_sha256:
+        where = f"at {record.config.data.source} " if record.config.data is not None else "sources "
         data_reasons.append(
-            f"the data at {record.config.data.source} has sha256 {input_sha256}, the run used {record.input_sha256}"
+            data_difference
+            or f"the data {where}has digest {input_sha256}, the run used {record.input_sha256}"
         )
     refused = (code_reasons if not allow_code_change else []) + (
         data_reasons if not allow_data_change else []
@@ -90,9 +103,9 @@ def check_reproducible(
     if refused:
         hints = []
         if code_reasons and not allow_code_change:
-            hints.append("allow_code_change=True")
+            hints.append("allow_code_change=True (--allow-code-change)")
         if data_reasons and not allow_data_change:
-            hints.append("allow_data_change=True")
+            hints.append("allow_data_change=True (--allow-data-change)")
         raise ReproductionRefused(
             f"Not reproducing MLflow run {record.run_id}: "
             + "; ".join(refused)
@@ -100,6 +113,47 @@ def check_reproducible(
             "to run it anyway (the metrics may then differ)."
         )
     return code_reasons + data_reasons
+
+
+def current_data(tracking_uri: str, record: RunRecord, config: TrainConfig) -> tuple[str | None, str | None]:
+    """The data's digest now and, when it differs from the run's, what differs first.
+
+    A table is hashed (its bytes); a project's data module is identified as a fit would (its
+    ``prepare_data``, then the fingerprint of its ``data_sources()``), and a changed fingerprint is
+    compared with the listing logged to the original run, naming the first object added, removed or
+    changed (or, without that artifact, the first source that differs)."""
+    if config.data is not None:
+        return input_digest(config), None
+    now = identify(config)
+    if now.digest is None or record.input_sha256 in (None, now.digest):
+        return now.digest, None
+    listing = now.listing()
+    original = original_listing(tracking_uri, record.run_id)
+    difference = compare(original, listing) if original is not None and listing is not None else None
+    if difference is None:
+        return now.digest, (
+            f"the data module's sources have fingerprint {now.digest}, the run used {record.input_sha256} "
+            "(the run's listing artifact is missing, so the first differing object cannot be named)"
+        )
+    return now.digest, f"the data differs from the run's: {difference.message}"
+
+
+def original_listing(tracking_uri: str, run_id: str) -> SourceListing | None:
+    """The listing of data sources logged to run ``run_id``, or None when it has none."""
+    import tempfile
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="lightning-lib-listing-") as folder:
+        try:
+            path = MlflowClient(tracking_uri).download_artifacts(
+                run_id, f"{LISTING_ARTIFACT_PATH}/{LISTING_ARTIFACT}", folder
+            )
+        except (MlflowException, OSError):
+            return None
+        with open(path, "rb") as handle:
+            return SourceListing.from_bytes(handle.read())
 
 
 def compare_metrics(
@@ -128,7 +182,18 @@ def reproduce(
     """Rerun MLflow run ``run_id`` from its recorded config and compare the metrics (exact by default).
 
     Only a run that ended FINISHED is reproduced unless ``allow_unfinished_run`` (see
-    :func:`check_finished`)."""
+    :func:`check_finished`).
+
+    Args:
+        run_id: The MLflow run to reproduce.
+        tracking_uri: The MLflow server that has it; `None` means `MLFLOW_TRACKING_URI`, else the local
+            SQLite file.
+        allow_code_change: Rerun although the code differs from the run's git commit (or has
+            uncommitted changes); the metrics may then differ.
+        allow_data_change: Rerun although the data's digest differs from the run's.
+        rel_tol: Relative tolerance of the metric comparison; 0 means exactly equal.
+        allow_unfinished_run: Rerun a run that did not end FINISHED (failed, killed or still running).
+    """
     uri = resolve_tracking_uri(tracking_uri)
     record = read_run(uri, run_id)
     unfinished = check_finished(record, allow_unfinished_run)
@@ -142,8 +207,9 @@ def reproduce(
             ),
         }
     )
+    digest, difference = current_data(uri, record, config)
     waived = check_reproducible(
-        record, current_code_version(), input_digest(config), allow_code_change, allow_data_change
+        record, current_code_version(), digest, allow_code_change, allow_data_change, difference
     )
     if unfinished:
         waived.insert(0, unfinished)

@@ -9,7 +9,8 @@ of one as well (a schedule that fires while a run is still going queues behind i
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+import json
+from typing import Any, Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -19,8 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.summary import metrics_table, mlflow_lines
 from tasks.config import TrainConfig
-from tasks.data import run_prepare_data
 from tasks.registry import CHAMPION, ModelVersionRef, PromotionDecision, decide, get_alias, promote, register
+from tasks.run_data import run_data_task
 from tasks.run_key import derive_run_key
 from tasks.runs import read_run
 from tasks.tracking import tracking_uri
@@ -73,13 +74,46 @@ def scheduled_date() -> dt.date:
 
 
 def with_window(config: TrainConfig, window_end: dt.date | None, window_days: int) -> TrainConfig:
-    source = config.data.source
-    if WINDOW_START not in source and WINDOW_END not in source:
+    """The config with the window's dates in ``data.source`` and in the string values of
+    ``datamodule_kwargs`` (at any depth), where they hold ``{window_start}`` / ``{window_end}``."""
+    dumped = config.model_dump(mode="json")
+    places: list[Any] = [dumped["datamodule_kwargs"]]
+    if dumped.get("data") is not None:
+        places.append(dumped["data"])
+    if not any(_has_placeholder(place) for place in places):
         return config
-    resolved = window_source(source, window_end or scheduled_date(), window_days)
-    data = config.model_dump(mode="json")
-    data["data"]["source"] = resolved
-    return TrainConfig.model_validate(data)
+    end = window_end or scheduled_date()
+    if dumped.get("data") is not None:
+        dumped["data"]["source"] = window_source(dumped["data"]["source"], end, window_days)
+    dumped["datamodule_kwargs"] = _fill_window(dumped["datamodule_kwargs"], end, window_days)
+    return TrainConfig.model_validate(dumped)
+
+
+def _has_placeholder(value: Any) -> bool:
+    if isinstance(value, str):
+        return WINDOW_START in value or WINDOW_END in value
+    if isinstance(value, dict):
+        return any(_has_placeholder(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_placeholder(v) for v in value)
+    return False
+
+
+def _fill_window(value: Any, end: dt.date, days: int) -> Any:
+    if isinstance(value, str):
+        return window_source(value, end, days)
+    if isinstance(value, dict):
+        return {k: _fill_window(v, end, days) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_window(v, end, days) for v in value]
+    return value
+
+
+def data_description(config: TrainConfig) -> str:
+    """What the run trains on, for results and summaries: the table, or the data module's arguments."""
+    if config.data is not None:
+        return config.data.source
+    return f"{config.datamodule} {json.dumps(config.datamodule_kwargs, sort_keys=True)}"
 
 
 @task(name="find_champion", cache_policy=NO_CACHE)
@@ -89,8 +123,16 @@ def find_champion(config: TrainConfig, name: str) -> ModelVersionRef | None:
 
 @task(name="champion_config", cache_policy=NO_CACHE)
 def champion_config(config: TrainConfig, champion: ModelVersionRef) -> TrainConfig:
-    """The champion's own config (model class, data module arguments), from its MLflow run."""
-    return read_run(tracking_uri(config), champion.run_id).config
+    """The champion's own config (model class, data module arguments), from its MLflow run.
+
+    With a project's own data module, the data module and its arguments are the challenger's (its window):
+    both models are tested on the same data, each with the data module state of its own checkpoint."""
+    own = read_run(tracking_uri(config), champion.run_id).config
+    if config.data is not None:
+        return own
+    return own.model_copy(
+        update={"datamodule": config.datamodule, "datamodule_kwargs": config.datamodule_kwargs, "data": None}
+    )
 
 
 @flow(name="retraining", persist_result=True, result_serializer="json", log_prints=True)
@@ -105,10 +147,22 @@ def retraining(
 ) -> RetrainingResult:
     """Train a challenger on the current data window and promote it only if it beats the champion.
 
-    ``data.source`` may contain ``{window_start}`` and ``{window_end}`` (ISO dates): the window ends on
+    ``data.source`` and the string values of ``datamodule_kwargs`` may contain ``{window_start}`` and
+    ``{window_end}`` (ISO dates): the window ends on
     ``window_end`` (default: the day the run was scheduled for) and spans ``window_days``. With
     ``warm_start`` the challenger starts from the champion's weights. ``lock_timeout_s`` bounds the wait
     for a running retraining of the same model (default: wait).
+
+    Args:
+        config: The challenger's training run; `mlflow.registered_model_name` names the champion.
+        metric: The test metric that decides the promotion, compared on the same test data.
+        mode: Whether a lower (`min`) or higher (`max`) metric wins.
+        warm_start: Start the challenger from the champion's weights instead of from scratch.
+        window_end: The day the data window ends (exclusive); `None` means the day the run was scheduled
+            for.
+        window_days: Days the data window spans, at least 1.
+        lock_timeout_s: Seconds to wait for a running retraining of the same model; `None` means wait
+            as long as it takes.
     """
     name = config.mlflow.registered_model_name
     if not name:
@@ -118,7 +172,7 @@ def retraining(
         config = with_window(config, window_end, window_days)
         run_key = derive_run_key(config, "retraining")
         champion = find_champion(config, name)
-        prepared = run_prepare_data(config)
+        prepared = run_data_task(config)
         init_from = champion.checkpoint_uri if warm_start and champion is not None else None
         fitted = fit(config, prepared, run_key, init_from)
         challenger_eval = test(config, prepared, fitted.best_checkpoint_uri, run_key)
@@ -129,12 +183,12 @@ def retraining(
         decision = decide(
             metric, mode, challenger_eval.metrics, champion_eval.metrics if champion_eval else None
         )
-        challenger = register(config, fitted, challenger_eval.metrics)
+        challenger = register(config, fitted, challenger_eval.metrics, prepared=prepared)
         champion_after = promote(config, challenger, decision)
     print(("Promoted" if decision.promote else "Kept the champion") + f": {decision.reason}.")
     result = RetrainingResult(
         run_key=run_key,
-        source=config.data.source,
+        source=data_description(config),
         fit=fitted,
         challenger=challenger,
         challenger_metrics=challenger_eval.metrics,
@@ -149,7 +203,7 @@ def retraining(
     create_markdown_artifact(
         "\n".join(
             [
-                f"# Retraining `{name}` on `{config.data.source}`",
+                f"# Retraining `{name}` on `{data_description(config)}`",
                 "",
                 f"**{'Promoted' if decision.promote else 'Not promoted'}**: {decision.reason}.",
                 "",

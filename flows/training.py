@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.summary import bullet_list, metrics_table, mlflow_lines
 from tasks.config import TrainConfig
-from tasks.data import PreparedData, run_prepare_data
 from tasks.registry import CHAMPION, ModelVersionRef, get_alias, register, set_alias
+from tasks.run_data import RunData, run_data_task
 from tasks.run_key import derive_run_key
 from tasks.tracking import tracking_uri
 from tasks.training import FitResult, deliver, fit, test, validate
@@ -28,7 +28,7 @@ class TrainingResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     run_key: str
-    prepared: PreparedData
+    prepared: RunData
     fit: FitResult
     validation_metrics: dict[str, float]
     test_metrics: dict[str, float]
@@ -61,7 +61,7 @@ def summary_markdown(result: TrainingResult) -> str:
         bullet_list("Checkpoints", fitted.checkpoint_uris),
         "",
         f"- Best checkpoint: `{fitted.best_checkpoint_uri}`",
-        f"- Prepared data: `{result.prepared.manifest_uri}` (dataset {result.prepared.dataset_id})",
+        f"- Data: {result.prepared.describe()} (dataset {result.prepared.dataset_id})",
         *mlflow_lines(fitted.tracking_uri, fitted.mlflow_experiment_id, fitted.mlflow_run_id),
     ]
     if result.model_version is not None:
@@ -79,11 +79,16 @@ def training(config: TrainConfig, register_model: bool = True) -> TrainingResult
 
     The first version registered under a name also becomes its ``champion``; later ones are promoted by
     the ``retraining`` flow only when they beat it.
+
+    Args:
+        config: The training run: model, data, Trainer arguments, checkpoints and MLflow tracking.
+        register_model: Register the trained model under `mlflow.registered_model_name` (when that is
+            set); the first version registered under a name becomes its `champion`.
     """
     # a tracking URI the worker's MLflow credentials must not reach is refused before any work
     tracking_uri(config)
     run_key = derive_run_key(config, "training")
-    prepared = run_prepare_data(config)
+    prepared = run_data_task(config)
     fitted = fit(config, prepared, run_key)
     validation = validate(config, prepared, fitted.best_checkpoint_uri, run_key)
     tested = test(config, prepared, fitted.best_checkpoint_uri, run_key)

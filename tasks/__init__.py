@@ -19,7 +19,9 @@ from tasks.orchestration import register_prefect
 if TYPE_CHECKING:
     from tasks.data import DataValidationError, PreparedData, PreparedSplit, prepare, prepare_data
     from tasks.prediction import PredictionResult, predict
+    from tasks.project_data import ProjectData, identify_data
     from tasks.registry import ModelVersionRef, PromotionDecision, promote, register
+    from tasks.run_data import RunData
     from tasks.training import EvalResult, FitResult, fit, test, validate
 
 register_prefect()
@@ -35,6 +37,9 @@ _LAZY = {
     "fit": "tasks.training",
     "validate": "tasks.training",
     "test": "tasks.training",
+    "ProjectData": "tasks.project_data",
+    "identify_data": "tasks.project_data",
+    "RunData": "tasks.run_data",
     "PredictionResult": "tasks.prediction",
     "predict": "tasks.prediction",
     "ModelVersionRef": "tasks.registry",
@@ -62,11 +67,14 @@ __all__ = [
     "PredictionResult",
     "PreparedData",
     "PreparedSplit",
+    "ProjectData",
     "PromotionDecision",
+    "RunData",
     "TrainConfig",
     "TrainerConfig",
     "allowed_prefixes",
     "fit",
+    "identify_data",
     "load_class",
     "predict",
     "prepare",

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, Strict, field_validator, model_validator
 
 from lightning_lib.loggers.redact import is_secret_name, redact_text, secret_env_values
 from lightning_lib.storage import is_remote, local_path, parse_s3_uri
-from tasks.imports import IMPORT_PATH_PATTERN, check_import_path, load_class
+from tasks.imports import IMPORT_PATH_PATTERN, check_import_path, import_path_pattern, load_class
 from tasks.params import apply_overrides, flatten, load_yaml_file, unflatten
-from tasks.trainer_config import CheckpointConfig, TrainerConfig
+from tasks.trainer_config import CheckpointConfig, TrainerConfig, require_every_field
 
 PARAMS_PREFIX = "config."
 # Bounds on the conventional data module arguments (issue 14): each DataLoader worker is a process with
@@ -31,8 +31,13 @@ MAX_DATALOADER_WORKERS = 64
 MAX_CLASSES = 2**24
 MAX_BATCH_SIZE = 2**20
 _BOUNDED_DATAMODULE_KWARGS = {"num_workers": (0, MAX_DATALOADER_WORKERS), "batch_size": (1, MAX_BATCH_SIZE)}
+# The data module that reads the splits ``prepare_data`` makes of a table (``data``); any other is the
+# project's own, which reads its data itself.
+TABLE_DATAMODULE = "examples.tabular:TabularDataModule"
 RUN_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-_STRICT = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+_STRICT = ConfigDict(
+    extra="forbid", frozen=True, hide_input_in_errors=True, json_schema_extra=require_every_field
+)
 _NO_SECRETS_HINT = (
     "Keep secrets out of the config: boto3 reads AWS credentials from its own chain (environment, "
     "profile, role) and MLflow from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN."
@@ -45,33 +50,33 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(**_STRICT, title="Data")
 
     source: str = Field(
-        min_length=1, description="CSV or Parquet file: a local path or an s3://bucket/key URI."
+        min_length=1, description="CSV or Parquet file: a local path or an `s3://bucket/key` URI."
     )
     format: Literal["csv", "parquet"] | None = Field(
-        default=None, description="File format; empty means from the extension (.csv, .parquet, .pq)."
+        default=None, description="File format; `None` means the extension's (`.csv`, `.parquet`, `.pq`)."
     )
     target: str = Field(min_length=1, description="The column to predict.")
     features: list[str] | None = Field(
-        default=None, description="Feature columns; empty means every column but the target."
+        default=None, description="Feature columns; `None` means every column but the target."
     )
     val_fraction: float = Field(
         default=0.15, gt=0, lt=1, description="Share of rows in the validation split."
     )
     test_fraction: float = Field(default=0.15, gt=0, lt=1, description="Share of rows in the test split.")
     split_seed: int | None = Field(
-        default=None, ge=0, description="Seed of the split; empty means the run's seed."
+        default=None, ge=0, description="Seed of the split; `None` means the run's `seed`."
     )
     data_root: str | None = Field(
         default=None,
-        description="Where prepared splits are written; empty means a 'data' folder beside checkpoint_root.",
+        description="Where prepared splits are written; `None` means a `data` folder beside `checkpoint_root`.",
     )
     num_classes: int | None = Field(
         default=None,
         ge=2,
         le=MAX_CLASSES,
-        description="Classes of a classifier: the target must hold whole numbers in [0, num_classes), checked "
-        "when the data is prepared. Empty means the model's: model_kwargs.num_classes, else the model "
-        "class's num_classes attribute, else no check (a regression target).",
+        description="Classes of a classifier: the target must hold whole numbers from 0 to `num_classes - 1`, "
+        "checked when the data is prepared. `None` means the model's: `model_kwargs.num_classes`, else the "
+        "model class's `num_classes` attribute, else no check (a regression target).",
     )
 
     @model_validator(mode="after")
@@ -120,11 +125,12 @@ class MlflowConfig(BaseModel):
     model_config = ConfigDict(**_STRICT, title="MLflow")
 
     tracking_uri: str | None = Field(
-        default=None, description="Empty means MLFLOW_TRACKING_URI, else a local SQLite file."
+        default=None,
+        description="Where runs are tracked; `None` means `MLFLOW_TRACKING_URI`, else a local SQLite file.",
     )
     experiment_name: str = Field(default="lightning_lib", min_length=1, description="The MLflow experiment.")
     registered_model_name: str | None = Field(
-        default=None, description="Register the trained model under this name; empty means do not register."
+        default=None, description="Register the trained model under this name; `None` means do not register."
     )
 
 
@@ -132,35 +138,48 @@ class TrainConfig(BaseModel):
     """A training run: model, data module, Trainer arguments, data, storage and tracking."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, hide_input_in_errors=True, title="Training run configuration"
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+        title="Training run configuration",
+        json_schema_extra=lambda schema: _form_schema(schema),
     )
 
     model: str = Field(
         pattern=IMPORT_PATH_PATTERN,
-        description="The LightningModule, as 'package.module:Class' under an allowed prefix.",
+        description="The LightningModule, as `package.module:Class` under an allowed module prefix.",
         examples=["examples.digits:DigitsClassifier"],
     )
+    # json_schema_extra: a default the form shows (pydantic puts none in the schema for a factory)
     model_kwargs: dict[str, JsonValue] = Field(
-        default_factory=dict, description="Keyword arguments of the model's __init__ (plain JSON values)."
+        default_factory=dict,
+        json_schema_extra={"default": {}},
+        description="Keyword arguments of the model's `__init__` (plain JSON values).",
     )
     datamodule: str = Field(
-        default="examples.tabular:TabularDataModule",
+        default=TABLE_DATAMODULE,
         pattern=IMPORT_PATH_PATTERN,
-        description="The LightningDataModule that reads the prepared splits, as 'package.module:Class'.",
+        description="The LightningDataModule, as `package.module:Class` under an allowed module prefix: your "
+        "project's own (then `data` is `None`: the pipeline calls its `prepare_data` and `setup` as Lightning "
+        "does), or the one that reads the splits the pipeline makes of a table (`data` set).",
     )
     datamodule_kwargs: dict[str, JsonValue] = Field(
         default_factory=dict,
-        description="Keyword arguments of the data module's __init__ besides the prepared splits (batch_size, ...)."
-        f" batch_size must be in [1, {MAX_BATCH_SIZE}] and num_workers in [0, {MAX_DATALOADER_WORKERS}] when given.",
+        json_schema_extra={"default": {}},
+        description="Keyword arguments of the data module's `__init__` (plain JSON values; with a table, besides "
+        "the prepared splits). String values may hold `{window_start}` and `{window_end}`, which retraining "
+        f"replaces with its window's dates. `batch_size` must be from 1 to {MAX_BATCH_SIZE} and "
+        f"`num_workers` from 0 to {MAX_DATALOADER_WORKERS} when given.",
     )
     trainer: TrainerConfig = Field(default=TrainerConfig(), description="Arguments of the Trainer.")
-    seed: int = Field(
-        default=0, ge=0, le=2**32 - 1, description="Seed of python, numpy and torch (seed_everything)."
+    # strict: a seed given as text is refused as the form refuses it, never converted
+    seed: Annotated[int, Strict()] = Field(
+        default=0, ge=0, le=2**32 - 1, description="Seed of python, numpy and torch (`seed_everything`)."
     )
     checkpoint_root: str = Field(
         default="runs/checkpoints",
         min_length=1,
-        description="Checkpoints go under <checkpoint_root>/<run_key>: a local folder or s3://bucket/prefix.",
+        description="Checkpoints go under `<checkpoint_root>/<run_key>`: a local folder or `s3://bucket/prefix`.",
     )
     checkpoint: CheckpointConfig = Field(
         default=CheckpointConfig(), description="Which checkpoints the fit keeps and how often."
@@ -169,9 +188,14 @@ class TrainConfig(BaseModel):
     run_key: str | None = Field(
         default=None,
         pattern=RUN_KEY_PATTERN,
-        description="Names the run's checkpoints and MLflow run, so a retry continues them; empty means derived from the flow run.",
+        description="Names the run's checkpoints and MLflow run, so a retry continues them; `None` means derived "
+        "from the flow run.",
     )
-    data: DataConfig = Field(description="The raw table and its split.")
+    data: DataConfig | None = Field(
+        default=None,
+        description="A table (CSV or Parquet) the pipeline checks and splits for the data module; `None` when "
+        "the data module reads its own data.",
+    )
 
     @field_validator("model", "datamodule")
     @classmethod
@@ -222,8 +246,17 @@ class TrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _some_data(self) -> TrainConfig:
+        if self.data is None and self.datamodule == TABLE_DATAMODULE:
+            raise ValueError(
+                f"Expected data (a table the pipeline splits for {TABLE_DATAMODULE}) or datamodule (your "
+                "project's own LightningDataModule, which reads its data itself), received neither."
+            )
+        return self
+
+    @model_validator(mode="after")
     def _data_root_is_a_folder(self) -> TrainConfig:
-        if self.data.data_root and not is_remote(self.data.data_root):
+        if self.data is not None and self.data.data_root and not is_remote(self.data.data_root):
             _check_local_folder("data.data_root", self.data.data_root)
         return self
 
@@ -242,7 +275,7 @@ class TrainConfig(BaseModel):
 
     def prepared_data_root(self) -> str:
         """``data.data_root``, else a ``data`` folder beside ``checkpoint_root``."""
-        if self.data.data_root:
+        if self.data is not None and self.data.data_root:
             return self.data.data_root
         root = self.checkpoint_root.rstrip("/")
         if is_remote(root):
@@ -261,7 +294,7 @@ class TrainConfig(BaseModel):
         """How many classes the target must fit: ``data.num_classes``, else ``model_kwargs.num_classes``,
         else the model class's ``num_classes`` attribute (importing it, from an allowed prefix only);
         None when none says (a regression model, or one that does not declare it: nothing is checked)."""
-        if self.data.num_classes is not None:
+        if self.data is not None and self.data.num_classes is not None:
             return self.data.num_classes
         given = self.model_kwargs.get("num_classes")
         if isinstance(given, int) and not isinstance(given, bool):
@@ -273,7 +306,16 @@ class TrainConfig(BaseModel):
 
     def split_seed(self) -> int:
         """The seed of the data split: ``data.split_seed``, else the run's seed."""
-        return self.seed if self.data.split_seed is None else self.data.split_seed
+        return self.seed if self.data is None or self.data.split_seed is None else self.data.split_seed
+
+    def table(self) -> DataConfig:
+        """The table section; raises, naming the data module, when the run reads its own data."""
+        if self.data is None:
+            raise ValueError(
+                f"Expected a table (data) for this step, but the run's data module {self.datamodule!r} reads its "
+                "own data."
+            )
+        return self.data
 
     def load_model_class(self) -> type[Any]:
         """Import the LightningModule class (only from an allowed prefix)."""
@@ -309,6 +351,28 @@ class TrainConfig(BaseModel):
     def from_flat_params(cls, params: Mapping[str, str], prefix: str = PARAMS_PREFIX) -> TrainConfig:
         """Rebuild the config from a run's params (other params are ignored); validates as usual."""
         return cls.model_validate(unflatten(params, prefix))
+
+
+_SECTION_TITLES = {"trainer": "Trainer", "checkpoint": "Checkpoints", "mlflow": "MLflow", "data": "Data"}
+
+
+def _form_schema(schema: dict[str, JsonValue]) -> None:
+    """The config's JSON schema as the Prefect form needs it: every field required (see
+    :func:`require_every_field`) and import paths held to the allowed prefixes of the process that renders
+    the schema (the serving or deploying process), so a model outside them is refused on submission."""
+    require_every_field(schema)
+    properties = schema["properties"]
+    assert isinstance(properties, dict)
+    for name in ("model", "datamodule"):
+        prop = properties[name]
+        assert isinstance(prop, dict)
+        prop["pattern"] = import_path_pattern()
+    # pydantic leaves the title off a field that references a section; the form labels the field with
+    # the property's own title (with nothing when an empty section is chosen)
+    for name, title in _SECTION_TITLES.items():
+        prop = properties[name]
+        assert isinstance(prop, dict)
+        prop.setdefault("title", title)
 
 
 def _walk(value: Any, where: str = "", key: str | None = None) -> Any:
@@ -361,6 +425,7 @@ def _norm(uri: str) -> str:
 
 __all__ = [
     "PARAMS_PREFIX",
+    "TABLE_DATAMODULE",
     "CheckpointConfig",
     "DataConfig",
     "MlflowConfig",

@@ -98,6 +98,7 @@ class PreparedData(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    kind: Literal["table"] = "table"  # tells it from a project's own data module's (tasks.run_data)
     dataset_id: str
     source: str
     input_sha256: str
@@ -110,6 +111,15 @@ class PreparedData(BaseModel):
     val: PreparedSplit
     test: PreparedSplit
     manifest_uri: str
+
+    @property
+    def digest(self) -> str:
+        """The data's identity: the sha256 of the source table's bytes."""
+        return self.input_sha256
+
+    def describe(self) -> str:
+        """One line for logs and summaries."""
+        return f"{self.source} (sha256 {self.input_sha256}; prepared as {self.manifest_uri})"
 
     def datamodule_kwargs(self) -> dict[str, Any]:
         """What a pipeline data module (``examples.tabular.TabularDataModule``) takes from this result."""
@@ -577,11 +587,11 @@ def _write_splits(
 
 def input_digest(config: TrainConfig) -> str:
     """sha256 of the source file's bytes, streamed (memory does not grow with the file)."""
-    return _source(config.data.source).sha256()
+    return _source(config.table().source).sha256()
 
 
 def _split_spec(config: TrainConfig, input_sha256: str) -> dict[str, Any]:
-    data = config.data
+    data = config.table()
     return {
         "version": PREPARE_VERSION,
         "input_sha256": input_sha256,
@@ -619,7 +629,7 @@ def dataset_id(config: TrainConfig, input_sha256: str) -> str:
 def prepare(config: TrainConfig, raw: bytes | None = None) -> PreparedData:
     """Read, check, split and write, streaming; return the URIs and digests. ``raw`` (the source's
     bytes) skips reading the source."""
-    data = config.data
+    data = config.table()
     fmt = data.source_format()
     assert fmt is not None  # DataConfig refuses a source without a known format
     source = _source(data.source, raw)
@@ -647,7 +657,9 @@ def prepare(config: TrainConfig, raw: bytes | None = None) -> PreparedData:
         val_fraction=data.val_fraction,
         test_fraction=data.test_fraction,
         manifest_uri=join_uri(folder, MANIFEST_NAME),
-        **written,
+        train=written["train"],
+        val=written["val"],
+        test=written["test"],
     )
     # Written last: a folder without it was interrupted, and its splits are not to be trusted.
     open_store(folder).put_bytes(MANIFEST_NAME, result.model_dump_json(indent=2).encode())
@@ -694,7 +706,7 @@ def prepare_data(config: TrainConfig, input_sha256: str | None = None) -> Prepar
     result = prepare(config)
     if input_sha256 is not None and result.input_sha256 != input_sha256:
         raise StaleDigestError(
-            f"{config.data.source} changed after the flow hashed it (sha256 {input_sha256}, prepared "
+            f"{config.table().source} changed after the flow hashed it (sha256 {input_sha256}, prepared "
             f"{result.input_sha256}): run the flow again to use the new content."
         )
     return result

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
+from pydantic import TypeAdapter
 
 from lightning_lib.callbacks import Callback
 from lightning_lib.distributed import launched_by_trainer, launched_externally
@@ -35,8 +36,8 @@ from lightning_lib.loggers.redact import redact_text
 from lightning_lib.storage import join_uri, open_store, split_uri
 from lightning_lib.trainer.arguments import parse_devices, resolve_accelerator
 from tasks.config import TrainConfig
-from tasks.data import PreparedData
 from tasks.retry import DistributedFitFailed, DistributedFitRefused
+from tasks.run_data import RunData
 
 if TYPE_CHECKING:
     from tasks.training import FitResult
@@ -83,7 +84,7 @@ def needs_launch(config: TrainConfig) -> bool:
 
 def launch_fit(
     config: TrainConfig,
-    prepared: PreparedData,
+    prepared: RunData,
     run_key: str,
     init_from: str | None,
     lease_check: Callable[[], None] | None = None,
@@ -302,12 +303,24 @@ def is_collateral(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(sign in text for sign in _PEER_FAILURE_SIGNS)
 
 
-def _prepared_by_rank_zero(config: TrainConfig, timeout: float = 1800.0) -> PreparedData:
+def _prepared_by_rank_zero(config: TrainConfig, timeout: float = 1800.0) -> RunData:
     """Across nodes without a spec: rank zero prepares the data (into shared storage, e.g. S3); the other
-    ranks find it at its content address (same source bytes, same split) once its manifest is written."""
-    from tasks.data import MANIFEST_NAME, load_prepared, prepare, prepared_folder
+    ranks find it at its content address (same source bytes, same split) once its manifest is written.
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    A project's own data module is identified by rank zero alone (its ``prepare_data`` runs there first,
+    then in each node's ``Trainer.fit`` as Lightning runs it); the other ranks neither log nor commit, so
+    they go without the fingerprint."""
+    from tasks.data import MANIFEST_NAME, load_prepared, prepare, prepared_folder
+    from tasks.project_data import ProjectData, identify
+
+    rank_zero = int(os.environ.get("RANK", "0")) == 0
+    if config.data is None:
+        if rank_zero:
+            return identify(config)
+        return ProjectData(
+            datamodule=config.datamodule, dataset_id="identified-by-rank-zero", fingerprint=None
+        )
+    if rank_zero:
         return prepare(config)
     folder = prepared_folder(config)
     root, name = split_uri(join_uri(folder, MANIFEST_NAME))
@@ -337,7 +350,7 @@ def worker_main(argv: list[str] | None = None) -> int:
             spec = json.loads(args.spec.read_text())
             workdir = Path(spec["workdir"])
             config = TrainConfig.model_validate(spec["config"])
-            prepared = PreparedData.model_validate(spec["prepared"])
+            prepared = TypeAdapter(RunData).validate_python(spec["prepared"])
             run_key, init_from = spec["run_key"], spec["init_from"]
         else:
             if args.config is None or not args.run_key:

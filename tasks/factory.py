@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import torch
@@ -17,8 +17,10 @@ import torch
 from lightning_lib.callbacks import Callback
 from lightning_lib.storage import is_remote, join_uri, local_path
 from tasks.config import TrainConfig
-from tasks.data import PreparedData
 from tasks.tracking import embedded_mlflow_dir, tracking_uri
+
+if TYPE_CHECKING:
+    from tasks.run_data import RunData
 
 # The keys the pipeline hands a data module from ``prepare_data`` (see PreparedData.datamodule_kwargs).
 PIPELINE_DATAMODULE_KEYS = ("train_uri", "val_uri", "test_uri", "features", "target", "sha256")
@@ -105,20 +107,42 @@ def build_model(config: TrainConfig) -> Any:
     return config.load_model_class()(**config.model_kwargs)
 
 
-def build_datamodule(config: TrainConfig, prepared: PreparedData, **extra: Any) -> Any:
-    """The data module over the prepared splits, plus the config's own arguments (batch size, ...).
-
-    A data module whose ``__init__`` takes ``seed`` gets the run's seed unless the config sets one.
-    """
+def build_datamodule(config: TrainConfig, prepared: RunData | None, **extra: Any) -> Any:
+    """The run's data module: over the prepared splits of a table (plus the config's own arguments: batch
+    size, ...), or the project's own from the config's arguments alone (``prepared`` is then its identity,
+    or None)."""
+    if config.data is None or prepared is None or prepared.kind != "table":
+        return build_project_datamodule(config, **extra)
     clash = sorted(set(config.datamodule_kwargs) & set(PIPELINE_DATAMODULE_KEYS))
     if clash:
         raise ValueError(
             f"Expected datamodule_kwargs without {clash}: the pipeline sets them from the prepared data."
         )
+    return _construct(config, {**prepared.datamodule_kwargs(), **config.datamodule_kwargs, **extra})
+
+
+def build_project_datamodule(config: TrainConfig, **extra: Any) -> Any:
+    """The project's own data module from ``datamodule_kwargs`` (plain values) alone."""
+    return _construct(config, {**config.datamodule_kwargs, **extra})
+
+
+def _construct(config: TrainConfig, kwargs: dict[str, Any]) -> Any:
+    """A data module whose ``__init__`` takes ``seed`` gets the run's seed unless the config sets one.
+
+    Arguments it does not take are refused here, naming them and what it takes, rather than by a
+    ``TypeError`` from inside the user's ``__init__``."""
     cls = config.load_datamodule_class()
-    kwargs = {**prepared.datamodule_kwargs(), **config.datamodule_kwargs, **extra}
-    if "seed" not in kwargs and "seed" in inspect.signature(cls.__init__).parameters:
+    parameters = inspect.signature(cls.__init__).parameters
+    if "seed" not in kwargs and "seed" in parameters:
         kwargs["seed"] = config.seed
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = sorted(set(kwargs) - set(parameters)) if not takes_any else []
+    if unknown:
+        accepted = sorted(n for n, p in parameters.items() if n != "self" and p.kind is not p.VAR_POSITIONAL)
+        raise TypeError(
+            f"Expected datamodule_kwargs to be arguments of {config.datamodule}, received {unknown}; it takes "
+            f"{accepted}."
+        )
     return cls(**kwargs)
 
 
@@ -156,6 +180,7 @@ __all__ = [
     "build_datamodule",
     "build_logger",
     "build_model",
+    "build_project_datamodule",
     "build_trainer",
     "checkpoint_dir",
     "without_userinfo",

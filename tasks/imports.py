@@ -12,14 +12,28 @@ import os
 import re
 from typing import Any
 
-# The bundled example is always importable; a deployment adds its own packages through this variable.
-DEFAULT_ALLOWED_PREFIXES: tuple[str, ...] = ("examples.",)
+# The bundled examples and the reusable data modules are always importable; a deployment adds its own
+# packages through this variable.
+DEFAULT_ALLOWED_PREFIXES: tuple[str, ...] = ("examples.", "datamodules.")
 ALLOWED_IMPORTS_ENV = "LIGHTNING_LIB_ALLOWED_IMPORTS"
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 # Plain ECMA-compatible syntax: the same pattern goes into the JSON schema the Prefect UI validates with.
-IMPORT_PATH_PATTERN = rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}$"
+_DOTTED = rf"{_IDENT}(\.{_IDENT})*"
+IMPORT_PATH_PATTERN = rf"^{_DOTTED}:{_IDENT}$"
 _IMPORT_PATH = re.compile(IMPORT_PATH_PATTERN)
+
+
+def import_path_pattern(prefixes: tuple[str, ...] | None = None) -> str:
+    """The JSON-schema pattern of an import path under the allowed prefixes (default: the environment's).
+
+    It refuses what :func:`check_import_path` refuses, so the Prefect form and the server's parameter check
+    turn down a model outside the prefixes when the run is submitted, not when the worker loads it.
+    """
+    allowed = allowed_prefixes() if prefixes is None else prefixes
+    # a prefix that is not a dotted name matches no import path in check_import_path either
+    roots = sorted({r for r in (p.rstrip(".") for p in allowed) if re.fullmatch(_DOTTED, r)})
+    return rf"^({'|'.join(map(re.escape, roots))})(\.{_IDENT})*:{_IDENT}$"
 
 
 class DisallowedImportError(ValueError):

@@ -156,8 +156,9 @@ class PredictionResult(BaseModel):
     sha256: str
     rows: int
     source: str
-    input_sha256: str
+    input_sha256: str  # the table's sha256, or the fingerprint of the data module's sources ("" if none)
     checkpoint_uri: str
+    model: str | None = None  # the registered model version that scored: "name version N (alias)"
 
 
 def _sha256(data: bytes) -> str:
@@ -167,13 +168,14 @@ def _sha256(data: bytes) -> str:
 def checkpoint_columns(checkpoint: dict[str, Any], config: TrainConfig) -> tuple[list[str], str]:
     """The feature columns and target the checkpoint was trained on (the config's when it does not say)."""
     hparams = checkpoint.get("datamodule_hyper_parameters") or {}
-    features = hparams.get("features") or config.data.features
+    table = config.table()
+    features = hparams.get("features") or table.features
     if not features:
         raise LookupError(
             "The checkpoint does not name its feature columns (no data module hyper-parameters) and the "
             "config's data.features is empty: set data.features to score with it."
         )
-    return list(features), str(hparams.get("target") or config.data.target)
+    return list(features), str(hparams.get("target") or table.target)
 
 
 def default_output_uri(config: TrainConfig, input_sha256: str, checkpoint_uri: str) -> str:
@@ -260,12 +262,100 @@ def _put(uri: str, payload: bytes) -> None:
     open_store(root).put_bytes(name, payload)
 
 
+def score_datamodule(
+    config: TrainConfig,
+    checkpoint_uri: str,
+    output_uri: str | None = None,
+    datamodule_kwargs: dict[str, Any] | None = None,
+    model: str | None = None,
+) -> PredictionResult:
+    """Run the model's ``predict_step`` over its project data module's ``predict_dataloader``, streaming
+    the outputs to Parquet (:class:`tasks.prediction_writer.ParquetPredictionWriter`).
+
+    ``datamodule_kwargs`` are laid over the training config's (to point the data module at new data, e.g.
+    ``{"predict": "s3://bucket/new/"}``) and validated as the config validates them; the data module's
+    declared sources must then lie under :func:`data_roots`. The output (``output_uri``, else a file under
+    the model's data root named by the checkpoint and those arguments) follows the same rules as
+    :func:`score`'s, checked before the checkpoint is loaded and again just before the upload."""
+    from tasks.factory import build_project_datamodule
+    from tasks.prediction_writer import ParquetPredictionWriter, provenance_footer
+    from tasks.project_data import declared_sources
+    from tasks.sources import fingerprint_sources
+
+    if datamodule_kwargs:
+        merged = {**config.datamodule_kwargs, **datamodule_kwargs}
+        config = TrainConfig.model_validate({**config.model_dump(mode="json"), "datamodule_kwargs": merged})
+    roots = data_roots()
+    if output_uri is not None:
+        check_output(output_uri, roots)
+    else:
+        check_default_output_root(config, roots)
+    load_file(checkpoint_uri)  # verified and weights_only=True, before any work
+    datamodule = build_project_datamodule(config)
+    sources = declared_sources(datamodule) or []
+    if datamodule_kwargs:
+        for source in sources:
+            check_allowed("source", source, roots)
+    digest = fingerprint_sources(sources).fingerprint.digest if sources else ""
+    if output_uri is None:
+        spec = json.dumps([checkpoint_uri, config.datamodule_kwargs, digest], sort_keys=True, default=str)
+        key = _sha256(spec.encode())[:24]
+        output_uri = join_uri(config.prepared_data_root(), "predictions", key, "predictions.parquet")
+    provenance = {"source": ", ".join(sources), "input_sha256": digest, "checkpoint": checkpoint_uri}
+    if model:
+        provenance["model"] = model
+    writer = ParquetPredictionWriter(
+        output_uri,
+        footer=provenance_footer(OUTPUT_MARKER, provenance),
+        before_upload=lambda uri: check_output(uri, roots),  # again: something may have appeared there
+    )
+    module = config.load_model_class().load_from_checkpoint(checkpoint_uri)
+    trainer = pl.Trainer(
+        accelerator=config.trainer.accelerator,
+        devices=1,  # one process: every row scored once, in order
+        precision=config.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[writer],
+    )
+    trainer.predict(module, datamodule=datamodule, ckpt_path=checkpoint_uri, return_predictions=False)
+    assert writer.uri is not None and writer.sha256 is not None, "the writer uploads at the end of predict"
+    return PredictionResult(
+        uri=writer.uri,
+        sha256=writer.sha256,
+        rows=writer.rows,
+        source=provenance["source"],
+        input_sha256=digest,
+        checkpoint_uri=checkpoint_uri,
+        model=model,
+    )
+
+
 @task(name="predict", **retrying(cache_policy=NO_CACHE, result_serializer="json"))
 def predict(
-    config: TrainConfig, checkpoint_uri: str, source: str, output_uri: str | None = None
+    config: TrainConfig,
+    checkpoint_uri: str,
+    source: str | None = None,
+    output_uri: str | None = None,
+    datamodule_kwargs: dict[str, Any] | None = None,
+    model: str | None = None,
 ) -> PredictionResult:
-    """Prefect task around :func:`score`."""
-    return score(config, checkpoint_uri, source, output_uri)
+    """Prefect task around :func:`score` (a table ``source``) or :func:`score_datamodule` (the model's
+    project data module, when the model was trained without a table)."""
+    if config.data is None:
+        if source is not None:
+            raise ValueError(
+                f"Expected no source for a model trained on its own data module ({config.datamodule}): its "
+                "predict_dataloader reads the data; point it at new data with datamodule_kwargs."
+            )
+        return score_datamodule(config, checkpoint_uri, output_uri, datamodule_kwargs, model)
+    if source is None:
+        raise ValueError("Expected a source table (CSV or Parquet) to score with a model trained on a table.")
+    if datamodule_kwargs:
+        raise ValueError("Expected no datamodule_kwargs with a table source: the table is the data to score.")
+    result = score(config, checkpoint_uri, source, output_uri)
+    return result.model_copy(update={"model": model}) if model else result
 
 
 __all__ = [
@@ -282,5 +372,6 @@ __all__ = [
     "default_output_uri",
     "predict",
     "score",
+    "score_datamodule",
     "written_by_predict",
 ]

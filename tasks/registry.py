@@ -16,8 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import TrainConfig
-from tasks.data import PreparedData
 from tasks.retry import retrying
+from tasks.run_data import RunData
 from tasks.tracking import tracking_uri
 from tasks.training import FitResult, deliver_pending
 
@@ -86,7 +86,7 @@ def register_model(
     fit_result: FitResult,
     metrics: dict[str, float],
     name: str | None = None,
-    prepared: PreparedData | None = None,
+    prepared: RunData | None = None,
 ) -> ModelVersionRef:
     """Register the model ``fit`` logged, tagged with its checkpoint, run key and ``metrics``.
 
@@ -199,7 +199,7 @@ def register(
     fit_result: FitResult,
     metrics: dict[str, float],
     name: str | None = None,
-    prepared: PreparedData | None = None,
+    prepared: RunData | None = None,
 ) -> ModelVersionRef:
     """Prefect task around :func:`register_model`."""
     return register_model(config, fit_result, metrics, name, prepared)

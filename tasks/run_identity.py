@@ -26,8 +26,8 @@
    MLflow run, its last step and the empty folder, and what to do. Policy: refuse rather than start a new
    MLflow run for the key, since two runs under one key would make every later lookup ambiguous. A first
    attempt that died before its first commit keeps ``run.json`` and never recorded a checkpoint, so its
-   retry still starts over from step 0 (re-logging the steps of that attempt, as any resume re-logs the
-   steps after its checkpoint).
+   retry still starts over from step 0. It replays that attempt's steps exactly, as any resume replays the
+   steps after its checkpoint, and the MLflow logger does not send again a point the run has recorded.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import time
+import typing
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,6 @@ from lightning_lib.checkpoint import list_committed
 from lightning_lib.distributed import launched_by_trainer, launched_externally
 from lightning_lib.storage import ObjectNotFound, PreconditionFailed, join_uri, open_store
 from tasks.config import PARAMS_PREFIX, TrainConfig
-from tasks.data import PreparedData
 from tasks.factory import checkpoint_dir
 from tasks.lease import RunLease, held_by_ancestor
 from tasks.params import flatten
@@ -55,12 +55,16 @@ from tasks.tracking import tracking_uri
 
 if TYPE_CHECKING:
     from lightning_lib.storage import ObjectStore
+    from tasks.run_data import RunData
     from tasks.runs import KeyedRun
 
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "run.json"
-TAG_INPUT_SHA256 = "data.input_sha256"  # as tasks.training tags the run (imported here it would be a cycle)
+# as tasks.training tags the run (imported here it would be a cycle): a table's sha256, or the fingerprint
+# of a project data module's sources
+TAG_INPUT_SHA256 = "data.input_sha256"
+TAG_FINGERPRINT = "data.fingerprint"
 TAG_LATEST_CHECKPOINT = "checkpoint.latest.uri"
 DATA_FIELD = "data (input_sha256)"
 
@@ -105,7 +109,9 @@ def _default_param(name: str) -> str | None:
             return None
         info = fields[part]
         if depth < len(parts) - 1:
-            model = info.annotation
+            # an optional section (``data: DataConfig | None``) holds the fields of its model
+            members = typing.get_args(info.annotation) or (info.annotation,)
+            model = next((m for m in members if hasattr(m, "model_fields")), None)
             continue
         if info.is_required():
             return None
@@ -156,8 +162,11 @@ def differences(recorded: Mapping[str, str], current: Mapping[str, str]) -> list
     return out
 
 
-def _current(config: TrainConfig, prepared: PreparedData) -> dict[str, str]:
-    return {**config.to_flat_params(), DATA_FIELD: prepared.input_sha256}
+def _current(config: TrainConfig, prepared: RunData) -> dict[str, str]:
+    current = config.to_flat_params()
+    if prepared.digest is not None:  # a data module that declares no sources has no digest to compare
+        current[DATA_FIELD] = prepared.digest
+    return current
 
 
 def _read_record(store: ObjectStore) -> dict[str, Any] | None:
@@ -186,13 +195,14 @@ def _recorded_params(record: Mapping[str, Any] | None, run: KeyedRun | None) -> 
         return params, "its record"
     if run is not None and any(n.startswith(PARAMS_PREFIX) for n in run.params):
         params = dict(run.params)
-        if run.tags.get(TAG_INPUT_SHA256):
-            params[DATA_FIELD] = run.tags[TAG_INPUT_SHA256]
+        digest = run.tags.get(TAG_INPUT_SHA256) or run.tags.get(TAG_FINGERPRINT)
+        if digest:
+            params[DATA_FIELD] = digest
         return params, f"the params of its MLflow run {run.run_id}"
     return {}, ""
 
 
-def check_run_identity(config: TrainConfig, prepared: PreparedData, run_key: str, store: ObjectStore) -> None:
+def check_run_identity(config: TrainConfig, prepared: RunData, run_key: str, store: ObjectStore) -> None:
     """Points 2 and 3 of the module docstring; writes ``run.json`` when the run key is new to the folder."""
     from tasks.runs import find_keyed_run, last_logged_step
 
@@ -228,7 +238,7 @@ def check_run_identity(config: TrainConfig, prepared: PreparedData, run_key: str
         body = {
             "run_key": run_key,
             "params": config.to_flat_params(),
-            "input_sha256": prepared.input_sha256,
+            "input_sha256": prepared.digest,
             "created": time.time(),
         }
         with contextlib.suppress(PreconditionFailed):  # written meanwhile: compared at the next fit
@@ -258,7 +268,7 @@ def _rank() -> int | None:
 
 
 @contextlib.contextmanager
-def hold_run_key(config: TrainConfig, prepared: PreparedData, run_key: str) -> Iterator[list[Any]]:
+def hold_run_key(config: TrainConfig, prepared: RunData, run_key: str) -> Iterator[list[Any]]:
     """Hold the run key for the body (see the module docstring); yields the callbacks the fit adds.
 
     Under torchrun, the fit task that launched the ranks holds the lease and made the checks: its ranks

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lightning_lib.loggers.mlflow import TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_RUN_KEY, git_tags
 from tasks.config import TrainConfig
-from tasks.training import TAG_INPUT_SHA256
+from tasks.training import TAG_FINGERPRINT, TAG_INPUT_SHA256
 
 
 class RunRecord(BaseModel):
@@ -27,7 +27,7 @@ class RunRecord(BaseModel):
     config: TrainConfig
     git_commit: str | None
     git_dirty: bool | None
-    input_sha256: str | None
+    input_sha256: str | None  # the data's digest: the table's sha256, or the data module's fingerprint
     metrics: dict[str, float]
     status: str = "FINISHED"  # MLflow's: FINISHED, FAILED, KILLED, RUNNING, SCHEDULED
 
@@ -61,7 +61,7 @@ def read_run(tracking_uri: str, run_id: str) -> RunRecord:
         config=TrainConfig.from_flat_params(params),
         git_commit=tags.get(TAG_GIT_COMMIT),
         git_dirty=_dirty(tags.get(TAG_GIT_DIRTY)),
-        input_sha256=tags.get(TAG_INPUT_SHA256),
+        input_sha256=tags.get(TAG_INPUT_SHA256) or tags.get(TAG_FINGERPRINT),
         metrics={k: float(v) for k, v in run.data.metrics.items()},
         status=str(run.info.status),
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
 from lightning_lib.plugins.precision import normalize_precision
 from lightning_lib.trainer.arguments import (
@@ -36,9 +36,28 @@ from lightning_lib.trainer.arguments import (
 MAX_COUNT = 2**31 - 1
 _Count = Annotated[int, Field(le=MAX_COUNT)]
 _Limit = Annotated[int, Field(ge=0, le=MAX_COUNT)] | Annotated[float, Field(ge=0, le=1)]
+# What a limit allows but an interval does not: 0 (the Trainer refuses validating every 0 batches).
+_Interval = Annotated[int, Field(ge=1, le=MAX_COUNT)] | Annotated[float, Field(gt=0, le=1)]
+_Duration = Annotated[str, Field(pattern=r"^\s*\d{1,4}:\d{1,2}:\d{1,2}:\d{1,2}\s*$")]
 
 PrecisionName = Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"]
-_LIMIT = "A fraction of the batches in [0.0, 1.0] or a whole number of batches; empty means all."
+_LIMIT = (
+    "A fraction of the batches (a number from 0.0 to 1.0) or a whole number of batches; `None` means all."
+)
+
+
+def require_every_field(schema: dict[str, JsonValue]) -> None:
+    """Mark every property of a config section required in its JSON schema (the Prefect form).
+
+    The form drops a cleared field, or a number typed as text, from the values it sends, and Prefect
+    merges a run's parameters over the deployment's only at the top level: the missing key would then
+    silently take the model's default (seed 0 instead of the deployment's 42). Required, it is refused
+    by the form and by the server's parameter check instead. Python callers and YAML files still get
+    the defaults: only the schema is strict. A field that may be empty says so with an explicit `None`.
+    """
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        schema["required"] = list(properties)
 
 
 def _check_interval(name: str, value: Any) -> None:
@@ -87,11 +106,17 @@ _RULES: dict[str, Any] = {
 class TrainerConfig(BaseModel):
     """Arguments passed to ``lightning_lib.Trainer``; defaults are the Trainer's own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, title="Trainer")
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+        title="Trainer",
+        json_schema_extra=require_every_field,
+    )
 
     max_epochs: Annotated[int, Field(ge=-1, le=MAX_COUNT)] | None = Field(
         default=None,
-        description="Stop after this many epochs; empty means 1000 (or unlimited with max_steps), -1 unlimited.",
+        description="Stop after this many epochs; -1 means no limit, `None` means 1000 (no limit when `max_steps` is set).",
     )
     max_steps: int = Field(
         default=-1,
@@ -99,11 +124,12 @@ class TrainerConfig(BaseModel):
         le=MAX_COUNT,
         description="Stop after this many optimizer steps; -1 means no limit.",
     )
-    max_time: Annotated[str, Field(pattern=r"^\s*\d{1,4}:\d{1,2}:\d{1,2}:\d{1,2}\s*$")] | None = Field(
-        default=None, description='Stop after this much time, "DD:HH:MM:SS" (at most 3650 days).'
+    max_time: _Duration | None = Field(
+        default=None,
+        description="Stop after this much time, `DD:HH:MM:SS` (at most 3650 days); `None` means no time limit.",
     )
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field(
-        default="auto", description="The device type to train on."
+        default="auto", description="The device type to train on; `auto` picks a GPU when there is one."
     )
     devices: (
         Annotated[int, Field(ge=-1, le=MAX_DEVICES_PER_NODE)]
@@ -114,35 +140,37 @@ class TrainerConfig(BaseModel):
         ]
     ) = Field(
         default="auto",
-        description='Devices per node, one process each: "auto", a count, -1 (all GPUs) or a list of indices.'
+        description="Devices per node, one process each: `auto`, a count, -1 (all GPUs) or a list of indices."
         f" More than one trains with DDP (the fit task launches torchrun). At most {MAX_DEVICES_PER_NODE},"
         " and at most the worker's CPUs (CPU) or CUDA devices (GPU), checked on the worker before launching.",
     )
     strategy: Literal["auto", "single_device", "ddp", "ddp_find_unused_parameters_true"] = Field(
-        default="auto", description='"auto" uses DDP when there is more than one device.'
+        default="auto", description="`auto` uses DDP when there is more than one device."
     )
     num_nodes: int = Field(
         default=1,
         ge=1,
         le=MAX_NUM_NODES,
-        description="Machines taking part (each runs torchrun; see infra/k8s).",
+        description="Machines taking part (each runs torchrun; see `infra/k8s`).",
     )
     precision: PrecisionName = Field(
-        default="32-true", description="Numerical precision; 16, 32, 64 and 'bf16' are accepted as aliases."
+        default="32-true",
+        description="Numerical precision; a config file (not this form) may also give 16, 32, 64 or `bf16`.",
     )
     limit_train_batches: _Limit | None = Field(default=None, description=_LIMIT)
     limit_val_batches: _Limit | None = Field(default=None, description=_LIMIT)
     limit_test_batches: _Limit | None = Field(default=None, description=_LIMIT)
     limit_predict_batches: _Limit | None = Field(default=None, description=_LIMIT)
-    val_check_interval: _Limit | str | None = Field(
+    val_check_interval: _Interval | _Duration | None = Field(
         default=None,
-        description='Validate every fraction of an epoch (float), every N batches (int), or every "DD:HH:MM:SS".',
+        description="Validate every fraction of an epoch (a number up to 1.0), every N batches (a whole number) "
+        "or every `DD:HH:MM:SS`; `None` means once per epoch.",
     )
     check_val_every_n_epoch: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = Field(
-        default=1, description="Validate every N epochs; empty means only by val_check_interval."
+        default=1, description="Validate every N epochs; `None` means only by `val_check_interval`."
     )
     num_sanity_val_steps: Annotated[int, Field(ge=-1, le=MAX_COUNT)] | None = Field(
-        default=None, description="Validation batches run before training (default 2; -1 all)."
+        default=None, description="Validation batches run before training; -1 means all, `None` means 2."
     )
     accumulate_grad_batches: int = Field(
         default=1,
@@ -151,19 +179,20 @@ class TrainerConfig(BaseModel):
         description="Accumulate gradients over this many batches per optimizer step.",
     )
     gradient_clip_val: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
-        default=None, description="Clip gradients at this value; empty means no clipping."
+        default=None, description="Clip gradients at this value; `None` means no clipping."
     )
     gradient_clip_algorithm: Literal["norm", "value"] | None = Field(
-        default=None, description='"norm" (default) or "value".'
+        default=None, description="Clip by the gradients' `norm` or by `value`; `None` means `norm`."
     )
     log_every_n_steps: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = Field(
-        default=None, description="How often to log within an epoch (default 50)."
+        default=None, description="Log every N steps within an epoch; `None` means 50."
     )
     deterministic: bool | Literal["warn"] | None = Field(
-        default=None, description="Use deterministic algorithms (true, false or 'warn')."
+        default=None,
+        description="Use deterministic algorithms: true, false or `warn`; `None` leaves torch's setting as it is.",
     )
     enable_progress_bar: bool | None = Field(
-        default=None, description="Show the progress bar (default: shown)."
+        default=None, description="Show the progress bar; `None` means shown."
     )
 
     @field_validator("*", mode="before")
@@ -195,22 +224,29 @@ class CheckpointConfig(BaseModel):
     fewer repeated steps; each one is committed in the background.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, title="Checkpoints")
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+        title="Checkpoints",
+        json_schema_extra=require_every_field,
+    )
 
     monitor: str | None = Field(
-        default="val_loss", description="Metric that ranks checkpoints ('best'); empty means the latest."
+        default="val_loss",
+        description="Metric that ranks checkpoints (`best`); `None` means the latest is the best.",
     )
     mode: Literal["min", "max"] = Field(
-        default="min", description="Whether a lower or higher monitor is better."
+        default="min", description="Whether a lower (`min`) or higher (`max`) monitor is better."
     )
     save_top_k: int = Field(
-        default=1, ge=-1, le=MAX_COUNT, description="Best checkpoints kept (-1 all) besides 'last'."
+        default=1, ge=-1, le=MAX_COUNT, description="Best checkpoints kept besides `last`; -1 means all."
     )
     every_n_train_steps: int | None = Field(
         default=None,
         ge=1,
         le=MAX_COUNT,
-        description="Also checkpoint every N optimizer steps; empty means per epoch.",
+        description="Also checkpoint every N optimizer steps; `None` means once per epoch only.",
     )
 
     @field_validator("save_top_k")

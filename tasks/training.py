@@ -20,7 +20,6 @@ import lightning_lib as pl
 from lightning_lib.callbacks import Callback, ModelCheckpoint
 from lightning_lib.checkpoint import load_file
 from tasks.config import TrainConfig
-from tasks.data import PreparedData
 from tasks.factory import (
     FiniteLossGuard,
     build_datamodule,
@@ -32,6 +31,7 @@ from tasks.factory import (
 )
 from tasks.progress import PrefectProgress, in_prefect_run
 from tasks.retry import retrying
+from tasks.run_data import RunData
 from tasks.run_identity import LeaseGuard, hold_run_key
 from tasks.tracking import tracking_uri
 
@@ -112,11 +112,85 @@ class _AttemptRecorder(Callback):
 
 TAG_INPUT_SHA256 = "data.input_sha256"
 TAG_DATASET_ID = "data.dataset_id"
+TAG_FINGERPRINT = "data.fingerprint"
+CHECKPOINT_DATA_KEY = "data_identity"
+LISTING_ARTIFACT_PATH = "data"  # the MLflow artifact folder of the data sources' listing
 
 
-def data_tags(prepared: PreparedData) -> dict[str, str]:
-    """The run's data identity, in full (MLflow cuts dataset digests to 36 characters)."""
-    return {TAG_INPUT_SHA256: prepared.input_sha256, TAG_DATASET_ID: prepared.dataset_id}
+def data_tags(prepared: RunData) -> dict[str, str]:
+    """The run's data identity, in full (MLflow cuts dataset digests to 36 characters): the table's sha256,
+    or the fingerprint of a project data module's sources."""
+    tags = {TAG_DATASET_ID: prepared.dataset_id}
+    if prepared.kind == "table":
+        tags[TAG_INPUT_SHA256] = prepared.input_sha256
+    elif prepared.digest is not None:
+        tags[TAG_FINGERPRINT] = prepared.digest
+    return tags
+
+
+def data_identity(prepared: RunData) -> dict[str, Any]:
+    """The data identity as plain data, as the checkpoint keeps it (``data_identity``)."""
+    identity: dict[str, Any] = {"kind": prepared.kind, "dataset_id": prepared.dataset_id}
+    identity["digest"] = prepared.digest
+    identity["sources"] = [prepared.source] if prepared.kind == "table" else prepared.sources
+    return identity
+
+
+class DataIdentityRecorder(Callback):
+    """Writes the run's data identity into every checkpoint, so a checkpoint says what it was trained on."""
+
+    def __init__(self, prepared: RunData) -> None:
+        self.identity = data_identity(prepared)
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_DATA_KEY] = dict(self.identity)
+
+
+def _log_dataset(logger: Any, config: TrainConfig, prepared: RunData) -> None:
+    """The data as an MLflow dataset input: the table with its splits, or the data module's sources."""
+    if prepared.kind == "table":
+        logger.log_dataset(
+            name=os.path.basename(prepared.source.rstrip("/")) or "data",
+            digest=prepared.input_sha256,
+            source=prepared.source,
+            schema={"features": prepared.features, "target": prepared.target},
+            profile={
+                "train_rows": prepared.train.rows,
+                "val_rows": prepared.val.rows,
+                "test_rows": prepared.test.rows,
+            },
+        )
+        return
+    fingerprint = prepared.fingerprint
+    if fingerprint is None:
+        return  # nothing declared: the logger describes the training dataset itself
+    logger.log_dataset(
+        name=config.datamodule.rpartition(":")[2],
+        digest=fingerprint.digest,
+        source=", ".join(prepared.sources),
+        profile={
+            "sources": fingerprint.source_names,
+            "objects": fingerprint.objects,
+            "bytes": fingerprint.total_bytes,
+        },
+    )
+    if prepared.listing_uri is not None:
+        _log_listing(logger, prepared.listing_uri)
+
+
+def _log_listing(logger: Any, listing_uri: str) -> None:
+    """The full listing behind the fingerprint, as the run's ``data/`` artifact (``reproduce`` names the
+    first object that differs from it)."""
+    import tempfile
+
+    from lightning_lib.storage import open_store, split_uri
+    from tasks.sources import LISTING_ARTIFACT
+
+    root, name = split_uri(listing_uri)
+    with tempfile.TemporaryDirectory(prefix="lightning-lib-listing-") as folder:
+        path = os.path.join(folder, LISTING_ARTIFACT)
+        open_store(root).get_file(name, path)
+        logger.experiment.log_artifact(logger.run_id, path, LISTING_ARTIFACT_PATH)
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -139,7 +213,7 @@ def _end_failed(logger: Any, exc: BaseException) -> None:
 
 def fit_model(
     config: TrainConfig,
-    prepared: PreparedData,
+    prepared: RunData,
     run_key: str,
     init_from: str | None = None,
     progress_artifact: bool = True,
@@ -163,7 +237,7 @@ def fit_model(
 
 def _fit_held(
     config: TrainConfig,
-    prepared: PreparedData,
+    prepared: RunData,
     run_key: str,
     init_from: str | None = None,
     progress_artifact: bool = True,
@@ -188,24 +262,20 @@ def _fit_held(
         dirpath=checkpoint_dir(config, run_key), **config.checkpoint.callback_kwargs()
     )
     attempt = _AttemptRecorder()
-    callbacks: list[Any] = [checkpoint, attempt, FiniteLossGuard(), *(extra_callbacks or [])]
+    callbacks: list[Any] = [
+        checkpoint,
+        attempt,
+        FiniteLossGuard(),
+        DataIdentityRecorder(prepared),
+        *(extra_callbacks or []),
+    ]
     if progress_artifact and in_prefect_run():
         callbacks.append(PrefectProgress(description=f"Training {run_key}"))
     logger = build_logger(config, run_key, tags=data_tags(prepared))
     try:
         # The config itself goes into the run's params (``config.*``): ``reproduce`` rebuilds it from there.
         logger.log_hyperparams(config.to_flat_params())
-        logger.log_dataset(
-            name=os.path.basename(config.data.source.rstrip("/")) or "data",
-            digest=prepared.input_sha256,
-            source=config.data.source,
-            schema={"features": prepared.features, "target": prepared.target},
-            profile={
-                "train_rows": prepared.train.rows,
-                "val_rows": prepared.val.rows,
-                "test_rows": prepared.test.rows,
-            },
-        )
+        _log_dataset(logger, config, prepared)
         trainer = build_trainer(config, callbacks, logger)
         with warnings.catch_warnings():
             # a first attempt has nothing to resume from: that is the normal case here, not news
@@ -295,9 +365,7 @@ def _wait_for_server(uri: str, timeout: float) -> None:
         )
 
 
-def deliver_pending(
-    config: TrainConfig, fit_result: FitResult, prepared: PreparedData | None = None
-) -> FitResult:
+def deliver_pending(config: TrainConfig, fit_result: FitResult, prepared: RunData | None = None) -> FitResult:
     """Deliver to the fit's MLflow run what an outage kept from it; log the model from the checkpoint
     when the fit could not. Returns the fit's result completed (``pending`` None, ``model_uri`` set).
 
@@ -330,9 +398,11 @@ def deliver_pending(
             )
     model_uri = fit_result.model_uri
     if model_uri is None:
-        module = config.load_model_class().load_from_checkpoint(fit_result.best_checkpoint_uri)
+        best = fit_result.best_checkpoint_uri
+        module = config.load_model_class().load_from_checkpoint(best)
         module.eval()
-        info = log_pytorch_model(uri, run_id, module, _example(config, prepared, module))
+        preprocessor, example = _example(config, prepared, module, best)
+        info = log_pytorch_model(uri, run_id, module, example, preprocessor=preprocessor)
         model_uri = str(info.model_uri)
     if pending is not None and client.get_run(run_id).info.status == "RUNNING":
         # the fit's final status was lost with the outage; a later task may already have set it
@@ -347,26 +417,50 @@ def deliver_pending(
     return fit_result.model_copy(update={"pending": None, "model_uri": model_uri})
 
 
-def _example(config: TrainConfig, prepared: PreparedData | None, module: Any) -> Any:
-    """The model's input example, as the logger takes it at the end of a fit (first training rows)."""
+def _example(
+    config: TrainConfig, prepared: RunData | None, module: Any, checkpoint_uri: str
+) -> tuple[Any, Any]:
+    """The data module's preprocessor and the model's input example, as the logger takes them at the end
+    of a fit: the data module rebuilt, set up for fit and given the checkpoint's state (its training
+    statistics); without serving hooks, the first training rows as the example.
+
+    A data module with a ``preprocessor`` hook that cannot be rebuilt is an error: the model without its
+    preprocessing would predict something else than the pipeline.
+    """
     from types import SimpleNamespace
 
-    from lightning_lib.loggers.mlflow import example_input
+    from lightning_lib.loggers.mlflow import example_input, serving_parts
 
+    hooked = callable(getattr(config.load_datamodule_class(), "preprocessor", None))
     if prepared is None:
-        return example_input(module, None)
+        if hooked:
+            raise ValueError(
+                f"Expected the prepared data to log the model of {checkpoint_uri} with its data module's "
+                f"preprocessor ({config.datamodule}), received none."
+            )
+        return None, example_input(module, None)
     try:
         datamodule = build_datamodule(config, prepared)
         datamodule.setup("fit")
-        return example_input(module, SimpleNamespace(train_dataloader=datamodule.train_dataloader()))
-    except Exception as exc:  # without an example the model is still logged (pickled)
+        # after setup, as Lightning restores a data module's state
+        state = load_file(checkpoint_uri).get(type(datamodule).__qualname__)
+        if state:
+            datamodule.load_state_dict(state)
+        preprocessor, example = serving_parts(datamodule)
+        if preprocessor is None and example is None:
+            example = example_input(module, SimpleNamespace(train_dataloader=datamodule.train_dataloader()))
+        return preprocessor, example
+    except Exception as exc:
+        if hooked:
+            raise
+        # without an example the model is still logged (pickled)
         log.info("No input example for the model of this run: %s", exc)
-        return example_input(module, None)
+        return None, example_input(module, None)
 
 
 def evaluate_checkpoint(
     config: TrainConfig,
-    prepared: PreparedData,
+    prepared: RunData,
     checkpoint_uri: str,
     stage: Literal["validate", "test"],
     run_key: str | None = None,
@@ -404,20 +498,20 @@ _RETRYING = retrying(cache_policy=NO_CACHE, result_serializer="json")
 
 
 @task(name="fit", **_RETRYING)
-def fit(config: TrainConfig, prepared: PreparedData, run_key: str, init_from: str | None = None) -> FitResult:
+def fit(config: TrainConfig, prepared: RunData, run_key: str, init_from: str | None = None) -> FitResult:
     """Prefect task around :func:`fit_model`: retried on transient faults, resuming each time."""
     return fit_model(config, prepared, run_key, init_from)
 
 
 @task(name="deliver", **_RETRYING)
-def deliver(config: TrainConfig, fit_result: FitResult, prepared: PreparedData | None = None) -> FitResult:
+def deliver(config: TrainConfig, fit_result: FitResult, prepared: RunData | None = None) -> FitResult:
     """Prefect task around :func:`deliver_pending`: retried while MLflow is away."""
     return deliver_pending(config, fit_result, prepared)
 
 
 @task(name="validate", **_RETRYING)
 def validate(
-    config: TrainConfig, prepared: PreparedData, checkpoint_uri: str, run_key: str | None = None
+    config: TrainConfig, prepared: RunData, checkpoint_uri: str, run_key: str | None = None
 ) -> EvalResult:
     """Prefect task: validation metrics of a checkpoint."""
     return evaluate_checkpoint(config, prepared, checkpoint_uri, "validate", run_key)
@@ -425,7 +519,7 @@ def validate(
 
 @task(name="test", **_RETRYING)
 def test(
-    config: TrainConfig, prepared: PreparedData, checkpoint_uri: str, run_key: str | None = None
+    config: TrainConfig, prepared: RunData, checkpoint_uri: str, run_key: str | None = None
 ) -> EvalResult:
     """Prefect task: test metrics of a checkpoint."""
     return evaluate_checkpoint(config, prepared, checkpoint_uri, "test", run_key)

@@ -2,6 +2,10 @@
 
 ``save_dir`` is a local folder or an ``s3://bucket[/prefix]`` URI; remote logs go through
 :mod:`lightning_lib.storage` (see :class:`RemoteExperimentWriter`).
+
+A fit that resumes from a checkpoint into a version that already has a ``metrics.csv`` keeps its rows and
+continues the file: the rows the resumed fit replays (steps the earlier attempt had saved) are not written
+again. Lightning's own logger deletes the file then, losing the history before the resume.
 """
 
 from __future__ import annotations
@@ -18,16 +22,22 @@ import torch
 import yaml
 
 from lightning_lib.loggers.logger import Logger, _add_prefix, _convert_params, _plain_data
-from lightning_lib.storage import ObjectStore, is_remote, join_uri, open_store
+from lightning_lib.storage import ObjectNotFound, ObjectStore, is_remote, join_uri, open_store
 
 _VERSION_DIR = re.compile(r"version_(\d+)", re.ASCII)
+_REUSED_WARNING = (
+    "Log directory {log_dir} exists and is not empty: its metrics.csv is replaced when new rows are saved"
+    " (a fit resuming from a checkpoint keeps and continues it instead), and its hparams.yaml when"
+    " hyper-parameters are logged."
+)
 
 
 class ExperimentWriter:
     """Buffers metric rows and writes them to ``log_dir/metrics.csv``; writes ``log_dir/hparams.yaml``.
 
     Creating the writer creates ``log_dir``. If ``log_dir`` already holds files (a reused version), a
-    warning is issued and the old ``metrics.csv`` is removed, so a run never appends to another run's rows.
+    warning is issued and the old ``metrics.csv`` is replaced by the first save, so a run never appends to
+    another run's rows, unless :meth:`continue_existing` (a resumed fit) keeps them first.
     """
 
     NAME_METRICS_FILE = "metrics.csv"
@@ -40,22 +50,78 @@ class ExperimentWriter:
         self.metrics_keys: list[str] = []  # the header of the file, sorted
         self.hparams: dict[str, Any] = {}
         self._rows_logged = 0
+        # An earlier metrics.csv is replaced at the first save rather than deleted now: a fit resuming
+        # from a checkpoint learns that it resumes only after the writer exists, and then keeps the file.
+        self._replace_existing = False
+        # Kept rows: each metric's last saved step; None when nothing is to be skipped (see log_metrics).
+        self._recorded: dict[str, int] | None = None
+        self._recorded_upto = -1
         self._prepare_log_dir()
 
     def _prepare_log_dir(self) -> None:
         if os.path.isdir(self.log_dir) and os.listdir(self.log_dir):
-            warnings.warn(
-                f"Log directory {self.log_dir} exists and is not empty: its metrics.csv is removed now and its"
-                " hparams.yaml is replaced when hyper-parameters are logged.",
-                UserWarning,
-                stacklevel=5,  # point at the user call that first logged
-            )
-            if os.path.isfile(self.metrics_file_path):
-                os.remove(self.metrics_file_path)
+            # stacklevel: the user call that first logged
+            warnings.warn(_REUSED_WARNING.format(log_dir=self.log_dir), UserWarning, stacklevel=5)
+            self._replace_existing = os.path.isfile(self.metrics_file_path)
         os.makedirs(self.log_dir, exist_ok=True)
+
+    def continue_existing(self) -> None:
+        """Keep the ``metrics.csv`` found when the writer was created, and skip what it already holds.
+
+        For a fit resuming from a checkpoint: the resume is exact, so the rows it replays up to where the
+        earlier attempt stopped are the ones already saved. From now on, until :meth:`stop_skipping`, a
+        row is dropped when every metric in it is at or before the last step that metric has in the file.
+        A last line cut short by a crash is removed. Does nothing once the writer has saved rows itself.
+        """
+        if not self._replace_existing:
+            return
+        self._replace_existing = False
+        text = self._read_existing()
+        if text is None:
+            return
+        complete = text[: text.rfind("\n") + 1]  # a kill mid-write can leave half a row
+        reader = csv.DictReader(io.StringIO(complete, newline=""))
+        recorded: dict[str, int] = {}
+        for row in reader:
+            try:
+                step = int(row.get("step") or "")
+            except ValueError:
+                continue  # not a row this writer wrote: it cannot be replayed either
+            for key, value in row.items():
+                if key != "step" and value != "" and recorded.get(key, -1) < step:
+                    recorded[key] = step
+        self._keep_existing(complete, rewrite=complete != text)
+        self.metrics_keys = list(reader.fieldnames or [])
+        self._recorded = recorded or None
+        self._recorded_upto = max(recorded.values(), default=-1)
+
+    def stop_skipping(self) -> None:
+        """End the replay that :meth:`continue_existing` started: every row logged from now on is new."""
+        self._recorded = None
+
+    def _read_existing(self) -> str | None:
+        if not os.path.isfile(self.metrics_file_path):
+            return None
+        with open(self.metrics_file_path, encoding="utf-8", newline="") as f:
+            return f.read()
+
+    def _keep_existing(self, text: str, rewrite: bool) -> None:
+        if not rewrite:
+            return
+        # through a temporary file and a rename, so a crash now cannot lose the complete rows either
+        tmp_path = self.metrics_file_path + ".tmp"
+        with open(tmp_path, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp_path, self.metrics_file_path)
 
     def log_metrics(self, metrics_dict: dict[str, Any], step: int | None = None) -> None:
         """Buffer one row; tensors become Python numbers now so later in-place updates do not leak in."""
+        recorded = self._recorded
+        if recorded is not None and step is not None:
+            if step > self._recorded_upto:
+                self._recorded = None  # past the kept rows: nothing more to skip
+            elif all(step <= recorded.get(key, -1) for key in metrics_dict):
+                return  # saved by the earlier attempt
         if step is None:
             # a running count, so rows logged without a step keep distinct steps across flushes
             step = self._rows_logged
@@ -77,8 +143,11 @@ class ExperimentWriter:
         """Write the buffered rows; when they bring new keys, rewrite the file under the widened header."""
         if not self.metrics:
             return
+        if self._replace_existing:
+            self.metrics_keys = []  # the old file's header goes with it
         new_keys = set().union(*self.metrics) - set(self.metrics_keys)
-        file_exists = os.path.isfile(self.metrics_file_path)
+        file_exists = os.path.isfile(self.metrics_file_path) and not self._replace_existing
+        self._replace_existing = False
         if new_keys:
             self.metrics_keys = sorted(set(self.metrics_keys) | new_keys)
         if new_keys and file_exists:
@@ -128,14 +197,23 @@ class RemoteExperimentWriter(ExperimentWriter):
         return self._store
 
     def _prepare_log_dir(self) -> None:
-        if self._store.list():
-            warnings.warn(
-                f"Log directory {self.log_dir} exists and is not empty: its metrics.csv is removed now and its"
-                " hparams.yaml is replaced when hyper-parameters are logged.",
-                UserWarning,
-                stacklevel=5,  # point at the user call that first logged
-            )
-            self._store.delete(self.NAME_METRICS_FILE)
+        listing = self._store.list()
+        if listing:
+            # stacklevel: the user call that first logged
+            warnings.warn(_REUSED_WARNING.format(log_dir=self.log_dir), UserWarning, stacklevel=5)
+            # _text stays empty, so the first save uploads a new file over it
+            self._replace_existing = any(info.key == self.NAME_METRICS_FILE for info in listing)
+
+    def _read_existing(self) -> str | None:
+        try:
+            return self._store.get_bytes(self.NAME_METRICS_FILE).decode("utf-8")
+        except ObjectNotFound:
+            return None
+
+    def _keep_existing(self, text: str, rewrite: bool) -> None:
+        self._text = text  # what the next save uploads the new rows after
+        if rewrite:
+            self._store.put_bytes(self.NAME_METRICS_FILE, text.encode("utf-8"))
 
     def log_hparams(self, params: dict[str, Any]) -> None:
         """Merge ``params`` into the recorded hyper-parameters and upload ``hparams.yaml`` again."""
@@ -149,6 +227,7 @@ class RemoteExperimentWriter(ExperimentWriter):
         """
         if not self.metrics:
             return
+        self._replace_existing = False  # _text is empty then: the upload below replaces the old file
         new_keys = set().union(*self.metrics) - set(self.metrics_keys)
         keys = sorted(set(self.metrics_keys) | new_keys)
         out = io.StringIO(newline="")
@@ -263,9 +342,19 @@ class CSVLogger(Logger):
         """Write the buffered metric rows to ``metrics.csv`` (remote: upload the whole file again)."""
         self.experiment.save()
 
+    def log_graph(self, model: torch.nn.Module, input_array: torch.Tensor | None = None) -> None:
+        """Called at the start of a fit: one that resumes from a checkpoint continues the existing rows.
+
+        The graph itself is not recorded (a CSV has no place for it).
+        """
+        trainer = getattr(model, "_trainer", None)
+        if trainer is not None and getattr(trainer, "ckpt_path", None):
+            self.experiment.continue_existing()
+
     def finalize(self, status: str) -> None:
         """Flush the buffered rows; a no-op if nothing was ever logged."""
         if self._experiment is not None:
+            self._experiment.stop_skipping()
             self.save()
 
     def _get_next_version(self) -> int:

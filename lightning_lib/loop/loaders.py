@@ -128,6 +128,40 @@ def with_sequential_sampler(loader: Any) -> Any:
     return rebuild_loader(loader, sampler=SequentialSampler(loader.dataset))  # type: ignore[arg-type]
 
 
+class IndexRecordingBatchSampler(Sampler[list[Any]]):
+    """A batch sampler that remembers the dataset indices of every batch it yields, in order.
+
+    The indices are drawn in the main process even when workers load the samples, and a loader with
+    workers draws ahead of what the loop consumes: ``seen_batch_indices[batch_idx]`` is always the
+    batch the loop is at. Prediction writers read them through ``trainer.predict_loop``.
+    """
+
+    def __init__(self, inner: Iterable[list[Any]]) -> None:
+        self.inner = inner
+        self.seen_batch_indices: list[list[Any]] = []
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        self.seen_batch_indices = []
+        for batch in self.inner:
+            self.seen_batch_indices.append(list(batch))
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+
+def with_batch_indices(loader: Any) -> Any:
+    """The same plain DataLoader with its batch sampler recording indices; any other loader as it is."""
+    if (
+        type(loader) is not DataLoader
+        or loader.batch_sampler is None
+        or isinstance(loader.batch_sampler, IndexRecordingBatchSampler)
+        or isinstance(loader.dataset, IterableDataset)
+    ):
+        return loader
+    return rebuild_loader(loader, batch_sampler=IndexRecordingBatchSampler(loader.batch_sampler))
+
+
 class ShardedSampler(Sampler[Any]):
     """Rank ``rank``'s share of any sampler's indices (every ``num_replicas``-th, from ``rank``).
 

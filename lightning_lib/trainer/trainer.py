@@ -19,6 +19,7 @@ from lightning_lib.loop.data import DataConnector
 from lightning_lib.loop.fit import estimated_stepping_batches
 from lightning_lib.loop.hooks import HookDispatcher
 from lightning_lib.loop.logger_connector import LoggerConnector
+from lightning_lib.loop.predict import PredictLoop
 from lightning_lib.loop.state import FitProgress, RunState
 from lightning_lib.plugins.precision import build_precision
 from lightning_lib.trainer.arguments import (
@@ -172,6 +173,8 @@ class Trainer:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[Any] = []
         self._run_state = RunState()
+        # Lightning's name: prediction writers read the batch indices and kept predictions from it
+        self.predict_loop = PredictLoop()
         self._data = DataConnector(self)
         self._hooks = HookDispatcher(self)
         self._checkpoint_writer = CheckpointWriter()
@@ -589,7 +592,7 @@ class Trainer:
         enable_progress_bar: bool | None,
         enable_model_summary: bool | None,
     ) -> None:
-        from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
+        from lightning_lib.callbacks.model_checkpoint import Checkpoint, ModelCheckpoint
         from lightning_lib.callbacks.model_summary import ModelSummary
         from lightning_lib.callbacks.progress import ProgressBar, TQDMProgressBar
         from lightning_lib.callbacks.timer import Timer
@@ -611,7 +614,8 @@ class Trainer:
                     f"Expected every callback to be a lightning_lib Callback, received {type(cb).__name__}."
                 )
         found: list[Callback] = list(user)
-        has_checkpoint = any(isinstance(cb, ModelCheckpoint) for cb in found)
+        # any checkpoint callback (OnExceptionCheckpoint too) stands in for the default ModelCheckpoint, as in Lightning
+        has_checkpoint = any(isinstance(cb, Checkpoint) for cb in found)
         if enable_checkpointing is False and has_checkpoint:
             raise ValueError(
                 "Expected no ModelCheckpoint in callbacks with enable_checkpointing=False, received one."

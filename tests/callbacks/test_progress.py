@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import lightning_lib.callbacks.progress as progress
+import lightning_lib.callbacks.progress.tqdm_progress as progress
 from lightning_lib.callbacks.progress import ProgressBar, Tqdm, TQDMProgressBar, get_standard_metrics
 
 
@@ -302,3 +302,13 @@ def test_fit_in_terminal_draws_every_bar(tmp_path: Any, terminal: io.StringIO) -
 def test_disabled_progress_bar_prints_nothing(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     _run_all_stages(tmp_path, enable_progress_bar=False)
     assert "Epoch" not in capsys.readouterr().out
+
+
+def test_lightning_s_module_paths() -> None:
+    from lightning_lib.callbacks import progress as package
+    from lightning_lib.callbacks.progress.progress_bar import ProgressBar as BaseAtPath
+    from lightning_lib.callbacks.progress.tqdm_progress import Tqdm as TqdmAtPath
+    from lightning_lib.callbacks.progress.tqdm_progress import TQDMProgressBar as BarAtPath
+
+    assert (BaseAtPath, TqdmAtPath, BarAtPath) == (package.ProgressBar, package.Tqdm, package.TQDMProgressBar)
+    assert issubclass(BarAtPath, BaseAtPath)

@@ -114,7 +114,8 @@ def test_reused_version_warns_and_replaces_old_metrics(s3_root: str) -> None:
     second = CSVLogger(s3_root, version=0)
     with pytest.warns(UserWarning, match="exists and is not empty"):
         second.log_metrics({"new": 2.0}, step=0)
-    assert keys(s3_root) == []  # the old rows are gone before any new row is saved
+    # the old rows stay until new ones replace them: a fit resuming from a checkpoint would keep them
+    assert read_rows(f"{second.log_dir}/metrics.csv") == [{"old": "1.0", "step": "0"}]
     second.finalize("success")
     assert read_rows(f"{second.log_dir}/metrics.csv") == [{"new": "2.0", "step": "0"}]
 

@@ -27,7 +27,7 @@ from lightning_lib.loggers import MLFlowLogger
 from lightning_lib.loggers.mlflow._artifacts import dataset_spec
 from lightning_lib.loggers.mlflow._checkpoints import sha256_file
 from lightning_lib.loggers.mlflow._worker import RetryPolicy
-from tests.helpers import ClassifierDataModule, ClassifierModel
+from tests.helpers import ClassifierDataModule, ClassifierModel, Crash, CrashAfter
 from tests.services import MlflowServer, group_members
 
 mlflow = pytest.importorskip("mlflow")
@@ -277,6 +277,39 @@ def test_a_resumed_run_continues_the_same_mlflow_run(
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss_step")]
     assert steps == list(range(8))  # no gap, no second copy
+
+
+def test_a_fit_resumed_after_a_crash_sends_no_step_twice(
+    server: MlflowServer, client: Any, tmp_path: Path
+) -> None:
+    """The steps a resumed fit replays (the end of epoch 0 among them) reach the server once."""
+    run_key = f"replay-{uuid.uuid4().hex[:8]}"
+    ckpt_dir = tmp_path / "ckpt"
+
+    def fit(crash_at: int | None) -> None:
+        pl.seed_everything(3)
+        # a checkpoint at steps 3 and 6 only (no last.ckpt, which validation would save at step 4)
+        callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=3, save_top_k=-1)]
+        if crash_at is not None:
+            callbacks.append(CrashAfter(crash_at))
+        trainer = make_trainer(
+            tmp_path, make_logger(server, run_key=run_key), enable_checkpointing=True, callbacks=callbacks
+        )
+        trainer.fit(ClassifierModel(), ClassifierDataModule(), ckpt_path=None if crash_at else "last")
+        assert crash_at or (trainer.ckpt_path and "step=3" in trainer.ckpt_path)
+
+    with pytest.raises(Crash):
+        fit(crash_at=5)  # after epoch 0 (steps 0-3, validated at 3) and step 4: resumed from step 3
+    [run] = runs_with_key(client, run_key)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [3]
+    fit(crash_at=None)
+    [run] = runs_with_key(client, run_key)
+    for key, steps in (
+        ("train_loss_step", list(range(8))),
+        ("val_loss", [3, 7]),
+        ("train_loss_epoch", [3, 7]),
+    ):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == steps, key
 
 
 SIGTERM_SCRIPT = """

@@ -2,11 +2,12 @@
 
 Usage: python -m tests.scripts.train_job ROOT [--resume] [--steps-sleep SECONDS] [--out FILE]
        [--dirpath PATH_OR_S3_URI] [--max-epochs N] [--every N] [--hidden N] [--top-k K]
-       [--orphan-grace SECONDS] [--commit-delay SECONDS] [--s3-part-mib N] [--workers N]
+       [--orphan-grace SECONDS] [--commit-delay SECONDS] [--s3-part-mib N] [--workers N] [--log-dir DIR] [--no-last]
 
 Writes the final weights to --out when the fit completes. Prints ``step N`` after every training
 batch and ``save step N`` whenever a checkpoint starts being written (its upload follows in the
-background), so a test can time a kill to land while an upload is in flight.
+background), so a test can time a kill to land while an upload is in flight. With --log-dir, every step
+is logged to MLflow (a SQLite store in DIR/mlruns, run key ``job``) and to a CSVLogger (DIR/csv/version_0).
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def main() -> None:
         "--commit-delay", type=float, default=0.0, help="seconds each commit waits between staging and upload"
     )
     parser.add_argument("--s3-part-mib", type=int, default=None, help="S3 multipart threshold and part size")
+    parser.add_argument("--log-dir", default=None, help="log every step to MLflow and a CSVLogger there")
+    parser.add_argument(
+        "--no-last", action="store_true", help="no last.ckpt (it is saved at every validation end too)"
+    )
     args = parser.parse_args()
     if args.commit_delay:
         hold_commits_open(args.commit_delay)
@@ -102,14 +107,25 @@ def main() -> None:
         dirpath=args.dirpath or f"{args.root}/ckpt",
         every_n_train_steps=args.every,
         save_top_k=args.top_k,
-        save_last=True,
+        save_last=not args.no_last,
     )
     if args.orphan_grace is not None:
         checkpoint.orphan_grace_seconds = args.orphan_grace
+    logger: Any = False
+    if args.log_dir:
+        from lightning_lib.loggers import CSVLogger, MLFlowLogger
+
+        logger = [
+            MLFlowLogger(
+                save_dir=f"{args.log_dir}/mlruns", run_key="job", log_metric_curves=False, flush_interval=0.05
+            ),
+            CSVLogger(args.log_dir, name="csv", version=0, flush_logs_every_n_steps=1),
+        ]
     trainer = pl.Trainer(
         max_epochs=args.max_epochs,
         default_root_dir=args.root,
-        logger=False,
+        logger=logger,
+        log_every_n_steps=1,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=2,

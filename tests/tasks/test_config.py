@@ -109,7 +109,7 @@ def test_disallowed_import_prefix_is_refused_before_importing(
         make(**{field: "sneaky_module_xyz:Thing"})
     error = only_error(exc)
     assert error["loc"] == (field,)
-    assert "outside the allowed module prefixes ['examples.']" in error["msg"]
+    assert "outside the allowed module prefixes ['examples.', 'datamodules.']" in error["msg"]
     assert ALLOWED_IMPORTS_ENV in error["msg"]
     with pytest.raises(DisallowedImportError, match="it was not imported"):
         load_class("sneaky_module_xyz:Thing")
@@ -122,7 +122,7 @@ def test_the_deployment_allows_more_prefixes_on_package_boundaries(
     (tmp_path / "allowed_pkg_xyz.py").write_text("class Thing: pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv(ALLOWED_IMPORTS_ENV, " allowed_pkg_xyz , other.models. ")
-    assert allowed_prefixes() == ("examples.", "allowed_pkg_xyz", "other.models.")
+    assert allowed_prefixes() == ("examples.", "datamodules.", "allowed_pkg_xyz", "other.models.")
     assert load_class("allowed_pkg_xyz:Thing").__name__ == "Thing"
     check_import_path("other.models.mlp:MLP")
     for outside in ("allowed_pkg_xyz_evil:Thing", "other.modelsx:M", "other:M", "examples_x.m:M"):
@@ -347,10 +347,14 @@ def test_flat_params_round_trip() -> None:
 def test_json_schema_is_a_form_with_titles_and_descriptions() -> None:
     schema = TrainConfig.model_json_schema()
     assert schema["title"] == "Training run configuration"
-    assert set(schema["required"]) == {"model", "data"}
+    # every field is required in the form, so a cleared one is refused rather than defaulted; the Python
+    # model still defaults all but the model (the table too: a project's data module reads its own)
+    assert schema["required"] == list(schema["properties"])
+    assert [n for n, f in TrainConfig.model_fields.items() if f.is_required()] == ["model"]
     for name, prop in schema["properties"].items():
-        # a section is a reference: its title is on the referenced definition
-        titled = schema["$defs"][prop["$ref"].rpartition("/")[2]] if "$ref" in prop else prop
+        # a section is a reference (or a reference or null): its title is on the referenced definition
+        ref = prop.get("$ref") or next((o["$ref"] for o in prop.get("anyOf", []) if "$ref" in o), None)
+        titled = schema["$defs"][ref.rpartition("/")[2]] if ref else prop
         assert titled.get("title") and prop.get("description"), name
     titles = {sub: schema["$defs"][sub]["title"] for sub in ("TrainerConfig", "DataConfig", "MlflowConfig")}
     assert titles == {"TrainerConfig": "Trainer", "DataConfig": "Data", "MlflowConfig": "MLflow"}

@@ -169,7 +169,7 @@ def test_the_flow_helper_hashes_the_source_once(
     real = data_module.input_digest
 
     def counting(config: TrainConfig) -> str:
-        calls.append(config.data.source)
+        calls.append(config.table().source)
         return real(config)
 
     monkeypatch.setattr(data_module, "input_digest", counting)

@@ -116,7 +116,7 @@ def test_progress_artifact_is_posted_off_the_training_thread(monkeypatch: pytest
 def test_data_module_arguments_cannot_override_the_prepared_splits(tmp_path: Path) -> None:
     config = _config(tmp_path, datamodule_kwargs={"train_uri": "elsewhere.parquet"})
     with pytest.raises(ValueError, match="train_uri"):
-        build_datamodule(config, prepared=SimpleNamespace(datamodule_kwargs=dict))  # type: ignore[arg-type]
+        build_datamodule(config, prepared=SimpleNamespace(kind="table", datamodule_kwargs=dict))  # type: ignore[arg-type]
 
 
 def test_checkpoint_dir_and_uris_without_credentials(tmp_path: Path) -> None:
@@ -128,3 +128,14 @@ def test_checkpoint_dir_and_uris_without_credentials(tmp_path: Path) -> None:
 def test_experiments_of_a_sqlite_store_keep_their_artifacts_beside_it(tmp_path: Path) -> None:
     assert local_artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == str(tmp_path / "artifacts")
     assert local_artifact_location("http://127.0.0.1:5000") is None
+
+
+def test_a_model_with_a_preprocessing_data_module_is_not_logged_without_it(tmp_path: Path) -> None:
+    from tasks.training import _example
+
+    # the bundled table's data module standardises (a preprocessor hook): without the prepared data it
+    # cannot be rebuilt, and the model alone would predict from raw rows something else than the pipeline
+    with pytest.raises(
+        ValueError, match=r"preprocessor \(examples.tabular:TabularDataModule\), received none"
+    ):
+        _example(_config(tmp_path), None, torch.nn.Linear(64, 10), str(tmp_path / "best.ckpt"))

@@ -9,10 +9,10 @@ numbers). ``import lightning_lib`` does not import mlflow; these modules import 
 
 from lightning_lib.loggers.mlflow._context import TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_RUN_KEY, git_tags
 from lightning_lib.loggers.mlflow._logger import MLFlowLogger
-from lightning_lib.loggers.mlflow._model import example_input, log_pytorch_model
+from lightning_lib.loggers.mlflow._model import example_input, log_pytorch_model, serving_parts
 
-# example_input and log_pytorch_model: an application logs the model of a finished run with them when
-# the logger could not (the tracking server was away at the end of the fit).
+# example_input, serving_parts and log_pytorch_model: an application logs the model of a finished run with
+# them when the logger could not (the tracking server was away at the end of the fit).
 __all__ = [
     "TAG_GIT_COMMIT",
     "TAG_GIT_DIRTY",
@@ -21,4 +21,5 @@ __all__ = [
     "example_input",
     "git_tags",
     "log_pytorch_model",
+    "serving_parts",
 ]

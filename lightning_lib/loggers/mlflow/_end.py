@@ -101,6 +101,7 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     if logger._dataset_thread is not None:
         logger._dataset_thread.join(max(0.0, deadline - time.monotonic()))
     fitted, logger._fitting = logger._fitting, False
+    logger._recorded = None  # the replay of the continued run ends with this fit
     if logger._log_model and fitted:
         _record_checkpoints(logger)
     delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
@@ -130,7 +131,7 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
 
 def _log_final_model(logger: MLFlowLogger) -> None:
     from lightning_lib.loggers.mlflow._artifacts import best_weights, detached_copy
-    from lightning_lib.loggers.mlflow._model import example_input, log_pytorch_model
+    from lightning_lib.loggers.mlflow._model import example_input, log_pytorch_model, serving_parts
 
     module = logger._module() if logger._module is not None else None
     if module is None:
@@ -139,13 +140,25 @@ def _log_final_model(logger: MLFlowLogger) -> None:
     callback = logger._checkpoint_callback
     best = getattr(callback, "best_model_path", "") if getattr(callback, "monitor", None) else ""
     model = detached_copy(module, best_weights(best) if best else None)
+    trainer = getattr(module, "_trainer", None)
+    # the data module's state now, at the end of the fit: what its own loaders preprocessed with
+    preprocessor, example = serving_parts(getattr(trainer, "datamodule", None))
+    if preprocessor is not None and example is None:
+        # a training batch is already preprocessed: as the example of raw inputs it would be wrong
+        log.warning(
+            "log_model: the data module has preprocessor() but no serving_example(), so the model is "
+            "logged without an input example or signature."
+        )
+    elif example is None:
+        example = example_input(module, trainer)
     logger.logged_model_info = log_pytorch_model(
         logger._tracking_uri,
         str(logger._run_id),
         model,
-        example_input(module, getattr(module, "_trainer", None)),
+        example,
         registered_model_name=logger._registered_model_name,
         alias=logger._registered_model_alias,
+        preprocessor=preprocessor,
     )
 
 

@@ -8,6 +8,9 @@ plus what a production stage needs:
   and the end of the run reports, with numbers, whatever could not be delivered;
 - the run is found again by ``run_key`` (a retry or a re-run continues it, never a second run) and ends
   FINISHED, FAILED or KILLED (SIGTERM, Ctrl-C);
+- one clean history: a fit that continues a run (resuming from a checkpoint, or retried from the start)
+  replays the earlier attempt's steps exactly, so a metric value at or before the step that metric had
+  already recorded when the run was continued is not sent again;
 - tags say where the run came from (git commit of the user's project, versions, seed, the orchestrator's
   run: :mod:`lightning_lib.utilities.orchestration`);
 - params are flattened, scrubbed of credentials and fitted to MLflow's limits with a warning;
@@ -48,6 +51,7 @@ from lightning_lib.loggers.mlflow._params import (
 from lightning_lib.loggers.mlflow._run import (
     experiment_id_for,
     find_run_by_key,
+    recorded_steps,
     sqlite_artifact_location,
     wait_until_reachable,
 )
@@ -84,7 +88,9 @@ class MLFlowLogger(Logger):
         run_id: Continue this run instead of starting one.
         synchronous: ``True`` makes every logging call wait until MLflow has it (slow; for debugging).
         run_key: Stable identity of the training run: a run tagged with it in the experiment is continued
-            instead of starting a new one (retries and re-runs share one run).
+            instead of starting a new one (retries and re-runs share one run). While a fit logs into a
+            continued run, a metric's values at steps up to the last one it had recorded are skipped: they
+            are the earlier attempt's, which the resumed fit replays.
         git_path: Folder of the user's git project for the commit tags (default: the working directory).
         registered_model_name: Register the logged model under this name (needs ``log_model``).
         registered_model_alias: Point this alias of the registered model at the new version.
@@ -183,6 +189,10 @@ class MLFlowLogger(Logger):
         self._terminated = False
         self._names: dict[str, str | None] = {}  # metric key -> MLflow name (None: discarded)
         self._history: dict[str, list[tuple[int, float]]] = {}
+        # A continued run's last recorded step per metric, read when the run is found; None once a fit
+        # has logged past all of them (or the run is new), so that log_metrics then pays one check.
+        self._recorded: dict[str, int] | None = None
+        self._recorded_upto = -1  # the highest of those steps
         self._logged_params: dict[str, str] = {}
         self._exception_status: str | None = None
         self._module: weakref.ReferenceType[torch.nn.Module] | None = None
@@ -277,6 +287,8 @@ class MLFlowLogger(Logger):
         else:
             self._resumed = True
             self._logged_params = dict(run.data.params)
+            self._recorded = recorded_steps(run) or None
+            self._recorded_upto = max(self._recorded.values(), default=-1) if self._recorded else -1
             log.info("Continuing MLflow run %s (run_key=%s).", run.info.run_id, self._run_key)
         self._run_id = run.info.run_id
         self._client = client
@@ -350,11 +362,16 @@ class MLFlowLogger(Logger):
         step = step or 0
         names = self._names
         history = self._history
+        # Only a fit replays: validate/test metrics logged later at an earlier step (the best checkpoint's)
+        # are new points of the run.
+        recorded = self._recorded if self._fitting else None
         records = []
         for key, value in metrics.items():
             name = names[key] if key in names else self._metric_name(key, value)
             if name is None:
                 continue
+            if recorded is not None and step <= recorded.get(name, -1):
+                continue  # the earlier attempt recorded this point (and the resume is exact)
             number = float(value)
             records.append((name, number, timestamp, step))
             points = history.get(name)
@@ -363,7 +380,10 @@ class MLFlowLogger(Logger):
             points.append((step, number))
             if len(points) > _MAX_HISTORY:
                 del points[::2]
-        sender.add_metrics(records)
+        if recorded is not None and step > self._recorded_upto:
+            self._recorded = None  # past every recorded step: nothing more to skip
+        if records:
+            sender.add_metrics(records)
         if self._dataset_pending:
             self._record_train_dataset()
         if self._synchronous:
@@ -419,6 +439,13 @@ class MLFlowLogger(Logger):
         self._module = weakref.ref(model)
         self._dataset_pending = True
         self._fitting = True  # the Trainer calls log_graph at fit start only
+        if self._recorded is not None:
+            log.info(
+                "MLflow run %s already has metrics up to step %d: this fit does not send again the values"
+                " of steps each metric has recorded.",
+                self._run_id,
+                self._recorded_upto,
+            )
 
     def log_dataset(
         self,

@@ -78,3 +78,12 @@ def find_run_by_key(client: MlflowClient, experiment_id: str, run_key: str) -> R
         order_by=["attributes.start_time ASC"],
     )
     return runs[0] if runs else None
+
+
+def recorded_steps(run: Run) -> dict[str, int]:
+    """The last step each metric of ``run`` has recorded, from the run's latest values (no extra request).
+
+    MLflow keeps, per metric, the value that is greatest by ``(step, timestamp, value)``: its step is the
+    highest step recorded for that metric.
+    """
+    return {metric.key: int(metric.step) for metric in run.data.to_proto().metrics}
