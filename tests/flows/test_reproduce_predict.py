@@ -162,5 +162,5 @@ def test_predict_flow_scores_with_the_champion(
 def test_predict_with_an_unknown_model_says_none_exists(
     make_config: Callable[..., TrainConfig], tmp_path: Path
 ) -> None:
-    with pytest.raises(LookupError, match="No registered model 'never-trained' at .*none yet"):
+    with pytest.raises(LookupError, match=r"No registered model 'never-trained' at .*none yet"):
         predict_flow(str(DIGITS_CSV), "never-trained", tracking_uri=tracking_uri(make_config()))

@@ -3,8 +3,8 @@ tests/flows/test_reproduce_predict.py); the rules on their own, without a model.
 
 from __future__ import annotations
 
-import re
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
