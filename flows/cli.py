@@ -194,9 +194,11 @@ def _check_config_file(path: str | None) -> None:
 # -- the config's keys: --help-config, and "did you mean" for a mistyped key or flag -------------------
 
 
-def _schema_entries() -> Iterator[tuple[str, dict[str, Any], bool]]:
-    """``(dotted key, its JSON schema, required)`` for every leaf of TrainConfig's schema (the Prefect
-    form's), sections flattened: ``trainer.max_epochs``, ``data.source``, ..."""
+def _schema_entries() -> Iterator[tuple[str, dict[str, Any], str | None]]:
+    """``(dotted key, its JSON schema, when it is required)`` for every leaf of TrainConfig's schema (the
+    Prefect form's), sections flattened: ``trainer.max_epochs``, ``data.source``, ... The last item is
+    None for an optional key, "" for a required one, and the section for one required when its optional
+    section is given."""
     from tasks.config import TrainConfig
 
     schema = TrainConfig.model_json_schema()
@@ -210,16 +212,19 @@ def _schema_entries() -> Iterator[tuple[str, dict[str, Any], bool]]:
                 return target
         return None
 
-    def walk(node: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    def walk(
+        node: Mapping[str, Any], prefix: str, within: str
+    ) -> Iterator[tuple[str, dict[str, Any], str | None]]:
         required = set(node.get("required", ()))
         for name, prop in node["properties"].items():
             inner = section(prop)
             if inner is not None:
-                yield from walk(inner, f"{prefix}{name}.")
+                optional = name not in required
+                yield from walk(inner, f"{prefix}{name}.", f"{prefix}{name}" if optional else within)
             else:
-                yield f"{prefix}{name}", prop, name in required
+                yield f"{prefix}{name}", prop, within if name in required else None
 
-    yield from walk(schema, "")
+    yield from walk(schema, "", "")
 
 
 def config_keys() -> list[str]:
@@ -245,19 +250,28 @@ def _type_text(prop: Mapping[str, Any]) -> str:
             text = "mapping"
         else:
             text = str(option.get("type", "value"))
-        bounds = [
-            f"{sign} {option[name]}"
-            for name, sign in (
-                ("minimum", ">="),
-                ("exclusiveMinimum", ">"),
-                ("maximum", "<="),
-                ("exclusiveMaximum", "<"),
-            )
-            if name in option and option[name] != _INT32_MAX
-        ]
-        texts.append(f"{text} {', '.join(bounds)}" if bounds else text)
+        texts.append(f"{text} {bounds}" if (bounds := _bounds_text(option)) else text)
     text = " or ".join(texts) or "value"
     return f"{text}, or empty" if len(texts) < len(options) else text
+
+
+def _bounds_text(option: Mapping[str, Any]) -> str:
+    """``in [-1, 256]``, ``in (0, 1)``, ``>= 1``: a schema's numeric bounds as the config checks them."""
+    low = next(
+        ((option[k], b) for k, b in (("minimum", "["), ("exclusiveMinimum", "(")) if k in option), None
+    )
+    high = next(
+        ((option[k], b) for k, b in (("maximum", "]"), ("exclusiveMaximum", ")")) if k in option), None
+    )
+    if high is not None and high[0] == _INT32_MAX:
+        high = None
+    if low is not None and high is not None:
+        return f"in {low[1]}{low[0]}, {high[0]}{high[1]}"
+    if low is not None:
+        return f"{'>=' if low[1] == '[' else '>'} {low[0]}"
+    if high is not None:
+        return f"{'<=' if high[1] == ']' else '<'} {high[0]}"
+    return ""
 
 
 def config_help() -> str:
@@ -269,8 +283,8 @@ def config_help() -> str:
         "",
     ]
     for key, prop, required in _schema_entries():
-        if required:
-            default = "required"
+        if required is not None:
+            default = f"required when {required} is given" if required else "required"
         elif "default" in prop:
             default = "default " + ("empty" if prop["default"] is None else json.dumps(prop["default"]))
         else:
