@@ -520,8 +520,12 @@ _CONSOLE = _ConsoleFilter()
 
 
 def _watch_console() -> None:
-    """Put the filter on Prefect's console handlers (once; Prefect sets them up when imported)."""
+    """Put the filter on Prefect's console handlers, once (set up first: a process where Prefect's
+    logging is not configured yet would configure it at the first flow run, without the filter)."""
+    from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
 
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("prefect", "uvicorn", "fastapi"))]
     for handler in {h for log in loggers for h in log.handlers if isinstance(h, PrefectConsoleHandler)}:

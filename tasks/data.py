@@ -19,7 +19,7 @@ from typing import Any, Literal
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from lightning_lib.storage import is_remote, join_uri, local_path, open_store, split_uri
+from lightning_lib.storage import ObjectNotFound, is_remote, join_uri, local_path, open_store, split_uri
 from tasks.config import TrainConfig
 from tasks.retry import retrying
 from tasks.tabular import (
@@ -98,9 +98,20 @@ def read_uri(uri: str) -> bytes:
     return open_store(root).get_bytes(name)
 
 
+def read_source(uri: str, name: str) -> bytes:
+    """:func:`read_uri` of a source the user named; a missing one is refused naming ``name`` (the key or
+    flag it came from), as an input error."""
+    try:
+        return read_uri(uri)
+    except ObjectNotFound:
+        raise ObjectNotFound(
+            f"Expected {name} to name an existing file, received {uri!r}: there is none."
+        ) from None
+
+
 def input_digest(config: TrainConfig) -> str:
     """sha256 of the source file's bytes."""
-    return sha256_hex(read_uri(config.table().source))
+    return sha256_hex(read_source(config.table().source, "data.source"))
 
 
 def _split_spec(config: TrainConfig, input_sha256: str) -> dict[str, Any]:
@@ -143,7 +154,7 @@ def prepare(config: TrainConfig, raw: bytes | None = None) -> PreparedData:
     """Read, check, split and write; return the URIs and digests. ``raw`` skips reading the source."""
     data = config.table()
     if raw is None:
-        raw = read_uri(data.source)
+        raw = read_source(data.source, "data.source")
     digest = sha256_hex(raw)
     fmt = data.source_format()
     assert fmt is not None  # DataConfig refuses a source without a known format
@@ -236,6 +247,7 @@ __all__ = [
     "prepare_cache_key",
     "prepare_data",
     "prepared_folder",
+    "read_source",
     "read_uri",
     "run_prepare_data",
 ]

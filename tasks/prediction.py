@@ -42,7 +42,7 @@ import lightning_lib as pl
 from lightning_lib.checkpoint import load_file
 from lightning_lib.storage import is_remote, join_uri, local_path, open_store, parse_s3_uri, split_uri
 from tasks.config import TrainConfig, table_format
-from tasks.data import read_uri
+from tasks.data import read_source
 from tasks.retry import retrying
 from tasks.tabular import DataValidationError, check_features, parse_table, to_parquet_bytes
 
@@ -211,7 +211,7 @@ def score(
     check_output(uri, roots)
     checkpoint = load_file(checkpoint_uri)  # verified and weights_only=True, before any scoring work
     features, target = checkpoint_columns(checkpoint, config)
-    raw = read_uri(source)
+    raw = read_source(source, "the source table")
     digest = _sha256(raw)
     frame = parse_table(raw, fmt, source)
     check_features(frame, features, source)
