@@ -439,6 +439,7 @@ def run(args: argparse.Namespace) -> int:
         if args.config:
             from flows.defaults import load_config
 
+            _check_config_file(args.config)
             config = load_config(args.config)
         cron = args.cron or deploy.DEFAULT_CRON
         if args.work_pool:

@@ -93,6 +93,7 @@ def test_a_yaml_config_with_a_python_tag_is_one_line(
         (["retrain", "--window-end", "yesterday"], "argument --window-end"),
         (["serve", "--crn", "0 3 * * *"], "did you mean --cron?"),
         (["reproduce"], "the following arguments are required: run_id"),
+        (["serve", "--config", "no-such.yaml"], "Expected --config to name a YAML file"),
     ],
 )
 def test_flag_errors_of_every_command_are_one_line(
