@@ -8,30 +8,83 @@
     lightning-lib serve                        # deployments + nightly retraining, from this process
     lightning-lib config --config run.yaml     # validate and print a config (or --schema)
 
-Every command validates its input before any work and exits non-zero on failure.
+Every command validates its input before any work. An input error (a flag, a config key or value, a
+file, a name that does not exist, a refused reproduction) is one line on stderr naming the flag or key as
+typed, with the nearest valid one when it looks like a typo, and exit status 2; the flow run's log in
+Prefect keeps the full traceback. Any other failure keeps its traceback and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import json
+import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
-from typing import Any
+import textwrap
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-EPILOG = """Config files are YAML with the fields of TrainConfig (`lightning-lib config --schema` lists them;
-examples/pipeline.yaml is a complete one). Overrides are dotted.name=value, values parsed as YAML.
+EPILOG = """Config files are YAML with the fields of TrainConfig (`lightning-lib train --help-config` lists
+them; examples/pipeline.yaml is a complete one). Overrides are dotted.name=value, values parsed as YAML.
 Servers are optional: without PREFECT_API_URL / MLFLOW_TRACKING_URI / AWS_ENDPOINT_URL the run uses
 Prefect's temporary local API, MLflow on a local SQLite file and local folders."""
+
+
+class _InputError(Exception):
+    """An input error the CLI finds itself (flags, arguments): one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports an error as one line (no usage block), with the nearest valid choice."""
+
+    commands: dict[str, _Parser]
+
+    def error(self, message: str) -> NoReturn:
+        raise _InputError(f"{self.prog}: {_choice_hint(message)}")
+
+    def flags(self) -> list[str]:
+        """The long flags this parser takes (``--allow-code-change``, ...)."""
+        return [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+
+
+def _choice_hint(message: str) -> str:
+    invalid = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if invalid:
+        given, choices = invalid.group(1), re.findall(r"'([^']*)'", invalid.group(2))
+        close = difflib.get_close_matches(given, choices, n=1, cutoff=0.6)
+        if close:
+            return f"{message}; did you mean {close[0]!r}?"
+    return message
+
+
+class _HelpConfig(argparse.Action):
+    """``--help-config``: print every config key with its type, default and description, then exit."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs=0, default=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(config_help())
+        parser.exit()
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE.yaml", help="run configuration (default: the bundled example)"
+    )
+    parser.add_argument(
+        "--help-config",
+        action=_HelpConfig,
+        help="list the config keys (YAML fields and a.b.c=value overrides) with type, default and description",
     )
     parser.add_argument(
         "--run-key", help="name of the run; the same key continues its checkpoints and MLflow run"
@@ -40,7 +93,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``lightning-lib`` command line: one sub-command per flow, plus ``serve`` and ``config``."""
+    parser = _Parser(
         prog="lightning-lib",
         description=(__doc__ or "").replace("``", ""),
         epilog=EPILOG,
@@ -99,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--alias", default="champion", help="registry alias (default champion)")
     predict.add_argument(
         "--output",
-        help="Parquet URI for the predictions, under the same roots (default: under the model's data root,"
-        " which must lie there); never replaces a file that predict did not write",
+        help="Parquet URI for the predictions, under the same roots (default for a table: next to it,"
+        " SOURCE_STEM.predictions.parquet; for a data module: under the model's data root, which must lie"
+        " there); never replaces a file that predict did not write",
     )
     predict.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else runs/mlflow/mlflow.db")
 
@@ -114,14 +169,172 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="validate and print a config, or print its JSON schema")
     _add_config_args(config)
     config.add_argument("--schema", action="store_true", help="print the JSON schema (the Prefect form)")
+    parser.commands = {
+        name: command
+        for name, command in commands.choices.items()
+        if isinstance(command, _Parser)  # always: add_parser makes parsers of the parent's class
+    }
     return parser
 
 
 def _config(args: argparse.Namespace) -> Any:
     from flows.defaults import load_config
 
+    _check_config_file(args.config)
     overrides = list(args.overrides) + ([f"run_key={args.run_key}"] if args.run_key else [])
     return load_config(args.config, overrides)
+
+
+def _check_config_file(path: str | None) -> None:
+    if path is not None and not Path(path).is_file():
+        what = "a folder" if Path(path).is_dir() else "no such file"
+        raise _InputError(f"Expected --config to name a YAML file, received {path!r} ({what}).")
+
+
+# -- the config's keys: --help-config, and "did you mean" for a mistyped key or flag -------------------
+
+
+def _schema_entries() -> Iterator[tuple[str, dict[str, Any], str | None]]:
+    """``(dotted key, its JSON schema, when it is required)`` for every leaf of TrainConfig's schema (the
+    Prefect form's), sections flattened: ``trainer.max_epochs``, ``data.source``, ... The last item is
+    None for an optional key, "" for a required one, and the section for one required when its optional
+    section is given."""
+    from tasks.config import TrainConfig
+
+    schema = TrainConfig.model_json_schema()
+    defs = schema.get("$defs", {})
+
+    def section(node: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        for option in [node, *node.get("anyOf", ())]:
+            ref = option.get("$ref", "")
+            target = defs.get(ref.rpartition("/")[2]) if ref else None
+            if target is not None and "properties" in target:
+                return target
+        return None
+
+    def walk(
+        node: Mapping[str, Any], prefix: str, within: str
+    ) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+        required = set(node.get("required", ()))
+        for name, prop in node["properties"].items():
+            inner = section(prop)
+            if inner is not None:
+                optional = name not in required
+                yield from walk(inner, f"{prefix}{name}.", f"{prefix}{name}" if optional else within)
+            else:
+                yield f"{prefix}{name}", prop, within if name in required else None
+
+    yield from walk(schema, "", "")
+
+
+def config_keys() -> list[str]:
+    """Every config key as it is typed in a YAML file's sections or an override: ``trainer.max_epochs``."""
+    return [key for key, _, _ in _schema_entries()]
+
+
+_INT32_MAX = 2**31 - 1  # the schema's bound on counts: a storage limit, not worth showing
+
+
+def _type_text(prop: Mapping[str, Any]) -> str:
+    options = list(prop.get("anyOf", [prop]))
+    texts: list[str] = []
+    for option in options:
+        if option.get("type") == "null":
+            continue
+        if "enum" in option or "const" in option:
+            values = option.get("enum", [option.get("const")])
+            text = " | ".join(json.dumps(v) for v in values)
+        elif option.get("type") == "array":
+            text = f"list of {_type_text(option.get('items', {}))}"
+        elif option.get("type") == "object" or "$ref" in option:
+            text = "mapping"
+        else:
+            text = str(option.get("type", "value"))
+        texts.append(f"{text} {bounds}" if (bounds := _bounds_text(option)) else text)
+    text = " or ".join(texts) or "value"
+    return f"{text}, or empty" if len(texts) < len(options) else text
+
+
+def _bounds_text(option: Mapping[str, Any]) -> str:
+    """``in [-1, 256]``, ``in (0, 1)``, ``>= 1``: a schema's numeric bounds as the config checks them."""
+    low = next(
+        ((option[k], b) for k, b in (("minimum", "["), ("exclusiveMinimum", "(")) if k in option), None
+    )
+    high = next(
+        ((option[k], b) for k, b in (("maximum", "]"), ("exclusiveMaximum", ")")) if k in option), None
+    )
+    if high is not None and high[0] == _INT32_MAX:
+        high = None
+    if low is not None and high is not None:
+        return f"in {low[1]}{low[0]}, {high[0]}{high[1]}"
+    if low is not None:
+        return f"{'>=' if low[1] == '[' else '>'} {low[0]}"
+    if high is not None:
+        return f"{'<=' if high[1] == ']' else '<'} {high[0]}"
+    return ""
+
+
+def config_help() -> str:
+    """``--help-config``: each key of the config with its type, bounds, default and description."""
+    lines = [
+        "Config keys: YAML fields (sections are the part before the dot) or key=value overrides on the",
+        "command line (values parsed as YAML; an empty value clears a field). examples/pipeline.yaml is a",
+        "complete config.",
+        "",
+    ]
+    for key, prop, required in _schema_entries():
+        if required is not None:
+            default = f"required when {required} is given" if required else "required"
+        elif "default" in prop:
+            default = "default " + ("empty" if prop["default"] is None else json.dumps(prop["default"]))
+        else:
+            default = "default empty"
+        lines.append(f"{key}  ({_type_text(prop)}; {default})")
+        description = prop.get("description", "")
+        if description:
+            lines += textwrap.wrap(description, width=100, initial_indent="    ", subsequent_indent="    ")
+    return "\n".join(lines)
+
+
+def _closest_key(typed: str, keys: Sequence[str]) -> str | None:
+    """The config key ``typed`` most likely meant: the one with the same last name, else the nearest."""
+    leaf = typed.rpartition(".")[2]
+    same_leaf = [key for key in keys if key.rpartition(".")[2] == leaf]
+    if same_leaf:
+        return min(same_leaf, key=lambda key: -difflib.SequenceMatcher(None, typed, key).ratio())
+    close = difflib.get_close_matches(typed, keys, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    by_leaf = {key.rpartition(".")[2]: key for key in keys}
+    close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
+    return by_leaf[close[0]] if close else None
+
+
+def _typed_keys(loc: str, given: Any) -> list[str]:
+    """The dotted keys the user typed under an unknown ``loc`` (a whole unknown section has several)."""
+    if isinstance(given, Mapping) and given:
+        return [key for name, value in given.items() for key in _typed_keys(f"{loc}.{name}", value)]
+    return [loc]
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A config's validation errors as one line, each naming its dotted key; an unknown key gets the
+    nearest known one (``unknown key trainer.max_epoch (did you mean trainer.max_epochs?)``)."""
+    keys = config_keys()
+    parts: list[str] = []
+    for error in exc.errors(include_url=False):
+        # union members add their type to the location (trainer.devices.int): keep the key's part
+        loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        if error["type"] == "extra_forbidden":
+            for typed in _typed_keys(loc, error.get("input")):
+                near = _closest_key(typed, keys)
+                parts.append(f"unknown key {typed}" + (f" (did you mean {near}?)" if near else ""))
+            continue
+        message = " ".join(str(error["msg"]).removeprefix("Value error, ").split())
+        part = f"{loc}: {message}" if loc else message
+        if part not in parts:
+            parts.append(part)
+    return "; ".join(parts)
 
 
 def _print_training(result: Any) -> None:
@@ -169,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(_config(args).model_dump(mode="json"), indent=2))
         return 0
+    _watch_console()
     if args.command == "train":
         from flows.training import training
 
@@ -225,6 +439,7 @@ def run(args: argparse.Namespace) -> int:
         if args.config:
             from flows.defaults import load_config
 
+            _check_config_file(args.config)
             config = load_config(args.config)
         cron = args.cron or deploy.DEFAULT_CRON
         if args.work_pool:
@@ -236,16 +451,157 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)  # argparse only accepts the commands above
 
 
+# -- errors: input errors in one line, the rest with their detail -------------------------------------
+
+_INPUT_ERROR_TYPES = (ValueError, LookupError, FileNotFoundError, PermissionError)  # ValidationError too
+# Where the pipeline's own checks raise. The same exception types raised from the user's model or data
+# module, torch or a library are failures to debug, not input errors: they keep their traceback.
+_CHECKING_PACKAGES = ("tasks", "flows", "lightning_lib", "pydantic")
+
+
+def _checking_folders() -> tuple[str, ...]:
+    import importlib.util
+
+    folders = []
+    for name in _CHECKING_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            folders.append(os.path.join(os.path.realpath(location), ""))
+    return tuple(folders)
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the pipeline refusing its input (a value, a key, a file, a name, a reproduction),
+    raised by its own checks, rather than a failure inside the user's code or a library."""
+    if isinstance(exc, _InputError):
+        return True
+    if not isinstance(exc, _INPUT_ERROR_TYPES):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.realpath(tb.tb_frame.f_code.co_filename).startswith(_checking_folders())
+
+
+def describe_input_error(exc: BaseException) -> str:
+    """The error's text in one line, with the CLI's flags where the flows name Python arguments:
+    ``allow_code_change=True (--allow-code-change)`` becomes ``--allow-code-change``."""
+    text = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+    text = re.sub(r"\b[a-z_]+(?:=True)? \((--[a-z][a-z-]*)\)", r"\1", text)
+    return " ".join(text.split())
+
+
+class _ConsoleFilter(logging.Filter):
+    """On the terminal only, drop Prefect's records of a failure that is an input error: its traceback
+    (task and flow) and the "Finished in state Failed" lines that repeat it. The flow run's log on the
+    Prefect API keeps them all; the CLI prints the one line. Other failures pass, and are noted as shown
+    so that the CLI does not print their traceback a second time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reset()
+
+    def reset(self) -> None:
+        self.input_error_seen = False
+        self.shown: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_input_error(exc):
+            self.input_error_seen = True
+            return False
+        if exc is not None:
+            self.shown.append(exc)
+        return not (self.input_error_seen and record.getMessage().startswith("Finished in state Failed"))
+
+
+_CONSOLE = _ConsoleFilter()
+
+
+def _watch_console() -> None:
+    """Put the filter on Prefect's console handlers, once (set up first: a process where Prefect's
+    logging is not configured yet would configure it at the first flow run, without the filter)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("prefect", "uvicorn", "fastapi"))]
+    for handler in {h for log in loggers for h in log.handlers if isinstance(h, PrefectConsoleHandler)}:
+        if _CONSOLE not in handler.filters:
+            handler.addFilter(_CONSOLE)
+
+
+_VALUE_FLAGS_WITH_CONFIG = ("train", "retrain", "config")
+
+
+def _unknown_arguments(parser: _Parser, command: str, extras: list[str], argv: list[str]) -> str:
+    """One line for arguments the command does not take: a mistyped flag gets the nearest flag, and a
+    config key written as a flag (``--max-epochs 3``) gets its override (``trainer.max_epochs=3``)."""
+    prog = f"{parser.prog} {command}"
+    flags = parser.commands[command].flags()
+    token = next((t for t in extras if t.startswith("-")), None)
+    if token is None:
+        return f"{prog}: unexpected argument {extras[0]!r} (see {prog} --help)"
+    flag, sep, value = token.partition("=")
+    if not sep:
+        after = argv[argv.index(token) + 1 :] if token in argv else []
+        value = after[0] if after and not after[0].startswith("-") else "VALUE"
+    message = f"{prog}: unknown flag {flag}"
+    if command in _VALUE_FLAGS_WITH_CONFIG:
+        keys = config_keys()
+        typed = flag.lstrip("-").replace("-", "_")
+        exact = [k for k in keys if k == typed or k.rpartition(".")[2] == typed]
+        near_flag = difflib.get_close_matches(flag, flags, n=1, cutoff=0.75)
+        if not exact and near_flag:
+            return f"{message} (did you mean {near_flag[0]}?)"
+        key = exact[0] if exact else _closest_key(typed, keys)
+        if key:
+            return f"{message}: config keys are set as key=value, did you mean {key}={value}?"
+    near_flag = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6)
+    if near_flag:
+        return f"{message} (did you mean {near_flag[0]}?)"
+    return f"{message} (see {prog} --help)"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    assert isinstance(parser, _Parser)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        raise _InputError(_unknown_arguments(parser, args.command, extras, argv))
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit status (2 for an input error, 1 for another failure)."""
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parse(tokens)
+    except _InputError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     # the temporary local API must not try to reach the internet (telemetry) from a user's machine or CI
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    prefix = f"lightning-lib {args.command}"
+    _CONSOLE.reset()
     try:
         return run(args)
-    except (ValidationError, ValueError, LookupError, FileNotFoundError, PermissionError) as exc:
-        # input errors: one clear message, no traceback (the flow run's log has the details)
-        print(f"lightning-lib {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if is_input_error(exc):
+            # one line; the flow run's log in Prefect keeps the traceback
+            print(f"{prefix}: {describe_input_error(exc)}", file=sys.stderr)
+            return 2
+        if not any(shown is exc for shown in _CONSOLE.shown):
+            traceback.print_exception(exc)  # not shown by a flow run's log: the detail is needed here
+        where = "above and in the flow run's log" if _CONSOLE.shown else "above"
+        print(
+            f"{prefix}: failed with {type(exc).__name__}: {' '.join(str(exc).split())} (traceback {where})",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

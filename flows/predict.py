@@ -6,6 +6,7 @@ with (model class, data module), so scoring needs nothing but the model's name a
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from prefect import flow, task
@@ -13,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.prediction import PredictionResult, predict
-from tasks.registry import CHAMPION, ModelVersionRef, get_alias
+from tasks.registry import CHAMPION, ModelVersionRef, get_alias, registered_models
 from tasks.runs import read_run
 from tasks.tracking import resolve_tracking_uri
 
@@ -22,12 +23,22 @@ from tasks.tracking import resolve_tracking_uri
 def resolve_model(tracking_uri: str, model_name: str, alias: str) -> ModelVersionRef:
     """The version ``alias`` points at; a clear error when there is none yet."""
     ref = get_alias(tracking_uri, model_name, alias)
-    if ref is None:
+    if ref is not None:
+        return ref
+    models = registered_models(tracking_uri)
+    if model_name not in models:
+        # a typo is the likely cause: name what does exist, nearest first
+        close = difflib.get_close_matches(model_name, list(models), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        names = ", ".join(sorted(models)) if models else "none yet (train one first)"
         raise LookupError(
-            f"Registered model {model_name!r} has no {alias!r} alias at {tracking_uri}: train one first "
-            "(the first version registered by the training flow becomes the champion)."
+            f"No registered model {model_name!r} at {tracking_uri}; registered models: {names}.{hint}"
         )
-    return ref
+    aliases = ", ".join(repr(a) for a in models[model_name]) or "none"
+    raise LookupError(
+        f"Registered model {model_name!r} has no {alias!r} alias at {tracking_uri} (its aliases: {aliases}): "
+        "train one first (the first version registered by the training flow becomes the champion)."
+    )
 
 
 @flow(name="predict", persist_result=True, result_serializer="json", log_prints=True)
@@ -45,9 +56,10 @@ def predict_flow(
 
     ``source``, the data module's declared sources when ``datamodule_kwargs`` are given, and ``output_uri``
     must lie under the worker's data roots (``LIGHTNING_LIB_DATA_ROOTS``, else the working directory; the
-    model's own data root never adds to them), without ``output_uri`` the model's data root must lie there
-    too (the default output goes under it), and ``output_uri`` never replaces a file that predict did not
-    write (see ``tasks.prediction``): all refused before scoring. The model version that scored is printed
+    model's own data root never adds to them). Without ``output_uri`` a table's predictions go next to it
+    (``<source folder>/<source stem>.predictions.parquet``) and a data module's under the model's data root,
+    which must then lie there too. The output never replaces a file that predict did not write (see
+    ``tasks.prediction``): all refused before scoring. The model version that scored is printed
     and recorded in the result, the artifact and the output's footer.
 
     Args:
@@ -55,7 +67,8 @@ def predict_flow(
             trained on its project's own data module, which scores its `predict_dataloader`.
         model_name: The registered model to score with.
         alias: The alias of the version that scores (`champion` by default).
-        output_uri: Where the Parquet predictions go; `None` means under the model's data root.
+        output_uri: Where the Parquet predictions go; `None` means next to a table source
+            (`<folder>/<stem>.predictions.parquet`), or under the model's data root for a data module.
         tracking_uri: The MLflow server that has the model; `None` means `MLFLOW_TRACKING_URI`, else the
             local SQLite file.
         datamodule_kwargs: Arguments laid over the training config's `datamodule_kwargs` to point the

@@ -229,7 +229,7 @@ class _LocalSource(_Source):
 
     def _check(self) -> None:
         if not os.path.isfile(self._path):
-            raise ObjectNotFound(f"{self._path} does not exist.")
+            raise ObjectNotFound(_missing(self.uri))
 
     def sha256(self) -> str:
         self._check()
@@ -283,7 +283,7 @@ class _S3Source(_Source):
             return SourceChangedError(f"{self.uri} changed while it was being read (its ETag moved on).")
         # the store's HEAD names a missing object, bucket, credential or permission in its own terms
         if not self._store.exists(self._name):
-            return ObjectNotFound(f"{self.uri} does not exist.")
+            return ObjectNotFound(_missing(self.uri))
         return StorageError(f"S3 request to read {self.uri} failed: {exc}")
 
     def sha256(self) -> str:
@@ -312,6 +312,20 @@ class _S3Source(_Source):
     def local(self) -> Iterator[_Readable]:
         with self._store.local_file(self._name) as path:
             yield _Readable(path=path)
+
+
+def _missing(uri: str, name: str = "data.source") -> str:
+    """A missing source the user named, as an input error naming the key or flag it came from."""
+    return f"Expected {name} to name an existing file, received {uri!r}: there is none."
+
+
+def read_source(uri: str, name: str) -> bytes:
+    """:func:`read_uri` of a source the user named; a missing one is refused naming ``name`` (the key or
+    flag it came from), as an input error."""
+    try:
+        return read_uri(uri)
+    except ObjectNotFound:
+        raise ObjectNotFound(_missing(uri, name)) from None
 
 
 def _source(uri: str, raw: bytes | None = None) -> _Source:
@@ -737,6 +751,7 @@ __all__ = [
     "prepare_cache_key",
     "prepare_data",
     "prepared_folder",
+    "read_source",
     "read_uri",
     "run_prepare_data",
 ]

@@ -37,15 +37,40 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
-    """Parse one YAML document (a file or an override's value) with the rules above."""
-    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
+class YamlError(ValueError):
+    """A config (or an override's value) that is not plain YAML data; one line that says where."""
+
+
+def parse_yaml(text: str, where: str = "the value") -> Any:
+    """Parse one YAML document (a file or an override's value) with the rules above.
+
+    Syntax errors and tags other than plain data (``!!python/object``, ...) raise :class:`YamlError`
+    naming ``where`` and the line and column, in one line."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise YamlError(_describe_yaml_error(exc, where)) from None
+
+
+def _describe_yaml_error(exc: yaml.YAMLError, where: str) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    tag = re.search(r"tag '?tag:yaml\.org,2002:(python/[^' ]+)", problem)
+    if tag:
+        return (
+            f"Expected plain YAML data in {where}, received the tag !!{tag.group(1)}{at}: configs hold data "
+            "only, never Python objects (write the import path as a string, e.g. model: package.module:Class)."
+        )
+    context = getattr(exc, "context", None)
+    detail = f"{context}, {problem}" if context else problem
+    return f"Expected valid YAML in {where}{at}: {detail}."
 
 
 def load_yaml_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The mapping at the top of a YAML file; an empty file is an empty mapping."""
     with open(path, encoding="utf-8") as handle:
-        data = parse_yaml(handle.read())
+        data = parse_yaml(handle.read(), repr(os.fspath(path)))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -74,7 +99,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
                 where = ".".join(keys[: depth + 1])
                 raise ValueError(f"Override {item!r}: {where!r} is a value, not a section.")
             node = child
-        node[keys[-1].strip()] = parse_yaml(text) if text.strip() else None
+        node[keys[-1].strip()] = parse_yaml(text, f"the override {item!r}") if text.strip() else None
     return result
 
 

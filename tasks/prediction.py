@@ -9,12 +9,14 @@ Where it reads and writes (issue 14): ``source`` and ``output_uri`` are paramete
 call sets, so the worker only reads and writes under its data roots: the comma-separated local folders
 and ``s3://bucket/prefix`` URIs of ``LIGHTNING_LIB_DATA_ROOTS``, which the deployment sets; without it,
 the working directory (the project, for ``lightning-lib predict data/new.csv``). Local paths are compared
-after resolving ``..`` and symbolic links. The model's own data root (``data.data_root`` of its training
-config, where the default output goes) never widens them: that config was itself a parameter, and a model
-trained with ``data.data_root="/"`` would otherwise open the whole machine. So the default output is
-used only when the model's data root lies under the data roots; otherwise predict is refused up front and
-asks for an ``output_uri`` (``--output``) there. The scored columns are staged in a private temporary
-folder of the worker, not under the model's data root. The output must be a ``.parquet`` (or ``.pq``) name, and a
+after resolving ``..`` and symbolic links. A table's predictions go, without ``output_uri``, next to it
+(``data/new.csv`` -> ``data/new.predictions.parquet``, local or S3), where the user looks for them; that
+name passes the same checks as an ``output_uri``. The model's own data root (``data.data_root`` of its
+training config, where the default output of a project's data module goes) never widens the roots: that
+config was itself a parameter, and a model trained with ``data.data_root="/"`` would otherwise open the
+whole machine. So that default is used only when the model's data root lies under the data roots;
+otherwise predict is refused up front and asks for an ``output_uri`` (``--output``) there. The scored
+columns are staged in a private temporary folder of the worker, not under the model's data root. The output must be a ``.parquet`` (or ``.pq``) name, and a
 file already there is replaced only when predict wrote it (its Parquet footer carries
 :data:`OUTPUT_MARKER`): a config, a data file or anything else the worker may write is never replaced.
 Both are checked before the checkpoint is loaded or anything is scored, and again just before writing.
@@ -40,7 +42,7 @@ import lightning_lib as pl
 from lightning_lib.checkpoint import load_file
 from lightning_lib.storage import is_remote, join_uri, local_path, open_store, parse_s3_uri, split_uri
 from tasks.config import TrainConfig, table_format
-from tasks.data import read_uri
+from tasks.data import read_source
 from tasks.retry import retrying
 from tasks.tabular import DataValidationError, check_features, parse_table, to_parquet_bytes
 
@@ -178,10 +180,16 @@ def checkpoint_columns(checkpoint: dict[str, Any], config: TrainConfig) -> tuple
     return list(features), str(hparams.get("target") or table.target)
 
 
-def default_output_uri(config: TrainConfig, input_sha256: str, checkpoint_uri: str) -> str:
-    """``<data_root>/predictions/<digest of input and model>/predictions.parquet``: one place per pair."""
-    key = _sha256(f"{input_sha256}:{checkpoint_uri}".encode())[:24]
-    return join_uri(config.prepared_data_root(), "predictions", key, "predictions.parquet")
+PREDICTIONS_SUFFIX = ".predictions.parquet"
+
+
+def output_beside(source: str) -> str:
+    """The default output for a table: ``<source folder>/<source stem>.predictions.parquet``, local or S3
+    (``s3://b/in/new.csv`` -> ``s3://b/in/new.predictions.parquet``)."""
+    remote = is_remote(source)
+    folder, sep, name = source.rpartition("/") if remote else source.rpartition(os.sep)
+    extension = next((e for e in (".csv", ".parquet", ".pq") if name.lower().endswith(e)), "")
+    return f"{folder}{sep}{name[: len(name) - len(extension)]}{PREDICTIONS_SUFFIX}"
 
 
 def score(
@@ -189,9 +197,9 @@ def score(
 ) -> PredictionResult:
     """Predict every row of ``source`` (CSV or Parquet, local or S3) with the checkpoint.
 
-    ``source`` and ``output_uri`` (or, without it, the default output under the model's data root) must
-    lie under :func:`data_roots`, and ``output_uri`` may only replace a predictions file (see the module
-    docstring): checked before any scoring work."""
+    ``source`` and ``output_uri`` (without it, :func:`output_beside` the source) must lie under
+    :func:`data_roots`, and the output may only replace a predictions file (see the module docstring):
+    checked before any scoring work."""
     fmt = table_format(source)
     if fmt is None:
         raise DataValidationError(
@@ -199,13 +207,11 @@ def score(
         )
     roots = data_roots()
     check_allowed("source", source, roots)
-    if output_uri is not None:
-        check_output(output_uri, roots)
-    else:
-        check_default_output_root(config, roots)
+    uri = output_uri if output_uri is not None else output_beside(source)
+    check_output(uri, roots)
     checkpoint = load_file(checkpoint_uri)  # verified and weights_only=True, before any scoring work
     features, target = checkpoint_columns(checkpoint, config)
-    raw = read_uri(source)
+    raw = read_source(source, "the source table")
     digest = _sha256(raw)
     frame = parse_table(raw, fmt, source)
     check_features(frame, features, source)
@@ -244,7 +250,6 @@ def score(
     payload = _predictions_parquet(
         out, {"source": source, "input_sha256": digest, "checkpoint": checkpoint_uri}
     )
-    uri = output_uri or default_output_uri(config, digest, checkpoint_uri)
     check_output(uri, roots)  # again: something may have appeared there while scoring
     _put(uri, payload)
     return PredictionResult(
@@ -361,6 +366,7 @@ def predict(
 __all__ = [
     "DATA_ROOTS_ENV",
     "OUTPUT_MARKER",
+    "PREDICTIONS_SUFFIX",
     "PREDICTION_COLUMN",
     "PredictionRefused",
     "PredictionResult",
@@ -369,7 +375,7 @@ __all__ = [
     "check_output",
     "checkpoint_columns",
     "data_roots",
-    "default_output_uri",
+    "output_beside",
     "predict",
     "score",
     "score_datamodule",

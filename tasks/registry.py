@@ -146,6 +146,21 @@ def get_alias(uri: str, name: str, alias: str = CHAMPION) -> ModelVersionRef | N
     return _ref(version)
 
 
+def registered_models(uri: str) -> dict[str, list[str]]:
+    """Every registered model at ``uri`` with its aliases (sorted), to say what exists when a name is
+    not found."""
+    client = _client(uri)
+    found: dict[str, list[str]] = {}
+    token: str | None = None
+    while True:
+        page = client.search_registered_models(max_results=100, page_token=token)
+        for model in page:
+            found[model.name] = sorted(getattr(model, "aliases", None) or {})
+        token = page.token
+        if not token:
+            return found
+
+
 def set_alias(uri: str, ref: ModelVersionRef, alias: str = CHAMPION) -> None:
     """Point ``alias`` of the registered model at ``ref``."""
     _client(uri).set_registered_model_alias(ref.name, alias, ref.version)
@@ -233,5 +248,6 @@ __all__ = [
     "promote",
     "register",
     "register_model",
+    "registered_models",
     "set_alias",
 ]

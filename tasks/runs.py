@@ -46,8 +46,17 @@ def _dirty(value: str | None) -> bool | None:
 def read_run(tracking_uri: str, run_id: str) -> RunRecord:
     """Read the run; its ``config.*`` params must rebuild a valid ``TrainConfig`` (allowed prefixes too)."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    run: Any = MlflowClient(tracking_uri).get_run(run_id)
+    try:
+        run: Any = MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            raise
+        # a typo or another server's id: a lookup error (one line), not the server's stack trace
+        raise LookupError(
+            f"Expected the id of an MLflow run at {tracking_uri}, received {run_id!r}: no such run there."
+        ) from None
     params = dict(run.data.params)
     if not any(name.startswith("config.") for name in params):
         raise LookupError(

@@ -120,12 +120,19 @@ def test_predict_flow_scores_with_the_champion(
     # roots; both refused before scoring, naming the path. Re-running onto its own output is fine.
     uri = tracking_uri(config)
     assert predict_flow(str(source), "digits-test", output_uri=str(output), tracking_uri=uri).rows == 50
-    # without output_uri: the default output under the model's data root, which lies under the data roots
-    # (review finding 5); the scored columns are staged outside it, so nothing else is written there
+    # without output_uri: next to the input, where the user looks (issue 13); the scored columns are
+    # staged outside the model's data root, so nothing is written there; the version that scored is recorded
     data_root = Path(config.prepared_data_root())
     default = predict_flow(str(source), "digits-test", tracking_uri=uri)
-    assert Path(default.uri).is_relative_to(data_root / "predictions") and default.sha256 == result.sha256
-    assert not (data_root / "scoring").exists()
+    assert Path(default.uri) == tmp_path / "to_score.predictions.parquet" and default.sha256 == result.sha256
+    assert default.model == "digits-test version 1 (champion)"
+    assert not (data_root / "predictions").exists() and not (data_root / "scoring").exists()
+    # a typo in the model's name says that no such model exists, and names the close one; a real model
+    # without the alias says that
+    with pytest.raises(LookupError, match=r"No registered model 'digits-tset' .*Did you mean 'digits-test'"):
+        predict_flow(str(source), "digits-tset", tracking_uri=uri)
+    with pytest.raises(LookupError, match=r"'digits-test' has no 'staging' alias .*its aliases: 'champion'"):
+        predict_flow(str(source), "digits-test", alias="staging", tracking_uri=uri)
     precious = tmp_path / "run.yaml"
     precious.write_text("model: mine\n")
     foreign = tmp_path / "other.parquet"
@@ -152,8 +159,8 @@ def test_predict_flow_scores_with_the_champion(
     outside.unlink()
 
 
-def test_predict_without_a_champion_says_what_to_do(
+def test_predict_with_an_unknown_model_says_none_exists(
     make_config: Callable[..., TrainConfig], tmp_path: Path
 ) -> None:
-    with pytest.raises(LookupError, match="no 'champion' alias"):
+    with pytest.raises(LookupError, match=r"No registered model 'never-trained' at .*none yet"):
         predict_flow(str(DIGITS_CSV), "never-trained", tracking_uri=tracking_uri(make_config()))

@@ -3,6 +3,7 @@ tests/flows/test_reproduce_predict.py); the rules on their own, without a model.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tasks.prediction import (
     check_default_output_root,
     check_output,
     data_roots,
+    output_beside,
     score,
     written_by_predict,
 )
@@ -75,11 +77,18 @@ def test_the_model_s_data_root_never_widens_the_roots(
             "Refusing the source '/etc/anything/secret.csv'",
         ),
         (str(tables / "new.csv"), "/home/x/out.parquet", "Refusing the output '/home/x/out.parquet'"),
-        (str(tables / "new.csv"), None, "Refusing the default output under the model's data root '/'"),
+        (str(tables / "new.csv"), "/home/x/new.parquet", "Refusing the output '/home/x/new.parquet'"),
     ):
         with pytest.raises(PredictionRefused, match=re.escape(message)) as info:
             score(hostile, missing, source, output)
         assert str(tables) in str(info.value)  # names the roots that do apply
+    # a table's default output lies beside it, so the hostile data root plays no part: the checks pass
+    # and the missing checkpoint is what stops it
+    with pytest.raises(FileNotFoundError):
+        score(hostile, missing, str(tables / "new.csv"), None)
+    # a project data module's default output still goes under the model's data root, refused here
+    with pytest.raises(PredictionRefused, match=re.escape("the model's data root '/'")):
+        check_default_output_root(hostile, data_roots())
     # a model whose data root lies under the deployment's roots keeps its default output there
     inside = config(str(tmp_path), data_root=str(tables / "model"))
     check_default_output_root(inside, data_roots())
@@ -112,3 +121,20 @@ def test_cli_flags() -> None:
     args = build_parser().parse_args(["reproduce", "run-1", "--allow-unfinished-run"])
     assert args.allow_unfinished_run is True
     assert build_parser().parse_args(["reproduce", "run-1"]).allow_unfinished_run is False
+
+
+def test_a_table_s_predictions_default_to_beside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert output_beside("data/new.csv") == os.path.join("data", "new.predictions.parquet")
+    assert output_beside("/srv/in/batch.PQ") == "/srv/in/batch.predictions.parquet"
+    assert output_beside("s3://lake/in/2026/new.parquet") == "s3://lake/in/2026/new.predictions.parquet"
+    # the default passes the output's checks before any work: a file there that predict did not write
+    # is refused, naming it
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "new.csv").write_text("a,b\n1,2\n")
+    pd.DataFrame({"a": [1]}).to_parquet(tables / "new.predictions.parquet")
+    monkeypatch.setenv(DATA_ROOTS_ENV, str(tables))
+    missing = str(tmp_path / "no-such.ckpt")
+    expected = f"Refusing to replace {str(tables / 'new.predictions.parquet')!r}"
+    with pytest.raises(PredictionRefused, match=re.escape(expected)):
+        score(config(str(tmp_path)), missing, str(tables / "new.csv"), None)
