@@ -29,7 +29,9 @@ def _system_metrics(logger: MLFlowLogger) -> dict[str, float]:
 
 
 def test_a_fit_shorter_than_the_interval_still_fills_the_system_metrics_tab(tmp_path: Path) -> None:
-    logger = MLFlowLogger(save_dir=str(tmp_path / "mlruns"), log_system_metrics=True, system_metrics_interval=60)
+    logger = MLFlowLogger(
+        save_dir=str(tmp_path / "mlruns"), log_system_metrics=True, system_metrics_interval=60
+    )
     _fit(tmp_path, logger)
     system = _system_metrics(logger)
     assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
