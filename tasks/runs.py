@@ -171,14 +171,14 @@ def last_logged_step(tracking_uri: str, run: KeyedRun) -> int:
 
 
 __all__ = [
+    "SYSTEM_METRICS_PREFIX",
     "CodeVersion",
     "KeyedRun",
     "RunRecord",
     "current_code_version",
     "find_keyed_run",
     "last_logged_step",
-    "read_run",
-    "SYSTEM_METRICS_PREFIX",
     "model_metrics",
+    "read_run",
     "run_metrics",
 ]
