@@ -13,6 +13,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.naming import flow_parameter, last_segment, name_or_fallback, readable_name, scheduled_time
 from tasks.prediction import PredictionResult, predict
 from tasks.registry import CHAMPION, ModelVersionRef, get_alias, registered_models
 from tasks.runs import read_run
@@ -41,7 +42,25 @@ def resolve_model(tracking_uri: str, model_name: str, alias: str) -> ModelVersio
     )
 
 
-@flow(name="predict", persist_result=True, result_serializer="json", log_prints=True)
+def predict_run_name() -> str:
+    """``flow_run_name`` of the predict flow: the model and alias, the input and the date."""
+
+    def make() -> str:
+        source = flow_parameter("source")
+        data = last_segment(str(source)) if source else "datamodule"
+        model = f"{flow_parameter('model_name') or 'model'}@{flow_parameter('alias') or CHAMPION}"
+        return readable_name(model, data, scheduled_time())
+
+    return name_or_fallback("predict", make)
+
+
+@flow(
+    name="predict",
+    flow_run_name=predict_run_name,
+    persist_result=True,
+    result_serializer="json",
+    log_prints=True,
+)
 def predict_flow(
     source: str | None = None,
     model_name: str = "",
@@ -93,4 +112,4 @@ def predict_flow(
     return result
 
 
-__all__ = ["predict_flow", "resolve_model"]
+__all__ = ["predict_flow", "predict_run_name", "resolve_model"]

@@ -18,6 +18,8 @@ from flows.summary import metrics_table, mlflow_lines
 from flows.training import training
 from tasks.config import TrainConfig
 from tasks.data import input_digest
+from tasks.follow import mlflow_link, say
+from tasks.naming import flow_parameter, name_or_fallback, readable_name, scheduled_time
 from tasks.project_data import identify
 from tasks.runs import CodeVersion, RunRecord, current_code_version, read_run, run_metrics
 from tasks.sources import LISTING_ARTIFACT, SourceListing, compare
@@ -170,7 +172,21 @@ def compare_metrics(
     return not differences, differences
 
 
-@flow(name="reproduce", persist_result=True, result_serializer="json", log_prints=True)
+def reproduce_run_name() -> str:
+    """``flow_run_name`` of the reproduce flow: the run reproduced and the date."""
+    return name_or_fallback(
+        "reproduce",
+        lambda: readable_name("reproduce", str(flow_parameter("run_id"))[:12], scheduled_time()),
+    )
+
+
+@flow(
+    name="reproduce",
+    flow_run_name=reproduce_run_name,
+    persist_result=True,
+    result_serializer="json",
+    log_prints=True,
+)
 def reproduce(
     run_id: str,
     tracking_uri: str | None = None,
@@ -224,6 +240,7 @@ def reproduce(
     if waived:
         message += " Allowed differences: " + "; ".join(waived) + "."
     print(message)
+    say("MLflow run of the reproduction: %s", mlflow_link(uri, record.experiment_id, result.mlflow_run_id))
     create_markdown_artifact(
         "\n".join(
             [
@@ -256,4 +273,5 @@ __all__ = [
     "check_reproducible",
     "compare_metrics",
     "reproduce",
+    "reproduce_run_name",
 ]

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.summary import metrics_table, mlflow_lines
 from tasks.config import TrainConfig
+from tasks.follow import say
+from tasks.naming import as_config, flow_parameter, name_or_fallback, run_name
 from tasks.registry import CHAMPION, ModelVersionRef, PromotionDecision, decide, get_alias, promote, register
 from tasks.run_data import run_data_task
 from tasks.run_key import derive_run_key
@@ -135,7 +137,26 @@ def champion_config(config: TrainConfig, champion: ModelVersionRef) -> TrainConf
     )
 
 
-@flow(name="retraining", persist_result=True, result_serializer="json", log_prints=True)
+def retraining_run_name() -> str:
+    """``flow_run_name`` of the retraining flow: the model, the data window and the date."""
+
+    def make() -> str:
+        config = as_config(flow_parameter("config"))
+        window_end = flow_parameter("window_end")
+        if isinstance(window_end, str):
+            window_end = dt.date.fromisoformat(window_end)
+        return run_name(with_window(config, window_end, flow_parameter("window_days") or 1))
+
+    return name_or_fallback("retraining", make)
+
+
+@flow(
+    name="retraining",
+    flow_run_name=retraining_run_name,
+    persist_result=True,
+    result_serializer="json",
+    log_prints=True,
+)
 def retraining(
     config: TrainConfig,
     metric: str = "test_loss",
@@ -184,8 +205,21 @@ def retraining(
             metric, mode, challenger_eval.metrics, champion_eval.metrics if champion_eval else None
         )
         challenger = register(config, fitted, challenger_eval.metrics, prepared=prepared)
+        say("Registered %s version %s from MLflow run %s.", challenger.name, challenger.version,
+            challenger.run_id)  # fmt: skip
         champion_after = promote(config, challenger, decision)
-    print(("Promoted" if decision.promote else "Kept the champion") + f": {decision.reason}.")
+    if decision.promote:
+        say(
+            "Promoted %s version %s to %s: %s.",
+            challenger.name,
+            challenger.version,
+            CHAMPION,
+            decision.reason,
+        )
+    else:
+        kept = f"version {champion_after.version}" if champion_after is not None else "no version"
+        say("Kept %s %s as %s (challenger version %s not promoted): %s.", challenger.name, kept, CHAMPION,
+            challenger.version, decision.reason)  # fmt: skip
     result = RetrainingResult(
         run_key=run_key,
         source=data_description(config),
@@ -218,4 +252,12 @@ def retraining(
     return result
 
 
-__all__ = ["RetrainingResult", "ensure_lock", "lock_name", "retraining", "window_source", "with_window"]
+__all__ = [
+    "RetrainingResult",
+    "ensure_lock",
+    "lock_name",
+    "retraining",
+    "retraining_run_name",
+    "window_source",
+    "with_window",
+]

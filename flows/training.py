@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.summary import bullet_list, metrics_table, mlflow_lines
 from tasks.config import TrainConfig
+from tasks.follow import say
+from tasks.naming import training_run_name
 from tasks.registry import CHAMPION, ModelVersionRef, get_alias, register, set_alias
 from tasks.run_data import RunData, run_data_task
 from tasks.run_key import derive_run_key
@@ -73,7 +75,13 @@ def summary_markdown(result: TrainingResult) -> str:
     return "\n".join(lines)
 
 
-@flow(name="training", persist_result=True, result_serializer="json", log_prints=True)
+@flow(
+    name="training",
+    flow_run_name=training_run_name,
+    persist_result=True,
+    result_serializer="json",
+    log_prints=True,
+)
 def training(config: TrainConfig, register_model: bool = True) -> TrainingResult:
     """Train, evaluate and register a model described by ``config``.
 
@@ -100,10 +108,17 @@ def training(config: TrainConfig, register_model: bool = True) -> TrainingResult
     champion = False
     if register_model and config.mlflow.registered_model_name:
         version = register(config, fitted, tested.metrics, prepared=prepared)
+        say("Registered %s version %s from MLflow run %s.", version.name, version.version, version.run_id)
         uri = tracking_uri(config)
-        if get_alias(uri, version.name, CHAMPION) is None:
+        current = get_alias(uri, version.name, CHAMPION)
+        if current is None:
             set_alias(uri, version, CHAMPION)
             champion = True
+            say("Promoted %s version %s to %s: the first version of the model.", version.name,
+                version.version, CHAMPION)  # fmt: skip
+        else:
+            say("Kept %s version %s as %s: the training flow promotes only a first version (the retraining "
+                "flow compares a challenger with the champion).", current.name, current.version, CHAMPION)  # fmt: skip
     result = TrainingResult(
         run_key=run_key,
         prepared=prepared,

@@ -17,6 +17,7 @@ import torch
 from lightning_lib.callbacks import Callback
 from lightning_lib.storage import is_remote, join_uri, local_path
 from tasks.config import TrainConfig
+from tasks.naming import run_name
 from tasks.tracking import embedded_mlflow_dir, tracking_uri
 
 if TYPE_CHECKING:
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 
 # The keys the pipeline hands a data module from ``prepare_data`` (see PreparedData.datamodule_kwargs).
 PIPELINE_DATAMODULE_KEYS = ("train_uri", "val_uri", "test_uri", "features", "target", "sha256")
+# Seconds between two samples of the fit's system metrics (MLflow's default): a sample is a few psutil
+# calls and one request on a thread of its own, never a cost of a training step.
+SYSTEM_METRICS_INTERVAL_S = 10.0
 
 
 class NonFiniteLossError(ValueError):
@@ -149,14 +153,20 @@ def _construct(config: TrainConfig, kwargs: dict[str, Any]) -> Any:
 def build_logger(
     config: TrainConfig, run_key: str, log_model: bool = True, tags: dict[str, str] | None = None
 ) -> Any:
-    """The MLflow logger of the run: found again by ``run_key``, so a retry continues the same run."""
+    """The MLflow logger of the run: found again by ``run_key``, so a retry continues the same run.
+
+    The run is named for a person (the model, the data, the flow run's date: :func:`tasks.naming.run_name`,
+    the flow run's own name); the ``run_key`` tag, not the name, is what finds it again. System metrics
+    are sampled during the fit, every ``SYSTEM_METRICS_INTERVAL_S`` seconds on a thread of their own."""
     from lightning_lib.loggers import MLFlowLogger
 
     uri = tracking_uri(config)
     embedded = not config.mlflow.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI")
     return MLFlowLogger(
         experiment_name=config.mlflow.experiment_name,
-        run_name=run_key,
+        run_name=run_name(config),
+        log_system_metrics=True,
+        system_metrics_interval=SYSTEM_METRICS_INTERVAL_S,
         # the embedded store: the logger puts the SQLite file and the artifacts under save_dir
         tracking_uri=None if embedded else uri,
         save_dir=embedded_mlflow_dir(config.checkpoint_root),
@@ -175,6 +185,7 @@ def build_trainer(config: TrainConfig, callbacks: list[Any], logger: Any) -> Any
 
 
 __all__ = [
+    "SYSTEM_METRICS_INTERVAL_S",
     "FiniteLossGuard",
     "NonFiniteLossError",
     "build_datamodule",

@@ -1,5 +1,9 @@
 """A Prefect progress artifact that follows ``fit``: the bar a person sees on the flow run's page.
 
+The flow run's Artifacts tab lists each artifact as a card showing its type, key and the first line of its
+description, never the progress value itself (that shows only on the artifact's own page): so the
+description carries the percentage too, and is updated with the value.
+
 The training thread only stores a number; a daemon thread posts it at most every ``interval`` seconds, so
 a slow or unreachable Prefect API never holds a training step up (a failed update is logged and skipped).
 """
@@ -75,7 +79,7 @@ class PrefectProgress(Callback):
         self._latest = self._progress()
         try:
             self.artifact_id = create_progress_artifact(
-                self._latest, key=self.key, description=self.description
+                self._latest, key=self.key, description=self.describe(self._latest)
             )
         except Exception as exc:  # no Prefect API: training goes on without the bar
             log.warning("Could not create the Prefect progress artifact: %s", exc)
@@ -84,6 +88,10 @@ class PrefectProgress(Callback):
         self._stop.clear()
         self._thread = threading.Thread(target=self._post_loop, name="prefect-progress", daemon=True)
         self._thread.start()
+
+    def describe(self, value: float) -> str:
+        """The description's first line with the percentage (truncated, as Prefect's UI shows it)."""
+        return f"{self.description}: {math.floor(value)}%"
 
     def update(self, step: int, epoch: int, total: float | None, max_epochs: int | None) -> None:
         """Progress reported from elsewhere (rank zero of a torchrun launch), with the fit's plan."""
@@ -137,7 +145,7 @@ class PrefectProgress(Callback):
         from prefect.artifacts import update_progress_artifact
 
         try:
-            update_progress_artifact(self.artifact_id, value)
+            update_progress_artifact(self.artifact_id, value, description=self.describe(value))
             self._posted = value
         except Exception as exc:
             log.warning("Could not update the Prefect progress artifact: %s", exc)

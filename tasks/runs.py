@@ -71,7 +71,7 @@ def read_run(tracking_uri: str, run_id: str) -> RunRecord:
         git_commit=tags.get(TAG_GIT_COMMIT),
         git_dirty=_dirty(tags.get(TAG_GIT_DIRTY)),
         input_sha256=tags.get(TAG_INPUT_SHA256) or tags.get(TAG_FINGERPRINT),
-        metrics={k: float(v) for k, v in run.data.metrics.items()},
+        metrics=model_metrics(run.data.metrics),
         status=str(run.info.status),
     )
 
@@ -82,10 +82,21 @@ def current_code_version() -> CodeVersion:
     return CodeVersion(git_commit=tags.get(TAG_GIT_COMMIT), git_dirty=_dirty(tags.get(TAG_GIT_DIRTY)))
 
 
+# MLflow's system metrics (CPU, memory, GPU of the machine during the fit): never the same twice, so never
+# part of what a reproduction compares
+SYSTEM_METRICS_PREFIX = "system/"
+
+
+def model_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The run's metrics without MLflow's system metrics."""
+    return {k: float(v) for k, v in metrics.items() if not k.startswith(SYSTEM_METRICS_PREFIX)}
+
+
 def run_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
+    """The model's metrics of run ``run_id`` (system metrics left out)."""
     from mlflow import MlflowClient
 
-    return {k: float(v) for k, v in MlflowClient(tracking_uri).get_run(run_id).data.metrics.items()}
+    return model_metrics(MlflowClient(tracking_uri).get_run(run_id).data.metrics)
 
 
 class KeyedRun(BaseModel):
@@ -153,7 +164,7 @@ def find_keyed_run(tracking_uri: str, experiment_name: str, run_key: str) -> Key
         status=str(run.info.status),
         params=dict(run.data.params),
         tags=dict(run.data.tags),
-        metric_names=sorted(run.data.metrics),
+        metric_names=sorted(model_metrics(run.data.metrics)),
     )
 
 
@@ -169,12 +180,14 @@ def last_logged_step(tracking_uri: str, run: KeyedRun) -> int:
 
 
 __all__ = [
+    "SYSTEM_METRICS_PREFIX",
     "CodeVersion",
     "KeyedRun",
     "RunRecord",
     "current_code_version",
     "find_keyed_run",
     "last_logged_step",
+    "model_metrics",
     "read_run",
     "run_metrics",
 ]

@@ -29,6 +29,8 @@ from tasks.factory import (
     checkpoint_dir,
     without_userinfo,
 )
+from tasks.follow import mlflow_link, say, warn_if_no_git
+from tasks.naming import run_name
 from tasks.progress import PrefectProgress, in_prefect_run
 from tasks.retry import retrying
 from tasks.run_data import RunData
@@ -270,11 +272,20 @@ def _fit_held(
         *(extra_callbacks or []),
     ]
     if progress_artifact and in_prefect_run():
-        callbacks.append(PrefectProgress(description=f"Training {run_key}"))
-    logger = build_logger(config, run_key, tags=data_tags(prepared))
+        callbacks.append(PrefectProgress(description=f"Training {run_name(config)}"))
+    # a loud warning (and a tag on the run) when the code carries no git commit: reproduce would refuse it
+    logger = build_logger(config, run_key, tags={**data_tags(prepared), **warn_if_no_git()})
     try:
         # The config itself goes into the run's params (``config.*``): ``reproduce`` rebuilds it from there.
         logger.log_hyperparams(config.to_flat_params())
+        say(
+            "MLflow run %s of run key %s: %s",
+            logger.run_id,
+            run_key,
+            mlflow_link(
+                without_userinfo(tracking_uri(config)), str(logger.experiment_id), str(logger.run_id)
+            ),
+        )
         _log_dataset(logger, config, prepared)
         trainer = build_trainer(config, callbacks, logger)
         with warnings.catch_warnings():

@@ -96,11 +96,15 @@ def test_progress_artifact_is_posted_off_the_training_thread(monkeypatch: pytest
     import prefect.artifacts as artifacts
 
     posted: list[float] = []
+    descriptions: list[str] = []
+
+    def update(artifact_id: str, progress: float, description: str) -> None:
+        posted.append(progress)
+        descriptions.append(description)
+
     monkeypatch.setattr(artifacts, "create_progress_artifact", lambda progress, **_: "artifact-1")
-    monkeypatch.setattr(
-        artifacts, "update_progress_artifact", lambda artifact_id, progress: posted.append(progress)
-    )
-    progress = PrefectProgress(interval=0.01)
+    monkeypatch.setattr(artifacts, "update_progress_artifact", update)
+    progress = PrefectProgress(description="Training m-d", interval=0.01)
     trainer = SimpleNamespace(estimated_stepping_batches=10, global_step=0, current_epoch=0, max_epochs=1)
     progress.on_train_start(trainer, None)
     assert progress.artifact_id == "artifact-1"
@@ -111,6 +115,8 @@ def test_progress_artifact_is_posted_off_the_training_thread(monkeypatch: pytest
         time.sleep(0.01)
     progress.on_train_end(trainer, None)
     assert 50.0 in posted and posted[-1] == 100.0
+    # the run's Artifacts tab shows a card with the description's first line, not the value: it carries it
+    assert "Training m-d: 50%" in descriptions and descriptions[-1] == "Training m-d: 100%"
 
 
 def test_data_module_arguments_cannot_override_the_prepared_splits(tmp_path: Path) -> None:

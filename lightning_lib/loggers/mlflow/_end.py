@@ -96,6 +96,11 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     if not logger._initialized or logger._sender is None:
         return
     mlflow_status = final_status(logger, status)
+    if logger._system_metrics is not None:  # before the status: MLflow refuses metrics of an ended run
+        from lightning_lib.loggers.mlflow._system import stop_system_metrics
+
+        stop_system_metrics(logger._system_metrics)
+        logger._system_metrics = None
     sender = logger._sender
     deadline = time.monotonic() + logger._finalize_timeout
     if logger._dataset_thread is not None:

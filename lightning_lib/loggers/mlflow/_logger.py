@@ -103,6 +103,9 @@ class MLFlowLogger(Logger):
         startup_timeout: How long to wait for an HTTP tracking server to answer when the run starts
             before raising ``ConnectionError`` (no run can be created without it).
         retry: Backoff of the background sender's retries.
+        log_system_metrics: Sample CPU, memory, disk, network and GPU use during each fit, on a thread,
+            into the run's System metrics tab (``system/*`` metrics; needs ``psutil``).
+        system_metrics_interval: Seconds between two system metrics samples.
     """
 
     LOGGER_JOIN_CHAR = "-"
@@ -132,6 +135,8 @@ class MLFlowLogger(Logger):
         request_timeout: float = 10.0,
         startup_timeout: float = 60.0,
         retry: RetryPolicy | None = None,
+        log_system_metrics: bool = False,
+        system_metrics_interval: float = 10.0,
     ) -> None:
         if importlib.util.find_spec("mlflow") is None:
             raise ModuleNotFoundError(
@@ -143,6 +148,8 @@ class MLFlowLogger(Logger):
             raise ValueError(
                 f"Expected run_key of 1-250 characters from [A-Za-z0-9_.:/@+=-], received {run_key!r}."
             )
+        if system_metrics_interval <= 0:
+            raise ValueError(f"Expected system_metrics_interval > 0, received {system_metrics_interval}.")
         for arg, value in (("flush_interval", flush_interval), ("finalize_timeout", finalize_timeout)):
             if value < 0:
                 raise ValueError(f"Expected {arg} >= 0, received {value}.")
@@ -182,6 +189,9 @@ class MLFlowLogger(Logger):
         self._request_timeout = request_timeout
         self._startup_timeout = startup_timeout
         self._retry = retry
+        self._log_system_metrics = log_system_metrics
+        self._system_metrics_interval = system_metrics_interval
+        self._system_metrics: Any = None  # the running monitor of the current fit (_system)
         self._client: MlflowClient | None = None
         self._initialized = False
         self._resumed = False
@@ -445,6 +455,12 @@ class MLFlowLogger(Logger):
                 " of steps each metric has recorded.",
                 self._run_id,
                 self._recorded_upto,
+            )
+        if self._log_system_metrics and self._system_metrics is None:
+            from lightning_lib.loggers.mlflow._system import start_system_metrics
+
+            self._system_metrics = start_system_metrics(
+                str(self.run_id), self._tracking_uri, self._system_metrics_interval, self._resumed
             )
 
     def log_dataset(
