@@ -1,10 +1,17 @@
 """Deployments of the flows: served from this process on the embedded setup, or deployed to a work pool.
 
 ``serve`` runs every flow in the serving process (no worker needed) with a cron schedule for
-``retraining``; ``deploy`` registers the same deployments on a work pool (process, Docker, Kubernetes)
+``retraining``, which an upstream stage's ``lightning-lib.data.landed`` event also triggers (below); ``deploy`` registers the same deployments on a work pool (process, Docker, Kubernetes)
 whose workers pull the code from ``source``. A run is then triggered from the UI, with
 ``prefect deployment run 'training/training'``, or through the API with ``run_deployment``, the same call
 the UI makes.
+
+Event trigger of ``retraining``: an event named ``lightning-lib.data.landed`` whose resource id is
+``lightning-lib.data.<registered model name>`` (the model of the config given to ``serve`` / ``deploy``)
+starts a run with ``partition`` set to the resource's ``lightning-lib.partition`` label (``YYYY-MM-DD``),
+over the deployment's other parameters: the data window is that day. An upstream stage sends it with
+``tasks.events.emit_data_landed(model_name, partition, source=None)``; the trigger is an automation owned
+by the deployment, replaced whenever the deployment is applied again.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from flows.reproduce import reproduce
 from flows.retraining import retraining
 from flows.training import training
 from tasks.config import TrainConfig
+from tasks.events import DATA_LANDED, PARTITION_LABEL, data_resource_id
 
 DEFAULT_CRON = "0 3 * * *"  # retrain nightly at 03:00 (the server's timezone: UTC unless configured)
 
@@ -44,7 +52,9 @@ def deployment_options(
             "cron": cron,
             # a schedule firing while the previous retraining still runs waits for it (never overlaps)
             "concurrency_limit": 1,
-            "description": "Scheduled retraining with champion/challenger promotion.",
+            "triggers": [data_landed_trigger(model_name)],
+            "description": "Scheduled retraining with champion/challenger promotion; also run when the "
+            "model's data lands (event lightning-lib.data.landed).",
         },
         "reproduce": {"description": "Rerun a past MLflow run and compare its metrics."},
         "predict": {
@@ -56,6 +66,19 @@ def deployment_options(
         },
         "example-pipeline": {"parameters": {"config": cfg}, "description": "Land data, train, score."},
     }
+
+
+def data_landed_trigger(model_name: str) -> Any:
+    """The ``retraining`` deployment's trigger: each data-landed event of ``model_name`` starts a run on
+    the event's partition (rendered by the server from the event with Jinja)."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name=f"retrain {model_name} when its data lands",
+        expect={DATA_LANDED},
+        match={"prefect.resource.id": data_resource_id(model_name)},
+        parameters={"partition": f"{{{{ event.resource['{PARTITION_LABEL}'] }}}}"},
+    )
 
 
 def build_deployments(config: TrainConfig | None = None, cron: str | None = DEFAULT_CRON) -> list[Any]:
@@ -101,4 +124,12 @@ def deploy(
     return ids
 
 
-__all__ = ["DEFAULT_CRON", "FLOWS", "build_deployments", "deploy", "deployment_options", "serve"]
+__all__ = [
+    "DEFAULT_CRON",
+    "FLOWS",
+    "build_deployments",
+    "data_landed_trigger",
+    "deploy",
+    "deployment_options",
+    "serve",
+]

@@ -1,6 +1,11 @@
 """The ``retraining`` flow: the scheduled one. A challenger is trained on the newest data window and
 takes the ``champion`` alias only if it beats the champion on the same test data.
 
+The flow runs on a cron schedule (the window is then the scheduled day) or when an upstream stage reports
+that a day's data has landed: the deployment's trigger on the ``lightning-lib.data.landed`` event of the
+registered model (resource ``lightning-lib.data.<model>``, label ``lightning-lib.partition``: see
+``tasks.events``) passes that day as ``partition``, and the window is that partition.
+
 Two retrainings of one registered model never overlap: the flow holds a Prefect global concurrency
 limit of one slot (named after the model) for its whole work, and its deployment has a concurrency limit
 of one as well (a schedule that fires while a run is still going queues behind it).
@@ -10,16 +15,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from flows.summary import metrics_table, mlflow_lines
 from tasks.config import TrainConfig
+from tasks.events import PARTITION_PATTERN, parse_partition
 from tasks.follow import say
 from tasks.naming import as_config, flow_parameter, name_or_fallback, run_name
 from tasks.registry import CHAMPION, ModelVersionRef, PromotionDecision, decide, get_alias, promote, register
@@ -73,6 +79,21 @@ def scheduled_date() -> dt.date:
 
     when = flow_run.scheduled_start_time
     return dt.date(when.year, when.month, when.day) if when is not None else dt.datetime.now(dt.UTC).date()
+
+
+def partition_window_end(partition: str | dt.date | None, window_end: dt.date | None) -> dt.date | None:
+    """The window's end for ``partition`` (the day after it, the end being exclusive), else ``window_end``.
+
+    Both at once are refused: they would name two windows."""
+    if partition is None:
+        return window_end
+    day = parse_partition(partition)
+    if window_end is not None:
+        raise ValueError(
+            f"Expected either partition or window_end, received both (partition={day.isoformat()!r}, "
+            f"window_end={window_end.isoformat()!r})."
+        )
+    return day + dt.timedelta(days=1)
 
 
 def with_window(config: TrainConfig, window_end: dt.date | None, window_days: int) -> TrainConfig:
@@ -145,6 +166,7 @@ def retraining_run_name() -> str:
         window_end = flow_parameter("window_end")
         if isinstance(window_end, str):
             window_end = dt.date.fromisoformat(window_end)
+        window_end = partition_window_end(flow_parameter("partition"), window_end)
         return run_name(with_window(config, window_end, flow_parameter("window_days") or 1))
 
     return name_or_fallback("retraining", make)
@@ -165,12 +187,17 @@ def retraining(
     window_end: dt.date | None = None,
     window_days: int = 1,
     lock_timeout_s: float | None = None,
+    # the pattern lets the form and the API refuse a garbled day up front; the flow still checks the date
+    # itself (2024-02-30 matches the pattern) with a message naming the parameter
+    partition: Annotated[str | None, Field(json_schema_extra={"pattern": PARTITION_PATTERN})] = None,
 ) -> RetrainingResult:
     """Train a challenger on the current data window and promote it only if it beats the champion.
 
     ``data.source`` and the string values of ``datamodule_kwargs`` may contain ``{window_start}`` and
     ``{window_end}`` (ISO dates): the window ends on
-    ``window_end`` (default: the day the run was scheduled for) and spans ``window_days``. With
+    ``window_end`` (default: the day the run was scheduled for) and spans ``window_days``. A ``partition``
+    (set by the ``lightning-lib.data.landed`` trigger) makes the window end with that day: with
+    ``window_days=1``, ``{window_start}`` is the partition and ``{window_end}`` the day after. With
     ``warm_start`` the challenger starts from the champion's weights. ``lock_timeout_s`` bounds the wait
     for a running retraining of the same model (default: wait).
 
@@ -184,10 +211,15 @@ def retraining(
         window_days: Days the data window spans, at least 1.
         lock_timeout_s: Seconds to wait for a running retraining of the same model; `None` means wait
             as long as it takes.
+        partition: The day whose data landed (YYYY-MM-DD), set by the data-landed event; the window ends
+            with it (window_start is that day when window_days is 1). `None` means use window_end.
     """
     name = config.mlflow.registered_model_name
     if not name:
         raise ValueError("Expected mlflow.registered_model_name for retraining: the champion is found by it.")
+    window_end = partition_window_end(partition, window_end)
+    if partition is not None:
+        say("Retraining %s on partition %s (the data-landed event's day).", name, partition)
     ensure_lock(lock_name(name))
     with concurrency(lock_name(name), occupy=1, timeout_seconds=lock_timeout_s, strict=True):
         config = with_window(config, window_end, window_days)
@@ -256,6 +288,7 @@ __all__ = [
     "RetrainingResult",
     "ensure_lock",
     "lock_name",
+    "partition_window_end",
     "retraining",
     "retraining_run_name",
     "window_source",

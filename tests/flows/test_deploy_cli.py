@@ -32,6 +32,13 @@ def test_served_deployments_cover_every_flow_with_a_schedule_and_a_limit_for_ret
     assert [s.schedule.cron for s in retraining.schedules] == ["*/5 * * * *"]
     assert retraining.concurrency_limit == 1
     assert not deployments["training"].schedules
+    # and the upstream stage's data-landed event of the served model, whose partition becomes the window
+    [trigger] = retraining.triggers
+    assert trigger.expect == {"lightning-lib.data.landed"}
+    assert trigger.match.model_dump() == {"prefect.resource.id": "lightning-lib.data.digits-classifier"}
+    assert trigger.parameters == {"partition": "{{ event.resource['lightning-lib.partition'] }}"}
+    assert trigger.posture == "Reactive" and trigger.threshold == 1
+    assert not any(d.triggers for name, d in deployments.items() if name != "retraining")
     # the form's defaults are the bundled example, validated
     TrainConfig.model_validate(deployments["training"].parameters["config"])
     schema = deployments["training"]._parameter_openapi_schema.model_dump()
@@ -53,6 +60,14 @@ def test_deploy_to_a_work_pool_registers_every_flow() -> None:
     retraining = next(d for d in deployments if d.name == "retraining")
     assert retraining.schedules[0].schedule.cron == DEFAULT_CRON
     assert retraining.entrypoint == "flows/retraining.py:retraining"
+    # its trigger is an automation the deployment owns, running it with the event's partition
+    with get_client(sync_client=True) as client:
+        automations = client.read_resource_related_automations(f"prefect.deployment.{retraining.id}")
+    [automation] = automations
+    assert automation.trigger.expect == {"lightning-lib.data.landed"}
+    [action] = automation.actions
+    assert action.deployment_id == retraining.id
+    assert action.parameters == {"partition": "{{ event.resource['lightning-lib.partition'] }}"}
 
 
 def test_cli_help_is_complete(capsys: pytest.CaptureFixture[str]) -> None:

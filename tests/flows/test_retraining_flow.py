@@ -8,7 +8,14 @@ from collections.abc import Callable
 import pytest
 from prefect.concurrency.sync import concurrency
 
-from flows.retraining import ensure_lock, lock_name, retraining, window_source
+from flows.retraining import (
+    ensure_lock,
+    lock_name,
+    partition_window_end,
+    retraining,
+    window_source,
+    with_window,
+)
 from flows.training import training
 from tasks.config import TrainConfig
 from tasks.registry import CHALLENGER, CHAMPION, decide, get_alias
@@ -66,6 +73,26 @@ def test_window_placeholders_take_the_scheduled_days() -> None:
     assert window_source(source, dt.date(2026, 11, 26), 7) == "s3://lake/events/2026-11-19_2026-11-26.csv"
     with pytest.raises(ValueError, match="window_days >= 1"):
         window_source(source, dt.date(2026, 11, 26), 0)
+
+
+def test_a_partition_is_the_one_day_window(make_config: Callable[..., TrainConfig]) -> None:
+    end = partition_window_end("2024-05-01", None)
+    assert end == dt.date(2024, 5, 2)  # the window's end is exclusive: the partition is its only day
+    config = make_config(**{"data.source": "s3://lake/digits/date={window_start}/to={window_end}.csv"})
+    assert with_window(config, end, 1).data.source == "s3://lake/digits/date=2024-05-01/to=2024-05-02.csv"
+    assert partition_window_end(None, dt.date(2024, 5, 3)) == dt.date(2024, 5, 3)
+    with pytest.raises(ValueError, match="Expected either partition or window_end, received both"):
+        partition_window_end("2024-05-01", dt.date(2024, 5, 3))
+
+
+@pytest.mark.parametrize("partition", ["2024-13-01", "2024/05/01", ""])
+def test_a_bad_partition_is_refused_before_any_work(
+    make_config: Callable[..., TrainConfig], partition: str
+) -> None:
+    config = make_config(**{"mlflow.registered_model_name": "partitioned-model"})
+    with pytest.raises(ValueError, match=r"Expected partition as an ISO date \(YYYY-MM-DD\), received"):
+        retraining(config, partition=partition)
+    assert get_alias(tracking_uri(config), "partitioned-model", CHALLENGER) is None
 
 
 def test_decide_rules() -> None:
