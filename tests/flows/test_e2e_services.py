@@ -362,3 +362,75 @@ def test_the_image_example_runs_every_flow_through_the_served_deployments(stack:
     assert raw.dtype.name == "uint8" and raw.shape == (270, 8, 8)
     logits = served.predict(raw)
     assert (logits.argmax(axis=1) == table.column("prediction").to_numpy()).all()
+
+
+def _triggered_runs(deployment_id: Any, partition: str) -> list[Any]:
+    """The deployment's flow runs an automation created for ``partition``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+    return [
+        r
+        for r in runs
+        if r.created_by is not None
+        and r.created_by.type == "AUTOMATION"
+        and r.parameters.get("partition") == partition
+    ]
+
+
+def test_a_data_landed_event_retrains_the_served_model_on_its_partition(stack: Stack) -> None:
+    """Issue 13: the upstream stage reports partition P with ``emit_data_landed``; the served ``retraining``
+    deployment's trigger starts a run on its own, which trains on P's data (the window is that day)."""
+    import shutil
+
+    import mlflow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    from flows.defaults import load_config
+    from flows.retraining import RetrainingResult
+    from tasks.events import emit_data_landed
+
+    partition = "2024-05-01"
+    landed = stack.root / "landed"
+    (landed / f"date={partition}").mkdir(parents=True)
+    shutil.copy(DIGITS_CSV, landed / f"date={partition}" / "digits.csv")
+    # the trigger listens for the model of the config ``serve`` was given (the bundled example's)
+    model_name = load_config().mlflow.registered_model_name
+    assert model_name
+    config = _e2e_config(
+        stack.bucket,
+        model_kwargs={"hidden": 32, "t_max": 2, "step_sleep": 0.0},
+        data={"source": str(landed / "date={window_start}" / "digits.csv"), "target": "target"},
+        trainer={"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "num_sanity_val_steps": 0,
+                 "enable_progress_bar": False, "accelerator": "cpu"},
+        mlflow={"experiment_name": "e2e-events", "registered_model_name": model_name},
+    ).model_dump(mode="json")  # fmt: skip
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retraining/retraining")
+        # what an operator sets in the deployment's form: the config whose source names the window's day
+        client.update_deployment(deployment.id, DeploymentUpdate(parameters={"config": config}))
+        [automation] = client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
+    try:
+        emit_data_landed(model_name, partition, source=str(landed / f"date={partition}"))
+        [flow_run] = _wait_for(
+            lambda: _triggered_runs(deployment.id, partition), 120, "a retraining run started by the event"
+        )
+        final = _wait_terminal(flow_run.id)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.update_deployment(deployment.id, DeploymentUpdate(parameters=deployment.parameters))
+    assert final.state.type.value == "COMPLETED", final.state.message
+    # started by the deployment's own trigger, not by a person or the schedule
+    assert final.created_by.id == automation.id and final.parameters["partition"] == partition
+    result = final.state.result()
+    assert isinstance(result, RetrainingResult)
+    trained_on = str(landed / f"date={partition}" / "digits.csv")
+    assert result.source == trained_on
+    run = mlflow.MlflowClient(stack.mlflow.uri).get_run(result.fit.mlflow_run_id)
+    assert run.data.params["config.data.source"] == trained_on
+    assert result.challenger.name == model_name and result.decision.promote  # the model's first version
