@@ -218,3 +218,15 @@ def test_a_cleared_or_garbled_field_is_refused_not_defaulted(schemas: dict[str, 
             config = _good()
             del config[section][field]
             assert validate({"config": config}, schema), f"{section}.{field} left out was accepted"
+
+
+@pytest.mark.parametrize(
+    ("partition", "accepted"),
+    [("2024-05-01", True), (None, True), ("2024/05/01", False), ("20240501", False), ("", False)],
+)
+def test_the_retraining_form_refuses_a_garbled_partition(
+    schemas: dict[str, dict[str, Any]], partition: str | None, accepted: bool
+) -> None:
+    # the data-landed trigger's partition goes through the same schema: a garbled day starts no run
+    errors = validate({"config": _good(), "partition": partition}, schemas["retraining"])
+    assert (not errors) == accepted, errors
