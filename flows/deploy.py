@@ -1,8 +1,9 @@
 """Deployments of the flows: served from this process on the embedded setup, or deployed to a work pool.
 
 ``serve`` runs every flow in the serving process (no worker needed) with a cron schedule for
-``retraining``, which an upstream stage's ``lightning-lib.data.landed`` event also triggers (below); ``deploy`` registers the same deployments on a work pool (process, Docker, Kubernetes)
-whose workers pull the code from ``source``. A run is then triggered from the UI, with
+``retraining``, which an upstream stage's ``lightning-lib.data.landed`` event also triggers (below);
+``deploy`` registers the same deployments on a work pool (process, Docker, Kubernetes) whose workers
+pull the code from ``source``. A run is then triggered from the UI, with
 ``prefect deployment run 'training/training'``, or through the API with ``run_deployment``, the same call
 the UI makes.
 

@@ -38,7 +38,7 @@ def data_resource_id(model_name: str) -> str:
 
 
 def parse_partition(partition: str | dt.date, argument: str = "partition") -> dt.date:
-    """The day ``partition`` names (``YYYY-MM-DD`` or a date); anything else is refused naming ``argument``."""
+    """The day ``partition`` names (``YYYY-MM-DD`` or a date); anything else is refused, naming ``argument``."""
     if isinstance(partition, dt.datetime):  # a datetime is a date subclass, but not a day
         raise ValueError(f"Expected {argument} as an ISO date (YYYY-MM-DD), received {partition!r}.")
     if isinstance(partition, dt.date):
