@@ -215,7 +215,9 @@ def _schema_entries() -> Iterator[tuple[str, dict[str, Any], str | None]]:
     def walk(
         node: Mapping[str, Any], prefix: str, within: str
     ) -> Iterator[tuple[str, dict[str, Any], str | None]]:
-        required = set(node.get("required", ()))
+        # The form's schema lists every field as required (a cleared field must not fall back silently);
+        # a file or an override may still leave out any field that has a default.
+        required = {n for n in node.get("required", ()) if "default" not in node["properties"][n]}
         for name, prop in node["properties"].items():
             inner = section(prop)
             if inner is not None:

@@ -16,6 +16,16 @@ from tasks.params import flatten
 from tests.flows.conftest import digits_config
 
 
+@pytest.fixture(autouse=True)
+def _prefect_console_on_this_test_s_stderr() -> None:
+    """Each ``main()`` here runs in one pytest process: Prefect's console handler, set up once per process,
+    would keep writing to an earlier test's captured (and since closed) stderr. A real CLI process sets it
+    up once, on its own stderr."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging(incremental=False)
+
+
 def one_error_line(code: int, err: str, command: str) -> str:
     """The CLI's single stderr line, after checking the exit status and that nothing else is there."""
     assert code == 2, err
