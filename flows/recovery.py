@@ -157,9 +157,39 @@ def rerun_automation(settings: RecoverySettings) -> Any:
     )
 
 
+def _comparable(automation: Any) -> dict[str, Any]:
+    """What an automation does, without its trigger's id (a new one each time the model is built)."""
+    fields = {
+        "name",
+        "description",
+        "enabled",
+        "trigger",
+        "actions",
+        "actions_on_trigger",
+        "actions_on_resolve",
+    }
+    dumped = automation.model_dump(mode="json", include=fields)
+    dumped["trigger"].pop("id", None)
+    return dict(_ordered(dumped))
+
+
+def _ordered(value: Any) -> Any:
+    # the trigger's event names are sets: their order in a dump means nothing
+    if isinstance(value, dict):
+        return {key: _ordered(item) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [_ordered(item) for item in value]
+        return sorted(items) if all(isinstance(item, str) for item in items) else items
+    return value
+
+
 def ensure_crash_recovery(settings: RecoverySettings | None = None) -> dict[str, Any]:
     """Create or update the two automations on the configured Prefect server (by name, so repeated calls
-    leave one of each); returns their ids by name."""
+    leave one of each); returns their ids by name.
+
+    An unchanged automation is left as it is: an update gives its trigger a new id, and the server then
+    forgets the heartbeats it was waiting on, so a flow run that died just before a restarted ``serve``
+    would never be marked Crashed."""
     from prefect.client.orchestration import get_client
 
     settings = settings or RecoverySettings.from_env()
@@ -168,7 +198,8 @@ def ensure_crash_recovery(settings: RecoverySettings | None = None) -> dict[str,
         for automation in (crashed_automation(settings), rerun_automation(settings)):
             existing = client.read_automations_by_name(automation.name)
             if existing:
-                client.update_automation(existing[0].id, automation)
+                if _comparable(existing[0]) != _comparable(automation):
+                    client.update_automation(existing[0].id, automation)
                 for duplicate in existing[1:]:  # two servings that raced: keep one
                     client.delete_automation(duplicate.id)
                 ids[automation.name] = existing[0].id

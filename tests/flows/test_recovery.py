@@ -117,15 +117,28 @@ def test_served_deployments_carry_the_recovery_tag() -> None:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_automations_are_created_once_by_name_and_updated_in_place() -> None:
-    from prefect.client.orchestration import get_client
+def test_the_automations_are_created_once_by_name_and_updated_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect.client.orchestration import SyncPrefectClient, get_client
 
+    updated: list[str] = []
+    update = SyncPrefectClient.update_automation
+
+    def spy(self: SyncPrefectClient, automation_id: object, automation: object) -> None:
+        updated.append(automation.name)  # type: ignore[attr-defined]
+        update(self, automation_id, automation)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SyncPrefectClient, "update_automation", spy)
     first = ensure_crash_recovery(RecoverySettings(30, 90, 2))
+    # the same settings again (a restarted serve): untouched, so the server keeps the heartbeats it saw
+    assert ensure_crash_recovery(RecoverySettings(30, 90, 2)) == first and updated == []
     second = ensure_crash_recovery(RecoverySettings(30, 60, 1))
     assert first == second and set(first) == {CRASHED_AUTOMATION, RERUN_AUTOMATION}
     with get_client(sync_client=True) as client:
         (crashed,) = client.read_automations_by_name(CRASHED_AUTOMATION)
         (rerun,) = client.read_automations_by_name(RERUN_AUTOMATION)
+    assert updated == [CRASHED_AUTOMATION, RERUN_AUTOMATION]
     assert crashed.trigger.within.total_seconds() == 60  # the second call's settings
     assert rerun.trigger.match.model_dump()["prefect.run-count"] == ["1"]
     assert crashed.actions[0].state.value == "CRASHED" and rerun.actions[0].force
