@@ -87,7 +87,7 @@ class RecoverySettings:
         return {HEARTBEAT_ENV: str(self.heartbeat_s)}
 
 
-def _scope() -> dict[str, str]:
+def _scope() -> dict[str, str | list[str]]:
     # deployments carry the tag and their flow runs inherit it: other projects' runs on the server are left alone
     return {"prefect.resource.id": f"prefect.tag.{RECOVERY_TAG}", "prefect.resource.role": "tag"}
 
@@ -116,6 +116,8 @@ def crashed_automation(settings: RecoverySettings) -> Any:
         ),
         actions=[
             ChangeFlowRunState(
+                name=None,
+                force=False,
                 state=StateType.CRASHED,
                 message=f"No heartbeat for {settings.crash_after_s} s: the flow run's process is gone.",
             )
@@ -149,6 +151,7 @@ def rerun_automation(settings: RecoverySettings) -> Any:
         ),
         actions=[
             ChangeFlowRunState(
+                name=None,
                 state=StateType.SCHEDULED,
                 force=True,  # Crashed is final: only a forced transition leaves it, as the CLI's retry does
                 message="Crashed: scheduled again by lightning-lib's crash recovery.",
