@@ -22,6 +22,7 @@ from typing import Any
 from flows.defaults import load_config
 from flows.pipeline import example_pipeline
 from flows.predict import predict_flow
+from flows.recovery import RecoverySettings, ensure_crash_recovery, with_recovery
 from flows.reproduce import reproduce
 from flows.retraining import retraining
 from flows.training import training
@@ -82,11 +83,20 @@ def data_landed_trigger(model_name: str) -> Any:
     )
 
 
-def build_deployments(config: TrainConfig | None = None, cron: str | None = DEFAULT_CRON) -> list[Any]:
-    """The runner deployments ``serve`` hosts, one per flow, each named like its flow."""
+def build_deployments(
+    config: TrainConfig | None = None,
+    cron: str | None = DEFAULT_CRON,
+    recovery: RecoverySettings | None = None,
+) -> list[Any]:
+    """The runner deployments ``serve`` hosts, one per flow, each named like its flow and tagged for the
+    crash recovery (``flows.recovery``)."""
     from prefect.deployments.runner import EntrypointType
 
-    options = deployment_options(config, cron)
+    recovery = recovery or RecoverySettings.from_env()
+    options = {
+        name: with_recovery(option, recovery, job_env=False)
+        for name, option in deployment_options(config, cron).items()
+    }
     # by module path ("flows.training.training"), not file path: a run then imports flows.training, so
     # its results and models are the same classes as everywhere else (not a second copy named "training")
     return [
@@ -98,10 +108,18 @@ def build_deployments(config: TrainConfig | None = None, cron: str | None = DEFA
 def serve(
     config: TrainConfig | None = None, cron: str | None = DEFAULT_CRON, limit: int | None = None
 ) -> None:
-    """Serve every deployment from this process until interrupted (the embedded setup)."""
+    """Serve every deployment from this process until interrupted (the embedded setup); its flow runs send
+    heartbeats, and the server marks Crashed and reruns those whose process died (``flows.recovery``)."""
+    import os
+
     from prefect import serve as prefect_serve
 
-    prefect_serve(*build_deployments(config, cron), limit=limit)
+    recovery = RecoverySettings.from_env()
+    # the flow-run processes this runner starts copy its environment: they beat at the automation's rate
+    os.environ.update(recovery.flow_run_env())
+    deployments = build_deployments(config, cron, recovery)
+    ensure_crash_recovery(recovery)
+    prefect_serve(*deployments, limit=limit)
 
 
 def deploy(
@@ -112,8 +130,13 @@ def deploy(
     cron: str | None = DEFAULT_CRON,
 ) -> list[Any]:
     """Register the deployments on ``work_pool``; workers load the flows from ``source`` (a git URL or a
-    folder they can read). Returns the deployment ids."""
-    options = deployment_options(config, cron)
+    folder they can read), with the crash recovery set up on the server (``flows.recovery``). Returns the
+    deployment ids."""
+    recovery = RecoverySettings.from_env()
+    options = {
+        name: with_recovery(option, recovery, job_env=True)
+        for name, option in deployment_options(config, cron).items()
+    }
     ids = []
     for name, (flow, entrypoint) in FLOWS.items():
         remote = flow.from_source(source=source, entrypoint=entrypoint)
@@ -122,6 +145,7 @@ def deploy(
                 name=name, work_pool_name=work_pool, image=image, build=False, push=False, **options[name]
             )
         )
+    ensure_crash_recovery(recovery)
     return ids
 
 

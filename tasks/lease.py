@@ -302,6 +302,9 @@ class RunLease:
         self._renewed = _now()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the earlier holder this lease was taken from without a release (its process died or went
+        # silent), with the reason: that attempt crashed
+        self.crashed: tuple[Holder, float, str] | None = None
 
     @property
     def uri(self) -> str:
@@ -377,6 +380,8 @@ class RunLease:
                     reason,
                 )
             lease = cls(store, holder)
+            if current is not None and reason is not None and not current.released:
+                lease.crashed = (current.holder, current.renewed_at, reason)
             lease._forget_older()
             return lease
         raise RunKeyBusyError(

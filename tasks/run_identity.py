@@ -49,7 +49,7 @@ from lightning_lib.distributed import launched_by_trainer, launched_externally
 from lightning_lib.storage import ObjectNotFound, PreconditionFailed, join_uri, open_store
 from tasks.config import PARAMS_PREFIX, TrainConfig
 from tasks.factory import checkpoint_dir
-from tasks.lease import RunLease, held_by_ancestor
+from tasks.lease import Holder, RunLease, held_by_ancestor
 from tasks.params import flatten
 from tasks.tracking import tracking_uri
 
@@ -260,6 +260,29 @@ class LeaseGuard(Callback):
         self.lease.check()
 
 
+def _end_crashed_attempt(
+    config: TrainConfig, run_key: str, holder: Holder, renewed_at: float, why: str
+) -> None:
+    """The attempt that held the lease died (a SIGKILL, a lost machine): its MLflow run, left RUNNING, ends
+    KILLED at that attempt's last sign of life before this fit reopens it."""
+    from tasks.runs import end_crashed_attempt
+
+    what = f"the attempt of {holder.describe(renewed_at)} died ({why})"
+    try:
+        run_id = end_crashed_attempt(
+            tracking_uri(config), config.mlflow.experiment_name, run_key, renewed_at, what
+        )
+    except Exception as exc:  # the record of a crash must not stop its recovery
+        log.warning(
+            "Could not mark the MLflow run of run key %s KILLED (%s: %s).", run_key, type(exc).__name__, exc
+        )
+        return
+    if run_id is not None:
+        log.warning(
+            "Marked MLflow run %s of run key %s KILLED: %s; this fit resumes it.", run_id, run_key, what
+        )
+
+
 def _rank() -> int | None:
     """This process's global rank when it is one of several started by a launcher, else None."""
     if launched_externally() or launched_by_trainer():
@@ -283,6 +306,8 @@ def hold_run_key(config: TrainConfig, prepared: RunData, run_key: str) -> Iterat
     lease = RunLease.acquire(store, run_key).start()
     try:
         check_run_identity(config, prepared, run_key, store)
+        if lease.crashed is not None:
+            _end_crashed_attempt(config, run_key, *lease.crashed)
         yield [LeaseGuard(lease)]
     finally:
         lease.release()

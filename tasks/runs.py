@@ -168,6 +168,29 @@ def find_keyed_run(tracking_uri: str, experiment_name: str, run_key: str) -> Key
     )
 
 
+TAG_CRASHED_ATTEMPTS = "lightning_lib.crashed_attempts"
+TAG_LAST_CRASH = "lightning_lib.last_crash"
+
+
+def end_crashed_attempt(
+    tracking_uri: str, experiment_name: str, run_key: str, ended_at: float, why: str
+) -> str | None:
+    """End the run key's MLflow run KILLED at ``ended_at`` (epoch seconds) when it is still RUNNING: the
+    attempt that ran it died without ending it. Counts the crashes in a tag and says why in another;
+    returns the run id, or None when there was nothing to end. A fit that resumes the run reopens it."""
+    run = find_keyed_run(tracking_uri, experiment_name, run_key)
+    if run is None or run.status != "RUNNING":
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    count = int(run.tags.get(TAG_CRASHED_ATTEMPTS, "0") or 0) + 1
+    client.set_tag(run.run_id, TAG_CRASHED_ATTEMPTS, str(count))
+    client.set_tag(run.run_id, TAG_LAST_CRASH, why)
+    client.set_terminated(run.run_id, status="KILLED", end_time=int(ended_at * 1000))
+    return run.run_id
+
+
 def last_logged_step(tracking_uri: str, run: KeyedRun) -> int:
     """The highest step of any metric the run logged (-1 for none)."""
     from mlflow import MlflowClient
@@ -181,10 +204,13 @@ def last_logged_step(tracking_uri: str, run: KeyedRun) -> int:
 
 __all__ = [
     "SYSTEM_METRICS_PREFIX",
+    "TAG_CRASHED_ATTEMPTS",
+    "TAG_LAST_CRASH",
     "CodeVersion",
     "KeyedRun",
     "RunRecord",
     "current_code_version",
+    "end_crashed_attempt",
     "find_keyed_run",
     "last_logged_step",
     "model_metrics",

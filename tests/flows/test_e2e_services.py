@@ -2,10 +2,11 @@
 endpoint, with the flows served by ``lightning-lib serve`` in its own process, as in production.
 
 Shown here: deployments created by serving; a run triggered with ``run_deployment`` (what the UI does);
-the serving process SIGKILLed mid-fit, started again, the flow run retried with ``prefect flow-run
-retry``: it resumes from the last committed checkpoint in S3, trains fewer steps, continues the same MLflow
-run and ends with the same metrics as an uninterrupted run; bad configs submitted through the API fail
-validation and do no work.
+the serving process SIGKILLed mid-fit and started again, and nobody else acting: the crash-recovery
+automations that serving set up mark the silent flow run Crashed and schedule it again; it resumes from
+the last committed checkpoint in S3, trains fewer steps, continues the same MLflow run (ended KILLED in
+between) and ends with the same metrics as an uninterrupted run; bad configs submitted through the API
+fail validation and do no work.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class Stack:
             **prefect.env(),
             "PREFECT_LOCAL_STORAGE_PATH": str(root / "results"),
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            # Prefect's shortest heartbeat, and a flow run silent for 50 s is Crashed (90 s by default)
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+            "LIGHTNING_LIB_CRASH_AFTER_S": "50",
             "LIGHTNING_LIB_ALLOWED_IMPORTS": "tests.flows.",
             "PYTHONPATH": str(REPO),
         }
@@ -163,13 +167,18 @@ def _committed_step(checkpoint_dir: str) -> int:
         return -1
 
 
-def test_served_training_survives_a_killed_server_and_resumes_on_retry(stack: Stack) -> None:
+def test_served_training_survives_a_killed_server_recovered_by_the_automations(stack: Stack) -> None:
     import mlflow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.deployments import run_deployment
-    from prefect.states import Crashed
 
+    from flows.recovery import CRASHED_AUTOMATION, RERUN_AUTOMATION
+    from tasks.runs import TAG_CRASHED_ATTEMPTS
+
+    with get_client(sync_client=True) as prefect_client:  # set up by serving, once each
+        assert len(prefect_client.read_automations_by_name(CRASHED_AUTOMATION)) == 1
+        assert len(prefect_client.read_automations_by_name(RERUN_AUTOMATION)) == 1
     config = _e2e_config(stack.bucket)
     params = {"config": config.model_dump(mode="json")}
     flow_run = run_deployment("training/training", parameters=params, timeout=0)
@@ -181,20 +190,27 @@ def test_served_training_survives_a_killed_server_and_resumes_on_retry(stack: St
     stack.kill_serve()
     killed_at = _committed_step(checkpoint_dir)
     assert 6 <= killed_at < 30
-    # what Prefect's heartbeat monitor would do after a while; retry only accepts a terminal state
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(flow_run.id, Crashed(message="serving process killed"), force=True)
+    assert _flow_run(flow_run.id).state.type.value == "RUNNING"  # nobody left to say otherwise
+    stack.serve()  # a serving process comes back (a restarted service), nobody touches the flow run
 
-    stack.serve()
-    retried = stack.cli("flow-run", "retry", str(flow_run.id))
-    assert retried.returncode == 0, retried.stdout + retried.stderr
-    final = _wait_terminal(flow_run.id)
+    # the heartbeats stopped: one automation marks it Crashed (50 s after the last beat, which came at most
+    # 30 s before the kill), the other schedules it again at once, and the new serving process runs it
+    final = _wait_for(
+        lambda: (run := _flow_run(flow_run.id)).state.type.value in TERMINAL - {"CRASHED"} and run,
+        400,
+        f"flow run {flow_run.id} to be recovered",
+    )
+    with get_client(sync_client=True) as prefect_client:
+        history = [(s.type.value, s.message or "") for s in prefect_client.read_flow_run_states(flow_run.id)]
+    crashed = [message for kind, message in history if kind == "CRASHED"]
+    assert crashed == ["No heartbeat for 50 s: the flow run's process is gone."], history
     assert final.state.type.value == "COMPLETED", final.state.message
     result = final.state.result()
     assert isinstance(result, TrainingResult)  # the served run imported flows.training, as the client does
     fitted = result.fit
     assert fitted.run_key == run_key and fitted.global_step == 30
     assert fitted.resumed_from is not None and 0 < fitted.steps_this_attempt <= 30 - killed_at
+    assert final.run_count == 2  # rerun once, by the second automation: the same flow run id, the same key
 
     # the same MLflow run continued: one run for the key, FINISHED, the config in its params
     client = mlflow.MlflowClient(stack.mlflow.uri)
@@ -204,6 +220,7 @@ def test_served_training_survives_a_killed_server_and_resumes_on_retry(stack: St
         runs[0].info.status == "FINISHED"
         and runs[0].data.params["config.checkpoint_root"] == config.checkpoint_root
     )
+    assert runs[0].data.tags[TAG_CRASHED_ATTEMPTS] == "1"  # ended KILLED by the rerun, then reopened
     history = client.get_metric_history(fitted.mlflow_run_id, "val_loss")
     # both epochs' validation (before and after the kill), plus the validate task's, at its checkpoint's step
     assert {14, 29} <= {m.step for m in history}

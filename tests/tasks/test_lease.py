@@ -81,6 +81,11 @@ def test_a_live_holder_is_named_and_refused_until_it_is_sigkilled(
     holder_process.wait(timeout=30)
     taken = RunLease.acquire(store, "k1")
     assert taken.holder.generation == 2 and taken.holder.pid == os.getpid()
+    assert taken.crashed is not None  # the fit marks the dead attempt's MLflow run KILLED
+    dead, _, why = taken.crashed
+    assert (
+        dead.pid == holder_process.pid and why == f"its process {holder_process.pid} on this machine is gone"
+    )
     assert _lease_keys(store) == ["lease-000002.json"]  # the dead holder's generation is cleared away
 
 
@@ -109,7 +114,9 @@ def test_another_machines_lease_is_refused_while_fresh_and_taken_over_once_expir
     ):
         RunLease.acquire(store, "k1")
     _forge(store, 2, since=time.time() - 700, ttl=600)  # its holder stopped renewing 100 s ago
-    assert RunLease.acquire(store, "k1").holder.generation == 3
+    taken = RunLease.acquire(store, "k1")
+    assert taken.holder.generation == 3
+    assert taken.crashed is not None and taken.crashed[2].startswith("it expired at ")
 
 
 def test_a_released_lease_is_taken_and_an_earlier_attempt_of_this_process_too(store: ObjectStore) -> None:
@@ -118,6 +125,7 @@ def test_a_released_lease_is_taken_and_an_earlier_attempt_of_this_process_too(st
         RunLease.acquire(store, "k1")  # a concurrent fit in this process
     first.release()
     second = RunLease.acquire(store, "k1").start()
+    assert second.crashed is None  # a released lease is no crash
     # an attempt that failed and whose release failed too (storage down): no longer active here, so
     # Prefect's retry of the task in this process takes the run key over instead of being refused
     second._stop.set()
