@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_lib.core.hooks import DataHooks
-from lightning_lib.core.saving import AttributeDict, HyperparametersMixin
+from lightning_lib.core.saving import HyperparametersMixin
+from lightning_lib.utilities.model_helpers import register_hook_parent
+from lightning_lib.utilities.parsing import AttributeDict
 
 
+@register_hook_parent
 class LightningDataModule(DataHooks, HyperparametersMixin):
     """Groups prepare_data, setup, the dataloaders and teardown for one dataset."""
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim import Optimizer
+
+from lightning_lib.utilities.types import LRSchedulerConfig
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
@@ -19,19 +20,6 @@ _FORMS = (
     "an optimizer; a list or tuple of optimizers; two lists ([optimizers], [schedulers]); a dict with an"
     ' "optimizer" key and optional "lr_scheduler" and "monitor" keys; a list or tuple of such dicts; or None'
 )
-
-
-@dataclass
-class LRSchedulerConfig:
-    """How and when the Trainer steps one scheduler (Lightning's ``LRSchedulerConfig``)."""
-
-    scheduler: Any
-    name: str | None = None
-    interval: str = "epoch"
-    frequency: int = 1
-    reduce_on_plateau: bool = False
-    monitor: str | None = None
-    strict: bool = True
 
 
 def _is_plateau(scheduler: Any) -> bool:
