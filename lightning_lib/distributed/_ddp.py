@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lightning_lib.distributed import _cluster as cluster
 from lightning_lib.distributed._launcher import LocalLauncher, RankFailedError, watch_parent
-from lightning_lib.distributed.strategy import SingleDeviceStrategy
+from lightning_lib.distributed.strategy import ParallelStrategy
 from lightning_lib.utilities.apply_func import apply_to_tensors
 from lightning_lib.utilities.rank_zero import rank_zero_only
 
@@ -55,7 +55,7 @@ class _TrainingStep(nn.Module):
         return self._trainer[0]._hooks.module("training_step", *args)
 
 
-class DDPStrategy(SingleDeviceStrategy):
+class DDPStrategy(ParallelStrategy):
     """``Trainer(strategy="ddp")``; keyword arguments go to ``DistributedDataParallel``."""
 
     strategy_name = "ddp"
