@@ -171,16 +171,8 @@ def run_manual_step(trainer: Trainer, batch: Any, batch_idx: int) -> Any:
 
 # ---- backward and the optimizer step (also reached from manual_backward and LightningOptimizer.step) ----
 def backward(trainer: Trainer, loss: Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
-    """Scale the loss, then the backward hooks around ``LightningModule.backward``."""
-    hooks = trainer._hooks
-    scaled = trainer.precision_plugin.scale_loss(loss)
-    hooks.callbacks("on_before_backward", scaled)
-    if hooks.module_overrides("on_before_backward"):
-        hooks.module("on_before_backward", scaled)
-    hooks.module("backward", scaled, *args, **kwargs)
-    hooks.callbacks("on_after_backward")
-    if hooks.module_overrides("on_after_backward"):
-        hooks.module("on_after_backward")
+    """Scale the loss, then the backward hooks around ``LightningModule.backward`` (the strategy's)."""
+    trainer.strategy.backward(loss, optimizer, *args, **kwargs)
 
 
 def optimizer_step(
