@@ -160,29 +160,51 @@ def _check_schedulers(optimizers: list[Optimizer], configs: list[LRSchedulerConf
 
 
 class LightningOptimizer:
-    """Wraps a torch optimizer so that ``step`` runs the Trainer's precision handling and hooks."""
+    """Wraps a torch optimizer so that ``step`` runs the Trainer's precision handling and hooks.
 
-    def __init__(self, optimizer: Optimizer, trainer: Trainer) -> None:
+    As in Lightning, the wrapper's class derives from the wrapped optimizer's (``LightningSGD`` for an
+    ``SGD``), so ``isinstance(opt, torch.optim.SGD)`` holds and ``repr`` reads ``LightningSGD (...)``;
+    attributes it does not define are the wrapped optimizer's.
+    """
+
+    def __init__(self, optimizer: Optimizer, trainer: Trainer | None = None) -> None:
         self.__dict__["_optimizer"] = optimizer
         self.__dict__["_trainer"] = trainer
+        cls = type(self)
+        if cls is LightningOptimizer:
+            name = "Lightning" + type(optimizer).__name__
+            object.__setattr__(self, "__class__", type(name, (LightningOptimizer, type(optimizer)), {}))
 
     @property
     def optimizer(self) -> Optimizer:
         return self._optimizer
 
     def __getattr__(self, name: str) -> Any:
+        # only reached for names the wrapper lacks; "_optimizer" itself missing means a half-built object
+        if name == "_optimizer":
+            raise AttributeError(name)
         return getattr(self._optimizer, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._optimizer, name, value)
 
-    def __repr__(self) -> str:
-        return f"LightningOptimizer({self._optimizer!r})"
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the derived class is made per optimizer class at runtime: a copy is rebuilt from the wrapped one
+        return (LightningOptimizer, (self._optimizer, self._trainer))
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        """Step through the precision plugin; in manual optimization this also counts a global step."""
+        """Step through the precision plugin; in manual optimization this also counts a global step.
+
+        Outside a Trainer (no ``trainer``) it is the wrapped optimizer's ``step``.
+        """
         from lightning_lib.loop.step import optimizer_step
 
+        if self._trainer is None:
+            return (
+                self._optimizer.step(closure, **kwargs)
+                if closure is not None
+                else self._optimizer.step(**kwargs)
+            )
         return optimizer_step(self._trainer, self._optimizer, closure, **kwargs)
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -79,7 +79,7 @@ class DataConnector:
         datamodule = trainer.datamodule
         if datamodule is not None:
             if overrides(datamodule, hook, LightningDataModule):
-                return getattr(datamodule, hook)()
+                return trainer._hooks.datamodule(hook)
             return None
         if overrides(trainer.lightning_module, hook, LightningModule):
             return trainer._hooks.module(hook)

@@ -103,6 +103,7 @@ def _evaluate(
     logged_outputs: list[dict[str, Any]] = []
     precision = trainer.precision_plugin
     sanity = stage == RunningStage.SANITY_CHECKING
+    next_action = f"[_EvaluationLoop].{stage.dataloader_prefix}_next"
     for dl_idx, fetcher in enumerate(fetchers):
         if limits[dl_idx] == 0:
             continue
@@ -113,7 +114,8 @@ def _evaluate(
         batch_idx = 0
         while True:
             try:
-                batch = next(fetcher)
+                with hooks.profile(next_action):
+                    batch = next(fetcher)
             except StopIteration:
                 break
             batch = transfer(batch)

@@ -77,7 +77,8 @@ def run_fit(trainer: Trainer) -> None:
         if not first_epoch:
             fetcher.start()
         first_epoch = False
-        run_training_epoch(trainer, fetcher)
+        with hooks.profile("run_training_epoch"):
+            run_training_epoch(trainer, fetcher)
         finish_training_epoch(trainer)
     hooks.callbacks("on_train_end")
     hooks.module("on_train_end")
@@ -214,8 +215,10 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
     strategy = trainer.strategy
     automatic = module.automatic_optimization
     optimizer = strategy._lightning_optimizers[0] if automatic and strategy._lightning_optimizers else None
-    batch_start_cbs = hooks.callback_fns("on_train_batch_start")
-    batch_end_cbs = hooks.callback_fns("on_train_batch_end")
+    # called directly on the hot path; through the dispatcher (which times each one) when profiling
+    profiling = hooks.profiling
+    batch_start_cbs = [] if profiling else hooks.callback_fns("on_train_batch_start")
+    batch_end_cbs = [] if profiling else hooks.callback_fns("on_train_batch_end")
     module_batch_start = hooks.module_overrides("on_train_batch_start")
     module_batch_end = hooks.module_overrides("on_train_batch_end")
     transfer = batch_transfer(trainer, dataloader_idx=0)
@@ -227,7 +230,11 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         if fit_epoch_done(trainer, fetcher):
             break
         try:
-            batch = next(fetcher)
+            if profiling:
+                with hooks.profile("[_TrainingEpochLoop].train_dataloader_next"):
+                    batch = next(fetcher)
+            else:
+                batch = next(fetcher)
         except StopIteration:
             break
         batch_idx = progress.batch_idx + 1
@@ -247,13 +254,16 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         else:
             for fn in batch_start_cbs:
                 fn(trainer, module, batch, batch_idx)
+            if profiling:
+                hooks.callbacks("on_train_batch_start", batch, batch_idx)
             response = hooks.module("on_train_batch_start", batch, batch_idx) if module_batch_start else None
             skip_rest = response == -1
             if not skip_rest:
-                if automatic:
-                    output = run_automatic_step(trainer, optimizer, batch, batch_idx, accumulating)
-                else:
-                    output = run_manual_step(trainer, batch, batch_idx)
+                with hooks.profile("run_training_batch"):
+                    if automatic:
+                        output = run_automatic_step(trainer, optimizer, batch, batch_idx, accumulating)
+                    else:
+                        output = run_manual_step(trainer, batch, batch_idx)
         progress.epoch_batches_done = ready
         if not accumulating:
             update_lr_schedulers(trainer, "step", plateau=False)
@@ -267,6 +277,8 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
             for fn in batch_end_cbs:
                 fn(trainer, module, output, batch, batch_idx)
             module.__dict__["_current_fx_name"] = None
+        elif profiling:
+            hooks.callbacks("on_train_batch_end", output, batch, batch_idx)
         if module_batch_end:
             hooks.module("on_train_batch_end", output, batch, batch_idx)
         connector.on_batch_end()

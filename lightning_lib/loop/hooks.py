@@ -60,6 +60,7 @@ ModuleHook = (
     | Literal[
         "prepare_data",
         "configure_model",
+        "configure_sharded_model",
         "configure_optimizers",
         "training_step",
         "validation_step",
@@ -89,10 +90,17 @@ DataModuleHook = Literal[
     "prepare_data",
     "setup",
     "teardown",
+    "train_dataloader",
+    "val_dataloader",
+    "test_dataloader",
+    "predict_dataloader",
     "on_before_batch_transfer",
     "transfer_batch_to_device",
     "on_after_batch_transfer",
 ]
+
+
+_STRATEGY_ACTIONS = frozenset({"training_step", "validation_step", "test_step", "predict_step", "backward"})
 
 
 def is_monitoring(callback: Callback) -> bool:
@@ -185,7 +193,12 @@ class HookDispatcher:
         try:
             if self._profiler is None:
                 return fn(*args, **kwargs)
-            with self._profiler.profile(f"[LightningModule]{type(module).__name__}.{name}"):
+            # Lightning times the steps and backward as the strategy's actions, the other hooks as the module's
+            if name in _STRATEGY_ACTIONS:
+                action = f"[Strategy]{type(self.trainer.strategy).__name__}.{name}"
+            else:
+                action = f"[LightningModule]{type(module).__name__}.{name}"
+            with self._profiler.profile(action):
                 return fn(*args, **kwargs)
         finally:
             module.__dict__["_current_fx_name"] = previous
@@ -202,6 +215,11 @@ class HookDispatcher:
             return fn(*args, **kwargs)
         with self._profiler.profile(f"[LightningDataModule]{type(datamodule).__name__}.{name}"):
             return fn(*args, **kwargs)
+
+    @property
+    def profiling(self) -> bool:
+        """Whether this run has a profiler (other than the pass-through one)."""
+        return self._profiler is not None
 
     def profile(self, action: str) -> AbstractContextManager[Any]:
         """``trainer.profiler.profile(action)`` when profiling, else a no-op context."""

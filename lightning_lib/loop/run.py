@@ -114,10 +114,12 @@ def _run_stages(
     state = trainer._run_state
     trainer.profiler.setup(stage=fn.value, local_rank=trainer.local_rank, log_dir=trainer.log_dir)
     _prepare_data(trainer, model, datamodule)
-    hooks.datamodule("setup", stage=fn.value)
-    hooks.callbacks("setup", stage=fn.value)
-    hooks.module("setup", stage=fn.value)
-    hooks.module("configure_model")
+    hooks.datamodule("setup", stage=fn)
+    hooks.callbacks("setup", stage=fn)
+    hooks.module("setup", stage=fn)
+    for name in ("configure_sharded_model", "configure_model"):  # only when written, as in Lightning
+        if hooks.module_overrides(name):
+            hooks.module(name)
     prefetched, state.verified_checkpoint = state.verified_checkpoint, None
     verified = prefetched[1] if prefetched is not None and prefetched[0] == ckpt else None
     checkpoint = (
@@ -172,9 +174,9 @@ def _run_stages(
 
 def _teardown_hooks(trainer: Trainer, fn: TrainerFn) -> None:
     hooks = trainer._hooks
-    hooks.datamodule("teardown", stage=fn.value)
-    hooks.callbacks("teardown", stage=fn.value)
-    hooks.module("teardown", stage=fn.value)
+    hooks.datamodule("teardown", stage=fn)
+    hooks.callbacks("teardown", stage=fn)
+    hooks.module("teardown", stage=fn)
     trainer._data.close_fetchers()
 
 

@@ -582,6 +582,17 @@ class Trainer:
             )
         save_checkpoint(self, filepath, weights_only)
 
+    # ---- pickling --------------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # the checkpoint writer holds a thread and locks: a copy gets its own, idle writer
+        state = self.__dict__.copy()
+        state.pop("_checkpoint_writer", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._checkpoint_writer = CheckpointWriter()
+
     # ---- construction helpers ------------------------------------------------------------------------
     def _configure_determinism(self, deterministic: Any, benchmark: bool | None) -> None:
         if deterministic is not None and deterministic is not False:
