@@ -302,10 +302,10 @@ def test_datamodule_hooks_and_stages(tmp_path: Any) -> None:
             calls.append("prepare_data")
 
         def setup(self, stage: str) -> None:
-            calls.append(f"setup:{stage}")
+            calls.append("setup:" + stage)  # a TrainerFn, as in Lightning: a str
 
         def teardown(self, stage: str) -> None:
-            calls.append(f"teardown:{stage}")
+            calls.append("teardown:" + stage)
 
         def train_dataloader(self) -> Any:
             return loader(8)

@@ -86,7 +86,9 @@ def test_lightning_optimizer_wraps_and_forwards() -> None:
     wrapped.defaults = {"lr": 0.5}  # attribute writes reach the optimizer
     assert opt.defaults == {"lr": 0.5}
     assert wrapped.state_dict() == opt.state_dict()
-    assert "LightningOptimizer(SGD" in repr(wrapped)
+    # Lightning's wrapper derives from the optimizer's class: LightningSGD, an SGD
+    assert repr(wrapped) == "Lightning" + repr(opt)
+    assert isinstance(wrapped, torch.optim.SGD)
 
 
 # ---- schedulers during fit -------------------------------------------------------------------------------

@@ -378,7 +378,9 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         if metric is None:
@@ -440,7 +442,7 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
     def on_predict_epoch_start(self) -> None: ...
     def on_predict_epoch_end(self) -> None: ...
     def on_validation_model_zero_grad(self) -> None:
-        self.zero_grad(set_to_none=True)
+        self.zero_grad()  # torch sets the gradients to None by default
 
     def on_validation_model_eval(self) -> None:
         self.eval()

@@ -70,7 +70,7 @@ class DataConnector:
     def _request(self, key: LoaderKey) -> Any:
         from lightning_lib.core.datamodule import LightningDataModule
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.loop.hooks import overrides
+        from lightning_lib.utilities.model_helpers import overrides
 
         if key in self.sources:
             return self.sources[key]
@@ -89,7 +89,7 @@ class DataConnector:
         """Whether the arguments, the datamodule or the module provide loaders for ``key``."""
         from lightning_lib.core.datamodule import LightningDataModule
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.loop.hooks import overrides
+        from lightning_lib.utilities.model_helpers import overrides
 
         if key in self.sources:
             return True
@@ -190,7 +190,7 @@ class DataConnector:
     def setup_eval_data(self, stage: RunningStage) -> None:
         """Request, prepare and count the loaders of an evaluation or prediction stage."""
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.loop.hooks import overrides
+        from lightning_lib.utilities.model_helpers import overrides
 
         trainer = self.trainer
         key = _STAGE_KEYS[stage]
@@ -260,7 +260,7 @@ class DataConnector:
     @property
     def enable_validation(self) -> bool:
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.loop.hooks import overrides
+        from lightning_lib.utilities.model_helpers import overrides
 
         trainer = self.trainer
         return (

@@ -160,8 +160,9 @@ def _evaluate(
     if hooks.module_overrides(names.model_train):
         hooks.module(names.model_train)
     else:
+        # each submodule back in the mode it had, set directly as Lightning does (no train() calls)
         for name, sub in module.named_modules():
             if name in modes:
-                sub.train(modes[name])
+                sub.training = modes[name]
     run.last_val_time = time.monotonic()
     return logged_outputs

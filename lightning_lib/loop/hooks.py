@@ -12,7 +12,6 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_lib.callbacks.callback import Callback
-from lightning_lib.utilities.model_helpers import overrides
 
 if TYPE_CHECKING:
     from lightning_lib.core.module import LightningModule
@@ -100,6 +99,22 @@ DataModuleHook = Literal[
 ]
 
 
+def _needs_call(obj: object, name: str, base: type) -> bool:
+    """Whether calling hook ``name`` on ``obj`` can do anything: its attribute is not ``base``'s no-op.
+
+    This is not ``is_overridden``: a hook wrapped on the instance (``functools.wraps`` around the base
+    method, a recording spy) must still be called, since the wrapper runs code of its own; only the
+    base's own function, or ``None``, is skipped.
+    """
+    found = getattr(obj, "__dict__", {}).get(name, _MISSING)
+    if found is not _MISSING:
+        return found is not None
+    impl = getattr(type(obj), name, None)
+    default = getattr(base, name, None)
+    return impl is not None and getattr(impl, "__code__", impl) is not getattr(default, "__code__", default)
+
+
+_MISSING = object()
 _STRATEGY_ACTIONS = frozenset({"training_step", "validation_step", "test_step", "predict_step", "backward"})
 
 
@@ -143,7 +158,7 @@ class HookDispatcher:
             for cb in self.trainer.callbacks:
                 if monitoring is not None and is_monitoring(cb) != monitoring:
                     continue
-                if overrides(cb, name, Callback):
+                if _needs_call(cb, name, Callback):
                     fns.append(getattr(cb, name))
             self._callback_fns[key] = fns
         return fns
@@ -171,12 +186,12 @@ class HookDispatcher:
             module.__dict__["_current_fx_name"] = previous
 
     def module_overrides(self, name: ModuleHook) -> bool:
-        """Whether the LightningModule overrides ``name`` (cached for the run)."""
+        """Whether the LightningModule's ``name`` must be called: it is not the base's no-op (cached for the run)."""
         found = self._module_overrides.get(name)
         if found is None:
             from lightning_lib.core.module import LightningModule
 
-            found = self._module_overrides[name] = overrides(
+            found = self._module_overrides[name] = _needs_call(
                 self.trainer.lightning_module, name, LightningModule
             )
         return found

@@ -118,7 +118,7 @@ def _run_stages(
     hooks.callbacks("setup", stage=fn)
     hooks.module("setup", stage=fn)
     for name in ("configure_sharded_model", "configure_model"):  # only when written, as in Lightning
-        if hooks.module_overrides(name):
+        if _module_overrides(model, name):
             hooks.module(name)
     prefetched, state.verified_checkpoint = state.verified_checkpoint, None
     verified = prefetched[1] if prefetched is not None and prefetched[0] == ckpt else None
@@ -144,7 +144,7 @@ def _run_stages(
         restore_training_state(trainer, checkpoint)
     del checkpoint
     handler = _sigterm_stops_at_batch_boundary(trainer) if fn == TrainerFn.FITTING else nullcontext()
-    model.zero_grad(set_to_none=True)
+    model.zero_grad()  # torch sets the gradients to None by default
     with handler, torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
         if fn == TrainerFn.FITTING:
             run_fit(trainer)
@@ -206,10 +206,18 @@ def _on_failure(trainer: Trainer, exc: BaseException) -> None:
         trainer.state.stage = None
 
 
+def _module_overrides(model: LightningModule, name: str) -> bool:
+    """Whether the LightningModule implements hook ``name`` itself (``is_overridden``)."""
+    from lightning_lib.core.module import LightningModule
+    from lightning_lib.utilities.model_helpers import overrides
+
+    return overrides(model, name, LightningModule)
+
+
 def _datamodule_overrides(datamodule: LightningDataModule, name: str) -> bool:
     """Whether the LightningDataModule overrides hook ``name``."""
     from lightning_lib.core.datamodule import LightningDataModule
-    from lightning_lib.loop.hooks import overrides
+    from lightning_lib.utilities.model_helpers import overrides
 
     return overrides(datamodule, name, LightningDataModule)
 
@@ -260,7 +268,7 @@ def _prepare_data(trainer: Trainer, model: LightningModule, datamodule: Lightnin
 
 def _check_model(trainer: Trainer, model: LightningModule, fn: TrainerFn) -> None:
     from lightning_lib.core.module import LightningModule
-    from lightning_lib.loop.hooks import overrides
+    from lightning_lib.utilities.model_helpers import overrides
 
     if fn == TrainerFn.FITTING:
         if not overrides(model, "training_step", LightningModule):

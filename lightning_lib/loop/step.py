@@ -57,7 +57,7 @@ def batch_transfer(trainer: Trainer, dataloader_idx: int) -> BatchTransfer:
 def _transfer_hook(trainer: Trainer, name: TransferHook) -> tuple[Callable[..., Any], bool]:
     """Who runs batch-transfer hook ``name`` (the datamodule's override wins), and whether it is custom."""
     from lightning_lib.core.datamodule import LightningDataModule
-    from lightning_lib.loop.hooks import overrides
+    from lightning_lib.utilities.model_helpers import overrides
 
     hooks = trainer._hooks
     module_custom = hooks.module_overrides(name)
