@@ -20,7 +20,7 @@ from lightning_lib.loop.loaders import (
 from lightning_lib.trainer.states import RunningStage, TrainerFn
 
 if TYPE_CHECKING:
-    from lightning_lib.loop.hooks import ModuleHook
+    from lightning_lib.loop.hooks import LoaderHook, ModuleHook
     from lightning_lib.trainer import Trainer
 
 log = logging.getLogger("lightning_lib")
@@ -34,7 +34,7 @@ _STAGE_KEYS: dict[RunningStage, EvalKey] = {
     RunningStage.TESTING: "test",
     RunningStage.PREDICTING: "predict",
 }
-_LOADER_HOOKS: dict[LoaderKey, ModuleHook] = {
+_LOADER_HOOKS: dict[LoaderKey, LoaderHook] = {
     "train": "train_dataloader",
     "val": "val_dataloader",
     "test": "test_dataloader",
@@ -70,7 +70,7 @@ class DataConnector:
     def _request(self, key: LoaderKey) -> Any:
         from lightning_lib.core.datamodule import LightningDataModule
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.utilities.model_helpers import overrides
+        from lightning_lib.utilities.model_helpers import is_overridden
 
         if key in self.sources:
             return self.sources[key]
@@ -78,10 +78,10 @@ class DataConnector:
         trainer = self.trainer
         datamodule = trainer.datamodule
         if datamodule is not None:
-            if overrides(datamodule, hook, LightningDataModule):
+            if is_overridden(hook, datamodule, LightningDataModule):
                 return trainer._hooks.datamodule(hook)
             return None
-        if overrides(trainer.lightning_module, hook, LightningModule):
+        if is_overridden(hook, trainer.lightning_module, LightningModule):
             return trainer._hooks.module(hook)
         return None
 
@@ -89,15 +89,15 @@ class DataConnector:
         """Whether the arguments, the datamodule or the module provide loaders for ``key``."""
         from lightning_lib.core.datamodule import LightningDataModule
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.utilities.model_helpers import overrides
+        from lightning_lib.utilities.model_helpers import is_overridden
 
         if key in self.sources:
             return True
         hook = _LOADER_HOOKS[key]
         datamodule = self.trainer.datamodule
         if datamodule is not None:
-            return overrides(datamodule, hook, LightningDataModule)
-        return overrides(self.trainer.lightning_module, hook, LightningModule)
+            return is_overridden(hook, datamodule, LightningDataModule)
+        return is_overridden(hook, self.trainer.lightning_module, LightningModule)
 
     def prepare(self, loader: Any, hook: str) -> Any:
         """The loader as this run iterates it: sequential when overfitting, sharded across processes, seeded workers."""
@@ -190,14 +190,15 @@ class DataConnector:
     def setup_eval_data(self, stage: RunningStage) -> None:
         """Request, prepare and count the loaders of an evaluation or prediction stage."""
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.utilities.model_helpers import overrides
+        from lightning_lib.utilities.model_helpers import is_overridden
 
         trainer = self.trainer
         key = _STAGE_KEYS[stage]
         hook = _LOADER_HOOKS[key]
         limit = self._limit(key)
         if limit == 0 or (
-            key != "predict" and not overrides(trainer.lightning_module, _STEP_HOOKS[key], LightningModule)
+            key != "predict"
+            and not is_overridden(_STEP_HOOKS[key], trainer.lightning_module, LightningModule)
         ):
             self._eval[key] = ([], [])
             return
@@ -260,13 +261,13 @@ class DataConnector:
     @property
     def enable_validation(self) -> bool:
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.utilities.model_helpers import overrides
+        from lightning_lib.utilities.model_helpers import is_overridden
 
         trainer = self.trainer
         return (
             trainer.lightning_module is not None
             and self.source_defined("val")
-            and overrides(trainer.lightning_module, "validation_step", LightningModule)
+            and is_overridden("validation_step", trainer.lightning_module, LightningModule)
             and trainer.limit_val_batches > 0
         )
 

@@ -397,13 +397,15 @@ def _can_stop_early(trainer: Trainer) -> bool:
 
 
 def estimated_stepping_batches(trainer: Trainer) -> int | float:
-    """Optimizer steps the fit will take, as Lightning estimates them (for OneCycleLR and friends)."""
-    if trainer.max_steps != -1:
-        return trainer.max_steps
-    if trainer.max_epochs is None or trainer.max_epochs == -1:
-        return INF
+    """Optimizer steps the fit will take, as Lightning estimates them (for OneCycleLR and friends):
+    the epochs' steps, capped by ``max_steps``; ``max_steps`` itself when the epochs are unbounded."""
+    max_epochs = trainer.max_epochs
+    if max_epochs is None:  # before fit resolves it, with Lightning's rule
+        max_epochs = 1000 if trainer.max_steps == -1 else -1
+    if max_epochs == -1:
+        return INF if trainer.max_steps == -1 else trainer.max_steps
     batches = trainer._data.num_training_batches
     if batches == INF:
-        return INF
-    per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
-    return per_epoch * trainer.max_epochs
+        return trainer.max_steps
+    estimate = math.ceil(batches / trainer.accumulate_grad_batches) * max(max_epochs, 1)
+    return min(estimate, trainer.max_steps) if trainer.max_steps != -1 else estimate

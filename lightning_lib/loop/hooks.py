@@ -85,6 +85,7 @@ ModuleHook = (
         "on_predict_model_eval",
     ]
 )
+LoaderHook = Literal["train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader"]
 DataModuleHook = Literal[
     "prepare_data",
     "setup",

@@ -112,7 +112,9 @@ def _run_stages(
 ) -> Any:
     hooks = trainer._hooks
     state = trainer._run_state
-    trainer.profiler.setup(stage=fn.value, local_rank=trainer.local_rank, log_dir=trainer.log_dir)
+    # the rank is in the report's file name only when there are several (Lightning's naming)
+    local_rank = trainer.local_rank if trainer.world_size > 1 else None
+    trainer.profiler.setup(stage=fn.value, local_rank=local_rank, log_dir=trainer.log_dir)
     _prepare_data(trainer, model, datamodule)
     hooks.datamodule("setup", stage=fn)
     hooks.callbacks("setup", stage=fn)
@@ -209,17 +211,17 @@ def _on_failure(trainer: Trainer, exc: BaseException) -> None:
 def _module_overrides(model: LightningModule, name: str) -> bool:
     """Whether the LightningModule implements hook ``name`` itself (``is_overridden``)."""
     from lightning_lib.core.module import LightningModule
-    from lightning_lib.utilities.model_helpers import overrides
+    from lightning_lib.utilities.model_helpers import is_overridden
 
-    return overrides(model, name, LightningModule)
+    return is_overridden(name, model, LightningModule)
 
 
 def _datamodule_overrides(datamodule: LightningDataModule, name: str) -> bool:
     """Whether the LightningDataModule overrides hook ``name``."""
     from lightning_lib.core.datamodule import LightningDataModule
-    from lightning_lib.utilities.model_helpers import overrides
+    from lightning_lib.utilities.model_helpers import is_overridden
 
-    return overrides(datamodule, name, LightningDataModule)
+    return is_overridden(name, datamodule, LightningDataModule)
 
 
 def _loop_limits(trainer: Trainer) -> tuple[int, int]:
@@ -268,18 +270,18 @@ def _prepare_data(trainer: Trainer, model: LightningModule, datamodule: Lightnin
 
 def _check_model(trainer: Trainer, model: LightningModule, fn: TrainerFn) -> None:
     from lightning_lib.core.module import LightningModule
-    from lightning_lib.utilities.model_helpers import overrides
+    from lightning_lib.utilities.model_helpers import is_overridden
 
     if fn == TrainerFn.FITTING:
-        if not overrides(model, "training_step", LightningModule):
+        if not is_overridden("training_step", model, LightningModule):
             raise ValueError("Expected the LightningModule to implement `training_step` for `trainer.fit`.")
-        if not overrides(model, "configure_optimizers", LightningModule):
+        if not is_overridden("configure_optimizers", model, LightningModule):
             raise ValueError(
                 "Expected the LightningModule to implement `configure_optimizers` for `trainer.fit`."
             )
     if fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
         step = "validation_step" if fn == TrainerFn.VALIDATING else "test_step"
-        if not overrides(model, step, LightningModule):
+        if not is_overridden(step, model, LightningModule):
             raise ValueError(f"Expected the LightningModule to implement `{step}` for `trainer.{fn.value}`.")
     if not model.automatic_optimization and (
         trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val

@@ -57,12 +57,12 @@ def batch_transfer(trainer: Trainer, dataloader_idx: int) -> BatchTransfer:
 def _transfer_hook(trainer: Trainer, name: TransferHook) -> tuple[Callable[..., Any], bool]:
     """Who runs batch-transfer hook ``name`` (the datamodule's override wins), and whether it is custom."""
     from lightning_lib.core.datamodule import LightningDataModule
-    from lightning_lib.utilities.model_helpers import overrides
+    from lightning_lib.utilities.model_helpers import is_overridden
 
     hooks = trainer._hooks
     module_custom = hooks.module_overrides(name)
     datamodule = trainer.datamodule
-    if datamodule is not None and overrides(datamodule, name, LightningDataModule):
+    if datamodule is not None and is_overridden(name, datamodule, LightningDataModule):
         seen = trainer._run_state.warnings_seen
         if module_custom and name not in seen:
             seen.add(name)

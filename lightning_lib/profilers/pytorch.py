@@ -106,7 +106,7 @@ class PyTorchProfiler(Profiler):
         self._stop_profiler()
         if not self.function_events:
             return ""
-        averages = self.function_events.key_averages(group_by_input_shape=self._group_by_input_shapes)
+        averages = self.function_events.key_averages(group_by_input_shapes=self._group_by_input_shapes)
         table = averages.table(sort_by=self._sort_by_key, row_limit=self._row_limit, **self._table_kwargs)
         return self._stats_to_str({"records": table})
 

@@ -54,3 +54,6 @@ class TrainerState:
     @property
     def finished(self) -> bool:
         return self.status == TrainerStatus.FINISHED
+
+
+__all__ = ["RunningStage", "TrainerFn", "TrainerState", "TrainerStatus"]

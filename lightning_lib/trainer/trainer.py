@@ -453,7 +453,10 @@ class Trainer:
 
     @property
     def estimated_stepping_batches(self) -> int | float:
-        if self.state.fn == TrainerFn.FITTING and self._data.train_loader is None:
+        """The optimizer steps the fit will take (Lightning's estimate), loading the train data if needed."""
+        unbounded = self.max_epochs == -1 or (self.max_epochs is None and self.max_steps != -1)
+        if not unbounded and self._data.train_loader is None and self.lightning_module is not None:
+            rank_zero_info("Loading `train_dataloader` to estimate number of stepping batches.")
             self._data.setup_train_data()
         return estimated_stepping_batches(self)
 

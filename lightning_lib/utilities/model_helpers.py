@@ -40,7 +40,7 @@ def _code(fn: Any) -> Any:
     return getattr(fn, "__code__", fn)
 
 
-def overrides(instance: object, method_name: str, parent: type) -> bool:
+def _overrides(instance: object, method_name: str, parent: type) -> bool:
     """Whether ``instance.method_name`` differs from ``parent.method_name`` (``None`` means it does not)."""
     impl = _unwrap(getattr(instance, method_name, None))
     if impl is None:
@@ -68,7 +68,7 @@ def is_overridden(method_name: str, instance: object | None = None, parent: type
             )
     if getattr(parent, method_name, None) is None:
         raise ValueError(f"Expected parent {parent.__name__} to define {method_name!r}, it does not.")
-    return overrides(instance, method_name, parent)
+    return _overrides(instance, method_name, parent)
 
 
 __all__ = ["is_overridden", "register_hook_parent"]

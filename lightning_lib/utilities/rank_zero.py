@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-F = TypeVar("F", bound=Callable[..., Any])
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # the variables launchers set, in the order Lightning reads them
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
@@ -36,7 +36,7 @@ class _RankZeroOnly:
     def __init__(self) -> None:
         self.rank = rank_from_environment()
 
-    def __call__(self, fn: F, default: Any = None) -> F:
+    def __call__(self, fn: _F, default: Any = None) -> _F:
         """Run ``fn`` on global rank zero only; elsewhere return ``default``."""
         if getattr(fn, "_rank_zero_only", False) and default is None:
             return fn
@@ -88,7 +88,7 @@ def rank_zero_print(*args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs)
 
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 
 class LightningDeprecationWarning(DeprecationWarning):
@@ -98,13 +98,13 @@ class LightningDeprecationWarning(DeprecationWarning):
 def rank_zero_debug(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
     """A debug log record, on the global-zero process only."""
     if rank_zero_only.rank == 0:
-        log.debug(*args, stacklevel=stacklevel - 2, **kwargs)
+        _log.debug(*args, stacklevel=stacklevel - 2, **kwargs)
 
 
 def rank_zero_info(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
     """An info log record, on the global-zero process only."""
     if rank_zero_only.rank == 0:
-        log.info(*args, stacklevel=stacklevel - 2, **kwargs)
+        _log.info(*args, stacklevel=stacklevel - 2, **kwargs)
 
 
 def rank_zero_warn(message: str | Warning, stacklevel: int = 4, **kwargs: Any) -> None:
