@@ -107,7 +107,8 @@ def test_val_check_interval_above_the_epoch_length_is_refused_before_training(tm
     model = CountingModel()
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, limit_train_batches=4, val_check_interval=5))
     with pytest.raises(
-        ValueError, match=r"val_check_interval <= the number of training batches \(4\), received 5"
+        ValueError,
+        match=r"`val_check_interval` \(5\) must be less than or equal to the number of the training batches \(4\)",
     ):
         trainer.fit(model)
     assert model.train_steps == 0
@@ -116,7 +117,9 @@ def test_val_check_interval_above_the_epoch_length_is_refused_before_training(tm
 def test_fractional_limit_too_small_for_the_loader(tmp_path: Any) -> None:
     model = CountingModel()
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, limit_train_batches=0.001))
-    with pytest.raises(ValueError, match=r"limit_train_batches.*32 batches >= 1, received 0.001.*0.03125"):
+    with pytest.raises(
+        ValueError, match=r"check 0.001 of the `train_dataloader` but 0.001 \* 32 < 1.*=0.03125"
+    ):
         trainer.fit(model)
     assert model.train_steps == 0
 

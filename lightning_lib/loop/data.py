@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 from typing import TYPE_CHECKING, Any, Literal
+
+from torch.utils.data import DataLoader
 
 from lightning_lib.checkpoint._positions import make_resumable
 from lightning_lib.loop.loaders import (
@@ -18,6 +21,10 @@ from lightning_lib.loop.loaders import (
     with_sequential_sampler,
 )
 from lightning_lib.trainer.states import RunningStage, TrainerFn
+from lightning_lib.utilities.data import has_len_all_ranks, suggested_max_num_workers
+from lightning_lib.utilities.exceptions import MisconfigurationException
+from lightning_lib.utilities.rank_zero import rank_zero_warn
+from lightning_lib.utilities.warnings import PossibleUserWarning
 
 if TYPE_CHECKING:
     from lightning_lib.loop.hooks import LoaderHook, ModuleHook
@@ -103,6 +110,7 @@ class DataConnector:
         """The loader as this run iterates it: sequential when overfitting, sharded across processes, seeded workers."""
         trainer = self.trainer
         check_iterable(loader, hook)
+        _check_workers(trainer, loader, hook)
         if trainer.overfit_batches > 0 and trainer.state.fn == TrainerFn.FITTING:
             loader = with_sequential_sampler(loader)
         if trainer.use_distributed_sampler and trainer.world_size > 1:
@@ -122,6 +130,7 @@ class DataConnector:
                 " or implement `train_dataloader`; received none."
             )
         flat = [self.prepare(dl, "train_dataloader") for dl in flat]
+        self._check_lengths(flat)
         if isinstance(source, dict):
             loader: Any = CycleLoaders(dict(zip(source.keys(), flat)))
         elif isinstance(source, list | tuple):
@@ -139,11 +148,18 @@ class DataConnector:
             and self.num_training_batches < trainer.log_every_n_steps
             and not trainer.fast_dev_run
         ):
-            info_once(
-                trainer,
+            rank_zero_warn(
                 f"The number of training batches ({self.num_training_batches}) is smaller than the logging"
-                f" interval Trainer(log_every_n_steps={trainer.log_every_n_steps}).",
+                f" interval Trainer(log_every_n_steps={trainer.log_every_n_steps}). Set a lower value for"
+                " log_every_n_steps if you want to see logs for the training epoch.",
+                category=PossibleUserWarning,
             )
+
+    def _check_lengths(self, loaders: list[Any]) -> None:
+        """Lightning's length checks across ranks (a rank with no batches, an iterable dataset with a length)."""
+        allow = self.trainer.lightning_module.allow_zero_length_dataloader_with_multiple_devices
+        for loader in loaders:
+            has_len_all_ranks(loader, self.trainer.strategy, allow)
 
     def _resolve_val_check_batch(self) -> None:
         trainer = self.trainer
@@ -158,14 +174,17 @@ class DataConnector:
                 and trainer.limit_val_batches > 0
             ):
                 raise ValueError(
-                    f"Expected val_check_interval <= the number of training batches ({n}), received"
-                    f" {trainer.val_check_interval}; set check_val_every_n_epoch=None to count across epochs."
+                    f"`val_check_interval` ({trainer.val_check_interval}) must be less than or equal to the"
+                    f" number of the training batches ({n}). If you want to disable validation set"
+                    " `limit_val_batches` to 0.0 instead. If you want to validate based on the total training"
+                    " batches, set `check_val_every_n_epoch=None`."
                 )
         elif n == INF:
             if trainer.val_check_interval != 1.0:
-                raise ValueError(
-                    "Expected val_check_interval to be 1.0 or an int for a train dataloader without a length,"
-                    f" received {trainer.val_check_interval}."
+                raise MisconfigurationException(
+                    "When using an IterableDataset for `train_dataloader`, `Trainer(val_check_interval)` must be"
+                    " time based, `1.0` or an int. An int k specifies checking validation every k training"
+                    f" batches. Received val_check_interval={trainer.val_check_interval}."
                 )
             self.val_check_batch = INF
         else:
@@ -213,6 +232,7 @@ class DataConnector:
                 f" or implement `{hook}`; received none."
             )
         flat = [self.prepare(dl, hook) for dl in flatten_loaders(source)]
+        self._check_lengths(flat)
         self._eval[key] = (flat, [num_batches(dl, limit, key) for dl in flat])
         if key == "val":
             self.last_val_reload_epoch = trainer.current_epoch
@@ -282,6 +302,27 @@ class DataConnector:
                 set_epoch = getattr(sampler, "set_epoch", None)
                 if callable(set_epoch):
                     set_epoch(epoch)
+
+
+def _check_workers(trainer: Trainer, loader: Any, name: str) -> None:
+    """Lightning's hints about a loader's workers: too few for the CPUs, or re-spawned every epoch."""
+    if not isinstance(loader, DataLoader):
+        return
+    upper_bound = suggested_max_num_workers(trainer.num_devices)
+    context = loader.multiprocessing_context
+    start_method = context.get_start_method() if context is not None else mp.get_start_method()
+    if loader.num_workers > 0 and start_method == "spawn" and not loader.persistent_workers:
+        rank_zero_warn(
+            f"Consider setting `persistent_workers=True` in '{name}' to speed up the dataloader worker"
+            " initialization."
+        )
+    elif loader.num_workers < 2 and upper_bound > 1:
+        rank_zero_warn(
+            f"The '{name}' does not have many workers which may be a bottleneck. Consider increasing the value"
+            f" of the `num_workers` argument` to `num_workers={upper_bound}` in the `DataLoader` to improve"
+            " performance.",
+            category=PossibleUserWarning,
+        )
 
 
 def info_once(trainer: Trainer, message: str) -> None:

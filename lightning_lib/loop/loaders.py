@@ -18,6 +18,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
+from lightning_lib.utilities.exceptions import MisconfigurationException
 from lightning_lib.utilities.seed import worker_init_function
 
 INF = float("inf")
@@ -61,16 +62,18 @@ def num_batches(loader: Any, limit: int | float, prefix: str) -> int | float:
     elif total != INF:
         count = int(total * limit)
     elif limit != 1.0:
-        raise ValueError(
-            f"Expected `limit_{prefix}_batches` to be 1.0 or an int for a dataloader without a length,"
+        raise MisconfigurationException(
+            f"When using an `IterableDataset`, `Trainer(limit_{prefix}_batches)` must be `1.0` or an int. An int"
+            f" specifies `num_{prefix}_batches` to use. Expected 1.0 or an int for a dataloader without a length,"
             f" received {limit}."
         )
     else:
         count = INF
     if count == 0 and isinstance(limit, float) and limit > 0.0 and total != INF:
-        raise ValueError(
-            f"Expected `limit_{prefix}_batches` * {total} batches >= 1, received {limit};"
-            f" try at least `limit_{prefix}_batches={1.0 / total}`."
+        raise MisconfigurationException(
+            f"You requested to check {limit} of the `{prefix}_dataloader` but {limit} * {total} < 1. Please"
+            f" increase the `limit_{prefix}_batches` argument. Try at least"
+            f" `limit_{prefix}_batches={1.0 / total}`"
         )
     return count
 
