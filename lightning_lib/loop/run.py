@@ -309,7 +309,9 @@ def _attach_model_callbacks(trainer: Trainer, model: LightningModule) -> None:
 
 def _setup_optimizers(trainer: Trainer, model: LightningModule) -> None:
     conf = trainer._hooks.module("configure_optimizers")
-    trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(conf)
+    trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(
+        conf, model.automatic_optimization, trainer._hooks.module_overrides("lr_scheduler_step")
+    )
     if model.automatic_optimization and len(trainer.optimizers) > 1:
         raise ValueError(
             "Expected one optimizer with automatic optimization, received"

@@ -89,7 +89,7 @@ class Precision:
             after_closure()
             return result
 
-        return optimizer.step(wrapped, **kw)
+        return optimizer.step(closure=wrapped, **kw)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
