@@ -204,8 +204,12 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
             self._metric_attribute_of(name, tensor)
         if sync_dist and not rank_zero_only:  # a rank-zero-only value has no peers to reduce with
             tensor = trainer.strategy.reduce(tensor, reduce_op=options[4])
-        results = trainer._logger_connector.results
-        assert results is not None
+        results = trainer._logger_connector.results_for_stage()
+        if results is None:
+            raise MisconfigurationException(
+                f"You are trying to `self.log({name!r}, ...)` but the loop's result collection is not registered"
+                " yet: no Trainer stage is running."
+            )
         results.log(fx, name, tensor, options, add_dataloader_idx, batch_size)
 
     def log_dict(

@@ -58,6 +58,8 @@ def run_fit(trainer: Trainer) -> None:
     if should_check_val_epoch(trainer) and not data.val_loaders_loaded:
         data.setup_eval_data(RunningStage.VALIDATING)
     hooks = trainer._hooks
+    # what on_train_start and the first on_train_epoch_start log belongs to training, not to the sanity check
+    trainer._logger_connector.use(trainer._logger_connector.train_results)
     hooks.callbacks("on_train_start")
     hooks.module("on_train_start")
     if in_epoch:

@@ -305,6 +305,14 @@ def _attach_model_callbacks(trainer: Trainer, model: LightningModule) -> None:
     trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, Checkpoint)] + [
         cb for cb in trainer.callbacks if isinstance(cb, Checkpoint)
     ]
+    _attach_logging_functions(trainer, model)
+
+
+def _attach_logging_functions(trainer: Trainer, model: LightningModule) -> None:
+    """Callbacks log through the module, as in Lightning: ``self.log`` inside a callback hook."""
+    for callback in trainer.callbacks:
+        callback.log = model.log  # type: ignore[attr-defined]
+        callback.log_dict = model.log_dict  # type: ignore[attr-defined]
 
 
 def _setup_optimizers(trainer: Trainer, model: LightningModule) -> None:

@@ -435,3 +435,29 @@ def test_a_trainer_with_loggers_pickles(tmp_path: Any) -> None:
         trainer = pickle.loads(pickle.dumps(pl.Trainer(logger=loggers, default_root_dir=tmp_path)))
         restored.append([type(logger).__name__ for logger in trainer.loggers])
     assert restored[0] == restored[1] == ["CSVLogger", "CSVLogger"]
+
+
+def _logged_outside_steps(pl: ModuleType, tmp_path: Any) -> dict[str, float]:
+    class Logging(pl.Callback):
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self.log("from_callback", 3.0)
+
+    class Model(_demos(pl).BoringModel):
+        def on_train_start(self) -> None:
+            self.log("train_start", 1.0)
+
+        def on_train_epoch_start(self) -> None:
+            self.log("epoch_start", 2.0)
+
+    trainer = pl.Trainer(
+        callbacks=[Logging()],
+        **quiet_trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1),
+    )
+    trainer.fit(Model())
+    return {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+
+def test_what_start_hooks_and_callbacks_log_reaches_callback_metrics(tmp_path: Any) -> None:
+    reference = _logged_outside_steps(reference_lightning(), tmp_path / "pl")
+    assert reference == {"train_start": 1.0, "epoch_start": 2.0, "from_callback": 3.0}
+    assert _logged_outside_steps(lightning_lib, tmp_path / "ours") == reference
