@@ -246,8 +246,8 @@ def test_manual_optimization_refuses_trainer_accumulation_and_clipping(tmp_path:
 @pytest.mark.parametrize(
     ("output", "message"),
     [
-        ({"x": 1}, r"contain a \"loss\" key, received keys \['x'\]"),
-        ("loss", "loss tensor, a dict with a 'loss' key, or None; received str"),
+        ({"x": 1}, r"the 'loss' key needs to be present; received keys \['x'\]"),
+        ("loss", r"must return a Tensor, a dict, or None \(where the step will be skipped\); received str"),
         (3.0, "received float"),
     ],
 )
@@ -617,3 +617,26 @@ def test_predict_step_default_calls_forward(tmp_path: Any) -> None:
     predictions = trainer.predict(model, DataLoader(torch.ones(4, 32), batch_size=2))
     assert predictions is not None and len(predictions) == 2
     torch.testing.assert_close(predictions[0], model(torch.ones(2, 32)))
+
+
+def test_manual_training_step_returns_a_tensor_or_nothing(tmp_path: Any) -> None:
+    from lightning_lib.demos.boring_classes import ManualOptimBoringModel
+
+    class Returns5(ManualOptimBoringModel):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            super().training_step(batch, batch_idx)
+            return 5
+
+    with pytest.raises(ValueError, match=r"must either return a Tensor or have no return; received int"):
+        _fit(tmp_path, Returns5())
+
+
+def test_skipping_a_step_is_refused_with_several_processes(tmp_path: Any) -> None:
+    class Skips(CountingModel):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return None
+
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path))
+    trainer.strategy.world_size = 2  # poses as a two-process run, as Lightning's own test does
+    with pytest.raises(RuntimeError, match="Skipping the `training_step` by returning None in distributed"):
+        trainer.fit(Skips())

@@ -101,6 +101,12 @@ class DDPStrategy(ParallelStrategy):
     def world_size(self) -> int:
         return self.env.world_size if self.env is not None else len(self.parallel_devices) * self.num_nodes
 
+    @world_size.setter
+    def world_size(self, value: int) -> None:
+        raise AttributeError(
+            f"DDPStrategy.world_size comes from the launched processes and cannot be set (received {value})."
+        )
+
     @property
     def global_rank(self) -> int:
         return self.env.global_rank if self.env is not None else 0

@@ -201,7 +201,12 @@ class SingleDeviceStrategy(Strategy):
 
     @property
     def world_size(self) -> int:
-        return 1
+        return self.__dict__.get("_world_size", 1)
+
+    @world_size.setter
+    def world_size(self, value: int) -> None:
+        # settable as in Lightning, where tests pose as a multi-process run without launching processes
+        self.__dict__["_world_size"] = value
 
     @property
     def global_rank(self) -> int:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_lib.loop.hooks import HookDispatcher
+from lightning_lib.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from lightning_lib.core.optimizer import LightningOptimizer
@@ -103,15 +104,15 @@ def _loss_of(output: Any) -> Tensor | None:
         return output
     if isinstance(output, Mapping):
         if "loss" not in output:
-            raise ValueError(
-                'Expected the dict returned by `training_step` to contain a "loss" key, received keys'
-                f" {sorted(output)}."
+            raise MisconfigurationException(
+                "In automatic_optimization, when `training_step` returns a dict, the 'loss' key needs to be"
+                f" present; received keys {sorted(output)}."
             )
         loss: Tensor = output["loss"]
         return loss
-    raise ValueError(
-        "Expected `training_step` to return a loss tensor, a dict with a 'loss' key, or None;"
-        f" received {type(output).__name__}."
+    raise MisconfigurationException(
+        "In automatic optimization, `training_step` must return a Tensor, a dict, or None (where the step will"
+        f" be skipped); received {type(output).__name__}."
     )
 
 
@@ -131,6 +132,13 @@ def run_automatic_step(
             output = trainer.strategy.training_step(*_training_step_args(trainer, batch, batch_idx))
         loss = _loss_of(output)
         if loss is None:
+            if trainer.world_size > 1:
+                # the other ranks would wait in the gradients' all-reduce for a backward that never comes
+                raise RuntimeError(
+                    "Skipping the `training_step` by returning None in distributed training is not supported."
+                    " It is recommended that you rewrite your training logic to avoid having to skip the step"
+                    " in the first place."
+                )
             outputs[0] = output
             return None
         normalized = loss / accumulate if accumulate > 1 else loss
@@ -164,8 +172,14 @@ def run_manual_step(trainer: Trainer, batch: Any, batch_idx: int) -> Any:
         output = trainer.strategy.training_step(*_training_step_args(trainer, batch, batch_idx))
     if isinstance(output, Tensor):
         output = {"loss": output.detach()}
-    elif isinstance(output, Mapping) and isinstance(output.get("loss"), Tensor):
-        output = {**output, "loss": output["loss"].detach()}
+    elif isinstance(output, Mapping):
+        if isinstance(output.get("loss"), Tensor):
+            output = {**output, "loss": output["loss"].detach()}
+    elif output is not None:
+        raise MisconfigurationException(
+            "In manual optimization, `training_step` must either return a Tensor or have no return; received"
+            f" {type(output).__name__}."
+        )
     return output
 
 
