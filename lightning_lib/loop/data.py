@@ -66,6 +66,9 @@ class DataConnector:
         """Forget the previous run's loaders: each entry point requests them again."""
         self.sources: dict[str, Any] = {}
         self.train_loader: Any = None
+        # the train loaders as the user gave them (after the distributed or sequential sampler is applied),
+        # which ``trainer.train_dataloader`` returns; ``train_loader`` is what the loop iterates
+        self.train_iterables: Any = None
         self.train_fetcher: LimitedFetcher | None = None
         self.num_training_batches: int | float = INF
         self.val_check_batch: int | float = INF
@@ -133,9 +136,12 @@ class DataConnector:
         self._check_lengths(flat)
         if isinstance(source, dict):
             loader: Any = CycleLoaders(dict(zip(source.keys(), flat)))
+            self.train_iterables = dict(zip(source.keys(), flat))
         elif isinstance(source, list | tuple):
             loader = CycleLoaders(flat)
+            self.train_iterables = type(source)(flat)
         else:
+            self.train_iterables = flat[0]
             # a plain DataLoader is rebuilt so checkpoints can record its position in the epoch
             loader = make_resumable(flat[0])
         self.train_loader = loader

@@ -104,6 +104,8 @@ def _evaluate(
     precision = trainer.precision_plugin
     sanity = stage == RunningStage.SANITY_CHECKING
     next_action = f"[_EvaluationLoop].{stage.dataloader_prefix}_next"
+    counts = run.eval_batches.setdefault(stage.value, [0, 0])
+    counts[1] = 0
     for dl_idx, fetcher in enumerate(fetchers):
         if limits[dl_idx] == 0:
             continue
@@ -133,6 +135,8 @@ def _evaluate(
                 run.val_has_run = True
                 connector.update_eval_step_metrics(seen)
                 seen += 1
+                counts[0] += 1
+                counts[1] += 1
             batch_idx += 1
         fetcher.close()
         if multiple:

@@ -71,6 +71,7 @@ def run_fit(trainer: Trainer) -> None:
         data.set_sampler_epoch(progress.current_epoch)
         progress.epoch_batches_done = 0
         progress.batch_idx = -1
+        run.eval_batches.pop("validate", None)  # the fit's val loop counts per training epoch, as Lightning's
         hooks.callbacks("on_train_epoch_start")
         hooks.module("on_train_epoch_start")
         progress.epoch_started = True

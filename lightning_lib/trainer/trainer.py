@@ -20,6 +20,7 @@ from lightning_lib.loop.fit import estimated_stepping_batches
 from lightning_lib.loop.hooks import HookDispatcher
 from lightning_lib.loop.logger_connector import LoggerConnector
 from lightning_lib.loop.state import FitProgress, RunState
+from lightning_lib.loop.views import EvaluationLoopView, FitLoopView
 from lightning_lib.plugins.precision import build_precision
 from lightning_lib.profilers import Profiler
 from lightning_lib.trainer.arguments import (
@@ -359,6 +360,23 @@ class Trainer:
 
     # ---- attributes users read -----------------------------------------------------------------------
     @property
+    def fit_loop(self) -> FitLoopView:
+        """Lightning's ``trainer.fit_loop``: the fit's limits (settable) and progress counters."""
+        return FitLoopView(self)
+
+    @property
+    def validate_loop(self) -> EvaluationLoopView:
+        return EvaluationLoopView(self, "validate")
+
+    @property
+    def test_loop(self) -> EvaluationLoopView:
+        return EvaluationLoopView(self, "test")
+
+    @property
+    def predict_loop(self) -> EvaluationLoopView:
+        return EvaluationLoopView(self, "predict")
+
+    @property
     def progress(self) -> FitProgress:
         """The fit loop's counters, down to the batch within the epoch."""
         return self._run_state.progress
@@ -423,7 +441,8 @@ class Trainer:
 
     @property
     def train_dataloader(self) -> Any:
-        return self._data.train_loader
+        """The train dataloader(s) of the fit, as given (a loader, or the list or dict of them)."""
+        return self._data.train_iterables
 
     @property
     def val_dataloaders(self) -> Any:

@@ -461,3 +461,38 @@ def test_what_start_hooks_and_callbacks_log_reaches_callback_metrics(tmp_path: A
     reference = _logged_outside_steps(reference_lightning(), tmp_path / "pl")
     assert reference == {"train_start": 1.0, "epoch_start": 2.0, "from_callback": 3.0}
     assert _logged_outside_steps(lightning_lib, tmp_path / "ours") == reference
+
+
+def _loop_counters(pl: ModuleType, tmp_path: Any) -> tuple[Any, ...]:
+    seen: list[tuple[int, int, int, int]] = []
+
+    class Spy(pl.Callback):
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            loop = trainer.fit_loop
+            seen.append(
+                (
+                    loop.total_batch_idx,
+                    loop.epoch_progress.current.completed,
+                    loop.epoch_loop.val_loop.batch_progress.total.completed,
+                    loop.epoch_loop.batch_progress.current.completed,
+                )
+            )
+
+    loader = _demos(pl).BoringModel().train_dataloader()
+    trainer = pl.Trainer(
+        callbacks=[Spy()],
+        **quiet_trainer_kwargs(
+            tmp_path, max_epochs=2, limit_train_batches=4, limit_val_batches=1, val_check_interval=2
+        ),
+    )
+    trainer.fit(_demos(pl).BoringModel(), train_dataloaders=loader)
+    trainer.fit_loop.max_epochs = 3  # a second fit continues for one more epoch
+    trainer.fit_loop.epoch_loop.max_steps = 10
+    trainer.fit(_demos(pl).BoringModel(), train_dataloaders=loader)
+    return tuple(seen), trainer.max_epochs, trainer.max_steps, trainer.train_dataloader is loader
+
+
+def test_fit_loop_counters_and_limits_are_lightning_s(tmp_path: Any) -> None:
+    reference = _loop_counters(reference_lightning(), tmp_path / "pl")
+    assert reference[1:] == (3, 10, True)
+    assert _loop_counters(lightning_lib, tmp_path / "ours") == reference
