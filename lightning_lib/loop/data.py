@@ -74,7 +74,7 @@ class DataConnector:
         self.val_check_batch: int | float = INF
         self._eval: dict[EvalKey, tuple[list[Any], list[int | float]]] = {}
         self.last_train_reload_epoch = 0
-        self.last_val_reload_epoch = 0
+        self.last_val_reload_epoch: float = float("-inf")
 
     # ---- where loaders come from ------------------------------------------------------------------
     def _request(self, key: LoaderKey) -> Any:
@@ -240,7 +240,10 @@ class DataConnector:
         flat = [self.prepare(dl, hook) for dl in flatten_loaders(source)]
         self._check_lengths(flat)
         self._eval[key] = (flat, [num_batches(dl, limit, key) for dl in flat])
-        if key == "val":
+        every = trainer.check_val_every_n_epoch
+        validates_this_epoch = every is None or (trainer.current_epoch + 1) % every == 0
+        # the sanity check's load counts as this epoch's reload only if this epoch validates (Lightning's rule)
+        if key == "val" and (not trainer.sanity_checking or validates_this_epoch):
             self.last_val_reload_epoch = trainer.current_epoch
 
     def _limit(self, key: EvalKey) -> int | float:
