@@ -101,9 +101,10 @@ EXPORTED = {
         "seed_everything",
     ],
     "lightning_lib.trainer.states": ["RunningStage", "TrainerFn", "TrainerState", "TrainerStatus"],
-    # pytorch_lightning.utilities.__all__, less CombinedLoader and is_shared_filesystem (not built yet)
+    # pytorch_lightning.utilities.__all__, less is_shared_filesystem (not built yet)
     "lightning_lib.utilities": [
         "AttributeDict",
+        "CombinedLoader",
         "FLOAT16_EPSILON",
         "FLOAT32_EPSILON",
         "FLOAT64_EPSILON",
@@ -241,6 +242,7 @@ LIGHTNING_PATHS = {
     "utilities.rank_zero": ["rank_zero_only", "rank_zero_info", "rank_zero_warn", "rank_zero_debug"],
     "utilities.parsing": ["AttributeDict", "is_picklable"],
     "utilities.data": ["has_len_all_ranks"],
+    "utilities.combined_loader": ["CombinedLoader"],
     "core.module": ["LightningModule"],
     "core.datamodule": ["LightningDataModule"],
     "core.optimizer": ["LightningOptimizer"],

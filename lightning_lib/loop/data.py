@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from lightning_lib.checkpoint._positions import make_resumable
 from lightning_lib.loop.loaders import (
     INF,
+    CombinedBatches,
     CycleLoaders,
     LimitedFetcher,
     add_worker_init_fn,
@@ -21,6 +22,7 @@ from lightning_lib.loop.loaders import (
     with_sequential_sampler,
 )
 from lightning_lib.trainer.states import RunningStage, TrainerFn
+from lightning_lib.utilities.combined_loader import CombinedLoader
 from lightning_lib.utilities.data import has_len_all_ranks, suggested_max_num_workers
 from lightning_lib.utilities.exceptions import MisconfigurationException
 from lightning_lib.utilities.rank_zero import rank_zero_warn
@@ -134,8 +136,18 @@ class DataConnector:
             )
         flat = [self.prepare(dl, "train_dataloader") for dl in flat]
         self._check_lengths(flat)
-        if isinstance(source, dict):
-            loader: Any = CycleLoaders(dict(zip(source.keys(), flat)))
+        if isinstance(source, CombinedLoader):
+            source.flattened = flat
+            if source.mode == "sequential":
+                self.num_training_batches = num_batches(source, trainer.limit_train_batches, "train")
+                raise ValueError(
+                    '`FitLoop` does not support the `CombinedLoader(mode="sequential")` mode: expected one of'
+                    ' "min_size", "max_size_cycle", "max_size" for training, received "sequential".'
+                )
+            loader: Any = CombinedBatches(source)
+            self.train_iterables = source.iterables
+        elif isinstance(source, dict):
+            loader = CycleLoaders(dict(zip(source.keys(), flat)))
             self.train_iterables = dict(zip(source.keys(), flat))
         elif isinstance(source, list | tuple):
             loader = CycleLoaders(flat)
@@ -205,6 +217,8 @@ class DataConnector:
         loader = self.train_loader
         if isinstance(loader, CycleLoaders):
             return list(loader._values)
+        if isinstance(loader, CombinedBatches):
+            return list(loader.combined.flattened)
         return [loader] if loader is not None else []
 
     def close_fetchers(self) -> None:

@@ -18,6 +18,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
+from lightning_lib.utilities.combined_loader import CombinedLoader
 from lightning_lib.utilities.exceptions import MisconfigurationException
 from lightning_lib.utilities.seed import worker_init_function
 
@@ -25,9 +26,12 @@ INF = float("inf")
 
 
 def flatten_loaders(source: Any) -> list[Any]:
-    """The iterables inside what a ``*_dataloader`` hook or argument returned (one, a list, or a dict)."""
+    """The iterables inside what a ``*_dataloader`` hook or argument returned (one, a list, a dict, or a
+    ``CombinedLoader``)."""
     if source is None:
         return []
+    if isinstance(source, CombinedLoader):
+        return list(source.flattened)
     if isinstance(source, Mapping):
         return list(source.values())
     if isinstance(source, list | tuple):
@@ -289,3 +293,16 @@ class CycleLoaders:
                     batch.append(next(iterators[i]))
             produced += 1
             yield dict(zip(self._keys, batch)) if self._keys is not None else batch
+
+
+class CombinedBatches:
+    """A train ``CombinedLoader`` as the fit loop iterates it: the combined batches alone."""
+
+    def __init__(self, combined: CombinedLoader) -> None:
+        self.combined = combined
+
+    def __len__(self) -> int:
+        return len(self.combined)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (batch for batch, _, _ in self.combined)

@@ -4,6 +4,7 @@ gradient norms, FLOP counting, moving tensors in collections (``pytorch_lightnin
 import torch
 
 from lightning_lib.utilities.apply_func import move_data_to_device
+from lightning_lib.utilities.combined_loader import CombinedLoader
 from lightning_lib.utilities.data import suggested_max_num_workers
 from lightning_lib.utilities.enums import GradClipAlgorithmType, LightningEnum
 from lightning_lib.utilities.grads import grad_norm
@@ -27,6 +28,7 @@ __all__ = [
     "FLOAT32_EPSILON",
     "FLOAT64_EPSILON",
     "AttributeDict",
+    "CombinedLoader",
     "GradClipAlgorithmType",
     "LightningEnum",
     "disable_possible_user_warnings",

@@ -18,6 +18,7 @@ from unittest import mock
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import lightning_lib
 from tests.helpers import quiet_trainer_kwargs, reference_lightning
@@ -496,3 +497,49 @@ def test_fit_loop_counters_and_limits_are_lightning_s(tmp_path: Any) -> None:
     reference = _loop_counters(reference_lightning(), tmp_path / "pl")
     assert reference[1:] == (3, 10, True)
     assert _loop_counters(lightning_lib, tmp_path / "ours") == reference
+
+
+@pytest.mark.parametrize("mode", ["min_size", "max_size_cycle", "max_size", "sequential"])
+@pytest.mark.parametrize(
+    "iterables",
+    [{"a": range(4), "b": range(10, 12)}, [range(3), [range(5), range(2)]], range(3), (range(2), range(3))],
+)
+def test_combined_loader_iterates_like_lightning_s(mode: str, iterables: Any) -> None:
+    ours = lightning_lib.utilities.CombinedLoader(iterables, mode)
+    reference = reference_lightning().utilities.CombinedLoader(iterables, mode)
+    assert list(ours) == list(reference)
+    assert len(ours) == len(reference)
+    assert ours.flattened == reference.flattened
+
+
+def _combined_fit(pl: ModuleType, tmp_path: Any, mode: str) -> tuple[int | float, list[tuple[int, ...]]]:
+    shapes: list[tuple[int, ...]] = []
+    demos = _demos(pl)
+
+    class Model(demos.BoringModel):
+        def train_dataloader(self) -> Any:
+            loaders = {
+                "long": DataLoader(demos.RandomDataset(32, 6), batch_size=2),
+                "short": [DataLoader(demos.RandomDataset(32, 2), batch_size=2)],
+            }
+            return pl.utilities.CombinedLoader(loaders, mode)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            shapes.append(
+                tuple(x.shape[0] if x is not None else 0 for x in (batch["long"], batch["short"][0]))
+            )
+            return super().training_step(batch["long"], batch_idx)
+
+    trainer = pl.Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0))
+    if mode == "sequential":
+        with pytest.raises(ValueError, match="FitLoop` does not support the `CombinedLoader"):
+            trainer.fit(Model())
+    else:
+        trainer.fit(Model())
+    return trainer.num_training_batches, shapes
+
+
+@pytest.mark.parametrize("mode", ["min_size", "max_size_cycle", "max_size", "sequential"])
+def test_a_combined_loader_trains_like_lightning_s(tmp_path: Any, mode: str) -> None:
+    reference = _combined_fit(reference_lightning(), tmp_path / "pl", mode)
+    assert _combined_fit(lightning_lib, tmp_path / "ours", mode) == reference
