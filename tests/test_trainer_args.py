@@ -299,7 +299,7 @@ def test_bad_arguments_raise_misconfiguration_with_lightning_s_wording() -> None
     from lightning_lib.utilities.exceptions import MisconfigurationException
 
     with pytest.raises(
-        MisconfigurationException, match=r"limit_test_batches passed invalid value.*received 1.2"
+        MisconfigurationException, match=r"limit_test_batches .*received 1.2: you passed invalid value 1.2"
     ):
         pl.Trainer(limit_test_batches=1.2, logger=False)
     with pytest.raises(MisconfigurationException, match=r"should be an integer or a time-based duration"):

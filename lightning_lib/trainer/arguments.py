@@ -61,16 +61,17 @@ _LIMIT_INFO = {
 _LIMIT_INFO_DEFAULT = {"1": "1 batch will be used.", "1.0": "100% of the batches will be used."}
 
 
-def batch_limit(name: str, value: Any) -> int | float:
+def batch_limit(name: str, value: Any, announce: bool = False) -> int | float:
     """Lightning's rule: a fraction in [0.0, 1.0] or a whole number of batches.
 
-    An explicit 1 or 1.0 is announced (as Lightning does), since the int and the float mean different things.
+    With ``announce`` (the Trainer's), an explicit 1 or 1.0 is logged, as Lightning does, since the int and
+    the float mean different things.
     """
     if value is None:
         return 1.0
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _invalid_limit(name, value)
-    if value == 1:
+    if announce and value == 1:
         spelled = "1" if isinstance(value, int) else "1.0"
         message = _LIMIT_INFO.get((name, spelled), _LIMIT_INFO_DEFAULT[spelled])
         rank_zero_info(f"`Trainer({name}={spelled})` was configured so {message}")
@@ -83,7 +84,8 @@ def batch_limit(name: str, value: Any) -> int | float:
 
 def _invalid_limit(name: str, value: Any) -> MisconfigurationException:
     return MisconfigurationException(
-        f"{name} passed invalid value: expected a float in [0.0, 1.0] or an int >= 0, received {value!r}."
+        f"Expected {name} to be a float in [0.0, 1.0] or an int >= 0, received {value!r}: you passed invalid"
+        f" value {value!r} for {name}."
     )
 
 

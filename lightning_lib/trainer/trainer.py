@@ -146,11 +146,13 @@ class Trainer:
         self.check_val_every_n_epoch = check_val_every_n_epoch_arg(
             check_val_every_n_epoch, val_check_interval
         )
-        self.limit_train_batches = batch_limit("limit_train_batches", limit_train_batches)
-        self.limit_val_batches = batch_limit("limit_val_batches", limit_val_batches)
-        self.limit_test_batches = batch_limit("limit_test_batches", limit_test_batches)
-        self.limit_predict_batches = batch_limit("limit_predict_batches", limit_predict_batches)
-        self.overfit_batches = batch_limit("overfit_batches", overfit_batches)
+        self.limit_train_batches = batch_limit("limit_train_batches", limit_train_batches, announce=True)
+        self.limit_val_batches = batch_limit("limit_val_batches", limit_val_batches, announce=True)
+        self.limit_test_batches = batch_limit("limit_test_batches", limit_test_batches, announce=True)
+        self.limit_predict_batches = batch_limit(
+            "limit_predict_batches", limit_predict_batches, announce=True
+        )
+        self.overfit_batches = batch_limit("overfit_batches", overfit_batches, announce=True)
         self._val_check_time_interval: float | None = None
         if isinstance(val_check_interval, str | timedelta | dict):
             interval = parse_duration("val_check_interval", val_check_interval)
@@ -158,7 +160,7 @@ class Trainer:
             self._val_check_time_interval = interval.total_seconds()
             self.val_check_interval: int | float = 1.0
         else:
-            self.val_check_interval = batch_limit("val_check_interval", val_check_interval)
+            self.val_check_interval = batch_limit("val_check_interval", val_check_interval, announce=True)
             if self.val_check_interval == 0:
                 raise MisconfigurationException("Expected val_check_interval > 0, received 0.")
         self.num_sanity_val_steps: int | float = check_int(
