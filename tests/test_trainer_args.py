@@ -180,7 +180,11 @@ def test_fast_dev_run_replaces_a_logger_with_a_dummy(tmp_path: Any) -> None:
 def test_default_callbacks_and_logger(tmp_path: Any) -> None:
     trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu")
     names = [type(cb).__name__ for cb in trainer.callbacks]
-    assert names == ["ModelCheckpoint", "ModelSummary", "TQDMProgressBar"]
+    assert names == [
+        "ModelSummary",
+        "TQDMProgressBar",
+        "ModelCheckpoint",
+    ]  # checkpoints last, as in Lightning
     assert type(trainer.logger).__name__ == "CSVLogger"
     trainer = pl.Trainer(
         default_root_dir=tmp_path, logger=False, enable_checkpointing=False, max_time={"seconds": 5}

@@ -104,18 +104,17 @@ def _needs_call(obj: object, name: str, base: type) -> bool:
     """Whether calling hook ``name`` on ``obj`` can do anything: its attribute is not ``base``'s no-op.
 
     This is not ``is_overridden``: a hook wrapped on the instance (``functools.wraps`` around the base
-    method, a recording spy) must still be called, since the wrapper runs code of its own; only the
-    base's own function, or ``None``, is skipped.
+    method, a recording spy, a ``Mock``) must still be called, since the wrapper runs code of its own;
+    only the base's own function, or ``None``, is skipped.
     """
-    found = getattr(obj, "__dict__", {}).get(name, _MISSING)
-    if found is not _MISSING:
-        return found is not None
-    impl = getattr(type(obj), name, None)
+    attribute = getattr(obj, name, None)
+    if attribute is None:
+        return False
+    function = getattr(attribute, "__func__", None)
     default = getattr(base, name, None)
-    return impl is not None and getattr(impl, "__code__", impl) is not getattr(default, "__code__", default)
+    return function is None or default is None or function is not default
 
 
-_MISSING = object()
 _STRATEGY_ACTIONS = frozenset({"training_step", "validation_step", "test_step", "predict_step", "backward"})
 
 

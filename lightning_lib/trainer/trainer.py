@@ -452,6 +452,11 @@ class Trainer:
         return loaders[0] if len(loaders) == 1 else (loaders or None)
 
     @property
+    def predict_dataloaders(self) -> Any:
+        loaders = self._data.loaded("predict")
+        return loaders[0] if len(loaders) == 1 else (loaders or None)
+
+    @property
     def test_dataloaders(self) -> Any:
         loaders = self._data.loaded("test")
         return loaders[0] if len(loaders) == 1 else (loaders or None)
@@ -699,8 +704,17 @@ class Trainer:
             )
         if enable_progress_bar is not False and not bars:
             found.append(TQDMProgressBar())
-        if self.max_time is not None and not any(isinstance(cb, Timer) for cb in found):
-            found.append(Timer(duration=self.max_time, interval="step"))
+        if self.max_time is not None:
+            if any(isinstance(cb, Timer) for cb in found):
+                rank_zero_info(
+                    f"Ignoring `Trainer(max_time={self.max_time})`, callbacks list already contains a Timer."
+                )
+            else:
+                found.append(Timer(duration=self.max_time, interval="step"))
+        # checkpoints last, as in Lightning, so they see what every other callback logged or changed
+        found = [cb for cb in found if not isinstance(cb, ModelCheckpoint)] + [
+            cb for cb in found if isinstance(cb, ModelCheckpoint)
+        ]
         self.callbacks: list[Callback] = found
         if logger is None or logger is True:
             self.loggers = [CSVLogger(save_dir=self.default_root_dir)]

@@ -543,3 +543,35 @@ def _combined_fit(pl: ModuleType, tmp_path: Any, mode: str) -> tuple[int | float
 def test_a_combined_loader_trains_like_lightning_s(tmp_path: Any, mode: str) -> None:
     reference = _combined_fit(reference_lightning(), tmp_path / "pl", mode)
     assert _combined_fit(lightning_lib, tmp_path / "ours", mode) == reference
+
+
+def _mock_callback_calls(pl: ModuleType, tmp_path: Any) -> list[str]:
+    spy = mock.Mock(spec=pl.Callback)
+    trainer = pl.Trainer(callbacks=[spy], **quiet_trainer_kwargs(tmp_path, max_steps=2, limit_val_batches=1))
+    trainer.fit(_demos(pl).BoringModel())
+    return [call[0] for call in spy.method_calls if call[0] not in ("state_dict", "on_save_checkpoint")]
+
+
+def test_every_hook_of_a_callback_spy_is_called_as_in_lightning(tmp_path: Any) -> None:
+    # a Mock has no overridden hooks to find: Lightning calls every hook, so do we
+    reference = _mock_callback_calls(reference_lightning(), tmp_path / "pl")
+    assert "on_train_batch_end" in reference
+    assert _mock_callback_calls(lightning_lib, tmp_path / "ours") == reference
+
+
+def test_callbacks_are_ordered_as_in_lightning(tmp_path: Any) -> None:
+    orders = []
+    for pl in _libs():
+        checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path)
+        timer = pl.callbacks.Timer()
+        trainer = pl.Trainer(
+            callbacks=[checkpoint, timer],
+            max_time="00:00:01:00",  # ignored: the callbacks already hold a Timer
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            logger=False,
+        )
+        orders.append(([type(cb).__name__ for cb in trainer.callbacks], trainer.callbacks[-1] is checkpoint))
+        trainer.predict(_demos(pl).BoringModel(), return_predictions=False)
+        assert trainer.predict_dataloaders is not None
+    assert orders[0] == orders[1] == (["Timer", "ModelCheckpoint"], True)
