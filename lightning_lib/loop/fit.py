@@ -255,8 +255,11 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         if batch is None:
             warnings.warn("train_dataloader yielded None; the batch is skipped.", UserWarning, stacklevel=2)
         else:
-            for fn in batch_start_cbs:
-                fn(trainer, module, batch, batch_idx)
+            if batch_start_cbs:
+                module.__dict__["_current_fx_name"] = "on_train_batch_start"
+                for fn in batch_start_cbs:
+                    fn(trainer, module, batch, batch_idx)
+                module.__dict__["_current_fx_name"] = None
             if profiling:
                 hooks.callbacks("on_train_batch_start", batch, batch_idx)
             response = hooks.module("on_train_batch_start", batch, batch_idx) if module_batch_start else None

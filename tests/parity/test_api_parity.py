@@ -443,6 +443,9 @@ def _logged_outside_steps(pl: ModuleType, tmp_path: Any) -> dict[str, float]:
         def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
             self.log("from_callback", 3.0)
 
+        def on_train_batch_start(self, trainer: Any, module: Any, *args: Any) -> None:
+            module.log("batch_start", 4.0)
+
     class Model(_demos(pl).BoringModel):
         def on_train_start(self) -> None:
             self.log("train_start", 1.0)
@@ -460,7 +463,7 @@ def _logged_outside_steps(pl: ModuleType, tmp_path: Any) -> dict[str, float]:
 
 def test_what_start_hooks_and_callbacks_log_reaches_callback_metrics(tmp_path: Any) -> None:
     reference = _logged_outside_steps(reference_lightning(), tmp_path / "pl")
-    assert reference == {"train_start": 1.0, "epoch_start": 2.0, "from_callback": 3.0}
+    assert reference == {"train_start": 1.0, "epoch_start": 2.0, "from_callback": 3.0, "batch_start": 4.0}
     assert _logged_outside_steps(lightning_lib, tmp_path / "ours") == reference
 
 
