@@ -176,6 +176,10 @@ class DDPStrategy(ParallelStrategy):
 
     # ---- the model ----------------------------------------------------------------------------------
     def setup_module(self, module: nn.Module) -> None:
+        if getattr(self.trainer, "sync_batchnorm", False):
+            # Trainer(sync_batchnorm=True): batch statistics over every process's batch, as in Lightning
+            # (the module's own BatchNorm children are replaced in place)
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         super().setup_module(module)
         from lightning_lib.trainer.states import TrainerFn
 

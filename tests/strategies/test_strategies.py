@@ -83,3 +83,17 @@ def test_precision_and_a_precision_plugin_together_are_refused() -> None:
         pl.Trainer(plugins=[plugins.DoublePrecision(), plugins.Precision()])
     with pytest.raises(ValueError, match="'16-true' or 'bf16-true', received '32-true'"):
         plugins.HalfPrecision("32-true")
+
+
+def test_sync_batchnorm_converts_the_module_s_batch_norms_under_ddp() -> None:
+    from types import SimpleNamespace
+
+    strategy = strategies.DDPStrategy()
+    # a validate run: the module is prepared but not wrapped, so no process group is needed here
+    strategy.trainer = SimpleNamespace(  # type: ignore[assignment]
+        sync_batchnorm=True, precision_plugin=plugins.Precision(), state=SimpleNamespace(fn="validate")
+    )
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    strategy.setup_module(module)
+    assert isinstance(module[1], torch.nn.SyncBatchNorm)
+    assert pl.Trainer(sync_batchnorm=True, logger=False).sync_batchnorm
