@@ -86,7 +86,9 @@ def test_lightning_optimizer_wraps_and_forwards() -> None:
     wrapped.defaults = {"lr": 0.5}  # attribute writes reach the optimizer
     assert opt.defaults == {"lr": 0.5}
     assert wrapped.state_dict() == opt.state_dict()
-    assert "LightningOptimizer(SGD" in repr(wrapped)
+    # Lightning's wrapper derives from the optimizer's class: LightningSGD, an SGD
+    assert repr(wrapped) == "Lightning" + repr(opt)
+    assert isinstance(wrapped, torch.optim.SGD)
 
 
 # ---- schedulers during fit -------------------------------------------------------------------------------
@@ -265,3 +267,41 @@ def test_manual_optimization_counts_each_step_call(tmp_path: Any) -> None:
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, limit_train_batches=3))
     trainer.fit(Manual())
     assert trainer.global_step == 6
+
+
+def test_manual_optimization_keeps_its_schedulers_as_given() -> None:
+    layer = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+    # the user steps them: a plateau scheduler needs no monitor, and stepping keys are ignored with a warning
+    _, (bare,) = parse_optimizers(([opt], [plateau]), automatic=False)
+    assert bare.scheduler is plateau and not bare.reduce_on_plateau
+    with pytest.warns(RuntimeWarning, match=r"\['monitor'\], but the keys will be ignored"):
+        _, (config,) = parse_optimizers(
+            {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "x", "interval": "step"}},
+            automatic=False,
+        )
+    assert (config.interval, config.monitor, config.reduce_on_plateau) == ("step", None, False)
+
+
+def test_schedulers_the_trainer_steps_must_follow_torch_s_api() -> None:
+    class Custom:
+        def __init__(self, optimizer: Any) -> None:
+            self.optimizer = optimizer
+
+        def state_dict(self) -> dict[str, Any]:
+            return {}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            return None
+
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="`Custom` doesn't follow PyTorch's LRScheduler API"):
+        parse_optimizers(([opt], [Custom(opt)]))
+    # stepped by the module's own lr_scheduler_step, or by the user under manual optimization: accepted
+    assert (
+        parse_optimizers(([opt], [Custom(opt)]), custom_scheduler_step=True)[1][0].scheduler.optimizer is opt
+    )
+    assert len(parse_optimizers(([opt], [Custom(opt)]), automatic=False)[1]) == 1
+    with pytest.raises(TypeError, match="should have `state_dict` and `load_state_dict`"):
+        parse_optimizers(([opt], [object()]), automatic=False)

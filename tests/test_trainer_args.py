@@ -58,15 +58,15 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
     ({"strategy": "ddp_spawn"}, "strategy .*received 'ddp_spawn'"),
     ({"num_nodes": 0}, "num_nodes >= 1, received 0"),
     ({"num_nodes": 2, "strategy": "ddp"}, "launcher for num_nodes=2: run the script under torchrun"),
-    ({"profiler": "simple"}, "profiler=None.*received 'simple'"),
-    ({"plugins": ["x"]}, r"plugins=None.*received \['x'\]"),
+    ({"profiler": "fast"}, "profiler .*'simple'.*received 'fast'"),
+    ({"plugins": ["x"]}, "plugins .*precision plugins.*received 'x'"),
     ({"logger": "x"}, "logger .*Logger.*received 'x'"),
     ({"logger": [object()]}, "logger .*Logger.*received"),
     ({"callbacks": [object()]}, "callback .*Callback, received object"),
     ({"callbacks": 3}, "callbacks .*Callback.*received int"),
     ({"deterministic": "maybe"}, "deterministic .*'warn'.*received 'maybe'"),
-    ({"reload_dataloaders_every_n_epochs": -1}, "reload_dataloaders_every_n_epochs >= 0, received -1"),
-    ({"fast_dev_run": -1}, "fast_dev_run >= 0, received -1"),
+    ({"reload_dataloaders_every_n_epochs": -1}, "reload_dataloaders_every_n_epochs.* >= 0, received -1"),
+    ({"fast_dev_run": -1}, "fast_dev_run.* >= 0, received -1"),
     ({"fast_dev_run": "yes"}, "fast_dev_run .*received 'yes'"),
     (
         {"enable_checkpointing": False, "callbacks": [pl.callbacks.ModelCheckpoint()]},
@@ -107,7 +107,8 @@ def test_val_check_interval_above_the_epoch_length_is_refused_before_training(tm
     model = CountingModel()
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, limit_train_batches=4, val_check_interval=5))
     with pytest.raises(
-        ValueError, match=r"val_check_interval <= the number of training batches \(4\), received 5"
+        ValueError,
+        match=r"`val_check_interval` \(5\) must be less than or equal to the number of the training batches \(4\)",
     ):
         trainer.fit(model)
     assert model.train_steps == 0
@@ -116,7 +117,9 @@ def test_val_check_interval_above_the_epoch_length_is_refused_before_training(tm
 def test_fractional_limit_too_small_for_the_loader(tmp_path: Any) -> None:
     model = CountingModel()
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, limit_train_batches=0.001))
-    with pytest.raises(ValueError, match=r"limit_train_batches.*32 batches >= 1, received 0.001.*0.03125"):
+    with pytest.raises(
+        ValueError, match=r"check 0.001 of the `train_dataloader` but 0.001 \* 32 < 1.*=0.03125"
+    ):
         trainer.fit(model)
     assert model.train_steps == 0
 
@@ -133,8 +136,7 @@ def test_fractional_limit_too_small_for_the_loader(tmp_path: Any) -> None:
         ({"val_check_interval": 0.25}, "val_check_interval", 0.25),
         ({"num_sanity_val_steps": -1}, "num_sanity_val_steps", float("inf")),
         ({"num_sanity_val_steps": None}, "num_sanity_val_steps", 2),
-        ({"max_epochs": None}, "max_epochs", 1000),
-        ({"max_epochs": None, "max_steps": 10}, "max_epochs", -1),
+        ({"max_epochs": None}, "max_epochs", None),
         ({"max_time": "00:01:00:00"}, "max_time", timedelta(hours=1)),
         ({"max_time": {"minutes": 2}}, "max_time", timedelta(minutes=2)),
         ({"max_time": timedelta(seconds=5)}, "max_time", timedelta(seconds=5)),
@@ -178,7 +180,11 @@ def test_fast_dev_run_replaces_a_logger_with_a_dummy(tmp_path: Any) -> None:
 def test_default_callbacks_and_logger(tmp_path: Any) -> None:
     trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu")
     names = [type(cb).__name__ for cb in trainer.callbacks]
-    assert names == ["ModelCheckpoint", "ModelSummary", "TQDMProgressBar"]
+    assert names == [
+        "ModelSummary",
+        "TQDMProgressBar",
+        "ModelCheckpoint",
+    ]  # checkpoints last, as in Lightning
     assert type(trainer.logger).__name__ == "CSVLogger"
     trainer = pl.Trainer(
         default_root_dir=tmp_path, logger=False, enable_checkpointing=False, max_time={"seconds": 5}
@@ -291,3 +297,99 @@ def test_num_nodes_and_durations_are_bounded() -> None:
 def test_a_non_finite_clip_value_is_refused(value: float) -> None:
     with pytest.raises(ValueError, match=r"Expected gradient_clip_val to be a finite number >= 0 or None"):
         pl.Trainer(accelerator="cpu", gradient_clip_val=value, logger=False)
+
+
+def test_bad_arguments_raise_misconfiguration_with_lightning_s_wording() -> None:
+    from lightning_lib.utilities.exceptions import MisconfigurationException
+
+    with pytest.raises(
+        MisconfigurationException, match=r"limit_test_batches .*received 1.2: you passed invalid value 1.2"
+    ):
+        pl.Trainer(limit_test_batches=1.2, logger=False)
+    with pytest.raises(MisconfigurationException, match=r"should be an integer or a time-based duration"):
+        pl.Trainer(val_check_interval=0.5, check_val_every_n_epoch=None, logger=False)
+    with pytest.raises(MisconfigurationException, match=r"barebones=True, detect_anomaly=True\)` was passed"):
+        pl.Trainer(barebones=True, detect_anomaly=True)
+
+
+def test_an_explicit_one_batch_limit_is_announced(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="lightning_lib"):
+        pl.Trainer(limit_train_batches=1, val_check_interval=1.0, logger=False)
+    assert "`Trainer(limit_train_batches=1)` was configured so 1 batch per epoch will be used." in caplog.text
+    assert "`Trainer(val_check_interval=1.0)` was configured so validation will run at the end" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lightning_lib"):
+        pl.Trainer(logger=False)
+    assert "was configured so" not in caplog.text
+
+
+def test_barebones_turns_everything_off_and_says_so(caplog: pytest.LogCaptureFixture, tmp_path: Any) -> None:
+    with caplog.at_level("INFO", logger="lightning_lib"):
+        trainer = pl.Trainer(barebones=True, default_root_dir=tmp_path, max_steps=2)
+    assert "running in `Trainer(barebones=True)` mode" in caplog.text
+    assert trainer.callbacks == [] and trainer.loggers == [] and trainer.num_sanity_val_steps == 0
+
+    class Logs(CountingModel):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            self.log("ignored", 1.0)
+            return super().training_step(batch, batch_idx)
+
+    with pytest.warns(UserWarning, match=r"`Trainer\(barebones=True\)` is configured"):
+        trainer.fit(Logs())
+    assert trainer.global_step == 2 and "ignored" not in trainer.callback_metrics
+
+
+def test_environment_defaults_parse_literals_and_lose_to_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PL_TRAINER_LIMIT_TRAIN_BATCHES", "0.5")
+    monkeypatch.setenv("PL_TRAINER_PRECISION", "bf16-mixed")  # not a literal: kept as text
+    monkeypatch.setenv("PL_TRAINER_DETECT_ANOMALY", "True")
+    monkeypatch.setenv("PL_TRAINER_NOT_AN_ARGUMENT", "1")
+    trainer = pl.Trainer(logger=False, detect_anomaly=False)
+    assert trainer.limit_train_batches == 0.5 and trainer.precision == "bf16-mixed"
+    assert trainer.detect_anomaly is False
+
+
+def test_default_root_dir_keeps_uris_and_expands_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert (
+        pl.Trainer(default_root_dir="s3://bucket/~runs", logger=False).default_root_dir == "s3://bucket/~runs"
+    )
+    trainer = pl.Trainer(default_root_dir="~/runs")
+    assert trainer.default_root_dir == str(tmp_path / "runs")
+    assert trainer.logger.save_dir == str(tmp_path / "runs")  # the default logger writes there, not to "~"
+
+
+def test_a_fitted_trainer_pickles_with_a_fresh_checkpoint_writer(tmp_path: Any) -> None:
+    import pickle
+
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, enable_checkpointing=True))
+    trainer.fit(CountingModel())
+    copy = pickle.loads(pickle.dumps(trainer))
+    assert copy.global_step == trainer.global_step == 2
+    assert copy._checkpoint_writer is not trainer._checkpoint_writer
+    assert [type(cb).__name__ for cb in copy.callbacks] == [type(cb).__name__ for cb in trainer.callbacks]
+
+
+def test_ctrl_c_restores_the_sigint_handler_and_ends_loggers_failed(tmp_path: Any) -> None:
+    import signal
+
+    class Interrupt(pl.Callback):
+        def on_train_batch_start(self, *args: Any) -> None:
+            raise KeyboardInterrupt
+
+    class Recording(pl.loggers.CSVLogger):
+        status = ""
+
+        def finalize(self, status: str) -> None:
+            Recording.status = status
+            super().finalize(status)
+
+    before = signal.getsignal(signal.SIGINT)
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, callbacks=[Interrupt()], logger=Recording(tmp_path))  # type: ignore[arg-type]
+    )
+    with pytest.raises(SystemExit) as info:
+        trainer.fit(CountingModel())
+    assert info.value.code == 1 and isinstance(info.value.__cause__, KeyboardInterrupt)
+    assert trainer.interrupted and Recording.status == "failed"
+    assert signal.getsignal(signal.SIGINT) is before

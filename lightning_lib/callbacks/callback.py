@@ -6,11 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lightning_lib.utilities.model_helpers import register_hook_parent
+
 if TYPE_CHECKING:
     from lightning_lib.core.module import LightningModule
     from lightning_lib.trainer import Trainer
 
 
+@register_hook_parent
 class Callback:
     """Subclass and override the hooks you need; the Trainer calls only the overridden ones."""
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lightning_lib.callbacks.callback import Callback
+from lightning_lib.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from lightning_lib.core.module import LightningModule
@@ -73,7 +74,7 @@ class EarlyStopping(Callback):
     ) -> None:
         super().__init__()
         if mode not in self.mode_dict:
-            raise ValueError(f"`mode` can be {', '.join(self.mode_dict)}, got {mode}")
+            raise MisconfigurationException(f"`mode` can be {', '.join(self.mode_dict)}, got {mode}")
         self.monitor = monitor
         self.patience = patience
         self.verbose = verbose

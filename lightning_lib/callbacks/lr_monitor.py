@@ -17,6 +17,7 @@ import torch
 from torch.optim import Optimizer
 
 from lightning_lib.callbacks.callback import Callback
+from lightning_lib.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from lightning_lib.core.module import LightningModule
@@ -40,7 +41,7 @@ class LearningRateMonitor(Callback):
         log_weight_decay: bool = False,
     ) -> None:
         if logging_interval not in (None, "step", "epoch"):
-            raise ValueError("logging_interval should be `step` or `epoch` or `None`.")
+            raise MisconfigurationException("logging_interval should be `step` or `epoch` or `None`.")
         self.logging_interval = logging_interval
         self.log_momentum = log_momentum
         self.log_weight_decay = log_weight_decay
@@ -51,7 +52,9 @@ class LearningRateMonitor(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.loggers:
-            raise ValueError("Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger.")
+            raise MisconfigurationException(
+                "Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger."
+            )
         if self.log_momentum and self._lacks_key(trainer, "momentum") and self._lacks_key(trainer, "betas"):
             warnings.warn(
                 "You have set log_momentum=True, but some optimizers do not"
@@ -180,7 +183,7 @@ class LearningRateMonitor(Callback):
         group_names = [g.get("name", f"pg{i}") for i, g in enumerate(groups, start=1)]
         duplicates = {n for n in group_names if group_names.count(n) > 1}
         if duplicates:
-            raise ValueError(
+            raise MisconfigurationException(
                 "A single `Optimizer` cannot have multiple parameter groups with identical "
                 f"`name` values. {name} has duplicated parameter group names {duplicates}"
             )

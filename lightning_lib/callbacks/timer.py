@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_lib.callbacks.callback import Callback
 from lightning_lib.trainer.states import RunningStage
+from lightning_lib.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from lightning_lib.core.module import LightningModule
@@ -30,7 +31,7 @@ def _parse_duration(duration: str | timedelta | dict[str, int] | None) -> float 
     if isinstance(duration, str):
         match = re.fullmatch(r"(\d+):(\d\d):(\d\d):(\d\d)", duration.strip())
         if not match:
-            raise ValueError(
+            raise MisconfigurationException(
                 f"`Timer(duration={duration!r})` is not a valid duration. Expected a string in the format DD:HH:MM:SS."
             )
         days, hours, minutes, seconds = (int(g) for g in match.groups())
@@ -58,7 +59,7 @@ class Timer(Callback):
     ) -> None:
         super().__init__()
         if interval not in _INTERVALS:
-            raise ValueError(
+            raise MisconfigurationException(
                 f"Unsupported parameter value `Timer(interval={interval})`. Possible choices are:"
                 f" {', '.join(_INTERVALS)}"
             )

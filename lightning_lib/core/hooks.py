@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_lib.utilities.apply_func import move_to_device
+from lightning_lib.utilities.exceptions import MisconfigurationException
 
 
 class DataHooks:
@@ -23,16 +24,22 @@ class DataHooks:
         """Release what ``setup`` built."""
 
     def train_dataloader(self) -> Any:
-        raise NotImplementedError("`train_dataloader` must be implemented to be used with `Trainer.fit`")
+        raise MisconfigurationException(
+            "`train_dataloader` must be implemented to be used with `Trainer.fit`"
+        )
 
     def val_dataloader(self) -> Any:
-        raise NotImplementedError("`val_dataloader` must be implemented to be used with `Trainer.validate`")
+        raise MisconfigurationException(
+            "`val_dataloader` must be implemented to be used with `Trainer.validate`"
+        )
 
     def test_dataloader(self) -> Any:
-        raise NotImplementedError("`test_dataloader` must be implemented to be used with `Trainer.test`")
+        raise MisconfigurationException(
+            "`test_dataloader` must be implemented to be used with `Trainer.test`"
+        )
 
     def predict_dataloader(self) -> Any:
-        raise NotImplementedError(
+        raise MisconfigurationException(
             "`predict_dataloader` must be implemented to be used with `Trainer.predict`"
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,15 +12,25 @@ import torch
 from torch import Tensor, nn
 
 from lightning_lib.core.hooks import DataHooks
-from lightning_lib.core.saving import AttributeDict, HyperparametersMixin
-from lightning_lib.loop.results import as_log_tensor, resolve_logging_levels, resolve_reduce_fx, warn_once
+from lightning_lib.core.saving import HyperparametersMixin
+from lightning_lib.loop.results import (
+    as_log_tensor,
+    is_metric_object,
+    resolve_logging_levels,
+    resolve_reduce_fx,
+    warn_once,
+)
 from lightning_lib.utilities.apply_func import apply_to_tensors
+from lightning_lib.utilities.exceptions import MisconfigurationException
+from lightning_lib.utilities.model_helpers import register_hook_parent
+from lightning_lib.utilities.parsing import AttributeDict
 
 if TYPE_CHECKING:
     from lightning_lib.core.optimizer import LightningOptimizer
     from lightning_lib.trainer import Trainer
 
 
+@register_hook_parent
 class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
     """Organises a PyTorch model's training, evaluation and prediction code."""
 
@@ -142,21 +153,41 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
         trainer = self._trainer
         if trainer is None:
             warn_once(
-                self._warned, "You called `self.log()` but the module is not attached to a Trainer; ignored."
+                self._warned,
+                "You are trying to `self.log()` but the `self.trainer` reference is not registered on the model"
+                " yet. This is most likely because the model hasn't been passed to the `Trainer`; ignored.",
+            )
+            return
+        if trainer.barebones:
+            warnings.warn(
+                "You are trying to `self.log()` but `Trainer(barebones=True)` is configured. Logging can impact"
+                " raw speed so it is disabled under this setting.",
+                stacklevel=2,
             )
             return
         fx = self._current_fx_name
         if fx is None:
-            raise RuntimeError(
-                f"`self.log({name!r}, ...)` was called outside the Trainer's hooks; log from a step or epoch hook."
+            raise MisconfigurationException(
+                f"You are trying to `self.log({name!r}, ...)` but it is not managed by the `Trainer` control flow:"
+                " log from a step or epoch hook."
             )
         cache_key = (fx, name, prog_bar, logger, on_step, on_epoch, reduce_fx, add_dataloader_idx)
         options = self._log_options_cache.get(cache_key)
         if options is None:
-            if "/dataloader_idx_" in name:
-                raise ValueError(f"Expected a metric name without '/dataloader_idx_', received {name!r}.")
+            if add_dataloader_idx and "/dataloader_idx_" in name:
+                raise MisconfigurationException(
+                    f"You called `self.log` with the key `{name}` but it should not contain information about"
+                    " `dataloader_idx` when `add_dataloader_idx=True`: expected a name without"
+                    f" '/dataloader_idx_', received {name!r}."
+                )
             resolved_step, resolved_epoch = resolve_logging_levels(fx, name, on_step, on_epoch)
             reduce = resolve_reduce_fx(name, reduce_fx)
+            if logger and trainer.logger is None:
+                warn_once(
+                    self._warned,
+                    f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured. You can"
+                    " enable one by doing `Trainer(logger=ALogger(...))`",
+                )
             options = (
                 prog_bar,
                 True if logger is None else logger,
@@ -169,10 +200,16 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"Expected `self.log({name!r}, batch_size=...)` >= 1, received {batch_size!r}.")
         tensor = as_log_tensor(name, value, None if isinstance(value, Tensor) else self.device, self._warn)
+        if metric_attribute is None and not isinstance(tensor, Tensor):
+            self._metric_attribute_of(name, tensor)
         if sync_dist and not rank_zero_only:  # a rank-zero-only value has no peers to reduce with
             tensor = trainer.strategy.reduce(tensor, reduce_op=options[4])
-        results = trainer._logger_connector.results
-        assert results is not None
+        results = trainer._logger_connector.results_for_stage()
+        if results is None:
+            raise MisconfigurationException(
+                f"You are trying to `self.log({name!r}, ...)` but the loop's result collection is not registered"
+                " yet: no Trainer stage is running."
+            )
         results.log(fx, name, tensor, options, add_dataloader_idx, batch_size)
 
     def log_dict(
@@ -210,6 +247,26 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
 
     def _warn(self, message: str) -> None:
         warn_once(self._warned, message)
+
+    def _metric_attribute_of(self, name: str, metric: Any) -> str:
+        """The attribute holding a logged torchmetrics Metric: its state is saved and restored through it."""
+        found: dict[int, str] | None = self.__dict__.get("_metric_attributes")
+        if found is None or id(metric) not in found:  # looked up again only for a metric not seen yet
+            found = {id(module): attr for attr, module in self.named_modules() if is_metric_object(module)}
+            self.__dict__["_metric_attributes"] = found
+        if not found:
+            raise MisconfigurationException(
+                "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged as"
+                f" {name!r}. You can fix this by setting an attribute for the metric in your `LightningModule`."
+            )
+        attribute = found.get(id(metric))
+        if attribute is None:
+            raise MisconfigurationException(
+                "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged. You can fix"
+                f" this by calling `self.log({name}, ..., metric_attribute=name)` where `name` is one of"
+                f" {list(found.values())}"
+            )
+        return attribute
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` on the global-zero process only."""
@@ -325,7 +382,9 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         if metric is None:
@@ -387,7 +446,7 @@ class LightningModule(DataHooks, HyperparametersMixin, nn.Module):
     def on_predict_epoch_start(self) -> None: ...
     def on_predict_epoch_end(self) -> None: ...
     def on_validation_model_zero_grad(self) -> None:
-        self.zero_grad(set_to_none=True)
+        self.zero_grad()  # torch sets the gradients to None by default
 
     def on_validation_model_eval(self) -> None:
         self.eval()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim import Optimizer
+
+from lightning_lib.utilities.exceptions import MisconfigurationException
+from lightning_lib.utilities.types import LRSchedulerConfig, LRSchedulerTypeTuple
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
@@ -21,27 +23,44 @@ _FORMS = (
 )
 
 
-@dataclass
-class LRSchedulerConfig:
-    """How and when the Trainer steps one scheduler (Lightning's ``LRSchedulerConfig``)."""
-
-    scheduler: Any
-    name: str | None = None
-    interval: str = "epoch"
-    frequency: int = 1
-    reduce_on_plateau: bool = False
-    monitor: str | None = None
-    strict: bool = True
-
-
 def _is_plateau(scheduler: Any) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
-def _scheduler_config(scheduler: Any, monitor: str | None) -> LRSchedulerConfig:
+# under manual optimization the user steps the schedulers: what tells the Trainer how to step them is ignored
+_MANUAL_IGNORED_KEYS = ("reduce_on_plateau", "monitor", "strict")
+
+
+def _manual_scheduler_config(scheduler: Any) -> LRSchedulerConfig:
+    if not isinstance(scheduler, Mapping):
+        return LRSchedulerConfig(scheduler)
+    ignored = [key for key in scheduler if key in _MANUAL_IGNORED_KEYS]
+    if ignored:
+        warnings.warn(
+            f"The lr scheduler dict contains the key(s) {ignored}, but the keys will be ignored. You need to call"
+            " `lr_scheduler.step()` manually in manual optimization.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+    if "scheduler" not in scheduler:
+        raise MisconfigurationException(
+            f'Expected the lr scheduler dict to have a "scheduler" key, received keys {sorted(scheduler)}.'
+        )
+    # interval and frequency still matter to LearningRateMonitor, which logs on them
+    return LRSchedulerConfig(
+        scheduler=scheduler["scheduler"],
+        name=scheduler.get("name"),
+        interval=scheduler.get("interval", "epoch"),
+        frequency=scheduler.get("frequency", 1),
+    )
+
+
+def _scheduler_config(scheduler: Any, monitor: str | None, automatic: bool = True) -> LRSchedulerConfig:
+    if not automatic:
+        return _manual_scheduler_config(scheduler)
     if isinstance(scheduler, Mapping):
         if "scheduler" not in scheduler:
-            raise ValueError(
+            raise MisconfigurationException(
                 'Expected the lr scheduler dict to have a "scheduler" key, received keys'
                 f" {sorted(scheduler)}."
             )
@@ -55,17 +74,19 @@ def _scheduler_config(scheduler: Any, monitor: str | None) -> LRSchedulerConfig:
             )
         interval = scheduler.get("interval", "epoch")
         if interval not in ("step", "epoch"):
-            raise ValueError(
+            raise MisconfigurationException(
                 f'Expected the lr scheduler dict\'s "interval" to be "step" or "epoch", received {interval!r}.'
             )
         frequency = scheduler.get("frequency", 1)
         if not isinstance(frequency, int) or frequency < 1:
-            raise ValueError(f'Expected the lr scheduler dict\'s "frequency" >= 1, received {frequency!r}.')
+            raise MisconfigurationException(
+                f'Expected the lr scheduler dict\'s "frequency" >= 1, received {frequency!r}.'
+            )
         sched = scheduler["scheduler"]
         plateau = scheduler.get("reduce_on_plateau", _is_plateau(sched))
         config_monitor = scheduler.get("monitor", monitor)
         if plateau and config_monitor is None:
-            raise ValueError(
+            raise MisconfigurationException(
                 "Expected a monitor when a ReduceLROnPlateau scheduler is used, for example"
                 ' {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}};'
                 " received none."
@@ -81,7 +102,7 @@ def _scheduler_config(scheduler: Any, monitor: str | None) -> LRSchedulerConfig:
         )
     if _is_plateau(scheduler):
         if monitor is None:
-            raise ValueError(
+            raise MisconfigurationException(
                 "Expected a monitor for the ReduceLROnPlateau scheduler: return it as"
                 ' {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}};'
                 " received a bare scheduler."
@@ -90,9 +111,11 @@ def _scheduler_config(scheduler: Any, monitor: str | None) -> LRSchedulerConfig:
     return LRSchedulerConfig(scheduler)
 
 
-def _from_optimizer_dict(conf: Mapping[str, Any]) -> tuple[Optimizer, list[LRSchedulerConfig]]:
+def _from_optimizer_dict(
+    conf: Mapping[str, Any], automatic: bool = True
+) -> tuple[Optimizer, list[LRSchedulerConfig]]:
     if "optimizer" not in conf:
-        raise ValueError(
+        raise MisconfigurationException(
             f'Expected the optimizer dict to have an "optimizer" key, received keys {sorted(conf)}.'
         )
     unknown = set(conf) - _OPTIMIZER_DICT_KEYS
@@ -104,12 +127,20 @@ def _from_optimizer_dict(conf: Mapping[str, Any]) -> tuple[Optimizer, list[LRSch
         )
     scheds: list[LRSchedulerConfig] = []
     if conf.get("lr_scheduler") is not None:
-        scheds.append(_scheduler_config(conf["lr_scheduler"], conf.get("monitor")))
+        scheds.append(_scheduler_config(conf["lr_scheduler"], conf.get("monitor"), automatic))
     return conf["optimizer"], scheds
 
 
-def parse_optimizers(conf: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
-    """Normalise what ``configure_optimizers`` returned into optimizers and scheduler configs."""
+def parse_optimizers(
+    conf: Any, automatic: bool = True, custom_scheduler_step: bool = False
+) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
+    """Normalise what ``configure_optimizers`` returned into optimizers and scheduler configs.
+
+    Under manual optimization (``automatic=False``) the user steps the schedulers: a ReduceLROnPlateau
+    needs no monitor and keys that only tell the Trainer how to step are ignored, with a warning.
+    ``custom_scheduler_step`` says the module overrides ``lr_scheduler_step``, which may then step
+    schedulers that do not follow torch's API.
+    """
     optimizers: list[Any]
     schedulers: list[LRSchedulerConfig] = []
     if conf is None:
@@ -122,7 +153,7 @@ def parse_optimizers(conf: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig
     if isinstance(conf, Optimizer):
         optimizers = [conf]
     elif isinstance(conf, Mapping):
-        opt, schedulers = _from_optimizer_dict(conf)
+        opt, schedulers = _from_optimizer_dict(conf, automatic)
         optimizers = [opt]
     elif (
         isinstance(conf, Sequence)
@@ -132,23 +163,25 @@ def parse_optimizers(conf: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig
     ):
         optimizers = list(conf[0])
         sched_part = conf[1] if isinstance(conf[1], list | tuple) else [conf[1]]
-        schedulers = [_scheduler_config(s, None) for s in sched_part]
+        schedulers = [_scheduler_config(s, None, automatic) for s in sched_part]
     elif isinstance(conf, Sequence) and conf and all(isinstance(d, Mapping) for d in conf):
         optimizers = []
         for item in conf:
-            opt, scheds = _from_optimizer_dict(item)
+            opt, scheds = _from_optimizer_dict(item, automatic)
             optimizers.append(opt)
             schedulers.extend(scheds)
     elif isinstance(conf, Sequence) and conf and all(isinstance(o, Optimizer) for o in conf):
         optimizers = list(conf)
     else:
-        raise ValueError(f"Expected `configure_optimizers` to return {_FORMS}; received {_describe(conf)}.")
+        raise MisconfigurationException(
+            f"Expected `configure_optimizers` to return {_FORMS}; received {_describe(conf)}."
+        )
     for opt in optimizers:
         if not isinstance(opt, Optimizer):
-            raise ValueError(
+            raise MisconfigurationException(
                 f"Expected a torch.optim.Optimizer in `configure_optimizers`, received {_describe(opt)}."
             )
-    _check_schedulers(optimizers, schedulers)
+    _check_schedulers(optimizers, schedulers, automatic and not custom_scheduler_step)
     return optimizers, schedulers
 
 
@@ -158,43 +191,82 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_schedulers(optimizers: list[Optimizer], configs: list[LRSchedulerConfig]) -> None:
+def _check_schedulers(
+    optimizers: list[Optimizer], configs: list[LRSchedulerConfig], trainer_steps: bool
+) -> None:
+    """Schedulers are saved in checkpoints (so need ``state_dict``), belong to a returned optimizer, and,
+    when the Trainer steps them with torch's API (``trainer_steps``), follow that API."""
     for config in configs:
         sched = config.scheduler
-        if not callable(getattr(sched, "step", None)):
-            raise ValueError(f"Expected a scheduler with a `step` method, received {type(sched).__name__}.")
+        name = type(sched).__name__
+        if not (
+            callable(getattr(sched, "state_dict", None)) and callable(getattr(sched, "load_state_dict", None))
+        ):
+            raise TypeError(
+                f"The provided lr scheduler `{name}` is invalid. It should have `state_dict` and `load_state_dict`"
+                " methods defined."
+            )
+        if trainer_steps and not isinstance(sched, LRSchedulerTypeTuple):
+            raise MisconfigurationException(
+                f"The provided lr scheduler `{name}` doesn't follow PyTorch's LRScheduler API: expected a"
+                " torch.optim.lr_scheduler scheduler, received one that is not. You should override the"
+                " `LightningModule.lr_scheduler_step` hook with your own logic if you are using a custom LR"
+                " scheduler."
+            )
         owner = getattr(sched, "optimizer", None)
         if owner is not None and all(owner is not opt for opt in optimizers):
-            raise ValueError(
+            raise MisconfigurationException(
                 f"Expected every scheduler to be attached to an optimizer returned by `configure_optimizers`;"
-                f" {type(sched).__name__} is attached to another one."
+                f" {name} is attached to another one."
             )
 
 
 class LightningOptimizer:
-    """Wraps a torch optimizer so that ``step`` runs the Trainer's precision handling and hooks."""
+    """Wraps a torch optimizer so that ``step`` runs the Trainer's precision handling and hooks.
 
-    def __init__(self, optimizer: Optimizer, trainer: Trainer) -> None:
+    As in Lightning, the wrapper's class derives from the wrapped optimizer's (``LightningSGD`` for an
+    ``SGD``), so ``isinstance(opt, torch.optim.SGD)`` holds and ``repr`` reads ``LightningSGD (...)``;
+    attributes it does not define are the wrapped optimizer's.
+    """
+
+    def __init__(self, optimizer: Optimizer, trainer: Trainer | None = None) -> None:
         self.__dict__["_optimizer"] = optimizer
         self.__dict__["_trainer"] = trainer
+        cls = type(self)
+        if cls is LightningOptimizer:
+            name = "Lightning" + type(optimizer).__name__
+            object.__setattr__(self, "__class__", type(name, (LightningOptimizer, type(optimizer)), {}))
 
     @property
     def optimizer(self) -> Optimizer:
         return self._optimizer
 
     def __getattr__(self, name: str) -> Any:
+        # only reached for names the wrapper lacks; "_optimizer" itself missing means a half-built object
+        if name == "_optimizer":
+            raise AttributeError(name)
         return getattr(self._optimizer, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._optimizer, name, value)
 
-    def __repr__(self) -> str:
-        return f"LightningOptimizer({self._optimizer!r})"
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the derived class is made per optimizer class at runtime: a copy is rebuilt from the wrapped one
+        return (LightningOptimizer, (self._optimizer, self._trainer))
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        """Step through the precision plugin; in manual optimization this also counts a global step."""
+        """Step through the precision plugin; in manual optimization this also counts a global step.
+
+        Outside a Trainer (no ``trainer``) it is the wrapped optimizer's ``step``.
+        """
         from lightning_lib.loop.step import optimizer_step
 
+        if self._trainer is None:
+            return (
+                self._optimizer.step(closure, **kwargs)
+                if closure is not None
+                else self._optimizer.step(**kwargs)
+            )
         return optimizer_step(self._trainer, self._optimizer, closure, **kwargs)
 
     def zero_grad(self, set_to_none: bool = True) -> None:

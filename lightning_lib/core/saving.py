@@ -10,27 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
-
-class AttributeDict(dict[str, Any]):
-    """A dict whose keys are also attributes (``model.hparams.lr``)."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError as err:
-            raise AttributeError(f"Missing attribute {key!r}") from err
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
-
-    def __delattr__(self, key: str) -> None:
-        del self[key]
-
-    def __repr__(self) -> str:
-        if not self:
-            return ""
-        width = max(len(str(k)) for k in self)
-        return "\n".join(f'"{k}":{" " * (width - len(str(k)) + 1)}{v!r}' for k, v in sorted(self.items()))
+from lightning_lib.utilities.parsing import AttributeDict
 
 
 def collect_init_args(frame: FrameType, owner: object) -> dict[str, Any]:

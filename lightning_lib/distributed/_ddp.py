@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lightning_lib.distributed import _cluster as cluster
 from lightning_lib.distributed._launcher import LocalLauncher, RankFailedError, watch_parent
-from lightning_lib.distributed.strategy import SingleDeviceStrategy
+from lightning_lib.distributed.strategy import ParallelStrategy
 from lightning_lib.utilities.apply_func import apply_to_tensors
 from lightning_lib.utilities.rank_zero import rank_zero_only
 
@@ -55,7 +55,7 @@ class _TrainingStep(nn.Module):
         return self._trainer[0]._hooks.module("training_step", *args)
 
 
-class DDPStrategy(SingleDeviceStrategy):
+class DDPStrategy(ParallelStrategy):
     """``Trainer(strategy="ddp")``; keyword arguments go to ``DistributedDataParallel``."""
 
     strategy_name = "ddp"
@@ -100,6 +100,12 @@ class DDPStrategy(SingleDeviceStrategy):
     @property
     def world_size(self) -> int:
         return self.env.world_size if self.env is not None else len(self.parallel_devices) * self.num_nodes
+
+    @world_size.setter
+    def world_size(self, value: int) -> None:
+        raise AttributeError(
+            f"DDPStrategy.world_size comes from the launched processes and cannot be set (received {value})."
+        )
 
     @property
     def global_rank(self) -> int:
@@ -170,6 +176,10 @@ class DDPStrategy(SingleDeviceStrategy):
 
     # ---- the model ----------------------------------------------------------------------------------
     def setup_module(self, module: nn.Module) -> None:
+        if getattr(self.trainer, "sync_batchnorm", False):
+            # Trainer(sync_batchnorm=True): batch statistics over every process's batch, as in Lightning
+            # (the module's own BatchNorm children are replaced in place)
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         super().setup_module(module)
         from lightning_lib.trainer.states import TrainerFn
 

@@ -35,6 +35,7 @@ class Strategy(Protocol):
 
     root_device: torch.device
     num_nodes: int
+    trainer: Trainer
     # the LightningOptimizer wrappers of the run's optimizers, set by the Trainer once they are configured
     _lightning_optimizers: list[LightningOptimizer]
 
@@ -115,8 +116,61 @@ class Strategy(Protocol):
         """Every tensor in ``data`` stacked across processes on a new leading dimension."""
         ...
 
+    # ---- shared by every strategy (what Lightning's ``Strategy`` base provides) -----------------------
+    @property
+    def lightning_module(self) -> Any:
+        """The LightningModule the Trainer runs (None before a run or ``connect``)."""
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else trainer.lightning_module
 
-class SingleDeviceStrategy:
+    @property
+    def model(self) -> Any:
+        """The module the strategy runs: the LightningModule (the DDP wrapper stays internal)."""
+        return self.lightning_module
+
+    @property
+    def precision_plugin(self) -> Any:
+        """The Trainer's precision plugin."""
+        return self.trainer.precision_plugin
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The run's optimizers, as ``configure_optimizers`` returned them."""
+        return list(self.trainer.optimizers)
+
+    def connect(self, model: nn.Module) -> None:
+        """Attach ``model`` to the Trainer without running anything (what ``fit`` does first)."""
+        self.trainer.lightning_module = model
+        model.trainer = self.trainer  # type: ignore[assignment]
+
+    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The precision's loss scaling, then ``on_before_backward``, ``LightningModule.backward`` and
+        ``on_after_backward`` (automatic optimization's closure and ``manual_backward`` both come here)."""
+        hooks = self.trainer._hooks
+        scaled = self.trainer.precision_plugin.scale_loss(closure_loss)
+        hooks.callbacks("on_before_backward", scaled)
+        if hooks.module_overrides("on_before_backward"):
+            hooks.module("on_before_backward", scaled)
+        hooks.module("backward", scaled, *args, **kwargs)
+        hooks.callbacks("on_after_backward")
+        if hooks.module_overrides("on_after_backward"):
+            hooks.module("on_after_backward")
+        return closure_loss
+
+    def batch_to_device(self, batch: Any, device: torch.device | None = None, dataloader_idx: int = 0) -> Any:
+        """``batch`` on ``device`` (the root device by default) through the module's batch-transfer hooks."""
+        from lightning_lib.utilities.apply_func import move_to_device
+
+        device = device or self.root_device
+        if self.lightning_module is None:
+            return move_to_device(batch, device)
+        hooks = self.trainer._hooks
+        batch = hooks.module("on_before_batch_transfer", batch, dataloader_idx)
+        batch = hooks.module("transfer_batch_to_device", batch, device, dataloader_idx)
+        return hooks.module("on_after_batch_transfer", batch, dataloader_idx)
+
+
+class SingleDeviceStrategy(Strategy):
     """Everything on ``root_device``: collective operations are identities."""
 
     strategy_name = "single_device"
@@ -147,7 +201,12 @@ class SingleDeviceStrategy:
 
     @property
     def world_size(self) -> int:
-        return 1
+        return self.__dict__.get("_world_size", 1)
+
+    @world_size.setter
+    def world_size(self, value: int) -> None:
+        # settable as in Lightning, where tests pose as a multi-process run without launching processes
+        self.__dict__["_world_size"] = value
 
     @property
     def global_rank(self) -> int:
@@ -202,6 +261,12 @@ class SingleDeviceStrategy:
         return data
 
 
+class ParallelStrategy(SingleDeviceStrategy):
+    """The base of strategies that run one process per device (``DDPStrategy``)."""
+
+    strategy_name = "parallel"
+
+
 def build_strategy(
     strategy: str | DDPStrategy, devices: list[torch.device], num_nodes: int, trainer: Trainer
 ) -> Strategy:
@@ -226,4 +291,4 @@ def build_strategy(
     return chosen
 
 
-__all__ = ["SingleDeviceStrategy", "Strategy", "build_strategy"]
+__all__ = ["ParallelStrategy", "SingleDeviceStrategy", "Strategy", "build_strategy"]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 from typing import TYPE_CHECKING, Any, Literal
+
+from torch.utils.data import DataLoader
 
 from lightning_lib.checkpoint._positions import make_resumable
 from lightning_lib.loop.loaders import (
     INF,
+    CombinedBatches,
     CycleLoaders,
     LimitedFetcher,
     add_worker_init_fn,
@@ -18,9 +22,14 @@ from lightning_lib.loop.loaders import (
     with_sequential_sampler,
 )
 from lightning_lib.trainer.states import RunningStage, TrainerFn
+from lightning_lib.utilities.combined_loader import CombinedLoader
+from lightning_lib.utilities.data import has_len_all_ranks, suggested_max_num_workers
+from lightning_lib.utilities.exceptions import MisconfigurationException
+from lightning_lib.utilities.rank_zero import rank_zero_warn
+from lightning_lib.utilities.warnings import PossibleUserWarning
 
 if TYPE_CHECKING:
-    from lightning_lib.loop.hooks import ModuleHook
+    from lightning_lib.loop.hooks import LoaderHook, ModuleHook
     from lightning_lib.trainer import Trainer
 
 log = logging.getLogger("lightning_lib")
@@ -34,7 +43,7 @@ _STAGE_KEYS: dict[RunningStage, EvalKey] = {
     RunningStage.TESTING: "test",
     RunningStage.PREDICTING: "predict",
 }
-_LOADER_HOOKS: dict[LoaderKey, ModuleHook] = {
+_LOADER_HOOKS: dict[LoaderKey, LoaderHook] = {
     "train": "train_dataloader",
     "val": "val_dataloader",
     "test": "test_dataloader",
@@ -59,18 +68,21 @@ class DataConnector:
         """Forget the previous run's loaders: each entry point requests them again."""
         self.sources: dict[str, Any] = {}
         self.train_loader: Any = None
+        # the train loaders as the user gave them (after the distributed or sequential sampler is applied),
+        # which ``trainer.train_dataloader`` returns; ``train_loader`` is what the loop iterates
+        self.train_iterables: Any = None
         self.train_fetcher: LimitedFetcher | None = None
         self.num_training_batches: int | float = INF
         self.val_check_batch: int | float = INF
         self._eval: dict[EvalKey, tuple[list[Any], list[int | float]]] = {}
         self.last_train_reload_epoch = 0
-        self.last_val_reload_epoch = 0
+        self.last_val_reload_epoch: float = float("-inf")
 
     # ---- where loaders come from ------------------------------------------------------------------
     def _request(self, key: LoaderKey) -> Any:
         from lightning_lib.core.datamodule import LightningDataModule
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.loop.hooks import overrides
+        from lightning_lib.utilities.model_helpers import is_overridden
 
         if key in self.sources:
             return self.sources[key]
@@ -78,10 +90,10 @@ class DataConnector:
         trainer = self.trainer
         datamodule = trainer.datamodule
         if datamodule is not None:
-            if overrides(datamodule, hook, LightningDataModule):
-                return getattr(datamodule, hook)()
+            if is_overridden(hook, datamodule, LightningDataModule):
+                return trainer._hooks.datamodule(hook)
             return None
-        if overrides(trainer.lightning_module, hook, LightningModule):
+        if is_overridden(hook, trainer.lightning_module, LightningModule):
             return trainer._hooks.module(hook)
         return None
 
@@ -89,20 +101,21 @@ class DataConnector:
         """Whether the arguments, the datamodule or the module provide loaders for ``key``."""
         from lightning_lib.core.datamodule import LightningDataModule
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.loop.hooks import overrides
+        from lightning_lib.utilities.model_helpers import is_overridden
 
         if key in self.sources:
             return True
         hook = _LOADER_HOOKS[key]
         datamodule = self.trainer.datamodule
         if datamodule is not None:
-            return overrides(datamodule, hook, LightningDataModule)
-        return overrides(self.trainer.lightning_module, hook, LightningModule)
+            return is_overridden(hook, datamodule, LightningDataModule)
+        return is_overridden(hook, self.trainer.lightning_module, LightningModule)
 
     def prepare(self, loader: Any, hook: str) -> Any:
         """The loader as this run iterates it: sequential when overfitting, sharded across processes, seeded workers."""
         trainer = self.trainer
         check_iterable(loader, hook)
+        _check_workers(trainer, loader, hook)
         if trainer.overfit_batches > 0 and trainer.state.fn == TrainerFn.FITTING:
             loader = with_sequential_sampler(loader)
         if trainer.use_distributed_sampler and trainer.world_size > 1:
@@ -122,11 +135,25 @@ class DataConnector:
                 " or implement `train_dataloader`; received none."
             )
         flat = [self.prepare(dl, "train_dataloader") for dl in flat]
-        if isinstance(source, dict):
-            loader: Any = CycleLoaders(dict(zip(source.keys(), flat)))
+        self._check_lengths(flat)
+        if isinstance(source, CombinedLoader):
+            source.flattened = flat
+            if source.mode == "sequential":
+                self.num_training_batches = num_batches(source, trainer.limit_train_batches, "train")
+                raise ValueError(
+                    '`FitLoop` does not support the `CombinedLoader(mode="sequential")` mode: expected one of'
+                    ' "min_size", "max_size_cycle", "max_size" for training, received "sequential".'
+                )
+            loader: Any = CombinedBatches(source)
+            self.train_iterables = source.iterables
+        elif isinstance(source, dict):
+            loader = CycleLoaders(dict(zip(source.keys(), flat)))
+            self.train_iterables = dict(zip(source.keys(), flat))
         elif isinstance(source, list | tuple):
             loader = CycleLoaders(flat)
+            self.train_iterables = type(source)(flat)
         else:
+            self.train_iterables = flat[0]
             # a plain DataLoader is rebuilt so checkpoints can record its position in the epoch
             loader = make_resumable(flat[0])
         self.train_loader = loader
@@ -139,11 +166,18 @@ class DataConnector:
             and self.num_training_batches < trainer.log_every_n_steps
             and not trainer.fast_dev_run
         ):
-            info_once(
-                trainer,
+            rank_zero_warn(
                 f"The number of training batches ({self.num_training_batches}) is smaller than the logging"
-                f" interval Trainer(log_every_n_steps={trainer.log_every_n_steps}).",
+                f" interval Trainer(log_every_n_steps={trainer.log_every_n_steps}). Set a lower value for"
+                " log_every_n_steps if you want to see logs for the training epoch.",
+                category=PossibleUserWarning,
             )
+
+    def _check_lengths(self, loaders: list[Any]) -> None:
+        """Lightning's length checks across ranks (a rank with no batches, an iterable dataset with a length)."""
+        allow = self.trainer.lightning_module.allow_zero_length_dataloader_with_multiple_devices
+        for loader in loaders:
+            has_len_all_ranks(loader, self.trainer.strategy, allow)
 
     def _resolve_val_check_batch(self) -> None:
         trainer = self.trainer
@@ -158,14 +192,17 @@ class DataConnector:
                 and trainer.limit_val_batches > 0
             ):
                 raise ValueError(
-                    f"Expected val_check_interval <= the number of training batches ({n}), received"
-                    f" {trainer.val_check_interval}; set check_val_every_n_epoch=None to count across epochs."
+                    f"`val_check_interval` ({trainer.val_check_interval}) must be less than or equal to the"
+                    f" number of the training batches ({n}). If you want to disable validation set"
+                    " `limit_val_batches` to 0.0 instead. If you want to validate based on the total training"
+                    " batches, set `check_val_every_n_epoch=None`."
                 )
         elif n == INF:
             if trainer.val_check_interval != 1.0:
-                raise ValueError(
-                    "Expected val_check_interval to be 1.0 or an int for a train dataloader without a length,"
-                    f" received {trainer.val_check_interval}."
+                raise MisconfigurationException(
+                    "When using an IterableDataset for `train_dataloader`, `Trainer(val_check_interval)` must be"
+                    " time based, `1.0` or an int. An int k specifies checking validation every k training"
+                    f" batches. Received val_check_interval={trainer.val_check_interval}."
                 )
             self.val_check_batch = INF
         else:
@@ -180,6 +217,8 @@ class DataConnector:
         loader = self.train_loader
         if isinstance(loader, CycleLoaders):
             return list(loader._values)
+        if isinstance(loader, CombinedBatches):
+            return list(loader.combined.flattened)
         return [loader] if loader is not None else []
 
     def close_fetchers(self) -> None:
@@ -190,14 +229,15 @@ class DataConnector:
     def setup_eval_data(self, stage: RunningStage) -> None:
         """Request, prepare and count the loaders of an evaluation or prediction stage."""
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.loop.hooks import overrides
+        from lightning_lib.utilities.model_helpers import is_overridden
 
         trainer = self.trainer
         key = _STAGE_KEYS[stage]
         hook = _LOADER_HOOKS[key]
         limit = self._limit(key)
         if limit == 0 or (
-            key != "predict" and not overrides(trainer.lightning_module, _STEP_HOOKS[key], LightningModule)
+            key != "predict"
+            and not is_overridden(_STEP_HOOKS[key], trainer.lightning_module, LightningModule)
         ):
             self._eval[key] = ([], [])
             return
@@ -212,8 +252,12 @@ class DataConnector:
                 f" or implement `{hook}`; received none."
             )
         flat = [self.prepare(dl, hook) for dl in flatten_loaders(source)]
+        self._check_lengths(flat)
         self._eval[key] = (flat, [num_batches(dl, limit, key) for dl in flat])
-        if key == "val":
+        every = trainer.check_val_every_n_epoch
+        validates_this_epoch = every is None or (trainer.current_epoch + 1) % every == 0
+        # the sanity check's load counts as this epoch's reload only if this epoch validates (Lightning's rule)
+        if key == "val" and (not trainer.sanity_checking or validates_this_epoch):
             self.last_val_reload_epoch = trainer.current_epoch
 
     def _limit(self, key: EvalKey) -> int | float:
@@ -260,13 +304,13 @@ class DataConnector:
     @property
     def enable_validation(self) -> bool:
         from lightning_lib.core.module import LightningModule
-        from lightning_lib.loop.hooks import overrides
+        from lightning_lib.utilities.model_helpers import is_overridden
 
         trainer = self.trainer
         return (
             trainer.lightning_module is not None
             and self.source_defined("val")
-            and overrides(trainer.lightning_module, "validation_step", LightningModule)
+            and is_overridden("validation_step", trainer.lightning_module, LightningModule)
             and trainer.limit_val_batches > 0
         )
 
@@ -281,6 +325,27 @@ class DataConnector:
                 set_epoch = getattr(sampler, "set_epoch", None)
                 if callable(set_epoch):
                     set_epoch(epoch)
+
+
+def _check_workers(trainer: Trainer, loader: Any, name: str) -> None:
+    """Lightning's hints about a loader's workers: too few for the CPUs, or re-spawned every epoch."""
+    if not isinstance(loader, DataLoader):
+        return
+    upper_bound = suggested_max_num_workers(trainer.num_devices)
+    context = loader.multiprocessing_context
+    start_method = context.get_start_method() if context is not None else mp.get_start_method()
+    if loader.num_workers > 0 and start_method == "spawn" and not loader.persistent_workers:
+        rank_zero_warn(
+            f"Consider setting `persistent_workers=True` in '{name}' to speed up the dataloader worker"
+            " initialization."
+        )
+    elif loader.num_workers < 2 and upper_bound > 1:
+        rank_zero_warn(
+            f"The '{name}' does not have many workers which may be a bottleneck. Consider increasing the value"
+            f" of the `num_workers` argument` to `num_workers={upper_bound}` in the `DataLoader` to improve"
+            " performance.",
+            category=PossibleUserWarning,
+        )
 
 
 def info_once(trainer: Trainer, message: str) -> None:

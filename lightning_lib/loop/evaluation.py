@@ -103,6 +103,9 @@ def _evaluate(
     logged_outputs: list[dict[str, Any]] = []
     precision = trainer.precision_plugin
     sanity = stage == RunningStage.SANITY_CHECKING
+    next_action = f"[_EvaluationLoop].{stage.dataloader_prefix}_next"
+    counts = run.eval_batches.setdefault(stage.value, [0, 0])
+    counts[1] = 0
     for dl_idx, fetcher in enumerate(fetchers):
         if limits[dl_idx] == 0:
             continue
@@ -113,7 +116,8 @@ def _evaluate(
         batch_idx = 0
         while True:
             try:
-                batch = next(fetcher)
+                with hooks.profile(next_action):
+                    batch = next(fetcher)
             except StopIteration:
                 break
             batch = transfer(batch)
@@ -131,6 +135,8 @@ def _evaluate(
                 run.val_has_run = True
                 connector.update_eval_step_metrics(seen)
                 seen += 1
+                counts[0] += 1
+                counts[1] += 1
             batch_idx += 1
         fetcher.close()
         if multiple:
@@ -158,8 +164,9 @@ def _evaluate(
     if hooks.module_overrides(names.model_train):
         hooks.module(names.model_train)
     else:
+        # each submodule back in the mode it had, set directly as Lightning does (no train() calls)
         for name, sub in module.named_modules():
             if name in modes:
-                sub.train(modes[name])
+                sub.training = modes[name]
     run.last_val_time = time.monotonic()
     return logged_outputs

@@ -58,6 +58,8 @@ def run_fit(trainer: Trainer) -> None:
     if should_check_val_epoch(trainer) and not data.val_loaders_loaded:
         data.setup_eval_data(RunningStage.VALIDATING)
     hooks = trainer._hooks
+    # what on_train_start and the first on_train_epoch_start log belongs to training, not to the sanity check
+    trainer._logger_connector.use(trainer._logger_connector.train_results)
     hooks.callbacks("on_train_start")
     hooks.module("on_train_start")
     if in_epoch:
@@ -69,6 +71,7 @@ def run_fit(trainer: Trainer) -> None:
         data.set_sampler_epoch(progress.current_epoch)
         progress.epoch_batches_done = 0
         progress.batch_idx = -1
+        run.eval_batches.pop("validate", None)  # the fit's val loop counts per training epoch, as Lightning's
         hooks.callbacks("on_train_epoch_start")
         hooks.module("on_train_epoch_start")
         progress.epoch_started = True
@@ -77,7 +80,8 @@ def run_fit(trainer: Trainer) -> None:
         if not first_epoch:
             fetcher.start()
         first_epoch = False
-        run_training_epoch(trainer, fetcher)
+        with hooks.profile("run_training_epoch"):
+            run_training_epoch(trainer, fetcher)
         finish_training_epoch(trainer)
     hooks.callbacks("on_train_end")
     hooks.module("on_train_end")
@@ -214,8 +218,10 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
     strategy = trainer.strategy
     automatic = module.automatic_optimization
     optimizer = strategy._lightning_optimizers[0] if automatic and strategy._lightning_optimizers else None
-    batch_start_cbs = hooks.callback_fns("on_train_batch_start")
-    batch_end_cbs = hooks.callback_fns("on_train_batch_end")
+    # called directly on the hot path; through the dispatcher (which times each one) when profiling
+    profiling = hooks.profiling
+    batch_start_cbs = [] if profiling else hooks.callback_fns("on_train_batch_start")
+    batch_end_cbs = [] if profiling else hooks.callback_fns("on_train_batch_end")
     module_batch_start = hooks.module_overrides("on_train_batch_start")
     module_batch_end = hooks.module_overrides("on_train_batch_end")
     transfer = batch_transfer(trainer, dataloader_idx=0)
@@ -227,7 +233,11 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         if fit_epoch_done(trainer, fetcher):
             break
         try:
-            batch = next(fetcher)
+            if profiling:
+                with hooks.profile("[_TrainingEpochLoop].train_dataloader_next"):
+                    batch = next(fetcher)
+            else:
+                batch = next(fetcher)
         except StopIteration:
             break
         batch_idx = progress.batch_idx + 1
@@ -245,15 +255,21 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         if batch is None:
             warnings.warn("train_dataloader yielded None; the batch is skipped.", UserWarning, stacklevel=2)
         else:
-            for fn in batch_start_cbs:
-                fn(trainer, module, batch, batch_idx)
+            if batch_start_cbs:
+                module.__dict__["_current_fx_name"] = "on_train_batch_start"
+                for fn in batch_start_cbs:
+                    fn(trainer, module, batch, batch_idx)
+                module.__dict__["_current_fx_name"] = None
+            if profiling:
+                hooks.callbacks("on_train_batch_start", batch, batch_idx)
             response = hooks.module("on_train_batch_start", batch, batch_idx) if module_batch_start else None
             skip_rest = response == -1
             if not skip_rest:
-                if automatic:
-                    output = run_automatic_step(trainer, optimizer, batch, batch_idx, accumulating)
-                else:
-                    output = run_manual_step(trainer, batch, batch_idx)
+                with hooks.profile("run_training_batch"):
+                    if automatic:
+                        output = run_automatic_step(trainer, optimizer, batch, batch_idx, accumulating)
+                    else:
+                        output = run_manual_step(trainer, batch, batch_idx)
         progress.epoch_batches_done = ready
         if not accumulating:
             update_lr_schedulers(trainer, "step", plateau=False)
@@ -267,6 +283,8 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
             for fn in batch_end_cbs:
                 fn(trainer, module, output, batch, batch_idx)
             module.__dict__["_current_fx_name"] = None
+        elif profiling:
+            hooks.callbacks("on_train_batch_end", output, batch, batch_idx)
         if module_batch_end:
             hooks.module("on_train_batch_end", output, batch, batch_idx)
         connector.on_batch_end()
@@ -385,13 +403,15 @@ def _can_stop_early(trainer: Trainer) -> bool:
 
 
 def estimated_stepping_batches(trainer: Trainer) -> int | float:
-    """Optimizer steps the fit will take, as Lightning estimates them (for OneCycleLR and friends)."""
-    if trainer.max_steps != -1:
-        return trainer.max_steps
-    if trainer.max_epochs is None or trainer.max_epochs == -1:
-        return INF
+    """Optimizer steps the fit will take, as Lightning estimates them (for OneCycleLR and friends):
+    the epochs' steps, capped by ``max_steps``; ``max_steps`` itself when the epochs are unbounded."""
+    max_epochs = trainer.max_epochs
+    if max_epochs is None:  # before fit resolves it, with Lightning's rule
+        max_epochs = 1000 if trainer.max_steps == -1 else -1
+    if max_epochs == -1:
+        return INF if trainer.max_steps == -1 else trainer.max_steps
     batches = trainer._data.num_training_batches
     if batches == INF:
-        return INF
-    per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
-    return per_epoch * trainer.max_epochs
+        return trainer.max_steps
+    estimate = math.ceil(batches / trainer.accumulate_grad_batches) * max(max_epochs, 1)
+    return min(estimate, trainer.max_steps) if trainer.max_steps != -1 else estimate

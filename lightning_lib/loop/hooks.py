@@ -8,12 +8,14 @@ each name exists on the class it is called on).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_lib.callbacks.callback import Callback
 
 if TYPE_CHECKING:
     from lightning_lib.core.module import LightningModule
+    from lightning_lib.profilers import Profiler
     from lightning_lib.trainer import Trainer
 
 # the hooks of the fit / validate / test / predict loops that callbacks and the module share
@@ -57,6 +59,7 @@ ModuleHook = (
     | Literal[
         "prepare_data",
         "configure_model",
+        "configure_sharded_model",
         "configure_optimizers",
         "training_step",
         "validation_step",
@@ -82,26 +85,37 @@ ModuleHook = (
         "on_predict_model_eval",
     ]
 )
+LoaderHook = Literal["train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader"]
 DataModuleHook = Literal[
+    "prepare_data",
     "setup",
     "teardown",
+    "train_dataloader",
+    "val_dataloader",
+    "test_dataloader",
+    "predict_dataloader",
     "on_before_batch_transfer",
     "transfer_batch_to_device",
     "on_after_batch_transfer",
 ]
 
 
-def overrides(obj: object, name: str, base: type) -> bool:
-    """Whether ``obj`` defines ``name`` differently from ``base`` (on its class or on the instance)."""
-    if name in getattr(obj, "__dict__", {}):
-        return True
-    impl = getattr(type(obj), name, None)
-    default = getattr(base, name, None)
-    if impl is None:
+def _needs_call(obj: object, name: str, base: type) -> bool:
+    """Whether calling hook ``name`` on ``obj`` can do anything: its attribute is not ``base``'s no-op.
+
+    This is not ``is_overridden``: a hook wrapped on the instance (``functools.wraps`` around the base
+    method, a recording spy, a ``Mock``) must still be called, since the wrapper runs code of its own;
+    only the base's own function, or ``None``, is skipped.
+    """
+    attribute = getattr(obj, name, None)
+    if attribute is None:
         return False
-    if default is None:
-        return True
-    return getattr(impl, "__code__", impl) is not getattr(default, "__code__", default)
+    function = getattr(attribute, "__func__", None)
+    default = getattr(base, name, None)
+    return function is None or default is None or function is not default
+
+
+_STRATEGY_ACTIONS = frozenset({"training_step", "validation_step", "test_step", "predict_step", "backward"})
 
 
 def is_monitoring(callback: Callback) -> bool:
@@ -113,17 +127,27 @@ def is_monitoring(callback: Callback) -> bool:
 
 
 class HookDispatcher:
-    """Calls hooks in Lightning's order and records which hook is running (for ``self.log``)."""
+    """Calls hooks in Lightning's order and records which hook is running (for ``self.log``).
+
+    With a profiler other than the pass-through one, each call is profiled under Lightning's action
+    names (``[Callback]<state_key>.<hook>``, ``[LightningModule]<Class>.<hook>``,
+    ``[LightningDataModule]<Class>.<hook>``); without one the calls go straight through.
+    """
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self._callback_fns: dict[tuple[str, bool | None], list[Any]] = {}
         self._module_overrides: dict[str, bool] = {}
+        self._profiler: Profiler | None = None
 
     def reset(self) -> None:
-        """A new run: the callbacks or the module may have changed."""
+        """A new run: the callbacks, the module or the profiler may have changed."""
+        from lightning_lib.profilers import PassThroughProfiler
+
         self._callback_fns.clear()
         self._module_overrides.clear()
+        profiler = self.trainer.profiler
+        self._profiler = None if isinstance(profiler, PassThroughProfiler) else profiler
 
     def callback_fns(self, name: CallbackHook, monitoring: bool | None = None) -> list[Any]:
         """The bound ``name`` methods of the callbacks that override it (``monitoring`` filters them)."""
@@ -134,13 +158,15 @@ class HookDispatcher:
             for cb in self.trainer.callbacks:
                 if monitoring is not None and is_monitoring(cb) != monitoring:
                     continue
-                if overrides(cb, name, Callback):
+                if _needs_call(cb, name, Callback):
                     fns.append(getattr(cb, name))
             self._callback_fns[key] = fns
         return fns
 
-    def callbacks(self, name: CallbackHook, *args: Any, monitoring: bool | None = None) -> None:
-        """Call ``name`` on every callback that overrides it, as ``hook(trainer, module, *args)``."""
+    def callbacks(
+        self, name: CallbackHook, *args: Any, monitoring: bool | None = None, **kwargs: Any
+    ) -> None:
+        """Call ``name`` on every callback that overrides it, as ``hook(trainer, module, *args, **kwargs)``."""
         fns = self.callback_fns(name, monitoring)
         if not fns:
             return
@@ -149,29 +175,46 @@ class HookDispatcher:
         previous = module.__dict__["_current_fx_name"]
         module.__dict__["_current_fx_name"] = name
         try:
-            for fn in fns:
-                fn(trainer, module, *args)
+            if self._profiler is None:
+                for fn in fns:
+                    fn(trainer, module, *args, **kwargs)
+            else:
+                for fn in fns:
+                    with self._profiler.profile(f"[Callback]{fn.__self__.state_key}.{name}"):
+                        fn(trainer, module, *args, **kwargs)
         finally:
             module.__dict__["_current_fx_name"] = previous
 
     def module_overrides(self, name: ModuleHook) -> bool:
-        """Whether the LightningModule overrides ``name`` (cached for the run)."""
+        """Whether the LightningModule's ``name`` must be called: it is not the base's no-op (cached for the run)."""
         found = self._module_overrides.get(name)
         if found is None:
             from lightning_lib.core.module import LightningModule
 
-            found = self._module_overrides[name] = overrides(
+            found = self._module_overrides[name] = _needs_call(
                 self.trainer.lightning_module, name, LightningModule
             )
         return found
 
     def module(self, name: ModuleHook, *args: Any, **kwargs: Any) -> Any:
-        """Call the LightningModule's ``name`` with ``self.log`` attributed to it."""
+        """Call the LightningModule's ``name`` with ``self.log`` attributed to it; a hook set to None
+        (``model.on_train_epoch_end = None``) is not called, as in Lightning."""
         module: LightningModule = self.trainer.lightning_module
+        fn = getattr(module, name)
+        if fn is None:
+            return None
         previous = module.__dict__["_current_fx_name"]
         module.__dict__["_current_fx_name"] = name
         try:
-            return getattr(module, name)(*args, **kwargs)
+            if self._profiler is None:
+                return fn(*args, **kwargs)
+            # Lightning times the steps and backward as the strategy's actions, the other hooks as the module's
+            if name in _STRATEGY_ACTIONS:
+                action = f"[Strategy]{type(self.trainer.strategy).__name__}.{name}"
+            else:
+                action = f"[LightningModule]{type(module).__name__}.{name}"
+            with self._profiler.profile(action):
+                return fn(*args, **kwargs)
         finally:
             module.__dict__["_current_fx_name"] = previous
 
@@ -180,4 +223,19 @@ class HookDispatcher:
         datamodule = self.trainer.datamodule
         if datamodule is None:
             return None
-        return getattr(datamodule, name)(*args, **kwargs)
+        fn = getattr(datamodule, name)
+        if fn is None:
+            return None
+        if self._profiler is None:
+            return fn(*args, **kwargs)
+        with self._profiler.profile(f"[LightningDataModule]{type(datamodule).__name__}.{name}"):
+            return fn(*args, **kwargs)
+
+    @property
+    def profiling(self) -> bool:
+        """Whether this run has a profiler (other than the pass-through one)."""
+        return self._profiler is not None
+
+    def profile(self, action: str) -> AbstractContextManager[Any]:
+        """``trainer.profiler.profile(action)`` when profiling, else a no-op context."""
+        return nullcontext() if self._profiler is None else self._profiler.profile(action)

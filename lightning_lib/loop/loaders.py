@@ -18,15 +18,20 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
+from lightning_lib.utilities.combined_loader import CombinedLoader
+from lightning_lib.utilities.exceptions import MisconfigurationException
 from lightning_lib.utilities.seed import worker_init_function
 
 INF = float("inf")
 
 
 def flatten_loaders(source: Any) -> list[Any]:
-    """The iterables inside what a ``*_dataloader`` hook or argument returned (one, a list, or a dict)."""
+    """The iterables inside what a ``*_dataloader`` hook or argument returned (one, a list, a dict, or a
+    ``CombinedLoader``)."""
     if source is None:
         return []
+    if isinstance(source, CombinedLoader):
+        return list(source.flattened)
     if isinstance(source, Mapping):
         return list(source.values())
     if isinstance(source, list | tuple):
@@ -61,16 +66,18 @@ def num_batches(loader: Any, limit: int | float, prefix: str) -> int | float:
     elif total != INF:
         count = int(total * limit)
     elif limit != 1.0:
-        raise ValueError(
-            f"Expected `limit_{prefix}_batches` to be 1.0 or an int for a dataloader without a length,"
+        raise MisconfigurationException(
+            f"When using an `IterableDataset`, `Trainer(limit_{prefix}_batches)` must be `1.0` or an int. An int"
+            f" specifies `num_{prefix}_batches` to use. Expected 1.0 or an int for a dataloader without a length,"
             f" received {limit}."
         )
     else:
         count = INF
     if count == 0 and isinstance(limit, float) and limit > 0.0 and total != INF:
-        raise ValueError(
-            f"Expected `limit_{prefix}_batches` * {total} batches >= 1, received {limit};"
-            f" try at least `limit_{prefix}_batches={1.0 / total}`."
+        raise MisconfigurationException(
+            f"You requested to check {limit} of the `{prefix}_dataloader` but {limit} * {total} < 1. Please"
+            f" increase the `limit_{prefix}_batches` argument. Try at least"
+            f" `limit_{prefix}_batches={1.0 / total}`"
         )
     return count
 
@@ -320,3 +327,16 @@ class CycleLoaders:
                     batch.append(next(iterators[i]))
             produced += 1
             yield dict(zip(self._keys, batch)) if self._keys is not None else batch
+
+
+class CombinedBatches:
+    """A train ``CombinedLoader`` as the fit loop iterates it: the combined batches alone."""
+
+    def __init__(self, combined: CombinedLoader) -> None:
+        self.combined = combined
+
+    def __len__(self) -> int:
+        return len(self.combined)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (batch for batch, _, _ in self.combined)

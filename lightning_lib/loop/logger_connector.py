@@ -82,6 +82,15 @@ class LoggerConnector:
         self._callback, self._logged, self._pbar = {}, {}, {}
 
     # ---- loop events -------------------------------------------------------------------------------
+    def results_for_stage(self) -> ResultCollection | None:
+        """The collection ``self.log`` writes to: the loop's in use, else the one of the Trainer's stage."""
+        if self.results is None:
+            stage = self.trainer.state.stage
+            if stage is None:
+                return None
+            self.use(self.train_results if stage == RunningStage.TRAINING else self._eval_results[stage])
+        return self.results
+
     def use(self, results: ResultCollection) -> None:
         self._flush_step_values()
         self.results = results

@@ -107,7 +107,8 @@ def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
             batch_idx = 0
             while True:
                 try:
-                    batch = next(fetcher)
+                    with hooks.profile("[_PredictionLoop].predict_next"):
+                        batch = next(fetcher)
                 except StopIteration:
                     break
                 batch = transfer(batch)

@@ -8,13 +8,14 @@ the device until a logger or the progress bar actually needs a number.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from lightning_lib.utilities.exceptions import MisconfigurationException
 
 # (allowed on_step, allowed on_epoch, default on_step, default on_epoch) per hook; None: logging forbidden.
 _LogRule = tuple[tuple[bool, ...], tuple[bool, ...], bool, bool] | None
@@ -80,7 +81,7 @@ def resolve_logging_levels(
         raise RuntimeError(f"Logging inside `{fx}` is not supported; log from a LightningModule hook.")
     rule = LOG_RULES[fx]
     if rule is None:
-        raise ValueError(
+        raise MisconfigurationException(
             f"You can't `self.log({name!r}, ...)` inside `{fx}`. Log from a step or epoch hook instead,"
             " or use `self.logger.log_metrics` directly."
         )
@@ -88,23 +89,29 @@ def resolve_logging_levels(
     on_step = default_step if on_step is None else on_step
     on_epoch = default_epoch if on_epoch is None else on_epoch
     if on_step not in allowed_step:
-        raise ValueError(
+        raise MisconfigurationException(
             f"You can't `self.log(on_step={on_step})` inside `{fx}`, expected one of {allowed_step}."
         )
     if on_epoch not in allowed_epoch:
-        raise ValueError(
+        raise MisconfigurationException(
             f"You can't `self.log(on_epoch={on_epoch})` inside `{fx}`, expected one of {allowed_epoch}."
+        )
+    if not on_step and not on_epoch:
+        raise MisconfigurationException(
+            f"`self.log({name!r}, on_step=False, on_epoch=False)` is not useful: expected on_step or on_epoch"
+            f" to be True in `{fx}`, received neither."
         )
     return on_step, on_epoch
 
 
 def resolve_reduce_fx(name: str, reduce_fx: Any) -> str:
+    key = reduce_fx.lower() if isinstance(reduce_fx, str) else reduce_fx
     try:
-        return _REDUCTIONS[reduce_fx]
+        return _REDUCTIONS[key]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"Expected `self.log({name!r}, ..., reduce_fx=...)` to be one of 'mean', 'sum', 'max', 'min'"
-            f" (or the torch functions), received {reduce_fx!r}."
+        raise MisconfigurationException(
+            "Only `self.log(..., reduce_fx={min,max,mean,sum})` are supported (or the torch functions);"
+            f" received reduce_fx={reduce_fx!r} for {name!r}. For a custom reduction, log a torchmetrics Metric."
         ) from None
 
 
@@ -300,8 +307,8 @@ class ResultCollection:
         if item is None:
             item = self.items[key] = LoggedValue(fx, name, options, dl_idx)
         elif item.options != options or item.dataloader_idx != dl_idx:
-            raise ValueError(
-                f"You called `self.log({name!r}, ...)` twice in `{fx}` with different arguments; "
+            raise MisconfigurationException(
+                f"You called `self.log({name}, ...)` twice in `{fx}` with different arguments; "
                 "use the same on_step/on_epoch/reduce_fx/prog_bar/logger each time."
             )
         if is_metric_object(value):
@@ -352,30 +359,31 @@ def to_python_scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.item() if isinstance(v, Tensor) and v.numel() == 1 else v) for k, v in metrics.items()}
 
 
-def check_finite_scalar(name: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"Expected a finite value for `self.log({name!r}, ...)`, received {value}.")
-
-
 def as_log_tensor(name: str, value: Any, device: torch.device | None, warn: Callable[[str], None]) -> Any:
-    """Validate a value given to ``self.log`` and make it a detached floating scalar tensor."""
+    """Validate a value given to ``self.log`` and make it a detached floating scalar tensor.
+
+    A number, a one-element tensor or a torchmetrics Metric; NaN and infinities are logged as they are.
+    """
     if type(value) is Tensor and value.dtype is torch.float32 and value.ndim == 0:
         return value.detach()  # the common case, kept to one check
     if is_metric_object(value):
         return value
     if isinstance(value, bool | int | float):
-        check_finite_scalar(name, float(value))
         # filled on the device: no host-to-device copy, so no wait for the GPU
         return torch.full((), float(value), dtype=torch.get_default_dtype(), device=device)
     if not isinstance(value, Tensor):
+        if isinstance(value, Mapping) and any(isinstance(v, Mapping) for v in value.values()):
+            problem = "nested dictionaries cannot be logged"
+        else:
+            problem = f"`{type(value).__name__}` values cannot be logged"
         raise ValueError(
-            f"Expected `self.log({name!r}, value)` to receive a number or a scalar tensor,"
-            f" received {type(value).__name__}. Use `self.log_dict` for a dict of values."
+            f"`self.log({name}, {value})` was called, but {problem}: expected a number, a one-element tensor"
+            " or a torchmetrics Metric (use `self.log_dict` for a dict of values)."
         )
     if value.numel() != 1:
         raise ValueError(
-            f"Expected `self.log({name!r}, value)` to receive a tensor with a single element,"
-            f" received shape {tuple(value.shape)}. Reduce it first, e.g. `value.mean()`."
+            f"`self.log({name}, {value})` was called, but the tensor must have a single element, received"
+            f" shape {tuple(value.shape)}. You can try doing `self.log({name}, {value}.mean())`."
         )
     value = value.detach()
     if not value.is_floating_point():
@@ -383,8 +391,7 @@ def as_log_tensor(name: str, value: Any, device: torch.device | None, warn: Call
             f"`self.log({name!r}, ...)` received a {value.dtype} tensor; it is converted to "
             f"{torch.get_default_dtype()} so it can be reduced."
         )
-        value = value.to(torch.get_default_dtype())
-    elif value.dtype not in (torch.float32, torch.float64):
+    if value.dtype not in (torch.float32, torch.float64):
         value = value.to(torch.get_default_dtype())
     if value.ndim:
         value = value.reshape(())

@@ -23,6 +23,8 @@ from lightning_lib.loop.fit import run_fit
 from lightning_lib.loop.predict import run_predict
 from lightning_lib.loop.results import to_python_scalars
 from lightning_lib.trainer.states import RunningStage, TrainerFn, TrainerStatus
+from lightning_lib.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning_lib.utilities.warnings import PossibleUserWarning
 
 if TYPE_CHECKING:
     from lightning_lib.core.datamodule import LightningDataModule
@@ -60,6 +62,8 @@ def run(
     trainer.state.fn = fn
     trainer.state.status = TrainerStatus.RUNNING
     trainer.state.stage = _STAGE_OF[fn]
+    if fn == TrainerFn.FITTING:
+        trainer.min_epochs, trainer.max_epochs = _loop_limits(trainer)
     state.start()
     # Everything after this point fails through _on_failure, as in Lightning: a logger may already have
     # started its run (an MLflow run the pipeline opened to record the config), and an error choosing the
@@ -81,6 +85,13 @@ def run(
         trainer._hooks.reset()
         state.ckpt_path = ckpt
         return _run_stages(trainer, fn, model, datamodule, ckpt, weights_only, verbose, return_predictions)
+    except KeyboardInterrupt as exc:
+        # Lightning's Ctrl-C: shut down gracefully (on_exception, loggers ended as failed), then exit with
+        # status 1 instead of re-raising; a second Ctrl-C during the shutdown is ignored
+        rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
+        with _sigint_ignored():
+            _on_failure(trainer, exc)
+        raise SystemExit(1) from exc
     except BaseException as exc:
         _on_failure(trainer, exc)
         explained = trainer.strategy.explain_failure(exc)
@@ -101,13 +112,16 @@ def _run_stages(
 ) -> Any:
     hooks = trainer._hooks
     state = trainer._run_state
-    if datamodule is not None:
-        datamodule.prepare_data()
-    model.prepare_data()
-    hooks.datamodule("setup", stage=fn.value)
-    hooks.callbacks("setup", fn.value)
-    hooks.module("setup", fn.value)
-    hooks.module("configure_model")
+    # the rank is in the report's file name only when there are several (Lightning's naming)
+    local_rank = trainer.local_rank if trainer.world_size > 1 else None
+    trainer.profiler.setup(stage=fn.value, local_rank=local_rank, log_dir=trainer.log_dir)
+    _prepare_data(trainer, model, datamodule)
+    hooks.datamodule("setup", stage=fn)
+    hooks.callbacks("setup", stage=fn)
+    hooks.module("setup", stage=fn)
+    for name in ("configure_sharded_model", "configure_model"):  # only when written, as in Lightning
+        if _module_overrides(model, name):
+            hooks.module(name)
     prefetched, state.verified_checkpoint = state.verified_checkpoint, None
     verified = prefetched[1] if prefetched is not None and prefetched[0] == ckpt else None
     checkpoint = (
@@ -132,7 +146,7 @@ def _run_stages(
         restore_training_state(trainer, checkpoint)
     del checkpoint
     handler = _sigterm_stops_at_batch_boundary(trainer) if fn == TrainerFn.FITTING else nullcontext()
-    model.zero_grad(set_to_none=True)
+    model.zero_grad()  # torch sets the gradients to None by default
     with handler, torch.autograd.set_detect_anomaly(trainer.detect_anomaly):
         if fn == TrainerFn.FITTING:
             run_fit(trainer)
@@ -154,6 +168,7 @@ def _run_stages(
     trainer.strategy.teardown()
     for logger in trainer.loggers:
         logger.finalize("success")
+    trainer.profiler.describe()
     trainer.state.status = TrainerStatus.FINISHED
     trainer.state.stage = None
     return results
@@ -161,9 +176,9 @@ def _run_stages(
 
 def _teardown_hooks(trainer: Trainer, fn: TrainerFn) -> None:
     hooks = trainer._hooks
-    hooks.datamodule("teardown", stage=fn.value)
-    hooks.callbacks("teardown", fn.value)
-    hooks.module("teardown", fn.value)
+    hooks.datamodule("teardown", stage=fn)
+    hooks.callbacks("teardown", stage=fn)
+    hooks.module("teardown", stage=fn)
     trainer._data.close_fetchers()
 
 
@@ -193,20 +208,80 @@ def _on_failure(trainer: Trainer, exc: BaseException) -> None:
         trainer.state.stage = None
 
 
+def _module_overrides(model: LightningModule, name: str) -> bool:
+    """Whether the LightningModule implements hook ``name`` itself (``is_overridden``)."""
+    from lightning_lib.core.module import LightningModule
+    from lightning_lib.utilities.model_helpers import is_overridden
+
+    return is_overridden(name, model, LightningModule)
+
+
+def _datamodule_overrides(datamodule: LightningDataModule, name: str) -> bool:
+    """Whether the LightningDataModule overrides hook ``name``."""
+    from lightning_lib.core.datamodule import LightningDataModule
+    from lightning_lib.utilities.model_helpers import is_overridden
+
+    return is_overridden(name, datamodule, LightningDataModule)
+
+
+def _loop_limits(trainer: Trainer) -> tuple[int, int]:
+    """``min_epochs`` and ``max_epochs`` for a fit: unset, ``max_epochs`` is 1000 (with a warning) unless
+    ``max_steps`` or a Timer bounds the run (then -1, no epoch limit); ``min_epochs`` is 1 with
+    ``min_steps``, else 0 (Lightning's defaults)."""
+    from lightning_lib.callbacks.timer import Timer
+
+    max_epochs = trainer.max_epochs
+    if max_epochs is None:
+        if trainer.max_steps == -1 and not any(isinstance(cb, Timer) for cb in trainer.callbacks):
+            rank_zero_warn(
+                "`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit,"
+                " set `max_epochs=-1`.",
+                category=PossibleUserWarning,
+            )
+            max_epochs = 1000
+        else:
+            max_epochs = -1
+    min_epochs = trainer.min_epochs
+    if min_epochs is None:
+        min_epochs = 1 if trainer.min_steps is not None else 0
+    return min_epochs, max_epochs
+
+
+def _prepare_data(trainer: Trainer, model: LightningModule, datamodule: LightningDataModule | None) -> None:
+    """``prepare_data`` once per node (``prepare_data_per_node=True``) or once per run, by the local (resp.
+    global) rank zero; the other ranks wait for it, as in Lightning."""
+    hooks = trainer._hooks
+    owners: list[tuple[Any, bool]] = []
+    if datamodule is not None and _datamodule_overrides(datamodule, "prepare_data"):
+        owners.append((datamodule, True))
+    if hooks.module_overrides("prepare_data"):
+        owners.append((model, False))
+    if not owners:
+        return
+    for owner, is_datamodule in owners:
+        rank_zero = trainer.local_rank == 0 and (owner.prepare_data_per_node or trainer.node_rank == 0)
+        if rank_zero:
+            if is_datamodule:
+                hooks.datamodule("prepare_data")
+            else:
+                hooks.module("prepare_data")
+    trainer.strategy.barrier("prepare_data")
+
+
 def _check_model(trainer: Trainer, model: LightningModule, fn: TrainerFn) -> None:
     from lightning_lib.core.module import LightningModule
-    from lightning_lib.loop.hooks import overrides
+    from lightning_lib.utilities.model_helpers import is_overridden
 
     if fn == TrainerFn.FITTING:
-        if not overrides(model, "training_step", LightningModule):
+        if not is_overridden("training_step", model, LightningModule):
             raise ValueError("Expected the LightningModule to implement `training_step` for `trainer.fit`.")
-        if not overrides(model, "configure_optimizers", LightningModule):
+        if not is_overridden("configure_optimizers", model, LightningModule):
             raise ValueError(
                 "Expected the LightningModule to implement `configure_optimizers` for `trainer.fit`."
             )
     if fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
         step = "validation_step" if fn == TrainerFn.VALIDATING else "test_step"
-        if not overrides(model, step, LightningModule):
+        if not is_overridden(step, model, LightningModule):
             raise ValueError(f"Expected the LightningModule to implement `{step}` for `trainer.{fn.value}`.")
     if not model.automatic_optimization and (
         trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val
@@ -230,11 +305,21 @@ def _attach_model_callbacks(trainer: Trainer, model: LightningModule) -> None:
     trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, Checkpoint)] + [
         cb for cb in trainer.callbacks if isinstance(cb, Checkpoint)
     ]
+    _attach_logging_functions(trainer, model)
+
+
+def _attach_logging_functions(trainer: Trainer, model: LightningModule) -> None:
+    """Callbacks log through the module, as in Lightning: ``self.log`` inside a callback hook."""
+    for callback in trainer.callbacks:
+        callback.log = model.log  # type: ignore[attr-defined]
+        callback.log_dict = model.log_dict  # type: ignore[attr-defined]
 
 
 def _setup_optimizers(trainer: Trainer, model: LightningModule) -> None:
     conf = trainer._hooks.module("configure_optimizers")
-    trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(conf)
+    trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(
+        conf, model.automatic_optimization, trainer._hooks.module_overrides("lr_scheduler_step")
+    )
     if model.automatic_optimization and len(trainer.optimizers) > 1:
         raise ValueError(
             "Expected one optimizer with automatic optimization, received"
@@ -281,6 +366,20 @@ def _print_results(trainer: Trainer, results: list[dict[str, Any]], stage: Runni
     for name, value, idx in rows:
         lines.append(f"{name:<{width}}{idx:<12}{value}")
     print("\n".join(lines))
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored inside the block (main thread only: signals cannot be handled elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler installed from C, which Python cannot reinstate
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager

@@ -76,9 +76,13 @@ class RunState:
     infos_seen: set[str] = field(default_factory=set)
     warnings_seen: set[str] = field(default_factory=set)
     takes_batch_idx: dict[int, bool] = field(default_factory=dict)
+    # evaluation batches completed per stage ("validate", "test", "predict"): [in this entry point, in the
+    # latest run of the loop]; the sanity check is not counted (Lightning resets its progress after it)
+    eval_batches: dict[str, list[int]] = field(default_factory=dict)
 
     def start(self) -> None:
         """A new entry point starts: forget the previous run's flags (the counters stay)."""
+        self.eval_batches.clear()
         self.should_stop = False
         self.received_sigterm = False
         self.resume = None

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_lib.loop.hooks import HookDispatcher
+from lightning_lib.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from lightning_lib.core.optimizer import LightningOptimizer
@@ -57,12 +58,12 @@ def batch_transfer(trainer: Trainer, dataloader_idx: int) -> BatchTransfer:
 def _transfer_hook(trainer: Trainer, name: TransferHook) -> tuple[Callable[..., Any], bool]:
     """Who runs batch-transfer hook ``name`` (the datamodule's override wins), and whether it is custom."""
     from lightning_lib.core.datamodule import LightningDataModule
-    from lightning_lib.loop.hooks import overrides
+    from lightning_lib.utilities.model_helpers import is_overridden
 
     hooks = trainer._hooks
     module_custom = hooks.module_overrides(name)
     datamodule = trainer.datamodule
-    if datamodule is not None and overrides(datamodule, name, LightningDataModule):
+    if datamodule is not None and is_overridden(name, datamodule, LightningDataModule):
         seen = trainer._run_state.warnings_seen
         if module_custom and name not in seen:
             seen.add(name)
@@ -103,15 +104,15 @@ def _loss_of(output: Any) -> Tensor | None:
         return output
     if isinstance(output, Mapping):
         if "loss" not in output:
-            raise ValueError(
-                'Expected the dict returned by `training_step` to contain a "loss" key, received keys'
-                f" {sorted(output)}."
+            raise MisconfigurationException(
+                "In automatic_optimization, when `training_step` returns a dict, the 'loss' key needs to be"
+                f" present; received keys {sorted(output)}."
             )
         loss: Tensor = output["loss"]
         return loss
-    raise ValueError(
-        "Expected `training_step` to return a loss tensor, a dict with a 'loss' key, or None;"
-        f" received {type(output).__name__}."
+    raise MisconfigurationException(
+        "In automatic optimization, `training_step` must return a Tensor, a dict, or None (where the step will"
+        f" be skipped); received {type(output).__name__}."
     )
 
 
@@ -131,6 +132,13 @@ def run_automatic_step(
             output = trainer.strategy.training_step(*_training_step_args(trainer, batch, batch_idx))
         loss = _loss_of(output)
         if loss is None:
+            if trainer.world_size > 1:
+                # the other ranks would wait in the gradients' all-reduce for a backward that never comes
+                raise RuntimeError(
+                    "Skipping the `training_step` by returning None in distributed training is not supported."
+                    " It is recommended that you rewrite your training logic to avoid having to skip the step"
+                    " in the first place."
+                )
             outputs[0] = output
             return None
         normalized = loss / accumulate if accumulate > 1 else loss
@@ -164,23 +172,21 @@ def run_manual_step(trainer: Trainer, batch: Any, batch_idx: int) -> Any:
         output = trainer.strategy.training_step(*_training_step_args(trainer, batch, batch_idx))
     if isinstance(output, Tensor):
         output = {"loss": output.detach()}
-    elif isinstance(output, Mapping) and isinstance(output.get("loss"), Tensor):
-        output = {**output, "loss": output["loss"].detach()}
+    elif isinstance(output, Mapping):
+        if isinstance(output.get("loss"), Tensor):
+            output = {**output, "loss": output["loss"].detach()}
+    elif output is not None:
+        raise MisconfigurationException(
+            "In manual optimization, `training_step` must either return a Tensor or have no return; received"
+            f" {type(output).__name__}."
+        )
     return output
 
 
 # ---- backward and the optimizer step (also reached from manual_backward and LightningOptimizer.step) ----
 def backward(trainer: Trainer, loss: Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
-    """Scale the loss, then the backward hooks around ``LightningModule.backward``."""
-    hooks = trainer._hooks
-    scaled = trainer.precision_plugin.scale_loss(loss)
-    hooks.callbacks("on_before_backward", scaled)
-    if hooks.module_overrides("on_before_backward"):
-        hooks.module("on_before_backward", scaled)
-    hooks.module("backward", scaled, *args, **kwargs)
-    hooks.callbacks("on_after_backward")
-    if hooks.module_overrides("on_after_backward"):
-        hooks.module("on_after_backward")
+    """Scale the loss, then the backward hooks around ``LightningModule.backward`` (the strategy's)."""
+    trainer.strategy.backward(loss, optimizer, *args, **kwargs)
 
 
 def optimizer_step(

@@ -46,10 +46,15 @@ def normalize_precision(value: Any, device_type: str) -> str:
 
 
 class Precision:
-    """Full float32: the base every other precision adjusts."""
+    """Full float32: the base every other precision adjusts (``Trainer(plugins=[...])`` accepts one)."""
 
     name = "32-true"
     scaler: Any = None
+
+    @property
+    def precision(self) -> str:
+        """The canonical precision name ("32-true", "16-mixed", ...), Lightning's attribute."""
+        return self.name
 
     def convert_module(self, module: nn.Module) -> nn.Module:
         return module
@@ -84,7 +89,7 @@ class Precision:
             after_closure()
             return result
 
-        return optimizer.step(wrapped, **kw)
+        return optimizer.step(closure=wrapped, **kw)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -96,12 +101,14 @@ class Precision:
 class MixedPrecision(Precision):
     """Autocast to fp16 (with a GradScaler that skips steps whose gradients overflow) or bf16."""
 
-    def __init__(self, name: str, device_type: str, scaler: Any = None) -> None:
-        self.name = name
-        self.device_type = device_type
-        self.dtype = torch.float16 if name == "16-mixed" else torch.bfloat16
-        if name == "16-mixed" and scaler is None:
-            scaler = torch.amp.GradScaler(device_type)
+    def __init__(self, precision: str, device: str, scaler: Any = None) -> None:
+        if precision not in ("16-mixed", "bf16-mixed"):
+            raise ValueError(f"Expected precision to be '16-mixed' or 'bf16-mixed', received {precision!r}.")
+        self.name = precision
+        self.device = self.device_type = device
+        self.dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
+        if precision == "16-mixed" and scaler is None:
+            scaler = torch.amp.GradScaler(device)
         self.scaler = scaler
 
     def forward_context(self) -> Any:
@@ -149,8 +156,11 @@ class TruePrecision(Precision):
     """Parameters, inputs and newly created floats all in one dtype (bf16, fp16 or fp64)."""
 
     def __init__(self, name: str) -> None:
+        dtypes = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
+        if name not in dtypes:
+            raise ValueError(f"Expected precision to be one of {sorted(dtypes)}, received {name!r}.")
         self.name = name
-        self.dtype = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}[name]
+        self.dtype = dtypes[name]
 
     def convert_module(self, module: nn.Module) -> nn.Module:
         return module.to(dtype=self.dtype)
@@ -160,6 +170,22 @@ class TruePrecision(Precision):
 
     def forward_context(self) -> Any:
         return _default_dtype(self.dtype)
+
+
+class DoublePrecision(TruePrecision):
+    """``precision="64-true"``: parameters, inputs and new floats in float64."""
+
+    def __init__(self) -> None:
+        super().__init__("64-true")
+
+
+class HalfPrecision(TruePrecision):
+    """``precision="16-true"`` or ``"bf16-true"``: everything in half precision, no autocast."""
+
+    def __init__(self, precision: str = "16-true") -> None:
+        if precision not in ("16-true", "bf16-true"):
+            raise ValueError(f"Expected precision to be '16-true' or 'bf16-true', received {precision!r}.")
+        super().__init__(precision)
 
 
 @contextmanager
@@ -173,7 +199,9 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def build_precision(value: Any, device_type: str) -> Precision:
-    """The precision object for a Trainer's ``precision`` argument on ``device_type``."""
+    """The precision object for a Trainer's ``precision`` argument (or precision plugin) on ``device_type``."""
+    if isinstance(value, Precision):
+        return value
     name = normalize_precision(value, device_type)
     if name == "32-true":
         return Precision()

@@ -6,10 +6,12 @@ Trainer itself is built from (loops, checkpoints, callbacks), which must not pul
 
 import typing
 
+from lightning_lib.utilities.seed import seed_everything
+
 if typing.TYPE_CHECKING:
     from lightning_lib.trainer.trainer import Trainer
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "seed_everything"]
 
 
 def __getattr__(name: str) -> typing.Any:

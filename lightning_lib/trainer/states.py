@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+
+from lightning_lib.utilities.enums import LightningEnum
 
 
-class TrainerFn(str, Enum):
+class TrainerFn(LightningEnum):
     """The user-facing entry point that is running."""
 
     FITTING = "fit"
@@ -15,7 +16,7 @@ class TrainerFn(str, Enum):
     PREDICTING = "predict"
 
 
-class RunningStage(str, Enum):
+class RunningStage(LightningEnum):
     """The loop that is running; ``fit`` alternates between training, sanity checking and validating."""
 
     TRAINING = "train"
@@ -35,7 +36,7 @@ class RunningStage(str, Enum):
         return self.value
 
 
-class TrainerStatus(str, Enum):
+class TrainerStatus(LightningEnum):
     INITIALIZING = "initializing"
     RUNNING = "running"
     FINISHED = "finished"
@@ -53,3 +54,6 @@ class TrainerState:
     @property
     def finished(self) -> bool:
         return self.status == TrainerStatus.FINISHED
+
+
+__all__ = ["RunningStage", "TrainerFn", "TrainerState", "TrainerStatus"]

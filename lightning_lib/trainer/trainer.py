@@ -21,19 +21,33 @@ from lightning_lib.loop.hooks import HookDispatcher
 from lightning_lib.loop.logger_connector import LoggerConnector
 from lightning_lib.loop.predict import PredictLoop
 from lightning_lib.loop.state import FitProgress, RunState
+from lightning_lib.loop.views import EvaluationLoopView, FitLoopView
 from lightning_lib.plugins.precision import build_precision
+from lightning_lib.profilers import Profiler
 from lightning_lib.trainer.arguments import (
+    BAREBONES_INFO,
     MAX_NUM_NODES,
     batch_limit,
+    build_profiler,
+    check_barebones,
     check_choice,
+    check_fast_dev_run,
+    check_gradient_clip_algorithm,
     check_gradient_clip_val,
     check_int,
+    check_reload_every_n_epochs,
     check_strategy,
+    check_val_every_n_epoch_arg,
+    defaults_from_env_vars,
+    expand_local_path,
     parse_devices,
     parse_duration,
+    precision_from_plugins,
     resolve_accelerator,
 )
 from lightning_lib.trainer.states import RunningStage, TrainerFn, TrainerState
+from lightning_lib.utilities.exceptions import MisconfigurationException
+from lightning_lib.utilities.rank_zero import rank_zero_info
 
 if TYPE_CHECKING:
     from lightning_lib.core.datamodule import LightningDataModule
@@ -55,6 +69,7 @@ class Trainer:
 
     loggers: list[Logger]
 
+    @defaults_from_env_vars
     def __init__(
         self,
         *,
@@ -90,7 +105,7 @@ class Trainer:
         benchmark: bool | None = None,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
-        profiler: Any = None,
+        profiler: Profiler | str | None = None,
         detect_anomaly: bool = False,
         barebones: bool = False,
         plugins: Any = None,
@@ -102,29 +117,43 @@ class Trainer:
     ) -> None:
         check_strategy(strategy)
         check_int("num_nodes", num_nodes, 1, maximum=MAX_NUM_NODES)
-        for name, value in (("profiler", profiler), ("plugins", plugins)):
-            if value is not None:
-                raise ValueError(f"Expected {name}=None in this version, received {value!r}.")
-        if barebones or sync_batchnorm:
-            raise ValueError("Expected barebones=False and sync_batchnorm=False in this version.")
+        self.barebones = bool(barebones)
+        if barebones:
+            check_barebones(
+                enable_checkpointing=enable_checkpointing,
+                logger=logger,
+                enable_progress_bar=enable_progress_bar,
+                log_every_n_steps=log_every_n_steps,
+                enable_model_summary=enable_model_summary,
+                num_sanity_val_steps=num_sanity_val_steps,
+                fast_dev_run=fast_dev_run,
+                detect_anomaly=detect_anomaly,
+                profiler=profiler,
+            )
+            enable_checkpointing = enable_progress_bar = enable_model_summary = logger = False
+            log_every_n_steps = num_sanity_val_steps = 0
+        self.sync_batchnorm = bool(sync_batchnorm)
         device_type = resolve_accelerator(accelerator)
         self.strategy = build_strategy(strategy, parse_devices(device_type, devices), num_nodes, self)
-        self.precision_plugin = build_precision(precision, device_type)
+        self.precision_plugin = build_precision(precision_from_plugins(precision, plugins), device_type)
         self.precision = self.precision_plugin.name
 
         self.max_steps = check_int("max_steps", max_steps, -1)
-        max_epochs = check_int("max_epochs", max_epochs, -1, allow_none=True)
+        # None until a fit resolves it (1000, or -1 with max_steps or max_time), as in Lightning
+        self.max_epochs: int | None = check_int("max_epochs", max_epochs, -1, allow_none=True)
         self.min_epochs = check_int("min_epochs", min_epochs, 0, allow_none=True)
         self.min_steps = check_int("min_steps", min_steps, 0, allow_none=True)
         self.max_time: timedelta | None = parse_duration("max_time", max_time)
-        if max_epochs is None:
-            max_epochs = 1000 if self.max_steps == -1 and self.max_time is None else -1
-        self.max_epochs: int = max_epochs
-        self.limit_train_batches = batch_limit("limit_train_batches", limit_train_batches)
-        self.limit_val_batches = batch_limit("limit_val_batches", limit_val_batches)
-        self.limit_test_batches = batch_limit("limit_test_batches", limit_test_batches)
-        self.limit_predict_batches = batch_limit("limit_predict_batches", limit_predict_batches)
-        self.overfit_batches = batch_limit("overfit_batches", overfit_batches)
+        self.check_val_every_n_epoch = check_val_every_n_epoch_arg(
+            check_val_every_n_epoch, val_check_interval
+        )
+        self.limit_train_batches = batch_limit("limit_train_batches", limit_train_batches, announce=True)
+        self.limit_val_batches = batch_limit("limit_val_batches", limit_val_batches, announce=True)
+        self.limit_test_batches = batch_limit("limit_test_batches", limit_test_batches, announce=True)
+        self.limit_predict_batches = batch_limit(
+            "limit_predict_batches", limit_predict_batches, announce=True
+        )
+        self.overfit_batches = batch_limit("overfit_batches", overfit_batches, announce=True)
         self._val_check_time_interval: float | None = None
         if isinstance(val_check_interval, str | timedelta | dict):
             interval = parse_duration("val_check_interval", val_check_interval)
@@ -132,12 +161,9 @@ class Trainer:
             self._val_check_time_interval = interval.total_seconds()
             self.val_check_interval: int | float = 1.0
         else:
-            self.val_check_interval = batch_limit("val_check_interval", val_check_interval)
+            self.val_check_interval = batch_limit("val_check_interval", val_check_interval, announce=True)
             if self.val_check_interval == 0:
-                raise ValueError("Expected val_check_interval > 0, received 0.")
-        self.check_val_every_n_epoch = check_int(
-            "check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True
-        )
+                raise MisconfigurationException("Expected val_check_interval > 0, received 0.")
         self.num_sanity_val_steps: int | float = check_int(
             "num_sanity_val_steps", 2 if num_sanity_val_steps is None else num_sanity_val_steps, -1
         )
@@ -148,23 +174,25 @@ class Trainer:
         )
         self.accumulate_grad_batches = check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
         self.gradient_clip_val = check_gradient_clip_val(gradient_clip_val)
-        self.gradient_clip_algorithm = check_choice(
-            "gradient_clip_algorithm", gradient_clip_algorithm, (None, "norm", "value")
-        )
+        self.gradient_clip_algorithm = check_gradient_clip_algorithm(gradient_clip_algorithm)
         check_choice("deterministic", deterministic, (None, True, False, "warn"))
         self.deterministic = deterministic
         self._configure_determinism(deterministic, benchmark)
         self.inference_mode = bool(inference_mode)
         self.use_distributed_sampler = use_distributed_sampler
-        self.detect_anomaly = detect_anomaly
-        self.reload_dataloaders_every_n_epochs = check_int(
-            "reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0
+        self.detect_anomaly = self._detect_anomaly = bool(detect_anomaly)
+        if detect_anomaly:
+            rank_zero_info(
+                "You have turned on `Trainer(detect_anomaly=True)`. This will significantly slow down compute"
+                " speed and is recommended only for model debugging."
+            )
+        self.reload_dataloaders_every_n_epochs = check_reload_every_n_epochs(
+            reload_dataloaders_every_n_epochs
         )
         self.enable_autolog_hparams = enable_autolog_hparams
         self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
-        if isinstance(fast_dev_run, bool):
-            fast_dev_run = int(fast_dev_run)
-        self.fast_dev_run: int = check_int("fast_dev_run", fast_dev_run, 0)
+        self.fast_dev_run: int | bool = check_fast_dev_run(fast_dev_run)
+        self.profiler: Profiler = build_profiler(profiler)
         self._apply_debug_flags()
 
         self.state = TrainerState()
@@ -182,6 +210,13 @@ class Trainer:
         self._init_callbacks_and_loggers(
             callbacks, logger, enable_checkpointing, enable_progress_bar, enable_model_summary
         )
+        if self.fast_dev_run:
+            rank_zero_info(
+                f"Running in `fast_dev_run` mode: will run the requested loop using {int(self.fast_dev_run)}"
+                " batch(es). Logging and checkpointing is suppressed."
+            )
+        if barebones:
+            rank_zero_info(BAREBONES_INFO)
 
     # ---- entry points --------------------------------------------------------------------------------
     def fit(
@@ -330,6 +365,23 @@ class Trainer:
 
     # ---- attributes users read -----------------------------------------------------------------------
     @property
+    def fit_loop(self) -> FitLoopView:
+        """Lightning's ``trainer.fit_loop``: the fit's limits (settable) and progress counters."""
+        return FitLoopView(self)
+
+    @property
+    def validate_loop(self) -> EvaluationLoopView:
+        return EvaluationLoopView(self, "validate")
+
+    @property
+    def test_loop(self) -> EvaluationLoopView:
+        return EvaluationLoopView(self, "test")
+
+    @property
+    def predict_loop(self) -> EvaluationLoopView:
+        return EvaluationLoopView(self, "predict")
+
+    @property
     def progress(self) -> FitProgress:
         """The fit loop's counters, down to the batch within the epoch."""
         return self._run_state.progress
@@ -394,11 +446,17 @@ class Trainer:
 
     @property
     def train_dataloader(self) -> Any:
-        return self._data.train_loader
+        """The train dataloader(s) of the fit, as given (a loader, or the list or dict of them)."""
+        return self._data.train_iterables
 
     @property
     def val_dataloaders(self) -> Any:
         loaders = self._data.loaded("val")
+        return loaders[0] if len(loaders) == 1 else (loaders or None)
+
+    @property
+    def predict_dataloaders(self) -> Any:
+        loaders = self._data.loaded("predict")
         return loaders[0] if len(loaders) == 1 else (loaders or None)
 
     @property
@@ -424,7 +482,10 @@ class Trainer:
 
     @property
     def estimated_stepping_batches(self) -> int | float:
-        if self.state.fn == TrainerFn.FITTING and self._data.train_loader is None:
+        """The optimizer steps the fit will take (Lightning's estimate), loading the train data if needed."""
+        unbounded = self.max_epochs == -1 or (self.max_epochs is None and self.max_steps != -1)
+        if not unbounded and self._data.train_loader is None and self.lightning_module is not None:
+            rank_zero_info("Loading `train_dataloader` to estimate number of stepping batches.")
             self._data.setup_train_data()
         return estimated_stepping_batches(self)
 
@@ -458,7 +519,8 @@ class Trainer:
 
     @property
     def default_root_dir(self) -> str:
-        return self._default_root_dir
+        """Where logs and checkpoints go when no logger or callback says otherwise; ``~`` is expanded."""
+        return expand_local_path(self._default_root_dir)
 
     @property
     def logger(self) -> Any:
@@ -552,6 +614,17 @@ class Trainer:
             )
         save_checkpoint(self, filepath, weights_only)
 
+    # ---- pickling --------------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # the checkpoint writer holds a thread and locks: a copy gets its own, idle writer
+        state = self.__dict__.copy()
+        state.pop("_checkpoint_writer", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._checkpoint_writer = CheckpointWriter()
+
     # ---- construction helpers ------------------------------------------------------------------------
     def _configure_determinism(self, deterministic: Any, benchmark: bool | None) -> None:
         if deterministic is not None and deterministic is not False:
@@ -571,16 +644,18 @@ class Trainer:
 
     def _apply_debug_flags(self) -> None:
         if self.fast_dev_run:
-            n = self.fast_dev_run
-            self.limit_train_batches = self.limit_val_batches = n
+            n = int(self.fast_dev_run)
+            if not self.overfit_batches > 0:
+                self.limit_train_batches = self.limit_val_batches = n
             self.limit_test_batches = self.limit_predict_batches = n
             self.max_steps = n
             self.num_sanity_val_steps = 0
             self.max_epochs = 1
             self.val_check_interval = 1.0
+            self._val_check_time_interval = None
             self.check_val_every_n_epoch = 1
             self.log_every_n_steps = 1
-        elif self.overfit_batches > 0:
+        if self.overfit_batches > 0:
             self.limit_train_batches = self.overfit_batches
             self.limit_val_batches = self.overfit_batches
 
@@ -633,11 +708,20 @@ class Trainer:
             )
         if enable_progress_bar is not False and not bars:
             found.append(TQDMProgressBar())
-        if self.max_time is not None and not any(isinstance(cb, Timer) for cb in found):
-            found.append(Timer(duration=self.max_time, interval="step"))
+        if self.max_time is not None:
+            if any(isinstance(cb, Timer) for cb in found):
+                rank_zero_info(
+                    f"Ignoring `Trainer(max_time={self.max_time})`, callbacks list already contains a Timer."
+                )
+            else:
+                found.append(Timer(duration=self.max_time, interval="step"))
+        # checkpoints last, as in Lightning, so they see what every other callback logged or changed
+        found = [cb for cb in found if not isinstance(cb, ModelCheckpoint)] + [
+            cb for cb in found if isinstance(cb, ModelCheckpoint)
+        ]
         self.callbacks: list[Callback] = found
         if logger is None or logger is True:
-            self.loggers = [CSVLogger(save_dir=self._default_root_dir)]
+            self.loggers = [CSVLogger(save_dir=self.default_root_dir)]
         elif logger is False:
             self.loggers = []
         elif isinstance(logger, Logger):

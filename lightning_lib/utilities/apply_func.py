@@ -44,3 +44,8 @@ def move_to_device(batch: Any, device: torch.device | str) -> Any:
     return apply_to_tensors(
         batch, lambda t: t if t.device == device else t.to(device, non_blocking=non_blocking)
     )
+
+
+def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
+    """Lightning's name for :func:`move_to_device`: every tensor of ``batch`` on ``device``."""
+    return move_to_device(batch, torch.device(device) if isinstance(device, int) else device)

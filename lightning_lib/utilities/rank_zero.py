@@ -9,11 +9,13 @@ the environment, so a logger built at the top of a script already knows whether 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-F = TypeVar("F", bound=Callable[..., Any])
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # the variables launchers set, in the order Lightning reads them
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
@@ -34,15 +36,16 @@ class _RankZeroOnly:
     def __init__(self) -> None:
         self.rank = rank_from_environment()
 
-    def __call__(self, fn: F) -> F:
-        if getattr(fn, "_rank_zero_only", False):
+    def __call__(self, fn: _F, default: Any = None) -> _F:
+        """Run ``fn`` on global rank zero only; elsewhere return ``default``."""
+        if getattr(fn, "_rank_zero_only", False) and default is None:
             return fn
 
         @functools.wraps(fn)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             if self.rank == 0:
                 return fn(*args, **kwargs)
-            return None
+            return default
 
         wrapped._rank_zero_only = True  # type: ignore[attr-defined]
         return wrapped  # type: ignore[return-value]
@@ -85,10 +88,67 @@ def rank_zero_print(*args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs)
 
 
+_log = logging.getLogger(__name__)
+
+
+class LightningDeprecationWarning(DeprecationWarning):
+    """What ``rank_zero_deprecation`` warns with."""
+
+
+def rank_zero_debug(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
+    """A debug log record, on the global-zero process only."""
+    if rank_zero_only.rank == 0:
+        _log.debug(*args, stacklevel=stacklevel - 2, **kwargs)
+
+
+def rank_zero_info(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
+    """An info log record, on the global-zero process only."""
+    if rank_zero_only.rank == 0:
+        _log.info(*args, stacklevel=stacklevel - 2, **kwargs)
+
+
+def rank_zero_warn(message: str | Warning, stacklevel: int = 4, **kwargs: Any) -> None:
+    """``warnings.warn`` on the global-zero process only (``category`` defaults to UserWarning)."""
+    if rank_zero_only.rank == 0:
+        # stacklevel counts from the caller of this function, as in Lightning
+        warnings.warn(message, stacklevel=stacklevel - 2, **kwargs)
+
+
+def rank_zero_deprecation(message: str | Warning, stacklevel: int = 5, **kwargs: Any) -> None:
+    """A ``LightningDeprecationWarning`` on the global-zero process only."""
+    category = kwargs.pop("category", LightningDeprecationWarning)
+    rank_zero_warn(message, stacklevel=stacklevel, category=category, **kwargs)
+
+
+class WarningCache(set[str]):
+    """Each message is warned (or logged) once per cache, on the global-zero process."""
+
+    def warn(self, message: str, stacklevel: int = 5, **kwargs: Any) -> None:
+        if message not in self:
+            self.add(message)
+            rank_zero_warn(message, stacklevel=stacklevel, **kwargs)
+
+    def deprecation(self, message: str, stacklevel: int = 6, **kwargs: Any) -> None:
+        if message not in self:
+            self.add(message)
+            rank_zero_deprecation(message, stacklevel=stacklevel, **kwargs)
+
+    def info(self, message: str, stacklevel: int = 5, **kwargs: Any) -> None:
+        if message not in self:
+            self.add(message)
+            rank_zero_info(message, stacklevel=stacklevel, **kwargs)
+
+
 __all__ = [
     "DummyExperiment",
+    "LightningDeprecationWarning",
+    "WarningCache",
     "rank_from_environment",
+    "rank_zero_debug",
+    "rank_zero_deprecation",
     "rank_zero_experiment",
+    "rank_zero_info",
     "rank_zero_only",
     "rank_zero_print",
+    "rank_zero_warn",
 ]

@@ -26,10 +26,9 @@ def test_an_object_without_the_whole_surface_is_not_a_strategy() -> None:
         root_device=torch.device("cpu"), num_nodes=1, world_size=1, barrier=lambda: None
     )
     assert not isinstance(partial, Strategy)
-    # the optimizer wrappers the Trainer sets are part of the protocol too
-    single = SingleDeviceStrategy()
-    del single._lightning_optimizers
-    assert not isinstance(single, Strategy)
+    # the strategies derive from it, as Lightning's do from its Strategy base (mock.patch.object(Strategy, ...)
+    # reaches them)
+    assert issubclass(SingleDeviceStrategy, Strategy)
 
 
 @pytest.mark.parametrize(
