@@ -10,14 +10,16 @@ import torch
 from lightning_lib.callbacks.prediction_writer import BasePredictionWriter
 from lightning_lib.loop.loaders import IndexRecordingBatchSampler, LimitedFetcher, with_batch_indices
 from lightning_lib.loop.step import batch_transfer
+from lightning_lib.loop.views import EvaluationLoopView
 from lightning_lib.trainer.states import RunningStage
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
 
 
-class PredictLoop:
-    """``trainer.predict_loop``: what prediction writers read while ``trainer.predict`` runs (Lightning's names).
+class PredictLoop(EvaluationLoopView):
+    """``trainer.predict_loop``: its progress and limits (the view every evaluation loop has) and what
+    prediction writers read while ``trainer.predict`` runs (Lightning's names).
 
     ``current_batch_indices`` are the dataset indices of the batch being predicted and
     ``epoch_batch_indices`` those of every batch so far, per dataloader; both are recorded only while a
@@ -25,7 +27,8 @@ class PredictLoop:
     for one dataloader, a list per dataloader for several).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__(trainer, "predict")
         self.epoch_batch_indices: list[list[list[int]]] = []
         self.current_batch_indices: list[int] = []
         self.return_predictions = False

@@ -202,7 +202,7 @@ class Trainer:
         self.lr_scheduler_configs: list[Any] = []
         self._run_state = RunState()
         # Lightning's name: prediction writers read the batch indices and kept predictions from it
-        self.predict_loop = PredictLoop()
+        self._predict_loop = PredictLoop(self)
         self._data = DataConnector(self)
         self._hooks = HookDispatcher(self)
         self._checkpoint_writer = CheckpointWriter()
@@ -378,8 +378,8 @@ class Trainer:
         return EvaluationLoopView(self, "test")
 
     @property
-    def predict_loop(self) -> EvaluationLoopView:
-        return EvaluationLoopView(self, "predict")
+    def predict_loop(self) -> PredictLoop:
+        return self._predict_loop
 
     @property
     def progress(self) -> FitProgress:
