@@ -299,6 +299,9 @@ def is_collateral(exc: BaseException) -> bool:
 
     if isinstance(exc, SIGTERMException | KeyboardInterrupt | dist.DistError):
         return True
+    # the Trainer turns an interrupt into SystemExit(1) after its graceful shutdown, as Lightning does
+    if isinstance(exc, SystemExit) and isinstance(exc.__cause__, KeyboardInterrupt):
+        return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(sign in text for sign in _PEER_FAILURE_SIGNS)
 
