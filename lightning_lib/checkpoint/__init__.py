@@ -1,15 +1,15 @@
 """Checkpoints: what one holds, how it is committed to object storage, the one background writer,
 and resuming a run from it.
 
-A checkpoint is a folder in an ``ObjectStore`` (``lightning_lib.storage``) committed by its
-``MANIFEST.json``, written last: ``write_checkpoint`` commits one; ``load_manifest``,
-``list_committed``, ``latest_valid`` and the ``*_verified`` readers only believe a manifest that
-validates and bytes that match it; ``delete_checkpoint`` and ``cleanup_orphans`` remove checkpoints
-and what killed writers left. ``CheckpointWriter`` is the one background writer: it commits (and,
-for retention, deletes) a Trainer's checkpoints in order, off the training thread. ``load_file`` reads
-a ``.ckpt`` file or a committed folder (verified, ``weights_only=True`` unless asked otherwise). How
-the Trainer builds a checkpoint and resumes from one (``_format``, ``_resume``, ``_positions``) is
-internal to it.
+A checkpoint is a ``.ckpt`` file with Lightning's name in an ``ObjectStore`` (``lightning_lib.storage``),
+committed by a marker written last in the hidden ``.manifests`` folder beside it (``manifest_key``):
+``write_checkpoint`` commits one (overwriting a committed one crash-safely when asked); ``load_manifest``,
+``list_committed``, ``latest_valid`` and the ``*_verified`` readers only believe a committed marker that
+validates and bytes that match it; ``delete_checkpoint`` and ``cleanup_orphans`` remove checkpoints and
+what killed writers left. ``CheckpointWriter`` is the one background writer: it commits (and, for
+retention, deletes) a Trainer's checkpoints in order, off the training thread. ``load_file`` reads a
+checkpoint file (verified when committed, ``weights_only=True`` unless asked otherwise). How the Trainer
+builds a checkpoint and resumes from one (``_format``, ``_resume``, ``_positions``) is internal to it.
 """
 
 from lightning_lib.checkpoint._commit import (
@@ -26,27 +26,27 @@ from lightning_lib.checkpoint._commit import (
 )
 from lightning_lib.checkpoint._format import load_file
 from lightning_lib.checkpoint._manifest import (
-    MANIFEST_NAME,
+    MANIFEST_DIR,
     CheckpointExistsError,
     CheckpointFallbackWarning,
     CheckpointNotFoundError,
     CommittedCheckpoint,
     CorruptCheckpointError,
-    FileEntry,
+    FileVersion,
     InvalidManifestError,
+    manifest_key,
 )
-from lightning_lib.checkpoint._writer import CHECKPOINT_FILE, CheckpointWriter
+from lightning_lib.checkpoint._writer import CheckpointWriter
 
 __all__ = [
-    "CHECKPOINT_FILE",
-    "MANIFEST_NAME",
+    "MANIFEST_DIR",
     "CheckpointExistsError",
     "CheckpointFallbackWarning",
     "CheckpointNotFoundError",
     "CheckpointWriter",
     "CommittedCheckpoint",
     "CorruptCheckpointError",
-    "FileEntry",
+    "FileVersion",
     "InvalidManifestError",
     "cleanup_orphans",
     "delete_checkpoint",
@@ -56,6 +56,7 @@ __all__ = [
     "load_file",
     "load_manifest",
     "load_verified",
+    "manifest_key",
     "read_manifest",
     "read_verified",
     "write_checkpoint",

@@ -1,9 +1,24 @@
-"""The checkpoint commit protocol over any ``ObjectStore``.
+"""The checkpoint commit protocol over any ``ObjectStore``: one file per checkpoint, one marker per file.
 
-A checkpoint is a folder ``NAME`` in a store: its files are written first, then ``NAME/MANIFEST.json``
-(each file's size and sha256, the step, the time) is written last with a conditional put. Readers
-only believe a manifest that validates, and verify every byte they read against it, so a writer
-killed at any moment leaves either a complete checkpoint or one that readers do not see.
+A checkpoint is the object ``NAME`` (``epoch=3-step=40.ckpt``: the file ``torch.load`` opens, Lightning's
+name) and its marker ``manifest_key(NAME)`` (``.manifests/epoch=3-step=40.ckpt.json``, see ``_manifest``).
+
+Writing a new name: the marker is first written in the ``writing`` state with a conditional put (the
+name is claimed; a second writer fails before uploading anything), then the file is uploaded (each store
+publishes an object atomically), then the marker is rewritten as ``committed`` with the file's size and
+sha256, the step and the time: the commit, written last.
+
+Overwriting a committed name (the rotating "last.ckpt"): once the new bytes are hashed, and before they
+replace the old ones, the marker lists both versions; once they are in place, only the new one. A
+reader therefore always finds bytes that match the marker (whichever version they are), and at no
+moment does the checkpoint stop existing: a writer killed at any step leaves the old or the new
+checkpoint, whole and verifiable, never a torn file or a mismatched pair that validates.
+
+Deleting: the marker becomes ``deleting`` (readers stop seeing the checkpoint at once), the file is
+deleted, then the marker. Readers only believe a committed marker that validates, and verify every byte
+they use against it. ``cleanup_orphans`` finishes what a killed writer left (a claim without a commit,
+a half-done deletion, temporary objects), and never touches a file it has no marker of: a file a user
+put in the folder is not this protocol's to delete.
 """
 
 from __future__ import annotations
@@ -15,33 +30,28 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any, BinaryIO, TypeVar
 
 from lightning_lib.checkpoint._manifest import (
-    MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     CheckpointExistsError,
     CheckpointFallbackWarning,
     CheckpointNotFoundError,
     CommittedCheckpoint,
     CorruptCheckpointError,
-    FileEntry,
+    FileVersion,
     InvalidManifestError,
+    Marker,
     decode_manifest,
     encode_manifest,
-    validate_filename,
+    manifest_key,
+    name_of_manifest,
+    validate_name,
 )
-from lightning_lib.storage._base import (
-    TEMP_MARKER,
-    ObjectInfo,
-    ObjectNotFound,
-    ObjectStore,
-    PreconditionFailed,
-    validate_key,
-)
+from lightning_lib.storage._base import TEMP_MARKER, ObjectNotFound, ObjectStore, PreconditionFailed
 from lightning_lib.storage._hashing import (
     FileSource,
     GrowingFile,
@@ -56,111 +66,179 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _manifest_key(name: str) -> str:
-    return f"{name}/{MANIFEST_NAME}"
+def _digest_bytes(view: memoryview) -> tuple[int, str]:
+    return view.nbytes, hashlib.sha256(view).hexdigest()
 
 
-def _write_file(store: ObjectStore, key: str, source: FileSource) -> FileEntry:
-    """Upload one file and return its manifest entry, hashing the bytes on their way out."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        view = memoryview(source).cast("B")
-        digest = hash_alongside(
-            lambda: hashlib.sha256(view).hexdigest(), lambda: store.put_bytes(key, source)
-        )
-        return {"size": view.nbytes, "sha256": digest}
+def _upload(
+    store: ObjectStore, name: str, source: FileSource, before_publish: Callable[[int, str], None] | None
+) -> tuple[int, str]:
+    """Upload ``source`` as the object ``name``; return its size and sha256.
+
+    ``before_publish(size, sha256)`` runs once the bytes are known and before they become visible at
+    ``name``: an overwrite lists the new version in the marker there. Without it the hash is computed
+    alongside the upload, so its cost hides behind the transfer.
+    """
     if isinstance(source, GrowingFile):
+        hook = None if before_publish is None else (lambda done: before_publish(done.size, done.sha256))
         try:
-            store.put_growing_file(key, source)
+            store.put_growing_file(name, source, before_publish=hook)
         except BaseException:
             source.cancel()  # the rest of the file is not needed: stop its writer at its next write
             raise
         done = source.result()
         if os.path.getsize(done.path) != done.size:
-            raise RuntimeError(f"{done.path} changed while it was uploaded to {store.uri}/{key}.")
-        return {"size": done.size, "sha256": done.sha256}
+            raise RuntimeError(f"{done.path} changed while it was uploaded to {store.uri}/{name}.")
+        return done.size, done.sha256
+    if isinstance(source, bytes | bytearray | memoryview):
+        view = memoryview(source).cast("B")
+        if before_publish is not None:
+            size, digest = _digest_bytes(view)
+            before_publish(size, digest)
+            store.put_bytes(name, source)
+            return size, digest
+        digest = hash_alongside(
+            lambda: hashlib.sha256(view).hexdigest(), lambda: store.put_bytes(name, source)
+        )
+        return view.nbytes, digest
     if isinstance(source, PrehashedFile):
         if os.path.getsize(source.path) != source.size:
             raise ValueError(
                 f"{source.path} is {os.path.getsize(source.path)} bytes, its PrehashedFile says {source.size}."
             )
-        store.put_file(key, source.path)
-        return {"size": source.size, "sha256": source.sha256}
+        if before_publish is not None:
+            before_publish(source.size, source.sha256)
+        store.put_file(name, source.path)
+        return source.size, source.sha256
     path = os.fspath(source)
-    size, digest = hash_alongside(lambda: hash_file(path), lambda: store.put_file(key, path))
+    if before_publish is not None:
+        size, digest = hash_file(path)
+        before_publish(size, digest)
+        store.put_file(name, path)
+    else:
+        size, digest = hash_alongside(lambda: hash_file(path), lambda: store.put_file(name, path))
     if os.path.getsize(path) != size:
-        raise RuntimeError(f"{path} changed while it was uploaded to {store.uri}/{key}.")
-    return {"size": size, "sha256": digest}
+        raise RuntimeError(f"{path} changed while it was uploaded to {store.uri}/{name}.")
+    return size, digest
+
+
+def _read_marker(store: ObjectStore, name: str) -> Marker:
+    """The marker of ``name``: ``CheckpointNotFoundError`` when there is none, ``InvalidManifestError``
+    when it cannot be trusted."""
+    uri = join_uri(store.uri, name)
+    try:
+        raw = store.get_bytes(manifest_key(name))
+    except ObjectNotFound:
+        raise CheckpointNotFoundError(
+            f"{uri} has no commit marker: it was never committed (or was deleted), so it does not exist."
+        ) from None
+    return decode_manifest(raw, name, uri)
+
+
+def _claim(store: ObjectStore, name: str, claim: bytes) -> None:
+    """Take ``name`` for a new checkpoint with a conditional put of its ``writing`` marker."""
+    key = manifest_key(name)
+    try:
+        store.put_bytes(key, claim, if_none_match=True)
+    except PreconditionFailed:
+        # A retried put whose first attempt landed (the reply was lost) is refused too: if the stored
+        # marker is byte-for-byte ours, the claim is ours.
+        with suppress(ObjectNotFound):
+            if store.get_bytes(key) == claim:
+                return
+        raise CheckpointExistsError(
+            f"{join_uri(store.uri, name)} is already committed or being written (a commit marker exists"
+            " there, valid or not): such a name is never overwritten; write under a new name or delete"
+            " it first."
+        ) from None
 
 
 def write_checkpoint(
     store: ObjectStore,
     name: str,
-    files: Mapping[str, FileSource],
+    source: FileSource,
     step: int,
     extra: dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> CommittedCheckpoint:
-    """Write ``files`` under ``name`` and commit them with a manifest written last.
+    """Upload ``source`` as the checkpoint file ``name`` and commit it with its marker, written last.
 
-    Values are in-memory bytes, local file paths, or ``PrehashedFile``. Committed checkpoints are
-    immutable: an existing manifest under ``name`` raises ``CheckpointExistsError`` before any file is
-    touched. One writer per name is assumed; the conditional manifest put makes a second writer fail.
+    ``source`` is in-memory bytes, a local file path, a ``PrehashedFile`` or a ``GrowingFile``. Without
+    ``overwrite``, a name whose marker exists (valid or not) raises ``CheckpointExistsError`` before the
+    file is touched. With it, a committed checkpoint there is replaced crash-safely (see the module
+    docstring); anything else there (a claim, a deletion, an invalid marker) is written over.
     """
-    validate_key(name)
-    if not files:
-        raise ValueError(f"Expected at least one file for checkpoint {name!r}, received none.")
-    for filename in files:
-        validate_filename(filename)
+    validate_name(name)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"Expected step to be a non-negative int, received {step!r}.")
     extra = dict(extra or {})
     json.dumps(extra, allow_nan=False)  # refuse unserialisable extras before uploading anything
     uri = join_uri(store.uri, name)
-    if name_taken(store, name):
-        raise CheckpointExistsError(
-            f"{uri} is already committed (a {MANIFEST_NAME} exists there, valid or not): a name whose "
-            "manifest exists is never overwritten; write under a new name or delete it first."
-        )
+    key = manifest_key(name)
+    previous: tuple[FileVersion, ...] = ()
+    if overwrite:
+        with suppress(CheckpointNotFoundError, InvalidManifestError):
+            found = _read_marker(store, name).checkpoint
+            previous = found.versions if found is not None else ()
+    claimed = not previous
+    if claimed:
+        claim = encode_manifest("writing", name, [], extra, time.time())
+        if overwrite:
+            store.put_bytes(key, claim)
+        else:
+            _claim(store, name, claim)
 
-    entries = {filename: _write_file(store, f"{name}/{filename}", src) for filename, src in files.items()}
-    committed_at = time.time()
-    payload = encode_manifest(step, committed_at, entries, extra)
+    def list_both(size: int, digest: str) -> None:
+        new = FileVersion(size, digest, step, time.time())
+        store.put_bytes(key, encode_manifest("committed", name, [new, *previous], extra, new.time))
+
     try:
-        store.put_bytes(_manifest_key(name), payload, if_none_match=True)
-    except PreconditionFailed:
-        # A retried put whose first attempt landed (the reply was lost) is refused too: if the stored
-        # manifest is byte-for-byte ours, the commit happened.
-        with suppress(ObjectNotFound):
-            if store.get_bytes(_manifest_key(name)) == payload:
-                return CommittedCheckpoint(name, uri, step, committed_at, entries, extra)
-        raise CheckpointExistsError(f"{uri} was committed by another writer meanwhile.") from None
+        size, digest = _upload(store, name, source, None if claimed else list_both)
+        version = FileVersion(size, digest, step, time.time())
+        store.put_bytes(key, encode_manifest("committed", name, [version], extra, version.time))
+    except BaseException:
+        if claimed:
+            _abandon(store, name)
+        raise
     log.debug("Committed checkpoint %s (step %d)", uri, step)
-    return CommittedCheckpoint(name, uri, step, committed_at, entries, extra)
+    return CommittedCheckpoint(name, uri, (version,), extra)
+
+
+def _abandon(store: ObjectStore, name: str) -> None:
+    """Best effort after a failed write of a claimed name: remove its file and claim, so the name is
+    free again. Whatever fails here (the store is likely unreachable) ``cleanup_orphans`` removes later."""
+    try:
+        store.delete(name)
+        store.delete(manifest_key(name))
+    except Exception as err:
+        log.debug("Could not remove the abandoned checkpoint %s: %s", join_uri(store.uri, name), err)
 
 
 def name_taken(store: ObjectStore, name: str) -> bool:
-    """Whether a ``MANIFEST.json`` object exists under ``name``, valid or not.
+    """Whether a marker exists for ``name``, in any state, valid or not.
 
-    The naming policy: such a name is taken. Readers skip an invalid manifest, but a writer never
-    reuses its name (that would overwrite what is there), so a new checkpoint takes the next free name
-    and the invalid folder stays for the operator to inspect.
+    The naming policy: such a name is taken. Readers skip an invalid marker, but a writer never reuses
+    its name (that would overwrite what is there), so a new checkpoint takes the next free name and
+    the invalid one stays for the operator to inspect.
     """
-    return store.exists(_manifest_key(name))
+    return store.exists(manifest_key(name))
 
 
 def load_manifest(store: ObjectStore, name: str) -> CommittedCheckpoint:
-    """Read and validate ``name``'s manifest, raising ``CheckpointNotFoundError`` or ``InvalidManifestError``."""
-    uri = join_uri(store.uri, name)
-    try:
-        raw = store.get_bytes(_manifest_key(name))
-    except ObjectNotFound:
+    """The committed checkpoint ``name``: ``CheckpointNotFoundError`` when it has no committed marker,
+    ``InvalidManifestError`` when its marker cannot be trusted."""
+    marker = _read_marker(store, name)
+    if marker.checkpoint is None:
         raise CheckpointNotFoundError(
-            f"{uri} has no {MANIFEST_NAME}: it was never committed (or was deleted), so it does not exist."
-        ) from None
-    return decode_manifest(raw, name, uri)
+            f"{join_uri(store.uri, name)} is not committed (its marker says {marker.state!r}), so it does"
+            " not exist."
+        )
+    return marker.checkpoint
 
 
 def read_manifest(store: ObjectStore, name: str) -> CommittedCheckpoint | None:
-    """The committed checkpoint ``name``, or ``None`` when its manifest is missing or invalid."""
+    """The committed checkpoint ``name``, or ``None`` when its marker is missing, not committed or invalid."""
     try:
         return load_manifest(store, name)
     except CheckpointNotFoundError:
@@ -175,83 +253,102 @@ def _newest_last(checkpoints: Iterable[CommittedCheckpoint | None]) -> list[Comm
 
 
 def _read_manifests(store: ObjectStore, names: list[str]) -> list[CommittedCheckpoint]:
-    # Each manifest is one small GET; on S3 doing them concurrently hides the round trips.
+    # Each marker is one small GET; on S3 doing them concurrently hides the round trips.
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
         return _newest_last(pool.map(lambda n: read_manifest(store, n), names))
 
 
+def marker_names(store: ObjectStore, prefix: str = "") -> list[str]:
+    """The names under ``prefix`` that have a marker (any state, valid or not): the taken names."""
+    return [name for info in store.list(prefix) if (name := name_of_manifest(info.key)) is not None]
+
+
 def list_committed(store: ObjectStore, prefix: str = "") -> list[CommittedCheckpoint]:
     """Every committed checkpoint whose name starts with ``prefix``, newest last by (step, time)."""
-    suffix = "/" + MANIFEST_NAME
     names = []
     for info in store.list(prefix):
-        if not info.key.endswith(suffix):
+        name = name_of_manifest(info.key)
+        if name is None or not name.startswith(prefix):
             continue
         if info.size > MAX_MANIFEST_BYTES:  # refused without downloading it
             log.warning(
-                "Ignoring checkpoint: %s is %d bytes, more than a manifest's %d.",
+                "Ignoring checkpoint: the commit marker %s is %d bytes, more than a marker's %d.",
                 join_uri(store.uri, info.key),
                 info.size,
                 MAX_MANIFEST_BYTES,
             )
             continue
-        names.append(info.key[: -len(suffix)])
+        names.append(name)
     return _read_manifests(store, names)
 
 
-def _check(ckpt: CommittedCheckpoint, filename: str, size: int, digest: str) -> None:
-    expected = ckpt.files[filename]
-    if size != expected["size"] or digest != expected["sha256"]:
+def _check(store: ObjectStore, ckpt: CommittedCheckpoint, size: int, digest: str) -> FileVersion:
+    """The version of ``ckpt`` these bytes are; else ``CorruptCheckpointError``.
+
+    Bytes that match none of the versions the reader knew may be a newer version: a writer overwrote the
+    file (and its marker) after the marker was read. The marker is read again once, and the bytes are
+    accepted only if it now vouches for them.
+    """
+    found = ckpt.matching(size, digest)
+    if found is None:
+        fresh = read_manifest(store, ckpt.name)
+        found = fresh.matching(size, digest) if fresh is not None and fresh != ckpt else None
+    if found is None:
+        expected = " or ".join(f"{v.size} bytes with sha256 {v.sha256}" for v in ckpt.versions)
         raise CorruptCheckpointError(
-            f"{ckpt.uri}/{filename} does not match its manifest: expected {expected['size']} bytes with "
-            f"sha256 {expected['sha256']}, found {size} bytes with sha256 {digest}."
+            f"{ckpt.uri} does not match its commit marker: expected {expected}, found {size} bytes with"
+            f" sha256 {digest}."
         )
+    return found
 
 
-def _entry_or_raise(ckpt: CommittedCheckpoint, filename: str) -> None:
-    if filename not in ckpt.files:
-        raise KeyError(f"{filename!r} is not part of checkpoint {ckpt.uri}; it holds {sorted(ckpt.files)}.")
+def _missing(ckpt: CommittedCheckpoint) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"{ckpt.uri} is committed by its marker but the file is missing.")
 
 
-def read_verified(store: ObjectStore, ckpt: CommittedCheckpoint, filename: str) -> bytes:
-    """Read a checkpoint file and check it against the manifest; raise ``CorruptCheckpointError`` if not."""
-    _entry_or_raise(ckpt, filename)
-    try:
-        data = store.get_bytes(f"{ckpt.name}/{filename}")
-    except ObjectNotFound:
-        raise CorruptCheckpointError(
-            f"{ckpt.uri}/{filename} is listed in the manifest but missing."
-        ) from None
-    _check(ckpt, filename, len(data), hashlib.sha256(data).hexdigest())
+def _reading(ckpt: CommittedCheckpoint, read: Callable[[], T]) -> T:
+    """``read()`` the file of ``ckpt``, once more if it was replaced while being read (an overwrite:
+    a ranged read refuses to stitch two versions together), ``CorruptCheckpointError`` if it is missing."""
+    for attempt in (1, 2):
+        try:
+            return read()
+        except ObjectNotFound:
+            raise _missing(ckpt) from None
+        except PreconditionFailed:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def read_verified(store: ObjectStore, ckpt: CommittedCheckpoint) -> bytes:
+    """Read a checkpoint's file and check it against its marker; raise ``CorruptCheckpointError`` if not."""
+    data = _reading(ckpt, lambda: store.get_bytes(ckpt.name))
+    _check(store, ckpt, len(data), hashlib.sha256(data).hexdigest())
     return data
 
 
-def load_verified(
-    store: ObjectStore, ckpt: CommittedCheckpoint, filename: str, load: Callable[[BinaryIO], T]
-) -> T:
-    """``load(file)`` a checkpoint file while its sha256 is computed on another thread; return the
-    result only once the bytes match the manifest, else raise ``CorruptCheckpointError``.
+def load_verified(store: ObjectStore, ckpt: CommittedCheckpoint, load: Callable[[BinaryIO], T]) -> T:
+    """``load(file)`` a checkpoint's file while its sha256 is computed on another thread; return the
+    result only once the bytes match the marker, else raise ``CorruptCheckpointError``.
 
     Hashing and loading read the same open file, so their costs overlap instead of adding up, and
     nothing built from unverified bytes is ever returned. When ``load`` fails on a file that does not
-    match its manifest, the corruption is reported (chained to the error it caused).
+    match its marker, the corruption is reported (chained to the error it caused).
     """
-    _entry_or_raise(ckpt, filename)
-    outcome: list[tuple[T | None, Exception | None]] = []
-    try:
-        with store.local_file(f"{ckpt.name}/{filename}") as path, open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size != ckpt.files[filename]["size"]:
-                _check(ckpt, filename, *hash_fd(handle.fileno()))  # raises: no point in loading it
+
+    def attempt() -> tuple[int, str, T | None, Exception | None]:
+        outcome: list[tuple[T | None, Exception | None]] = []
+        with store.local_file(ckpt.name) as path, open(path, "rb") as handle:
+            if not any(v.size == os.fstat(handle.fileno()).st_size for v in ckpt.versions):
+                _check(store, ckpt, *hash_fd(handle.fileno()))  # no point in loading it unless a newer one
             size, digest = hash_alongside(
                 lambda: hash_fd(handle.fileno()), lambda: outcome.append(_attempt(load, handle))
             )
-    except ObjectNotFound:
-        raise CorruptCheckpointError(
-            f"{ckpt.uri}/{filename} is listed in the manifest but missing."
-        ) from None
-    result, error = outcome[0]
+        return size, digest, *outcome[0]
+
+    size, digest, result, error = _reading(ckpt, attempt)
     try:
-        _check(ckpt, filename, size, digest)
+        _check(store, ckpt, size, digest)
     except CorruptCheckpointError as corrupt:
         raise corrupt from error
     if error is not None:
@@ -266,21 +363,15 @@ def _attempt(load: Callable[[BinaryIO], T], handle: BinaryIO) -> tuple[T | None,
         return None, exc
 
 
-def download_verified(store: ObjectStore, ckpt: CommittedCheckpoint, filename: str, local_path: str) -> None:
-    """Download a checkpoint file to ``local_path``, which appears only once its hash has been verified."""
-    _entry_or_raise(ckpt, filename)
+def download_verified(store: ObjectStore, ckpt: CommittedCheckpoint, local_path: str) -> None:
+    """Download a checkpoint's file to ``local_path``, which appears only once its hash has been verified."""
     target = os.path.abspath(local_path)
     parent, base = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{base}{TEMP_MARKER}{uuid.uuid4().hex}")
     try:
-        try:
-            store.get_file(f"{ckpt.name}/{filename}", tmp)
-        except ObjectNotFound:
-            raise CorruptCheckpointError(
-                f"{ckpt.uri}/{filename} is listed in the manifest but missing."
-            ) from None
-        _check(ckpt, filename, *hash_file(tmp))
+        _reading(ckpt, lambda: store.get_file(ckpt.name, tmp))
+        _check(store, ckpt, *hash_file(tmp))
         os.replace(tmp, target)
     finally:
         with suppress(FileNotFoundError):
@@ -288,31 +379,21 @@ def download_verified(store: ObjectStore, ckpt: CommittedCheckpoint, filename: s
 
 
 def latest_valid(
-    store: ObjectStore,
-    prefix: str = "",
-    names: Iterable[str] | None = None,
-    filename: str | None = None,
+    store: ObjectStore, prefix: str = "", names: Iterable[str] | None = None
 ) -> tuple[CommittedCheckpoint, bytes] | None:
     """The newest committed checkpoint whose file verifies, with that file's bytes.
 
-    Candidates are ``names`` if given, else every committed checkpoint under ``prefix``. ``filename``
-    defaults to the checkpoint's only file. A candidate that fails verification is reported with a
-    ``CheckpointFallbackWarning`` and the previous one is tried; storage errors (network, access) are
-    raised, never mistaken for corruption. ``None`` when no candidate verifies.
+    Candidates are ``names`` if given, else every committed checkpoint under ``prefix``. A candidate that
+    fails verification is reported with a ``CheckpointFallbackWarning`` and the previous one is tried;
+    storage errors (network, access) are raised, never mistaken for corruption. ``None`` when no
+    candidate verifies.
     """
     candidates = _read_manifests(store, list(names)) if names is not None else list_committed(store, prefix)
     for ckpt in reversed(candidates):
-        wanted = filename
-        if wanted is None:
-            if len(ckpt.files) != 1:
-                raise ValueError(f"{ckpt.uri} holds {sorted(ckpt.files)}; pass filename= to choose one.")
-            wanted = next(iter(ckpt.files))
         try:
-            _entry_or_raise(ckpt, wanted)
-            return ckpt, read_verified(store, ckpt, wanted)
-        except (CorruptCheckpointError, KeyError) as err:
-            message = err.args[0] if isinstance(err, KeyError) else str(err)
-            warn_fallback(ckpt, message, stacklevel=2)
+            return ckpt, read_verified(store, ckpt)
+        except CorruptCheckpointError as err:
+            warn_fallback(ckpt, str(err), stacklevel=2)
     return None
 
 
@@ -328,46 +409,49 @@ def warn_fallback(ckpt: CommittedCheckpoint, message: str, stacklevel: int) -> N
 
 
 def delete_checkpoint(store: ObjectStore, name: str) -> None:
-    """Delete the manifest first (readers stop seeing the checkpoint at once), then every file under it."""
-    store.delete(_manifest_key(name))
-    for info in store.list(f"{name}/"):
-        store.delete(info.key)
+    """Mark ``name`` as being deleted (readers stop seeing it at once), delete its file, then its marker.
+
+    A deletion cut short leaves the ``deleting`` marker, which ``cleanup_orphans`` finishes.
+    """
+    key = manifest_key(name)
+    store.put_bytes(key, encode_manifest("deleting", name, [], {}, time.time()))
+    store.delete(name)
+    store.delete(key)
 
 
-def _orphan_folders(infos: list[ObjectInfo], prefix: str) -> dict[str, list[ObjectInfo]]:
-    """Group objects by the first folder below ``prefix``; loose objects directly under it are skipped."""
-    folders: dict[str, list[ObjectInfo]] = {}
-    for info in infos:
-        cut = info.key.find("/", len(prefix))
-        if cut > 0:
-            folders.setdefault(info.key[:cut], []).append(info)
-    return folders
+def _unfinished(store: ObjectStore, name: str) -> bool:
+    """Whether the marker of ``name`` is a claim or a deletion that never finished (not committed, not
+    invalid: an invalid marker is left for a human to inspect)."""
+    try:
+        return _read_marker(store, name).state != "committed"
+    except (CheckpointNotFoundError, InvalidManifestError):
+        return False
 
 
 def cleanup_orphans(store: ObjectStore, grace_seconds: float, prefix: str = "") -> list[str]:
-    """Delete uncommitted checkpoint folders whose newest object is older than ``grace_seconds``.
+    """Finish what killed writers left under ``prefix`` once older than ``grace_seconds``; return the
+    names whose file and marker were removed.
 
-    A folder is each first-level folder below ``prefix``; any folder holding a ``MANIFEST.json``
-    (valid or not, at any depth) is left alone. Incomplete multipart uploads (or local temporary
-    files) older than the grace period are aborted too. The grace period must exceed the longest
-    write, or a checkpoint still being uploaded would be removed. Returns the deleted folder names.
+    A marker still in the ``writing`` or ``deleting`` state is a commit or deletion that never finished:
+    its file (if any) and the marker are deleted. Committed and invalid markers, and files without a
+    marker (they may be the user's), are left alone. Incomplete multipart uploads (or local temporary
+    files) older than the grace period are aborted too. The grace period must exceed the longest write,
+    or a checkpoint still being uploaded would be removed.
     """
     if grace_seconds < 0:
         raise ValueError(f"Expected grace_seconds >= 0, received {grace_seconds}.")
     cutoff = time.time() - grace_seconds
     removed = []
-    for folder, objects in sorted(_orphan_folders(store.list(prefix), prefix).items()):
-        if any(o.key.rpartition("/")[2] == MANIFEST_NAME for o in objects):
+    for info in store.list(prefix):
+        name = name_of_manifest(info.key)
+        if name is None or info.mtime > cutoff or info.size > MAX_MANIFEST_BYTES:
             continue
-        if max(o.mtime for o in objects) > cutoff:
+        if not _unfinished(store, name):
             continue
-        # Narrow the race with a writer that commits right now: look once more before deleting.
-        if store.exists(_manifest_key(folder)):
-            continue
-        for obj in objects:
-            store.delete(obj.key)
-        log.info("Removed uncommitted checkpoint folder %s", join_uri(store.uri, folder))
-        removed.append(folder)
+        store.delete(name)  # the file first: a cleanup cut short here still has the marker to go on
+        store.delete(info.key)
+        log.info("Removed the unfinished checkpoint %s", join_uri(store.uri, name))
+        removed.append(name)
     aborted = store.abort_incomplete_uploads(grace_seconds, prefix)
     if aborted:
         log.info("Aborted %d incomplete upload(s) under %s", aborted, join_uri(store.uri, prefix))
@@ -382,6 +466,7 @@ __all__ = [
     "list_committed",
     "load_manifest",
     "load_verified",
+    "marker_names",
     "name_taken",
     "read_manifest",
     "read_verified",

@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lightning_lib.checkpoint._commit import load_verified, read_manifest
-from lightning_lib.checkpoint._manifest import MANIFEST_NAME, CommittedCheckpoint
+from lightning_lib.checkpoint._commit import load_manifest, load_verified, name_taken
+from lightning_lib.checkpoint._manifest import (
+    CheckpointNotFoundError,
+    CommittedCheckpoint,
+    InvalidManifestError,
+)
 from lightning_lib.checkpoint._positions import capture_loader_state
-from lightning_lib.checkpoint._writer import CHECKPOINT_FILE
 from lightning_lib.core.saving import to_plain
 from lightning_lib.storage import ObjectStore, is_remote, open_store, split_uri
 from lightning_lib.trainer.states import TrainerFn
@@ -134,9 +137,10 @@ def load_file(
     verified: dict[str, Any] | None = None,
     weights_only: bool = True,
 ) -> dict[str, Any]:
-    """Read a checkpoint: a plain ``.ckpt`` file, or a committed checkpoint folder (local or ``s3://``)
-    whose bytes are verified against its manifest while they are loaded. ``verified`` is a checkpoint
-    already loaded and verified (while choosing "last"): returned as is.
+    """Read a checkpoint file. A committed one (its commit marker beside it, always on ``s3://``) is
+    verified against the marker while it is loaded; a local file without a marker (pytorch_lightning's,
+    ``Trainer.save_checkpoint``'s) is read as it is. ``verified`` is a checkpoint already loaded and
+    verified (while choosing "last"): returned as is.
 
     ``weights_only=True`` (the default) refuses anything but plain data; ``False`` is Lightning's opt-in
     for checkpoints that pickle objects, for files the caller trusts.
@@ -144,20 +148,20 @@ def load_file(
     if verified is not None:
         return verified
     text = os.fspath(path)
-    if is_remote(text) or os.path.isdir(text):
-        root, name = split_uri(text)
-        store = open_store(root)
-        ckpt = read_manifest(store, name)
-        if ckpt is None:
+    remote = is_remote(text)
+    if not remote and not os.path.isfile(text):
+        raise FileNotFoundError(f"Expected a checkpoint file at {text!r}, found none.")
+    root, name = split_uri(text)
+    store = open_store(root)
+    if remote or _has_marker(store, name):
+        try:
+            ckpt = load_manifest(store, name)
+        except (CheckpointNotFoundError, InvalidManifestError) as err:
             raise FileNotFoundError(
-                f"Expected a committed checkpoint at {text!r}: its {MANIFEST_NAME} is missing or invalid, so it"
-                " was never completely written."
-            )
+                f"Expected a committed checkpoint at {text!r}: {err} A checkpoint whose commit marker is"
+                " missing, invalid or unfinished was never completely written."
+            ) from None
         return load_committed(store, ckpt, map_location, weights_only)
-    if not os.path.isfile(text):
-        raise FileNotFoundError(
-            f"Expected a checkpoint file or committed checkpoint folder at {text!r}, found none."
-        )
     with open(text, "rb") as handle:
         return _torch_load(handle, text, map_location, weights_only)
 
@@ -166,9 +170,8 @@ def load_committed(
     store: ObjectStore, ckpt: CommittedCheckpoint, map_location: Any, weights_only: bool = True
 ) -> dict[str, Any]:
     """Load and verify a committed checkpoint's file (``CorruptCheckpointError`` if it does not match)."""
-    filename = CHECKPOINT_FILE if CHECKPOINT_FILE in ckpt.files else next(iter(ckpt.files))
     return load_verified(
-        store, ckpt, filename, lambda handle: _torch_load(handle, ckpt.uri, map_location, weights_only)
+        store, ckpt, lambda handle: _torch_load(handle, ckpt.uri, map_location, weights_only)
     )
 
 
@@ -193,14 +196,28 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
     checkpoint = dump_checkpoint(trainer, weights_only)
     if trainer.is_global_zero:
         target = os.fspath(filepath)
-        if is_remote(target):
-            # object storage: the same commit protocol as ModelCheckpoint, synchronously
+        if is_remote(target) or _committed_here(target):
+            # object storage, or over a committed checkpoint: the same commit protocol as ModelCheckpoint
+            # (a plain write would leave its marker vouching for other bytes), synchronously
             trainer._checkpoint_writer.save(checkpoint, target, trainer.global_step, overwrite=True)
-            trainer._checkpoint_writer.wait()
+            trainer._checkpoint_writer.close()
         else:
             save_file(checkpoint, filepath)  # a plain .ckpt file, as Lightning writes it
     trainer.strategy.barrier("Trainer.save_checkpoint")
     _notify_loggers(trainer, trainer.checkpoint_callback)
+
+
+def _has_marker(store: ObjectStore, name: str) -> bool:
+    try:
+        return name_taken(store, name)
+    except ValueError:  # not a name a checkpoint could have been committed under (".manifests/...")
+        return False
+
+
+def _committed_here(path: str) -> bool:
+    """Whether the local ``path`` has a commit marker (of any state) beside it."""
+    root, name = split_uri(path)
+    return os.path.isdir(root) and _has_marker(open_store(root), name)
 
 
 def commit_checkpoint(
@@ -211,7 +228,7 @@ def commit_checkpoint(
     replaces: str | None = None,
     overwrite: bool = False,
 ) -> None:
-    """ModelCheckpoint's save: a committed checkpoint folder, written in the background; ``replaces``
+    """ModelCheckpoint's save: a committed checkpoint file, written in the background; ``replaces``
     (retention) is deleted once it has committed, or never committed if superseded before its turn;
     ``overwrite`` takes over a checkpoint already at ``uri`` (see ``CheckpointWriter.save``)."""
     checkpoint = dump_checkpoint(trainer, weights_only)  # on every rank: it gathers the per-rank states

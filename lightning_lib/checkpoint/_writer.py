@@ -9,9 +9,9 @@ moment some committed checkpoint of the run exists, the newest or an older one.
 
 Slow storage never holds training up: the policy is to *coalesce*. One commit is in flight, and at
 most ``max_pending`` more snapshots wait behind it (memory stays bounded: ``1 + max_pending`` copies of
-the state). A save that ``replaces`` an older checkpoint (``ModelCheckpoint``'s rotating "last", the
-top-k checkpoint that drops out) supersedes it: if the older one's commit has not started, it is
-dropped (``stats.coalesced``) instead of being uploaded only to be deleted, so a store slower than an
+the state). A save that ``replaces`` an older checkpoint (the top-k checkpoint that drops out) or
+``overwrite``s its own name (``ModelCheckpoint``'s "last.ckpt") supersedes it: if the older one's commit
+has not started, it is dropped (``stats.coalesced``) instead of being uploaded only to be deleted, so a store slower than an
 epoch commits the newest state each time it is free instead of a backlog. The deletions that counted on
 a dropped save's commit (the checkpoint it replaced, and any deletion queued after it) move behind the
 save that superseded it, and a name stays taken (``exists``) until its deletion has actually run, so a
@@ -26,7 +26,9 @@ fit): never lost, and as a ``RuntimeError`` chained (``from``) to the store's ow
 whether a retry may heal it (``tasks.retry.is_transient`` follows the chain). Everything queued behind
 the failed job is dropped, so a deletion queued after a failed commit never removes the checkpoint it
 was meant to replace. The thread is not a daemon and ends whenever the queue is empty: interpreter
-shutdown waits for a commit in flight instead of cutting it, and an idle writer holds no thread.
+shutdown waits for a commit in flight instead of cutting it, and an idle writer holds no thread. The
+end of every run (``close``: fit, validate, test, predict, whether they succeed or fail) waits for what
+is queued and joins the thread, so a finished run leaves no thread behind and loses no commit.
 """
 
 from __future__ import annotations
@@ -42,15 +44,12 @@ from typing import Any
 
 import torch
 
-from lightning_lib.checkpoint._commit import delete_checkpoint, name_taken, write_checkpoint
-from lightning_lib.checkpoint._manifest import MANIFEST_NAME
+from lightning_lib.checkpoint._commit import delete_checkpoint, marker_names, write_checkpoint
 from lightning_lib.storage import GrowingFile, HashingWriter, ObjectStore, open_store, split_uri
 from lightning_lib.storage._staging import WRITE_PREFIX, staging_dir
 from lightning_lib.utilities.apply_func import apply_to_tensors
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.ckpt"
 
 
 def snapshot(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +70,7 @@ def snapshot(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Job:
-    """A queued commit (``save``) or deletion of the checkpoint folder ``uri``."""
+    """A queued commit (``save``) or deletion of the checkpoint file ``uri``."""
 
     uri: str
     save: bool
@@ -107,7 +106,8 @@ class CheckpointWriter:
         self.max_pending = max_pending
         self._jobs: deque[_Job] = deque()  # in order; the head is running once ``_running`` is set
         self._running: _Job | None = None
-        self._worker: threading.Thread | None = None
+        self._worker: threading.Thread | None = None  # the thread serving the queue, None once it quits
+        self._thread: threading.Thread | None = None  # the last one started, alive or not, for ``close``
         self._error: BaseException | None = None
         self._stats = WriterStats()
         self._changed = threading.Condition()  # guards the above; notified when a job ends
@@ -133,12 +133,14 @@ class CheckpointWriter:
         replaces: str | None = None,
         overwrite: bool = False,
     ) -> None:
-        """Commit ``checkpoint`` as the checkpoint folder ``uri`` (in the background when enabled).
+        """Commit ``checkpoint`` as the checkpoint file ``uri`` (in the background when enabled).
 
         ``replaces`` names a checkpoint this one supersedes: it is deleted once ``uri`` has committed,
         and not committed at all if its commit has not started yet. ``overwrite`` replaces a checkpoint
-        already at ``uri`` (``Trainer.save_checkpoint``'s explicit path); without it a name whose
-        manifest exists, valid or not, is refused (``CheckpointExistsError``), never overwritten.
+        already at ``uri`` (the rotating "last.ckpt", ``Trainer.save_checkpoint``'s explicit path),
+        crash-safely: the old one stays valid until the new one is; a save of ``uri`` still waiting
+        behind the commit in flight is dropped. Without it a name whose marker exists, valid or not, is
+        refused (``CheckpointExistsError``), never overwritten.
         """
         self.raise_error()
         if replaces == uri:
@@ -223,12 +225,17 @@ class CheckpointWriter:
             raise RuntimeError(f"A background checkpoint commit failed: {error}") from error
 
     def close(self) -> None:
-        """``wait``, then join the writer thread, for callers that must know no thread is left running."""
-        self.wait()
-        with self._changed:
-            worker = self._worker
-        if worker is not None:
-            worker.join()
+        """``wait``, then join the writer thread: the end of a run, after which no thread of this writer
+        is left running (the next ``save`` starts a new one). Raises a background error like ``wait``,
+        after the join."""
+        try:
+            self.wait()
+        finally:
+            with self._changed:
+                thread = self._thread
+            if thread is not None and thread is not threading.current_thread():
+                # the thread has found the queue empty (``wait`` returned) and is on its way out
+                thread.join()
 
     def store(self, root: str) -> ObjectStore:
         """The store for the checkpoint root ``root``, opened once and shared by every caller."""
@@ -243,10 +250,7 @@ class CheckpointWriter:
         with self._changed:
             known = self._taken.get(root)
         if known is None:
-            suffix = "/" + MANIFEST_NAME
-            listed = {
-                info.key[: -len(suffix)] for info in self.store(root).list() if info.key.endswith(suffix)
-            }
+            listed = set(marker_names(self.store(root)))
             with self._changed:
                 known = self._taken.setdefault(root, listed)
         return known
@@ -297,7 +301,7 @@ class CheckpointWriter:
         self._jobs.append(job)
         if self._worker is None:
             # not a daemon: interpreter shutdown waits for the commit in flight instead of cutting it
-            self._worker = threading.Thread(target=self._work, name="checkpoint-writer")
+            self._worker = self._thread = threading.Thread(target=self._work, name="checkpoint-writer")
             self._worker.start()
 
     def _work(self) -> None:
@@ -340,18 +344,16 @@ class CheckpointWriter:
     ) -> None:
         root, name = split_uri(uri)
         store = self.store(root)
-        if overwrite and name_taken(store, name):
-            delete_checkpoint(store, name)  # an explicit overwrite of the same name (trainer.save_checkpoint)
         with staging_dir(WRITE_PREFIX) as folder:
             # serialised on a second thread while this one uploads what is already written: the commit
             # takes about as long as the upload alone instead of serialisation + hashing + upload
-            staged = GrowingFile(os.path.join(folder, CHECKPOINT_FILE))
+            staged = GrowingFile(os.path.join(folder, name))
             serialiser = threading.Thread(
                 target=_serialise, args=(holder, staged, owned), name="checkpoint-serialise", daemon=True
             )
             serialiser.start()
             try:
-                write_checkpoint(store, name, {CHECKPOINT_FILE: staged}, step)
+                write_checkpoint(store, name, staged, step, overwrite=overwrite)
             finally:
                 staged.cancel()  # stops the serialiser if the upload failed first; a no-op once it is done
                 serialiser.join()

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from lightning_lib.storage._hashing import GrowingFile
+    from collections.abc import Callable
+
+    from lightning_lib.storage._hashing import GrowingFile, PrehashedFile
 
 # Every temporary object a store creates carries this marker, so listings can hide it and
 # ``abort_incomplete_uploads`` can find what a killed writer left behind.
@@ -91,9 +93,17 @@ class ObjectStore(Protocol):
         """Upload the local file at ``local_path`` to ``key`` (multipart for large files on S3)."""
         ...
 
-    def put_growing_file(self, key: str, source: GrowingFile) -> None:
+    def put_growing_file(
+        self,
+        key: str,
+        source: GrowingFile,
+        *,
+        before_publish: Callable[[PrehashedFile], None] | None = None,
+    ) -> None:
         """Upload a local file that another thread is still writing (see ``GrowingFile``), overlapping
-        the transfer with the writing where the backend can."""
+        the transfer with the writing where the backend can. ``before_publish`` is called with the
+        complete file's size and digest after every byte is transferred and before the object becomes
+        visible at ``key`` (an error it raises leaves ``key`` as it was)."""
         ...
 
     def get_bytes(self, key: str) -> bytes:

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from lightning_lib.storage._base import (
@@ -23,7 +23,7 @@ from lightning_lib.storage._base import (
     StorageError,
     validate_key,
 )
-from lightning_lib.storage._hashing import GrowingFile
+from lightning_lib.storage._hashing import GrowingFile, PrehashedFile
 from lightning_lib.storage._uri import local_path as _as_local_path
 
 # Filesystems without hard links (some FUSE and SMB mounts) answer os.link with one of these.
@@ -111,16 +111,28 @@ class LocalStore:
 
     def put_file(self, key: str, local_path: str) -> None:
         """Copy the local file into the store atomically."""
+        self._copy_in(key, local_path, None)
+
+    def _copy_in(self, key: str, local_path: str, before_publish: Callable[[], None] | None) -> None:
         final = self._path(key)
         with self._temp_beside(final) as tmp:
             shutil.copyfile(local_path, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            if before_publish is not None:
+                before_publish()
             self._publish(tmp, final, key, False)
 
-    def put_growing_file(self, key: str, source: GrowingFile) -> None:
+    def put_growing_file(
+        self,
+        key: str,
+        source: GrowingFile,
+        *,
+        before_publish: Callable[[PrehashedFile], None] | None = None,
+    ) -> None:
         """Copy the file into the store once it is complete (a local copy is quick; nothing to overlap)."""
-        self.put_file(key, source.result().path)
+        done = source.result()
+        self._copy_in(key, done.path, None if before_publish is None else lambda: before_publish(done))
 
     def get_bytes(self, key: str) -> bytes:
         """Read the whole object."""

@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -27,7 +27,7 @@ from lightning_lib.storage._base import (
     StorageError,
     validate_key,
 )
-from lightning_lib.storage._hashing import GrowingFile
+from lightning_lib.storage._hashing import GrowingFile, PrehashedFile
 from lightning_lib.storage._s3_upload import MemoryReader, upload_growing
 from lightning_lib.storage._staging import DOWNLOAD_PREFIX, staging_dir
 from lightning_lib.storage._uri import S3_SCHEME, parse_s3_uri
@@ -239,8 +239,16 @@ class S3Store:
             Config=self._transfer,
         )
 
-    def put_growing_file(self, key: str, source: GrowingFile) -> None:
-        """Upload a file while it is being written: each multipart part goes out once it is complete."""
+    def put_growing_file(
+        self,
+        key: str,
+        source: GrowingFile,
+        *,
+        before_publish: Callable[[PrehashedFile], None] | None = None,
+    ) -> None:
+        """Upload a file while it is being written: each multipart part goes out once it is complete;
+        ``before_publish`` runs before the object is created (the single PUT, or the completion of the
+        multipart upload)."""
         full = self._full(validate_key(key))
         upload_growing(
             self._client,
@@ -251,6 +259,7 @@ class S3Store:
             threshold=self._transfer.multipart_threshold,
             chunksize=self._transfer.multipart_chunksize,
             concurrency=self._transfer.max_concurrency,
+            before_publish=before_publish,
         )
 
     def _read_range(self, key: str, start: int, end: int, etag: str | None) -> tuple[bytes, dict[str, Any]]:

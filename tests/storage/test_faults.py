@@ -113,8 +113,7 @@ def test_writes_commit_and_readers_never_see_corruption(s3_root: str, make_aws_e
             reader = faulty_store(s3_root, reader_faults)
             try:
                 for ckpt in list_committed(reader):
-                    for filename in ckpt.files:
-                        read_verified(reader, ckpt, filename)
+                    read_verified(reader, ckpt)
                     verified.append(ckpt.name)
             except (CorruptCheckpointError, StorageError) as exc:
                 problems.append(exc)
@@ -124,8 +123,11 @@ def test_writes_commit_and_readers_never_see_corruption(s3_root: str, make_aws_e
     try:
         for step in range(6):
             size = 11 * MiB if step in (1, 4) else 256 * 1024  # two of them go multipart
-            written[f"step-{step}"] = data = os.urandom(size)
-            write_checkpoint(writer, f"step-{step}", {"model.ckpt": data, "meta.json": b"{}"}, step=step)
+            written[f"step-{step}.ckpt"] = data = os.urandom(size)
+            write_checkpoint(writer, f"step-{step}.ckpt", data, step=step)
+            if step % 2:  # the rotating "last": overwritten in place, readers never see it torn
+                written["last.ckpt"] = data
+                write_checkpoint(writer, "last.ckpt", data, step=step, overwrite=True)
     finally:
         done.set()
         thread.join(60)
@@ -137,55 +139,60 @@ def test_writes_commit_and_readers_never_see_corruption(s3_root: str, make_aws_e
     assert sum(reader_faults.injected.values()) > 0
     clean = S3Store(s3_root)
     committed = list_committed(clean)
-    assert [c.name for c in committed] == [f"step-{i}" for i in range(6)]
+    assert sorted(c.name for c in committed) == ["last.ckpt"] + [f"step-{i}.ckpt" for i in range(6)]
     for ckpt in committed:
-        assert read_verified(clean, ckpt, "model.ckpt") == written[ckpt.name]
+        assert read_verified(clean, ckpt) == written[ckpt.name]
 
 
-def test_lost_reply_to_the_manifest_put_still_commits(s3_root: str) -> None:
-    # The manifest PUT reaches S3, then the connection drops before the reply: botocore resends it,
-    # and the resend is refused by If-None-Match. The commit did happen and must be reported so.
+def test_lost_reply_to_the_claim_still_commits(s3_root: str) -> None:
+    # The claim (the marker's conditional PUT) reaches S3, then the connection drops before the reply:
+    # botocore resends it, and the resend is refused by If-None-Match. The claim did happen and is ours.
     store = S3Store(s3_root)
     delivered: list[str] = []
 
     def deliver_then_drop(request: Any, **_: Any) -> None:
-        if request.url.endswith("MANIFEST.json") and not delivered:
+        if request.url.endswith(".json") and not delivered:
             response = URLLib3Session().send(request)
             delivered.append(str(response.status_code))
             raise ConnectionClosedError(endpoint_url=request.url)
 
     store.client.meta.events.register("before-send.s3.PutObject", deliver_then_drop)
-    ckpt = write_checkpoint(store, "ck", {"model.ckpt": b"weights"}, step=3)
+    ckpt = write_checkpoint(store, "ck.ckpt", b"weights", step=3)
     assert delivered == ["200"]
-    assert read_manifest(store, "ck") == ckpt
+    assert read_manifest(store, "ck.ckpt") == ckpt
 
 
 def test_persistent_failure_commits_nothing(s3_root: str, make_aws_error: Any) -> None:
     store = S3Store(s3_root, max_attempts=3)
-    previous = write_checkpoint(store, "step-1", {"model.ckpt": b"old"}, step=1)
+    previous = write_checkpoint(store, "step-1.ckpt", b"old", step=1)
+    uploaded: list[str] = []
 
-    def fail_manifest(request: Any, **_: Any) -> Any:
-        if request.url.endswith("MANIFEST.json"):
+    def fail_commit(request: Any, **_: Any) -> Any:
+        if request.url.endswith("step-2.ckpt"):
+            uploaded.append(request.url)
+        elif request.url.endswith(".json") and uploaded:  # the claim passes, the commit fails
             return make_aws_error(request, 500, "InternalError")
         return None
 
-    store.client.meta.events.register("before-send.s3.PutObject", fail_manifest)
-    with pytest.raises(StorageError, match=r"step-2/MANIFEST\.json failed: InternalError"):
-        write_checkpoint(store, "step-2", {"model.ckpt": b"new"}, step=2)
-    store.client.meta.events.unregister("before-send.s3.PutObject", fail_manifest)
-    assert read_manifest(store, "step-2") is None
+    store.client.meta.events.register("before-send.s3.PutObject", fail_commit)
+    with pytest.raises(StorageError, match=r"\.manifests/step-2\.ckpt\.json failed: InternalError"):
+        write_checkpoint(store, "step-2.ckpt", b"new", step=2)
+    store.client.meta.events.unregister("before-send.s3.PutObject", fail_commit)
+    assert uploaded and read_manifest(store, "step-2.ckpt") is None
     result = latest_valid(store)
     assert result is not None and result[0] == previous
-    assert cleanup_orphans(store, grace_seconds=0) == ["step-2"]
+    # the failed write withdrew its file and claim: the name is free again, nothing is left to clean
+    assert [i.key for i in store.list()] == [".manifests/step-1.ckpt.json", "step-1.ckpt"]
+    assert cleanup_orphans(store, grace_seconds=0) == []
 
 
 def test_reader_outage_is_raised_not_mistaken_for_corruption(s3_root: str, make_aws_error: Any) -> None:
     store = S3Store(s3_root, max_attempts=2)
-    write_checkpoint(store, "step-1", {"model.ckpt": b"old"}, step=1)
-    write_checkpoint(store, "step-2", {"model.ckpt": b"new"}, step=2)
+    write_checkpoint(store, "step-1.ckpt", b"old", step=1)
+    write_checkpoint(store, "step-2.ckpt", b"new", step=2)
 
     def fail_file_reads(request: Any, **_: Any) -> Any:
-        if request.method == "GET" and request.url.endswith("model.ckpt"):
+        if request.method == "GET" and request.url.endswith(".ckpt"):
             return make_aws_error(request, 503, "SlowDown")
         return None
 

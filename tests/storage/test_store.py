@@ -198,7 +198,7 @@ def test_import_does_not_need_boto3() -> None:
         "sys.modules['boto3'] = None; sys.modules['botocore'] = None\n"
         "import lightning_lib, lightning_lib.storage as s, lightning_lib.checkpoint as c\n"
         "st = s.open_store(tempfile.mkdtemp())\n"
-        "c.write_checkpoint(st, 'c', {'f': b'1'}, step=0)\n"
+        "c.write_checkpoint(st, 'c.ckpt', b'1', step=0)\n"
         "assert c.latest_valid(st)[1] == b'1'\n"
         "try:\n"
         "    s.open_store('s3://bucket/x')\n"

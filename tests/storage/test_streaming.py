@@ -2,7 +2,7 @@
 
 ``GrowingFile`` hands a file from the thread writing it to the one uploading it; on S3 the parts go
 out as they are complete. ``load_verified`` hashes a checkpoint while it is loaded and returns the
-result only if the bytes match the manifest.
+result only if the bytes match the commit marker.
 """
 
 from __future__ import annotations
@@ -139,19 +139,57 @@ def test_write_checkpoint_uploads_a_growing_file(store: ObjectStore, tmp_path: P
     data = os.urandom(12 * MiB + 12345)  # three 5 MiB parts on S3, the last one short
     staged = GrowingFile(tmp_path / "ckpt")
     writer = write_slowly(staged, data, 1 * MiB)
-    ckpt = write_checkpoint(store, "ck", {"model.ckpt": staged}, step=1)
+    ckpt = write_checkpoint(store, "ck.ckpt", staged, step=1)
     writer.join()
-    assert ckpt.files["model.ckpt"] == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    assert read_verified(store, ckpt, "model.ckpt") == data
+    assert (ckpt.newest.size, ckpt.newest.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert read_verified(store, ckpt) == data
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 12 * MiB], ids=["one-put", "multipart"])
+def test_an_overwrite_from_a_growing_file_lists_both_versions_before_the_new_one_is_visible(
+    store: ObjectStore, tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = os.urandom(1024)
+    write_checkpoint(store, "last.ckpt", old, step=1)
+    seen_at_publish: list[tuple[int, bytes]] = []
+
+    def look() -> None:  # what a reader finds just before the new bytes become visible
+        ckpt = read_manifest(store, "last.ckpt")
+        assert ckpt is not None
+        seen_at_publish.append((len(ckpt.versions), store.get_bytes("last.ckpt")))
+
+    if isinstance(store, LocalStore):
+        publish = LocalStore._publish
+
+        def publishing(self: LocalStore, tmp: str, final: str, key: str, if_none_match: bool) -> None:
+            if key == "last.ckpt":
+                look()
+            publish(self, tmp, final, key, if_none_match)
+
+        monkeypatch.setattr(LocalStore, "_publish", publishing)
+    else:
+        assert isinstance(store, S3Store)
+        event = "PutObject" if size < 5 * MiB else "CompleteMultipartUpload"
+        store.client.meta.events.register(
+            f"before-send.s3.{event}",
+            lambda request, **_: look() if request.url.split("?")[0].endswith("/last.ckpt") else None,
+        )
+    data = os.urandom(size)
+    staged = GrowingFile(tmp_path / "ckpt")
+    writer = write_slowly(staged, data, 1 * MiB)
+    ckpt = write_checkpoint(store, "last.ckpt", staged, step=2, overwrite=True)
+    writer.join()
+    assert [(n, content == old) for n, content in seen_at_publish] == [(2, True)]
+    assert len(ckpt.versions) == 1 and read_verified(store, ckpt) == data
 
 
 def test_a_failed_serialisation_commits_nothing(store: ObjectStore, tmp_path: Path) -> None:
     staged = GrowingFile(tmp_path / "ckpt")
     writer = write_slowly(staged, os.urandom(12 * MiB), 1 * MiB, fail_at=8 * MiB)
     with pytest.raises(RuntimeError, match="serialiser broke"):
-        write_checkpoint(store, "ck", {"model.ckpt": staged}, step=1)
+        write_checkpoint(store, "ck.ckpt", staged, step=1)
     writer.join()
-    assert read_manifest(store, "ck") is None
+    assert read_manifest(store, "ck.ckpt") is None
     assert store.abort_incomplete_uploads(0) == 0  # the multipart upload was aborted already
 
 
@@ -184,11 +222,11 @@ def test_s3_sends_parts_while_the_file_is_written(s3_root: str, tmp_path: Path) 
 
     thread = threading.Thread(target=run)
     thread.start()
-    write_checkpoint(store, "ck", {"model.ckpt": staged}, step=1)
+    write_checkpoint(store, "ck.ckpt", staged, step=1)
     thread.join()
     assert sent_while_writing[:2] == [1, 2]  # the first parts left before the file was complete
-    ckpt = read_manifest(store, "ck")
-    assert ckpt is not None and read_verified(store, ckpt, "model.ckpt") == data
+    ckpt = read_manifest(store, "ck.ckpt")
+    assert ckpt is not None and read_verified(store, ckpt) == data
 
 
 @pytest.mark.services
@@ -201,36 +239,36 @@ def test_s3_failed_part_stops_the_writer_and_aborts(s3_root: str, tmp_path: Path
     big = b"q" * (200 * MiB)  # far more than gets written before the failure is seen
     writer = write_slowly(staged, big, 1 * MiB)
     with pytest.raises(Exception, match="AccessDenied"):
-        write_checkpoint(store, "ck", {"model.ckpt": staged}, step=1)
+        write_checkpoint(store, "ck.ckpt", staged, step=1)
     writer.join(60)  # cancelled by the failed upload: it stops at its next write
     assert not writer.is_alive()
     with pytest.raises(WriteCancelled):
         staged.result()
     assert os.path.getsize(staged.path) < len(big)
-    assert store.abort_incomplete_uploads(0) == 0 and read_manifest(store, "ck") is None
+    assert store.abort_incomplete_uploads(0) == 0 and read_manifest(store, "ck.ckpt") is None
 
 
 def test_load_verified_loads_once_and_checks_the_bytes(store: ObjectStore) -> None:
     data = os.urandom(6 * MiB)
-    ckpt = write_checkpoint(store, "ck", {"model.ckpt": data}, step=1)
+    ckpt = write_checkpoint(store, "ck.ckpt", data, step=1)
     calls: list[bytes] = []
 
     def load(handle: Any) -> str:
         calls.append(handle.read())
         return "loaded"
 
-    assert load_verified(store, ckpt, "model.ckpt", load) == "loaded"
+    assert load_verified(store, ckpt, load) == "loaded"
     assert calls == [data]
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_load_verified_reports_corruption_not_the_parse_error(store: ObjectStore, damage: str) -> None:
     data = os.urandom(64 * 1024)
-    ckpt = write_checkpoint(store, "ck", {"model.ckpt": data}, step=1)
+    ckpt = write_checkpoint(store, "ck.ckpt", data, step=1)
     if damage == "delete":
-        store.delete("ck/model.ckpt")
+        store.delete("ck.ckpt")
     else:
-        store.put_bytes("ck/model.ckpt", data[:-1] + b"!" if damage == "flip" else data[:100])
+        store.put_bytes("ck.ckpt", data[:-1] + b"!" if damage == "flip" else data[:100])
     loads: list[int] = []
 
     def load(handle: Any) -> str:
@@ -238,12 +276,12 @@ def test_load_verified_reports_corruption_not_the_parse_error(store: ObjectStore
         raise ValueError("unreadable torch checkpoint")
 
     with pytest.raises(CorruptCheckpointError) as caught:
-        load_verified(store, ckpt, "model.ckpt", load)
+        load_verified(store, ckpt, load)
     message = str(caught.value)
     if damage == "delete":
-        assert "listed in the manifest but missing" in message
+        assert "committed by its marker but the file is missing" in message
     else:
-        assert "does not match its manifest" in message
+        assert "does not match its commit marker" in message
     if damage == "flip":
         assert isinstance(caught.value.__cause__, ValueError)  # the parse error is kept, as the cause
     if damage == "truncate":
@@ -251,13 +289,13 @@ def test_load_verified_reports_corruption_not_the_parse_error(store: ObjectStore
 
 
 def test_load_verified_reraises_a_load_error_on_good_bytes(store: ObjectStore) -> None:
-    ckpt = write_checkpoint(store, "ck", {"model.ckpt": b"fine bytes"}, step=1)
+    ckpt = write_checkpoint(store, "ck.ckpt", b"fine bytes", step=1)
 
     def load(handle: Any) -> None:
         raise ValueError("refused: not plain data")
 
     with pytest.raises(ValueError, match="not plain data"):
-        load_verified(store, ckpt, "model.ckpt", load)
+        load_verified(store, ckpt, load)
 
 
 @pytest.mark.services
@@ -267,24 +305,24 @@ def test_s3_load_verified_leaves_no_download_behind(s3_root: str, tmp_path: Path
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     store = S3Store(s3_root)
     data = os.urandom(1 * MiB)
-    ckpt = write_checkpoint(store, "ck", {"model.ckpt": data}, step=1)
+    ckpt = write_checkpoint(store, "ck.ckpt", data, step=1)
     seen: list[str] = []
 
     def load(handle: Any) -> bytes:
         seen.append(handle.name)
         return bytes(handle.read())
 
-    assert load_verified(store, ckpt, "model.ckpt", load) == data
+    assert load_verified(store, ckpt, load) == data
     assert Path(seen[0]).is_relative_to(tmp_path)  # a private temporary download ...
     assert list(tmp_path.iterdir()) == []  # ... removed afterwards
 
 
 def test_local_load_verified_reads_the_stored_file(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    ckpt = write_checkpoint(store, "ck", {"model.ckpt": b"abc"}, step=1)
+    ckpt = write_checkpoint(store, "ck.ckpt", b"abc", step=1)
     names: list[str] = []
-    load_verified(store, ckpt, "model.ckpt", lambda handle: names.append(handle.name))
-    assert names == [str(tmp_path / "store" / "ck" / "model.ckpt")]  # no copy made
+    load_verified(store, ckpt, lambda handle: names.append(handle.name))
+    assert names == [str(tmp_path / "store" / "ck.ckpt")]  # no copy made
     assert hash_file(names[0]) == (3, hashlib.sha256(b"abc").hexdigest())
 
 

@@ -1,12 +1,10 @@
 """Checkpoints recorded in MLflow by reference: where they are and the sha256 of what is there.
 
 A checkpoint already lives in durable storage (a local folder or ``s3://``); copying it into the run's
-artifacts doubles the storage and the upload time for nothing. The run records the URI and the hashes,
-which is enough to find the bytes and to prove they are the ones the run produced.
-
-Two layouts are understood: a single file (hashed here), and a committed checkpoint folder whose
-``MANIFEST.json`` lists every file with its sha256 (the hashes are read from it, and the manifest itself
-is hashed, which pins the whole folder with one digest).
+artifacts doubles the storage and the upload time for nothing. The run records the URI and the file's
+sha256, which is enough to find the bytes and to prove they are the ones the run produced. A committed
+checkpoint's sha256 (with its size and step) is read from its commit marker, never by reading the file
+again; a local file without a marker is hashed here.
 """
 
 from __future__ import annotations
@@ -20,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
+    from lightning_lib.checkpoint import CommittedCheckpoint
 
-MANIFEST_NAME = "MANIFEST.json"
 _CHUNK = 1 << 20
 
 
@@ -34,68 +32,59 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def _manifest_files(manifest: Mapping[str, Any]) -> dict[str, str]:
-    """name -> sha256 from a manifest, whether ``files`` is a mapping or a list of entries."""
-    files = manifest.get("files", {})
-    out: dict[str, str] = {}
-    if isinstance(files, Mapping):
-        for name, entry in files.items():
-            sha = entry.get("sha256") if isinstance(entry, Mapping) else entry
-            if sha:
-                out[str(name)] = str(sha)
-    elif isinstance(files, list):
-        for entry in files:
-            if isinstance(entry, Mapping):
-                name = entry.get("path") or entry.get("name")
-                if name and entry.get("sha256"):
-                    out[str(name)] = str(entry["sha256"])
-    return out
+class _NoMarker(Exception):
+    """The checkpoint has no commit marker at all (a plain file)."""
 
 
-def _read_remote_manifest(folder_uri: str) -> bytes:
-    """The ``MANIFEST.json`` of a remote checkpoint folder, read through the project's object store
-    (boto3's own configuration chain: ``AWS_ENDPOINT_URL``, profiles, roles; never credentials here)."""
-    from lightning_lib.storage._store import open_store
+def _committed_checkpoint(path: str) -> CommittedCheckpoint | None:
+    """The committed checkpoint at ``path`` per its marker (read through the project's object store:
+    boto3's own configuration chain on S3, never credentials here); ``None`` when its marker is not
+    (yet) committed or invalid; ``_NoMarker`` when there is none."""
+    from lightning_lib.checkpoint._commit import name_taken, read_manifest
+    from lightning_lib.storage import open_store, split_uri
 
-    return open_store(folder_uri.rstrip("/")).get_bytes(MANIFEST_NAME)
+    root, name = split_uri(path)
+    store = open_store(root)
+    try:
+        marked = name_taken(store, name)
+    except ValueError:  # a name no checkpoint is committed under
+        marked = False
+    if not marked:
+        raise _NoMarker(path)
+    return read_manifest(store, name)
 
 
-def _from_manifest(ref: dict[str, Any], raw: bytes) -> dict[str, Any]:
-    manifest = json.loads(raw)
-    ref["sha256"] = hashlib.sha256(raw).hexdigest()
-    ref["hash_of"] = MANIFEST_NAME
-    ref["files"] = _manifest_files(manifest)
-    for key in ("step", "global_step", "epoch", "time", "created"):
-        if key in manifest:
-            ref[key] = manifest[key]
+def _from_marker(ref: dict[str, Any], ckpt: CommittedCheckpoint | None) -> dict[str, Any]:
+    if ckpt is None:
+        ref["sha256"] = None
+        ref["error"] = "its commit marker is not committed or not valid"
+        return ref
+    if len(ckpt.versions) > 1:
+        ref["sha256"] = None
+        ref["error"] = "an overwrite of it was interrupted: its content is one of several versions"
+        return ref
+    version = ckpt.newest
+    ref.update(sha256=version.sha256, size=version.size, step=version.step, time=version.time)
     return ref
 
 
 def checkpoint_reference(path: str) -> dict[str, Any]:
-    """Describe the checkpoint at ``path``: ``uri``, ``sha256`` and, for a committed folder, ``files``.
+    """Describe the checkpoint file at ``path``: ``uri``, ``sha256``, ``size`` and, when committed, ``step``.
 
     Never raises: a reference that cannot be hashed says why in ``error`` (the run still records it).
     """
     is_s3 = path.startswith("s3://")
     ref: dict[str, Any] = {"uri": path if is_s3 else os.path.abspath(path), "recorded_at": time.time()}
     try:
-        if is_s3:
-            # A committed folder has a manifest; a bare object would have to be downloaded to be
-            # hashed, which is what recording by reference avoids, so it is recorded without a hash.
-            try:
-                return _from_manifest(ref, _read_remote_manifest(path))
-            except Exception as exc:
+        try:
+            return _from_marker(ref, _committed_checkpoint(path))
+        except _NoMarker:
+            if is_s3:
+                # an object without a marker would have to be downloaded to be hashed, which is what
+                # recording by reference avoids, so it is recorded without a hash
                 ref["sha256"] = None
-                ref["error"] = f"no readable {MANIFEST_NAME}: {type(exc).__name__}"
+                ref["error"] = "no commit marker (not committed)"
                 return ref
-        if os.path.isdir(path):
-            manifest_path = os.path.join(path, MANIFEST_NAME)
-            if not os.path.isfile(manifest_path):
-                ref["sha256"] = None
-                ref["error"] = f"folder without {MANIFEST_NAME} (not committed)"
-                return ref
-            with open(manifest_path, "rb") as f:
-                return _from_manifest(ref, f.read())
         ref["sha256"] = sha256_file(path)
         ref["size"] = os.path.getsize(path)
     except Exception as exc:
@@ -127,16 +116,25 @@ def snapshot(callback: ModelCheckpoint) -> list[Snapshot]:
 
 
 def _committed(path: str) -> bool:
+    """Whether ``path`` holds what the callback saved, so that it can be hashed now."""
     if path.startswith("s3://"):
         return False  # unknown without a request; resolved at the next save or at the end
-    return os.path.isfile(path) or os.path.isfile(os.path.join(path, MANIFEST_NAME))
+    if not os.path.isfile(path):
+        return False
+    try:
+        ckpt = _committed_checkpoint(path)
+    except _NoMarker:
+        return True  # a plain file is written whole before the save returns
+    except Exception:
+        return False
+    return ckpt is not None and len(ckpt.versions) == 1
 
 
 class CheckpointReferences:
     """The checkpoints a run produced, each recorded once per (uri, sha256), with its roles.
 
-    Checkpoint folders are committed in the background after the save call returns, so a saved path is
-    kept pending and hashed once its manifest exists: at a later save, or at the end of fit (the Trainer
+    Checkpoints are committed in the background after the save call returns, so a saved path is kept
+    pending and recorded once its commit marker says it is committed: at a later save, or at the end of fit (the Trainer
     waits for every commit before it finalizes the loggers).
     """
 
