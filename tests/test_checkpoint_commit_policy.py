@@ -2,12 +2,13 @@
 
 - A failed background commit is raised as ``RuntimeError(...) from <the store's error>``: the retry
   policy judges it by that cause (an outage is transient, a denied access permanent).
-- Any content in a ``MANIFEST.json`` (garbage, deep nesting, wrong types, huge) is an
-  ``InvalidManifestError`` that readers skip; a name whose manifest exists, valid or not, is taken, so a
-  fit resumed past a corrupt newest manifest takes the next name and keeps committing.
+- Any content in a commit marker (garbage, deep nesting, wrong types, huge) is an
+  ``InvalidManifestError`` that readers skip; a name whose marker exists, valid or not, is taken by new
+  checkpoints, so a fit resumed past a corrupt newest marker keeps committing (its own "last.ckpt" it
+  overwrites, as Lightning does).
 - The writer coalesces: saves queue behind the commit in flight without waiting, a save that replaces a
-  checkpoint whose commit has not started drops it, and only more than ``max_pending`` distinct
-  snapshots make a save wait (memory stays bounded).
+  checkpoint (or overwrites its own name) whose commit has not started drops it, and only more than
+  ``max_pending`` distinct snapshots make a save wait (memory stays bounded).
 - Review finding 1: the deletions behind a dropped save wait for the save that superseded it, and a name
   stays taken until its deletion has run, so retention never deletes the run's last committed checkpoint.
 """
@@ -23,11 +24,12 @@ import pytest
 
 import lightning_lib as pl
 from lightning_lib.checkpoint import (
-    MANIFEST_NAME,
     CheckpointExistsError,
     CheckpointWriter,
+    FileVersion,
     InvalidManifestError,
     list_committed,
+    manifest_key,
     read_manifest,
     write_checkpoint,
 )
@@ -42,8 +44,9 @@ from tests.test_checkpoint_streaming import HeldCommits, _committed, _state, _un
 SHA = "0" * 64
 
 
-def _manifest(**changes: Any) -> bytes:
-    doc = json.loads(encode_manifest(3, 1.0, {"checkpoint.ckpt": {"size": 1, "sha256": SHA}}, {}))
+def _manifest(entry: dict[str, Any] | None = None, **changes: Any) -> bytes:
+    doc = json.loads(encode_manifest("committed", "ck", [FileVersion(1, SHA, 3, 1.0)], {}, 1.0))
+    doc["versions"][0].update(entry or {})
     doc.update(changes)
     return json.dumps(doc).encode()
 
@@ -55,10 +58,14 @@ HOSTILE = {
     "deeply-nested-array": b"[" * 200_000 + b"]" * 200_000,
     "deeply-nested-extra": _manifest()[:-1] + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
     "huge-integer-step": _manifest()[:-1] + b', "step": ' + b"9" * 5000 + b"}",
-    "non-finite-time": _manifest(time=float("nan")),
-    "string-files": _manifest(files="checkpoint.ckpt"),
-    "sha-with-newline": _manifest(files={"checkpoint.ckpt": {"size": 1, "sha256": SHA + "\n"}}),
-    "escaping-file-name": _manifest(files={"../../etc/passwd": {"size": 1, "sha256": SHA}}),
+    "non-finite-time": _manifest({"time": float("nan")}),
+    "negative-step": _manifest({"step": -1}),
+    "string-versions": _manifest(versions="ck"),
+    "no-versions": _manifest(versions=[]),
+    "sha-with-newline": _manifest({"sha256": SHA + "\n"}),
+    "another-file": _manifest(file="../../etc/passwd"),
+    "unknown-state": _manifest(state="done"),
+    "folder-format": _manifest(version=1),
     "too-large": _manifest(extra={"pad": "x" * MAX_MANIFEST_BYTES}),
 }
 
@@ -67,23 +74,28 @@ HOSTILE = {
 def test_any_bad_manifest_is_an_invalid_manifest_error_that_readers_skip(
     content: bytes, tmp_path: Path
 ) -> None:
-    with pytest.raises(InvalidManifestError, match="is not a valid manifest") as raised:
+    with pytest.raises(InvalidManifestError, match="commit marker of file:///root/ck is not valid") as raised:
         decode_manifest(content, "ck", "file:///root/ck")
     assert len(str(raised.value)) < 600  # names what is wrong without echoing the hostile content
     store = LocalStore(tmp_path)
-    store.put_bytes("ck/checkpoint.ckpt", b"x")
-    store.put_bytes(f"ck/{MANIFEST_NAME}", content)
+    store.put_bytes("ck", b"x")
+    store.put_bytes(manifest_key("ck"), content)
     assert read_manifest(store, "ck") is None and list_committed(store) == []
 
 
-def test_a_name_whose_manifest_is_invalid_is_taken_never_overwritten(tmp_path: Path) -> None:
+def test_the_valid_marker_the_hostile_ones_start_from_is_valid() -> None:
+    marker = decode_manifest(_manifest(), "ck", "file:///root/ck")
+    assert marker.checkpoint is not None and marker.checkpoint.versions == (FileVersion(1, SHA, 3, 1.0),)
+
+
+def test_a_name_whose_manifest_is_invalid_is_taken_by_new_checkpoints(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    store.put_bytes(f"last.ckpt/{MANIFEST_NAME}", b"garbage")
+    store.put_bytes(manifest_key("epoch=0.ckpt"), b"garbage")
     writer = CheckpointWriter()
-    assert writer.exists(str(tmp_path / "last.ckpt"))  # taken, though readers skip it
+    assert writer.exists(str(tmp_path / "epoch=0.ckpt"))  # taken, though readers skip it
     with pytest.raises(CheckpointExistsError, match="valid or not"):
-        write_checkpoint(store, "last.ckpt", {"checkpoint.ckpt": b"new"}, step=1)
-    assert store.get_bytes(f"last.ckpt/{MANIFEST_NAME}") == b"garbage"
+        write_checkpoint(store, "epoch=0.ckpt", b"new", step=1)
+    assert store.get_bytes(manifest_key("epoch=0.ckpt")) == b"garbage"
 
 
 @pytest.mark.parametrize("content", [b"{garbage", b"[" * 200_000], ids=["garbage", "deeply-nested"])
@@ -104,17 +116,20 @@ def test_a_fit_resumed_past_a_corrupt_newest_manifest_keeps_committing(
     fit(2, None)
     store = LocalStore(dirpath)
     names = {c.name: c.step for c in list_committed(store)}
-    assert names == {"epoch=0-step=2.ckpt": 2, "epoch=1-step=4.ckpt": 4, "last-v1.ckpt": 4}
-    store.put_bytes(f"last-v1.ckpt/{MANIFEST_NAME}", content)  # garbage in the newest manifest
+    assert names == {"epoch=0-step=2.ckpt": 2, "epoch=1-step=4.ckpt": 4, "last.ckpt": 4}
+    store.put_bytes(manifest_key("last.ckpt"), content)  # garbage in the newest marker
 
     trainer = fit(3, "last")
-    assert "Ignoring checkpoint" in caplog.text and "is not a valid manifest" in caplog.text
+    assert "Ignoring checkpoint" in caplog.text and "is not valid" in caplog.text
     assert trainer.ckpt_path == str(dirpath / "epoch=1-step=4.ckpt") and trainer.global_step == 6
-    trainer = fit(4, "last")  # and again: every attempt commits, under names that are free
-    assert trainer.global_step == 8
+    # the resumed callback goes on with its own "last.ckpt" (its state names it), as Lightning does
+    assert read_manifest(store, "last.ckpt").step == 6  # type: ignore[union-attr]
+    store.put_bytes(manifest_key("epoch=2-step=6.ckpt"), content)  # now a top-k one's marker is garbage
+    trainer = fit(4, "last")  # and again: every attempt commits
+    assert trainer.ckpt_path == str(dirpath / "last.ckpt") and trainer.global_step == 8
     newest = list_committed(store)[-1]
-    assert newest.step == 8 and newest.name.startswith("last") and newest.name != "last-v1.ckpt"
-    assert store.get_bytes(f"last-v1.ckpt/{MANIFEST_NAME}") == content  # left in place, never overwritten
+    assert newest.step == 8 and newest.name == "last.ckpt"
+    assert store.get_bytes(manifest_key("epoch=2-step=6.ckpt")) == content  # left in place
 
 
 # ---- point 2: what a failed background commit is raised as ----------------------------------------
@@ -163,6 +178,24 @@ def test_a_replaced_checkpoint_whose_commit_has_not_started_is_never_committed(
     assert _committed(tmp_path) == ["a.ckpt", "last.ckpt"]
     assert read_manifest(LocalStore(tmp_path), "last.ckpt").step == 3  # type: ignore[union-attr]
     assert writer.stats == WriterStats(saves=4, committed=2, coalesced=2)
+
+
+def test_overwrites_of_a_name_whose_commit_has_not_started_are_coalesced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits = HeldCommits(monkeypatch)
+    gate = commits.hold("a.ckpt")
+    writer = CheckpointWriter()
+    uri = str(tmp_path / "{}.ckpt").format
+    writer.save(_state(), uri("a"), 1)
+    _until(lambda: commits.started == ["a.ckpt"])
+    for step in (1, 2, 3):  # each epoch's "last.ckpt", overwritten in place
+        writer.save(_state(), uri("last"), step, overwrite=True)
+    assert writer.stats == WriterStats(saves=4, coalesced=2)  # nothing waited
+    gate.set()
+    writer.wait()
+    assert commits.started == ["a.ckpt", "last.ckpt"]  # the newest, uploaded once
+    assert read_manifest(LocalStore(tmp_path), "last.ckpt").step == 3  # type: ignore[union-attr]
 
 
 def test_more_distinct_checkpoints_than_max_pending_wait_for_room(
@@ -219,29 +252,33 @@ class ImprovingModel(CountingModel):
 
 
 class HoldOneCommit(pl.Callback):
-    """The commit of ``held`` (epoch 1's checkpoint) is in flight through epochs 2 and 3: every save of
-    those epochs queues behind it, and the later one supersedes the earlier. Released when training ends,
+    """The commit of ``held`` saved in epoch 1 is in flight through epochs 2 and 3: every save of those
+    epochs queues behind it, and the later one supersedes the earlier. Released when training ends,
     before ``fit`` waits for the writer."""
 
     def __init__(self, commits: HeldCommits, held: str) -> None:
         self.commits, self.held = commits, held
-        self.gate = commits.hold(held)
+        self.gate: threading.Event | None = None
+        self.before = 0
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.current_epoch == 1:
             trainer._checkpoint_writer.wait()  # epoch 0's checkpoint is committed: the one to keep
+            self.before = self.commits.started.count(self.held)
+            self.gate = self.commits.hold(self.held)
         if trainer.current_epoch == 2:
-            _until(lambda: self.held in self.commits.started)
+            _until(lambda: self.commits.started.count(self.held) > self.before)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        assert self.gate is not None
         self.gate.set()
 
 
 @pytest.mark.parametrize(
     ("checkpoint_kwargs", "held", "newest"),
     [
-        # the reviewer's sequence: "last" alternating names, epoch 2's "last" dropped by epoch 3's
-        ({"save_top_k": 0, "save_last": True}, "last-v1.ckpt", "last-v3.ckpt"),
+        # "last.ckpt" overwritten in place: epoch 2's overwrite dropped by epoch 3's, nothing deleted
+        ({"save_top_k": 0, "save_last": True}, "last.ckpt", "last.ckpt"),
         # top-k: epoch 2's best dropped by epoch 3's, while epoch 1's best (the only one) is uploading
         ({"save_top_k": 1, "monitor": "score"}, "epoch=1-step=4.ckpt", "epoch=3-step=8.ckpt"),
     ],
@@ -262,7 +299,7 @@ def test_a_dropped_save_never_lets_retention_delete_the_last_committed_checkpoin
     stats = trainer._checkpoint_writer.stats
     assert stats.coalesced == 1 and stats.waited == 0 and stats.failed == 0  # the slow-store policy holds
     assert watch.violations == []  # before every deletion, another committed checkpoint existed
-    assert watch.deleted  # ... and retention did run
+    assert bool(watch.deleted) == (newest != held)  # ... and retention did run where it had to
     assert _committed(dirpath) == [newest]  # the newest, alone once retention caught up
     assert read_manifest(LocalStore(dirpath), newest).step == trainer.global_step == 8  # type: ignore[union-attr]
 

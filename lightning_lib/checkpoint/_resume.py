@@ -58,7 +58,7 @@ def select_ckpt_path(
         path = os.fspath(ckpt_path)
         if not is_remote(path) and not os.path.exists(path):
             raise FileNotFoundError(
-                f"Expected ckpt_path to be 'best', 'last', an existing file, folder or s3:// URI, received {path!r}."
+                f"Expected ckpt_path to be 'best', 'last', an existing checkpoint file or s3:// URI, received {path!r}."
             )
         return path
     raise TypeError(f"Expected ckpt_path to be 'best', 'last', a path or None, received {ckpt_path!r}.")
