@@ -71,7 +71,8 @@ def test_docs_example_trains_logs_and_checkpoints(tmp_path: Path) -> None:
 
     # the default ModelCheckpoint kept the last epoch's weights
     checkpoints = sorted(p.name for p in (log_dir / "checkpoints").iterdir())
-    assert checkpoints == ["epoch=9-step=80.ckpt"]
+    assert checkpoints == [".manifests", "epoch=9-step=80.ckpt"]  # the file, and its commit marker hidden
+    checkpoints.remove(".manifests")
     restored = LitModel.load_from_checkpoint(log_dir / "checkpoints" / checkpoints[0])
     torch.testing.assert_close(restored.l1.weight, model.l1.weight)
     assert trainer.checkpoint_callback.best_model_path == str(log_dir / "checkpoints" / checkpoints[0])
@@ -82,4 +83,5 @@ def test_docs_example_without_validation_loader(tmp_path: Path) -> None:
     trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, logger=False)
     trainer.fit(model, DataLoader(_images(0), batch_size=16))
     assert trainer.global_step == 4
-    assert (tmp_path / "checkpoints" / "epoch=0-step=4.ckpt" / "MANIFEST.json").is_file()
+    assert (tmp_path / "checkpoints" / "epoch=0-step=4.ckpt").is_file()
+    assert (tmp_path / "checkpoints" / ".manifests" / "epoch=0-step=4.ckpt.json").is_file()
