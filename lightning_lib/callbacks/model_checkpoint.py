@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lightning_lib.callbacks.callback import Callback
-from lightning_lib.checkpoint._commit import cleanup_orphans, list_committed
+from lightning_lib.checkpoint._commit import cleanup_orphans, list_committed, marker_names
 from lightning_lib.checkpoint._format import commit_checkpoint
 from lightning_lib.storage import is_remote, join_uri
 from lightning_lib.trainer.states import TrainerFn
@@ -137,7 +137,7 @@ class ModelCheckpoint(Checkpoint):
                 self.dirpath,
                 removed,
             )
-        if self.save_top_k != 0 and list_committed(store):
+        if self.save_top_k != 0 and marker_names(store):
             log.warning("Checkpoint directory %s exists and is not empty.", self.dirpath)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -441,15 +441,22 @@ def cleanup_orphans(store: ObjectStore, grace_seconds: float, prefix: str = "") 
     if grace_seconds < 0:
         raise ValueError(f"Expected grace_seconds >= 0, received {grace_seconds}.")
     cutoff = time.time() - grace_seconds
+    old = [
+        (name, info.key)
+        for info in store.list(prefix)
+        if (name := name_of_manifest(info.key)) is not None
+        and info.mtime <= cutoff
+        and info.size <= MAX_MANIFEST_BYTES
+    ]
+    # every old marker is read to know its state: concurrently, as on S3 each is a round trip
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(old)))) as pool:
+        unfinished = list(pool.map(lambda found: _unfinished(store, found[0]), old))
     removed = []
-    for info in store.list(prefix):
-        name = name_of_manifest(info.key)
-        if name is None or info.mtime > cutoff or info.size > MAX_MANIFEST_BYTES:
-            continue
-        if not _unfinished(store, name):
+    for (name, key), stale in zip(old, unfinished):
+        if not stale:
             continue
         store.delete(name)  # the file first: a cleanup cut short here still has the marker to go on
-        store.delete(info.key)
+        store.delete(key)
         log.info("Removed the unfinished checkpoint %s", join_uri(store.uri, name))
         removed.append(name)
     aborted = store.abort_incomplete_uploads(grace_seconds, prefix)
