@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import torch
@@ -54,3 +55,10 @@ def floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 def sgd(module: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(module.parameters(), lr=0.1)
+
+
+def archive(tag: str, size: int = 2000) -> bytes:
+    """What ``torch.save`` writes for a small checkpoint (``size`` bytes of weights): what a commit takes."""
+    buffer = io.BytesIO()
+    torch.save({"tag": tag, "w": torch.arange(size, dtype=torch.uint8)}, buffer)
+    return buffer.getvalue()

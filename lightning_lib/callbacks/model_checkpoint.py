@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lightning_lib.callbacks.callback import Callback
-from lightning_lib.checkpoint._commit import cleanup_orphans, list_committed, marker_names
+from lightning_lib.checkpoint._commit import cleanup_orphans, list_committed
 from lightning_lib.checkpoint._format import commit_checkpoint
 from lightning_lib.storage import is_remote, join_uri
 from lightning_lib.trainer.states import TrainerFn
@@ -128,16 +128,9 @@ class ModelCheckpoint(Checkpoint):
         if stage != TrainerFn.FITTING.value or not trainer.is_global_zero:
             return
         store = trainer._checkpoint_writer.store(self.dirpath)
-        # commits and deletions a killed writer left unfinished; the grace period spares a concurrent writer's
-        removed = cleanup_orphans(store, grace_seconds=self.orphan_grace_seconds)
-        if removed:
-            log.info(
-                "Removed %d unfinished checkpoint(s) under %s: %s",
-                len(removed),
-                self.dirpath,
-                removed,
-            )
-        if self.save_top_k != 0 and marker_names(store):
+        # the uploads a killed writer left unfinished; the grace period spares a concurrent writer's
+        cleanup_orphans(store, grace_seconds=self.orphan_grace_seconds)
+        if self.save_top_k != 0 and store.list():
             log.warning("Checkpoint directory %s exists and is not empty.", self.dirpath)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -348,8 +341,8 @@ class ModelCheckpoint(Checkpoint):
     def _save_last(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
             return
-        # Lightning's names: this callback's "last.ckpt" is overwritten in place (crash-safely: the old
-        # one stays valid until the new one is), a "last.ckpt" it did not write (an earlier run's) is kept
+        # Lightning's names: this callback's "last.ckpt" is overwritten in place (in one step: a reader
+        # finds the old file or the new one, each whole), a "last.ckpt" it did not write (an earlier run's) is kept
         # and this run's takes the next free name (last-v1.ckpt). A "last" whose name changes (metrics in
         # it) replaces the previous one, deleted only once the new one (or a newer one) has committed.
         previous = self.last_model_path
@@ -362,7 +355,7 @@ class ModelCheckpoint(Checkpoint):
     def _reuses(self, filepath: str, allowed_existing: str | None) -> bool:
         """Whether saving ``filepath`` deliberately replaces a checkpoint of that name: the one it was
         allowed to take over, or any, when the version counter is off (Lightning overwrites then).
-        Otherwise a taken name (a commit marker exists there, valid or not) is never overwritten."""
+        Otherwise a taken name (a file exists there, a checkpoint or not) is never overwritten."""
         return filepath == allowed_existing or not self._enable_version_counter
 
     def _save(
@@ -454,12 +447,14 @@ class ModelCheckpoint(Checkpoint):
         """Committed ``last*`` checkpoints in ``dirpath``."""
         dirpath = self.dirpath or self._default_dirpath(trainer)
         store = trainer._checkpoint_writer.store(dirpath)
-        return {ckpt.uri for ckpt in list_committed(store) if ckpt.name.startswith(self.CHECKPOINT_NAME_LAST)}
+        found = list_committed(store, self.CHECKPOINT_NAME_LAST, self.FILE_EXTENSION)
+        return {ckpt.uri for ckpt in found}
 
     def committed(self, trainer: Trainer) -> list[str]:
         """Every committed checkpoint in ``dirpath``, oldest first (by step, then commit time)."""
         dirpath = self.dirpath or self._default_dirpath(trainer)
-        return [ckpt.uri for ckpt in list_committed(trainer._checkpoint_writer.store(dirpath))]
+        store = trainer._checkpoint_writer.store(dirpath)
+        return [ckpt.uri for ckpt in list_committed(store, suffix=self.FILE_EXTENSION)]
 
 
 def _same_place(a: str, b: str) -> bool:

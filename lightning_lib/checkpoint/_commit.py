@@ -1,24 +1,18 @@
-"""The checkpoint commit protocol over any ``ObjectStore``: one file per checkpoint, one marker per file.
+"""The checkpoint commit protocol over any ``ObjectStore``: a sealed file per checkpoint, published whole.
 
-A checkpoint is the object ``NAME`` (``epoch=3-step=40.ckpt``: the file ``torch.load`` opens, Lightning's
-name) and its marker ``manifest_key(NAME)`` (``.manifests/epoch=3-step=40.ckpt.json``, see ``_manifest``).
+A checkpoint is the object ``NAME`` (``epoch=3-step=40.ckpt``, Lightning's name): the archive
+``torch.save`` wrote, sealed with its commit marker as the archive's comment (see ``_manifest``). The
+marker is written last, into the local staged file, and the sealed file is then published in one step
+(a rename, one S3 PUT or the completion of a multipart upload), with ``If-None-Match: *`` for a new
+name so that a second writer, or a retried request, never replaces it. Readers only believe a marker
+that validates and verify every byte they use against it, so a writer killed at any moment leaves
+either a committed checkpoint or nothing under the name (temporary files and incomplete multipart
+uploads, which ``cleanup_orphans`` removes).
 
-Writing a new name: the marker is first written in the ``writing`` state with a conditional put (the
-name is claimed; a second writer fails before uploading anything), then the file is uploaded (each store
-publishes an object atomically), then the marker is rewritten as ``committed`` with the file's size and
-sha256, the step and the time: the commit, written last.
-
-Overwriting a committed name (the rotating "last.ckpt"): once the new bytes are hashed, and before they
-replace the old ones, the marker lists both versions; once they are in place, only the new one. A
-reader therefore always finds bytes that match the marker (whichever version they are), and at no
-moment does the checkpoint stop existing: a writer killed at any step leaves the old or the new
-checkpoint, whole and verifiable, never a torn file or a mismatched pair that validates.
-
-Deleting: the marker becomes ``deleting`` (readers stop seeing the checkpoint at once), the file is
-deleted, then the marker. Readers only believe a committed marker that validates, and verify every byte
-they use against it. ``cleanup_orphans`` finishes what a killed writer left (a claim without a commit,
-a half-done deletion, temporary objects), and never touches a file it has no marker of: a file a user
-put in the folder is not this protocol's to delete.
+Overwriting (the rotating "last.ckpt", an explicit ``Trainer.save_checkpoint`` path) publishes the new
+sealed file over the old one in the same single step: a reader finds the old checkpoint or the new one,
+each whole and verifiable with its own marker, never a mix; deleting is one deletion. A file without a
+marker (a user's, pytorch_lightning's) is never committed, and never deleted by cleanup.
 """
 
 from __future__ import annotations
@@ -36,209 +30,197 @@ from contextlib import suppress
 from typing import Any, BinaryIO, TypeVar
 
 from lightning_lib.checkpoint._manifest import (
-    MAX_MANIFEST_BYTES,
+    EOCD_SIZE,
+    TRAILER_READ,
     CheckpointExistsError,
     CheckpointFallbackWarning,
     CheckpointNotFoundError,
     CommittedCheckpoint,
     CorruptCheckpointError,
-    FileVersion,
     InvalidManifestError,
-    Marker,
-    decode_manifest,
-    encode_manifest,
-    manifest_key,
-    name_of_manifest,
-    validate_name,
+    check_sealable,
+    decode_trailer,
+    encode_trailer,
 )
-from lightning_lib.storage._base import TEMP_MARKER, ObjectNotFound, ObjectStore, PreconditionFailed
-from lightning_lib.storage._hashing import (
-    FileSource,
-    GrowingFile,
-    PrehashedFile,
-    hash_alongside,
-    hash_fd,
-    hash_file,
+from lightning_lib.storage._base import (
+    TEMP_MARKER,
+    ObjectNotFound,
+    ObjectStore,
+    PreconditionFailed,
+    validate_key,
 )
+from lightning_lib.storage._hashing import GrowingFile, HashingWriter, PrehashedFile, hash_alongside, hash_fd
+from lightning_lib.storage._staging import WRITE_PREFIX, staging_dir
 from lightning_lib.storage._uri import join_uri
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_CHUNK = 1024 * 1024
+
+CheckpointSource = bytes | bytearray | memoryview | str | os.PathLike[str] | GrowingFile
 
 
-def _digest_bytes(view: memoryview) -> tuple[int, str]:
-    return view.nbytes, hashlib.sha256(view).hexdigest()
+def new_body_writer(path: str, on_write: Callable[[int], None] | None = None) -> HashingWriter:
+    """A ``HashingWriter`` for ``torch.save`` whose result ``seal`` can commit: the archive's last two
+    bytes (its empty comment's length, which the marker replaces) are held back from the hash and from
+    any upload reading the file meanwhile."""
+    return HashingWriter(path, on_write, hold_back=2)
 
 
-def _upload(
-    store: ObjectStore, name: str, source: FileSource, before_publish: Callable[[int, str], None] | None
-) -> tuple[int, str]:
-    """Upload ``source`` as the object ``name``; return its size and sha256.
-
-    ``before_publish(size, sha256)`` runs once the bytes are known and before they become visible at
-    ``name``: an overwrite lists the new version in the marker there. Without it the hash is computed
-    alongside the upload, so its cost hides behind the transfer.
-    """
-    if isinstance(source, GrowingFile):
-        hook = None if before_publish is None else (lambda done: before_publish(done.size, done.sha256))
-        try:
-            store.put_growing_file(name, source, before_publish=hook)
-        except BaseException:
-            source.cancel()  # the rest of the file is not needed: stop its writer at its next write
-            raise
-        done = source.result()
-        if os.path.getsize(done.path) != done.size:
-            raise RuntimeError(f"{done.path} changed while it was uploaded to {store.uri}/{name}.")
-        return done.size, done.sha256
-    if isinstance(source, bytes | bytearray | memoryview):
-        view = memoryview(source).cast("B")
-        if before_publish is not None:
-            size, digest = _digest_bytes(view)
-            before_publish(size, digest)
-            store.put_bytes(name, source)
-            return size, digest
-        digest = hash_alongside(
-            lambda: hashlib.sha256(view).hexdigest(), lambda: store.put_bytes(name, source)
-        )
-        return view.nbytes, digest
-    if isinstance(source, PrehashedFile):
-        if os.path.getsize(source.path) != source.size:
-            raise ValueError(
-                f"{source.path} is {os.path.getsize(source.path)} bytes, its PrehashedFile says {source.size}."
-            )
-        if before_publish is not None:
-            before_publish(source.size, source.sha256)
-        store.put_file(name, source.path)
-        return source.size, source.sha256
-    path = os.fspath(source)
-    if before_publish is not None:
-        size, digest = hash_file(path)
-        before_publish(size, digest)
-        store.put_file(name, path)
-    else:
-        size, digest = hash_alongside(lambda: hash_file(path), lambda: store.put_file(name, path))
-    if os.path.getsize(path) != size:
-        raise RuntimeError(f"{path} changed while it was uploaded to {store.uri}/{name}.")
-    return size, digest
+def seal(writer: HashingWriter, step: int, extra: dict[str, Any] | None = None) -> PrehashedFile:
+    """Write the commit marker into the file ``writer`` (from ``new_body_writer``) has finished: the
+    returned file is the sealed checkpoint, ready to be published. ``size`` is the whole file's,
+    ``sha256`` its body's (the marker records both)."""
+    body = writer.finish()
+    with open(body.path, "r+b") as handle:
+        before = os.pread(handle.fileno(), EOCD_SIZE - 2, max(0, body.size - (EOCD_SIZE - 2)))
+        check_sealable(writer.tail, before)
+        trailer = encode_trailer(body.size, body.sha256, step, time.time(), dict(extra or {}))
+        os.pwrite(handle.fileno(), trailer, body.size)
+        handle.truncate(body.size + len(trailer))
+    return PrehashedFile(body.path, body.size + len(trailer), body.sha256)
 
 
-def _read_marker(store: ObjectStore, name: str) -> Marker:
-    """The marker of ``name``: ``CheckpointNotFoundError`` when there is none, ``InvalidManifestError``
-    when it cannot be trusted."""
-    uri = join_uri(store.uri, name)
-    try:
-        raw = store.get_bytes(manifest_key(name))
-    except ObjectNotFound:
-        raise CheckpointNotFoundError(
-            f"{uri} has no commit marker: it was never committed (or was deleted), so it does not exist."
-        ) from None
-    return decode_manifest(raw, name, uri)
+def _seal_bytes(source: bytes | bytearray | memoryview, step: int, extra: dict[str, Any]) -> bytes:
+    view = memoryview(source).cast("B")
+    check_sealable(bytes(view[-2:]), bytes(view[-EOCD_SIZE:-2]))
+    body = view[:-2]
+    trailer = encode_trailer(body.nbytes, hashlib.sha256(body).hexdigest(), step, time.time(), extra)
+    return b"".join((body, trailer))
 
 
-def _claim(store: ObjectStore, name: str, claim: bytes) -> None:
-    """Take ``name`` for a new checkpoint with a conditional put of its ``writing`` marker."""
-    key = manifest_key(name)
-    try:
-        store.put_bytes(key, claim, if_none_match=True)
-    except PreconditionFailed:
-        # A retried put whose first attempt landed (the reply was lost) is refused too: if the stored
-        # marker is byte-for-byte ours, the claim is ours.
-        with suppress(ObjectNotFound):
-            if store.get_bytes(key) == claim:
-                return
-        raise CheckpointExistsError(
-            f"{join_uri(store.uri, name)} is already committed or being written (a commit marker exists"
-            " there, valid or not): such a name is never overwritten; write under a new name or delete"
-            " it first."
-        ) from None
+def _seal_copy(path: str, folder: str, step: int, extra: dict[str, Any]) -> GrowingFile:
+    """A sealed copy of the archive at ``path`` in ``folder`` (the caller's file is left as it is)."""
+    copy = os.path.join(folder, "sealed")
+    writer = new_body_writer(copy)
+    with writer, open(path, "rb") as src:
+        while chunk := src.read(_CHUNK):
+            writer.write(chunk)
+    sealed = GrowingFile(copy)
+    sealed.finish(seal(writer, step, extra))
+    return sealed
+
+
+def _read_marker(store: ObjectStore, name: str) -> CommittedCheckpoint | None:
+    """The marker sealing the file ``name``: ``None`` when the file has none, ``ObjectNotFound`` when there
+    is no file, ``InvalidManifestError`` when the marker cannot be trusted."""
+    tail, total = store.get_tail(name, TRAILER_READ)
+    return decode_trailer(tail, total, name, join_uri(store.uri, name))
 
 
 def write_checkpoint(
     store: ObjectStore,
     name: str,
-    source: FileSource,
+    source: CheckpointSource,
     step: int,
     extra: dict[str, Any] | None = None,
     *,
     overwrite: bool = False,
 ) -> CommittedCheckpoint:
-    """Upload ``source`` as the checkpoint file ``name`` and commit it with its marker, written last.
+    """Commit the archive ``source`` as the checkpoint file ``name``: seal it, then publish it whole.
 
-    ``source`` is in-memory bytes, a local file path, a ``PrehashedFile`` or a ``GrowingFile``. Without
-    ``overwrite``, a name whose marker exists (valid or not) raises ``CheckpointExistsError`` before the
-    file is touched. With it, a committed checkpoint there is replaced crash-safely (see the module
-    docstring); anything else there (a claim, a deletion, an invalid marker) is written over.
+    ``source`` is what ``torch.save`` wrote: in-memory bytes or a local path (sealed here, on a copy), or
+    a ``GrowingFile`` its writer seals itself (``new_body_writer`` and ``seal``; the upload overlaps the
+    writing). Without ``overwrite`` a name that exists (a checkpoint or any other file) raises
+    ``CheckpointExistsError`` and is never replaced; with it the file there is replaced in one step.
     """
-    validate_name(name)
+    validate_key(name)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"Expected step to be a non-negative int, received {step!r}.")
     extra = dict(extra or {})
     json.dumps(extra, allow_nan=False)  # refuse unserialisable extras before uploading anything
     uri = join_uri(store.uri, name)
-    key = manifest_key(name)
-    previous: tuple[FileVersion, ...] = ()
-    if overwrite:
-        with suppress(CheckpointNotFoundError, InvalidManifestError):
-            found = _read_marker(store, name).checkpoint
-            previous = found.versions if found is not None else ()
-    claimed = not previous
-    if claimed:
-        claim = encode_manifest("writing", name, [], extra, time.time())
-        if overwrite:
-            store.put_bytes(key, claim)
-        else:
-            _claim(store, name, claim)
-
-    def list_both(size: int, digest: str) -> None:
-        new = FileVersion(size, digest, step, time.time())
-        store.put_bytes(key, encode_manifest("committed", name, [new, *previous], extra, new.time))
-
-    try:
-        size, digest = _upload(store, name, source, None if claimed else list_both)
-        version = FileVersion(size, digest, step, time.time())
-        store.put_bytes(key, encode_manifest("committed", name, [version], extra, version.time))
-    except BaseException:
-        if claimed:
-            _abandon(store, name)
-        raise
+    if not overwrite and store.exists(name):
+        raise _exists(uri)
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = _seal_bytes(source, step, extra)
+        tail = data[-TRAILER_READ:]
+        _publish(
+            store, name, uri, lambda: store.put_bytes(name, data, if_none_match=not overwrite), lambda: tail
+        )
+        found = decode_trailer(tail, len(data), name, uri)
+    elif isinstance(source, GrowingFile):
+        found = _publish_growing(store, name, uri, source, overwrite)
+    else:
+        with staging_dir(WRITE_PREFIX) as folder:
+            found = _publish_growing(
+                store, name, uri, _seal_copy(os.fspath(source), folder, step, extra), overwrite
+            )
+    if found is None or found.step != step:
+        raise RuntimeError(f"{uri} was published without the commit marker of step {step}.")
     log.debug("Committed checkpoint %s (step %d)", uri, step)
-    return CommittedCheckpoint(name, uri, (version,), extra)
+    return found
 
 
-def _abandon(store: ObjectStore, name: str) -> None:
-    """Best effort after a failed write of a claimed name: remove its file and claim, so the name is
-    free again. Whatever fails here (the store is likely unreachable) ``cleanup_orphans`` removes later."""
+def _publish_growing(
+    store: ObjectStore, name: str, uri: str, source: GrowingFile, overwrite: bool
+) -> CommittedCheckpoint | None:
+    def put() -> None:
+        try:
+            store.put_growing_file(name, source, if_none_match=not overwrite)
+        except BaseException:
+            source.cancel()  # the rest of the file is not needed: stop its writer at its next write
+            raise
+
+    def sealed_tail() -> bytes:
+        done = source.result()
+        with open(done.path, "rb") as handle:
+            return os.pread(handle.fileno(), TRAILER_READ, max(0, done.size - TRAILER_READ))
+
+    _publish(store, name, uri, put, sealed_tail)
+    done = source.result()
+    if os.path.getsize(done.path) != done.size:
+        raise RuntimeError(f"{done.path} changed while it was uploaded to {uri}.")
+    return decode_trailer(sealed_tail(), done.size, name, uri)
+
+
+def _publish(
+    store: ObjectStore, name: str, uri: str, put: Callable[[], None], ours: Callable[[], bytes]
+) -> None:
+    """``put()`` the sealed file; a refused conditional publish is ours if the stored file ends as ours does."""
     try:
-        store.delete(name)
-        store.delete(manifest_key(name))
-    except Exception as err:
-        log.debug("Could not remove the abandoned checkpoint %s: %s", join_uri(store.uri, name), err)
+        put()
+    except PreconditionFailed:
+        # A retried request whose first attempt landed (the reply was lost) is refused too: if the
+        # stored file ends with our own marker (its time makes it unique), the commit is ours.
+        mine = ours()
+        with suppress(ObjectNotFound):
+            stored, _ = store.get_tail(name, len(mine))
+            if stored == mine:
+                return
+        raise _exists(uri) from None
+
+
+def _exists(uri: str) -> CheckpointExistsError:
+    return CheckpointExistsError(
+        f"{uri} already exists: a checkpoint never replaces a file unless asked to (overwrite); it takes"
+        " a new name."
+    )
 
 
 def name_taken(store: ObjectStore, name: str) -> bool:
-    """Whether a marker exists for ``name``, in any state, valid or not.
-
-    The naming policy: such a name is taken. Readers skip an invalid marker, but a writer never reuses
-    its name (that would overwrite what is there), so a new checkpoint takes the next free name and
-    the invalid one stays for the operator to inspect.
-    """
-    return store.exists(manifest_key(name))
+    """Whether a file exists at ``name``, a committed checkpoint or not: such a name is taken."""
+    return store.exists(name)
 
 
 def load_manifest(store: ObjectStore, name: str) -> CommittedCheckpoint:
-    """The committed checkpoint ``name``: ``CheckpointNotFoundError`` when it has no committed marker,
-    ``InvalidManifestError`` when its marker cannot be trusted."""
-    marker = _read_marker(store, name)
-    if marker.checkpoint is None:
+    """The committed checkpoint ``name``: ``CheckpointNotFoundError`` when there is no file or it has no
+    commit marker, ``InvalidManifestError`` when its marker cannot be trusted."""
+    uri = join_uri(store.uri, name)
+    try:
+        found = _read_marker(store, name)
+    except ObjectNotFound:
+        raise CheckpointNotFoundError(f"{uri} does not exist.") from None
+    if found is None:
         raise CheckpointNotFoundError(
-            f"{join_uri(store.uri, name)} is not committed (its marker says {marker.state!r}), so it does"
-            " not exist."
+            f"{uri} has no commit marker: it is not a committed checkpoint (a plain file, or one whose"
+            " commit never finished)."
         )
-    return marker.checkpoint
+    return found
 
 
 def read_manifest(store: ObjectStore, name: str) -> CommittedCheckpoint | None:
-    """The committed checkpoint ``name``, or ``None`` when its marker is missing, not committed or invalid."""
+    """The committed checkpoint ``name``, or ``None`` when the file is missing, plain or its marker invalid."""
     try:
         return load_manifest(store, name)
     except CheckpointNotFoundError:
@@ -253,57 +235,45 @@ def _newest_last(checkpoints: Iterable[CommittedCheckpoint | None]) -> list[Comm
 
 
 def _read_manifests(store: ObjectStore, names: list[str]) -> list[CommittedCheckpoint]:
-    # Each marker is one small GET; on S3 doing them concurrently hides the round trips.
+    # Each marker is one small ranged GET; on S3 doing them concurrently hides the round trips.
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
         return _newest_last(pool.map(lambda n: read_manifest(store, n), names))
 
 
-def marker_names(store: ObjectStore, prefix: str = "") -> list[str]:
-    """The names under ``prefix`` that have a marker (any state, valid or not): the taken names."""
-    return [name for info in store.list(prefix) if (name := name_of_manifest(info.key)) is not None]
-
-
-def list_committed(store: ObjectStore, prefix: str = "") -> list[CommittedCheckpoint]:
-    """Every committed checkpoint whose name starts with ``prefix``, newest last by (step, time)."""
-    names = []
-    for info in store.list(prefix):
-        name = name_of_manifest(info.key)
-        if name is None or not name.startswith(prefix):
-            continue
-        if info.size > MAX_MANIFEST_BYTES:  # refused without downloading it
-            log.warning(
-                "Ignoring checkpoint: the commit marker %s is %d bytes, more than a marker's %d.",
-                join_uri(store.uri, info.key),
-                info.size,
-                MAX_MANIFEST_BYTES,
-            )
-            continue
-        names.append(name)
+def list_committed(
+    store: ObjectStore, prefix: str = "", suffix: str | None = None
+) -> list[CommittedCheckpoint]:
+    """Every committed checkpoint whose name starts with ``prefix`` (and ends with ``suffix``, when given:
+    ".ckpt" spares reading the markers of a log folder's other files), newest last by (step, time)."""
+    names = [
+        info.key
+        for info in store.list(prefix)
+        if (suffix is None or info.key.endswith(suffix)) and info.size >= EOCD_SIZE
+    ]
     return _read_manifests(store, names)
 
 
-def _check(store: ObjectStore, ckpt: CommittedCheckpoint, size: int, digest: str) -> FileVersion:
-    """The version of ``ckpt`` these bytes are; else ``CorruptCheckpointError``.
-
-    Bytes that match none of the versions the reader knew may be a newer version: a writer overwrote the
-    file (and its marker) after the marker was read. The marker is read again once, and the bytes are
-    accepted only if it now vouches for them.
-    """
-    found = ckpt.matching(size, digest)
+def _verify(ckpt: CommittedCheckpoint, found: CommittedCheckpoint | None, size: int, digest: str) -> None:
+    """The bytes read must carry a valid marker and their body must match it. The marker they carry may be
+    newer than ``ckpt`` (the file was overwritten since it was listed): it is the one that counts."""
     if found is None:
-        fresh = read_manifest(store, ckpt.name)
-        found = fresh.matching(size, digest) if fresh is not None and fresh != ckpt else None
-    if found is None:
-        expected = " or ".join(f"{v.size} bytes with sha256 {v.sha256}" for v in ckpt.versions)
+        raise CorruptCheckpointError(f"{ckpt.uri} has lost its commit marker since it was committed.")
+    if size != found.size or digest != found.sha256:
         raise CorruptCheckpointError(
-            f"{ckpt.uri} does not match its commit marker: expected {expected}, found {size} bytes with"
-            f" sha256 {digest}."
+            f"{ckpt.uri} does not match its commit marker: expected {found.size} bytes with sha256"
+            f" {found.sha256}, found {size} bytes with sha256 {digest}."
         )
-    return found
+
+
+def _decoded(ckpt: CommittedCheckpoint, tail: bytes, total: int) -> CommittedCheckpoint | None:
+    try:
+        return decode_trailer(tail, total, ckpt.name, ckpt.uri)
+    except InvalidManifestError as err:
+        raise CorruptCheckpointError(str(err)) from None
 
 
 def _missing(ckpt: CommittedCheckpoint) -> CorruptCheckpointError:
-    return CorruptCheckpointError(f"{ckpt.uri} is committed by its marker but the file is missing.")
+    return CorruptCheckpointError(f"{ckpt.uri} was committed but the file is missing.")
 
 
 def _reading(ckpt: CommittedCheckpoint, read: Callable[[], T]) -> T:
@@ -321,14 +291,22 @@ def _reading(ckpt: CommittedCheckpoint, read: Callable[[], T]) -> T:
 
 
 def read_verified(store: ObjectStore, ckpt: CommittedCheckpoint) -> bytes:
-    """Read a checkpoint's file and check it against its marker; raise ``CorruptCheckpointError`` if not."""
+    """Read a checkpoint's file and check it against its marker; raise ``CorruptCheckpointError`` if not.
+    The bytes returned are the whole sealed file, which ``torch.load`` reads as it is."""
     data = _reading(ckpt, lambda: store.get_bytes(ckpt.name))
-    _check(store, ckpt, len(data), hashlib.sha256(data).hexdigest())
+    found = _decoded(ckpt, data[-TRAILER_READ:], len(data))
+    body = memoryview(data)[: found.body_found if found is not None else 0]
+    _verify(ckpt, found, body.nbytes, hashlib.sha256(body).hexdigest())
     return data
 
 
+def _check_file(ckpt: CommittedCheckpoint, fd: int) -> CommittedCheckpoint | None:
+    total = os.fstat(fd).st_size
+    return _decoded(ckpt, os.pread(fd, TRAILER_READ, max(0, total - TRAILER_READ)), total)
+
+
 def load_verified(store: ObjectStore, ckpt: CommittedCheckpoint, load: Callable[[BinaryIO], T]) -> T:
-    """``load(file)`` a checkpoint's file while its sha256 is computed on another thread; return the
+    """``load(file)`` a checkpoint's file while its body's sha256 is computed on another thread; return the
     result only once the bytes match the marker, else raise ``CorruptCheckpointError``.
 
     Hashing and loading read the same open file, so their costs overlap instead of adding up, and
@@ -336,19 +314,23 @@ def load_verified(store: ObjectStore, ckpt: CommittedCheckpoint, load: Callable[
     match its marker, the corruption is reported (chained to the error it caused).
     """
 
-    def attempt() -> tuple[int, str, T | None, Exception | None]:
+    def attempt() -> tuple[CommittedCheckpoint | None, int, str, T | None, Exception | None]:
         outcome: list[tuple[T | None, Exception | None]] = []
         with store.local_file(ckpt.name) as path, open(path, "rb") as handle:
-            if not any(v.size == os.fstat(handle.fileno()).st_size for v in ckpt.versions):
-                _check(store, ckpt, *hash_fd(handle.fileno()))  # no point in loading it unless a newer one
+            found = _check_file(ckpt, handle.fileno())
+            if found is None:
+                _verify(ckpt, None, 0, "")  # raises: no point in loading it
+            assert found is not None
+            if found.body_found != found.size:
+                _verify(ckpt, found, found.body_found, "")  # raises: no point in loading it
             size, digest = hash_alongside(
-                lambda: hash_fd(handle.fileno()), lambda: outcome.append(_attempt(load, handle))
+                lambda: hash_fd(handle.fileno(), found.size), lambda: outcome.append(_attempt(load, handle))
             )
-        return size, digest, *outcome[0]
+        return found, size, digest, *outcome[0]
 
-    size, digest, result, error = _reading(ckpt, attempt)
+    found, size, digest, result, error = _reading(ckpt, attempt)
     try:
-        _check(store, ckpt, size, digest)
+        _verify(ckpt, found, size, digest)
     except CorruptCheckpointError as corrupt:
         raise corrupt from error
     if error is not None:
@@ -371,7 +353,12 @@ def download_verified(store: ObjectStore, ckpt: CommittedCheckpoint, local_path:
     tmp = os.path.join(parent, f".{base}{TEMP_MARKER}{uuid.uuid4().hex}")
     try:
         _reading(ckpt, lambda: store.get_file(ckpt.name, tmp))
-        _check(store, ckpt, *hash_file(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            found = _check_file(ckpt, fd)
+            _verify(ckpt, found, *(hash_fd(fd, found.body_found) if found is not None else (0, "")))
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     finally:
         with suppress(FileNotFoundError):
@@ -379,16 +366,19 @@ def download_verified(store: ObjectStore, ckpt: CommittedCheckpoint, local_path:
 
 
 def latest_valid(
-    store: ObjectStore, prefix: str = "", names: Iterable[str] | None = None
+    store: ObjectStore, prefix: str = "", names: Iterable[str] | None = None, suffix: str | None = None
 ) -> tuple[CommittedCheckpoint, bytes] | None:
     """The newest committed checkpoint whose file verifies, with that file's bytes.
 
-    Candidates are ``names`` if given, else every committed checkpoint under ``prefix``. A candidate that
-    fails verification is reported with a ``CheckpointFallbackWarning`` and the previous one is tried;
-    storage errors (network, access) are raised, never mistaken for corruption. ``None`` when no
-    candidate verifies.
+    Candidates are ``names`` if given, else every committed checkpoint under ``prefix`` (ending with
+    ``suffix``). A candidate that fails verification is reported with a ``CheckpointFallbackWarning`` and
+    the previous one is tried; storage errors (network, access) are raised, never mistaken for
+    corruption. ``None`` when no candidate verifies.
     """
-    candidates = _read_manifests(store, list(names)) if names is not None else list_committed(store, prefix)
+    if names is not None:
+        candidates = _read_manifests(store, list(names))
+    else:
+        candidates = list_committed(store, prefix, suffix)
     for ckpt in reversed(candidates):
         try:
             return ckpt, read_verified(store, ckpt)
@@ -409,59 +399,23 @@ def warn_fallback(ckpt: CommittedCheckpoint, message: str, stacklevel: int) -> N
 
 
 def delete_checkpoint(store: ObjectStore, name: str) -> None:
-    """Mark ``name`` as being deleted (readers stop seeing it at once), delete its file, then its marker.
-
-    A deletion cut short leaves the ``deleting`` marker, which ``cleanup_orphans`` finishes.
-    """
-    key = manifest_key(name)
-    store.put_bytes(key, encode_manifest("deleting", name, [], {}, time.time()))
+    """Delete the checkpoint file ``name`` (one step: its marker goes with it)."""
     store.delete(name)
-    store.delete(key)
 
 
-def _unfinished(store: ObjectStore, name: str) -> bool:
-    """Whether the marker of ``name`` is a claim or a deletion that never finished (not committed, not
-    invalid: an invalid marker is left for a human to inspect)."""
-    try:
-        return _read_marker(store, name).state != "committed"
-    except (CheckpointNotFoundError, InvalidManifestError):
-        return False
+def cleanup_orphans(store: ObjectStore, grace_seconds: float, prefix: str = "") -> int:
+    """Remove what writers killed mid-commit left under ``prefix`` once older than ``grace_seconds``:
+    temporary files of a local folder, incomplete multipart uploads on S3. Returns how many.
 
-
-def cleanup_orphans(store: ObjectStore, grace_seconds: float, prefix: str = "") -> list[str]:
-    """Finish what killed writers left under ``prefix`` once older than ``grace_seconds``; return the
-    names whose file and marker were removed.
-
-    A marker still in the ``writing`` or ``deleting`` state is a commit or deletion that never finished:
-    its file (if any) and the marker are deleted. Committed and invalid markers, and files without a
-    marker (they may be the user's), are left alone. Incomplete multipart uploads (or local temporary
-    files) older than the grace period are aborted too. The grace period must exceed the longest write,
-    or a checkpoint still being uploaded would be removed.
+    Nothing else can be half-written (a file is published whole), so no file with a name is ever
+    removed, the user's included. The grace period must exceed the longest write, or a checkpoint still
+    being uploaded would be aborted.
     """
     if grace_seconds < 0:
         raise ValueError(f"Expected grace_seconds >= 0, received {grace_seconds}.")
-    cutoff = time.time() - grace_seconds
-    old = [
-        (name, info.key)
-        for info in store.list(prefix)
-        if (name := name_of_manifest(info.key)) is not None
-        and info.mtime <= cutoff
-        and info.size <= MAX_MANIFEST_BYTES
-    ]
-    # every old marker is read to know its state: concurrently, as on S3 each is a round trip
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(old)))) as pool:
-        unfinished = list(pool.map(lambda found: _unfinished(store, found[0]), old))
-    removed = []
-    for (name, key), stale in zip(old, unfinished):
-        if not stale:
-            continue
-        store.delete(name)  # the file first: a cleanup cut short here still has the marker to go on
-        store.delete(key)
-        log.info("Removed the unfinished checkpoint %s", join_uri(store.uri, name))
-        removed.append(name)
-    aborted = store.abort_incomplete_uploads(grace_seconds, prefix)
-    if aborted:
-        log.info("Aborted %d incomplete upload(s) under %s", aborted, join_uri(store.uri, prefix))
+    removed = store.abort_incomplete_uploads(grace_seconds, prefix)
+    if removed:
+        log.info("Removed %d unfinished upload(s) under %s", removed, join_uri(store.uri, prefix))
     return removed
 
 
@@ -473,10 +427,11 @@ __all__ = [
     "list_committed",
     "load_manifest",
     "load_verified",
-    "marker_names",
     "name_taken",
+    "new_body_writer",
     "read_manifest",
     "read_verified",
+    "seal",
     "warn_fallback",
     "write_checkpoint",
 ]

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lightning_lib.checkpoint._commit import load_manifest, load_verified, name_taken
+from lightning_lib.checkpoint._commit import load_manifest, load_verified
 from lightning_lib.checkpoint._manifest import (
     CheckpointNotFoundError,
     CommittedCheckpoint,
+    CorruptCheckpointError,
     InvalidManifestError,
 )
 from lightning_lib.checkpoint._positions import capture_loader_state
@@ -137,7 +138,7 @@ def load_file(
     verified: dict[str, Any] | None = None,
     weights_only: bool = True,
 ) -> dict[str, Any]:
-    """Read a checkpoint file. A committed one (its commit marker beside it, always on ``s3://``) is
+    """Read a checkpoint file. A committed one (sealed with its commit marker; always, on ``s3://``) is
     verified against the marker while it is loaded; a local file without a marker (pytorch_lightning's,
     ``Trainer.save_checkpoint``'s) is read as it is. ``verified`` is a checkpoint already loaded and
     verified (while choosing "last"): returned as is.
@@ -153,17 +154,30 @@ def load_file(
         raise FileNotFoundError(f"Expected a checkpoint file at {text!r}, found none.")
     root, name = split_uri(text)
     store = open_store(root)
-    if remote or _has_marker(store, name):
-        try:
-            ckpt = load_manifest(store, name)
-        except (CheckpointNotFoundError, InvalidManifestError) as err:
-            raise FileNotFoundError(
-                f"Expected a committed checkpoint at {text!r}: {err} A checkpoint whose commit marker is"
-                " missing, invalid or unfinished was never completely written."
-            ) from None
+    ckpt = _committed(store, name, text, remote)
+    if ckpt is not None:
         return load_committed(store, ckpt, map_location, weights_only)
     with open(text, "rb") as handle:
         return _torch_load(handle, text, map_location, weights_only)
+
+
+def _committed(store: ObjectStore, name: str, text: str, remote: bool) -> CommittedCheckpoint | None:
+    """The committed checkpoint at ``text``; ``None`` for a local file without a marker."""
+    try:
+        return load_manifest(store, name)
+    except ValueError:  # a local name no checkpoint is committed under (not a store key)
+        if remote:
+            raise
+        return None
+    except CheckpointNotFoundError as err:
+        if remote:
+            raise FileNotFoundError(
+                f"Expected a committed checkpoint at {text!r}: {err} A checkpoint without its commit marker"
+                " was never completely written."
+            ) from None
+        return None
+    except InvalidManifestError as err:
+        raise CorruptCheckpointError(str(err)) from None
 
 
 def load_committed(
@@ -196,28 +210,15 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
     checkpoint = dump_checkpoint(trainer, weights_only)
     if trainer.is_global_zero:
         target = os.fspath(filepath)
-        if is_remote(target) or _committed_here(target):
-            # object storage, or over a committed checkpoint: the same commit protocol as ModelCheckpoint
-            # (a plain write would leave its marker vouching for other bytes), synchronously
+        if is_remote(target):
+            # object storage: the same commit protocol as ModelCheckpoint, synchronously
             trainer._checkpoint_writer.save(checkpoint, target, trainer.global_step, overwrite=True)
             trainer._checkpoint_writer.close()
         else:
             save_file(checkpoint, filepath)  # a plain .ckpt file, as Lightning writes it
+            trainer._checkpoint_writer.note_taken(os.path.abspath(target))
     trainer.strategy.barrier("Trainer.save_checkpoint")
     _notify_loggers(trainer, trainer.checkpoint_callback)
-
-
-def _has_marker(store: ObjectStore, name: str) -> bool:
-    try:
-        return name_taken(store, name)
-    except ValueError:  # not a name a checkpoint could have been committed under (".manifests/...")
-        return False
-
-
-def _committed_here(path: str) -> bool:
-    """Whether the local ``path`` has a commit marker (of any state) beside it."""
-    root, name = split_uri(path)
-    return os.path.isdir(root) and _has_marker(open_store(root), name)
 
 
 def commit_checkpoint(

@@ -1,9 +1,9 @@
 """Committing checkpoints without stalling training: the one background writer.
 
 ``save`` snapshots the state to CPU memory (pinned when it lives on CUDA) on the training thread, then
-a single background thread commits it with the manifest-last protocol: the snapshot is serialised into
-a local staging file (hashed as it is written, then dropped) while the upload sends the file's parts as
-soon as they are written. Deletions queued after a save run only once that save has committed, which
+a single background thread commits it: the snapshot is serialised into a local staging file (hashed as
+it is written, then dropped, then sealed with its commit marker) while the upload sends the file's parts
+as soon as they are written, and the sealed file is published whole. Deletions queued after a save run only once that save has committed, which
 is how retention never removes the last good checkpoint: once a checkpoint has committed, at every
 moment some committed checkpoint of the run exists, the newest or an older one.
 
@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from lightning_lib.checkpoint._commit import delete_checkpoint, marker_names, write_checkpoint
+from lightning_lib.checkpoint._commit import delete_checkpoint, seal, write_checkpoint
 from lightning_lib.storage import GrowingFile, HashingWriter, ObjectStore, open_store, split_uri
 from lightning_lib.storage._staging import WRITE_PREFIX, staging_dir
 from lightning_lib.utilities.apply_func import apply_to_tensors
@@ -113,8 +113,8 @@ class CheckpointWriter:
         self._changed = threading.Condition()  # guards the above; notified when a job ends
         self._stores: dict[str, ObjectStore] = {}
         self._stores_lock = threading.Lock()
-        # per checkpoint root, the names whose manifest exists (valid or not): listed once, then kept up
-        # to date by this writer's own commits and deletions, so naming never waits on a slow store
+        # per checkpoint root, the names a file has (a checkpoint or not): listed once, then kept up to
+        # date by this writer's own commits and deletions, so naming never waits on a slow store
         self._taken: dict[str, set[str]] = {}
 
     # ---- public API --------------------------------------------------------------------------------
@@ -137,10 +137,10 @@ class CheckpointWriter:
 
         ``replaces`` names a checkpoint this one supersedes: it is deleted once ``uri`` has committed,
         and not committed at all if its commit has not started yet. ``overwrite`` replaces a checkpoint
-        already at ``uri`` (the rotating "last.ckpt", ``Trainer.save_checkpoint``'s explicit path),
-        crash-safely: the old one stays valid until the new one is; a save of ``uri`` still waiting
-        behind the commit in flight is dropped. Without it a name whose marker exists, valid or not, is
-        refused (``CheckpointExistsError``), never overwritten.
+        already at ``uri`` (the rotating "last.ckpt", ``Trainer.save_checkpoint``'s explicit path) in
+        one step: a reader finds the old checkpoint or the new one; a save of ``uri`` still waiting
+        behind the commit in flight is dropped. Without it a name where a file exists, a checkpoint or
+        not, is refused (``CheckpointExistsError``), never overwritten.
         """
         self.raise_error()
         if replaces == uri:
@@ -194,9 +194,9 @@ class CheckpointWriter:
         A name with a job queued is taken: a save's until it has committed, and a deletion's until the
         deletion has actually run. Reusing a name whose deletion is only queued would make that deletion
         run before the new save (the name must be free for it), that is before any newer checkpoint
-        exists: the moment retention must never open. Otherwise the name is taken when its manifest object
-        exists, valid or not: an invalid manifest is skipped by readers but never overwritten, so the
-        next free name is used instead of failing every later commit. The root is listed once; after
+        exists: the moment retention must never open. Otherwise the name is taken when a file exists
+        there (Lightning's rule), a committed checkpoint or not: a file readers skip (no marker, or an
+        invalid one) is never overwritten, so the next free name is used. The root is listed once; after
         that this writer's own commits and deletions keep the answer current without asking the store
         again (a name another writer takes meanwhile is still refused by the commit's conditional put).
         """
@@ -205,6 +205,12 @@ class CheckpointWriter:
                 return True
         root, name = split_uri(uri)
         return name in self._taken_names(root)
+
+    def note_taken(self, uri: str) -> None:
+        """A file was written at ``uri`` outside this writer (``Trainer.save_checkpoint``'s plain file):
+        a new checkpoint must take another name."""
+        with self._changed:
+            self._record(uri, taken=True)
 
     def wait(self) -> None:
         """Block until everything queued is committed or deleted; raise a background error."""
@@ -250,7 +256,7 @@ class CheckpointWriter:
         with self._changed:
             known = self._taken.get(root)
         if known is None:
-            listed = set(marker_names(self.store(root)))
+            listed = {info.key for info in self.store(root).list()}
             with self._changed:
                 known = self._taken.setdefault(root, listed)
         return known
@@ -349,7 +355,10 @@ class CheckpointWriter:
             # takes about as long as the upload alone instead of serialisation + hashing + upload
             staged = GrowingFile(os.path.join(folder, name))
             serialiser = threading.Thread(
-                target=_serialise, args=(holder, staged, owned), name="checkpoint-serialise", daemon=True
+                target=_serialise,
+                args=(holder, staged, owned, step),
+                name="checkpoint-serialise",
+                daemon=True,
             )
             serialiser.start()
             try:
@@ -363,17 +372,18 @@ class CheckpointWriter:
         delete_checkpoint(self.store(root), name)
 
 
-def _serialise(holder: list[dict[str, Any]], staged: GrowingFile, owned: bool) -> None:
-    """``torch.save`` the state into ``staged`` while hashing it, then drop it: from here on the bytes
-    on disk are all the upload needs. A snapshot (``owned``: nothing else uses it) is released storage
-    by storage as it is written, so memory goes back to training while the upload runs."""
+def _serialise(holder: list[dict[str, Any]], staged: GrowingFile, owned: bool, step: int) -> None:
+    """``torch.save`` the state into ``staged`` while hashing it, seal it with its commit marker, then
+    drop it: from here on the bytes on disk are all the upload needs. A snapshot (``owned``: nothing
+    else uses it) is released storage by storage as it is written, so memory goes back to training
+    while the upload runs."""
     try:
         state = holder.pop()
         writer = _ReleasingWriter(staged.path, staged.advance, state if owned else {})
         with writer:
             torch.save(state, writer)  # type: ignore[arg-type]
         del state
-        done = writer.finish()
+        done = seal(writer, step)
         del writer  # and the storages it still tracked
         staged.finish(done)
     except BaseException as err:  # raised to the uploader, which reports it as the commit's error
@@ -394,11 +404,12 @@ class _ReleasingWriter(HashingWriter):
     differently costs memory, never correctness.
 
     Progress is reported two writes late too, so the upload never learns of a record's bytes before
-    the record's storage is freed: its buffers are never added on top of a whole snapshot.
+    the record's storage is freed: its buffers are never added on top of a whole snapshot. The archive's
+    last two bytes are held back (``new_body_writer``): the commit marker replaces them.
     """
 
     def __init__(self, path: str, on_write: Callable[[int], None], state: dict[str, Any]) -> None:
-        super().__init__(path, on_write)
+        super().__init__(path, on_write, hold_back=2)
         self._owned: dict[tuple[int, int], torch.UntypedStorage] = {}
         self._pending: list[tuple[int, torch.UntypedStorage | None]] = [(0, None), (0, None)]
 
@@ -414,7 +425,7 @@ class _ReleasingWriter(HashingWriter):
         found = None
         if self._owned and view.nbytes >= _RELEASE_MIN:
             found = self._owned.pop((_address(view), view.nbytes), None)
-        self._pending.append((self._size, found))
+        self._pending.append((self.settled, found))
         reported, storage = self._pending.pop(0)
         if storage is not None:
             storage.resize_(0)

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from lightning_lib.storage._hashing import GrowingFile, PrehashedFile
+    from lightning_lib.storage._hashing import GrowingFile
 
 # Every temporary object a store creates carries this marker, so listings can hide it and
 # ``abort_incomplete_uploads`` can find what a killed writer left behind.
@@ -93,17 +91,10 @@ class ObjectStore(Protocol):
         """Upload the local file at ``local_path`` to ``key`` (multipart for large files on S3)."""
         ...
 
-    def put_growing_file(
-        self,
-        key: str,
-        source: GrowingFile,
-        *,
-        before_publish: Callable[[PrehashedFile], None] | None = None,
-    ) -> None:
+    def put_growing_file(self, key: str, source: GrowingFile, *, if_none_match: bool = False) -> None:
         """Upload a local file that another thread is still writing (see ``GrowingFile``), overlapping
-        the transfer with the writing where the backend can. ``before_publish`` is called with the
-        complete file's size and digest after every byte is transferred and before the object becomes
-        visible at ``key`` (an error it raises leaves ``key`` as it was)."""
+        the transfer with the writing where the backend can. With ``if_none_match`` the object is
+        published only if ``key`` does not exist (``PreconditionFailed`` otherwise), as one step."""
         ...
 
     def get_bytes(self, key: str) -> bytes:
@@ -112,6 +103,11 @@ class ObjectStore(Protocol):
 
     def get_file(self, key: str, local_path: str) -> None:
         """Download ``key`` to ``local_path``, which appears only once complete."""
+        ...
+
+    def get_tail(self, key: str, size: int) -> tuple[bytes, int]:
+        """The last ``size`` bytes of the object (all of it when smaller) and the object's total size,
+        in one request; raise ``ObjectNotFound`` if it does not exist."""
         ...
 
     def local_file(self, key: str) -> AbstractContextManager[str]:

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from lightning_lib.storage._base import (
@@ -23,7 +23,7 @@ from lightning_lib.storage._base import (
     StorageError,
     validate_key,
 )
-from lightning_lib.storage._hashing import GrowingFile, PrehashedFile
+from lightning_lib.storage._hashing import GrowingFile
 from lightning_lib.storage._uri import local_path as _as_local_path
 
 # Filesystems without hard links (some FUSE and SMB mounts) answer os.link with one of these.
@@ -109,30 +109,20 @@ class LocalStore:
                 os.fsync(f.fileno())
             self._publish(tmp, final, key, if_none_match)
 
-    def put_file(self, key: str, local_path: str) -> None:
-        """Copy the local file into the store atomically."""
-        self._copy_in(key, local_path, None)
-
-    def _copy_in(self, key: str, local_path: str, before_publish: Callable[[], None] | None) -> None:
+    def put_file(self, key: str, local_path: str, *, if_none_match: bool = False) -> None:
+        """Copy the local file into the store atomically (refusing an existing ``key`` when asked)."""
         final = self._path(key)
+        if if_none_match and os.path.lexists(final):  # cheap early refusal; the publish step decides races
+            raise PreconditionFailed(f"{self.uri}/{key} already exists (conditional put refused).")
         with self._temp_beside(final) as tmp:
             shutil.copyfile(local_path, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            if before_publish is not None:
-                before_publish()
-            self._publish(tmp, final, key, False)
+            self._publish(tmp, final, key, if_none_match)
 
-    def put_growing_file(
-        self,
-        key: str,
-        source: GrowingFile,
-        *,
-        before_publish: Callable[[PrehashedFile], None] | None = None,
-    ) -> None:
+    def put_growing_file(self, key: str, source: GrowingFile, *, if_none_match: bool = False) -> None:
         """Copy the file into the store once it is complete (a local copy is quick; nothing to overlap)."""
-        done = source.result()
-        self._copy_in(key, done.path, None if before_publish is None else lambda: before_publish(done))
+        self.put_file(key, source.result().path, if_none_match=if_none_match)
 
     def get_bytes(self, key: str) -> bytes:
         """Read the whole object."""
@@ -151,6 +141,15 @@ class LocalStore:
         with self._temp_beside(target) as tmp:
             shutil.copyfile(source, tmp)
             os.replace(tmp, target)
+
+    def get_tail(self, key: str, size: int) -> tuple[bytes, int]:
+        """The last ``size`` bytes of the file and its size, from one open file (one version of it)."""
+        try:
+            with open(self._path(key), "rb") as f:
+                total = os.fstat(f.fileno()).st_size
+                return os.pread(f.fileno(), size, max(0, total - size)), total
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"{self.uri}/{key} does not exist.") from None
 
     @contextmanager
     def local_file(self, key: str) -> Iterator[str]:

@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from typing import Any
 
-from lightning_lib.storage._hashing import GrowingFile, PrehashedFile
+from lightning_lib.storage._hashing import GrowingFile
 
 MAX_PART = 5 * 1024**3  # S3's largest part
 # botocore reads a request body in 1 MiB pieces to checksum and sign it; with a part per thread in
@@ -120,18 +120,17 @@ def upload_growing(
     threshold: int,
     chunksize: int,
     concurrency: int,
-    before_publish: Callable[[PrehashedFile], None] | None = None,
+    if_none_match: bool = False,
 ) -> None:
     """Upload ``source`` to ``bucket/key`` while it is written: one PUT if it ends below
     ``threshold``, else a multipart upload of parts sent as soon as they are complete. An error
     aborts the multipart upload (its parts would otherwise be stored and billed) and is raised.
-    ``before_publish`` runs with the complete file's digest right before the object is created."""
+    ``if_none_match`` makes the request that creates the object conditional on ``key`` being free."""
+    condition = {"IfNoneMatch": "*"} if if_none_match else {}
     if source.wait_for(threshold) < threshold:  # complete, and small
         done = source.result()
-        if before_publish is not None:
-            before_publish(done)
         with FileRange(done.path, 0, done.size) as body:
-            call(client.put_object, Bucket=bucket, Key=key, Body=body)
+            call(client.put_object, Bucket=bucket, Key=key, Body=body, **condition)
         return
     # What boto3's managed transfer sends too: a CRC32 per part, unless the client is told otherwise.
     extra: dict[str, Any] = {}
@@ -140,14 +139,13 @@ def upload_growing(
     upload_id = call(client.create_multipart_upload, Bucket=bucket, Key=key, **extra)["UploadId"]
     try:
         parts = _send_parts(client, call, bucket, key, upload_id, source, chunksize, concurrency, extra)
-        if before_publish is not None:
-            before_publish(source.result())
         call(
             client.complete_multipart_upload,
             Bucket=bucket,
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},
+            **condition,
         )
     except BaseException:
         with suppress(Exception):  # the original error matters more; cleanup_orphans retries the abort

@@ -32,60 +32,50 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-class _NoMarker(Exception):
-    """The checkpoint has no commit marker at all (a plain file)."""
-
-
-def _committed_checkpoint(path: str) -> CommittedCheckpoint | None:
-    """The committed checkpoint at ``path`` per its marker (read through the project's object store:
-    boto3's own configuration chain on S3, never credentials here); ``None`` when its marker is not
-    (yet) committed or invalid; ``_NoMarker`` when there is none."""
-    from lightning_lib.checkpoint._commit import name_taken, read_manifest
+def _marker(path: str) -> tuple[bool, CommittedCheckpoint | None]:
+    """Whether the file at ``path`` carries a commit marker, and the committed checkpoint it describes
+    (``None`` when the marker is invalid). Read through the project's object store: boto3's own
+    configuration chain on S3, never credentials here."""
+    from lightning_lib.checkpoint import CheckpointNotFoundError, InvalidManifestError, load_manifest
     from lightning_lib.storage import open_store, split_uri
 
     root, name = split_uri(path)
-    store = open_store(root)
     try:
-        marked = name_taken(store, name)
-    except ValueError:  # a name no checkpoint is committed under
-        marked = False
-    if not marked:
-        raise _NoMarker(path)
-    return read_manifest(store, name)
-
-
-def _from_marker(ref: dict[str, Any], ckpt: CommittedCheckpoint | None) -> dict[str, Any]:
-    if ckpt is None:
-        ref["sha256"] = None
-        ref["error"] = "its commit marker is not committed or not valid"
-        return ref
-    if len(ckpt.versions) > 1:
-        ref["sha256"] = None
-        ref["error"] = "an overwrite of it was interrupted: its content is one of several versions"
-        return ref
-    version = ckpt.newest
-    ref.update(sha256=version.sha256, size=version.size, step=version.step, time=version.time)
-    return ref
+        return True, load_manifest(open_store(root), name)
+    except (CheckpointNotFoundError, ValueError):  # no file, a plain file, or a name no store holds
+        return False, None
+    except InvalidManifestError:
+        return True, None
 
 
 def checkpoint_reference(path: str) -> dict[str, Any]:
     """Describe the checkpoint file at ``path``: ``uri``, ``sha256``, ``size`` and, when committed, ``step``.
 
+    A committed checkpoint's ``sha256`` is its content's as its commit marker records it (``hash_of``:
+    "commit marker"), read without downloading the file; a plain local file is hashed whole ("file").
     Never raises: a reference that cannot be hashed says why in ``error`` (the run still records it).
     """
     is_s3 = path.startswith("s3://")
     ref: dict[str, Any] = {"uri": path if is_s3 else os.path.abspath(path), "recorded_at": time.time()}
     try:
-        try:
-            return _from_marker(ref, _committed_checkpoint(path))
-        except _NoMarker:
-            if is_s3:
-                # an object without a marker would have to be downloaded to be hashed, which is what
-                # recording by reference avoids, so it is recorded without a hash
-                ref["sha256"] = None
-                ref["error"] = "no commit marker (not committed)"
-                return ref
+        marked, ckpt = _marker(path)
+        if ckpt is not None:
+            ref.update(
+                sha256=ckpt.sha256,
+                hash_of="commit marker",
+                size=ckpt.file_size,
+                step=ckpt.step,
+                time=ckpt.time,
+            )
+            return ref
+        if marked or is_s3:
+            # an object without a marker would have to be downloaded to be hashed, which is what
+            # recording by reference avoids, so it is recorded without a hash
+            ref["sha256"] = None
+            ref["error"] = "its commit marker is not valid" if marked else "no commit marker (not committed)"
+            return ref
         ref["sha256"] = sha256_file(path)
+        ref["hash_of"] = "file"
         ref["size"] = os.path.getsize(path)
     except Exception as exc:
         ref["sha256"] = None
@@ -93,8 +83,9 @@ def checkpoint_reference(path: str) -> dict[str, Any]:
     return ref
 
 
-# What a checkpoint callback pointed at when it saved: (path, roles, best score, monitor).
-Snapshot = tuple[str, list[str], float | None, str | None]
+# What a checkpoint callback pointed at when it saved: (path, roles, best score, monitor, the step the
+# "latest" path was saved at).
+Snapshot = tuple[str, list[str], float | None, str | None, int | None]
 
 
 def snapshot(callback: ModelCheckpoint) -> list[Snapshot]:
@@ -109,33 +100,41 @@ def snapshot(callback: ModelCheckpoint) -> list[Snapshot]:
         by_path.setdefault(str(latest_saved), []).append("latest")
     score = getattr(callback, "best_model_score", None)
     monitor = getattr(callback, "monitor", None)
+    step = getattr(callback, "_last_global_step_saved", None)
     return [
-        (path, roles, float(score) if "best" in roles and score is not None else None, monitor)
+        (
+            path,
+            roles,
+            float(score) if "best" in roles and score is not None else None,
+            monitor,
+            step if "latest" in roles else None,
+        )
         for path, roles in by_path.items()
     ]
 
 
-def _committed(path: str) -> bool:
-    """Whether ``path`` holds what the callback saved, so that it can be hashed now."""
+def _committed(path: str, step: int | None) -> bool:
+    """Whether ``path`` holds what the callback saved (at ``step``, for a file overwritten in place such as
+    "last.ckpt"), so that it can be recorded now."""
     if path.startswith("s3://"):
         return False  # unknown without a request; resolved at the next save or at the end
     if not os.path.isfile(path):
-        return False
+        return False  # a commit publishes the whole file at once: not yet
     try:
-        ckpt = _committed_checkpoint(path)
-    except _NoMarker:
-        return True  # a plain file is written whole before the save returns
+        marked, ckpt = _marker(path)
     except Exception:
         return False
-    return ckpt is not None and len(ckpt.versions) == 1
+    if not marked:
+        return True  # a plain file is written whole before the save returns
+    return ckpt is not None and (step is None or ckpt.step >= step)
 
 
 class CheckpointReferences:
     """The checkpoints a run produced, each recorded once per (uri, sha256), with its roles.
 
     Checkpoints are committed in the background after the save call returns, so a saved path is kept
-    pending and recorded once its commit marker says it is committed: at a later save, or at the end of fit (the Trainer
-    waits for every commit before it finalizes the loggers).
+    pending and recorded once it is committed: at a later save, or at the end of fit (the Trainer waits
+    for every commit before it finalizes the loggers).
     """
 
     def __init__(self) -> None:
@@ -152,11 +151,11 @@ class CheckpointReferences:
         roles: dict[str, dict[str, Any]] = {}
         still_pending: list[Snapshot] = []
         for index, item in enumerate(self._pending):
-            path, path_roles, score, monitor = item
+            path, path_roles, score, monitor, step = item
             newer = any(other[0] == path for other in self._pending[index + 1 :])
             if newer:
                 continue  # the same path saved again since: only its latest content matters
-            if not final and not _committed(path):
+            if not final and not _committed(path, step):
                 still_pending.append(item)
                 continue
             ref = checkpoint_reference(path)
