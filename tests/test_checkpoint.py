@@ -194,14 +194,10 @@ def test_validate_and_test_with_best_and_last(tmp_path: Path) -> None:
     trainer, model = _classifier_fit(
         tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint]
     )
-    # Lightning's files: last.ckpt overwritten every epoch, the best one; their commit markers are hidden
+    # Lightning's files, and only them: last.ckpt overwritten every epoch, and the best one
     last = Path(checkpoint.last_model_path).name
     assert last == "last.ckpt"
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        ".manifests",
-        "epoch=2-step=12.ckpt",
-        last,
-    ]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=2-step=12.ckpt", last]
     assert torch.load(checkpoint.last_model_path, weights_only=True)["global_step"] == 12
     final = [p.detach().clone() for p in model.parameters()]
     datamodule = ClassifierDataModule(batch_size=8, n=64)

@@ -3,9 +3,9 @@
 - A failed background commit is raised as ``RuntimeError(...) from <the store's error>``: the retry
   policy judges it by that cause (an outage is transient, a denied access permanent).
 - Any content in a commit marker (garbage, deep nesting, wrong types, huge) is an
-  ``InvalidManifestError`` that readers skip; a name whose marker exists, valid or not, is taken by new
-  checkpoints, so a fit resumed past a corrupt newest marker keeps committing (its own "last.ckpt" it
-  overwrites, as Lightning does).
+  ``InvalidManifestError`` that readers skip; a name where a file exists, committed or not, is taken by
+  new checkpoints, so a fit resumed past a corrupt newest marker keeps committing (its own "last.ckpt"
+  it overwrites, as Lightning does).
 - The writer coalesces: saves queue behind the commit in flight without waiting, a save that replaces a
   checkpoint (or overwrites its own name) whose commit has not started drops it, and only more than
   ``max_pending`` distinct snapshots make a save wait (memory stays bounded).
@@ -26,79 +26,94 @@ import lightning_lib as pl
 from lightning_lib.checkpoint import (
     CheckpointExistsError,
     CheckpointWriter,
-    FileVersion,
     InvalidManifestError,
     list_committed,
-    manifest_key,
     read_manifest,
     write_checkpoint,
 )
 from lightning_lib.checkpoint import _writer as checkpoint_writer
-from lightning_lib.checkpoint._manifest import MAX_MANIFEST_BYTES, decode_manifest, encode_manifest
+from lightning_lib.checkpoint._manifest import MAGIC, MAX_MANIFEST_BYTES, decode_trailer
 from lightning_lib.checkpoint._writer import WriterStats
 from lightning_lib.storage import AccessDeniedError, BucketNotFound, LocalStore, StorageError
 from tasks.retry import is_transient
-from tests.support import CountingModel, loader, trainer_kwargs
+from tests.support import CountingModel, archive, loader, marker_json, trainer_kwargs, with_marker
 from tests.test_checkpoint_streaming import HeldCommits, _committed, _state, _until
 
-SHA = "0" * 64
+
+def _sealed(tmp_path: Path) -> bytes:
+    """A committed checkpoint file: the base the hostile markers are put into."""
+    store = LocalStore(tmp_path / "base")
+    write_checkpoint(store, "ck", archive("base"), step=3)
+    return store.get_bytes("ck")
 
 
-def _manifest(entry: dict[str, Any] | None = None, **changes: Any) -> bytes:
-    doc = json.loads(encode_manifest("committed", "ck", [FileVersion(1, SHA, 3, 1.0)], {}, 1.0))
-    doc["versions"][0].update(entry or {})
-    doc.update(changes)
-    return json.dumps(doc).encode()
+def _edited(**changes: Any) -> Any:
+    """A marker JSON edit: the committed one with ``changes`` applied."""
+
+    def edit(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        doc.update(changes)
+        return json.dumps(doc).encode()
+
+    return edit
 
 
-# ---- point 3: hostile manifests ------------------------------------------------------------------
-HOSTILE = {
-    "garbage": b"\x00\xff not json at all",
-    "not-an-object": b"[1, 2, 3]",
-    "deeply-nested-array": b"[" * 200_000 + b"]" * 200_000,
-    "deeply-nested-extra": _manifest()[:-1] + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-    "huge-integer-step": _manifest()[:-1] + b', "step": ' + b"9" * 5000 + b"}",
-    "non-finite-time": _manifest({"time": float("nan")}),
-    "negative-step": _manifest({"step": -1}),
-    "string-versions": _manifest(versions="ck"),
-    "no-versions": _manifest(versions=[]),
-    "sha-with-newline": _manifest({"sha256": SHA + "\n"}),
-    "another-file": _manifest(file="../../etc/passwd"),
-    "unknown-state": _manifest(state="done"),
-    "folder-format": _manifest(version=1),
-    "too-large": _manifest(extra={"pad": "x" * MAX_MANIFEST_BYTES}),
+# ---- point 3: hostile markers --------------------------------------------------------------------
+HOSTILE: dict[str, Any] = {
+    "garbage": lambda raw: b"\x00\xff not json at all",
+    "not-an-object": lambda raw: b"[1, 2, 3]",
+    "deeply-nested-array": lambda raw: b"[" * 30_000 + b"]" * 30_000,
+    "deeply-nested-extra": lambda raw: raw[:-1] + b',"x":' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+    "huge-integer-step": lambda raw: raw[:-1] + b',"step":' + b"9" * 5000 + b"}",
+    "non-finite-time": _edited(time=float("nan")),
+    "negative-step": _edited(step=-1),
+    "string-size": _edited(size="3"),
+    "sha-with-newline": lambda raw: raw.replace(b'","size"', b'\\n","size"'),
+    "other-format": _edited(format="other"),
+    "newer-version": _edited(version=3),
+    "too-large": lambda raw: b" " * (MAX_MANIFEST_BYTES + 1),
 }
 
 
-@pytest.mark.parametrize("content", HOSTILE.values(), ids=HOSTILE.keys())
-def test_any_bad_manifest_is_an_invalid_manifest_error_that_readers_skip(
-    content: bytes, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("edit", HOSTILE.values(), ids=HOSTILE.keys())
+def test_any_bad_marker_is_an_invalid_manifest_error_that_readers_skip(edit: Any, tmp_path: Path) -> None:
+    sealed = _sealed(tmp_path)
+    raw = edit(marker_json(sealed))
+    if len(raw) > MAX_MANIFEST_BYTES:  # more than a zip comment holds: its declared length cannot fit
+        hostile = sealed[: -len(MAGIC) - 4] + (1 << 31).to_bytes(4, "little") + MAGIC
+    else:
+        hostile = with_marker(sealed, raw)
     with pytest.raises(InvalidManifestError, match="commit marker of file:///root/ck is not valid") as raised:
-        decode_manifest(content, "ck", "file:///root/ck")
+        decode_trailer(hostile[-70_000:], len(hostile), "ck", "file:///root/ck")
     assert len(str(raised.value)) < 600  # names what is wrong without echoing the hostile content
-    store = LocalStore(tmp_path)
-    store.put_bytes("ck", b"x")
-    store.put_bytes(manifest_key("ck"), content)
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("ck", hostile)
     assert read_manifest(store, "ck") is None and list_committed(store) == []
 
 
-def test_the_valid_marker_the_hostile_ones_start_from_is_valid() -> None:
-    marker = decode_manifest(_manifest(), "ck", "file:///root/ck")
-    assert marker.checkpoint is not None and marker.checkpoint.versions == (FileVersion(1, SHA, 3, 1.0),)
+def test_the_marker_the_hostile_ones_start_from_is_valid(tmp_path: Path) -> None:
+    sealed = _sealed(tmp_path)
+    found = decode_trailer(sealed, len(sealed), "ck", "file:///root/ck")
+    assert found is not None and found.step == 3
+    assert (
+        decode_trailer(with_marker(sealed, marker_json(sealed)), len(sealed), "ck", "file:///root/ck")
+        == found
+    )
 
 
-def test_a_name_whose_manifest_is_invalid_is_taken_by_new_checkpoints(tmp_path: Path) -> None:
+def test_a_name_whose_file_is_not_a_committed_checkpoint_is_taken(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    store.put_bytes(manifest_key("epoch=0.ckpt"), b"garbage")
+    store.put_bytes("epoch=0.ckpt", b"garbage, or a file of the user's")
     writer = CheckpointWriter()
     assert writer.exists(str(tmp_path / "epoch=0.ckpt"))  # taken, though readers skip it
-    with pytest.raises(CheckpointExistsError, match="valid or not"):
-        write_checkpoint(store, "epoch=0.ckpt", b"new", step=1)
-    assert store.get_bytes(manifest_key("epoch=0.ckpt")) == b"garbage"
+    with pytest.raises(CheckpointExistsError, match="already exists"):
+        write_checkpoint(store, "epoch=0.ckpt", archive("new"), step=1)
+    assert store.get_bytes("epoch=0.ckpt") == b"garbage, or a file of the user's"
 
 
-@pytest.mark.parametrize("content", [b"{garbage", b"[" * 200_000], ids=["garbage", "deeply-nested"])
+@pytest.mark.parametrize(
+    "content", [b"{garbage", b"[" * 30_000 + b"]" * 30_000], ids=["garbage", "deeply-nested"]
+)
 def test_a_fit_resumed_past_a_corrupt_newest_manifest_keeps_committing(
     content: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -117,19 +132,20 @@ def test_a_fit_resumed_past_a_corrupt_newest_manifest_keeps_committing(
     store = LocalStore(dirpath)
     names = {c.name: c.step for c in list_committed(store)}
     assert names == {"epoch=0-step=2.ckpt": 2, "epoch=1-step=4.ckpt": 4, "last.ckpt": 4}
-    store.put_bytes(manifest_key("last.ckpt"), content)  # garbage in the newest marker
+    store.put_bytes("last.ckpt", with_marker(store.get_bytes("last.ckpt"), content))  # the newest's marker
 
     trainer = fit(3, "last")
     assert "Ignoring checkpoint" in caplog.text and "is not valid" in caplog.text
     assert trainer.ckpt_path == str(dirpath / "epoch=1-step=4.ckpt") and trainer.global_step == 6
     # the resumed callback goes on with its own "last.ckpt" (its state names it), as Lightning does
     assert read_manifest(store, "last.ckpt").step == 6  # type: ignore[union-attr]
-    store.put_bytes(manifest_key("epoch=2-step=6.ckpt"), content)  # now a top-k one's marker is garbage
+    hostile = with_marker(store.get_bytes("epoch=2-step=6.ckpt"), content)
+    store.put_bytes("epoch=2-step=6.ckpt", hostile)  # now a top-k one's marker is garbage
     trainer = fit(4, "last")  # and again: every attempt commits
     assert trainer.ckpt_path == str(dirpath / "last.ckpt") and trainer.global_step == 8
     newest = list_committed(store)[-1]
     assert newest.step == 8 and newest.name == "last.ckpt"
-    assert store.get_bytes(manifest_key("epoch=2-step=6.ckpt")) == content  # left in place
+    assert store.get_bytes("epoch=2-step=6.ckpt") == hostile  # left in place
 
 
 # ---- point 2: what a failed background commit is raised as ----------------------------------------

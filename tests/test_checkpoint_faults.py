@@ -1,7 +1,7 @@
 """Bad checkpoint input at the Trainer level, and checkpoints on S3 through the Trainer's own API.
 
-Every bad ``ckpt_path`` (a truncated file, a flipped byte, a checkpoint whose commit never finished or
-whose marker is invalid, a missing file, a pickled object, a bucket that does not exist, no credentials)
+Every bad ``ckpt_path`` (a truncated file, a flipped byte, a committed file missing part of its body or
+with an invalid marker, a missing file, a pickled object, a bucket that does not exist, no credentials)
 must give an error that says what is wrong, raised before a single batch runs, and leave every committed
 checkpoint as it was (the folders are hashed before and after). ``ckpt_path="last"`` with a corrupt newest
 checkpoint warns and resumes from the one before. On S3, ModelCheckpoint keeps its ``save_top_k``
@@ -30,13 +30,12 @@ from lightning_lib.checkpoint import (
     CheckpointFallbackWarning,
     CorruptCheckpointError,
     list_committed,
-    manifest_key,
+    read_manifest,
 )
 from lightning_lib.checkpoint._format import load_file
-from lightning_lib.checkpoint._manifest import encode_manifest
 from lightning_lib.storage import BucketNotFound, LocalStore, MissingCredentialsError, open_store
 from tests.helpers import ClassifierModel, classification_data
-from tests.support import CountingModel, loader, trainer_kwargs
+from tests.support import CountingModel, loader, trainer_kwargs, with_marker
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------
@@ -75,9 +74,11 @@ def _committed_source(root: Path, steps: int = 3) -> list[str]:
     return committed
 
 
-def _marker(path: Path) -> Path:
-    """The commit marker of the checkpoint file ``path``."""
-    return path.parent / manifest_key(path.name)
+def _unseal(path: Path) -> None:
+    """Turn a committed file back into what torch.save wrote: a plain file without a commit marker."""
+    ckpt = read_manifest(LocalStore(path.parent), path.name)
+    assert ckpt is not None
+    path.write_bytes(path.read_bytes()[: ckpt.size] + b"\x00\x00")
 
 
 def _flip_byte(path: Path) -> None:
@@ -168,23 +169,20 @@ def case_flipped_byte(tmp_path: Path) -> tuple[Path, Path]:
     return Path(uri), tmp_path / "src"
 
 
-def case_truncated_committed(tmp_path: Path) -> tuple[Path, Path]:
+def case_body_cut_committed(tmp_path: Path) -> tuple[Path, Path]:
     uri = _committed_source(tmp_path / "src")[-1]
-    _truncate(Path(uri))
-    return Path(uri), tmp_path / "src"
-
-
-def case_never_committed(tmp_path: Path) -> tuple[Path, Path]:
-    uri = _committed_source(tmp_path / "src")[-1]
-    # what a writer killed between its claim and its commit leaves
-    _marker(Path(uri)).write_bytes(encode_manifest("writing", Path(uri).name, [], {}, time.time()))
+    ckpt = read_manifest(LocalStore(tmp_path / "src"), Path(uri).name)
+    assert ckpt is not None
+    data = Path(uri).read_bytes()  # a copy that lost part of its body, its marker intact
+    Path(uri).write_bytes(data[: ckpt.size // 2] + data[-ckpt.trailer_size :])
     return Path(uri), tmp_path / "src"
 
 
 def case_invalid_manifest(tmp_path: Path) -> tuple[Path, Path]:
     uri = _committed_source(tmp_path / "src")[-1]
-    _marker(Path(uri)).write_text('{"format": "lightning_lib.checkpoint", "version"')
-    return Path(uri), tmp_path / "src"
+    path = Path(uri)
+    path.write_bytes(with_marker(path.read_bytes(), b'{"format": "lightning_lib.checkpoint", "version"'))
+    return path, tmp_path / "src"
 
 
 def case_manifest_without_file(tmp_path: Path) -> tuple[Path, Path]:
@@ -237,20 +235,14 @@ BAD_INPUT = [
         id="flipped_byte",
     ),
     pytest.param(
-        case_truncated_committed,
+        case_body_cut_committed,
         CorruptCheckpointError,
         r"does not match its commit marker: expected \d+ bytes",
-        id="truncated_committed",
-    ),
-    pytest.param(
-        case_never_committed,
-        FileNotFoundError,
-        r"is not committed \(its marker says 'writing'\).*never completely written",
-        id="never_committed",
+        id="body_cut_committed",
     ),
     pytest.param(
         case_invalid_manifest,
-        FileNotFoundError,
+        CorruptCheckpointError,
         r"commit marker of .*epoch=0-step=3\.ckpt is not valid",
         id="invalid_manifest",
     ),
@@ -323,7 +315,7 @@ def test_last_falls_back_past_a_corrupt_newest_checkpoint(tmp_path: Path) -> Non
 def test_last_ignores_an_uncommitted_newest_checkpoint(tmp_path: Path) -> None:
     source = tmp_path / "src"
     _, previous, newest = _committed_source(source)
-    _marker(Path(newest)).unlink()  # as if the writer died before claiming its name
+    _unseal(Path(newest))  # a plain file (a user's, pytorch_lightning's): not a committed checkpoint
     model = CountingModel()
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=source, every_n_train_steps=1, save_top_k=-1)
     trainer = pl.Trainer(
@@ -340,24 +332,8 @@ def test_an_explicit_path_without_a_marker_loads_as_a_plain_lightning_file(tmp_p
     source = tmp_path / "src"
     newest = _committed_source(source)[-1]
     expected = load_file(newest)
-    _marker(Path(newest)).unlink()  # a file like pytorch_lightning's own: nothing to verify it against
+    _unseal(Path(newest))  # a file like pytorch_lightning's own: nothing to verify it against
     assert load_file(newest)["global_step"] == expected["global_step"] == 3
-
-
-def test_last_ignores_a_newest_checkpoint_whose_commit_never_finished(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    _, previous, newest = _committed_source(source)
-    _marker(Path(newest)).write_bytes(encode_manifest("writing", Path(newest).name, [], {}, time.time()))
-    model = CountingModel()
-    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=source, every_n_train_steps=1, save_top_k=-1)
-    trainer = pl.Trainer(
-        **trainer_kwargs(
-            tmp_path / "run", limit_train_batches=3, enable_checkpointing=True, callbacks=[checkpoint]
-        )
-    )
-    trainer.fit(model, loader(), loader(seed=1), ckpt_path="last")
-    assert trainer.ckpt_path == previous
-    assert model.train_steps == 1
 
 
 # ---- S3 bad input --------------------------------------------------------------------------------------------
@@ -443,15 +419,10 @@ class CommittedWatcher(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + ".manifests/")
+            listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix)
+            # a checkpoint file is published whole, sealed: listed means committed
             keys = [o["Key"] for o in listing.get("Contents", [])]
-            committed = set()
-            for key in keys:
-                with contextlib.suppress(self.client.exceptions.NoSuchKey):
-                    marker = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-                    if b'"state": "committed"' in marker:
-                        committed.add(key.rpartition("/")[2].removesuffix(".json"))
-            self.views.append(frozenset(committed))
+            self.views.append(frozenset(k[len(self.prefix) :] for k in keys if k.endswith(".ckpt")))
             time.sleep(0.005)
 
 
@@ -553,22 +524,14 @@ def test_cleanup_removes_what_aborted_local_writes_left_and_nothing_else(tmp_pat
     dirpath.mkdir()
     partial = dirpath / ".epoch=0-step=5.ckpt.lltmp-0123456789abcdef"  # a writer killed mid-copy
     partial.write_bytes(b"half a checkpoint")
-    claimed = dirpath / "epoch=0-step=6.ckpt"  # a writer killed between its upload and its commit
-    claimed.write_bytes(b"a whole checkpoint, never committed")
-    _marker(claimed).parent.mkdir()
-    _marker(claimed).write_bytes(encode_manifest("writing", claimed.name, [], {}, time.time()))
     users = dirpath / "from-pytorch-lightning.ckpt"  # no marker: not ours to delete
     users.write_bytes(b"the user's own file")
     old = time.time() - 2 * 3600  # past ModelCheckpoint's default grace period
-    for path in (partial, claimed, _marker(claimed), users):
+    for path in (partial, users):
         os.utime(path, (old, old))
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=dirpath)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, enable_checkpointing=True, callbacks=[checkpoint]))
     trainer.fit(CountingModel(), loader())
-    assert not partial.exists() and not claimed.exists() and not _marker(claimed).exists()
+    assert not partial.exists()
     assert users.read_bytes() == b"the user's own file"
-    assert sorted(p.name for p in dirpath.iterdir()) == [
-        ".manifests",
-        Path(checkpoint.best_model_path).name,
-        users.name,
-    ]
+    assert sorted(p.name for p in dirpath.iterdir()) == [Path(checkpoint.best_model_path).name, users.name]

@@ -89,8 +89,8 @@ def test_an_upload_error_stops_the_serialiser_and_surfaces(tmp_path: Path, monke
     stopped: list[BaseException] = []
     real_serialise = checkpoint_writer._serialise
 
-    def serialise(holder: list[dict[str, Any]], staged: Any, owned: bool) -> None:
-        real_serialise(holder, staged, owned)
+    def serialise(holder: list[dict[str, Any]], staged: Any, *args: Any) -> None:
+        real_serialise(holder, staged, *args)
         try:
             staged.result()
         except BaseException as err:

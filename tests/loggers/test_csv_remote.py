@@ -259,7 +259,6 @@ def test_trainer_with_s3_default_root_dir(
 
     stored = keys(s3_root)
     assert stored == [
-        "lightning_logs/version_0/checkpoints/.manifests/epoch=1-step=8.ckpt.json",
         "lightning_logs/version_0/checkpoints/epoch=1-step=8.ckpt",
         "lightning_logs/version_0/hparams.yaml",
         "lightning_logs/version_0/metrics.csv",

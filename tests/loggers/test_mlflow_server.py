@@ -23,10 +23,12 @@ import torch
 
 import lightning_lib as pl
 from lightning_lib.callbacks import ModelCheckpoint
+from lightning_lib.checkpoint import read_manifest
 from lightning_lib.loggers import MLFlowLogger
 from lightning_lib.loggers.mlflow._artifacts import dataset_spec
 from lightning_lib.loggers.mlflow._checkpoints import sha256_file
 from lightning_lib.loggers.mlflow._worker import RetryPolicy
+from lightning_lib.storage import LocalStore
 from tests.helpers import ClassifierDataModule, ClassifierModel
 from tests.services import MlflowServer, group_members
 
@@ -108,8 +110,10 @@ def runs_with_key(client: Any, run_key: str) -> list[Any]:
 
 
 def content_hash(path: str) -> str:
-    """What a reference pins: the checkpoint file's sha256."""
-    return sha256_file(path)
+    """What a reference pins: a committed checkpoint's content sha256 (its commit marker's), a plain
+    file's own sha256."""
+    ckpt = read_manifest(LocalStore(os.path.dirname(path)), os.path.basename(path))
+    return ckpt.sha256 if ckpt is not None else sha256_file(path)
 
 
 class SecretModel(ClassifierModel):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from lightning_lib.checkpoint import manifest_key, write_checkpoint
+from lightning_lib.checkpoint import write_checkpoint
 from lightning_lib.loggers import MLFlowLogger
 from lightning_lib.loggers.mlflow._artifacts import best_weights, dataset_spec, detached_copy, make_spec
 from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences, checkpoint_reference, sha256_file
@@ -33,6 +33,7 @@ from lightning_lib.loggers.redact import (
     secret_env_values,
 )
 from lightning_lib.storage import LocalStore
+from tests.support import archive, with_marker
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -114,13 +115,19 @@ def test_checkpoint_reference_of_plain_committed_and_uncommitted_files(tmp_path:
     file.write_bytes(b"weights")
     ref = checkpoint_reference(str(file))
     assert ref["sha256"] == sha256_file(str(file)) and ref["size"] == 7
+    assert ref["hash_of"] == "file"
     store = LocalStore(tmp_path / "ckpt")
-    write_checkpoint(store, "step-10.ckpt", b"committed weights", step=10)
+    ckpt = write_checkpoint(store, "step-10.ckpt", archive("committed weights"), step=10)
     committed = str(tmp_path / "ckpt" / "step-10.ckpt")
-    ref = checkpoint_reference(committed)
-    assert ref["sha256"] == sha256_file(committed) and ref["size"] == 17 and ref["step"] == 10
-    store.put_bytes(manifest_key("step-10.ckpt"), b"{garbage")  # the sha256 comes from the marker
-    assert "not committed or not valid" in checkpoint_reference(committed)["error"]
+    ref = checkpoint_reference(committed)  # read from its commit marker, not by hashing the file again
+    assert (ref["sha256"], ref["hash_of"], ref["size"], ref["step"]) == (
+        ckpt.sha256,
+        "commit marker",
+        ckpt.file_size,
+        10,
+    )
+    store.put_bytes("step-10.ckpt", with_marker(store.get_bytes("step-10.ckpt"), b"{garbage"))
+    assert "commit marker is not valid" in checkpoint_reference(committed)["error"]
     assert checkpoint_reference(str(tmp_path / "missing"))["sha256"] is None
 
 

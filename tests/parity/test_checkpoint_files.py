@@ -1,9 +1,9 @@
 """ModelCheckpoint writes pytorch_lightning's files: the same names, "last.ckpt" overwritten in place, and
 files that ``torch.load`` and pytorch_lightning's ``load_from_checkpoint`` open as they are.
 
-The one addition is the hidden ``.manifests`` folder holding each file's commit marker (what makes a
-checkpoint exist for ``ckpt_path="last"`` and lets its bytes be verified); everything else in the
-checkpoint folder is what pytorch_lightning leaves there.
+The folder holds exactly what pytorch_lightning leaves there: each file's commit marker (what makes a
+checkpoint exist for ``ckpt_path="last"`` and lets its bytes be verified) is inside the file, as the zip
+archive's comment, which every zip reader (``torch.load`` included) expects.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import lightning_lib
+from lightning_lib.checkpoint import read_manifest
+from lightning_lib.storage import LocalStore
 from tests.helpers import classification_data, make_classes, quiet_trainer_kwargs, reference_lightning
 
 pytestmark = pytest.mark.parity
@@ -46,8 +48,7 @@ def _fit(
 
 
 def _files(folder: Path) -> list[str]:
-    """What a user sees with ``ls``: the checkpoint files (the commit markers' folder is hidden)."""
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    return sorted(p.name for p in folder.iterdir())
 
 
 def _both(tmp_path: Path, **kwargs: Any) -> dict[str, tuple[Any, Any, Path]]:
@@ -66,7 +67,7 @@ def test_the_same_files_and_torch_load_opens_ours(tmp_path: Path) -> None:
     assert Path(ours.best_model_path).name == Path(theirs.best_model_path).name
     assert Path(ours.last_model_path).name == Path(theirs.last_model_path).name == "last.ckpt"
     assert {Path(p).name for p in ours.best_k_models} == {Path(p).name for p in theirs.best_k_models}
-    assert sorted(p.name for p in our_dir.iterdir() if p.name.startswith(".")) == [".manifests"]
+    assert read_manifest(LocalStore(our_dir), Path(ours.best_model_path).name) is not None  # committed
     for attr in ("best_model_path", "last_model_path"):
         mine = torch.load(getattr(ours, attr), weights_only=True)  # a file, not a folder
         reference = torch.load(getattr(theirs, attr), weights_only=False)

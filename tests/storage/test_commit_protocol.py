@@ -31,7 +31,7 @@ from lightning_lib.checkpoint import (
 )
 from lightning_lib.checkpoint._manifest import MAGIC
 from lightning_lib.storage import ObjectStore
-from tests.support import archive
+from tests.support import archive, marker_json, with_marker
 
 
 class RecordingStore:
@@ -216,16 +216,6 @@ def test_a_file_without_a_marker_is_no_checkpoint(store: ObjectStore) -> None:
     assert result is not None and result[0].name == "step-1.ckpt"
 
 
-def _with_marker(data: bytes, edit: Any) -> bytes:
-    """``data`` (a committed file) with its marker JSON edited, the lengths kept consistent."""
-    length = int.from_bytes(data[-len(MAGIC) - 4 : -len(MAGIC)], "little")
-    comment = length + 4 + len(MAGIC)
-    body, raw = data[: -comment - 2], data[-comment : -comment + length]
-    new = edit(raw)
-    new_comment = len(new) + 4 + len(MAGIC)
-    return body + new_comment.to_bytes(2, "little") + new + len(new).to_bytes(4, "little") + MAGIC
-
-
 @pytest.mark.parametrize(
     "edit",
     [
@@ -239,7 +229,7 @@ def _with_marker(data: bytes, edit: Any) -> bytes:
 )
 def test_an_invalid_marker_is_skipped_by_readers(store: ObjectStore, edit: Any) -> None:
     data = commit(store, "bad.ckpt", 1)
-    store.put_bytes("bad.ckpt", _with_marker(data, edit))
+    store.put_bytes("bad.ckpt", with_marker(data, edit(marker_json(data))))
     with pytest.raises(InvalidManifestError, match=r"commit marker of .*bad\.ckpt is not valid") as raised:
         load_manifest(store, "bad.ckpt")
     assert len(str(raised.value)) < 600  # names what is wrong without echoing the hostile content
