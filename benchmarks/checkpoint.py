@@ -59,7 +59,7 @@ from checkpoint_setup import (
 )
 
 import lightning_lib as pl
-from lightning_lib.checkpoint import CHECKPOINT_FILE, CheckpointWriter, delete_checkpoint, list_committed
+from lightning_lib.checkpoint import CheckpointWriter, delete_checkpoint, list_committed
 from lightning_lib.checkpoint._format import dump_checkpoint, load_file
 from lightning_lib.checkpoint._resume import select_ckpt_path
 from lightning_lib.storage import GrowingFile, PrehashedFile, open_store
@@ -207,7 +207,7 @@ def bench_upload(checkpoint: dict[str, Any], repeats: int, workdir: Path, endpoi
         writer.save(checkpoint, f"{root}/ours-{i}", step=i)
         ours.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
-        size = list_committed(store)[-1].files[CHECKPOINT_FILE]["size"]
+        size = list_committed(store)[-1].newest.size
         delete_checkpoint(store, f"ours-{i}")
 
         start = time.perf_counter()
@@ -227,9 +227,9 @@ def bench_upload(checkpoint: dict[str, Any], repeats: int, workdir: Path, endpoi
         complete = GrowingFile(path)
         complete.finish(PrehashedFile(str(path), path.stat().st_size, ""))
         start = time.perf_counter()
-        store.put_growing_file(f"put-{i}/{CHECKPOINT_FILE}", complete)
+        store.put_growing_file(f"put-{i}.ckpt", complete)
         upload_only.append(time.perf_counter() - start)
-        store.delete(f"put-{i}/{CHECKPOINT_FILE}")
+        store.delete(f"put-{i}.ckpt")
         path.unlink()
     writer.close()
     mb = size / 1e6
@@ -263,7 +263,7 @@ def bench_resume(checkpoint: dict[str, Any], root: str, repeats: int, workdir: P
     writer = CheckpointWriter(background=False)
     writer.save(checkpoint, f"{root}/last.ckpt", step=1)
     writer.close()
-    size = list_committed(open_store(root))[-1].files[CHECKPOINT_FILE]["size"]
+    size = list_committed(open_store(root))[-1].newest.size
     trainer = pl.Trainer(
         **quiet(default_root_dir=str(workdir), callbacks=[pl.callbacks.ModelCheckpoint(dirpath=root)])
     )
@@ -296,7 +296,7 @@ def bench_resume(checkpoint: dict[str, Any], root: str, repeats: int, workdir: P
                 start = time.perf_counter()
                 s3().download_file(
                     bucket,
-                    f"{prefix}/last.ckpt/{CHECKPOINT_FILE}",
+                    f"{prefix}/last.ckpt",
                     str(target),
                     Config=transfer_config(config),
                 )
@@ -307,9 +307,7 @@ def bench_resume(checkpoint: dict[str, Any], root: str, repeats: int, workdir: P
         else:
             cpu_start = time.process_time()
             start = time.perf_counter()
-            loaded = torch.load(
-                Path(root, "last.ckpt", CHECKPOINT_FILE), map_location="cpu", weights_only=True
-            )
+            loaded = torch.load(Path(root, "last.ckpt"), map_location="cpu", weights_only=True)
             base.append(time.perf_counter() - start)
             base_cpu.append(time.process_time() - cpu_start)
             del loaded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import torch
@@ -54,3 +55,29 @@ def floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 def sgd(module: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(module.parameters(), lr=0.1)
+
+
+def archive(tag: str, size: int = 2000) -> bytes:
+    """What ``torch.save`` writes for a small checkpoint (``size`` bytes of weights): what a commit takes."""
+    buffer = io.BytesIO()
+    torch.save({"tag": tag, "w": torch.arange(size, dtype=torch.uint8)}, buffer)
+    return buffer.getvalue()
+
+
+def with_marker(sealed: bytes, raw: bytes) -> bytes:
+    """The committed file ``sealed`` with its commit marker's JSON replaced by ``raw`` (the lengths around
+    it kept consistent): how a damaged or hostile marker looks to a reader."""
+    from lightning_lib.checkpoint._manifest import MAGIC
+
+    length = int.from_bytes(sealed[-len(MAGIC) - 4 : -len(MAGIC)], "little")
+    body = sealed[: -(length + 4 + len(MAGIC)) - 2]
+    comment = len(raw) + 4 + len(MAGIC)
+    return body + comment.to_bytes(2, "little") + raw + len(raw).to_bytes(4, "little") + MAGIC
+
+
+def marker_json(sealed: bytes) -> bytes:
+    """The commit marker's JSON of the committed file ``sealed``."""
+    from lightning_lib.checkpoint._manifest import MAGIC
+
+    length = int.from_bytes(sealed[-len(MAGIC) - 4 : -len(MAGIC)], "little")
+    return sealed[-(length + 4 + len(MAGIC)) : -(4 + len(MAGIC))]

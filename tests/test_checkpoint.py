@@ -180,7 +180,7 @@ def test_resume_from_a_missing_file(tmp_path: Path) -> None:
     trainer = pl.Trainer(**trainer_kwargs(tmp_path))
     with pytest.raises(
         FileNotFoundError,
-        match=r"ckpt_path to be 'best', 'last', an existing file, folder or s3:// URI, received",
+        match=r"ckpt_path to be 'best', 'last', an existing checkpoint file or s3:// URI, received",
     ):
         trainer.fit(model, ckpt_path=tmp_path / "missing.ckpt")
     with pytest.raises(TypeError, match=r"ckpt_path to be 'best', 'last', a path or None, received 3"):
@@ -194,10 +194,11 @@ def test_validate_and_test_with_best_and_last(tmp_path: Path) -> None:
     trainer, model = _classifier_fit(
         tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint]
     )
-    # "last" takes the first free name: last.ckpt, or last-vN while an older one's deletion is still queued
+    # Lightning's files, and only them: last.ckpt overwritten every epoch, and the best one
     last = Path(checkpoint.last_model_path).name
-    assert last.startswith("last") and last.endswith(".ckpt")
+    assert last == "last.ckpt"
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=2-step=12.ckpt", last]
+    assert torch.load(checkpoint.last_model_path, weights_only=True)["global_step"] == 12
     final = [p.detach().clone() for p in model.parameters()]
     datamodule = ClassifierDataModule(batch_size=8, n=64)
 
@@ -283,9 +284,7 @@ def test_non_checkpoint_files_are_refused(tmp_path: Path) -> None:
     torch.save([1, 2], not_a_dict)
     with pytest.raises(ValueError, match=r"Lightning checkpoint dict with a 'state_dict' key"):
         load_file(not_a_dict)
-    with pytest.raises(
-        FileNotFoundError, match=r"checkpoint file or committed checkpoint folder at .*nope.ckpt"
-    ):
+    with pytest.raises(FileNotFoundError, match=r"Expected a checkpoint file at .*nope.ckpt"):
         load_file(tmp_path / "nope.ckpt")
 
 

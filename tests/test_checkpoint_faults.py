@@ -1,9 +1,9 @@
 """Bad checkpoint input at the Trainer level, and checkpoints on S3 through the Trainer's own API.
 
-Every bad ``ckpt_path`` (a truncated file, a flipped byte, a folder without manifest, a manifest
-without its file, a pickled object, a bucket that does not exist, no credentials) must give an error
-that says what is wrong, raised before a single batch runs, and leave every committed checkpoint as
-it was (the folders are hashed before and after). ``ckpt_path="last"`` with a corrupt newest
+Every bad ``ckpt_path`` (a truncated file, a flipped byte, a committed file missing part of its body or
+with an invalid marker, a missing file, a pickled object, a bucket that does not exist, no credentials)
+must give an error that says what is wrong, raised before a single batch runs, and leave every committed
+checkpoint as it was (the folders are hashed before and after). ``ckpt_path="last"`` with a corrupt newest
 checkpoint warns and resumes from the one before. On S3, ModelCheckpoint keeps its ``save_top_k``
 best, deleting a displaced checkpoint only after its replacement committed, and "best" / explicit
 URIs load from there.
@@ -27,17 +27,15 @@ from torch.utils.data import DataLoader
 
 import lightning_lib as pl
 from lightning_lib.checkpoint import (
-    MANIFEST_NAME,
     CheckpointFallbackWarning,
     CorruptCheckpointError,
     list_committed,
+    read_manifest,
 )
 from lightning_lib.checkpoint._format import load_file
 from lightning_lib.storage import BucketNotFound, LocalStore, MissingCredentialsError, open_store
 from tests.helpers import ClassifierModel, classification_data
-from tests.support import CountingModel, loader, trainer_kwargs
-
-CKPT_FILE = "checkpoint.ckpt"
+from tests.support import CountingModel, loader, trainer_kwargs, with_marker
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------
@@ -74,6 +72,13 @@ def _committed_source(root: Path, steps: int = 3) -> list[str]:
     committed = [c.uri for c in list_committed(LocalStore(root))]
     assert len(committed) == steps
     return committed
+
+
+def _unseal(path: Path) -> None:
+    """Turn a committed file back into what torch.save wrote: a plain file without a commit marker."""
+    ckpt = read_manifest(LocalStore(path.parent), path.name)
+    assert ckpt is not None
+    path.write_bytes(path.read_bytes()[: ckpt.size] + b"\x00\x00")
 
 
 def _flip_byte(path: Path) -> None:
@@ -160,43 +165,41 @@ def case_pickled_file(tmp_path: Path) -> tuple[Path, Path]:
 
 def case_flipped_byte(tmp_path: Path) -> tuple[Path, Path]:
     uri = _committed_source(tmp_path / "src")[-1]
-    _flip_byte(Path(uri) / CKPT_FILE)
+    _flip_byte(Path(uri))
     return Path(uri), tmp_path / "src"
 
 
-def case_truncated_in_folder(tmp_path: Path) -> tuple[Path, Path]:
+def case_body_cut_committed(tmp_path: Path) -> tuple[Path, Path]:
     uri = _committed_source(tmp_path / "src")[-1]
-    _truncate(Path(uri) / CKPT_FILE)
-    return Path(uri), tmp_path / "src"
-
-
-def case_no_manifest(tmp_path: Path) -> tuple[Path, Path]:
-    uri = _committed_source(tmp_path / "src")[-1]
-    (Path(uri) / MANIFEST_NAME).unlink()
+    ckpt = read_manifest(LocalStore(tmp_path / "src"), Path(uri).name)
+    assert ckpt is not None
+    data = Path(uri).read_bytes()  # a copy that lost part of its body, its marker intact
+    Path(uri).write_bytes(data[: ckpt.size // 2] + data[-ckpt.trailer_size :])
     return Path(uri), tmp_path / "src"
 
 
 def case_invalid_manifest(tmp_path: Path) -> tuple[Path, Path]:
     uri = _committed_source(tmp_path / "src")[-1]
-    (Path(uri) / MANIFEST_NAME).write_text('{"format": "lightning_lib.checkpoint", "version"')
-    return Path(uri), tmp_path / "src"
+    path = Path(uri)
+    path.write_bytes(with_marker(path.read_bytes(), b'{"format": "lightning_lib.checkpoint", "version"'))
+    return path, tmp_path / "src"
 
 
 def case_manifest_without_file(tmp_path: Path) -> tuple[Path, Path]:
     uri = _committed_source(tmp_path / "src")[-1]
-    (Path(uri) / CKPT_FILE).unlink()
+    Path(uri).unlink()
     return Path(uri), tmp_path / "src"
 
 
-def case_pickled_in_folder(tmp_path: Path) -> tuple[Path, Path]:
+def case_pickled_committed(tmp_path: Path) -> tuple[Path, Path]:
     from lightning_lib.checkpoint import write_checkpoint
 
     uri = _committed_source(tmp_path / "src")[-1]
     good = load_file(uri)
     staged = tmp_path / "staged.ckpt"
     torch.save(_pickled_checkpoint(good), staged)
-    # committed properly, manifest and all: the hashes match, the content is what is refused
-    write_checkpoint(LocalStore(tmp_path / "src"), "pickled.ckpt", {CKPT_FILE: str(staged)}, step=99)
+    # committed properly, marker and all: the hashes match, the content is what is refused
+    write_checkpoint(LocalStore(tmp_path / "src"), "pickled.ckpt", str(staged), step=99)
     return tmp_path / "src" / "pickled.ckpt", tmp_path / "src"
 
 
@@ -228,38 +231,32 @@ BAD_INPUT = [
     pytest.param(
         case_flipped_byte,
         CorruptCheckpointError,
-        r"checkpoint\.ckpt does not match its manifest",
+        r"epoch=0-step=3\.ckpt does not match its commit marker",
         id="flipped_byte",
     ),
     pytest.param(
-        case_truncated_in_folder,
+        case_body_cut_committed,
         CorruptCheckpointError,
-        r"does not match its manifest: expected \d+ bytes",
-        id="truncated_in_folder",
-    ),
-    pytest.param(
-        case_no_manifest,
-        FileNotFoundError,
-        r"MANIFEST\.json is missing or invalid.*never completely written",
-        id="no_manifest",
+        r"does not match its commit marker: expected \d+ bytes",
+        id="body_cut_committed",
     ),
     pytest.param(
         case_invalid_manifest,
-        FileNotFoundError,
-        r"MANIFEST\.json is missing or invalid",
+        CorruptCheckpointError,
+        r"commit marker of .*epoch=0-step=3\.ckpt is not valid",
         id="invalid_manifest",
     ),
     pytest.param(
         case_manifest_without_file,
-        CorruptCheckpointError,
-        r"listed in the manifest but missing",
+        FileNotFoundError,
+        r"Expected ckpt_path to be .*an existing checkpoint file or s3:// URI, received '.*epoch=0-step=3\.ckpt'",
         id="manifest_without_file",
     ),
     pytest.param(
-        case_pickled_in_folder,
+        case_pickled_committed,
         ValueError,
         r"Refusing to load checkpoint '.*pickled\.ckpt'.*not plain data",
-        id="pickled_in_folder",
+        id="pickled_committed",
     ),
 ]
 
@@ -281,7 +278,7 @@ def test_bad_ckpt_path_fails_clearly_before_any_work(
 def test_last_falls_back_past_a_corrupt_newest_checkpoint(tmp_path: Path) -> None:
     source = tmp_path / "src"
     _, previous, newest = _committed_source(source)
-    _flip_byte(Path(newest) / CKPT_FILE)
+    _flip_byte(Path(newest))
     before = _digest(source)
 
     started_at: list[int] = []
@@ -302,7 +299,7 @@ def test_last_falls_back_past_a_corrupt_newest_checkpoint(tmp_path: Path) -> Non
     )
     with pytest.warns(
         CheckpointFallbackWarning,
-        match=r"epoch=0-step=3\.ckpt \(step 3\) cannot be used: .*does not match its manifest.*Falling back",
+        match=r"epoch=0-step=3\.ckpt \(step 3\) cannot be used: .*does not match its commit marker.*Falling back",
     ):
         trainer.fit(model, loader(), loader(seed=1), ckpt_path="last")
     assert trainer.ckpt_path == previous
@@ -315,10 +312,10 @@ def test_last_falls_back_past_a_corrupt_newest_checkpoint(tmp_path: Path) -> Non
     assert {"epoch=0-step=3-v1.ckpt", "epoch=0-step=4.ckpt"} <= names
 
 
-def test_last_ignores_an_uncommitted_newest_folder(tmp_path: Path) -> None:
+def test_last_ignores_an_uncommitted_newest_checkpoint(tmp_path: Path) -> None:
     source = tmp_path / "src"
     _, previous, newest = _committed_source(source)
-    (Path(newest) / MANIFEST_NAME).unlink()  # as if the writer died before committing it
+    _unseal(Path(newest))  # a plain file (a user's, pytorch_lightning's): not a committed checkpoint
     model = CountingModel()
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=source, every_n_train_steps=1, save_top_k=-1)
     trainer = pl.Trainer(
@@ -329,6 +326,14 @@ def test_last_ignores_an_uncommitted_newest_folder(tmp_path: Path) -> None:
     trainer.fit(model, loader(), loader(seed=1), ckpt_path="last")
     assert trainer.ckpt_path == previous
     assert model.train_steps == 1
+
+
+def test_an_explicit_path_without_a_marker_loads_as_a_plain_lightning_file(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    newest = _committed_source(source)[-1]
+    expected = load_file(newest)
+    _unseal(Path(newest))  # a file like pytorch_lightning's own: nothing to verify it against
+    assert load_file(newest)["global_step"] == expected["global_step"] == 3
 
 
 # ---- S3 bad input --------------------------------------------------------------------------------------------
@@ -415,11 +420,9 @@ class CommittedWatcher(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix)
+            # a checkpoint file is published whole, sealed: listed means committed
             keys = [o["Key"] for o in listing.get("Contents", [])]
-            suffix = "/" + MANIFEST_NAME
-            self.views.append(
-                frozenset(k[len(self.prefix) : -len(suffix)] for k in keys if k.endswith(suffix))
-            )
+            self.views.append(frozenset(k[len(self.prefix) :] for k in keys if k.endswith(".ckpt")))
             time.sleep(0.005)
 
 
@@ -516,17 +519,19 @@ def test_restarts_from_last_do_not_accumulate_checkpoints(tmp_path: Path) -> Non
     assert len(committed) == 1, committed
 
 
-def test_cleanup_removes_the_folder_of_an_aborted_local_write(tmp_path: Path) -> None:
+def test_cleanup_removes_what_aborted_local_writes_left_and_nothing_else(tmp_path: Path) -> None:
     dirpath = tmp_path / "ckpt"
-    folder = dirpath / "epoch=0-step=5.ckpt"
-    folder.mkdir(parents=True)
-    partial = folder / ".checkpoint.ckpt.lltmp-0123456789abcdef"  # what a writer killed mid-copy leaves
+    dirpath.mkdir()
+    partial = dirpath / ".epoch=0-step=5.ckpt.lltmp-0123456789abcdef"  # a writer killed mid-copy
     partial.write_bytes(b"half a checkpoint")
+    users = dirpath / "from-pytorch-lightning.ckpt"  # no marker: not ours to delete
+    users.write_bytes(b"the user's own file")
     old = time.time() - 2 * 3600  # past ModelCheckpoint's default grace period
-    os.utime(partial, (old, old))
-    os.utime(folder, (old, old))
+    for path in (partial, users):
+        os.utime(path, (old, old))
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=dirpath)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, enable_checkpointing=True, callbacks=[checkpoint]))
     trainer.fit(CountingModel(), loader())
     assert not partial.exists()
-    assert not folder.exists(), "an empty folder of an aborted write is left in the checkpoint directory"
+    assert users.read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in dirpath.iterdir()) == [Path(checkpoint.best_model_path).name, users.name]

@@ -52,11 +52,11 @@ def test_snapshot_is_released_once_serialised_before_the_upload_ends(tmp_path: P
     alive_during_upload: list[bool] = []
     real_put = LocalStore.put_growing_file
 
-    def upload(self: LocalStore, key: str, source: Any) -> None:
+    def upload(self: LocalStore, key: str, source: Any, **kwargs: Any) -> None:
         source.result()  # serialised
         gc.collect()
         alive_during_upload.append(any(ref() is not None for ref in refs))
-        real_put(self, key, source)
+        real_put(self, key, source, **kwargs)
 
     monkeypatch.setattr(checkpoint_writer, "snapshot", recording_snapshot)
     monkeypatch.setattr(LocalStore, "put_growing_file", upload)
@@ -89,14 +89,14 @@ def test_an_upload_error_stops_the_serialiser_and_surfaces(tmp_path: Path, monke
     stopped: list[BaseException] = []
     real_serialise = checkpoint_writer._serialise
 
-    def serialise(holder: list[dict[str, Any]], staged: Any, owned: bool) -> None:
-        real_serialise(holder, staged, owned)
+    def serialise(holder: list[dict[str, Any]], staged: Any, *args: Any) -> None:
+        real_serialise(holder, staged, *args)
         try:
             staged.result()
         except BaseException as err:
             stopped.append(err)
 
-    def failing_upload(self: LocalStore, key: str, source: Any) -> None:
+    def failing_upload(self: LocalStore, key: str, source: Any, **kwargs: Any) -> None:
         source.wait_for(1)  # serialisation has started
         raise OSError("disk full")
 
@@ -124,9 +124,9 @@ def test_resume_from_last_reads_and_verifies_the_checkpoint_once(tmp_path: Path,
     loads: list[str] = []
     real_load = checkpoint_io.load_verified
 
-    def counting(store: Any, ckpt: Any, filename: str, load: Any) -> Any:
+    def counting(store: Any, ckpt: Any, load: Any) -> Any:
         loads.append(ckpt.name)
-        return real_load(store, ckpt, filename, load)
+        return real_load(store, ckpt, load)
 
     monkeypatch.setattr(checkpoint_io, "load_verified", counting)
     resumed = pl.Trainer(
@@ -198,7 +198,7 @@ class HeldCommits:
         gate = self._gates[name] = threading.Event()
         return gate
 
-    def __call__(self, store: Any, name: str, files: Any, step: int) -> Any:
+    def __call__(self, store: Any, name: str, source: Any, step: int, **kwargs: Any) -> Any:
         with self._lock:
             self.started.append(name)
             self.running += 1
@@ -209,7 +209,7 @@ class HeldCommits:
                 assert gate.wait(10)
             if name in self.fail:
                 raise OSError(f"upload of {name} failed")
-            return self._upload(store, name, files, step)
+            return self._upload(store, name, source, step, **kwargs)
         finally:
             with self._lock:
                 self.running -= 1
@@ -315,6 +315,94 @@ def test_an_idle_writer_holds_no_thread(tmp_path: Path, monkeypatch) -> None:
     for worker in workers:
         worker.join(10)
         assert not worker.is_alive()  # so a Trainer that is never closed leaves no thread behind
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("checkpoint-")]
+
+
+def test_close_joins_the_writer_thread(tmp_path: Path) -> None:
+    writer = CheckpointWriter()
+    writer.save(_state(), str(tmp_path / "a.ckpt"), 1)
+    writer.close()
+    assert _writer_threads() == []  # not "soon": at once, when close returns
+    assert _committed(tmp_path) == ["a.ckpt"]
+    writer.close()  # again, with no thread: nothing to do
+    writer.save(_state(), str(tmp_path / "b.ckpt"), 2)  # a closed writer starts a new thread when needed
+    writer.close()
+    assert _writer_threads() == [] and _committed(tmp_path) == ["a.ckpt", "b.ckpt"]
+
+
+def test_every_fit_ends_its_writer_thread(tmp_path: Path) -> None:
+    counts = []
+    for run in range(3):
+        checkpoint = pl.callbacks.ModelCheckpoint(
+            dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True
+        )
+        trainer = pl.Trainer(
+            **trainer_kwargs(tmp_path / f"run{run}", enable_checkpointing=True, callbacks=[checkpoint])
+        )
+        trainer.fit(CountingModel(), loader())
+        counts.append(len(_writer_threads()))
+        assert trainer._checkpoint_writer.stats.committed >= 2  # it did save, in the background
+    assert counts == [0, 0, 0]
+
+
+class FailsAtStep(CountingModel):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.global_step == 2:
+            raise RuntimeError("the model broke")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_failed_fit_ends_its_writer_thread_after_committing_what_was_saved(tmp_path: Path) -> None:
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, limit_train_batches=4, enable_checkpointing=True, callbacks=[checkpoint])
+    )
+    with pytest.raises(RuntimeError, match="the model broke"):
+        trainer.fit(FailsAtStep(), loader())
+    assert _writer_threads() == []
+    assert _committed(tmp_path / "ckpt") == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt"]
+
+
+class SavesInTheBackground(pl.Callback):
+    """Queues a commit on the Trainer's writer at the end of any entry point, as a checkpointing
+    callback does; the commit is slow, so its thread is still busy when the hook returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _save(self, trainer: Any) -> None:
+        trainer._checkpoint_writer.save(_state(), str(self.path), trainer.global_step)
+        assert _writer_threads()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._save(trainer)
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        self._save(trainer)
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        self._save(trainer)
+
+
+@pytest.mark.parametrize("entry", ["validate", "test", "predict"])
+def test_evaluation_and_prediction_end_their_writer_thread(
+    tmp_path: Path, entry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload = checkpoint_writer.write_checkpoint
+
+    def slow_upload(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)
+        return upload(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_writer, "write_checkpoint", slow_upload)
+    path = tmp_path / "ckpt" / "model.ckpt"
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[SavesInTheBackground(path)]))
+    getattr(trainer, entry)(CountingModel(), loader())
+    assert _writer_threads() == []  # the entry point waited for the commit and joined the thread
+    assert read_manifest(LocalStore(path.parent), path.name) is not None
 
 
 _EXITS_WHILE_COMMITTING = """

@@ -5,9 +5,11 @@ seeded random moments: some a few milliseconds after it announced that a checkpo
 the commit is still being serialised or uploaded), some at a random time into training. Each time it
 is restarted with ``ckpt_path="last"``; when it finally completes, its weights must equal those of an
 uninterrupted run bit for bit. After every kill the checkpoint folder is inspected while nothing runs:
-every committed checkpoint verifies against its manifest and loads with ``weights_only=True``, and what
-the kill left half-written (folders without a manifest, temporary files, incomplete multipart uploads)
-is gone once the next run has started. Once on a local folder, once on S3 (moto over HTTP).
+every checkpoint file is committed (sealed with its marker) and verifies against it and loads with
+``weights_only=True`` (the rotating "last.ckpt" is overwritten in place, so kills land in the middle of
+overwrites too), and what the kill left half-written (temporary files, incomplete multipart uploads) is
+gone once the next run has started, while a file the run did not write is never touched. Once on a
+local folder, once on S3 (moto over HTTP).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_lib.checkpoint import MANIFEST_NAME, list_committed, read_verified
+from lightning_lib.checkpoint import list_committed, read_verified
 from lightning_lib.storage import open_store
 from lightning_lib.storage._base import TEMP_MARKER
 
@@ -48,6 +50,8 @@ MIN_IN_FLIGHT = 2
 # S3 parts of 5 MiB (S3's minimum) so a ~20 MB checkpoint goes up as a multipart upload.
 S3_PART_MIB = 5
 RUN_TIMEOUT = 240.0
+# a file in the checkpoint folder that no writer of the run wrote (the user's): never deleted
+FOREIGN = "from-pytorch-lightning.ckpt"
 
 
 def _job_args(root: Path, dirpath: str, *extra: str) -> list[str]:
@@ -129,20 +133,20 @@ class Folder:
         self.store = open_store(dirpath)
 
     def verify_committed(self) -> list[tuple[str, int]]:
-        """Every committed checkpoint's bytes match its manifest and load as plain data."""
+        """Every committed checkpoint's bytes match its marker and load as plain data."""
         found = []
         for ckpt in list_committed(self.store):
-            for filename in ckpt.files:
-                data = read_verified(self.store, ckpt, filename)  # raises CorruptCheckpointError
-                checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-                assert checkpoint["global_step"] == ckpt.step, ckpt.uri
+            data = read_verified(self.store, ckpt)  # raises CorruptCheckpointError
+            checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            assert checkpoint["global_step"] == ckpt.step, ckpt.uri
             found.append((ckpt.name, ckpt.step))
         return found
 
     def leftovers(self) -> Leftovers:
         objects = self.store.list()
-        committed = {o.key.split("/")[0] for o in objects if o.key.endswith("/" + MANIFEST_NAME)}
-        orphans = {(o.key, o.size, o.mtime) for o in objects if o.key.split("/")[0] not in committed}
+        # a file under a name is published whole and sealed: one that is not committed is a bug
+        kept = {c.name for c in list_committed(self.store)} | {FOREIGN}
+        orphans = {(o.key, o.size, o.mtime) for o in objects if o.key not in kept}
         if self.dirpath.startswith("s3://"):
             import boto3
 
@@ -155,23 +159,22 @@ class Folder:
         return Leftovers(orphans, temp_files=temp)
 
     def plant(self) -> Leftovers:
-        """What an earlier crashed run could have left: a folder without manifest, a partial upload."""
-        self.store.put_bytes("epoch=9-step=99.ckpt/checkpoint.ckpt", b"half a checkpoint")
+        """What an earlier crashed run could have left (a partial upload), and a file of the user's."""
+        self.store.put_bytes(FOREIGN, b"the user's own checkpoint, without a marker")
         if self.dirpath.startswith("s3://"):
             import boto3
 
             bucket, _, prefix = self.dirpath[len("s3://") :].partition("/")
             client = boto3.client("s3")
-            key = f"{prefix}/epoch=9-step=98.ckpt/checkpoint.ckpt"
+            key = f"{prefix}/epoch=9-step=98.ckpt"
             upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
             client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * 1024)
         else:
-            partial = Path(self.dirpath, "epoch=9-step=98.ckpt", f".checkpoint.ckpt{TEMP_MARKER}crashed")
-            partial.parent.mkdir(parents=True)
+            partial = Path(self.dirpath, f".epoch=9-step=98.ckpt{TEMP_MARKER}crashed")
             partial.write_bytes(b"half a checkpoint")
         time.sleep(0.05)  # older than the grace period of 0 s by the time the job looks
         planted = self.leftovers()
-        assert planted.orphan_objects and (planted.temp_files or planted.uploads), planted
+        assert planted.temp_files or planted.uploads, planted
         return planted
 
 
@@ -300,6 +303,7 @@ def _crash_and_resume(
     final = folder.leftovers()
     assert not pending.still_in(final), f"leftovers of the last kill were not cleaned up: {final}"
     assert not final, f"the completed run left half-written checkpoint data behind: {final}"
+    assert folder.store.get_bytes(FOREIGN) == b"the user's own checkpoint, without a marker"
     weights = torch.load(out, weights_only=True)
     expected = reference.weights()
     assert len(weights) == len(expected)

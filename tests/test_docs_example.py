@@ -14,6 +14,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_lib as L
+from lightning_lib.checkpoint import read_manifest
+from lightning_lib.storage import LocalStore
 
 
 # ---- the docs' code, verbatim ------------------------------------------------------------------------
@@ -82,4 +84,5 @@ def test_docs_example_without_validation_loader(tmp_path: Path) -> None:
     trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, logger=False)
     trainer.fit(model, DataLoader(_images(0), batch_size=16))
     assert trainer.global_step == 4
-    assert (tmp_path / "checkpoints" / "epoch=0-step=4.ckpt" / "MANIFEST.json").is_file()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch=0-step=4.ckpt"]
+    assert read_manifest(LocalStore(tmp_path / "checkpoints"), "epoch=0-step=4.ckpt") is not None  # committed

@@ -128,16 +128,9 @@ class ModelCheckpoint(Checkpoint):
         if stage != TrainerFn.FITTING.value or not trainer.is_global_zero:
             return
         store = trainer._checkpoint_writer.store(self.dirpath)
-        # folders a killed writer left without a manifest; the grace period spares a concurrent writer's
-        removed = cleanup_orphans(store, grace_seconds=self.orphan_grace_seconds)
-        if removed:
-            log.info(
-                "Removed %d uncommitted checkpoint folder(s) under %s: %s",
-                len(removed),
-                self.dirpath,
-                removed,
-            )
-        if self.save_top_k != 0 and list_committed(store):
+        # the uploads a killed writer left unfinished; the grace period spares a concurrent writer's
+        cleanup_orphans(store, grace_seconds=self.orphan_grace_seconds)
+        if self.save_top_k != 0 and store.list():
             log.warning("Checkpoint directory %s exists and is not empty.", self.dirpath)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -348,21 +341,21 @@ class ModelCheckpoint(Checkpoint):
     def _save_last(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
             return
-        # A committed checkpoint is immutable: the new "last" takes a free name (last.ckpt / last-v1.ckpt
-        # alternate; last-v2... while an older one's deletion is still queued behind a slow store, since a
-        # name stays taken until its deletion has run) and the previous one is deleted only after the new
-        # one (or, if the writer drops it, a newer one) has committed.
-        filepath = self._unique_path(
-            trainer, candidates, self.CHECKPOINT_NAME_LAST, None, avoid=self.last_model_path
-        )
-        previous, self.last_model_path = self.last_model_path, filepath
+        # Lightning's names: this callback's "last.ckpt" is overwritten in place (in one step: a reader
+        # finds the old file or the new one, each whole), a "last.ckpt" it did not write (an earlier run's) is kept
+        # and this run's takes the next free name (last-v1.ckpt). A "last" whose name changes (metrics in
+        # it) replaces the previous one, deleted only once the new one (or a newer one) has committed.
+        previous = self.last_model_path
+        filepath = self._unique_path(trainer, candidates, self.CHECKPOINT_NAME_LAST, previous or None)
+        self.last_model_path = filepath
         removable = previous and self._may_remove(trainer, previous, filepath, previous_is_last=True)
-        self._save(trainer, filepath, replaces=previous if removable else None)
+        replaces = previous if removable else None
+        self._save(trainer, filepath, replaces=replaces, overwrite=self._reuses(filepath, previous))
 
     def _reuses(self, filepath: str, allowed_existing: str | None) -> bool:
         """Whether saving ``filepath`` deliberately replaces a checkpoint of that name: the one it was
         allowed to take over, or any, when the version counter is off (Lightning overwrites then).
-        Otherwise a taken name (a manifest exists there, valid or not) is never overwritten."""
+        Otherwise a taken name (a file exists there, a checkpoint or not) is never overwritten."""
         return filepath == allowed_existing or not self._enable_version_counter
 
     def _save(
@@ -408,17 +401,15 @@ class ModelCheckpoint(Checkpoint):
         candidates: dict[str, Tensor],
         filename: str | None,
         allowed_existing: str | None,
-        avoid: str | None = None,
     ) -> str:
-        """The checkpoint name, with a ``-vN`` suffix while it is taken (or is ``avoid``)."""
+        """The checkpoint name, with a ``-vN`` suffix while it is taken by another checkpoint than
+        ``allowed_existing`` (the one this save may overwrite)."""
         filepath = self.format_checkpoint_name(candidates, filename)
         if not trainer.is_global_zero:  # rank zero's name is broadcast below: no storage lookups here
             return str(trainer.strategy.broadcast(filepath))
-        if self._enable_version_counter or avoid:
+        if self._enable_version_counter:
             version = self.STARTING_VERSION
-            while filepath == avoid or (
-                filepath != allowed_existing and trainer._checkpoint_writer.exists(filepath)
-            ):
+            while filepath != allowed_existing and trainer._checkpoint_writer.exists(filepath):
                 filepath = self.format_checkpoint_name(candidates, filename, ver=version)
                 version += 1
         # rank zero's name: its writer knows which names are still being committed
@@ -456,12 +447,14 @@ class ModelCheckpoint(Checkpoint):
         """Committed ``last*`` checkpoints in ``dirpath``."""
         dirpath = self.dirpath or self._default_dirpath(trainer)
         store = trainer._checkpoint_writer.store(dirpath)
-        return {ckpt.uri for ckpt in list_committed(store) if ckpt.name.startswith(self.CHECKPOINT_NAME_LAST)}
+        found = list_committed(store, self.CHECKPOINT_NAME_LAST, self.FILE_EXTENSION)
+        return {ckpt.uri for ckpt in found}
 
     def committed(self, trainer: Trainer) -> list[str]:
         """Every committed checkpoint in ``dirpath``, oldest first (by step, then commit time)."""
         dirpath = self.dirpath or self._default_dirpath(trainer)
-        return [ckpt.uri for ckpt in list_committed(trainer._checkpoint_writer.store(dirpath))]
+        store = trainer._checkpoint_writer.store(dirpath)
+        return [ckpt.uri for ckpt in list_committed(store, suffix=self.FILE_EXTENSION)]
 
 
 def _same_place(a: str, b: str) -> bool:

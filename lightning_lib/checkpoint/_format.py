@@ -16,10 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lightning_lib.checkpoint._commit import load_verified, read_manifest
-from lightning_lib.checkpoint._manifest import MANIFEST_NAME, CommittedCheckpoint
+from lightning_lib.checkpoint._commit import load_manifest, load_verified
+from lightning_lib.checkpoint._manifest import (
+    CheckpointNotFoundError,
+    CommittedCheckpoint,
+    CorruptCheckpointError,
+    InvalidManifestError,
+)
 from lightning_lib.checkpoint._positions import capture_loader_state
-from lightning_lib.checkpoint._writer import CHECKPOINT_FILE
 from lightning_lib.core.saving import to_plain
 from lightning_lib.storage import ObjectStore, is_remote, open_store, split_uri
 from lightning_lib.trainer.states import TrainerFn
@@ -134,9 +138,10 @@ def load_file(
     verified: dict[str, Any] | None = None,
     weights_only: bool = True,
 ) -> dict[str, Any]:
-    """Read a checkpoint: a plain ``.ckpt`` file, or a committed checkpoint folder (local or ``s3://``)
-    whose bytes are verified against its manifest while they are loaded. ``verified`` is a checkpoint
-    already loaded and verified (while choosing "last"): returned as is.
+    """Read a checkpoint file. A committed one (sealed with its commit marker; always, on ``s3://``) is
+    verified against the marker while it is loaded; a local file without a marker (pytorch_lightning's,
+    ``Trainer.save_checkpoint``'s) is read as it is. ``verified`` is a checkpoint already loaded and
+    verified (while choosing "last"): returned as is.
 
     ``weights_only=True`` (the default) refuses anything but plain data; ``False`` is Lightning's opt-in
     for checkpoints that pickle objects, for files the caller trusts.
@@ -144,31 +149,43 @@ def load_file(
     if verified is not None:
         return verified
     text = os.fspath(path)
-    if is_remote(text) or os.path.isdir(text):
-        root, name = split_uri(text)
-        store = open_store(root)
-        ckpt = read_manifest(store, name)
-        if ckpt is None:
-            raise FileNotFoundError(
-                f"Expected a committed checkpoint at {text!r}: its {MANIFEST_NAME} is missing or invalid, so it"
-                " was never completely written."
-            )
+    remote = is_remote(text)
+    if not remote and not os.path.isfile(text):
+        raise FileNotFoundError(f"Expected a checkpoint file at {text!r}, found none.")
+    root, name = split_uri(text)
+    store = open_store(root)
+    ckpt = _committed(store, name, text, remote)
+    if ckpt is not None:
         return load_committed(store, ckpt, map_location, weights_only)
-    if not os.path.isfile(text):
-        raise FileNotFoundError(
-            f"Expected a checkpoint file or committed checkpoint folder at {text!r}, found none."
-        )
     with open(text, "rb") as handle:
         return _torch_load(handle, text, map_location, weights_only)
+
+
+def _committed(store: ObjectStore, name: str, text: str, remote: bool) -> CommittedCheckpoint | None:
+    """The committed checkpoint at ``text``; ``None`` for a local file without a marker."""
+    try:
+        return load_manifest(store, name)
+    except ValueError:  # a local name no checkpoint is committed under (not a store key)
+        if remote:
+            raise
+        return None
+    except CheckpointNotFoundError as err:
+        if remote:
+            raise FileNotFoundError(
+                f"Expected a committed checkpoint at {text!r}: {err} A checkpoint without its commit marker"
+                " was never completely written."
+            ) from None
+        return None
+    except InvalidManifestError as err:
+        raise CorruptCheckpointError(str(err)) from None
 
 
 def load_committed(
     store: ObjectStore, ckpt: CommittedCheckpoint, map_location: Any, weights_only: bool = True
 ) -> dict[str, Any]:
     """Load and verify a committed checkpoint's file (``CorruptCheckpointError`` if it does not match)."""
-    filename = CHECKPOINT_FILE if CHECKPOINT_FILE in ckpt.files else next(iter(ckpt.files))
     return load_verified(
-        store, ckpt, filename, lambda handle: _torch_load(handle, ckpt.uri, map_location, weights_only)
+        store, ckpt, lambda handle: _torch_load(handle, ckpt.uri, map_location, weights_only)
     )
 
 
@@ -196,9 +213,10 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
         if is_remote(target):
             # object storage: the same commit protocol as ModelCheckpoint, synchronously
             trainer._checkpoint_writer.save(checkpoint, target, trainer.global_step, overwrite=True)
-            trainer._checkpoint_writer.wait()
+            trainer._checkpoint_writer.close()
         else:
             save_file(checkpoint, filepath)  # a plain .ckpt file, as Lightning writes it
+            trainer._checkpoint_writer.note_taken(os.path.abspath(target))
     trainer.strategy.barrier("Trainer.save_checkpoint")
     _notify_loggers(trainer, trainer.checkpoint_callback)
 
@@ -211,7 +229,7 @@ def commit_checkpoint(
     replaces: str | None = None,
     overwrite: bool = False,
 ) -> None:
-    """ModelCheckpoint's save: a committed checkpoint folder, written in the background; ``replaces``
+    """ModelCheckpoint's save: a committed checkpoint file, written in the background; ``replaces``
     (retention) is deleted once it has committed, or never committed if superseded before its turn;
     ``overwrite`` takes over a checkpoint already at ``uri`` (see ``CheckpointWriter.save``)."""
     checkpoint = dump_checkpoint(trainer, weights_only)  # on every rank: it gathers the per-rank states

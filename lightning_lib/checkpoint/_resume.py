@@ -58,20 +58,22 @@ def select_ckpt_path(
         path = os.fspath(ckpt_path)
         if not is_remote(path) and not os.path.exists(path):
             raise FileNotFoundError(
-                f"Expected ckpt_path to be 'best', 'last', an existing file, folder or s3:// URI, received {path!r}."
+                f"Expected ckpt_path to be 'best', 'last', an existing checkpoint file or s3:// URI, received {path!r}."
             )
         return path
     raise TypeError(f"Expected ckpt_path to be 'best', 'last', a path or None, received {ckpt_path!r}.")
 
 
 def _newest_valid(trainer: Trainer, fn: TrainerFn, weights_only: bool) -> str | None:
-    dirpaths = {
-        getattr(cb, "dirpath", None) or cb._default_dirpath(trainer) for cb in trainer.checkpoint_callbacks
+    # each callback's folder, and its files' extension: the other files there (logs) are not read
+    folders = {
+        (getattr(cb, "dirpath", None) or cb._default_dirpath(trainer), getattr(cb, "FILE_EXTENSION", None))
+        for cb in trainer.checkpoint_callbacks
     }
     candidates: list[tuple[ObjectStore, CommittedCheckpoint]] = []
-    for dirpath in dirpaths:
+    for dirpath, extension in folders:
         store = trainer._checkpoint_writer.store(dirpath)
-        candidates.extend((store, ckpt) for ckpt in list_committed(store))
+        candidates.extend((store, ckpt) for ckpt in list_committed(store, suffix=extension))
     candidates.sort(key=lambda found: (found[1].step, found[1].time))
     for store, ckpt in reversed(candidates):
         try:

@@ -1,17 +1,17 @@
 """Committing checkpoints without stalling training: the one background writer.
 
 ``save`` snapshots the state to CPU memory (pinned when it lives on CUDA) on the training thread, then
-a single background thread commits it with the manifest-last protocol: the snapshot is serialised into
-a local staging file (hashed as it is written, then dropped) while the upload sends the file's parts as
-soon as they are written. Deletions queued after a save run only once that save has committed, which
+a single background thread commits it: the snapshot is serialised into a local staging file (hashed as
+it is written, then dropped, then sealed with its commit marker) while the upload sends the file's parts
+as soon as they are written, and the sealed file is published whole. Deletions queued after a save run only once that save has committed, which
 is how retention never removes the last good checkpoint: once a checkpoint has committed, at every
 moment some committed checkpoint of the run exists, the newest or an older one.
 
 Slow storage never holds training up: the policy is to *coalesce*. One commit is in flight, and at
 most ``max_pending`` more snapshots wait behind it (memory stays bounded: ``1 + max_pending`` copies of
-the state). A save that ``replaces`` an older checkpoint (``ModelCheckpoint``'s rotating "last", the
-top-k checkpoint that drops out) supersedes it: if the older one's commit has not started, it is
-dropped (``stats.coalesced``) instead of being uploaded only to be deleted, so a store slower than an
+the state). A save that ``replaces`` an older checkpoint (the top-k checkpoint that drops out) or
+``overwrite``s its own name (``ModelCheckpoint``'s "last.ckpt") supersedes it: if the older one's commit
+has not started, it is dropped (``stats.coalesced``) instead of being uploaded only to be deleted, so a store slower than an
 epoch commits the newest state each time it is free instead of a backlog. The deletions that counted on
 a dropped save's commit (the checkpoint it replaced, and any deletion queued after it) move behind the
 save that superseded it, and a name stays taken (``exists``) until its deletion has actually run, so a
@@ -26,7 +26,9 @@ fit): never lost, and as a ``RuntimeError`` chained (``from``) to the store's ow
 whether a retry may heal it (``tasks.retry.is_transient`` follows the chain). Everything queued behind
 the failed job is dropped, so a deletion queued after a failed commit never removes the checkpoint it
 was meant to replace. The thread is not a daemon and ends whenever the queue is empty: interpreter
-shutdown waits for a commit in flight instead of cutting it, and an idle writer holds no thread.
+shutdown waits for a commit in flight instead of cutting it, and an idle writer holds no thread. The
+end of every run (``close``: fit, validate, test, predict, whether they succeed or fail) waits for what
+is queued and joins the thread, so a finished run leaves no thread behind and loses no commit.
 """
 
 from __future__ import annotations
@@ -42,15 +44,12 @@ from typing import Any
 
 import torch
 
-from lightning_lib.checkpoint._commit import delete_checkpoint, name_taken, write_checkpoint
-from lightning_lib.checkpoint._manifest import MANIFEST_NAME
+from lightning_lib.checkpoint._commit import delete_checkpoint, seal, write_checkpoint
 from lightning_lib.storage import GrowingFile, HashingWriter, ObjectStore, open_store, split_uri
 from lightning_lib.storage._staging import WRITE_PREFIX, staging_dir
 from lightning_lib.utilities.apply_func import apply_to_tensors
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.ckpt"
 
 
 def snapshot(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +70,7 @@ def snapshot(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Job:
-    """A queued commit (``save``) or deletion of the checkpoint folder ``uri``."""
+    """A queued commit (``save``) or deletion of the checkpoint file ``uri``."""
 
     uri: str
     save: bool
@@ -107,14 +106,15 @@ class CheckpointWriter:
         self.max_pending = max_pending
         self._jobs: deque[_Job] = deque()  # in order; the head is running once ``_running`` is set
         self._running: _Job | None = None
-        self._worker: threading.Thread | None = None
+        self._worker: threading.Thread | None = None  # the thread serving the queue, None once it quits
+        self._thread: threading.Thread | None = None  # the last one started, alive or not, for ``close``
         self._error: BaseException | None = None
         self._stats = WriterStats()
         self._changed = threading.Condition()  # guards the above; notified when a job ends
         self._stores: dict[str, ObjectStore] = {}
         self._stores_lock = threading.Lock()
-        # per checkpoint root, the names whose manifest exists (valid or not): listed once, then kept up
-        # to date by this writer's own commits and deletions, so naming never waits on a slow store
+        # per checkpoint root, the names a file has (a checkpoint or not): listed once, then kept up to
+        # date by this writer's own commits and deletions, so naming never waits on a slow store
         self._taken: dict[str, set[str]] = {}
 
     # ---- public API --------------------------------------------------------------------------------
@@ -133,12 +133,14 @@ class CheckpointWriter:
         replaces: str | None = None,
         overwrite: bool = False,
     ) -> None:
-        """Commit ``checkpoint`` as the checkpoint folder ``uri`` (in the background when enabled).
+        """Commit ``checkpoint`` as the checkpoint file ``uri`` (in the background when enabled).
 
         ``replaces`` names a checkpoint this one supersedes: it is deleted once ``uri`` has committed,
         and not committed at all if its commit has not started yet. ``overwrite`` replaces a checkpoint
-        already at ``uri`` (``Trainer.save_checkpoint``'s explicit path); without it a name whose
-        manifest exists, valid or not, is refused (``CheckpointExistsError``), never overwritten.
+        already at ``uri`` (the rotating "last.ckpt", ``Trainer.save_checkpoint``'s explicit path) in
+        one step: a reader finds the old checkpoint or the new one; a save of ``uri`` still waiting
+        behind the commit in flight is dropped. Without it a name where a file exists, a checkpoint or
+        not, is refused (``CheckpointExistsError``), never overwritten.
         """
         self.raise_error()
         if replaces == uri:
@@ -192,9 +194,9 @@ class CheckpointWriter:
         A name with a job queued is taken: a save's until it has committed, and a deletion's until the
         deletion has actually run. Reusing a name whose deletion is only queued would make that deletion
         run before the new save (the name must be free for it), that is before any newer checkpoint
-        exists: the moment retention must never open. Otherwise the name is taken when its manifest object
-        exists, valid or not: an invalid manifest is skipped by readers but never overwritten, so the
-        next free name is used instead of failing every later commit. The root is listed once; after
+        exists: the moment retention must never open. Otherwise the name is taken when a file exists
+        there (Lightning's rule), a committed checkpoint or not: a file readers skip (no marker, or an
+        invalid one) is never overwritten, so the next free name is used. The root is listed once; after
         that this writer's own commits and deletions keep the answer current without asking the store
         again (a name another writer takes meanwhile is still refused by the commit's conditional put).
         """
@@ -203,6 +205,12 @@ class CheckpointWriter:
                 return True
         root, name = split_uri(uri)
         return name in self._taken_names(root)
+
+    def note_taken(self, uri: str) -> None:
+        """A file was written at ``uri`` outside this writer (``Trainer.save_checkpoint``'s plain file):
+        a new checkpoint must take another name."""
+        with self._changed:
+            self._record(uri, taken=True)
 
     def wait(self) -> None:
         """Block until everything queued is committed or deleted; raise a background error."""
@@ -223,12 +231,17 @@ class CheckpointWriter:
             raise RuntimeError(f"A background checkpoint commit failed: {error}") from error
 
     def close(self) -> None:
-        """``wait``, then join the writer thread, for callers that must know no thread is left running."""
-        self.wait()
-        with self._changed:
-            worker = self._worker
-        if worker is not None:
-            worker.join()
+        """``wait``, then join the writer thread: the end of a run, after which no thread of this writer
+        is left running (the next ``save`` starts a new one). Raises a background error like ``wait``,
+        after the join."""
+        try:
+            self.wait()
+        finally:
+            with self._changed:
+                thread = self._thread
+            if thread is not None and thread is not threading.current_thread():
+                # the thread has found the queue empty (``wait`` returned) and is on its way out
+                thread.join()
 
     def store(self, root: str) -> ObjectStore:
         """The store for the checkpoint root ``root``, opened once and shared by every caller."""
@@ -243,10 +256,7 @@ class CheckpointWriter:
         with self._changed:
             known = self._taken.get(root)
         if known is None:
-            suffix = "/" + MANIFEST_NAME
-            listed = {
-                info.key[: -len(suffix)] for info in self.store(root).list() if info.key.endswith(suffix)
-            }
+            listed = {info.key for info in self.store(root).list()}
             with self._changed:
                 known = self._taken.setdefault(root, listed)
         return known
@@ -297,7 +307,7 @@ class CheckpointWriter:
         self._jobs.append(job)
         if self._worker is None:
             # not a daemon: interpreter shutdown waits for the commit in flight instead of cutting it
-            self._worker = threading.Thread(target=self._work, name="checkpoint-writer")
+            self._worker = self._thread = threading.Thread(target=self._work, name="checkpoint-writer")
             self._worker.start()
 
     def _work(self) -> None:
@@ -340,18 +350,19 @@ class CheckpointWriter:
     ) -> None:
         root, name = split_uri(uri)
         store = self.store(root)
-        if overwrite and name_taken(store, name):
-            delete_checkpoint(store, name)  # an explicit overwrite of the same name (trainer.save_checkpoint)
         with staging_dir(WRITE_PREFIX) as folder:
             # serialised on a second thread while this one uploads what is already written: the commit
             # takes about as long as the upload alone instead of serialisation + hashing + upload
-            staged = GrowingFile(os.path.join(folder, CHECKPOINT_FILE))
+            staged = GrowingFile(os.path.join(folder, name))
             serialiser = threading.Thread(
-                target=_serialise, args=(holder, staged, owned), name="checkpoint-serialise", daemon=True
+                target=_serialise,
+                args=(holder, staged, owned, step),
+                name="checkpoint-serialise",
+                daemon=True,
             )
             serialiser.start()
             try:
-                write_checkpoint(store, name, {CHECKPOINT_FILE: staged}, step)
+                write_checkpoint(store, name, staged, step, overwrite=overwrite)
             finally:
                 staged.cancel()  # stops the serialiser if the upload failed first; a no-op once it is done
                 serialiser.join()
@@ -361,17 +372,18 @@ class CheckpointWriter:
         delete_checkpoint(self.store(root), name)
 
 
-def _serialise(holder: list[dict[str, Any]], staged: GrowingFile, owned: bool) -> None:
-    """``torch.save`` the state into ``staged`` while hashing it, then drop it: from here on the bytes
-    on disk are all the upload needs. A snapshot (``owned``: nothing else uses it) is released storage
-    by storage as it is written, so memory goes back to training while the upload runs."""
+def _serialise(holder: list[dict[str, Any]], staged: GrowingFile, owned: bool, step: int) -> None:
+    """``torch.save`` the state into ``staged`` while hashing it, seal it with its commit marker, then
+    drop it: from here on the bytes on disk are all the upload needs. A snapshot (``owned``: nothing
+    else uses it) is released storage by storage as it is written, so memory goes back to training
+    while the upload runs."""
     try:
         state = holder.pop()
         writer = _ReleasingWriter(staged.path, staged.advance, state if owned else {})
         with writer:
             torch.save(state, writer)  # type: ignore[arg-type]
         del state
-        done = writer.finish()
+        done = seal(writer, step)
         del writer  # and the storages it still tracked
         staged.finish(done)
     except BaseException as err:  # raised to the uploader, which reports it as the commit's error
@@ -392,11 +404,12 @@ class _ReleasingWriter(HashingWriter):
     differently costs memory, never correctness.
 
     Progress is reported two writes late too, so the upload never learns of a record's bytes before
-    the record's storage is freed: its buffers are never added on top of a whole snapshot.
+    the record's storage is freed: its buffers are never added on top of a whole snapshot. The archive's
+    last two bytes are held back (``new_body_writer``): the commit marker replaces them.
     """
 
     def __init__(self, path: str, on_write: Callable[[int], None], state: dict[str, Any]) -> None:
-        super().__init__(path, on_write)
+        super().__init__(path, on_write, hold_back=2)
         self._owned: dict[tuple[int, int], torch.UntypedStorage] = {}
         self._pending: list[tuple[int, torch.UntypedStorage | None]] = [(0, None), (0, None)]
 
@@ -412,7 +425,7 @@ class _ReleasingWriter(HashingWriter):
         found = None
         if self._owned and view.nbytes >= _RELEASE_MIN:
             found = self._owned.pop((_address(view), view.nbytes), None)
-        self._pending.append((self._size, found))
+        self._pending.append((self.settled, found))
         reported, storage = self._pending.pop(0)
         if storage is not None:
             storage.resize_(0)

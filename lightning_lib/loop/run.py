@@ -160,11 +160,13 @@ def _run_stages(
             if verbose:
                 _print_results(trainer, results, stage)
     if fn == TrainerFn.FITTING:
-        trainer._checkpoint_writer.wait()  # fit returns only once every checkpoint is committed
+        trainer._checkpoint_writer.close()  # fit returns only once every checkpoint is committed
         trainer.strategy.barrier("fit_end")  # ... on every rank: rank zero committed them
         hooks.callbacks("on_fit_end")
         hooks.module("on_fit_end")
     _teardown_hooks(trainer, fn)
+    # what the last hooks saved is committed too, and the writer's thread ends with the run
+    trainer._checkpoint_writer.close()
     trainer.strategy.teardown()
     for logger in trainer.loggers:
         logger.finalize("success")
@@ -192,7 +194,8 @@ def _on_failure(trainer: Trainer, exc: BaseException) -> None:
             trainer.datamodule.on_exception(exc)
     finally:
         try:
-            trainer._checkpoint_writer.wait()  # what on_exception saved must be committed before exit
+            # what on_exception saved must be committed before exit, and the writer's thread ends here
+            trainer._checkpoint_writer.close()
         except Exception:
             log.exception("A checkpoint could not be committed while handling %r", exc)
         for logger in trainer.loggers:

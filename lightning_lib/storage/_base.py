@@ -91,9 +91,10 @@ class ObjectStore(Protocol):
         """Upload the local file at ``local_path`` to ``key`` (multipart for large files on S3)."""
         ...
 
-    def put_growing_file(self, key: str, source: GrowingFile) -> None:
+    def put_growing_file(self, key: str, source: GrowingFile, *, if_none_match: bool = False) -> None:
         """Upload a local file that another thread is still writing (see ``GrowingFile``), overlapping
-        the transfer with the writing where the backend can."""
+        the transfer with the writing where the backend can. With ``if_none_match`` the object is
+        published only if ``key`` does not exist (``PreconditionFailed`` otherwise), as one step."""
         ...
 
     def get_bytes(self, key: str) -> bytes:
@@ -102,6 +103,11 @@ class ObjectStore(Protocol):
 
     def get_file(self, key: str, local_path: str) -> None:
         """Download ``key`` to ``local_path``, which appears only once complete."""
+        ...
+
+    def get_tail(self, key: str, size: int) -> tuple[bytes, int]:
+        """The last ``size`` bytes of the object (all of it when smaller) and the object's total size,
+        in one request; raise ``ObjectNotFound`` if it does not exist."""
         ...
 
     def local_file(self, key: str) -> AbstractContextManager[str]:

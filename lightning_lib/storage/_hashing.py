@@ -40,10 +40,22 @@ class HashingWriter(io.RawIOBase):
     reading the file a second time to hash it. ``on_write(total)`` is called after each write with the
     number of bytes written so far; those bytes are in the OS by then (the file is unbuffered), so
     another reader of the path sees them.
+
+    ``hold_back`` bytes at the end of what is written are left out of the digest, the progress reports
+    and ``finish()``'s size, and kept in ``tail``: a caller that rewrites them once the file is complete
+    (a checkpoint's commit trailer replaces the zip archive's empty comment length) never has a reader
+    or an upload see them before.
     """
 
-    def __init__(self, path: str | os.PathLike[str], on_write: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        on_write: Callable[[int], None] | None = None,
+        hold_back: int = 0,
+    ) -> None:
         super().__init__()
+        if hold_back < 0:
+            raise ValueError(f"Expected hold_back >= 0, received {hold_back}.")
         self._path = os.fspath(path)
         # unbuffered: torch.save's tensor payloads are single large writes that a buffer would only
         # copy, and a concurrent reader must not miss bytes still held in a user-space buffer
@@ -51,6 +63,8 @@ class HashingWriter(io.RawIOBase):
         self._hash = hashlib.sha256()
         self._size = 0
         self._on_write = on_write
+        self._hold_back = hold_back
+        self.tail = b""  # the held-back bytes, not hashed (yet)
 
     def writable(self) -> bool:
         return True
@@ -63,15 +77,34 @@ class HashingWriter(io.RawIOBase):
             if not step:
                 raise OSError(f"Writing {self._path} made no progress.")
             done += step
-        self._hash.update(view)
+        self._digest(view)
         self._size += done
         self._written(view)
         return done
 
+    def _digest(self, view: memoryview) -> None:
+        """Hash all but the last ``hold_back`` bytes written so far, without copying large writes."""
+        keep = self._hold_back
+        if not keep:
+            self._hash.update(view)
+        elif view.nbytes >= keep:
+            self._hash.update(self.tail)
+            self._hash.update(view[: view.nbytes - keep])
+            self.tail = bytes(view[view.nbytes - keep :])
+        else:
+            joined = self.tail + bytes(view)
+            self._hash.update(joined[: len(joined) - keep])
+            self.tail = joined[len(joined) - keep :]
+
+    @property
+    def settled(self) -> int:
+        """How many bytes are written for good: all but the held-back ones."""
+        return max(0, self._size - self._hold_back)
+
     def _written(self, view: memoryview) -> None:
         """After each write: report the progress (subclasses may report it later)."""
         if self._on_write is not None:
-            self._on_write(self._size)
+            self._on_write(self.settled)
 
     def close(self) -> None:
         file = getattr(self, "_file", None)  # absent when open() failed in __init__
@@ -80,9 +113,9 @@ class HashingWriter(io.RawIOBase):
         super().close()
 
     def finish(self) -> PrehashedFile:
-        """Close the file and return its size and digest."""
+        """Close the file and return its size and digest (the held-back bytes left out of both)."""
         self.close()
-        return PrehashedFile(self._path, self._size, self._hash.hexdigest())
+        return PrehashedFile(self._path, self.settled, self._hash.hexdigest())
 
 
 class WriteCancelled(Exception):
@@ -154,18 +187,23 @@ class GrowingFile:
 FileSource = bytes | bytearray | memoryview | str | os.PathLike[str] | PrehashedFile | GrowingFile
 
 
-def hash_fd(fd: int) -> tuple[int, str]:
-    """Size and sha256 of an open file, read with ``pread`` so the descriptor's offset is not moved
-    (another thread may be reading the same descriptor meanwhile)."""
+def hash_fd(fd: int, limit: int | None = None) -> tuple[int, str]:
+    """Size and sha256 of an open file (of its first ``limit`` bytes when given), read with ``pread`` so
+    the descriptor's offset is not moved (another thread may be reading the same descriptor meanwhile)."""
     digest, size = hashlib.sha256(), 0
+    end = float("inf") if limit is None else limit
     if hasattr(os, "preadv"):  # into one reused buffer
         buffer = bytearray(_CHUNK)
         view = memoryview(buffer)
-        while n := os.preadv(fd, [buffer], size):
+        while size < end:
+            want = int(min(_CHUNK, end - size))
+            n = os.preadv(fd, [view[:want]], size)
+            if not n:
+                break
             digest.update(view[:n])
             size += n
     else:
-        while chunk := os.pread(fd, _CHUNK, size):
+        while size < end and (chunk := os.pread(fd, int(min(_CHUNK, end - size)), size)):
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()

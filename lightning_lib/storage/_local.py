@@ -109,18 +109,20 @@ class LocalStore:
                 os.fsync(f.fileno())
             self._publish(tmp, final, key, if_none_match)
 
-    def put_file(self, key: str, local_path: str) -> None:
-        """Copy the local file into the store atomically."""
+    def put_file(self, key: str, local_path: str, *, if_none_match: bool = False) -> None:
+        """Copy the local file into the store atomically (refusing an existing ``key`` when asked)."""
         final = self._path(key)
+        if if_none_match and os.path.lexists(final):  # cheap early refusal; the publish step decides races
+            raise PreconditionFailed(f"{self.uri}/{key} already exists (conditional put refused).")
         with self._temp_beside(final) as tmp:
             shutil.copyfile(local_path, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            self._publish(tmp, final, key, False)
+            self._publish(tmp, final, key, if_none_match)
 
-    def put_growing_file(self, key: str, source: GrowingFile) -> None:
+    def put_growing_file(self, key: str, source: GrowingFile, *, if_none_match: bool = False) -> None:
         """Copy the file into the store once it is complete (a local copy is quick; nothing to overlap)."""
-        self.put_file(key, source.result().path)
+        self.put_file(key, source.result().path, if_none_match=if_none_match)
 
     def get_bytes(self, key: str) -> bytes:
         """Read the whole object."""
@@ -139,6 +141,15 @@ class LocalStore:
         with self._temp_beside(target) as tmp:
             shutil.copyfile(source, tmp)
             os.replace(tmp, target)
+
+    def get_tail(self, key: str, size: int) -> tuple[bytes, int]:
+        """The last ``size`` bytes of the file and its size, from one open file (one version of it)."""
+        try:
+            with open(self._path(key), "rb") as f:
+                total = os.fstat(f.fileno()).st_size
+                return os.pread(f.fileno(), size, max(0, total - size)), total
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"{self.uri}/{key} does not exist.") from None
 
     @contextmanager
     def local_file(self, key: str) -> Iterator[str]:

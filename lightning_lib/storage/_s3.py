@@ -239,8 +239,10 @@ class S3Store:
             Config=self._transfer,
         )
 
-    def put_growing_file(self, key: str, source: GrowingFile) -> None:
-        """Upload a file while it is being written: each multipart part goes out once it is complete."""
+    def put_growing_file(self, key: str, source: GrowingFile, *, if_none_match: bool = False) -> None:
+        """Upload a file while it is being written: each multipart part goes out once it is complete.
+        ``if_none_match`` sends ``If-None-Match: *`` with the request that creates the object (the PUT,
+        or the completion of the multipart upload), so S3 itself refuses an existing key."""
         full = self._full(validate_key(key))
         upload_growing(
             self._client,
@@ -251,6 +253,7 @@ class S3Store:
             threshold=self._transfer.multipart_threshold,
             chunksize=self._transfer.multipart_chunksize,
             concurrency=self._transfer.max_concurrency,
+            if_none_match=if_none_match,
         )
 
     def _read_range(self, key: str, start: int, end: int, etag: str | None) -> tuple[bytes, dict[str, Any]]:
@@ -309,6 +312,27 @@ class S3Store:
             Filename=local_path,
             Config=self._transfer,
         )
+
+    def get_tail(self, key: str, size: int) -> tuple[bytes, int]:
+        """One GET of a suffix range: the last ``size`` bytes (all of a smaller object) and the size."""
+        validate_key(key)
+        if size <= 0:
+            raise ValueError(f"Expected size >= 1, received {size}.")
+        try:
+            response = self._call(
+                "read",
+                key,
+                self._client.get_object,
+                Bucket=self._bucket,
+                Key=self._full(key),
+                Range=f"bytes=-{size}",
+            )
+        except _InvalidRange:  # an empty object has no last byte to ask for
+            return b"", 0
+        data = response["Body"].read()
+        content_range = response.get("ContentRange") or ""
+        total = int(content_range.rpartition("/")[2]) if "/" in content_range else len(data)
+        return data, total
 
     @contextmanager
     def local_file(self, key: str) -> Iterator[str]:

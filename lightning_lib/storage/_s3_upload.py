@@ -120,14 +120,17 @@ def upload_growing(
     threshold: int,
     chunksize: int,
     concurrency: int,
+    if_none_match: bool = False,
 ) -> None:
     """Upload ``source`` to ``bucket/key`` while it is written: one PUT if it ends below
     ``threshold``, else a multipart upload of parts sent as soon as they are complete. An error
-    aborts the multipart upload (its parts would otherwise be stored and billed) and is raised."""
+    aborts the multipart upload (its parts would otherwise be stored and billed) and is raised.
+    ``if_none_match`` makes the request that creates the object conditional on ``key`` being free."""
+    condition = {"IfNoneMatch": "*"} if if_none_match else {}
     if source.wait_for(threshold) < threshold:  # complete, and small
         done = source.result()
         with FileRange(done.path, 0, done.size) as body:
-            call(client.put_object, Bucket=bucket, Key=key, Body=body)
+            call(client.put_object, Bucket=bucket, Key=key, Body=body, **condition)
         return
     # What boto3's managed transfer sends too: a CRC32 per part, unless the client is told otherwise.
     extra: dict[str, Any] = {}
@@ -142,6 +145,7 @@ def upload_growing(
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},
+            **condition,
         )
     except BaseException:
         with suppress(Exception):  # the original error matters more; cleanup_orphans retries the abort

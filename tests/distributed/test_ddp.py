@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from lightning_lib.checkpoint import list_committed
+from lightning_lib.storage import LocalStore, open_store
 from tests.distributed import ddp_program
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +114,7 @@ def test_a_killed_rank_fails_the_run_quickly_and_a_restart_resumes_from_the_last
     assert "RankFailedError" in proc.stderr
     assert "rank 1 (pid" in proc.stderr and "was killed by signal 9" in proc.stderr
     assert elapsed < 60, elapsed  # bounded: no collective waits for the dead rank's 30-minute timeout
-    committed = sorted(p.name for p in ckpt.iterdir() if (p / "MANIFEST.json").exists())
+    committed = sorted(c.name for c in list_committed(LocalStore(ckpt)))
     assert "epoch=0-step=4.ckpt" in committed and not any("step=6" in name for name in committed)
 
     # resuming with another world size in the middle of an epoch is refused before any step
@@ -153,10 +155,8 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_batch_with_a_checkpoin
     )
     assert proc.returncode == 128 + 15 and result is None, proc.stderr[-3000:]
     assert "RankFailedError" not in proc.stderr
-    manifests = [
-        json.loads((p / "MANIFEST.json").read_text()) for p in ckpt.iterdir() if p.name.startswith("last")
-    ]
-    assert [m["step"] for m in manifests] == [5]  # saved at the step where rank 1 got the signal, by both
+    # saved at the step where rank 1 got the signal, by both
+    assert [c.step for c in list_committed(LocalStore(ckpt)) if c.name.startswith("last")] == [5]
     resumed = run_ok(tmp_path / "resumed.json", *common, "--resume")
     assert resumed["start_step"] == 5 and resumed["weights"] == uninterrupted["weights"]
 
@@ -180,6 +180,6 @@ def test_checkpoint_and_resume_under_ddp_on_s3(tmp_path: Path, uninterrupted: An
     keys = [
         o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=key_prefix)["Contents"]
     ]
-    manifests = [k for k in keys if k.endswith("MANIFEST.json")]
-    # committed once each (rank zero), never twice: one manifest per checkpoint folder
-    assert len(manifests) == len({k.rsplit("/", 2)[-2] for k in manifests})
+    files = {k.rsplit("/", 1)[-1] for k in keys if k.endswith(".ckpt")}
+    # committed by rank zero alone (a second writer of a name is refused), every file sealed and valid
+    assert files and {c.name for c in list_committed(open_store(prefix))} == files

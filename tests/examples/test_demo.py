@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import lightning_lib as pl
+from lightning_lib.checkpoint import read_manifest
+from lightning_lib.storage import LocalStore
 
 pytest.importorskip("sklearn")
 
@@ -57,7 +59,8 @@ def test_demo_trains_checkpoints_logs_and_tests(tmp_path: Path, capsys: pytest.C
     assert summary["epochs"] == 2
     assert summary["global_step"] > 0
     best = Path(summary["best_model_path"])
-    assert best.is_dir() and (best / "MANIFEST.json").is_file()  # a committed checkpoint folder
+    assert best.is_file() and read_manifest(LocalStore(best.parent), best.name) is not None  # committed
+    assert torch.load(best, weights_only=True)["global_step"] == summary["global_step"]
     assert tmp_path in best.resolve().parents
     assert 0.5 < summary["best_val_acc"] <= 1.0
     assert set(summary["test"]) == {"test_loss", "test_acc"}

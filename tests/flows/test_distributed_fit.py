@@ -15,6 +15,8 @@ import pytest
 from prefect import flow
 
 import tasks.distributed_fit as distributed_fit
+from lightning_lib.checkpoint import list_committed
+from lightning_lib.storage import LocalStore
 from tasks.config import TrainConfig
 from tasks.data import prepare
 from tasks.retry import DistributedFitFailed, DistributedFitRefused, is_transient
@@ -136,9 +138,8 @@ def test_the_multinode_entry_point_runs_under_torchrun_with_a_config_file(
     env = {**os.environ, "PYTHONPATH": str(root)}
     proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    committed = [
-        p.name for p in (tmp_path / "checkpoints" / "multinode-1").iterdir() if (p / "MANIFEST.json").exists()
-    ]
+    folder = tmp_path / "checkpoints" / "multinode-1"
+    committed = [c.name for c in list_committed(LocalStore(folder))]
     assert "epoch=1-step=8.ckpt" in committed
     client = MlflowClient(config.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(config.mlflow.experiment_name)

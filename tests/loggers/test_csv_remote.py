@@ -260,8 +260,7 @@ def test_trainer_with_s3_default_root_dir(
 
     stored = keys(s3_root)
     assert stored == [
-        "lightning_logs/version_0/checkpoints/epoch=1-step=8.ckpt/MANIFEST.json",
-        "lightning_logs/version_0/checkpoints/epoch=1-step=8.ckpt/checkpoint.ckpt",
+        "lightning_logs/version_0/checkpoints/epoch=1-step=8.ckpt",
         "lightning_logs/version_0/hparams.yaml",
         "lightning_logs/version_0/metrics.csv",
     ]

@@ -23,10 +23,12 @@ import torch
 
 import lightning_lib as pl
 from lightning_lib.callbacks import ModelCheckpoint
+from lightning_lib.checkpoint import read_manifest
 from lightning_lib.loggers import MLFlowLogger
 from lightning_lib.loggers.mlflow._artifacts import dataset_spec
 from lightning_lib.loggers.mlflow._checkpoints import sha256_file
 from lightning_lib.loggers.mlflow._worker import RetryPolicy
+from lightning_lib.storage import LocalStore
 from tests.helpers import ClassifierDataModule, ClassifierModel, Crash, CrashAfter
 from tests.services import MlflowServer, group_members
 
@@ -108,8 +110,10 @@ def runs_with_key(client: Any, run_key: str) -> list[Any]:
 
 
 def content_hash(path: str) -> str:
-    """What a reference pins: a file's sha256, or the sha256 of a committed folder's manifest."""
-    return sha256_file(os.path.join(path, "MANIFEST.json") if os.path.isdir(path) else path)
+    """What a reference pins: a committed checkpoint's content sha256 (its commit marker's), a plain
+    file's own sha256."""
+    ckpt = read_manifest(LocalStore(os.path.dirname(path)), os.path.basename(path))
+    return ckpt.sha256 if ckpt is not None else sha256_file(path)
 
 
 class SecretModel(ClassifierModel):
@@ -248,13 +252,13 @@ def test_a_failing_run_ends_failed_or_killed(
     expected = "KeyboardInterrupt" if error == "interrupt" else "RuntimeError: boom"
     assert run.data.tags["lightning_lib.exception"].startswith(expected)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss_step")] == [0, 1]
-    saved = sorted(str(p) for p in (tmp_path / "ckpt").iterdir())
+    saved = sorted(str(p) for p in (tmp_path / "ckpt").glob("*.ckpt"))
     assert len(saved) == 2 and run.data.tags["checkpoint.latest.uri"] == saved[-1]
     assert run.data.tags["checkpoint.latest.sha256"] == content_hash(saved[-1])
     local = client.download_artifacts(run.info.run_id, "checkpoints/references.json", str(tmp_path))
     references = json.loads(Path(local).read_text())["checkpoints"]
     assert sorted(ref["uri"] for ref in references) == saved
-    assert all(ref["sha256"] == content_hash(ref["uri"]) and ref["files"] for ref in references)
+    assert all(ref["sha256"] == content_hash(ref["uri"]) and ref["step"] > 0 for ref in references)
     assert logger.logged_model_info is None  # a failed run logs no model
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from lightning_lib.checkpoint import write_checkpoint
 from lightning_lib.loggers import MLFlowLogger
 from lightning_lib.loggers.mlflow._artifacts import best_weights, dataset_spec, detached_copy, make_spec
 from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences, checkpoint_reference, sha256_file
@@ -31,6 +32,8 @@ from lightning_lib.loggers.redact import (
     redact_text,
     secret_env_values,
 )
+from lightning_lib.storage import LocalStore
+from tests.support import archive, with_marker
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -107,20 +110,24 @@ def test_prepare_params_sanitises_with_warnings() -> None:
 
 
 # ---- checkpoints and datasets ------------------------------------------------------------------------------
-def test_checkpoint_reference_of_file_folder_and_uncommitted(tmp_path: Any) -> None:
+def test_checkpoint_reference_of_plain_committed_and_uncommitted_files(tmp_path: Any) -> None:
     file = tmp_path / "epoch=0.ckpt"
     file.write_bytes(b"weights")
     ref = checkpoint_reference(str(file))
     assert ref["sha256"] == sha256_file(str(file)) and ref["size"] == 7
-    folder = tmp_path / "step-10"
-    folder.mkdir()
-    manifest = {"files": {"model.pt": {"sha256": "ab" * 32, "size": 3}}, "step": 10}
-    (folder / "MANIFEST.json").write_text(json.dumps(manifest))
-    ref = checkpoint_reference(str(folder))
-    assert ref["files"] == {"model.pt": "ab" * 32} and ref["step"] == 10
-    assert ref["sha256"] == sha256_file(str(folder / "MANIFEST.json"))
-    (tmp_path / "partial").mkdir()
-    assert "not committed" in checkpoint_reference(str(tmp_path / "partial"))["error"]
+    assert ref["hash_of"] == "file"
+    store = LocalStore(tmp_path / "ckpt")
+    ckpt = write_checkpoint(store, "step-10.ckpt", archive("committed weights"), step=10)
+    committed = str(tmp_path / "ckpt" / "step-10.ckpt")
+    ref = checkpoint_reference(committed)  # read from its commit marker, not by hashing the file again
+    assert (ref["sha256"], ref["hash_of"], ref["size"], ref["step"]) == (
+        ckpt.sha256,
+        "commit marker",
+        ckpt.file_size,
+        10,
+    )
+    store.put_bytes("step-10.ckpt", with_marker(store.get_bytes("step-10.ckpt"), b"{garbage"))
+    assert "commit marker is not valid" in checkpoint_reference(committed)["error"]
     assert checkpoint_reference(str(tmp_path / "missing"))["sha256"] is None
 
 

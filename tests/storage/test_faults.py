@@ -20,6 +20,7 @@ from botocore.httpsession import URLLib3Session
 from botocore.retries.standard import ExponentialBackoff
 
 from lightning_lib.checkpoint import (
+    CheckpointExistsError,
     CorruptCheckpointError,
     cleanup_orphans,
     latest_valid,
@@ -28,7 +29,9 @@ from lightning_lib.checkpoint import (
     read_verified,
     write_checkpoint,
 )
+from lightning_lib.checkpoint._manifest import MAGIC
 from lightning_lib.storage import S3Store, StorageError
+from tests.support import archive
 
 pytestmark = pytest.mark.services
 MiB = 1024 * 1024
@@ -97,7 +100,7 @@ def injector_for(root: str, seed: int, make_error: Any, rate: float = 0.3) -> Fa
     return FaultInjector(seed, rate, "/" + root[len("s3://") :].split("/", 1)[1], make_error)
 
 
-def test_writes_commit_and_readers_never_see_corruption(s3_root: str, make_aws_error: Any) -> None:
+def test_writes_commit_and_readers_never_see_corruption(s3_root: str, make_aws_error: Any, tmp_path) -> None:
     writer_faults = injector_for(s3_root, 1234, make_aws_error)
     reader_faults = injector_for(s3_root, 4321, make_aws_error)
     writer = faulty_store(s3_root, writer_faults)
@@ -113,8 +116,7 @@ def test_writes_commit_and_readers_never_see_corruption(s3_root: str, make_aws_e
             reader = faulty_store(s3_root, reader_faults)
             try:
                 for ckpt in list_committed(reader):
-                    for filename in ckpt.files:
-                        read_verified(reader, ckpt, filename)
+                    read_verified(reader, ckpt)
                     verified.append(ckpt.name)
             except (CorruptCheckpointError, StorageError) as exc:
                 problems.append(exc)
@@ -124,8 +126,14 @@ def test_writes_commit_and_readers_never_see_corruption(s3_root: str, make_aws_e
     try:
         for step in range(6):
             size = 11 * MiB if step in (1, 4) else 256 * 1024  # two of them go multipart
-            written[f"step-{step}"] = data = os.urandom(size)
-            write_checkpoint(writer, f"step-{step}", {"model.ckpt": data, "meta.json": b"{}"}, step=step)
+            data: Any = archive(os.urandom(8).hex(), size)
+            if size > MiB:  # from a file: a multipart upload whose completion is conditional
+                (tmp_path / "saved.ckpt").write_bytes(data)
+                data = str(tmp_path / "saved.ckpt")
+            written[f"step-{step}.ckpt"] = committed = _committed(writer, f"step-{step}.ckpt", data, step)
+            if step % 2:  # the rotating "last": overwritten in place, readers never see it torn
+                written["last.ckpt"] = _committed(writer, "last.ckpt", data, step, overwrite=True)
+            assert committed.endswith(MAGIC)
     finally:
         done.set()
         thread.join(60)
@@ -137,55 +145,67 @@ def test_writes_commit_and_readers_never_see_corruption(s3_root: str, make_aws_e
     assert sum(reader_faults.injected.values()) > 0
     clean = S3Store(s3_root)
     committed = list_committed(clean)
-    assert [c.name for c in committed] == [f"step-{i}" for i in range(6)]
+    assert sorted(c.name for c in committed) == ["last.ckpt"] + [f"step-{i}.ckpt" for i in range(6)]
     for ckpt in committed:
-        assert read_verified(clean, ckpt, "model.ckpt") == written[ckpt.name]
+        assert read_verified(clean, ckpt) == written[ckpt.name]
 
 
-def test_lost_reply_to_the_manifest_put_still_commits(s3_root: str) -> None:
-    # The manifest PUT reaches S3, then the connection drops before the reply: botocore resends it,
-    # and the resend is refused by If-None-Match. The commit did happen and must be reported so.
+def _committed(store: S3Store, name: str, data: Any, step: int, overwrite: bool = False) -> bytes:
+    """Commit ``data`` and return the sealed file's bytes (read without the injected faults)."""
+    write_checkpoint(store, name, data, step=step, overwrite=overwrite)
+    return S3Store(store.uri).get_bytes(name)
+
+
+def test_lost_reply_to_the_conditional_put_still_commits(s3_root: str) -> None:
+    # The checkpoint's conditional PUT reaches S3, then the connection drops before the reply: botocore
+    # resends it, and the resend is refused by If-None-Match. The commit did happen and is ours.
     store = S3Store(s3_root)
     delivered: list[str] = []
 
     def deliver_then_drop(request: Any, **_: Any) -> None:
-        if request.url.endswith("MANIFEST.json") and not delivered:
+        if request.url.endswith("ck.ckpt") and not delivered:
             response = URLLib3Session().send(request)
             delivered.append(str(response.status_code))
             raise ConnectionClosedError(endpoint_url=request.url)
 
     store.client.meta.events.register("before-send.s3.PutObject", deliver_then_drop)
-    ckpt = write_checkpoint(store, "ck", {"model.ckpt": b"weights"}, step=3)
+    ckpt = write_checkpoint(store, "ck.ckpt", archive("weights"), step=3)
     assert delivered == ["200"]
-    assert read_manifest(store, "ck") == ckpt
+    assert read_manifest(store, "ck.ckpt") == ckpt
+    with pytest.raises(CheckpointExistsError):  # while another writer's identical bytes would be refused
+        write_checkpoint(store, "ck.ckpt", archive("weights"), step=3)
 
 
 def test_persistent_failure_commits_nothing(s3_root: str, make_aws_error: Any) -> None:
     store = S3Store(s3_root, max_attempts=3)
-    previous = write_checkpoint(store, "step-1", {"model.ckpt": b"old"}, step=1)
+    previous = write_checkpoint(store, "step-1.ckpt", archive("old"), step=1)
+    attempts: list[str] = []
 
-    def fail_manifest(request: Any, **_: Any) -> Any:
-        if request.url.endswith("MANIFEST.json"):
+    def fail_publish(request: Any, **_: Any) -> Any:
+        if request.url.endswith("step-2.ckpt"):
+            attempts.append(request.url)
             return make_aws_error(request, 500, "InternalError")
         return None
 
-    store.client.meta.events.register("before-send.s3.PutObject", fail_manifest)
-    with pytest.raises(StorageError, match=r"step-2/MANIFEST\.json failed: InternalError"):
-        write_checkpoint(store, "step-2", {"model.ckpt": b"new"}, step=2)
-    store.client.meta.events.unregister("before-send.s3.PutObject", fail_manifest)
-    assert read_manifest(store, "step-2") is None
+    store.client.meta.events.register("before-send.s3.PutObject", fail_publish)
+    with pytest.raises(StorageError, match=r"step-2\.ckpt failed: InternalError"):
+        write_checkpoint(store, "step-2.ckpt", archive("new"), step=2)
+    store.client.meta.events.unregister("before-send.s3.PutObject", fail_publish)
+    assert len(attempts) > 1 and read_manifest(store, "step-2.ckpt") is None  # retried, then given up
     result = latest_valid(store)
     assert result is not None and result[0] == previous
-    assert cleanup_orphans(store, grace_seconds=0) == ["step-2"]
+    # the file is published whole or not at all: nothing is left to clean, the name is free
+    assert [i.key for i in store.list()] == ["step-1.ckpt"]
+    assert cleanup_orphans(store, grace_seconds=0) == 0
 
 
 def test_reader_outage_is_raised_not_mistaken_for_corruption(s3_root: str, make_aws_error: Any) -> None:
     store = S3Store(s3_root, max_attempts=2)
-    write_checkpoint(store, "step-1", {"model.ckpt": b"old"}, step=1)
-    write_checkpoint(store, "step-2", {"model.ckpt": b"new"}, step=2)
+    write_checkpoint(store, "step-1.ckpt", archive("old"), step=1)
+    write_checkpoint(store, "step-2.ckpt", archive("new"), step=2)
 
     def fail_file_reads(request: Any, **_: Any) -> Any:
-        if request.method == "GET" and request.url.endswith("model.ckpt"):
+        if request.method == "GET" and request.url.endswith(".ckpt"):
             return make_aws_error(request, 503, "SlowDown")
         return None
 

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from lightning_lib.checkpoint import cleanup_orphans, latest_valid, list_committed, write_checkpoint
+from lightning_lib.checkpoint import (
+    CheckpointExistsError,
+    cleanup_orphans,
+    latest_valid,
+    list_committed,
+    write_checkpoint,
+)
 from lightning_lib.storage import (
     AccessDeniedError,
     BucketNotFound,
@@ -17,6 +23,7 @@ from lightning_lib.storage import (
     S3Store,
     StorageError,
 )
+from tests.support import archive
 
 pytestmark = pytest.mark.services
 MiB = 1024 * 1024
@@ -59,29 +66,46 @@ def test_conditional_put_sends_if_none_match(s3_root: str) -> None:
     store.client.meta.events.register(
         "before-send.s3.PutObject", lambda request, **_: seen.append(request.headers.get("If-None-Match"))
     )
-    write_checkpoint(store, "ck", {"model.ckpt": b"weights"}, step=1)
-    assert [v.decode() if isinstance(v, bytes) else v for v in seen] == [
-        None,
-        "*",
-    ]  # the file plainly, the manifest conditionally
+    write_checkpoint(store, "ck.ckpt", archive("weights"), step=1)
+    write_checkpoint(store, "ck.ckpt", archive("again"), step=2, overwrite=True)
+    # a new name is published conditionally, an overwrite plainly
+    assert [v.decode() if isinstance(v, bytes) else v for v in seen] == ["*", None]
+
+
+def test_a_multipart_commit_completes_conditionally(s3_root: str, tmp_path) -> None:
+    store = small_parts(s3_root)
+    seen: list[bytes | str | None] = []
+    store.client.meta.events.register(
+        "before-send.s3.CompleteMultipartUpload",
+        lambda request, **_: seen.append(request.headers.get("If-None-Match")),
+    )
+    path = tmp_path / "big.ckpt"
+    path.write_bytes(archive("big", 6 * MiB))
+    write_checkpoint(store, "big.ckpt", str(path), step=1)
+    with pytest.raises(CheckpointExistsError):  # a second writer racing past the existence check
+        store_without_check = small_parts(s3_root)
+        store_without_check.exists = lambda key: False  # type: ignore[method-assign]
+        write_checkpoint(store_without_check, "big.ckpt", str(path), step=2)
+    assert [v.decode() if isinstance(v, bytes) else v for v in seen] == ["*"]
+    assert store.abort_incomplete_uploads(0) == 0  # the refused upload was aborted
 
 
 def test_large_put_file_goes_multipart(s3_root: str, tmp_path) -> None:
     store = small_parts(s3_root)
-    data = os.urandom(12 * MiB)
     path = tmp_path / "big.ckpt"
-    path.write_bytes(data)
+    path.write_bytes(archive("big", 12 * MiB))
     counts = count_calls(store)
-    ckpt = write_checkpoint(store, "big", {"model.ckpt": str(path)}, step=1)
+    ckpt = write_checkpoint(store, "big.ckpt", str(path), step=1)
+    data = store.get_bytes("big.ckpt")
     assert counts.get("CreateMultipartUpload") == 1 and counts.get("UploadPart") == 3
     assert counts.get("CompleteMultipartUpload") == 1
     bucket, prefix = s3_root[len("s3://") :].split("/", 1)
-    head = store.client.head_object(Bucket=bucket, Key=f"{prefix}/big/model.ckpt")
+    head = store.client.head_object(Bucket=bucket, Key=f"{prefix}/big.ckpt")
     assert head["ETag"].strip('"').endswith("-3")  # S3's mark of a 3-part object
     counts.clear()
     result = latest_valid(store)
     assert result is not None and result[0] == ckpt and result[1] == data
-    assert counts.get("GetObject", 0) >= 4  # the manifest, then three ranged reads
+    assert counts.get("GetObject", 0) >= 4  # the marker (the file's end), then three ranged reads
 
 
 def test_large_put_bytes_goes_multipart_without_copying(s3_root: str) -> None:
@@ -97,10 +121,10 @@ def test_abort_incomplete_multipart_upload(s3_root: str) -> None:
     store = S3Store(s3_root)
     bucket, prefix = s3_root[len("s3://") :].split("/", 1)
     client = store.client
-    mine = client.create_multipart_upload(Bucket=bucket, Key=f"{prefix}/ck-9/model.ckpt")
+    mine = client.create_multipart_upload(Bucket=bucket, Key=f"{prefix}/ck-9.ckpt")
     client.upload_part(
         Bucket=bucket,
-        Key=f"{prefix}/ck-9/model.ckpt",
+        Key=f"{prefix}/ck-9.ckpt",
         UploadId=mine["UploadId"],
         PartNumber=1,
         Body=b"x" * 1024,
@@ -112,7 +136,7 @@ def test_abort_incomplete_multipart_upload(s3_root: str) -> None:
 
     assert mine["UploadId"] in pending()
     # (The grace period for uploads cannot be checked here: moto reports a fixed 2010 Initiated date.)
-    assert cleanup_orphans(store, grace_seconds=0) == []  # no folder with objects, only the upload
+    assert cleanup_orphans(store, grace_seconds=0) == 1  # the upload a killed writer left
     assert mine["UploadId"] not in pending()
     assert other["UploadId"] in pending()  # outside this store's prefix: not ours to abort
     client.abort_multipart_upload(
@@ -130,7 +154,7 @@ def test_bucket_that_does_not_exist(s3_endpoint: str, tmp_path) -> None:
         lambda: store.put_file("k", str(small)),  # boto3 re-wraps this one as S3UploadFailedError
         lambda: store.put_file("k", str(large)),  # and this one fails at CreateMultipartUpload
         lambda: store.list(),
-        lambda: write_checkpoint(store, "ck", {"model.ckpt": b"1"}, step=0),
+        lambda: write_checkpoint(store, "ck.ckpt", archive("1"), step=0),
         lambda: latest_valid(store),
     ):
         with pytest.raises(
@@ -164,9 +188,9 @@ def test_access_denied(s3_root: str, make_aws_error: Any) -> None:
         "before-send.s3", lambda request, **_: make_aws_error(request, 403, "AccessDenied", "Access Denied")
     )
     with pytest.raises(
-        AccessDeniedError, match=r"Access denied to check .*/ck/MANIFEST\.json \(AccessDenied\)"
+        AccessDeniedError, match=r"Access denied to check .*/ck\.ckpt \(AccessDenied\)"
     ) as err:
-        write_checkpoint(store, "ck", {"model.ckpt": b"1"}, step=0)
+        write_checkpoint(store, "ck.ckpt", archive("1"), step=0)
     assert_no_secret(err.value)
     with pytest.raises(AccessDeniedError, match="Access denied to write"):
         store.put_bytes("k", b"1")

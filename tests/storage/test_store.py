@@ -194,12 +194,13 @@ def test_open_store_picks_the_backend(tmp_path) -> None:
 def test_import_does_not_need_boto3() -> None:
     # Make boto3/botocore unimportable, then use the library's local storage path end to end.
     code = (
-        "import sys, tempfile\n"
+        "import io, sys, tempfile, torch\n"
         "sys.modules['boto3'] = None; sys.modules['botocore'] = None\n"
         "import lightning_lib, lightning_lib.storage as s, lightning_lib.checkpoint as c\n"
         "st = s.open_store(tempfile.mkdtemp())\n"
-        "c.write_checkpoint(st, 'c', {'f': b'1'}, step=0)\n"
-        "assert c.latest_valid(st)[1] == b'1'\n"
+        "buffer = io.BytesIO(); torch.save({'w': 1}, buffer)\n"
+        "c.write_checkpoint(st, 'c.ckpt', buffer.getvalue(), step=0)\n"
+        "assert torch.load(io.BytesIO(c.latest_valid(st)[1]), weights_only=True) == {'w': 1}\n"
         "try:\n"
         "    s.open_store('s3://bucket/x')\n"
         "except ImportError as e:\n"

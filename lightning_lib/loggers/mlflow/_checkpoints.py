@@ -1,12 +1,10 @@
 """Checkpoints recorded in MLflow by reference: where they are and the sha256 of what is there.
 
 A checkpoint already lives in durable storage (a local folder or ``s3://``); copying it into the run's
-artifacts doubles the storage and the upload time for nothing. The run records the URI and the hashes,
-which is enough to find the bytes and to prove they are the ones the run produced.
-
-Two layouts are understood: a single file (hashed here), and a committed checkpoint folder whose
-``MANIFEST.json`` lists every file with its sha256 (the hashes are read from it, and the manifest itself
-is hashed, which pins the whole folder with one digest).
+artifacts doubles the storage and the upload time for nothing. The run records the URI and the file's
+sha256, which is enough to find the bytes and to prove they are the ones the run produced. A committed
+checkpoint's sha256 (with its size and step) is read from its commit marker, never by reading the file
+again; a local file without a marker is hashed here.
 """
 
 from __future__ import annotations
@@ -20,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
+    from lightning_lib.checkpoint import CommittedCheckpoint
 
-MANIFEST_NAME = "MANIFEST.json"
 _CHUNK = 1 << 20
 
 
@@ -34,69 +32,50 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def _manifest_files(manifest: Mapping[str, Any]) -> dict[str, str]:
-    """name -> sha256 from a manifest, whether ``files`` is a mapping or a list of entries."""
-    files = manifest.get("files", {})
-    out: dict[str, str] = {}
-    if isinstance(files, Mapping):
-        for name, entry in files.items():
-            sha = entry.get("sha256") if isinstance(entry, Mapping) else entry
-            if sha:
-                out[str(name)] = str(sha)
-    elif isinstance(files, list):
-        for entry in files:
-            if isinstance(entry, Mapping):
-                name = entry.get("path") or entry.get("name")
-                if name and entry.get("sha256"):
-                    out[str(name)] = str(entry["sha256"])
-    return out
+def _marker(path: str) -> tuple[bool, CommittedCheckpoint | None]:
+    """Whether the file at ``path`` carries a commit marker, and the committed checkpoint it describes
+    (``None`` when the marker is invalid). Read through the project's object store: boto3's own
+    configuration chain on S3, never credentials here."""
+    from lightning_lib.checkpoint import CheckpointNotFoundError, InvalidManifestError, load_manifest
+    from lightning_lib.storage import open_store, split_uri
 
-
-def _read_remote_manifest(folder_uri: str) -> bytes:
-    """The ``MANIFEST.json`` of a remote checkpoint folder, read through the project's object store
-    (boto3's own configuration chain: ``AWS_ENDPOINT_URL``, profiles, roles; never credentials here)."""
-    from lightning_lib.storage._store import open_store
-
-    return open_store(folder_uri.rstrip("/")).get_bytes(MANIFEST_NAME)
-
-
-def _from_manifest(ref: dict[str, Any], raw: bytes) -> dict[str, Any]:
-    manifest = json.loads(raw)
-    ref["sha256"] = hashlib.sha256(raw).hexdigest()
-    ref["hash_of"] = MANIFEST_NAME
-    ref["files"] = _manifest_files(manifest)
-    for key in ("step", "global_step", "epoch", "time", "created"):
-        if key in manifest:
-            ref[key] = manifest[key]
-    return ref
+    root, name = split_uri(path)
+    try:
+        return True, load_manifest(open_store(root), name)
+    except (CheckpointNotFoundError, ValueError):  # no file, a plain file, or a name no store holds
+        return False, None
+    except InvalidManifestError:
+        return True, None
 
 
 def checkpoint_reference(path: str) -> dict[str, Any]:
-    """Describe the checkpoint at ``path``: ``uri``, ``sha256`` and, for a committed folder, ``files``.
+    """Describe the checkpoint file at ``path``: ``uri``, ``sha256``, ``size`` and, when committed, ``step``.
 
+    A committed checkpoint's ``sha256`` is its content's as its commit marker records it (``hash_of``:
+    "commit marker"), read without downloading the file; a plain local file is hashed whole ("file").
     Never raises: a reference that cannot be hashed says why in ``error`` (the run still records it).
     """
     is_s3 = path.startswith("s3://")
     ref: dict[str, Any] = {"uri": path if is_s3 else os.path.abspath(path), "recorded_at": time.time()}
     try:
-        if is_s3:
-            # A committed folder has a manifest; a bare object would have to be downloaded to be
-            # hashed, which is what recording by reference avoids, so it is recorded without a hash.
-            try:
-                return _from_manifest(ref, _read_remote_manifest(path))
-            except Exception as exc:
-                ref["sha256"] = None
-                ref["error"] = f"no readable {MANIFEST_NAME}: {type(exc).__name__}"
-                return ref
-        if os.path.isdir(path):
-            manifest_path = os.path.join(path, MANIFEST_NAME)
-            if not os.path.isfile(manifest_path):
-                ref["sha256"] = None
-                ref["error"] = f"folder without {MANIFEST_NAME} (not committed)"
-                return ref
-            with open(manifest_path, "rb") as f:
-                return _from_manifest(ref, f.read())
+        marked, ckpt = _marker(path)
+        if ckpt is not None:
+            ref.update(
+                sha256=ckpt.sha256,
+                hash_of="commit marker",
+                size=ckpt.file_size,
+                step=ckpt.step,
+                time=ckpt.time,
+            )
+            return ref
+        if marked or is_s3:
+            # an object without a marker would have to be downloaded to be hashed, which is what
+            # recording by reference avoids, so it is recorded without a hash
+            ref["sha256"] = None
+            ref["error"] = "its commit marker is not valid" if marked else "no commit marker (not committed)"
+            return ref
         ref["sha256"] = sha256_file(path)
+        ref["hash_of"] = "file"
         ref["size"] = os.path.getsize(path)
     except Exception as exc:
         ref["sha256"] = None
@@ -104,8 +83,9 @@ def checkpoint_reference(path: str) -> dict[str, Any]:
     return ref
 
 
-# What a checkpoint callback pointed at when it saved: (path, roles, best score, monitor).
-Snapshot = tuple[str, list[str], float | None, str | None]
+# What a checkpoint callback pointed at when it saved: (path, roles, best score, monitor, the step the
+# "latest" path was saved at).
+Snapshot = tuple[str, list[str], float | None, str | None, int | None]
 
 
 def snapshot(callback: ModelCheckpoint) -> list[Snapshot]:
@@ -120,24 +100,41 @@ def snapshot(callback: ModelCheckpoint) -> list[Snapshot]:
         by_path.setdefault(str(latest_saved), []).append("latest")
     score = getattr(callback, "best_model_score", None)
     monitor = getattr(callback, "monitor", None)
+    step = getattr(callback, "_last_global_step_saved", None)
     return [
-        (path, roles, float(score) if "best" in roles and score is not None else None, monitor)
+        (
+            path,
+            roles,
+            float(score) if "best" in roles and score is not None else None,
+            monitor,
+            step if "latest" in roles else None,
+        )
         for path, roles in by_path.items()
     ]
 
 
-def _committed(path: str) -> bool:
+def _committed(path: str, step: int | None) -> bool:
+    """Whether ``path`` holds what the callback saved (at ``step``, for a file overwritten in place such as
+    "last.ckpt"), so that it can be recorded now."""
     if path.startswith("s3://"):
         return False  # unknown without a request; resolved at the next save or at the end
-    return os.path.isfile(path) or os.path.isfile(os.path.join(path, MANIFEST_NAME))
+    if not os.path.isfile(path):
+        return False  # a commit publishes the whole file at once: not yet
+    try:
+        marked, ckpt = _marker(path)
+    except Exception:
+        return False
+    if not marked:
+        return True  # a plain file is written whole before the save returns
+    return ckpt is not None and (step is None or ckpt.step >= step)
 
 
 class CheckpointReferences:
     """The checkpoints a run produced, each recorded once per (uri, sha256), with its roles.
 
-    Checkpoint folders are committed in the background after the save call returns, so a saved path is
-    kept pending and hashed once its manifest exists: at a later save, or at the end of fit (the Trainer
-    waits for every commit before it finalizes the loggers).
+    Checkpoints are committed in the background after the save call returns, so a saved path is kept
+    pending and recorded once it is committed: at a later save, or at the end of fit (the Trainer waits
+    for every commit before it finalizes the loggers).
     """
 
     def __init__(self) -> None:
@@ -154,11 +151,11 @@ class CheckpointReferences:
         roles: dict[str, dict[str, Any]] = {}
         still_pending: list[Snapshot] = []
         for index, item in enumerate(self._pending):
-            path, path_roles, score, monitor = item
+            path, path_roles, score, monitor, step = item
             newer = any(other[0] == path for other in self._pending[index + 1 :])
             if newer:
                 continue  # the same path saved again since: only its latest content matters
-            if not final and not _committed(path):
+            if not final and not _committed(path, step):
                 still_pending.append(item)
                 continue
             ref = checkpoint_reference(path)
