@@ -207,7 +207,7 @@ def bench_upload(checkpoint: dict[str, Any], repeats: int, workdir: Path, endpoi
         writer.save(checkpoint, f"{root}/ours-{i}", step=i)
         ours.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
-        size = list_committed(store)[-1].newest.size
+        size = list_committed(store)[-1].file_size
         delete_checkpoint(store, f"ours-{i}")
 
         start = time.perf_counter()
@@ -263,7 +263,7 @@ def bench_resume(checkpoint: dict[str, Any], root: str, repeats: int, workdir: P
     writer = CheckpointWriter(background=False)
     writer.save(checkpoint, f"{root}/last.ckpt", step=1)
     writer.close()
-    size = list_committed(open_store(root))[-1].newest.size
+    size = list_committed(open_store(root))[-1].file_size
     trainer = pl.Trainer(
         **quiet(default_root_dir=str(workdir), callbacks=[pl.callbacks.ModelCheckpoint(dirpath=root)])
     )

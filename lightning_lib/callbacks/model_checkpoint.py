@@ -166,8 +166,9 @@ class ModelCheckpoint(Checkpoint):
             self._save_for_epoch(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Save before the process goes: always on SIGTERM (raised at a batch boundary, so the state is
-        consistent and a retried run resumes from it), on other errors when ``save_on_exception``."""
+        """Save before the process goes: on errors when ``save_on_exception`` (Lightning's file: this
+        callback's ``filename``, then "last"), and always on SIGTERM (raised at a batch boundary, so the
+        state is consistent and a retried run resumes from it)."""
         from lightning_lib.utilities.exceptions import SIGTERMException
 
         sigterm = isinstance(exception, SIGTERMException)
@@ -183,13 +184,20 @@ class ModelCheckpoint(Checkpoint):
             or not self.dirpath
         ):
             return
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.fast_dev_run:
             return
         candidates = self._monitor_candidates(trainer)
+        if not sigterm:
+            if self._last_global_step_saved == trainer.global_step:
+                return  # this step's checkpoint is saved already
+            # written over any file of that name, as Lightning does: the newest state is what counts
+            self._save(trainer, self.format_checkpoint_name(candidates), overwrite=True)
+            self._save_last(trainer, candidates)
+            return
         if self.save_last:
             self._save_last(trainer, candidates)
             return
-        name = f"{'sigterm' if sigterm else 'exception'}-epoch={{epoch}}-step={{step}}"
+        name = "sigterm-epoch={epoch}-step={step}"
         filepath = self._unique_path(trainer, candidates, self._format_name(name, candidates, False), None)
         self._save(trainer, filepath, overwrite=self._reuses(filepath, None))
 

@@ -285,4 +285,4 @@ def test_trainer_with_s3_default_root_dir(
     assert second.checkpoint_callback.best_model_path == (
         f"{s3_root}/lightning_logs/version_1/checkpoints/epoch=1-step=8.ckpt"
     )
-    assert len(keys(f"{s3_root}/lightning_logs/version_1")) == 4
+    assert len(keys(f"{s3_root}/lightning_logs/version_1")) == 3  # the checkpoint, hparams, metrics

@@ -114,3 +114,35 @@ def test_last_is_overwritten_in_place_and_a_foreign_last_is_kept(tmp_path: Path)
         listings.append(_files(dirpath))
         assert Path(callback.last_model_path).name == "last-v1.ckpt"
     assert seen["ours"] == seen["theirs"] == [["last.ckpt"], ["last.ckpt"], ["last-v1.ckpt", "last.ckpt"]]
+
+
+def test_save_on_exception_writes_the_callbacks_own_file_then_last(tmp_path: Path) -> None:
+    seen: dict[str, tuple[list[str], int]] = {}
+    for name, pl in (("theirs", reference_lightning()), ("ours", lightning_lib)):
+        base = make_classes(pl)["ClassifierModel"]
+
+        class Breaks(base):  # type: ignore[misc, valid-type]
+            def training_step(self, batch: Any, batch_idx: int) -> Any:
+                if self.global_step == 5:
+                    raise RuntimeError("Trouble!")
+                return super().training_step(batch, batch_idx)
+
+        dirpath = tmp_path / name
+        callback = pl.callbacks.ModelCheckpoint(
+            dirpath=dirpath, filename="exception", save_on_exception=True, save_last=True, every_n_epochs=7
+        )
+        pl.seed_everything(7)
+        trainer = pl.Trainer(
+            **quiet_trainer_kwargs(
+                tmp_path / f"{name}-root",
+                max_epochs=3,
+                limit_train_batches=4,
+                enable_checkpointing=True,
+                callbacks=[callback],
+            )
+        )
+        with pytest.raises(RuntimeError, match="Trouble!"):
+            trainer.fit(Breaks(lr=0.05, hidden=16), DataLoader(classification_data(64), batch_size=8))
+        step = torch.load(dirpath / "exception.ckpt", weights_only=True)["global_step"]
+        seen[name] = (_files(dirpath), step)
+    assert seen["ours"] == seen["theirs"] == (["exception.ckpt", "last.ckpt"], 5)
