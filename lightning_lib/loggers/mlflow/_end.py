@@ -99,7 +99,7 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     if logger._system_metrics is not None:  # before the status: MLflow refuses metrics of an ended run
         from lightning_lib.loggers.mlflow._system import stop_system_metrics
 
-        stop_system_metrics(logger._system_metrics)
+        stop_system_metrics(logger._system_metrics, timeout=min(5.0, logger._finalize_timeout))
         logger._system_metrics = None
     sender = logger._sender
     deadline = time.monotonic() + logger._finalize_timeout

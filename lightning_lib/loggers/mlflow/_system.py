@@ -12,6 +12,7 @@ so stopping publishes what was sampled so far: the tab is never empty for a fit 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 log = logging.getLogger("lightning_lib.loggers.mlflow._logger")
@@ -60,10 +61,27 @@ def start_system_metrics(run_id: str, tracking_uri: str, interval: float, resume
     return monitor, first_step
 
 
-def stop_system_metrics(handle: Any) -> None:
-    """Stop sampling; publish the samples taken when no full interval has passed yet."""
+def stop_system_metrics(handle: Any, timeout: float) -> None:
+    """Stop sampling; publish the samples taken when no full interval has passed yet.
+
+    MLflow's monitor publishes synchronously, with its HTTP client's retries: against a server that is
+    away that takes minutes. The logger's ``finalize`` must not wait on it (it never blocks on MLflow), so
+    the stop runs on a daemon thread and is given ``timeout`` seconds; past that, the last samples are
+    left to it and a warning says so."""
     if handle is None:
         return
+    thread = threading.Thread(target=_stop, args=(handle,), name="mlflow-system-metrics-stop", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        log.warning(
+            "The last system metrics were not delivered within %.0f s (is the MLflow server reachable?); "
+            "the run ends without waiting for them.",
+            timeout,
+        )
+
+
+def _stop(handle: Any) -> None:
     monitor, first_step = handle
     try:
         monitor.finish()
