@@ -369,10 +369,19 @@ def test_the_image_example_runs_every_flow_through_the_served_deployments(stack:
     assert set(table.column("prediction").to_pylist()) <= set(range(10))
 
     # the registered model takes raw uint8 images and predicts what the pipeline predicts, image by image
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
     from examples.images import ImageFolderDataModule
 
-    mlflow.set_tracking_uri(stack.mlflow.uri)
-    served = mlflow.pyfunc.load_model("models:/digits-images@champion")
+    # models:/ URIs resolve through the process-wide setting: set for this block only, so that later tests
+    # never talk to this module's (by then stopped) server
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(stack.mlflow.uri):
+            served = mlflow.pyfunc.load_model("models:/digits-images@champion")
+    finally:
+        if env is not None:  # the helper unsets the variable on the way out; the module's fixture set it
+            os.environ["MLFLOW_TRACKING_URI"] = env
     datamodule = ImageFolderDataModule(root=_images_config(stack.bucket)["datamodule_kwargs"]["root"])
     datamodule.setup("test")
     raw = datamodule.test_dataloader().dataset.tensors[0].numpy()  # the test split, in predict's order
