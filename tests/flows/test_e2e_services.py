@@ -444,7 +444,7 @@ def test_a_data_landed_event_retrains_the_served_model_on_its_partition(stack: S
     try:
         emit_data_landed(model_name, partition, source=str(landed / f"date={partition}"))
         [flow_run] = _wait_for(
-            lambda: _triggered_runs(deployment.id, partition), 120, "a retraining run started by the event"
+            lambda: _triggered_runs(deployment.id, partition), 300, "a retraining run started by the event"
         )
         final = _wait_terminal(flow_run.id)
     finally:
