@@ -100,26 +100,15 @@ def with_window(config: TrainConfig, window_end: dt.date | None, window_days: in
     """The config with the window's dates in ``data.source`` and in the string values of
     ``datamodule_kwargs`` (at any depth), where they hold ``{window_start}`` / ``{window_end}``."""
     dumped = config.model_dump(mode="json")
-    places: list[Any] = [dumped["datamodule_kwargs"]]
-    if dumped.get("data") is not None:
-        places.append(dumped["data"])
-    if not any(_has_placeholder(place) for place in places):
+    table = dumped.get("data")
+    text = json.dumps([dumped["datamodule_kwargs"], table["source"] if table else None])
+    if WINDOW_START not in text and WINDOW_END not in text:
         return config
     end = window_end or scheduled_date()
-    if dumped.get("data") is not None:
-        dumped["data"]["source"] = window_source(dumped["data"]["source"], end, window_days)
+    if table:
+        table["source"] = window_source(table["source"], end, window_days)
     dumped["datamodule_kwargs"] = _fill_window(dumped["datamodule_kwargs"], end, window_days)
     return TrainConfig.model_validate(dumped)
-
-
-def _has_placeholder(value: Any) -> bool:
-    if isinstance(value, str):
-        return WINDOW_START in value or WINDOW_END in value
-    if isinstance(value, dict):
-        return any(_has_placeholder(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_placeholder(v) for v in value)
-    return False
 
 
 def _fill_window(value: Any, end: dt.date, days: int) -> Any:

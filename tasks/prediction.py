@@ -192,6 +192,20 @@ def output_beside(source: str) -> str:
     return f"{folder}{sep}{name[: len(name) - len(extension)]}{PREDICTIONS_SUFFIX}"
 
 
+def _scoring_trainer(config: TrainConfig, callbacks: list[Any] | None = None) -> Any:
+    """The Trainer predict scores with: one process, so every row is scored once and in order (see
+    evaluate_checkpoint); no logger, checkpoints or progress bar."""
+    return pl.Trainer(
+        accelerator=config.trainer.accelerator,
+        devices=1,
+        precision=config.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=callbacks or [],
+    )
+
+
 def score(
     config: TrainConfig, checkpoint_uri: str, source: str, output_uri: str | None = None
 ) -> PredictionResult:
@@ -226,14 +240,7 @@ def score(
             features=features, target=target, predict_uri=inputs_uri, **config.datamodule_kwargs
         )
         model = config.load_model_class().load_from_checkpoint(checkpoint_uri)
-        trainer = pl.Trainer(
-            accelerator=config.trainer.accelerator,
-            devices=1,  # one process: every row scored once, in order (see evaluate_checkpoint)
-            precision=config.trainer.precision,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-        )
+        trainer = _scoring_trainer(config)
         batches = trainer.predict(model, datamodule=datamodule, ckpt_path=checkpoint_uri) or []
     predictions = (
         torch.cat([torch.as_tensor(b).reshape(len(b), -1) for b in batches]) if batches else torch.empty(0, 1)
@@ -315,15 +322,7 @@ def score_datamodule(
         before_upload=lambda uri: check_output(uri, roots),  # again: something may have appeared there
     )
     module = config.load_model_class().load_from_checkpoint(checkpoint_uri)
-    trainer = pl.Trainer(
-        accelerator=config.trainer.accelerator,
-        devices=1,  # one process: every row scored once, in order
-        precision=config.trainer.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        callbacks=[writer],
-    )
+    trainer = _scoring_trainer(config, callbacks=[writer])
     trainer.predict(module, datamodule=datamodule, ckpt_path=checkpoint_uri, return_predictions=False)
     assert writer.uri is not None and writer.sha256 is not None, "the writer uploads at the end of predict"
     return PredictionResult(

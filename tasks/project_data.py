@@ -25,27 +25,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from lightning_lib.storage import is_remote, join_uri, local_path, open_store, split_uri
+from lightning_lib.storage import join_uri, open_store, split_uri
 from tasks.config import TrainConfig
-from tasks.factory import build_project_datamodule
+from tasks.factory import build_project_datamodule, checkpoint_dir
 from tasks.retry import retrying
 from tasks.sources import LISTING_ARTIFACT, DataFingerprint, SourceListing, fingerprint_sources
 
 SOURCES_METHOD = "data_sources"
 LISTINGS_FOLDER = "_data_sources"
-
-
-def listing_root(config: TrainConfig) -> str:
-    """The checkpoint root, absolute when local (the listing URI is read by other tasks and processes)."""
-    root = config.checkpoint_root
-    return root if is_remote(root) else os.path.abspath(local_path(root))
 
 
 class ProjectData(BaseModel):
@@ -125,7 +118,7 @@ def identify(config: TrainConfig) -> ProjectData:
     # Kept by digest in the pipeline's own space, never among the data (a default data root beside the
     # checkpoints may be the project's data folder): fit logs it to the MLflow run. The folder's leading
     # underscore can never be a run key's.
-    folder = join_uri(listing_root(config), LISTINGS_FOLDER)
+    folder = checkpoint_dir(config, LISTINGS_FOLDER)
     store = open_store(folder)
     name = f"{digest}-{LISTING_ARTIFACT}"
     if not store.exists(name):
