@@ -145,5 +145,4 @@ __all__ = [
     "declared_sources",
     "identify",
     "identify_data",
-    "listing_root",
 ]
