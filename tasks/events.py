@@ -10,7 +10,7 @@ The ``retraining`` deployment of a registered model is triggered by (``flows.dep
 
 The trigger passes the ``lightning-lib.partition`` label to the flow's ``partition`` parameter: the data
 window is that one day (``{window_start}`` = the partition, ``{window_end}`` = the next day).
-:func:`emit_data_landed` sends exactly this event from any process that can reach the Prefect API.
+:func:`emit_data_landed` sends exactly this event, confirmed, from any process that can reach the Prefect API.
 """
 
 from __future__ import annotations
@@ -74,19 +74,55 @@ def data_landed_event(model_name: str, partition: str | dt.date, source: str | N
 def emit_data_landed(model_name: str, partition: str | dt.date, source: str | None = None) -> Any:
     """Tell Prefect that ``partition``'s data for ``model_name`` has landed (optionally where: ``source``).
 
-    The ``retraining`` deployment of that registered model then runs on the partition's day. Returns the
-    emitted ``prefect.events.Event``; it is delivered in the background and flushed when the process (or
-    the flow run it is called from) ends. Raises if Prefect is not set up to send events.
+    The ``retraining`` deployment of that registered model then runs on the partition's day. The event is
+    sent to the server ``PREFECT_API_URL`` names *now*, over its own connection, and this returns (the
+    ``prefect.events.Event``) only once the server has confirmed it: an upstream stage that reports a
+    partition must know it was heard. Raises, naming the cause, when no server is set or it cannot be
+    reached.
     """
-    from prefect.events import emit_event
+    fields = data_landed_event(model_name, partition, source)
+    from prefect.events import Event
+    from prefect.settings import PREFECT_API_URL
 
-    event = emit_event(**data_landed_event(model_name, partition, source))
-    if event is None:
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        # without a server, Prefect would start a throwaway one that no deployment listens to
         raise RuntimeError(
-            "Expected Prefect to accept the data-landed event, but it did not send it: check PREFECT_API_URL "
-            "and the log above."
+            "Expected PREFECT_API_URL to name the Prefect server whose deployments listen for landed data, "
+            "but it is not set."
         )
+    event = Event(**fields)
+    try:
+        _run_async(_send_confirmed(event))
+    except Exception as error:
+        raise RuntimeError(
+            f"Expected the Prefect server at {api_url} to accept the data-landed event for {model_name!r} "
+            f"({fields['payload']['partition']}), but sending it failed: {type(error).__name__}: {error}"
+        ) from error
     return event
+
+
+async def _send_confirmed(event: Any) -> None:
+    from prefect.events.clients import get_events_client
+
+    # Prefect's emit_event hands events to a process-wide worker bound to the server of its first use and
+    # sends them later; a fresh client with a checkpoint after every event is sent, and pinged, now.
+    async with get_events_client(reconnection_attempts=2, checkpoint_every=1) as client:
+        await client.emit(event)
+
+
+def _run_async(coroutine: Any) -> None:
+    """Run ``coroutine`` to its end from sync code, also where this thread already runs an event loop."""
+    import asyncio
+    import concurrent.futures
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coroutine)
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
 
 
 __all__ = [

@@ -45,10 +45,15 @@ def test_the_event_names_the_model_and_the_partition() -> None:
 
 
 def test_a_bad_event_is_refused_before_anything_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prefect.events
+    import tasks.events
 
-    sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: sent.append(kw) or kw)
+    sent: list[Any] = []
+
+    async def record(event: Any) -> None:
+        sent.append(event)
+
+    monkeypatch.setattr(tasks.events, "_send_confirmed", record)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     with pytest.raises(ValueError, match="Expected model_name to be a registered model's name, received ''"):
         emit_data_landed("", "2024-05-01")
     with pytest.raises(ValueError, match="Expected partition as an ISO date"):
@@ -56,15 +61,54 @@ def test_a_bad_event_is_refused_before_anything_is_sent(monkeypatch: pytest.Monk
     with pytest.raises(ValueError, match="Expected source to be a non-empty URI or path, received ''"):
         emit_data_landed("digits", "2024-05-01", source="")
     assert sent == []
-    assert emit_data_landed("digits", "2024-05-01")["resource"]["prefect.resource.id"] == data_resource_id(
-        "digits"
-    )
+    event = emit_data_landed("digits", "2024-05-01")
+    assert sent == [event]
+    assert event.event == DATA_LANDED and event.resource.id == data_resource_id("digits")
+    assert event.resource[PARTITION_LABEL] == "2024-05-01"
 
 
-def test_an_event_prefect_does_not_send_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prefect.events
+def test_without_a_server_nothing_is_sent_and_the_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    # emit_event returns None when events are off or sending failed: the stage must not believe it retrained
-    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: None)
-    with pytest.raises(RuntimeError, match="did not send it"):
+    with (
+        temporary_settings(restore_defaults={PREFECT_API_URL}),
+        pytest.raises(RuntimeError, match="Expected PREFECT_API_URL to name the Prefect server"),
+    ):
         emit_data_landed("digits", "2024-05-01")
+
+
+def test_a_server_that_cannot_be_reached_is_an_error_naming_it() -> None:
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    # the stage must not believe it retrained
+    with (
+        temporary_settings(updates={PREFECT_API_URL: url}),
+        pytest.raises(RuntimeError, match=f"Expected the Prefect server at {url} to accept"),
+    ):
+        emit_data_landed("digits", "2024-05-01")
+
+
+def test_an_event_is_sent_from_inside_a_running_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import tasks.events
+
+    threads: list[bool] = []
+
+    async def record(event: Any) -> None:
+        threads.append(True)
+
+    monkeypatch.setattr(tasks.events, "_send_confirmed", record)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+
+    async def caller() -> Any:  # e.g. an async flow calling the sync helper
+        return emit_data_landed("digits", "2024-05-01")
+
+    assert asyncio.run(caller()).event == DATA_LANDED and threads == [True]
