@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 _OFFLINE_MODES = ("offline", "dryrun")
 # how long finalize waits for queued calls, and the sender thread for a checkpoint file to be committed
 _FINALIZE_TIMEOUT = 120.0
-_CHECKPOINT_WAIT = 300.0
+_CHECKPOINT_WAIT = 60.0
 _CHECKPOINT_ATTRIBUTES = ("monitor", "mode", "save_last", "save_top_k", "save_weights_only", "_every_n_train_steps")
 
 
@@ -317,9 +317,10 @@ class WandbLogger(Logger):
             return
         self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
         if self._log_model == "all" or checkpoint_callback.save_top_k == -1:
-            # the background writer may not have put the file in place yet: the sender waits for it
+            # what the callback names now, for the sender thread: the background checkpoint writer may not
+            # have put the file in place yet, and the callback moves on while the sender waits for it
             run = self._experiment if self._experiment is not None else self.experiment
-            self._sender.submit(self._log_checkpoints, run, checkpoint_callback, _expected_files(checkpoint_callback))
+            self._sender.submit(self._log_named_checkpoints, run, checkpoint_callback, _named_checkpoints(checkpoint_callback))
 
     @staticmethod
     @rank_zero_only
@@ -351,7 +352,7 @@ class WandbLogger(Logger):
         if status == "success":
             # the Trainer finalizes after the checkpoint writer has committed every file
             for callback in self._checkpoint_callbacks.values():
-                self._sender.submit(self._log_checkpoints, run, callback, [])
+                self._sender.submit(self._log_checkpoints, run, callback)
         self._sender.close(_FINALIZE_TIMEOUT)
         if self._owns_run:
             self._finish_run(run, 0 if status == "success" else 1)
@@ -370,40 +371,85 @@ class WandbLogger(Logger):
         if getattr(wandb, "run", None) is None and callable(teardown):
             teardown()  # W&B's service process outlives the run; nothing else uses it now
 
-    def _log_checkpoints(self, run: Any, checkpoint_callback: ModelCheckpoint, expected: list[str]) -> None:
-        """On the sender thread: wait for ``expected`` files, then log each new checkpoint as an artifact."""
+    def _log_named_checkpoints(self, run: Any, callback: ModelCheckpoint, named: _Named) -> None:
+        """On the sender thread: log each checkpoint of ``named`` once its file is in place.
+
+        A checkpoint the callback has replaced meanwhile may never be written (the writer drops a commit
+        that was superseded before it started): it is skipped, not waited for.
+        """
+        candidates, best, settings = named
+        deadline = time.monotonic() + _CHECKPOINT_WAIT
+        found = []
+        for path, (score, tag) in candidates.items():
+            while not os.path.isfile(path) and _still_named(callback, path) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError:
+                continue
+            found.append((mtime, path, score, tag))
+        for mtime, path, score, _tag in sorted(found, key=lambda item: item[0]):
+            if path not in self._logged_model_time or self._logged_model_time[path] < mtime:
+                self._log_artifact(run, path, mtime, score, path == best, type(callback).__name__, settings)
+
+    def _log_checkpoints(self, run: Any, callback: ModelCheckpoint) -> None:
+        """On the sender thread, once every checkpoint is committed: log those not logged yet."""
+        _, _, settings = _named_checkpoints(callback)
+        for mtime, path, score, _tag in _scan_checkpoints(callback, self._logged_model_time):
+            self._log_artifact(
+                run, path, mtime, score, path == callback.best_model_path, type(callback).__name__, settings
+            )
+
+    def _log_artifact(
+        self, run: Any, path: str, mtime: float, score: Any, best: bool, kind: str, settings: dict[str, Any]
+    ) -> None:
         import wandb
 
-        deadline = time.monotonic() + _CHECKPOINT_WAIT
-        while any(not Path(path).is_file() for path in expected) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for mtime, path, score, _tag in _scan_checkpoints(checkpoint_callback, self._logged_model_time):
-            metadata = {
-                "score": score.item() if isinstance(score, torch.Tensor) else score,
-                "original_filename": Path(path).name,
-                type(checkpoint_callback).__name__: {
-                    key: getattr(checkpoint_callback, key)
-                    for key in _CHECKPOINT_ATTRIBUTES
-                    if hasattr(checkpoint_callback, key)
-                },
-            }
-            if not self._checkpoint_name:
-                self._checkpoint_name = f"model-{run.id}"
-            artifact = wandb.Artifact(name=self._checkpoint_name, type="model", metadata=metadata)
+        metadata = {
+            "score": score.item() if isinstance(score, torch.Tensor) else score,
+            "original_filename": Path(path).name,
+            kind: settings,
+        }
+        if not self._checkpoint_name:
+            self._checkpoint_name = f"model-{run.id}"
+        artifact = wandb.Artifact(name=self._checkpoint_name, type="model", metadata=metadata)
+        try:
             artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
-            aliases = ["latest", "best"] if path == checkpoint_callback.best_model_path else ["latest"]
-            run.log_artifact(artifact, aliases=aliases)
-            self._logged_model_time[path] = mtime
+        except (FileNotFoundError, ValueError):
+            if os.path.exists(path):
+                raise
+            return  # replaced and deleted between the look and the copy: a newer one follows
+        run.log_artifact(artifact, aliases=["latest", "best"] if best else ["latest"])
+        # remembered with its time: "last.ckpt" keeps its name when rewritten
+        self._logged_model_time[path] = mtime
 
 
-def _expected_files(checkpoint_callback: Any) -> list[str]:
-    """The local checkpoint files the callback names now: each exists, or is about to be committed."""
-    names = [getattr(checkpoint_callback, "last_model_path", ""), getattr(checkpoint_callback, "best_model_path", "")]
-    names += list(getattr(checkpoint_callback, "best_k_models", {}))
-    remote = [name for name in names if name and is_remote(str(name))]
+# what the callback names at one moment: path -> (score, tag), the best path, the settings for the metadata
+_Named = tuple[dict[str, tuple[Any, str]], str, dict[str, Any]]
+
+
+def _named_checkpoints(callback: Any) -> _Named:
+    """The local checkpoints ``callback`` names now (as ``_scan_checkpoints`` picks them), its best, its settings."""
+    candidates: dict[str, tuple[Any, str]] = {}
+    if hasattr(callback, "current_score"):
+        candidates[getattr(callback, "last_model_path", "")] = (callback.current_score, "latest")
+    if hasattr(callback, "best_model_score"):
+        candidates[getattr(callback, "best_model_path", "")] = (callback.best_model_score, "best")
+    for path, score in dict(getattr(callback, "best_k_models", {})).items():
+        candidates[path] = (score, "best_k")
+    remote = [str(path) for path in candidates if path and is_remote(str(path))]
     if remote:
         rank_zero_warn(f"WandbLogger logs local checkpoint files only; not logging {remote[0]!r} and the like.")
-    return [str(name) for name in dict.fromkeys(names) if name and not is_remote(str(name))]
+    local = {str(path): value for path, value in candidates.items() if path and not is_remote(str(path))}
+    settings = {key: getattr(callback, key) for key in _CHECKPOINT_ATTRIBUTES if hasattr(callback, key)}
+    return local, str(getattr(callback, "best_model_path", "")), settings
+
+
+def _still_named(callback: Any, path: str) -> bool:
+    """Whether ``callback`` still names ``path`` (read from the sender thread while training goes on)."""
+    return path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")) or path in getattr(
+        callback, "best_k_models", {}
+    )
 
 
 def _media(kind: Any, argument: str, items: list[Any], kwargs: dict[str, list[Any]]) -> list[Any]:
