@@ -78,7 +78,9 @@ class CallSender:
             left = len(self._calls) + int(self._busy)
             self._calls.clear()
         if left:
-            log.warning("%s: %d logging calls were not made before the %s s deadline.", self._name, left, timeout)
+            log.warning(
+                "%s: %d logging calls were not made before the %s s deadline.", self._name, left, timeout
+            )
         return left
 
     def _alive(self) -> bool:
@@ -101,7 +103,9 @@ class CallSender:
             except Exception as exc:  # the thread must survive, or every later call would be lost
                 message = redact_text(f"{type(exc).__name__}: {exc}")[:500]
                 if self.failures == 0:
-                    log.warning("%s: a logging call failed (%s); later calls are still made.", self._name, message)
+                    log.warning(
+                        "%s: a logging call failed (%s); later calls are still made.", self._name, message
+                    )
                 self.failures += 1
                 self.last_error = message
             finally:

@@ -47,7 +47,9 @@ def _import_comet() -> Any:
     if sys.modules.get("comet_ml") is not None:
         return sys.modules["comet_ml"]
     if importlib.util.find_spec("comet_ml") is None:
-        raise ModuleNotFoundError("CometLogger needs the `comet_ml` package: pip install 'lightning-lib[comet]'.")
+        raise ModuleNotFoundError(
+            "CometLogger needs the `comet_ml` package: pip install 'lightning-lib[comet]'."
+        )
     added = [name for name in _IMPORT_ENVIRONMENT if name not in os.environ]
     os.environ.update({name: _IMPORT_ENVIRONMENT[name] for name in added})
     try:
@@ -62,7 +64,8 @@ def _nested_redact(params: Mapping[str, Any]) -> dict[str, Any]:
     flat = {key: value for key, value in params.items() if not isinstance(value, Mapping)}
     clean, _ = redact_mapping(flat)
     return {
-        key: _nested_redact(value) if isinstance(value, Mapping) else clean[key] for key, value in params.items()
+        key: _nested_redact(value) if isinstance(value, Mapping) else clean[key]
+        for key, value in params.items()
     }
 
 
@@ -105,13 +108,17 @@ class CometLogger(Logger):
             if "name" not in kwargs:
                 kwargs["name"] = experiment_name
             else:
-                log.warning("You specified both `experiment_name` and `name` parameters, please use `name` only")
+                log.warning(
+                    "You specified both `experiment_name` and `name` parameters, please use `name` only"
+                )
         if "project_name" in kwargs:
             log.warning("The parameter `project_name` is deprecated, please use `project` instead.")
             if project is None:
                 project = kwargs.pop("project_name")
             else:
-                log.warning("You specified both `project_name` and `project` parameters, please use `project` only")
+                log.warning(
+                    "You specified both `project_name` and `project` parameters, please use `project` only"
+                )
         if "offline" in kwargs:
             log.warning("The parameter `offline is deprecated, please use `online` instead.")
             if online is None:

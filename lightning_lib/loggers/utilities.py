@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _scan_checkpoints(checkpoint_callback: Any, logged_model_time: dict[Any, float]) -> list[tuple[float, Any, Any, str]]:
+def _scan_checkpoints(
+    checkpoint_callback: Any, logged_model_time: dict[Any, float]
+) -> list[tuple[float, Any, Any, str]]:
     """The checkpoints of ``checkpoint_callback`` to log now, oldest first: ``(mtime, path, score, tag)``.
 
     The candidates are the latest (``last_model_path``, tag ``"latest"``), the best (``"best"``) and each of
@@ -26,4 +28,6 @@ def _scan_checkpoints(checkpoint_callback: Any, logged_model_time: dict[Any, flo
         if path and Path(path).is_file():
             found.append((Path(path).stat().st_mtime, path, score, tag))
     found.sort(key=lambda item: (item[0], str(item[1])))
-    return [item for item in found if item[1] not in logged_model_time or logged_model_time[item[1]] < item[0]]
+    return [
+        item for item in found if item[1] not in logged_model_time or logged_model_time[item[1]] < item[0]
+    ]

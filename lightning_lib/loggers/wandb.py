@@ -54,13 +54,22 @@ _OFFLINE_MODES = ("offline", "dryrun")
 # how long finalize waits for queued calls, and the sender thread for a checkpoint file to be committed
 _FINALIZE_TIMEOUT = 120.0
 _CHECKPOINT_WAIT = 60.0
-_CHECKPOINT_ATTRIBUTES = ("monitor", "mode", "save_last", "save_top_k", "save_weights_only", "_every_n_train_steps")
+_CHECKPOINT_ATTRIBUTES = (
+    "monitor",
+    "mode",
+    "save_last",
+    "save_top_k",
+    "save_weights_only",
+    "_every_n_train_steps",
+)
 
 
 def _require_wandb() -> None:
     # looked up, not imported: importing wandb costs seconds and is left to the first run
     if sys.modules.get("wandb") is None and importlib.util.find_spec("wandb") is None:
-        raise ModuleNotFoundError("WandbLogger needs the `wandb` package: pip install 'lightning-lib[wandb]'.")
+        raise ModuleNotFoundError(
+            "WandbLogger needs the `wandb` package: pip install 'lightning-lib[wandb]'."
+        )
 
 
 def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -225,7 +234,11 @@ class WandbLogger(Logger):
         return run
 
     def watch(
-        self, model: torch.nn.Module, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = True
+        self,
+        model: torch.nn.Module,
+        log: str | None = "gradients",
+        log_freq: int = 100,
+        log_graph: bool = True,
     ) -> None:
         """Log the model's gradients (``log="all"``: and parameters) every ``log_freq`` steps, and its graph."""
         self.experiment.watch(model, log=log, log_freq=log_freq, log_graph=log_graph)
@@ -261,7 +274,8 @@ class WandbLogger(Logger):
         """Log a ``wandb.Table`` from ``columns`` and ``data`` or from ``dataframe``."""
         import wandb
 
-        self.log_metrics({key: wandb.Table(columns=columns, data=data, dataframe=dataframe)}, step)
+        table: Any = wandb.Table  # its stubs want list[str | int] columns; Lightning's signature says list[str]
+        self.log_metrics({key: table(columns=columns, data=data, dataframe=dataframe)}, step)
 
     @rank_zero_only
     def log_text(
@@ -320,7 +334,9 @@ class WandbLogger(Logger):
             # what the callback names now, for the sender thread: the background checkpoint writer may not
             # have put the file in place yet, and the callback moves on while the sender waits for it
             run = self._experiment if self._experiment is not None else self.experiment
-            self._sender.submit(self._log_named_checkpoints, run, checkpoint_callback, _named_checkpoints(checkpoint_callback))
+            self._sender.submit(
+                self._log_named_checkpoints, run, checkpoint_callback, _named_checkpoints(checkpoint_callback)
+            )
 
     @staticmethod
     @rank_zero_only
@@ -439,7 +455,9 @@ def _named_checkpoints(callback: Any) -> _Named:
         candidates[path] = (score, "best_k")
     remote = [str(path) for path in candidates if path and is_remote(str(path))]
     if remote:
-        rank_zero_warn(f"WandbLogger logs local checkpoint files only; not logging {remote[0]!r} and the like.")
+        rank_zero_warn(
+            f"WandbLogger logs local checkpoint files only; not logging {remote[0]!r} and the like."
+        )
     local = {str(path): value for path, value in candidates.items() if path and not is_remote(str(path))}
     settings = {key: getattr(callback, key) for key in _CHECKPOINT_ATTRIBUTES if hasattr(callback, key)}
     return local, str(getattr(callback, "best_model_path", "")), settings
@@ -447,9 +465,10 @@ def _named_checkpoints(callback: Any) -> _Named:
 
 def _still_named(callback: Any, path: str) -> bool:
     """Whether ``callback`` still names ``path`` (read from the sender thread while training goes on)."""
-    return path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")) or path in getattr(
-        callback, "best_k_models", {}
-    )
+    return path in (
+        getattr(callback, "last_model_path", ""),
+        getattr(callback, "best_model_path", ""),
+    ) or path in getattr(callback, "best_k_models", {})
 
 
 def _media(kind: Any, argument: str, items: list[Any], kwargs: dict[str, list[Any]]) -> list[Any]:

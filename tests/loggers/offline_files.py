@@ -68,7 +68,9 @@ def wandb_config(path: str | Path) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for record in wandb_records(path):
         kind = record.WhichOneof("record_type")
-        updates = record.config.update if kind == "config" else record.run.config.update if kind == "run" else []
+        updates = (
+            record.config.update if kind == "config" else record.run.config.update if kind == "run" else []
+        )
         for item in updates:
             if item.key != "_wandb":
                 config[item.key] = json.loads(item.value_json)

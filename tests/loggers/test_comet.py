@@ -23,7 +23,9 @@ from tests.helpers import quiet_trainer_kwargs
 from tests.loggers.offline_files import comet_archives, comet_graph, comet_metrics, comet_parameters
 
 # looked up, not imported: the logger imports comet_ml itself, with its error reporting turned off
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("comet_ml") is None, reason="comet_ml is not installed")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("comet_ml") is None, reason="comet_ml is not installed"
+)
 
 
 @pytest.fixture
@@ -39,11 +41,15 @@ def comet_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _nothing_running() -> None:
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    assert not [n for n in threads if "comet" in n.lower() or "Streamer" in n or "sentry" in n.lower()], threads
+    assert not [n for n in threads if "comet" in n.lower() or "Streamer" in n or "sentry" in n.lower()], (
+        threads
+    )
 
 
 class HParamsModel(BoringModel):
-    def __init__(self, lr: float = 0.1, nested: dict[str, Any] | None = None, token: str = "a-secret-value-123"):
+    def __init__(
+        self, lr: float = 0.1, nested: dict[str, Any] | None = None, token: str = "a-secret-value-123"
+    ):
         super().__init__()
         self.save_hyperparameters()
 
@@ -90,7 +96,9 @@ def test_fit_writes_metrics_params_and_graph_offline(comet_env: Path, tmp_path: 
     train = [(step, epoch) for name, _, step, epoch in metrics if name == "p_train_loss"]
     assert train == [(step, step // 4) for step in range(8)]
     assert [(step, epoch) for name, _, step, epoch in metrics if name == "p_val_loss"] == [(3, 0), (7, 1)]
-    assert not [m for m in metrics if m[0] in ("epoch", "p_epoch")]  # "epoch" is the values' epoch, not a metric
+    assert not [
+        m for m in metrics if m[0] in ("epoch", "p_epoch")
+    ]  # "epoch" is the values' epoch, not a metric
     params = comet_parameters(archive)
     assert params["lr"] == 0.1 and params["nested|depth"] == 3
     assert params["token"] == "***"  # credentials never reach the archive
@@ -110,11 +118,11 @@ def test_a_later_stage_continues_the_experiment(comet_env: Path, tmp_path: Path)
     assert [m[0] for m in comet_metrics(archives[1])] == ["test_loss"]
 
 
-def test_deprecated_arguments_map_to_the_new_ones(
-    comet_env: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_deprecated_arguments_map_to_the_new_ones(comet_env: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="lightning_lib.loggers.comet"):
-        logger = CometLogger(experiment_name="run-a", project_name="old", offline=True, save_dir=str(comet_env))
+        logger = CometLogger(
+            experiment_name="run-a", project_name="old", offline=True, save_dir=str(comet_env)
+        )
     assert "`experiment_name` is deprecated" in caplog.text and "`save_dir` is deprecated" in caplog.text
     assert (logger.name, logger.save_dir, logger._online) == ("old", str(comet_env), False)
     assert logger._comet_config.name == "run-a"

@@ -63,6 +63,7 @@ def test_params_helpers() -> None:
 
     params = {"f": factory, "g": needs_argument, "cls": dict, "n": 1}
     assert _sanitize_callable_params(params) == {"f": 7, "g": "needs_argument", "cls": {}, "n": 1}
+
     class Opaque:
         def __str__(self) -> str:
             return "opaque"

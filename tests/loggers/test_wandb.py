@@ -125,7 +125,10 @@ def test_fit_logs_metrics_config_and_leaves_nothing_running(wandb_env: Path) -> 
     train = [(row["trainer/global_step"], row["train_loss"]) for row in history if "train_loss" in row]
     assert [step for step, _ in train] == list(range(8))
     assert all(isinstance(value, float) for _, value in train)
-    assert [(row["trainer/global_step"], row["epoch"]) for row in history if "val_loss" in row] == [(3, 0), (7, 1)]
+    assert [(row["trainer/global_step"], row["epoch"]) for row in history if "val_loss" in row] == [
+        (3, 0),
+        (7, 1),
+    ]
     config = wandb_config(run_file)
     assert config["lr"] == 0.1 and config["layers"] == 2
     assert config["api_key"] == "***"  # credentials never reach the tracking files
@@ -141,7 +144,9 @@ def test_a_later_stage_resumes_the_same_run(wandb_env: Path, monkeypatch: pytest
 
     logger = WandbLogger(project="proj", save_dir=wandb_env)
     trainer = lightning_lib.Trainer(
-        **quiet_trainer_kwargs(wandb_env, logger=logger, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+        **quiet_trainer_kwargs(
+            wandb_env, logger=logger, max_epochs=1, limit_train_batches=2, limit_val_batches=0
+        )
     )
     model = Tested()
     trainer.fit(model)
@@ -154,7 +159,9 @@ def test_a_later_stage_resumes_the_same_run(wandb_env: Path, monkeypatch: pytest
     assert any("test_loss" in row for row in wandb_history(files[1]))
 
 
-def test_log_model_all_logs_each_checkpoint_as_an_artifact(wandb_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_log_model_all_logs_each_checkpoint_as_an_artifact(
+    wandb_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")  # offline by the environment: log_model is allowed
     logger = WandbLogger(project="proj", save_dir=wandb_env, log_model="all")
     # every checkpoint is kept: one replaced before its commit started may never be written at all
@@ -163,10 +170,17 @@ def test_log_model_all_logs_each_checkpoint_as_an_artifact(wandb_env: Path, monk
     _nothing_running()
     (run_file,) = wandb_run_files(wandb_env)
     artifacts = wandb_artifacts(run_file)
-    assert [a["metadata"]["original_filename"] for a in artifacts] == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    assert [a["metadata"]["original_filename"] for a in artifacts] == [
+        "epoch=0-step=4.ckpt",
+        "epoch=1-step=8.ckpt",
+    ]
     assert [a["metadata"]["score"] for a in artifacts] == [4, 8]
     for artifact in artifacts:
-        assert (artifact["name"], artifact["type"], artifact["files"]) == (f"model-{logger.version}", "model", ["model.ckpt"])
+        assert (artifact["name"], artifact["type"], artifact["files"]) == (
+            f"model-{logger.version}",
+            "model",
+            ["model.ckpt"],
+        )
         assert sorted(artifact["aliases"]) == ["best", "latest"]
         assert artifact["metadata"]["ModelCheckpoint"] == {
             "monitor": "step",
@@ -186,7 +200,9 @@ def test_log_model_true_logs_at_the_end_with_scores(wandb_env: Path, monkeypatch
     (run_file,) = wandb_run_files(wandb_env)
     artifacts = wandb_artifacts(run_file)
     assert {a["name"] for a in artifacts} == {"my-model"}
-    scores = {a["metadata"]["original_filename"]: (a["metadata"]["score"], sorted(a["aliases"])) for a in artifacts}
+    scores = {
+        a["metadata"]["original_filename"]: (a["metadata"]["score"], sorted(a["aliases"])) for a in artifacts
+    }
     assert scores == {"epoch=0-step=4.ckpt": (4, ["latest"]), "epoch=1-step=8.ckpt": (8, ["best", "latest"])}
 
 

@@ -79,7 +79,9 @@ def test_wandb_logs_what_lightning_logs(tmp_path: Path, monkeypatch: pytest.Monk
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_MODE", "offline")  # both offline alike (Lightning's offline=True forbids log_model)
+    monkeypatch.setenv(
+        "WANDB_MODE", "offline"
+    )  # both offline alike (Lightning's offline=True forbids log_model)
     found = []
     for pl in _libs():
         root = tmp_path / pl.__name__
@@ -121,9 +123,13 @@ def test_comet_logs_what_lightning_logs(tmp_path: Path, monkeypatch: pytest.Monk
         root = tmp_path / pl.__name__
         options: dict[str, Any] = {} if pl is not lightning_lib else {"online": False}
         (root / "offline").mkdir(parents=True)
-        logger = pl.loggers.CometLogger(project="proj", offline_directory=str(root / "offline"), prefix="x", **options)
+        logger = pl.loggers.CometLogger(
+            project="proj", offline_directory=str(root / "offline"), prefix="x", **options
+        )
         trainer = _fit(pl, root, logger)
-        folder = str(Path(trainer.checkpoint_callback.dirpath).relative_to(root)).replace(logger.version, "<key>")
+        folder = str(Path(trainer.checkpoint_callback.dirpath).relative_to(root)).replace(
+            logger.version, "<key>"
+        )
         if logger._experiment is not None:  # Lightning's logger only flushes at the end of the fit
             logger._experiment.end()
         (archive,) = comet_archives(root / "offline")
