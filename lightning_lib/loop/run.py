@@ -119,7 +119,7 @@ def _run_stages(
     # as Lightning: each logger's experiment starts before the setup hooks, so that its name and version
     # (W&B's run id, Comet's key) name the checkpoint folder when ModelCheckpoint sets up
     for logger in trainer.loggers:
-        _ = logger.experiment
+        getattr(logger, "experiment", None)
     hooks.datamodule("setup", stage=fn)
     hooks.callbacks("setup", stage=fn)
     hooks.module("setup", stage=fn)
