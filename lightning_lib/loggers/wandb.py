@@ -274,7 +274,9 @@ class WandbLogger(Logger):
         """Log a ``wandb.Table`` from ``columns`` and ``data`` or from ``dataframe``."""
         import wandb
 
-        table: Any = wandb.Table  # its stubs want list[str | int] columns; Lightning's signature says list[str]
+        table: Any = (
+            wandb.Table
+        )  # its stubs want list[str | int] columns; Lightning's signature says list[str]
         self.log_metrics({key: table(columns=columns, data=data, dataframe=dataframe)}, step)
 
     @rank_zero_only
