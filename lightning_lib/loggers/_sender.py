@@ -13,9 +13,11 @@ calls wait, the next caller waits for room instead of dropping data.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +58,11 @@ class CallSender:
             if not self._alive():
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
+                _running.add(self)
+                # registered again after the client's own exit handler (set up with its run), so that it
+                # runs first (LIFO): queued calls are made while the run can still take them
+                atexit.unregister(_close_all)
+                atexit.register(_close_all)
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -77,6 +84,7 @@ class CallSender:
         with self._cond:
             left = len(self._calls) + int(self._busy)
             self._calls.clear()
+        _running.discard(self)
         if left:
             log.warning(
                 "%s: %d logging calls were not made before the %s s deadline.", self._name, left, timeout
@@ -112,3 +120,14 @@ class CallSender:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+# Senders with a thread: at interpreter exit their queued calls are made (the thread is a daemon, and a
+# logger used without a Trainer may never be finalized).
+_running: weakref.WeakSet[CallSender] = weakref.WeakSet()
+_EXIT_TIMEOUT = 60.0
+
+
+def _close_all() -> None:
+    for sender in list(_running):
+        sender.close(_EXIT_TIMEOUT)

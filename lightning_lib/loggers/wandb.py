@@ -17,13 +17,11 @@ needed, never by ``import lightning_lib``. What it adds to Lightning's logger:
 
 from __future__ import annotations
 
-import atexit
 import importlib.util
 import logging
 import os
 import sys
 import time
-import weakref
 from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import Path
@@ -227,10 +225,6 @@ class WandbLogger(Logger):
             else:
                 define_metric("trainer/global_step")
                 define_metric("*", step_metric="trainer/global_step", step_sync=True)
-        _RUNNING.add(self)
-        # after W&B's own exit handler (registered by wandb.init), so that it runs first: LIFO
-        atexit.unregister(_flush_at_exit)
-        atexit.register(_flush_at_exit)
         return run
 
     def watch(
@@ -380,7 +374,6 @@ class WandbLogger(Logger):
         self._wandb_init["id"] = self._id  # the next use resumes this run ("resume": "allow")
         self._experiment = None
         self._owns_run = False
-        _RUNNING.discard(self)
         finish = getattr(run, "finish", None)
         if callable(finish):
             finish(exit_code=exit_code)
@@ -482,16 +475,6 @@ def _media(kind: Any, argument: str, items: list[Any], kwargs: dict[str, list[An
         if len(values) != n:
             raise ValueError(f"Expected {n} items but only found {len(values)} for {key}")
     return [kind(item, **{key: values[i] for key, values in kwargs.items()}) for i, item in enumerate(items)]
-
-
-# Loggers with a run in progress: at interpreter exit their queued calls are made before W&B's own exit
-# handler finishes the run.
-_RUNNING: weakref.WeakSet[WandbLogger] = weakref.WeakSet()
-
-
-def _flush_at_exit() -> None:
-    for logger in list(_RUNNING):
-        logger._sender.close(_FINALIZE_TIMEOUT)
 
 
 __all__ = ["WandbLogger"]

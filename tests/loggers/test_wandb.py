@@ -249,6 +249,19 @@ def test_pickled_logger_resumes_its_run_id(wandb_env: Path) -> None:
     assert [wandb_run_ids(f) for f in files] == [[logger.version], [logger.version]]
 
 
+def test_queued_calls_are_made_at_exit_without_finalize(wandb_env: Path) -> None:
+    script = (
+        "from lightning_lib.loggers import WandbLogger\n"
+        f"logger = WandbLogger(project='proj', save_dir={str(wandb_env)!r}, offline=True)\n"
+        "for step in range(50):\n"
+        "    logger.log_metrics({'a': float(step)}, step=step)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", script], cwd=wandb_env, env=env, check=True, timeout=300)
+    (run_file,) = wandb_run_files(wandb_env)
+    assert [row["a"] for row in wandb_history(run_file)] == [float(step) for step in range(50)]
+
+
 class _SlowRun:
     """A run whose ``log`` waits for the test to let it go: shows who waits for whom, without timing."""
 
