@@ -29,8 +29,8 @@ from typing import Any, Literal
 import torch
 
 from lightning_lib.loggers._sender import CallSender
-from lightning_lib.loggers.logger import Logger, _convert_params
-from lightning_lib.loggers.redact import redact_mapping
+from lightning_lib.loggers.logger import Logger, _convert_params, _detached_values
+from lightning_lib.loggers.redact import redact_nested
 from lightning_lib.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,6 @@ def _import_comet() -> Any:
         for name in added:
             os.environ.pop(name, None)
     return comet_ml
-
-
-def _nested_redact(params: Mapping[str, Any]) -> dict[str, Any]:
-    flat = {key: value for key, value in params.items() if not isinstance(value, Mapping)}
-    clean, _ = redact_mapping(flat)
-    return {
-        key: _nested_redact(value) if isinstance(value, Mapping) else clean[key]
-        for key, value in params.items()
-    }
 
 
 class CometLogger(Logger):
@@ -187,7 +178,7 @@ class CometLogger(Logger):
 
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
         """Log ``params`` as the experiment's parameters (nested ones flattened by Comet)."""
-        parameters = _nested_redact(_convert_params(params))
+        parameters = redact_nested(_convert_params(params))
         experiment = self._current()
         self._sender.submit(
             experiment.__internal_api__log_parameters__,
@@ -199,11 +190,7 @@ class CometLogger(Logger):
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log ``metrics`` at ``step``; an ``epoch`` entry becomes the epoch of the values, not a metric."""
-        values: dict[str, Any] = {}
-        for key, value in metrics.items():
-            if isinstance(value, torch.Tensor):
-                value = value.item() if value.numel() == 1 else value.detach().cpu().clone()
-            values[key] = value
+        values = _detached_values(metrics)
         epoch = values.pop("epoch", None)
         experiment = self._current()
         self._sender.submit(

@@ -240,6 +240,20 @@ def _json_safe(value: Any) -> bool:
     return True
 
 
+def _detached_values(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``metrics`` whose tensors are detached CPU copies, one-element ones plain numbers.
+
+    What a logger hands to a background thread: the values as they are at the call, whatever the training
+    loop does to those tensors afterwards.
+    """
+    values: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            value = value.item() if value.numel() == 1 else value.detach().cpu().clone()
+        values[key] = value
+    return values
+
+
 def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> dict[str, Any]:
     """Return ``metrics`` with ``prefix + separator`` in front of every key (unchanged if no prefix)."""
     if not prefix:

@@ -35,9 +35,10 @@ from lightning_lib.loggers.logger import (
     _add_prefix,
     _convert_json_serializable,
     _convert_params,
+    _detached_values,
     _sanitize_callable_params,
 )
-from lightning_lib.loggers.redact import redact_mapping
+from lightning_lib.loggers.redact import redact_nested
 from lightning_lib.loggers.utilities import _scan_checkpoints
 from lightning_lib.storage import is_remote
 from lightning_lib.utilities.exceptions import MisconfigurationException
@@ -68,25 +69,6 @@ def _require_wandb() -> None:
         raise ModuleNotFoundError(
             "WandbLogger needs the `wandb` package: pip install 'lightning-lib[wandb]'."
         )
-
-
-def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``metrics`` whose one-element tensors are numbers: the value as it is now, not later."""
-    plain: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor):
-            value = value.item() if value.numel() == 1 else value.detach().cpu().clone()
-        plain[key] = value
-    return plain
-
-
-def _redact_nested(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Scrub credentials at every level of a nested dict (names and text, as the MLflow logger does)."""
-    flat = {key: value for key, value in params.items() if not isinstance(value, dict)}
-    clean, _ = redact_mapping(flat)
-    return {
-        key: _redact_nested(value) if isinstance(value, dict) else clean[key] for key, value in params.items()
-    }
 
 
 class WandbLogger(Logger):
@@ -240,11 +222,11 @@ class WandbLogger(Logger):
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
         """Add ``params`` to the run's config (callables resolved, values made JSON, credentials hidden)."""
         converted = _convert_json_serializable(_sanitize_callable_params(_convert_params(params)))
-        self._send("config", _redact_nested(converted))
+        self._send("config", redact_nested(converted))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log ``metrics`` with ``trainer/global_step = step`` (the x-axis the run defines)."""
-        payload = _plain_metrics(_add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR))
+        payload = _detached_values(_add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR))
         if step is not None and not self._wandb_init.get("sync_tensorboard"):
             payload["trainer/global_step"] = step
         self._send("log", payload)
