@@ -146,3 +146,30 @@ def test_close_gives_up_on_a_stuck_call() -> None:
     sender.submit(print, "never")
     assert sender.close(0.1) == 2
     gate.set()
+
+
+def test_experiments_start_before_the_setup_hooks(tmp_path: Path) -> None:
+    import lightning_lib
+    from lightning_lib.demos.boring_classes import BoringModel
+    from tests.helpers import quiet_trainer_kwargs
+
+    events: list[str] = []
+
+    class Recording(DummyLogger):
+        @property
+        def experiment(self) -> Any:
+            events.append("experiment")
+            return super().experiment
+
+    class SetupSpy(lightning_lib.Callback):
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            events.append("setup")
+
+    trainer = lightning_lib.Trainer(
+        **quiet_trainer_kwargs(
+            tmp_path, logger=Recording(), callbacks=[SetupSpy()], max_steps=1, limit_val_batches=0
+        )
+    )
+    trainer.fit(BoringModel())
+    # as Lightning: the logger's name and version are known when ModelCheckpoint resolves its folder
+    assert events[:2] == ["experiment", "setup"]
