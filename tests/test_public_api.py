@@ -51,7 +51,14 @@ EXPORTED = {
         "convert_inf",
         "get_standard_metrics",
     ],
-    "lightning_lib.loggers": ["CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger"],
+    "lightning_lib.loggers": [
+        "CSVLogger",
+        "CometLogger",
+        "Logger",
+        "MLFlowLogger",
+        "TensorBoardLogger",
+        "WandbLogger",
+    ],
     "lightning_lib.distributed": [
         "ClusterEnvironment",
         "DDPStrategy",

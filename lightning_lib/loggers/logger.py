@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+import statistics
 from abc import ABC, abstractmethod
 from argparse import Namespace
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from lightning_lib.utilities.rank_zero import rank_zero_experiment, rank_zero_only
+from lightning_lib.utilities.rank_zero import DummyExperiment, rank_zero_experiment, rank_zero_only
 
 if TYPE_CHECKING:
     from lightning_lib.callbacks.model_checkpoint import ModelCheckpoint
@@ -196,6 +198,62 @@ def _plain_key(key: Any) -> Any:
     return key if type(key) in (bool, int, float, str) else str(key)
 
 
+def _sanitize_callable_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace callable values by what they return when called without arguments (a factory's product).
+
+    A callable that needs arguments, raises, or returns another callable is recorded by its name instead.
+    """
+
+    def resolve(value: Any) -> Any:
+        if not callable(value):
+            return value
+        try:
+            result = value()
+        except Exception:
+            return getattr(value, "__name__", None)
+        return getattr(value, "__name__", None) if callable(result) else result
+
+    return {key: resolve(value) for key, value in params.items()}
+
+
+def _convert_json_serializable(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``params`` with every value JSON can hold kept, nested dicts converted too, the rest as ``str``.
+
+    What a backend that stores its config as JSON (W&B) receives: ``Path("a")`` becomes ``"a"``.
+    """
+    converted: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            converted[key] = _convert_json_serializable(value)
+        elif _json_safe(value):
+            converted[key] = value
+        else:
+            converted[key] = str(value)
+    return converted
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _detached_values(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``metrics`` whose tensors are detached CPU copies, one-element ones plain numbers.
+
+    What a logger hands to a background thread: the values as they are at the call, whatever the training
+    loop does to those tensors afterwards.
+    """
+    values: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            value = value.item() if value.numel() == 1 else value.detach().cpu().clone()
+        values[key] = value
+    return values
+
+
 def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> dict[str, Any]:
     """Return ``metrics`` with ``prefix + separator`` in front of every key (unchanged if no prefix)."""
     if not prefix:
@@ -204,7 +262,20 @@ def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> dict
 
 
 class DummyLogger(Logger):
-    """Accepts every call and records nothing: what ``fast_dev_run`` logs to, as in Lightning."""
+    """Accepts every call and records nothing: what ``fast_dev_run`` logs to, as in Lightning.
+
+    Any method a concrete logger may have (``log_text``, ``log_image``, ...) exists here as a no-op, so
+    user code written for the logger it replaces keeps running.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._experiment = DummyExperiment()
+
+    @property
+    def experiment(self) -> DummyExperiment:
+        """A stateless experiment that swallows every call."""
+        return self._experiment
 
     @property
     def name(self) -> str:
@@ -214,8 +285,52 @@ class DummyLogger(Logger):
     def version(self) -> str:
         return ""
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
         """Discard the metrics."""
 
-    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
         """Discard the hyper-parameters."""
+
+    def __getitem__(self, index: int) -> DummyLogger:
+        # ``self.logger[0].experiment.add_image(...)`` in code written for a list of loggers
+        return self
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        # only reached for names the class lacks; dunder lookups (pickle, copy) must keep failing normally
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+
+        def method(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        return method
+
+
+def merge_dicts(
+    dicts: Sequence[Mapping[Any, Any]],
+    agg_key_funcs: Mapping[Any, Any] | None = None,
+    default_func: Callable[[Sequence[float]], float] = statistics.mean,
+) -> dict[Any, Any]:
+    """Merge dictionaries into one, aggregating the values found under the same key.
+
+    ``agg_key_funcs`` maps a key to the function that aggregates its list of values (a nested mapping for a
+    nested dict); keys without one use ``default_func`` (the mean). ``None`` values are left out, and a
+    nested dict is merged recursively: ``merge_dicts([{"a": 1, "d": {"x": 1}}, {"a": 3, "d": {"x": 3}}])``
+    is ``{"a": 2, "d": {"x": 2}}``.
+    """
+    funcs = agg_key_funcs or {}
+    keys: dict[Any, None] = {}
+    for d in dicts:
+        keys.update(dict.fromkeys(d))
+    merged: dict[Any, Any] = {}
+    for key in keys:
+        values = [d[key] for d in dicts if d.get(key) is not None]
+        func = funcs.get(key)
+        if values and isinstance(values[0], dict):
+            merged[key] = merge_dicts(values, func, default_func)
+        else:
+            merged[key] = (func or default_func)(values)
+    return merged
+
+
+__all__ = ["DummyExperiment", "DummyLogger", "Logger", "merge_dicts", "rank_zero_experiment"]

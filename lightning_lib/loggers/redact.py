@@ -132,3 +132,13 @@ def redact_mapping(
             changed.append(name)
         clean[name] = new_value
     return clean, changed
+
+
+def redact_nested(values: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`redact_mapping` at every level of nested dicts (for backends that keep the nesting: W&B, Comet)."""
+    flat = {name: value for name, value in values.items() if not isinstance(value, Mapping)}
+    clean, _ = redact_mapping(flat)
+    return {
+        name: redact_nested(value) if isinstance(value, Mapping) else clean[name]
+        for name, value in values.items()
+    }

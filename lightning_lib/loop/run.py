@@ -116,6 +116,10 @@ def _run_stages(
     local_rank = trainer.local_rank if trainer.world_size > 1 else None
     trainer.profiler.setup(stage=fn.value, local_rank=local_rank, log_dir=trainer.log_dir)
     _prepare_data(trainer, model, datamodule)
+    # as Lightning: each logger's experiment starts before the setup hooks, so that its name and version
+    # (W&B's run id, Comet's key) name the checkpoint folder when ModelCheckpoint sets up
+    for logger in trainer.loggers:
+        getattr(logger, "experiment", None)
     hooks.datamodule("setup", stage=fn)
     hooks.callbacks("setup", stage=fn)
     hooks.module("setup", stage=fn)

@@ -66,6 +66,9 @@ class DummyExperiment:
     def __getitem__(self, index: Any) -> DummyExperiment:
         return self
 
+    def __setitem__(self, index: Any, value: Any) -> None:
+        """Discard the assignment (``experiment.config["lr"] = ...`` on a non-zero rank)."""
+
 
 def rank_zero_experiment(fget: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Wrap a logger's ``experiment`` getter: the real backend on rank zero, a dummy elsewhere."""
