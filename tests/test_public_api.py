@@ -40,6 +40,7 @@ EXPORTED = {
         "OnExceptionCheckpoint",
         "ProgressBar",
         "SpikeDetection",
+        "StochasticWeightAveraging",
         "TQDMProgressBar",
         "ThroughputMonitor",
         "Timer",

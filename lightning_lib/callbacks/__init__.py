@@ -13,6 +13,7 @@ from lightning_lib.callbacks.on_exception_checkpoint import OnExceptionCheckpoin
 from lightning_lib.callbacks.prediction_writer import BasePredictionWriter
 from lightning_lib.callbacks.progress import ProgressBar, TQDMProgressBar
 from lightning_lib.callbacks.spike import SpikeDetection
+from lightning_lib.callbacks.stochastic_weight_avg import StochasticWeightAveraging
 from lightning_lib.callbacks.throughput_monitor import ThroughputMonitor
 from lightning_lib.callbacks.timer import Timer
 
@@ -32,6 +33,7 @@ __all__ = [
     "OnExceptionCheckpoint",
     "ProgressBar",
     "SpikeDetection",
+    "StochasticWeightAveraging",
     "TQDMProgressBar",
     "ThroughputMonitor",
     "Timer",
