@@ -31,6 +31,7 @@ EXPORTED = {
         "Callback",
         "Checkpoint",
         "DeviceStatsMonitor",
+        "EMAWeightAveraging",
         "EarlyStopping",
         "GradientAccumulationScheduler",
         "LambdaCallback",
@@ -44,6 +45,7 @@ EXPORTED = {
         "TQDMProgressBar",
         "ThroughputMonitor",
         "Timer",
+        "WeightAveraging",
     ],
     "lightning_lib.callbacks.progress": [
         "ProgressBar",

@@ -16,6 +16,7 @@ from lightning_lib.callbacks.spike import SpikeDetection
 from lightning_lib.callbacks.stochastic_weight_avg import StochasticWeightAveraging
 from lightning_lib.callbacks.throughput_monitor import ThroughputMonitor
 from lightning_lib.callbacks.timer import Timer
+from lightning_lib.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
 
 __all__ = [
     "BackboneFinetuning",
@@ -24,6 +25,7 @@ __all__ = [
     "Callback",
     "Checkpoint",
     "DeviceStatsMonitor",
+    "EMAWeightAveraging",
     "EarlyStopping",
     "GradientAccumulationScheduler",
     "LambdaCallback",
@@ -37,4 +39,5 @@ __all__ = [
     "TQDMProgressBar",
     "ThroughputMonitor",
     "Timer",
+    "WeightAveraging",
 ]
