@@ -37,6 +37,7 @@ EXPORTED = {
         "LambdaCallback",
         "LearningRateMonitor",
         "ModelCheckpoint",
+        "ModelPruning",
         "ModelSummary",
         "OnExceptionCheckpoint",
         "ProgressBar",

@@ -11,6 +11,7 @@ from lightning_lib.callbacks.model_checkpoint import Checkpoint, ModelCheckpoint
 from lightning_lib.callbacks.model_summary import ModelSummary
 from lightning_lib.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from lightning_lib.callbacks.prediction_writer import BasePredictionWriter
+from lightning_lib.callbacks.pruning import ModelPruning
 from lightning_lib.callbacks.progress import ProgressBar, TQDMProgressBar
 from lightning_lib.callbacks.spike import SpikeDetection
 from lightning_lib.callbacks.stochastic_weight_avg import StochasticWeightAveraging
@@ -31,6 +32,7 @@ __all__ = [
     "LambdaCallback",
     "LearningRateMonitor",
     "ModelCheckpoint",
+    "ModelPruning",
     "ModelSummary",
     "OnExceptionCheckpoint",
     "ProgressBar",
