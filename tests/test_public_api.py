@@ -41,6 +41,8 @@ EXPORTED = {
         "ModelSummary",
         "OnExceptionCheckpoint",
         "ProgressBar",
+        "RichModelSummary",
+        "RichProgressBar",
         "SpikeDetection",
         "StochasticWeightAveraging",
         "TQDMProgressBar",
@@ -50,6 +52,8 @@ EXPORTED = {
     ],
     "lightning_lib.callbacks.progress": [
         "ProgressBar",
+        "RichProgressBar",
+        "RichProgressBarTheme",
         "TQDMProgressBar",
         "Tqdm",
         "convert_inf",

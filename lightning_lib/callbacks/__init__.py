@@ -11,8 +11,9 @@ from lightning_lib.callbacks.model_checkpoint import Checkpoint, ModelCheckpoint
 from lightning_lib.callbacks.model_summary import ModelSummary
 from lightning_lib.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from lightning_lib.callbacks.prediction_writer import BasePredictionWriter
+from lightning_lib.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning_lib.callbacks.pruning import ModelPruning
-from lightning_lib.callbacks.progress import ProgressBar, TQDMProgressBar
+from lightning_lib.callbacks.rich_model_summary import RichModelSummary
 from lightning_lib.callbacks.spike import SpikeDetection
 from lightning_lib.callbacks.stochastic_weight_avg import StochasticWeightAveraging
 from lightning_lib.callbacks.throughput_monitor import ThroughputMonitor
@@ -36,6 +37,8 @@ __all__ = [
     "ModelSummary",
     "OnExceptionCheckpoint",
     "ProgressBar",
+    "RichModelSummary",
+    "RichProgressBar",
     "SpikeDetection",
     "StochasticWeightAveraging",
     "TQDMProgressBar",

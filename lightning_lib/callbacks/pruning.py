@@ -302,7 +302,9 @@ class ModelPruning(Callback):
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         if self._make_pruning_permanent:
-            rank_zero_debug("`ModelPruning.on_save_checkpoint`. Pruning is made permanent for this checkpoint")
+            rank_zero_debug(
+                "`ModelPruning.on_save_checkpoint`. Pruning is made permanent for this checkpoint"
+            )
             checkpoint["state_dict"] = self._make_pruning_permanent_on_state_dict(pl_module)
 
     @staticmethod

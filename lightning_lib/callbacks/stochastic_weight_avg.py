@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
 
 _AVG_FN = Callable[[Tensor, Tensor, Tensor], Tensor]
+_CPU = torch.device("cpu")
 
 
 def _has_batch_norm(module: nn.Module) -> bool:
@@ -55,7 +56,7 @@ class StochasticWeightAveraging(Callback):
         annealing_epochs: int = 10,
         annealing_strategy: Literal["cos", "linear"] = "cos",
         avg_fn: _AVG_FN | None = None,
-        device: torch.device | str | None = torch.device("cpu"),
+        device: torch.device | str | None = _CPU,
     ) -> None:
         start_error = "swa_epoch_start should be a >0 integer or a float between 0 and 1."
         if isinstance(swa_epoch_start, int) and swa_epoch_start < 1:
@@ -72,7 +73,9 @@ class StochasticWeightAveraging(Callback):
         if avg_fn is not None and not callable(avg_fn):
             raise MisconfigurationException(f"The `avg_fn` should be callable. Received {avg_fn!r}.")
         if device is not None and not isinstance(device, (torch.device, str)):
-            raise MisconfigurationException(f"device is expected to be a torch.device or a str. Found {device}")
+            raise MisconfigurationException(
+                f"device is expected to be a torch.device or a str. Found {device}"
+            )
         self.n_averaged: Tensor | None = None
         self._swa_epoch_start = swa_epoch_start
         self._swa_lrs = swa_lrs
@@ -175,7 +178,7 @@ class StochasticWeightAveraging(Callback):
         assert trainer.max_epochs is not None
         self._swa_scheduler = SWALR(
             optimizer,
-            swa_lr=self._swa_lrs,
+            swa_lr=self._swa_lrs,  # type: ignore[arg-type]  # SWALR takes one per param group too
             anneal_epochs=self._annealing_epochs,
             anneal_strategy=self._annealing_strategy,
             last_epoch=trainer.max_epochs if self._annealing_strategy == "cos" else -1,
@@ -216,9 +219,8 @@ class StochasticWeightAveraging(Callback):
             assert max_epochs is not None
             trainer.fit_loop.max_epochs = max_epochs - 1
             self.reset_momenta()
-        elif last == self.swa_end or self._max_epochs == -1:
-            if self._average_model is not None:
-                self.transfer_weights(self._average_model, pl_module)
+        elif (last == self.swa_end or self._max_epochs == -1) and self._average_model is not None:
+            self.transfer_weights(self._average_model, pl_module)
 
     @staticmethod
     def transfer_weights(src_pl_module: nn.Module, dst_pl_module: nn.Module) -> None:
@@ -237,14 +239,14 @@ class StochasticWeightAveraging(Callback):
             module.running_mean = torch.zeros_like(module.running_mean, device=pl_module.device)
             module.running_var = torch.ones_like(module.running_var, device=pl_module.device)
             self.momenta[module] = module.momentum
-            module.momentum = None  # type: ignore[assignment]
+            module.momentum = None
             assert module.num_batches_tracked is not None
             module.num_batches_tracked *= 0
 
     def reset_momenta(self) -> None:
         """Give the BatchNorm layers their momentum back after the statistics pass."""
         for module, momentum in self.momenta.items():
-            module.momentum = momentum  # type: ignore[assignment]
+            module.momentum = momentum
 
     @staticmethod
     def update_parameters(

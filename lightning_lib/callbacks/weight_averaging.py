@@ -127,7 +127,9 @@ class WeightAveraging(Callback):
         averaged = self._average_model.state_dict()
         checkpoint["current_model_state"] = checkpoint["state_dict"]
         checkpoint["state_dict"] = {
-            name[len(_MODULE_PREFIX) :]: value for name, value in averaged.items() if name.startswith(_MODULE_PREFIX)
+            name[len(_MODULE_PREFIX) :]: value
+            for name, value in averaged.items()
+            if name.startswith(_MODULE_PREFIX)
         }
         checkpoint["averaging_state"] = {
             name: value for name, value in averaged.items() if not name.startswith(_MODULE_PREFIX)
@@ -143,7 +145,9 @@ class WeightAveraging(Callback):
                 "you can ignore this warning. To disable the warning, remove the WeightAveraging callback."
             )
         elif "current_model_state" in checkpoint and "averaging_state" in checkpoint:
-            rank_zero_info("Found current_model_state in the checkpoint. This will be used to initialize the model.")
+            rank_zero_info(
+                "Found current_model_state in the checkpoint. This will be used to initialize the model."
+            )
             averaged = {_MODULE_PREFIX + name: value for name, value in checkpoint["state_dict"].items()}
             averaged.update(checkpoint["averaging_state"])
             self._average_model.load_state_dict(averaged)

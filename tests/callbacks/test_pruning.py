@@ -106,9 +106,13 @@ def test_checkpoint_has_plain_weights_like_lightning(tmp_path: Any) -> None:
     for lib, name in ((lightning_lib, "ours"), (pl, "theirs")):
         # the checkpoint is saved at the epoch's end, after the pruning, while the masks are still separate
         _, trainer, _ = _fit(lib, tmp_path / name, callback, max_epochs=1, enable_checkpointing=True)
-        states.append(torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["state_dict"])
+        states.append(
+            torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["state_dict"]
+        )
     ours, theirs = states
-    assert ours.keys() == theirs.keys() == {"layer.0.weight", "layer.0.bias", "layer.2.weight", "layer.2.bias"}
+    assert (
+        ours.keys() == theirs.keys() == {"layer.0.weight", "layer.0.bias", "layer.2.weight", "layer.2.bias"}
+    )
     for key, value in theirs.items():
         torch.testing.assert_close(ours[key], value, msg=key)
     fresh = _model(lightning_lib)
@@ -118,7 +122,9 @@ def test_checkpoint_has_plain_weights_like_lightning(tmp_path: Any) -> None:
 
 def test_verbose_logs_sparsity(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     def callback(lib: ModuleType, model: Any) -> Any:
-        return lib.callbacks.ModelPruning("l1_unstructured", amount=0.5, verbose=2, parameter_names=["weight"])
+        return lib.callbacks.ModelPruning(
+            "l1_unstructured", amount=0.5, verbose=2, parameter_names=["weight"]
+        )
 
     with caplog.at_level(logging.INFO, logger="lightning_lib.callbacks.pruning"):
         _fit(lightning_lib, tmp_path, callback, max_epochs=1)
@@ -143,7 +149,10 @@ def test_filter_parameters_to_prune_override(tmp_path: Any) -> None:
     [
         ({"pruning_fn": "l1_unstructured", "parameter_names": ["gamma"]}, "`parameter_names` name: gamma"),
         ({"pruning_fn": "magic"}, "`pruning_fn` magic isn't available"),
-        ({"pruning_fn": "ln_structured", "use_global_unstructured": False}, "`pruning_dim` should be provided"),
+        (
+            {"pruning_fn": "ln_structured", "use_global_unstructured": False},
+            "`pruning_dim` should be provided",
+        ),
         (
             {"pruning_fn": "ln_structured", "use_global_unstructured": False, "pruning_dim": 0},
             "`pruning_norm` should be provided",

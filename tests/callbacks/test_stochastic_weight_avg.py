@@ -58,7 +58,11 @@ def _fit(
     if crash_at is not None:
         callbacks += [OnExceptionCheckpoint(root), CrashAfter(crash_at)]
     kwargs = quiet_trainer_kwargs(
-        root, max_epochs=6, limit_train_batches=4, limit_val_batches=0, enable_checkpointing=crash_at is not None
+        root,
+        max_epochs=6,
+        limit_train_batches=4,
+        limit_val_batches=0,
+        enable_checkpointing=crash_at is not None,
     )
     trainer = pl.Trainer(callbacks=callbacks, **kwargs)
     data = DataLoader(classification_data(64), batch_size=8)
@@ -106,16 +110,23 @@ def test_checkpoint_state_like_lightning(tmp_path: Any) -> None:
     pl = reference_lightning()
     ours_cb = StochasticWeightAveraging(**_args())
     theirs_cb = pl.callbacks.StochasticWeightAveraging(**_args())
-    _, our_trainer, _ = _fit(lightning_lib, tmp_path / "ours", ours_cb)
-    _, their_trainer, _ = _fit(pl, tmp_path / "theirs", theirs_cb)
+    _fit(lightning_lib, tmp_path / "ours", ours_cb)
+    _fit(pl, tmp_path / "theirs", theirs_cb)
     ours, theirs = ours_cb.state_dict(), theirs_cb.state_dict()
-    assert ours.keys() == theirs.keys() == {
-        "n_averaged",
-        "latest_update_epoch",
-        "scheduler_state",
-        "average_model_state",
-    }
-    assert (ours["n_averaged"], ours["latest_update_epoch"]) == (theirs["n_averaged"], theirs["latest_update_epoch"])
+    assert (
+        ours.keys()
+        == theirs.keys()
+        == {
+            "n_averaged",
+            "latest_update_epoch",
+            "scheduler_state",
+            "average_model_state",
+        }
+    )
+    assert (ours["n_averaged"], ours["latest_update_epoch"]) == (
+        theirs["n_averaged"],
+        theirs["latest_update_epoch"],
+    )
     assert ours["scheduler_state"] == theirs["scheduler_state"]
     for key, value in theirs["average_model_state"].items():
         torch.testing.assert_close(ours["average_model_state"][key], value)
@@ -171,7 +182,10 @@ def test_more_than_one_optimizer_is_refused(tmp_path: Any) -> None:
             return None
 
         def configure_optimizers(self) -> Any:
-            return [torch.optim.SGD(self.a.parameters(), lr=0.1), torch.optim.SGD(self.b.parameters(), lr=0.1)]
+            return [
+                torch.optim.SGD(self.a.parameters(), lr=0.1),
+                torch.optim.SGD(self.b.parameters(), lr=0.1),
+            ]
 
     trainer = lightning_lib.Trainer(
         callbacks=[StochasticWeightAveraging(swa_lrs=0.1)], **quiet_trainer_kwargs(tmp_path, max_epochs=1)

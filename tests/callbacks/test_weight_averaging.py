@@ -92,7 +92,9 @@ def test_weights_and_validation_like_lightning(tmp_path: Any, kind: str) -> None
         if kind == "ema":
             return lib.callbacks.EMAWeightAveraging(**_ema_args())
         if kind == "epochs":
-            return lib.callbacks.EMAWeightAveraging(decay=0.5, update_every_n_steps=0, update_starting_at_epoch=1)
+            return lib.callbacks.EMAWeightAveraging(
+                decay=0.5, update_every_n_steps=0, update_starting_at_epoch=1
+            )
         return lib.callbacks.WeightAveraging()
 
     if kind == "accumulate":
