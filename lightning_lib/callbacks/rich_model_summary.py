@@ -10,6 +10,8 @@ from typing import Any
 from lightning_lib.callbacks.model_summary import ModelSummary, get_human_readable_count
 from lightning_lib.callbacks.progress.rich_progress import _rich_available
 
+_RICH_AVAILABLE = _rich_available()
+
 _RIGHT_ALIGNED = {"Params", "Params per Device"}
 
 
@@ -22,7 +24,7 @@ class RichModelSummary(ModelSummary):
     """
 
     def __init__(self, max_depth: int = 1, **summarize_kwargs: Any) -> None:
-        if not _rich_available():
+        if not (_RICH_AVAILABLE and _rich_available()):
             raise ModuleNotFoundError(
                 "`RichModelSummary` requires `rich` to be installed. Install it by running"
                 " `pip install lightning-lib[rich]` (or `pip install -U rich`)."

@@ -218,3 +218,48 @@ def test_infinite_train_loader(tmp_path: Any, console_out: io.StringIO) -> None:
     # as in Lightning: max_steps bounds the bar of an endless loader, max_epochs=-1 shows as "/-2"
     assert _task_view(bar.train_progress_bar) == ("Epoch 0/-2", 3, 3, True)
     assert "3/3" in console_out.getvalue()
+
+
+def test_theme_styles_reach_the_columns(console_out: io.StringIO) -> None:
+    from lightning_lib.callbacks.progress import rich_progress
+
+    theme = RichProgressBarTheme(
+        progress_bar="red", batch_progress="green", time="blue", processing_speed="bold"
+    )
+    bar = RichProgressBar(theme=theme, console_kwargs=_console(console_out))
+    bar._init_progress(None)  # type: ignore[arg-type]
+    try:
+        columns = bar.progress.columns
+        bar_column = next(c for c in columns if isinstance(c, rich_progress.CustomBarColumn))
+        assert bar_column.complete_style == "red"
+        styles = {type(c).__name__: getattr(c, "style", None) for c in columns}
+        assert styles["BatchesProcessedColumn"] == "green"
+        assert styles["CustomTimeColumn"] == "blue"
+        assert styles["ProcessingSpeedColumn"] == "bold"
+    finally:
+        bar._stop_progress()
+
+
+def test_display_stopped_once_and_flag_switches_rich_off(
+    tmp_path: Any, console_out: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning_lib.callbacks.progress import rich_progress
+
+    stops: list[int] = []
+    original = rich_progress.Progress.stop
+    monkeypatch.setattr(rich_progress.Progress, "stop", lambda self: (stops.append(1), original(self)))
+
+    class Failing(make_classes(lightning_lib)["BoringModel"]):  # type: ignore[misc]
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            raise RuntimeError("boom")
+
+    trainer = lightning_lib.Trainer(
+        callbacks=[RichProgressBar(console_kwargs=_console(console_out))],
+        **quiet_trainer_kwargs(tmp_path, max_epochs=1, enable_progress_bar=True),
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(Failing())
+    assert stops == [1]  # once, though both on_exception and teardown stop it
+    monkeypatch.setattr(rich_progress, "_RICH_AVAILABLE", False)
+    with pytest.raises(ModuleNotFoundError, match=r"`RichProgressBar` requires `rich` >= 10\.2\.2"):
+        RichProgressBar()

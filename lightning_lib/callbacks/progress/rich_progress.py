@@ -41,11 +41,20 @@ def _rich_available() -> bool:
     return importlib.util.find_spec("rich") is not None
 
 
-def _require_rich(owner: str) -> Any:
-    """The rich parts module, or a ModuleNotFoundError naming the extra to install."""
-    if not _rich_available():
+# Lightning's flag (tests switch it off to see the error); finding the package does not import it
+_RICH_AVAILABLE = _rich_available()
+
+
+def _require_rich(owner: str) -> None:
+    """Raise a ModuleNotFoundError naming the extra to install when rich is missing."""
+    if not (_RICH_AVAILABLE and _rich_available()):
         raise ModuleNotFoundError(f"`{owner}` requires `rich` >= 10.2.2. {_RICH_INSTALL_HINT}")
-    return importlib.import_module(_PARTS)
+
+
+def _rich(name: str) -> Any:
+    """A rich name through this module's namespace, so that a patched module attribute is what gets used."""
+    found = globals().get(name)
+    return found if found is not None else __getattr__(name)
 
 
 def __getattr__(name: str) -> Any:
@@ -165,33 +174,31 @@ class RichProgressBar(ProgressBar):
 
     def configure_columns(self, trainer: Trainer) -> list[Any]:
         """The columns left of the metrics; override to change them."""
-        parts = _require_rich(type(self).__name__)
         return [
-            parts.TextColumn("[progress.description]{task.description}"),
-            parts.CustomBarColumn(
+            _rich("TextColumn")("[progress.description]{task.description}"),
+            _rich("CustomBarColumn")(
                 complete_style=self.theme.progress_bar,
                 finished_style=self.theme.progress_bar_finished,
                 pulse_style=self.theme.progress_bar_pulse,
             ),
-            parts.BatchesProcessedColumn(style=self.theme.batch_progress),
-            parts.CustomTimeColumn(style=self.theme.time),
-            parts.ProcessingSpeedColumn(style=self.theme.processing_speed),
+            _rich("BatchesProcessedColumn")(style=self.theme.batch_progress),
+            _rich("CustomTimeColumn")(style=self.theme.time),
+            _rich("ProcessingSpeedColumn")(style=self.theme.processing_speed),
         ]
 
     def _init_progress(self, trainer: Trainer) -> None:
         if not self.is_enabled or (self.progress is not None and not self._progress_stopped):
             return
-        parts = _require_rich(type(self).__name__)
         self._reset_progress_bar_ids()
-        parts.reconfigure(**self._console_kwargs)
-        self._console = parts.get_console()
+        _rich("reconfigure")(**self._console_kwargs)
+        self._console = _rich("get_console")()
         # a display left live by an interrupted run would refuse a second one
         if getattr(self._console, "_live_stack", None) or getattr(self._console, "_live", None):
             self._console.clear_live()
-        self._metric_component = parts.MetricsTextColumn(
+        self._metric_component = _rich("MetricsTextColumn")(
             trainer, self.theme.metrics, self.theme.metrics_text_delimiter, self.theme.metrics_format
         )
-        self.progress = parts.CustomProgress(
+        self.progress = _rich("CustomProgress")(
             *self.configure_columns(trainer),
             self._metric_component,
             auto_refresh=False,
@@ -238,7 +245,8 @@ class RichProgressBar(ProgressBar):
         )
 
     def _stop_progress(self) -> None:
-        if self.progress is not None:
+        # once: a failed run reaches both on_exception and teardown
+        if self.progress is not None and not self._progress_stopped:
             self.progress.stop()
             self._progress_stopped = True
 
