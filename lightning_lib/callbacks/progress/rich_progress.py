@@ -245,7 +245,7 @@ class RichProgressBar(ProgressBar):
         )
 
     def _stop_progress(self) -> None:
-        # once: a failed run reaches both on_exception and teardown
+        # once, whichever of on_exception, teardown or the next epoch (leave=True) comes first
         if self.progress is not None and not self._progress_stopped:
             self.progress.stop()
             self._progress_stopped = True
