@@ -11,10 +11,14 @@ from lightning_lib.callbacks.model_checkpoint import Checkpoint, ModelCheckpoint
 from lightning_lib.callbacks.model_summary import ModelSummary
 from lightning_lib.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from lightning_lib.callbacks.prediction_writer import BasePredictionWriter
-from lightning_lib.callbacks.progress import ProgressBar, TQDMProgressBar
+from lightning_lib.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning_lib.callbacks.pruning import ModelPruning
+from lightning_lib.callbacks.rich_model_summary import RichModelSummary
 from lightning_lib.callbacks.spike import SpikeDetection
+from lightning_lib.callbacks.stochastic_weight_avg import StochasticWeightAveraging
 from lightning_lib.callbacks.throughput_monitor import ThroughputMonitor
 from lightning_lib.callbacks.timer import Timer
+from lightning_lib.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
 
 __all__ = [
     "BackboneFinetuning",
@@ -23,16 +27,22 @@ __all__ = [
     "Callback",
     "Checkpoint",
     "DeviceStatsMonitor",
+    "EMAWeightAveraging",
     "EarlyStopping",
     "GradientAccumulationScheduler",
     "LambdaCallback",
     "LearningRateMonitor",
     "ModelCheckpoint",
+    "ModelPruning",
     "ModelSummary",
     "OnExceptionCheckpoint",
     "ProgressBar",
+    "RichModelSummary",
+    "RichProgressBar",
     "SpikeDetection",
+    "StochasticWeightAveraging",
     "TQDMProgressBar",
     "ThroughputMonitor",
     "Timer",
+    "WeightAveraging",
 ]

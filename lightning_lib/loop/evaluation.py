@@ -72,7 +72,10 @@ def run_evaluation(trainer: Trainer, stage: RunningStage) -> list[dict[str, Any]
     if not loaders or all(limit == 0 for limit in limits):
         return []
     hooks = _TEST_HOOKS if stage == RunningStage.TESTING else _VALIDATION_HOOKS
-    grad_context = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+    # the fit's validation (and sanity check) runs under no_grad, as Lightning's: tensors a callback
+    # makes at its epoch end (pruning masks, averaged weights) must stay usable for training
+    fitting = trainer.state.fn == TrainerFn.FITTING
+    grad_context = torch.inference_mode() if trainer.inference_mode and not fitting else torch.no_grad()
     with grad_context:
         return _evaluate(trainer, stage, hooks, loaders, limits)
 

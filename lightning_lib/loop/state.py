@@ -69,6 +69,8 @@ class RunState:
     received_sigterm: bool = False
     # inside an accumulation window (no optimizer step at this batch)
     accumulating: bool = False
+    # set by StochasticWeightAveraging for its batch-norm pass: forward only, no zero_grad or backward
+    skip_backward: bool = False
     # a validation batch has run in this fit (ModelCheckpoint's "monitor after validation" rule)
     val_has_run: bool = False
     last_val_time: float = field(default_factory=time.monotonic)
@@ -92,6 +94,7 @@ class RunState:
     def reset_data_flags(self) -> None:
         """What depends on the dataloaders of the run (they are requested again)."""
         self.accumulating = False
+        self.skip_backward = False
         self.val_has_run = False
         self.last_val_time = time.monotonic()
         self.takes_batch_idx.clear()

@@ -142,12 +142,16 @@ def run_automatic_step(
             outputs[0] = output
             return None
         normalized = loss / accumulate if accumulate > 1 else loss
-        if first_of_window and optimizer is not None:
+        # StochasticWeightAveraging's batch-norm pass: forward only; the optimizer still steps on the
+        # gradients it holds, as Lightning's closure without zero_grad and backward does
+        skip = trainer._run_state.skip_backward
+        if first_of_window and optimizer is not None and not skip:
             hooks.callbacks("on_before_zero_grad", optimizer)
             if hooks.module_overrides("on_before_zero_grad"):
                 hooks.module("on_before_zero_grad", optimizer)
             hooks.module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
-        backward(trainer, normalized, optimizer)
+        if not skip:
+            backward(trainer, normalized, optimizer)
         detached = normalized.detach()
         if isinstance(output, Mapping):
             outputs[0] = {**output, "loss": detached}

@@ -121,6 +121,23 @@ class FitLoopView:
         self._trainer.min_epochs = value
 
     @property
+    def max_batches(self) -> int | float:
+        """Training batches per epoch (``trainer.num_training_batches``)."""
+        return self._trainer._data.num_training_batches
+
+    @max_batches.setter
+    def max_batches(self, value: int | float) -> None:
+        self._trainer._data.num_training_batches = value
+
+    @property
+    def _skip_backward(self) -> bool:
+        return self._trainer._run_state.skip_backward
+
+    @_skip_backward.setter
+    def _skip_backward(self, value: bool) -> None:
+        self._trainer._run_state.skip_backward = value
+
+    @property
     def total_batch_idx(self) -> int:
         return self.epoch_loop.total_batch_idx
 

@@ -669,7 +669,8 @@ class Trainer:
     ) -> None:
         from lightning_lib.callbacks.model_checkpoint import Checkpoint, ModelCheckpoint
         from lightning_lib.callbacks.model_summary import ModelSummary
-        from lightning_lib.callbacks.progress import ProgressBar, TQDMProgressBar
+        from lightning_lib.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressBar
+        from lightning_lib.callbacks.rich_model_summary import RichModelSummary
         from lightning_lib.callbacks.timer import Timer
         from lightning_lib.loggers import CSVLogger, Logger
 
@@ -698,7 +699,9 @@ class Trainer:
         if enable_checkpointing is not False and not has_checkpoint:
             found.append(ModelCheckpoint())
         if enable_model_summary is not False and not any(isinstance(cb, ModelSummary) for cb in found):
-            found.append(ModelSummary())
+            # a rich progress bar brings the rich summary with it, as in Lightning
+            rich = any(isinstance(cb, RichProgressBar) for cb in found)
+            found.append(RichModelSummary() if rich else ModelSummary())
         bars = [cb for cb in found if isinstance(cb, ProgressBar)]
         if len(bars) > 1:
             raise ValueError(f"Expected at most one progress bar callback, received {len(bars)}.")
