@@ -47,6 +47,10 @@ except ImportError:  # the `cli` extra is not installed: the names exist, using 
     Namespace = dict  # type: ignore[misc,assignment]
 
 
+# Lightning's name for the same flag (its own tests and some user code read it)
+_JSONARGPARSE_SIGNATURES_AVAILABLE = _JSONARGPARSE_AVAILABLE
+
+
 def _require_jsonargparse() -> None:
     if not _JSONARGPARSE_AVAILABLE:
         raise ModuleNotFoundError(_INSTALL_HINT)
