@@ -28,6 +28,7 @@ EXPORTED = {
         "BackboneFinetuning",
         "BaseFinetuning",
         "BasePredictionWriter",
+        "BatchSizeFinder",
         "Callback",
         "Checkpoint",
         "DeviceStatsMonitor",
@@ -35,6 +36,7 @@ EXPORTED = {
         "EarlyStopping",
         "GradientAccumulationScheduler",
         "LambdaCallback",
+        "LearningRateFinder",
         "LearningRateMonitor",
         "ModelCheckpoint",
         "ModelPruning",
@@ -67,6 +69,7 @@ EXPORTED = {
         "TensorBoardLogger",
         "WandbLogger",
     ],
+    "lightning_lib.tuner": ["Tuner"],
     "lightning_lib.distributed": [
         "ClusterEnvironment",
         "DDPStrategy",

@@ -1,11 +1,13 @@
 """Callbacks with the names and behaviour of ``pytorch_lightning.callbacks``."""
 
+from lightning_lib.callbacks.batch_size_finder import BatchSizeFinder
 from lightning_lib.callbacks.callback import Callback
 from lightning_lib.callbacks.device_stats_monitor import DeviceStatsMonitor
 from lightning_lib.callbacks.early_stopping import EarlyStopping
 from lightning_lib.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
 from lightning_lib.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
 from lightning_lib.callbacks.lambda_function import LambdaCallback
+from lightning_lib.callbacks.lr_finder import LearningRateFinder
 from lightning_lib.callbacks.lr_monitor import LearningRateMonitor
 from lightning_lib.callbacks.model_checkpoint import Checkpoint, ModelCheckpoint
 from lightning_lib.callbacks.model_summary import ModelSummary
@@ -24,6 +26,7 @@ __all__ = [
     "BackboneFinetuning",
     "BaseFinetuning",
     "BasePredictionWriter",
+    "BatchSizeFinder",
     "Callback",
     "Checkpoint",
     "DeviceStatsMonitor",
@@ -31,6 +34,7 @@ __all__ = [
     "EarlyStopping",
     "GradientAccumulationScheduler",
     "LambdaCallback",
+    "LearningRateFinder",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelPruning",

@@ -98,6 +98,16 @@ def _evaluate(
     modes = {name: m.training for name, m in module.named_modules()}
     hooks.module(names.model_eval)
     hooks.callbacks(names.start)
+    if stage != RunningStage.SANITY_CHECKING and trainer._data.eval_loaders(stage) is not loaders:
+        # a callback (BatchSizeFinder) changed the batch size at the start: run with the loaders it left
+        for fetcher in fetchers:
+            fetcher.close()
+        loaders = trainer._data.eval_loaders(stage)
+        limits = trainer._data.eval_limits(stage)
+        fetchers = [LimitedFetcher(dl, limit) for dl, limit in zip(loaders, limits)]
+        first = next((i for i, limit in enumerate(limits) if limit != 0), 0)
+        if fetchers:
+            fetchers[first].start()
     hooks.module(names.start)
     hooks.callbacks(names.epoch_start)
     hooks.module(names.epoch_start)

@@ -35,17 +35,23 @@ if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
 
 
-def run_fit(trainer: Trainer) -> None:
-    """Sanity check (unless resuming), then epochs until a stopping condition holds."""
+def run_fit(trainer: Trainer, sanity_check: bool = True) -> None:
+    """Sanity check (unless resuming), then epochs until a stopping condition holds.
+
+    The tuners' trials run the loop with ``sanity_check=False``, as Lightning runs its fit loop alone.
+    """
     run = trainer._run_state
     data = trainer._data
     resume, run.resume = run.resume, None
-    if resume is None:
+    if resume is None and sanity_check:
         run_sanity_check(trainer)
     progress = run.progress
     trainer.state.stage = RunningStage.TRAINING
     torch.set_grad_enabled(True)
-    data.setup_train_data()
+    if (
+        data.train_fetcher is None
+    ):  # a tuner at on_fit_start may have set them up already, as Lightning keeps them
+        data.setup_train_data()
     if data.num_training_batches == 0:
         return
     point = progress.resume_point if resume is not None else ""

@@ -78,7 +78,7 @@ class PredictLoop(EvaluationLoopView):
 def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
     """Prediction over every loader; a flat list for one loader, a list per loader for several."""
     hooks = trainer._hooks
-    loaders = trainer._data.eval_loaders(RunningStage.PREDICTING)
+    loaders = source = trainer._data.eval_loaders(RunningStage.PREDICTING)
     limits = trainer._data.eval_limits(RunningStage.PREDICTING)
     if not loaders or all(limit == 0 for limit in limits):
         return [] if return_predictions else None
@@ -99,9 +99,23 @@ def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
         fetchers[0].start()
         hooks.module("on_predict_model_eval")
         hooks.callbacks("on_predict_start")
+        if trainer._data.eval_loaders(RunningStage.PREDICTING) is not source:
+            # a callback (BatchSizeFinder) changed the batch size at the start: run with the loaders it left
+            for fetcher in fetchers:
+                fetcher.close()
+            loaders = trainer._data.eval_loaders(RunningStage.PREDICTING)
+            limits = trainer._data.eval_limits(RunningStage.PREDICTING)
+            if writers:
+                loaders = [with_batch_indices(dl) for dl in loaders]
+            state._reset(len(loaders), return_predictions)
+            fetchers = [LimitedFetcher(dl, limit) for dl, limit in zip(loaders, limits)]
+            fetchers[0].start()
         hooks.module("on_predict_start")
         hooks.callbacks("on_predict_epoch_start")
         hooks.module("on_predict_epoch_start")
+        # trainer.predict_loop.batch_progress: batches in this entry point (total) and in this loop run (current)
+        counts = trainer._run_state.eval_batches.setdefault("predict", [0, 0])
+        counts[1] = 0
         for dl_idx, fetcher in enumerate(fetchers):
             if dl_idx:
                 fetcher.start()
@@ -128,6 +142,8 @@ def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
                 hooks.module("on_predict_batch_end", output, *hook_args)
                 if keep:
                     predictions.append(output)
+                counts[0] += 1
+                counts[1] += 1
                 batch_idx += 1
             fetcher.close()
         hooks.callbacks("on_predict_epoch_end")

@@ -23,6 +23,7 @@ from lightning_lib.loop.fit import run_fit
 from lightning_lib.loop.predict import run_predict
 from lightning_lib.loop.results import to_python_scalars
 from lightning_lib.trainer.states import RunningStage, TrainerFn, TrainerStatus
+from lightning_lib.utilities.exceptions import _TunerExitException
 from lightning_lib.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning_lib.utilities.warnings import PossibleUserWarning
 
@@ -85,6 +86,10 @@ def run(
         trainer._hooks.reset()
         state.ckpt_path = ckpt
         return _run_stages(trainer, fn, model, datamodule, ckpt, weights_only, verbose, return_predictions)
+    except _TunerExitException:
+        # a tuner (Tuner.lr_find / scale_batch_size) has its answer: the run ends as finished, not failed
+        _finish_after_tuner(trainer, fn)
+        return None
     except KeyboardInterrupt as exc:
         # Lightning's Ctrl-C: shut down gracefully (on_exception, loggers ended as failed), then exit with
         # status 1 instead of re-raising; a second Ctrl-C during the shutdown is ignored
@@ -178,6 +183,18 @@ def _run_stages(
     trainer.state.status = TrainerStatus.FINISHED
     trainer.state.stage = None
     return results
+
+
+def _finish_after_tuner(trainer: Trainer, fn: TrainerFn) -> None:
+    """Lightning's teardown after a tuner ended the run early: teardown hooks, loggers closed as a success."""
+    _teardown_hooks(trainer, fn)
+    trainer._checkpoint_writer.close()
+    trainer.strategy.teardown()
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    trainer.profiler.describe()
+    trainer.state.status = TrainerStatus.FINISHED
+    trainer.state.stage = None
 
 
 def _teardown_hooks(trainer: Trainer, fn: TrainerFn) -> None:

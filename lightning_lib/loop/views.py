@@ -10,7 +10,7 @@ Trainer's limits: reading them never changes a run, setting a limit sets the Tra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
@@ -72,6 +72,11 @@ class TrainingEpochLoopView:
         self._trainer.max_steps = value
 
     @property
+    def restarting(self) -> bool:
+        """Whether the fit is resuming from a checkpoint and has not reached its first batch yet."""
+        return self._trainer._run_state.resume is not None
+
+    @property
     def min_steps(self) -> int | None:
         return self._trainer.min_steps
 
@@ -111,6 +116,14 @@ class FitLoopView:
     @max_epochs.setter
     def max_epochs(self, value: int | None) -> None:
         self._trainer.max_epochs = value
+
+    @property
+    def max_steps(self) -> int:
+        return self._trainer.max_steps
+
+    @max_steps.setter
+    def max_steps(self, value: int) -> None:
+        self._trainer.max_steps = value
 
     @property
     def min_epochs(self) -> int | None:
@@ -165,6 +178,10 @@ class FitLoopView:
     def restarting(self) -> bool:
         """Whether the fit is resuming from a checkpoint and has not reached its first batch yet."""
         return self._trainer._run_state.resume is not None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fit's progress counters as plain data (what a checkpoint records of the loop)."""
+        return self._trainer._run_state.progress.state_dict()
 
     def setup_data(self) -> None:
         """Request and count the train dataloaders now (Lightning does it when the fit starts)."""

@@ -13,4 +13,9 @@ class SIGTERMException(SystemExit):
     """Raised at the next batch boundary after SIGTERM, so callbacks can save before the process exits."""
 
 
+class _TunerExitException(Exception):
+    """Ends a run once a tuner (``Tuner.lr_find``, ``Tuner.scale_batch_size``) has its answer; the Trainer
+    tears the run down as finished rather than failed."""
+
+
 __all__ = ["MisconfigurationException", "SIGTERMException"]

@@ -37,4 +37,56 @@ def is_picklable(obj: object) -> bool:
     return True
 
 
-__all__ = ["AttributeDict", "is_picklable"]
+def _attr_holders(model: Any, attribute: str) -> list[Any]:
+    """Every place that holds ``attribute``, in Lightning's order: the model, its hparams, then the
+    attached Trainer's datamodule and the datamodule's hparams."""
+    holders: list[Any] = []
+    if hasattr(model, attribute):
+        holders.append(model)
+    hparams = getattr(model, "hparams", None)
+    if hparams is not None and attribute in hparams:
+        holders.append(hparams)
+    trainer = getattr(model, "_trainer", None)
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    if datamodule is not None:
+        if hasattr(datamodule, attribute):
+            holders.append(datamodule)
+        dm_hparams = getattr(datamodule, "hparams", None)
+        if dm_hparams is not None and attribute in dm_hparams:
+            holders.append(dm_hparams)
+    return holders
+
+
+def _missing(attribute: str) -> AttributeError:
+    return AttributeError(
+        f"{attribute} is neither stored in the model namespace nor the `hparams` namespace/dict, nor the datamodule."
+    )
+
+
+def lightning_hasattr(model: Any, attribute: str) -> bool:
+    """Whether ``attribute`` is on the model, its hparams, the datamodule or the datamodule's hparams."""
+    return bool(_attr_holders(model, attribute))
+
+
+def lightning_getattr(model: Any, attribute: str) -> Any:
+    """The value of ``attribute`` from the last place that holds it (the datamodule wins over the model)."""
+    holders = _attr_holders(model, attribute)
+    if not holders:
+        raise _missing(attribute)
+    holder = holders[-1]
+    return holder[attribute] if isinstance(holder, dict) else getattr(holder, attribute)
+
+
+def lightning_setattr(model: Any, attribute: str, value: Any) -> None:
+    """Set ``attribute`` to ``value`` in every place that holds it."""
+    holders = _attr_holders(model, attribute)
+    if not holders:
+        raise _missing(attribute)
+    for holder in holders:
+        if isinstance(holder, dict):
+            holder[attribute] = value
+        else:
+            setattr(holder, attribute, value)
+
+
+__all__ = ["AttributeDict", "is_picklable", "lightning_getattr", "lightning_hasattr", "lightning_setattr"]

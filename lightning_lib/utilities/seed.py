@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -100,3 +102,16 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 def _python_state_to_plain(state: tuple[Any, ...]) -> tuple[Any, ...]:
     version, internal, gauss = state
     return (version, list(internal), gauss)
+
+
+@contextmanager
+def isolate_rng(include_cuda: bool = True) -> Iterator[None]:
+    """Run the block on the current global RNG states and put them back afterwards (Lightning's
+    ``isolate_rng``): what the block draws does not shift the draws of the code after it."""
+    states = capture_rng_states()
+    if not include_cuda:
+        states.pop("torch.cuda", None)
+    try:
+        yield
+    finally:
+        restore_rng_states(states)
