@@ -83,7 +83,9 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
     ("bad", "message"),
     BAD_ARGUMENTS,
     # no memory addresses in the ids: pytest-xdist's workers must collect the same names
-    ids=[next(iter(b)) + "=" + re.sub(r" at 0x[0-9a-f]+", "", repr(b[next(iter(b))])) for b, _ in BAD_ARGUMENTS],
+    ids=[
+        next(iter(b)) + "=" + re.sub(r" at 0x[0-9a-f]+", "", repr(b[next(iter(b))])) for b, _ in BAD_ARGUMENTS
+    ],
 )
 def test_bad_argument_is_refused_before_training(tmp_path: Any, bad: dict[str, Any], message: str) -> None:
     model = CountingModel()
