@@ -31,13 +31,15 @@ from tasks.events import DATA_LANDED, PARTITION_LABEL, data_resource_id
 
 DEFAULT_CRON = "0 3 * * *"  # retrain nightly at 03:00 (the server's timezone: UTC unless configured)
 
-# name -> (flow, entrypoint for deployments from source)
+# name -> (flow, entrypoint for deployments from source). Module paths, as ``serve`` uses: a worker's flow
+# run then imports flows.training like every other process; a file path ("flows/training.py:training")
+# would load the file a second time as a module named "training", whose results a client cannot decode.
 FLOWS: dict[str, tuple[Any, str]] = {
-    "training": (training, "flows/training.py:training"),
-    "retraining": (retraining, "flows/retraining.py:retraining"),
-    "reproduce": (reproduce, "flows/reproduce.py:reproduce"),
-    "predict": (predict_flow, "flows/predict.py:predict_flow"),
-    "example-pipeline": (example_pipeline, "flows/pipeline.py:example_pipeline"),
+    "training": (training, "flows.training.training"),
+    "retraining": (retraining, "flows.retraining.retraining"),
+    "reproduce": (reproduce, "flows.reproduce.reproduce"),
+    "predict": (predict_flow, "flows.predict.predict_flow"),
+    "example-pipeline": (example_pipeline, "flows.pipeline.example_pipeline"),
 }
 
 

@@ -7,11 +7,12 @@ with (model class, data module), so scoring needs nothing but the model's name a
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from tasks.naming import flow_parameter, last_segment, name_or_fallback, readable_name, scheduled_time
 from tasks.prediction import PredictionResult, predict
@@ -42,6 +43,12 @@ def resolve_model(tracking_uri: str, model_name: str, alias: str) -> ModelVersio
     )
 
 
+# model_name has no default in the schema Prefect builds, so the form marks it required and the API refuses
+# a run without it up front; in Python it stays the second argument, after the optional source, and a call
+# without it is refused by the flow's own check
+_REQUIRED: Any = Field()
+
+
 def predict_run_name() -> str:
     """``flow_run_name`` of the predict flow: the model and alias, the input and the date."""
 
@@ -63,8 +70,8 @@ def predict_run_name() -> str:
 )
 def predict_flow(
     source: str | None = None,
-    model_name: str = "",
-    alias: str = CHAMPION,
+    model_name: Annotated[str, Field(min_length=1)] = _REQUIRED,
+    alias: Annotated[str, Field(min_length=1)] = CHAMPION,
     output_uri: str | None = None,
     tracking_uri: str | None = None,
     datamodule_kwargs: dict[str, Any] | None = None,
@@ -93,7 +100,7 @@ def predict_flow(
         datamodule_kwargs: Arguments laid over the training config's `datamodule_kwargs` to point the
             project's data module at new data; `None` keeps the training config's.
     """
-    if not model_name:
+    if not isinstance(model_name, str) or not model_name:
         raise ValueError("Expected model_name, the registered model to score with, received none.")
     uri = resolve_tracking_uri(tracking_uri)
     model = resolve_model(uri, model_name, alias)

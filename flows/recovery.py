@@ -8,11 +8,18 @@ flow runs of this project's deployments (tagged ``lightning-lib``):
   ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds, at least 30 in Prefect 3): when no heartbeat and no
   terminal state arrives within ``LIGHTNING_LIB_CRASH_AFTER_S`` seconds (default three heartbeats) of the
   last heartbeat, the flow run is set Crashed. ``prefect flow-run retry`` then works too.
-- *re-run crashed flow runs*: a reactive trigger on the Crashed state (set by the first automation, or by a
-  runner or worker that saw its flow process die) that schedules the same flow run again, at most
-  ``LIGHTNING_LIB_CRASH_RERUNS`` times (default 2; Prefect's ``prefect.run-count`` bounds it). The flow run
-  keeps its id, so the training flow derives the same run key and resumes from its last committed
-  checkpoint, in the same MLflow run.
+- *re-run crashed flow runs*: a flow run that is Crashed (set by the first automation, or by a runner or
+  worker that saw its flow process die) and stays untouched for ``LIGHTNING_LIB_RERUN_AFTER_S`` seconds
+  (default 60) is scheduled again, at most ``LIGHTNING_LIB_CRASH_RERUNS`` times (default 2; Prefect's
+  ``prefect.run-count`` bounds it). The flow run keeps its id, so the training flow derives the same run
+  key and resumes from its last committed checkpoint, in the same MLflow run. A person who retries it
+  first (``prefect flow-run retry``) is not doubled by the automation.
+
+The wait before the re-run is there because a Prefect 3.9 worker reports a killed flow process twice:
+once at once, then again after it has run the flow's crash hooks in a fresh interpreter (seconds to tens
+of seconds). Re-run at once, the second report lands on the new attempt, marks it Crashed while it runs,
+and the re-run of that starts a third attempt that finds the run key taken. Arriving while the run is
+still Crashed, the second report is refused by the server and changes nothing.
 
 Both are created or updated by name, so serving again (or from several machines) never duplicates them.
 """
@@ -28,6 +35,7 @@ RECOVERY_TAG = "lightning-lib"
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 CRASH_AFTER_ENV = "LIGHTNING_LIB_CRASH_AFTER_S"
 RERUNS_ENV = "LIGHTNING_LIB_CRASH_RERUNS"
+RERUN_AFTER_ENV = "LIGHTNING_LIB_RERUN_AFTER_S"
 CRASHED_AUTOMATION = "lightning-lib: mark flow runs without heartbeat Crashed"
 RERUN_AUTOMATION = "lightning-lib: re-run crashed flow runs"
 
@@ -36,7 +44,17 @@ RERUN_AUTOMATION = "lightning-lib: re-run crashed flow runs"
 MIN_HEARTBEAT_S = 30
 DEFAULT_MISSED_HEARTBEATS = 3
 DEFAULT_RERUNS = 2
+# longer than a worker takes to report a killed process the second time (see above); Prefect's proactive
+# triggers wait at least 10 s
+DEFAULT_RERUN_AFTER_S = 60
+MIN_RERUN_AFTER_S = 10
 _TERMINAL = ("Completed", "Failed", "Cancelled", "Crashed")
+# every state a flow run can leave Crashed for (the names Prefect's state events carry): any of them
+# within the wait means someone else acted on the run
+_MOVED_ON = (
+    "Scheduled", "Late", "AwaitingRetry", "AwaitingConcurrencySlot", "Pending", "Running", "Retrying",
+    "Paused", "Suspended", "Cancelling", "Cancelled", "Completed", "Failed",
+)  # fmt: skip
 
 
 def _int_env(name: str, minimum: int, default: int) -> int:
@@ -54,11 +72,13 @@ def _int_env(name: str, minimum: int, default: int) -> int:
 
 @dataclass(frozen=True)
 class RecoverySettings:
-    """How often flow runs send heartbeats, how long a silent one lives, how often a crashed one reruns."""
+    """How often flow runs send heartbeats, how long a silent one lives, how often a crashed one reruns
+    and how long it stays Crashed before that."""
 
     heartbeat_s: int = MIN_HEARTBEAT_S
     crash_after_s: int = DEFAULT_MISSED_HEARTBEATS * MIN_HEARTBEAT_S
     reruns: int = DEFAULT_RERUNS
+    rerun_after_s: int = DEFAULT_RERUN_AFTER_S
 
     def __post_init__(self) -> None:
         if self.heartbeat_s < MIN_HEARTBEAT_S:
@@ -73,14 +93,26 @@ class RecoverySettings:
             )
         if self.reruns < 0:
             raise ValueError(f"Expected reruns >= 0, received {self.reruns}.")
+        if self.rerun_after_s < MIN_RERUN_AFTER_S:
+            raise ValueError(
+                f"Expected rerun_after_s >= {MIN_RERUN_AFTER_S} (Prefect's shortest proactive trigger), "
+                f"received {self.rerun_after_s}."
+            )
 
     @classmethod
     def from_env(cls) -> RecoverySettings:
-        """From ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, ``LIGHTNING_LIB_CRASH_AFTER_S`` and
-        ``LIGHTNING_LIB_CRASH_RERUNS``, each defaulted when unset; a bad value is refused with its name."""
+        """From ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, ``LIGHTNING_LIB_CRASH_AFTER_S``,
+        ``LIGHTNING_LIB_CRASH_RERUNS`` and ``LIGHTNING_LIB_RERUN_AFTER_S``, each defaulted when unset; a bad
+        value is refused with its name."""
         heartbeat = _int_env(HEARTBEAT_ENV, MIN_HEARTBEAT_S, MIN_HEARTBEAT_S)
         crash_after = _int_env(CRASH_AFTER_ENV, heartbeat + 1, DEFAULT_MISSED_HEARTBEATS * heartbeat)
-        return cls(heartbeat, crash_after, _int_env(RERUNS_ENV, 0, DEFAULT_RERUNS))
+        reruns = _int_env(RERUNS_ENV, 0, DEFAULT_RERUNS)
+        return cls(
+            heartbeat,
+            crash_after,
+            reruns,
+            _int_env(RERUN_AFTER_ENV, MIN_RERUN_AFTER_S, DEFAULT_RERUN_AFTER_S),
+        )
 
     def flow_run_env(self) -> dict[str, str]:
         """What a flow run's process needs to send heartbeats at the rate the automation expects."""
@@ -126,7 +158,8 @@ def crashed_automation(settings: RecoverySettings) -> Any:
 
 
 def rerun_automation(settings: RecoverySettings) -> Any:
-    """The automation that schedules a Crashed flow run again while it has run at most ``reruns`` times."""
+    """The automation that schedules a flow run again once it has stayed Crashed for ``rerun_after_s``
+    seconds, while it has run at most ``reruns`` times."""
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
@@ -136,18 +169,20 @@ def rerun_automation(settings: RecoverySettings) -> Any:
     return AutomationCore(
         name=RERUN_AUTOMATION,
         description=(
-            f"Schedule a Crashed flow run of a lightning-lib deployment again (as `prefect flow-run retry` does), "
-            f"up to {settings.reruns} times: it keeps its id, so training resumes under the same run key."
+            f"Schedule a flow run of a lightning-lib deployment that stayed Crashed for {settings.rerun_after_s} s "
+            f"again (as `prefect flow-run retry` does), up to {settings.reruns} times: it keeps its id, so "
+            "training resumes under the same run key."
         ),
         enabled=settings.reruns > 0,
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*", "prefect.run-count": counts or ["1"]},
             match_related=_scope(),
-            expect={"prefect.flow-run.Crashed"},
+            after={"prefect.flow-run.Crashed"},
+            expect={f"prefect.flow-run.{name}" for name in _MOVED_ON},
             for_each={"prefect.resource.id"},
-            posture=Posture.Reactive,
+            posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(0),
+            within=timedelta(seconds=settings.rerun_after_s),
         ),
         actions=[
             ChangeFlowRunState(
@@ -229,6 +264,7 @@ __all__ = [
     "HEARTBEAT_ENV",
     "RECOVERY_TAG",
     "RERUNS_ENV",
+    "RERUN_AFTER_ENV",
     "RERUN_AUTOMATION",
     "RecoverySettings",
     "crashed_automation",

@@ -9,10 +9,11 @@ difference is refused with the reason unless the caller allows it. The rerun goe
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from flows.summary import metrics_table, mlflow_lines
 from flows.training import training
@@ -188,11 +189,11 @@ def reproduce_run_name() -> str:
     log_prints=True,
 )
 def reproduce(
-    run_id: str,
+    run_id: Annotated[str, Field(min_length=1)],
     tracking_uri: str | None = None,
     allow_code_change: bool = False,
     allow_data_change: bool = False,
-    rel_tol: float = 0.0,
+    rel_tol: Annotated[float, Field(ge=0.0)] = 0.0,
     allow_unfinished_run: bool = False,
 ) -> ReproduceResult:
     """Rerun MLflow run ``run_id`` from its recorded config and compare the metrics (exact by default).

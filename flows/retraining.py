@@ -174,8 +174,8 @@ def retraining(
     mode: Literal["min", "max"] = "min",
     warm_start: bool = False,
     window_end: dt.date | None = None,
-    window_days: int = 1,
-    lock_timeout_s: float | None = None,
+    window_days: Annotated[int, Field(ge=1)] = 1,
+    lock_timeout_s: Annotated[float, Field(ge=0.0)] | None = None,
     # the pattern lets the form and the API refuse a garbled day up front; the flow still checks the date
     # itself (2024-02-30 matches the pattern) with a message naming the parameter
     partition: Annotated[str | None, Field(json_schema_extra={"pattern": PARTITION_PATTERN})] = None,

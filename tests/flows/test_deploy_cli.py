@@ -59,7 +59,7 @@ def test_deploy_to_a_work_pool_registers_every_flow() -> None:
     assert {d.work_pool_name for d in deployments} == {"test-pool"}
     retraining = next(d for d in deployments if d.name == "retraining")
     assert retraining.schedules[0].schedule.cron == DEFAULT_CRON
-    assert retraining.entrypoint == "flows/retraining.py:retraining"
+    assert retraining.entrypoint == "flows.retraining.retraining"  # a module path, as serve uses
     # its trigger is an automation the deployment owns, running it with the event's partition
     with get_client(sync_client=True) as client:
         automations = client.read_resource_related_automations(f"prefect.deployment.{retraining.id}")

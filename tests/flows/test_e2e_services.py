@@ -48,6 +48,9 @@ class Stack:
             # Prefect's shortest heartbeat, and a flow run silent for 50 s is Crashed (90 s by default)
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
             "LIGHTNING_LIB_CRASH_AFTER_S": "50",
+            # and re-run 15 s after it is Crashed (60 s by default, for a worker's second crash report:
+            # here nobody is left to send one)
+            "LIGHTNING_LIB_RERUN_AFTER_S": "15",
             "LIGHTNING_LIB_ALLOWED_IMPORTS": "tests.flows.",
             "PYTHONPATH": str(REPO),
         }

@@ -230,3 +230,68 @@ def test_the_retraining_form_refuses_a_garbled_partition(
     # the data-landed trigger's partition goes through the same schema: a garbled day starts no run
     errors = validate({"config": _good(), "partition": partition}, schemas["retraining"])
     assert (not errors) == accepted, errors
+
+
+# The top-level parameters a flow cannot run without: the form marks them required and the API refuses a
+# run that lacks them (or sends them empty) before any work, instead of the flow failing a minute later.
+REQUIRED_PARAMETERS = {
+    "training": ["config"],
+    "retraining": ["config"],
+    "example-pipeline": ["config"],
+    "reproduce": ["run_id"],
+    "predict": ["model_name"],
+}
+
+
+@pytest.mark.parametrize("flow_name", sorted(FLOWS))
+def test_the_parameters_a_flow_needs_are_required_and_no_others(
+    schemas: dict[str, dict[str, Any]], flow_name: str
+) -> None:
+    schema = schemas[flow_name]
+    assert schema.get("required", []) == REQUIRED_PARAMETERS[flow_name]
+    for name in REQUIRED_PARAMETERS[flow_name]:
+        assert "default" not in schema["properties"][name], name
+        errors = build_error_obj(validate({}, schema))["errors"]
+        assert {"property": name, "errors": [f"'{name}' is a required property"]} in errors, errors
+    # what the deployment starts the form with: complete, except what only the person running it knows
+    initial = deployment_options()[flow_name].get("parameters", {})
+    missing = [e["property"] for e in build_error_obj(validate(initial, schema))["errors"]]
+    assert missing == (["run_id"] if flow_name == "reproduce" else []), missing
+
+
+@pytest.mark.parametrize(
+    ("flow_name", "parameters", "accepted"),
+    [
+        ("predict", {"model_name": "digits-classifier"}, True),
+        ("predict", {"model_name": ""}, False),
+        ("predict", {"model_name": "digits-classifier", "alias": ""}, False),
+        ("predict", {"source": None, "model_name": "digits-classifier"}, True),
+        ("reproduce", {"run_id": "0123456789abcdef0123456789abcdef"}, True),
+        ("reproduce", {"run_id": ""}, False),
+        ("reproduce", {"run_id": "r1", "rel_tol": -0.1}, False),
+        ("reproduce", {"run_id": "r1", "rel_tol": 1e-6}, True),
+        # retraining's partition is optional (the window then ends on the scheduled day), but a day
+        ("retraining", {"partition": None}, True),
+        ("retraining", {"window_days": 0}, False),
+        ("retraining", {"window_days": 7}, True),
+        ("retraining", {"lock_timeout_s": -1}, False),
+        ("retraining", {"lock_timeout_s": None}, True),
+    ],
+)
+def test_top_level_parameters_are_checked_as_the_flow_checks_them(
+    schemas: dict[str, dict[str, Any]], flow_name: str, parameters: dict[str, Any], accepted: bool
+) -> None:
+    if "config" in REQUIRED_PARAMETERS[flow_name]:
+        parameters = {"config": _good(), **parameters}
+    errors = validate(parameters, schemas[flow_name])
+    assert (not errors) == accepted, errors
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_predict_called_from_python_without_a_model_name_is_refused_by_name() -> None:
+    # Python callers keep passing model_name second, after the optional source; leaving it out is refused
+    # with the same one line as before, not a traceback about a missing default
+    from flows.predict import predict_flow
+
+    with pytest.raises(ValueError, match="Expected model_name, the registered model to score with"):
+        predict_flow("table.csv")

@@ -15,6 +15,7 @@ from flows.recovery import (
     CRASHED_AUTOMATION,
     HEARTBEAT_ENV,
     RECOVERY_TAG,
+    RERUN_AFTER_ENV,
     RERUN_AUTOMATION,
     RERUNS_ENV,
     RecoverySettings,
@@ -30,14 +31,15 @@ REPO = Path(__file__).resolve().parents[2]
 def test_settings_default_to_three_missed_heartbeats_of_prefects_shortest_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in (HEARTBEAT_ENV, CRASH_AFTER_ENV, RERUNS_ENV):
+    for name in (HEARTBEAT_ENV, CRASH_AFTER_ENV, RERUNS_ENV, RERUN_AFTER_ENV):
         monkeypatch.delenv(name, raising=False)
-    assert RecoverySettings.from_env() == RecoverySettings(30, 90, 2)
+    assert RecoverySettings.from_env() == RecoverySettings(30, 90, 2, 60)
     monkeypatch.setenv(HEARTBEAT_ENV, "40")
-    assert RecoverySettings.from_env() == RecoverySettings(40, 120, 2)
+    assert RecoverySettings.from_env() == RecoverySettings(40, 120, 2, 60)
     monkeypatch.setenv(CRASH_AFTER_ENV, "45")
     monkeypatch.setenv(RERUNS_ENV, "0")
-    assert RecoverySettings.from_env() == RecoverySettings(40, 45, 0)
+    monkeypatch.setenv(RERUN_AFTER_ENV, "10")
+    assert RecoverySettings.from_env() == RecoverySettings(40, 45, 0, 10)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +49,7 @@ def test_settings_default_to_three_missed_heartbeats_of_prefects_shortest_interv
         (CRASH_AFTER_ENV, "30", f"Expected {CRASH_AFTER_ENV} to be a whole number >= 31, received '30'."),
         (RERUNS_ENV, "-1", f"Expected {RERUNS_ENV} to be a whole number >= 0, received '-1'."),
         (RERUNS_ENV, "two", f"Expected {RERUNS_ENV} to be a whole number >= 0, received 'two'."),
+        (RERUN_AFTER_ENV, "5", f"Expected {RERUN_AFTER_ENV} to be a whole number >= 10, received '5'."),
     ],
 )
 def test_bad_settings_are_refused_by_name(
@@ -58,9 +61,11 @@ def test_bad_settings_are_refused_by_name(
     assert str(error.value) == expected
 
 
-def test_a_threshold_within_one_heartbeat_is_refused() -> None:
+def test_a_threshold_within_one_heartbeat_or_a_wait_under_prefects_minimum_is_refused() -> None:
     with pytest.raises(ValueError, match=r"Expected crash_after_s > heartbeat_s \(30\).*received 30"):
         RecoverySettings(30, 30, 1)
+    with pytest.raises(ValueError, match=r"Expected rerun_after_s >= 10 .*received 9"):
+        RecoverySettings(30, 90, 1, 9)
 
 
 def test_the_crashed_automation_is_a_proactive_heartbeat_trigger_scoped_to_the_tag() -> None:
@@ -83,10 +88,19 @@ def test_the_crashed_automation_is_a_proactive_heartbeat_trigger_scoped_to_the_t
     assert action.type == "change-flow-run-state" and action.state.value == "CRASHED"
 
 
-def test_the_rerun_automation_schedules_again_only_the_first_reruns() -> None:
-    automation = rerun_automation(RecoverySettings(30, 90, 2))
+def test_the_rerun_automation_schedules_again_only_the_first_reruns_left_crashed() -> None:
+    automation = rerun_automation(RecoverySettings(30, 90, 2, 45))
     trigger = automation.trigger
-    assert trigger.posture.value == "Reactive" and trigger.expect == {"prefect.flow-run.Crashed"}
+    # fires once a Crashed run saw no state change for 45 s: a worker's second crash report of the killed
+    # attempt has then come and gone, and a person's retry in the meantime is not doubled
+    assert trigger.posture.value == "Proactive" and trigger.within.total_seconds() == 45
+    assert trigger.after == {"prefect.flow-run.Crashed"}
+    assert {
+        "prefect.flow-run.Scheduled",
+        "prefect.flow-run.Pending",
+        "prefect.flow-run.Running",
+    } <= trigger.expect
+    assert "prefect.flow-run.Crashed" not in trigger.expect and trigger.for_each == {"prefect.resource.id"}
     assert trigger.match.model_dump()["prefect.run-count"] == ["1", "2"]
     (action,) = automation.actions
     assert action.state.value == "SCHEDULED" and action.force
