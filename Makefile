@@ -35,8 +35,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# Test modules run on both cores (pytest-xdist), each module on one worker so its servers (module-scoped
+# fixtures) start once; the slowest tests are listed at the end. PYTEST_XDIST= runs them in one process.
+PYTEST_XDIST ?= -n 2 --dist loadfile
 unit: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) --durations=25 $(PYTEST_ARGS)
 
 # The README's test command: style and import layers, types, then every test (slow ones included).
 test: lint typecheck unit
