@@ -280,7 +280,7 @@ def commit_checkpoint(
     if trainer.is_global_zero:  # committed once, by rank zero
         writer = trainer._checkpoint_writer
         writer.save(checkpoint, uri, trainer.global_step, replaces=replaces, overwrite=overwrite)
-        if not is_remote(uri):
+        if writer.sync_local and not is_remote(uri):
             writer.wait()
 
 
