@@ -19,6 +19,7 @@ import torch
 import yaml
 
 import lightning_lib
+from lightning_lib.utilities.exceptions import MisconfigurationException
 from tests.helpers import make_classes, quiet_trainer_kwargs, reference_lightning
 
 pytestmark = pytest.mark.parity
@@ -57,7 +58,7 @@ def test_configuration_errors_are_lightnings(kwargs: dict[str, Any]) -> None:
     theirs, ours = (_error(pl, **kwargs) for _, pl in _libraries())
     assert ours == theirs
     if ours is not None:
-        with pytest.raises(lightning_lib.utilities.exceptions.MisconfigurationException):
+        with pytest.raises(MisconfigurationException):
             lightning_lib.callbacks.ModelCheckpoint(**kwargs)
 
 
@@ -134,7 +135,7 @@ def test_a_local_checkpoint_is_there_when_its_save_returns(tmp_path: Path) -> No
         dirpath = tmp_path / name
         listings: list[list[str]] = []
 
-        class Lister(pl.Callback):  # type: ignore[misc,name-defined]
+        class Lister(pl.Callback):  # type: ignore[name-defined]
             def on_train_epoch_start(
                 self, trainer: Any, pl_module: Any, found: list[list[str]] = listings, dirpath: Path = dirpath
             ) -> None:
