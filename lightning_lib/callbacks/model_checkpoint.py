@@ -260,8 +260,16 @@ class ModelCheckpoint(Checkpoint):
             if self._last_global_step_saved == trainer.global_step:
                 return  # this step's checkpoint is saved already
             # written over any file of that name, as Lightning does: the newest state is what counts
-            self._save(trainer, self.format_checkpoint_name(candidates), overwrite=True)
+            filepath = self.format_checkpoint_name(candidates)
+            self._save(trainer, filepath, overwrite=True)
             self._save_last(trainer, candidates)
+            if trainer.is_global_zero:
+                log.info(
+                    "An %s was raised with message: %s, saved checkpoint to %s",
+                    type(exception).__name__,
+                    exception,
+                    filepath,
+                )
             return
         if self.save_last:
             self._save_last(trainer, candidates)
