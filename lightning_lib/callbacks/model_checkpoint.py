@@ -228,8 +228,9 @@ class ModelCheckpoint(Checkpoint):
         self._save_for_epoch(trainer)
 
     def on_train_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
-        # a fit that never reached a checkpointing moment (no validation to save after) still leaves "last"
-        if self.save_last and not self._last_checkpoint_saved and not self._skip(trainer):
+        # a fit that never reached a checkpointing moment (no validation to save after, fast_dev_run)
+        # still leaves "last", as Lightning's does
+        if self.save_last and not self._last_checkpoint_saved:
             self._save_last(trainer, self._monitor_candidates(trainer))
 
     def on_exception(

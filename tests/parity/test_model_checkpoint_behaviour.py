@@ -230,6 +230,20 @@ def test_last_is_saved_at_the_end_of_a_fit_that_never_checkpointed(tmp_path: Pat
     assert found["ours"] == found["theirs"] == ["last.ckpt"]
 
 
+def test_fast_dev_run_saves_only_last_at_train_end(tmp_path: Path) -> None:
+    found = {}
+    for name, pl in _libraries():
+        folders = [tmp_path / name / "last", tmp_path / name / "default"]
+        callbacks = [
+            pl.callbacks.ModelCheckpoint(dirpath=folders[0], save_last=True),
+            pl.callbacks.ModelCheckpoint(dirpath=folders[1], monitor="val_loss"),
+        ]
+        trainer = pl.Trainer(**_kwargs(tmp_path, fast_dev_run=True, callbacks=callbacks))
+        trainer.fit(_boring(pl))
+        found[name] = [sorted(os.listdir(f)) if f.exists() else [] for f in folders]
+    assert found["ours"] == found["theirs"] == [["last.ckpt"], []]
+
+
 def test_to_yaml_writes_the_best_k_scores(tmp_path: Path) -> None:
     written = {}
     for name, pl in _libraries():
