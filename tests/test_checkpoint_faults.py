@@ -249,7 +249,7 @@ BAD_INPUT = [
     pytest.param(
         case_manifest_without_file,
         FileNotFoundError,
-        r"Expected ckpt_path to be .*an existing checkpoint file or s3:// URI, received '.*epoch=0-step=3\.ckpt'",
+        r"Checkpoint file not found: .*epoch=0-step=3\.ckpt\. Expected ckpt_path to be .*an existing checkpoint file",
         id="manifest_without_file",
     ),
     pytest.param(

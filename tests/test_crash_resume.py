@@ -223,7 +223,9 @@ def _run_until_kill(
         return False, None
     if mode == "save":
         # Each save point writes two checkpoints (best, then last); the second's "save step N" is
-        # printed right after the first's commit started, so a kill a few ms later lands mid-commit.
+        # printed right after the first's commit started (on object storage, where commits run in the
+        # background) or just before its own (a local folder, committed before the save returns), so a
+        # kill shortly after it lands mid-commit.
         # At the second save point of this run the first one is committed (one commit in flight at a
         # time), so every such kill still leaves the restart further on than the last one.
         saves: list[int] = []
@@ -254,7 +256,7 @@ def _crash_and_resume(
         extra = ["--s3-part-mib", str(S3_PART_MIB)]
     else:
         # a local commit of a test-sized model is too quick to hit reliably: hold each one open a while
-        extra = ["--commit-delay", "0.3"]
+        extra = ["--commit-delay", "0.5"]
     folder = Folder(dirpath)
     modes = ["save", "save", "save", "time", "time"]
     rng.shuffle(modes)
@@ -312,8 +314,10 @@ def _crash_and_resume(
 
 
 def test_sigkill_and_resume_local(tmp_path: Path, reference: Reference) -> None:
-    # each local commit is held open 0.3 s after serialising (--commit-delay): kills within 0.2 s land mid-commit
-    _crash_and_resume(tmp_path, str(tmp_path / "ckpt"), 20261126, (0.0, 0.2), reference)
+    # A local commit runs before its save returns (as Lightning's file is there when the save returns), so
+    # the kill must land in the commit announced by "save step N" itself: held open 0.5 s after serialising
+    # (--commit-delay), a kill 0.05-0.3 s after the announcement lands mid-commit even on a loaded machine.
+    _crash_and_resume(tmp_path, str(tmp_path / "ckpt"), 20261126, (0.05, 0.3), reference)
 
 
 @pytest.mark.services

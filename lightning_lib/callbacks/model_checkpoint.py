@@ -1,23 +1,25 @@
 """ModelCheckpoint: when to save, what to call the file, which ``save_top_k`` files to keep."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: the signature's annotations are real types, which
+# jsonargparse (LightningCLI) reads from ``inspect.signature`` to parse ``--save_last link``.
 import logging
 import os
 import re
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 
 from lightning_lib.callbacks.callback import Callback
 from lightning_lib.checkpoint._commit import cleanup_orphans, list_committed
-from lightning_lib.checkpoint._format import commit_checkpoint
+from lightning_lib.checkpoint._format import commit_request, notify_loggers
 from lightning_lib.storage import is_remote, join_uri
 from lightning_lib.trainer.states import TrainerFn
+from lightning_lib.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from lightning_lib.core.module import LightningModule
@@ -26,9 +28,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _is_local(path: str) -> bool:
+    """Whether ``path`` is a local path (no URL scheme but ``file://``), as Lightning decides."""
+    return not _SCHEME.match(path) or path[:7].lower() == "file://"
+
+
 def _resolve_dir(dirpath: str | os.PathLike[str]) -> str:
     text = os.fspath(dirpath)
-    return text.rstrip("/") if is_remote(text) else os.path.realpath(os.path.expanduser(text))
+    return os.path.realpath(os.path.expanduser(text)) if _is_local(text) else text.rstrip("/")
 
 
 class Checkpoint(Callback):
@@ -50,7 +60,7 @@ class ModelCheckpoint(Checkpoint):
         filename: str | None = None,
         monitor: str | None = None,
         verbose: bool = False,
-        save_last: bool | str | None = None,
+        save_last: bool | Literal["link"] | None = None,
         save_top_k: int = 1,
         save_on_exception: bool = False,
         save_weights_only: bool = False,
@@ -63,24 +73,11 @@ class ModelCheckpoint(Checkpoint):
         enable_version_counter: bool = True,
     ) -> None:
         if mode not in ("min", "max"):
-            raise ValueError(f"Expected ModelCheckpoint mode 'min' or 'max', received {mode!r}.")
-        if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ValueError(f"Expected ModelCheckpoint save_top_k >= -1, received {save_top_k!r}.")
-        if monitor is None and save_top_k not in (-1, 0, 1):
-            raise ValueError(
-                f"Expected a monitor for ModelCheckpoint(save_top_k={save_top_k}): without one there is nothing to rank."
-            )
+            raise MisconfigurationException(f"`mode` can be min, max but got {mode}")
         if save_last not in (None, True, False, "link"):
-            raise ValueError(f"Expected save_last to be True, False, None or 'link', received {save_last!r}.")
-        set_triggers = [t is not None for t in (every_n_train_steps, every_n_epochs, train_time_interval)]
-        if sum(set_triggers) > 1:
-            raise ValueError(
-                "Expected at most one of every_n_train_steps, every_n_epochs and train_time_interval, received"
-                f" {every_n_train_steps=}, {every_n_epochs=}, {train_time_interval=}."
+            raise MisconfigurationException(
+                f"Expected save_last to be True, False, None or 'link', received {save_last!r}."
             )
-        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"Expected ModelCheckpoint {name} >= 0, received {value!r}.")
         self.monitor = monitor
         self.verbose = verbose
         self.save_last = save_last
@@ -91,10 +88,10 @@ class ModelCheckpoint(Checkpoint):
         self.auto_insert_metric_name = auto_insert_metric_name
         self._save_on_train_epoch_end = save_on_train_epoch_end
         self._enable_version_counter = enable_version_counter
-        if not any(set_triggers):
+        if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
             every_n_epochs, every_n_train_steps = 1, 0
-        self._every_n_epochs = every_n_epochs or 0
-        self._every_n_train_steps = every_n_train_steps or 0
+        self._every_n_epochs: int = every_n_epochs or 0
+        self._every_n_train_steps: int = every_n_train_steps or 0
         self._train_time_interval = train_time_interval
         self.dirpath: str | None = _resolve_dir(dirpath) if dirpath else None
         self.filename = filename
@@ -109,6 +106,43 @@ class ModelCheckpoint(Checkpoint):
         self._last_time_checked: float | None = None
         self._last_checkpoint_saved = ""
         self.orphan_grace_seconds = 3600.0
+        # a step- or time-triggered save whose monitored metric only validation logs waits for it
+        self._defer_save_until_validation = False
+        self._warned: set[str] = set()  # warnings given once per callback, not at every save
+        self._validate_configuration()
+
+    def _validate_configuration(self) -> None:
+        # Lightning's checks and messages: user code matches on them
+        if not isinstance(self.save_top_k, int) or self.save_top_k < -1:
+            raise MisconfigurationException(f"Invalid value for save_top_k={self.save_top_k}. Must be >= -1")
+        for name, value in (
+            ("every_n_train_steps", self._every_n_train_steps),
+            ("every_n_epochs", self._every_n_epochs),
+        ):
+            if not isinstance(value, int) or value < 0:
+                raise MisconfigurationException(f"Invalid value for {name}={value}. Must be >= 0")
+        # a trigger set to 0 is off: only the ones that fire count against each other
+        triggers = (
+            (self._every_n_train_steps >= 1)
+            + (self._every_n_epochs >= 1)
+            + (self._train_time_interval is not None)
+        )
+        if triggers > 1:
+            raise MisconfigurationException(
+                f"Combination of parameters every_n_train_steps={self._every_n_train_steps},"
+                f" every_n_epochs={self._every_n_epochs} and train_time_interval={self._train_time_interval}"
+                " should be mutually exclusive."
+            )
+        if self.monitor is None and self.save_top_k not in (-1, 0, 1):
+            raise MisconfigurationException(
+                f"ModelCheckpoint(save_top_k={self.save_top_k}, monitor=None) is not a valid configuration."
+                " No quantity for top_k to track."
+            )
+
+    @property
+    def every_n_epochs(self) -> int:
+        """Epochs between top-k saves (0: none at epoch ends)."""
+        return self._every_n_epochs
 
     @property
     def state_key(self) -> str:
@@ -121,51 +155,87 @@ class ModelCheckpoint(Checkpoint):
         )
 
     # ---- hooks -------------------------------------------------------------------------------------
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
         if self.dirpath is None:
             # rank zero's: the logger's version (and so the folder) is known there only
             self.dirpath = trainer.strategy.broadcast(self._default_dirpath(trainer))
+        if self.save_last == "link" and not _is_local(self.dirpath):
+            raise ValueError(
+                "`ModelCheckpoint(save_last='link')` is only supported for local file paths,"
+                f" got `dirpath={self.dirpath}`."
+            )
         if stage != TrainerFn.FITTING.value or not trainer.is_global_zero:
             return
         store = trainer._checkpoint_writer.store(self.dirpath)
         # the uploads a killed writer left unfinished; the grace period spares a concurrent writer's
         cleanup_orphans(store, grace_seconds=self.orphan_grace_seconds)
         if self.save_top_k != 0 and store.list():
-            log.warning("Checkpoint directory %s exists and is not empty.", self.dirpath)
+            warnings.warn(
+                f"Checkpoint directory {self.dirpath} exists and is not empty.", UserWarning, stacklevel=2
+            )
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         self._last_time_checked = time.monotonic()
 
     def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._skip(trainer):
-            return
         skip_batch = self._every_n_train_steps < 1 or trainer.global_step % self._every_n_train_steps != 0
         skip_time = True
+        now = time.monotonic()
         if self._train_time_interval is not None:
-            now = time.monotonic()
-            assert self._last_time_checked is not None
-            skip_time = now - self._last_time_checked < self._train_time_interval.total_seconds()
+            last = self._last_time_checked
+            skip_time = last is None or now - last < self._train_time_interval.total_seconds()
             if trainer.world_size > 1:  # rank zero's clock decides: every rank must save at the same step
                 skip_time = bool(trainer.strategy.broadcast(skip_time))
-            if not skip_time:
-                self._last_time_checked = now
         if skip_batch and skip_time:
             return
+        if not skip_time:
+            self._last_time_checked = now
         candidates = self._monitor_candidates(trainer)
+        if self.monitor is not None and (self.monitor not in candidates or self._validation_follows(trainer)):
+            # the metric is validation's (not logged yet, or about to be renewed): saving now would rank a
+            # stale value, so the save happens when this epoch's (or the next) validation ends
+            self._defer_save_until_validation = True
+            return
+        if self._skip(trainer):
+            return
         self._save_topk(trainer, candidates)
         self._save_last(trainer, candidates)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _validation_follows(self, trainer: "Trainer") -> bool:
+        """Whether this epoch's validation runs right after this (its last) batch, saving at its end."""
+        if self._saves_on_train_epoch_end(trainer) or not trainer.is_last_batch:
+            return False
+        if not trainer.enable_validation or not sum(trainer.num_val_batches):
+            return False
+        every = trainer.check_val_every_n_epoch
+        return every is None or (trainer.current_epoch + 1) % every == 0
+
+    def on_train_epoch_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         if not self._skip(trainer) and self._saves_on_train_epoch_end(trainer):
             self._save_for_epoch(trainer)
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._skip(trainer) and not self._saves_on_train_epoch_end(trainer):
-            self._save_for_epoch(trainer)
+    def on_validation_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        if self._skip(trainer) or self._saves_on_train_epoch_end(trainer):
+            return
+        if self._defer_save_until_validation:
+            candidates = self._monitor_candidates(trainer)
+            self._defer_save_until_validation = False
+            self._save_topk(trainer, candidates)
+            self._save_last(trainer, candidates)
+            return
+        self._save_for_epoch(trainer)
 
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+    def on_train_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        # a fit that never reached a checkpointing moment (no validation to save after, fast_dev_run)
+        # still leaves "last", as Lightning's does
+        if self.save_last and not self._last_checkpoint_saved:
+            self._save_last(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(
+        self, trainer: "Trainer", pl_module: "LightningModule", exception: BaseException
+    ) -> None:
         """Save before the process goes: on errors when ``save_on_exception`` (Lightning's file: this
         callback's ``filename``, then "last"), and always on SIGTERM (raised at a batch boundary, so the
         state is consistent and a retried run resumes from it)."""
@@ -191,8 +261,16 @@ class ModelCheckpoint(Checkpoint):
             if self._last_global_step_saved == trainer.global_step:
                 return  # this step's checkpoint is saved already
             # written over any file of that name, as Lightning does: the newest state is what counts
-            self._save(trainer, self.format_checkpoint_name(candidates), overwrite=True)
+            filepath = self.format_checkpoint_name(candidates)
+            self._save(trainer, filepath, overwrite=True)
             self._save_last(trainer, candidates)
+            if trainer.is_global_zero:
+                log.info(
+                    "An %s was raised with message: %s, saved checkpoint to %s",
+                    type(exception).__name__,
+                    exception,
+                    filepath,
+                )
             return
         if self.save_last:
             self._save_last(trainer, candidates)
@@ -223,15 +301,17 @@ class ModelCheckpoint(Checkpoint):
             self.last_model_path = state_dict.get("last_model_path", "")
             self.current_score = state_dict.get("current_score")
         else:
-            log.warning(
-                "The checkpoint's ModelCheckpoint dirpath %s differs from %s: only best_model_path is restored.",
-                state_dict.get("dirpath"),
-                self.dirpath,
+            warnings.warn(
+                f"The dirpath has changed from {state_dict.get('dirpath')!r} to {self.dirpath!r}, therefore"
+                " `best_model_score`, `kth_best_model_path`, `kth_value`, `last_model_path` and `best_k_models`"
+                " won't be reloaded. Only `best_model_path` will be reloaded.",
+                UserWarning,
+                stacklevel=2,
             )
         self.best_model_path = state_dict["best_model_path"]
 
     # ---- decisions ---------------------------------------------------------------------------------
-    def _skip(self, trainer: Trainer) -> bool:
+    def _skip(self, trainer: "Trainer") -> bool:
         return (
             bool(trainer.fast_dev_run)
             or trainer.state.fn != TrainerFn.FITTING
@@ -239,7 +319,7 @@ class ModelCheckpoint(Checkpoint):
             or self._last_global_step_saved == trainer.global_step
         )
 
-    def _saves_on_train_epoch_end(self, trainer: Trainer) -> bool:
+    def _saves_on_train_epoch_end(self, trainer: "Trainer") -> bool:
         if self._save_on_train_epoch_end is not None:
             return self._save_on_train_epoch_end
         if trainer.check_val_every_n_epoch != 1:
@@ -248,13 +328,13 @@ class ModelCheckpoint(Checkpoint):
             return True
         return trainer.val_check_interval == 1.0
 
-    def _save_for_epoch(self, trainer: Trainer) -> None:
+    def _save_for_epoch(self, trainer: "Trainer") -> None:
         candidates = self._monitor_candidates(trainer)
         if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
             self._save_topk(trainer, candidates)
         self._save_last(trainer, candidates)
 
-    def _monitor_candidates(self, trainer: Trainer) -> dict[str, Tensor]:
+    def _monitor_candidates(self, trainer: "Trainer") -> dict[str, Tensor]:
         candidates = {
             k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in trainer.callback_metrics.items()
         }
@@ -267,7 +347,7 @@ class ModelCheckpoint(Checkpoint):
         return candidates
 
     # ---- saving ------------------------------------------------------------------------------------
-    def _save_topk(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
+    def _save_topk(self, trainer: "Trainer", candidates: dict[str, Tensor]) -> None:
         if self.save_top_k == 0:
             return
         if self.monitor is None:
@@ -275,12 +355,15 @@ class ModelCheckpoint(Checkpoint):
             return
         if self.monitor not in candidates:
             message = (
-                f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the logged"
-                f" metrics: {sorted(candidates)}. Did you call `self.log({self.monitor!r}, value)`?"
+                f"`ModelCheckpoint(monitor={self.monitor!r})` could not find the monitored key in the returned"
+                f" metrics: {list(candidates)}. HINT: Did you call `log({self.monitor!r}, value)` in the"
+                " `LightningModule`?"
             )
             if trainer._run_state.val_has_run:
-                raise ValueError(message)
-            log.warning(message)
+                raise MisconfigurationException(message)
+            if message not in self._warned:
+                self._warned.add(message)
+                warnings.warn(message, UserWarning, stacklevel=2)
             return
         # rank zero's value decides on every rank, so all keep the same top-k and save at the same moments
         current = candidates[self.monitor]
@@ -297,7 +380,7 @@ class ModelCheckpoint(Checkpoint):
                 self.save_top_k,
             )
 
-    def check_monitor_top_k(self, trainer: Trainer, current: Tensor | None = None) -> bool:
+    def check_monitor_top_k(self, trainer: "Trainer", current: Tensor | None = None) -> bool:
         if current is None:
             return False
         if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
@@ -305,7 +388,9 @@ class ModelCheckpoint(Checkpoint):
         better = torch.lt if self.mode == "min" else torch.gt
         return bool(better(current, self.best_k_models[self.kth_best_model_path]))
 
-    def _update_best_and_save(self, current: Tensor, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
+    def _update_best_and_save(
+        self, current: Tensor, trainer: "Trainer", candidates: dict[str, Tensor]
+    ) -> None:
         k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
         to_delete = None
         if len(self.best_k_models) == k and k > 0:
@@ -339,14 +424,14 @@ class ModelCheckpoint(Checkpoint):
         removed = to_delete if to_delete and self._may_remove(trainer, to_delete, filepath) else None
         self._save(trainer, filepath, replaces=removed, overwrite=self._reuses(filepath, to_delete))
 
-    def _save_unmonitored(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
+    def _save_unmonitored(self, trainer: "Trainer", candidates: dict[str, Tensor]) -> None:
         filepath = self._unique_path(trainer, candidates, None, self.best_model_path)
         previous, self.best_model_path = self.best_model_path, filepath
         removable = self.save_top_k == 1 and previous and self._may_remove(trainer, previous, filepath)
         replaces = previous if removable else None
         self._save(trainer, filepath, replaces=replaces, overwrite=self._reuses(filepath, previous))
 
-    def _save_last(self, trainer: Trainer, candidates: dict[str, Tensor]) -> None:
+    def _save_last(self, trainer: "Trainer", candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
             return
         # Lightning's names: this callback's "last.ckpt" is overwritten in place (in one step: a reader
@@ -367,24 +452,27 @@ class ModelCheckpoint(Checkpoint):
         return filepath == allowed_existing or not self._enable_version_counter
 
     def _save(
-        self, trainer: Trainer, filepath: str, replaces: str | None = None, overwrite: bool = False
+        self, trainer: "Trainer", filepath: str, replaces: str | None = None, overwrite: bool = False
     ) -> None:
-        """Commit ``filepath`` in the background; ``replaces`` (retention) is deleted once it has committed.
+        """Save ``filepath`` through ``trainer.save_checkpoint`` (as Lightning does: wrapping it sees every
+        save), committed with this callback's retention: ``replaces`` is deleted once ``filepath`` has
+        committed.
 
         Handing the replaced checkpoint to the writer with the save (instead of deleting it afterwards)
-        lets a slow store coalesce: a replaced checkpoint whose commit has not started yet is dropped,
-        so training never waits behind uploads of checkpoints that would be deleted anyway. Every path
-        this callback names (best, last, top-k) is one it saved and has not replaced: committed, or
-        committed before ``fit`` returns.
+        lets a slow object store coalesce: a replaced checkpoint whose commit has not started yet is
+        dropped, so training never waits behind uploads of checkpoints that would be deleted anyway. Every
+        path this callback names (best, last, top-k) is one it saved and has not replaced: committed (a
+        local file, when the save returns), or committed before ``fit`` returns (object storage).
         """
-        commit_checkpoint(
-            trainer, filepath, self.save_weights_only, self, replaces=replaces, overwrite=overwrite
-        )
+        with commit_request(trainer, filepath, replaces=replaces, overwrite=overwrite):
+            trainer.save_checkpoint(filepath, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            notify_loggers(trainer, self)
 
     def _may_remove(
-        self, trainer: Trainer, previous: str, current: str, previous_is_last: bool = False
+        self, trainer: "Trainer", previous: str, current: str, previous_is_last: bool = False
     ) -> bool:
         if previous == current:
             return False
@@ -395,7 +483,7 @@ class ModelCheckpoint(Checkpoint):
         return self.dirpath is not None and _inside(previous, self.dirpath)
 
     # ---- names -------------------------------------------------------------------------------------
-    def _default_dirpath(self, trainer: Trainer) -> str:
+    def _default_dirpath(self, trainer: "Trainer") -> str:
         logger = trainer.logger
         if logger is not None:
             save_dir = logger.save_dir or trainer.default_root_dir
@@ -405,7 +493,7 @@ class ModelCheckpoint(Checkpoint):
 
     def _unique_path(
         self,
-        trainer: Trainer,
+        trainer: "Trainer",
         candidates: dict[str, Tensor],
         filename: str | None,
         allowed_existing: str | None,
@@ -451,14 +539,42 @@ class ModelCheckpoint(Checkpoint):
                 values[key] = torch.tensor(0)
         return filename.format(values)
 
-    def find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+    def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
+        """Write ``best_k_models`` (checkpoint path: score) as YAML, by default to ``dirpath/best_k_models.yaml``."""
+        import yaml
+
+        best_k = {path: score.item() for path, score in self.best_k_models.items()}
+        if filepath is None:
+            if not self.dirpath:
+                raise ValueError(
+                    "Expected a dirpath (set by fit) or a filepath for to_yaml, received neither."
+                )
+            filepath = join_uri(self.dirpath, "best_k_models.yaml")
+        target = os.fspath(filepath)
+        text = yaml.safe_dump(best_k)
+        if is_remote(target):
+            from lightning_lib.storage import open_store, split_uri
+
+            root, name = split_uri(target)
+            open_store(root).put_bytes(name, text.encode())
+        else:
+            with open(target, "w", encoding="utf-8") as handle:
+                handle.write(text)
+
+    def file_exists(self, filepath: str | os.PathLike[str], trainer: "Trainer") -> bool:
+        """Whether a file (a checkpoint or not) is at ``filepath``, or a save of it is still committing;
+        rank zero decides for every rank."""
+        found = trainer._checkpoint_writer.exists(os.fspath(filepath)) if trainer.is_global_zero else False
+        return bool(trainer.strategy.broadcast(found))
+
+    def find_last_checkpoints(self, trainer: "Trainer") -> set[str]:
         """Committed ``last*`` checkpoints in ``dirpath``."""
         dirpath = self.dirpath or self._default_dirpath(trainer)
         store = trainer._checkpoint_writer.store(dirpath)
         found = list_committed(store, self.CHECKPOINT_NAME_LAST, self.FILE_EXTENSION)
         return {ckpt.uri for ckpt in found}
 
-    def committed(self, trainer: Trainer) -> list[str]:
+    def committed(self, trainer: "Trainer") -> list[str]:
         """Every committed checkpoint in ``dirpath``, oldest first (by step, then commit time)."""
         dirpath = self.dirpath or self._default_dirpath(trainer)
         store = trainer._checkpoint_writer.store(dirpath)

@@ -11,6 +11,10 @@ import logging
 import os
 import pickle
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -206,10 +210,21 @@ def _torch_load(handle: Any, where: str, map_location: Any, weights_only: bool) 
 
 def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_only: bool) -> None:
     """``Trainer.save_checkpoint``: every rank builds it (the per-rank states are gathered), rank zero
-    alone writes it, and no rank goes on before it is there."""
+    alone writes it, and no rank goes on before it is there.
+
+    Called by ``ModelCheckpoint`` (as Lightning's does, so a user who wraps or mocks
+    ``trainer.save_checkpoint`` sees each of its saves), the save goes through the commit protocol
+    with the callback's retention instead (``commit_request``)."""
+    target = os.fspath(filepath)
+    request = _REQUEST.get()
+    if request is not None and request.trainer is trainer and request.uri == target:
+        _REQUEST.set(None)  # one save per request: a nested save_checkpoint is a plain one
+        commit_checkpoint(
+            trainer, target, weights_only, replaces=request.replaces, overwrite=request.overwrite
+        )
+        return
     checkpoint = dump_checkpoint(trainer, weights_only)
     if trainer.is_global_zero:
-        target = os.fspath(filepath)
         if is_remote(target):
             # object storage: the same commit protocol as ModelCheckpoint, synchronously
             trainer._checkpoint_writer.save(checkpoint, target, trainer.global_step, overwrite=True)
@@ -218,29 +233,59 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
             save_file(checkpoint, filepath)  # a plain .ckpt file, as Lightning writes it
             trainer._checkpoint_writer.note_taken(os.path.abspath(target))
     trainer.strategy.barrier("Trainer.save_checkpoint")
-    _notify_loggers(trainer, trainer.checkpoint_callback)
+    notify_loggers(trainer, trainer.checkpoint_callback)
+
+
+@dataclass(frozen=True)
+class _CommitRequest:
+    """What ``ModelCheckpoint`` asks of the ``trainer.save_checkpoint`` call it is about to make."""
+
+    trainer: Any
+    uri: str
+    replaces: str | None
+    overwrite: bool
+
+
+_REQUEST: ContextVar[_CommitRequest | None] = ContextVar("lightning_lib_commit_request", default=None)
+
+
+@contextmanager
+def commit_request(
+    trainer: Trainer, uri: str, replaces: str | None = None, overwrite: bool = False
+) -> Iterator[None]:
+    """Within it, ``trainer.save_checkpoint(uri, ...)`` commits ``uri`` as ``commit_checkpoint`` does,
+    with its retention (``replaces``, ``overwrite``)."""
+    token = _REQUEST.set(_CommitRequest(trainer, uri, replaces, overwrite))
+    try:
+        yield
+    finally:
+        _REQUEST.reset(token)
 
 
 def commit_checkpoint(
     trainer: Trainer,
     uri: str,
     weights_only: bool,
-    callback: Any,
     replaces: str | None = None,
     overwrite: bool = False,
 ) -> None:
-    """ModelCheckpoint's save: a committed checkpoint file, written in the background; ``replaces``
-    (retention) is deleted once it has committed, or never committed if superseded before its turn;
-    ``overwrite`` takes over a checkpoint already at ``uri`` (see ``CheckpointWriter.save``)."""
+    """ModelCheckpoint's save: a committed checkpoint file; ``replaces`` (retention) is deleted once it
+    has committed, or never committed if superseded before its turn; ``overwrite`` takes over a
+    checkpoint already at ``uri`` (see ``CheckpointWriter.save``).
+
+    On object storage the commit runs in the background (training does not wait for the network); a
+    local file is there when this returns, as Lightning's is (callbacks and user code read it during the
+    fit), still written through the commit protocol (sealed, published whole)."""
     checkpoint = dump_checkpoint(trainer, weights_only)  # on every rank: it gathers the per-rank states
-    if trainer.is_global_zero:  # committed once, by rank zero, in the background
-        trainer._checkpoint_writer.save(
-            checkpoint, uri, trainer.global_step, replaces=replaces, overwrite=overwrite
-        )
-    _notify_loggers(trainer, callback)
+    if trainer.is_global_zero:  # committed once, by rank zero
+        writer = trainer._checkpoint_writer
+        writer.save(checkpoint, uri, trainer.global_step, replaces=replaces, overwrite=overwrite)
+        if writer.sync_local and not is_remote(uri):
+            writer.wait()
 
 
-def _notify_loggers(trainer: Trainer, callback: Any) -> None:
+def notify_loggers(trainer: Trainer, callback: Any) -> None:
+    """Each logger's ``after_save_checkpoint`` hook, with the checkpoint callback that saved."""
     if callback is None:
         return
     for logger in trainer.loggers:

@@ -16,6 +16,7 @@ from lightning_lib.checkpoint._format import PROGRESS_KEY, load_committed
 from lightning_lib.checkpoint._manifest import CommittedCheckpoint, CorruptCheckpointError
 from lightning_lib.storage import ObjectStore, is_remote
 from lightning_lib.trainer.states import TrainerFn
+from lightning_lib.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from lightning_lib.trainer import Trainer
@@ -58,7 +59,8 @@ def select_ckpt_path(
         path = os.fspath(ckpt_path)
         if not is_remote(path) and not os.path.exists(path):
             raise FileNotFoundError(
-                f"Expected ckpt_path to be 'best', 'last', an existing checkpoint file or s3:// URI, received {path!r}."
+                f"Checkpoint file not found: {path}. Expected ckpt_path to be 'best', 'last', an existing"
+                " checkpoint file or an s3:// URI."
             )
         return path
     raise TypeError(f"Expected ckpt_path to be 'best', 'last', a path or None, received {ckpt_path!r}.")
@@ -104,8 +106,18 @@ def restore_modules(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
             datamodule.load_state_dict(state)
     if trainer.state.fn == TrainerFn.FITTING:
         states = checkpoint.get("callbacks") or {}
+        missing = [key for key in states if key not in {cb.state_key for cb in trainer.callbacks}]
+        if missing:
+            warnings.warn(
+                "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be"
+                f" provided during `Trainer` instantiation. Please add the following callbacks: {missing}.",
+                UserWarning,
+                stacklevel=2,
+            )
+        # every callback sees the checkpoint before any state is loaded, as in Lightning
         for cb in trainer.callbacks:
             cb.on_load_checkpoint(trainer, module, checkpoint)
+        for cb in trainer.callbacks:
             if cb.state_key in states:
                 cb.load_state_dict(states[cb.state_key])
 
@@ -116,6 +128,12 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None
         raise ValueError(
             "Expected a full checkpoint to resume training, received a weights-only one (no optimizer states);"
             " load its weights with `load_from_checkpoint` and start a new fit instead."
+        )
+    epoch = int(checkpoint.get("epoch", 0))
+    if trainer.max_epochs not in (None, -1) and epoch > trainer.max_epochs:
+        raise MisconfigurationException(
+            f"You restored a checkpoint with current_epoch={epoch},"
+            f" but you have set Trainer(max_epochs={trainer.max_epochs})."
         )
     opt_states = checkpoint["optimizer_states"]
     if len(opt_states) != len(trainer.optimizers):

@@ -95,14 +95,17 @@ class CheckpointWriter:
     """One per Trainer: the ordered queue of checkpoint commits and deletions.
 
     ``background=False`` runs each commit and deletion on the caller's thread instead (errors are
-    then raised by the call itself). ``max_pending`` is how many snapshots may wait behind the commit
+    then raised by the call itself). ``sync_local`` (the default) tells ``ModelCheckpoint`` to wait
+    for a local file's commit, so it is there when the save returns, as Lightning's is; object storage
+    always commits in the background. Off, local folders behave like a slow object store. ``max_pending`` is how many snapshots may wait behind the commit
     in flight (2: a top-k checkpoint and "last" saved at the same step never wait for each other).
     """
 
-    def __init__(self, background: bool = True, max_pending: int = 2) -> None:
+    def __init__(self, background: bool = True, max_pending: int = 2, sync_local: bool = True) -> None:
         if max_pending < 1:
             raise ValueError(f"Expected max_pending >= 1, received {max_pending}.")
         self.background = background
+        self.sync_local = sync_local
         self.max_pending = max_pending
         self._jobs: deque[_Job] = deque()  # in order; the head is running once ``_running`` is set
         self._running: _Job | None = None

@@ -693,8 +693,9 @@ class Trainer:
         # any checkpoint callback (OnExceptionCheckpoint too) stands in for the default ModelCheckpoint, as in Lightning
         has_checkpoint = any(isinstance(cb, Checkpoint) for cb in found)
         if enable_checkpointing is False and has_checkpoint:
-            raise ValueError(
-                "Expected no ModelCheckpoint in callbacks with enable_checkpointing=False, received one."
+            raise MisconfigurationException(
+                "Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint` in"
+                " callbacks list."
             )
         if enable_checkpointing is not False and not has_checkpoint:
             found.append(ModelCheckpoint())
