@@ -71,7 +71,8 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         if obj is not None and obj.hparams:
             checkpoint[f"{prefix}hyper_parameters"] = to_plain(dict(obj.hparams))
     if datamodule is not None:
-        dm_state = datamodule.state_dict()
+        # through the hook dispatcher, so a profiler times it as Lightning's does
+        dm_state = trainer._hooks.datamodule("state_dict")
         if dm_state:
             checkpoint[type(datamodule).__qualname__] = dm_state
     if not weights_only:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from torch.utils.data import DataLoader
@@ -12,7 +13,6 @@ from lightning_lib.checkpoint._positions import make_resumable
 from lightning_lib.loop.loaders import (
     INF,
     CombinedBatches,
-    CycleLoaders,
     LimitedFetcher,
     add_worker_init_fn,
     check_iterable,
@@ -75,6 +75,8 @@ class DataConnector:
         self.num_training_batches: int | float = INF
         self.val_check_batch: int | float = INF
         self._eval: dict[EvalKey, tuple[list[Any], list[int | float]]] = {}
+        # each stage's loaders in the structure they were given (what ``trainer.val_dataloaders`` returns)
+        self._eval_iterables: dict[EvalKey, Any] = {}
         self.last_train_reload_epoch = 0
         self.last_val_reload_epoch: float = float("-inf")
 
@@ -136,6 +138,9 @@ class DataConnector:
             )
         flat = [self.prepare(dl, "train_dataloader") for dl in flat]
         self._check_lengths(flat)
+        if isinstance(source, Mapping | list | tuple):
+            # a collection of loaders (nested as deep as wanted) is one CombinedLoader, as in Lightning
+            source = CombinedLoader(source, "max_size_cycle")
         if isinstance(source, CombinedLoader):
             source.flattened = flat
             if source.mode == "sequential":
@@ -146,12 +151,6 @@ class DataConnector:
                 )
             loader: Any = CombinedBatches(source)
             self.train_iterables = source.iterables
-        elif isinstance(source, dict):
-            loader = CycleLoaders(dict(zip(source.keys(), flat)))
-            self.train_iterables = dict(zip(source.keys(), flat))
-        elif isinstance(source, list | tuple):
-            loader = CycleLoaders(flat)
-            self.train_iterables = type(source)(flat)
         else:
             self.train_iterables = flat[0]
             # a plain DataLoader is rebuilt so checkpoints can record its position in the epoch
@@ -215,8 +214,6 @@ class DataConnector:
     def train_loaders(self) -> list[Any]:
         """The train loaders as a flat list (the members of a combined loader)."""
         loader = self.train_loader
-        if isinstance(loader, CycleLoaders):
-            return list(loader._values)
         if isinstance(loader, CombinedBatches):
             return list(loader.combined.flattened)
         return [loader] if loader is not None else []
@@ -240,6 +237,7 @@ class DataConnector:
             and not is_overridden(_STEP_HOOKS[key], trainer.lightning_module, LightningModule)
         ):
             self._eval[key] = ([], [])
+            self._eval_iterables.pop(key, None)
             return
         defined = self.source_defined(key)
         source = self._request(key) if defined else None
@@ -254,6 +252,9 @@ class DataConnector:
         flat = [self.prepare(dl, hook) for dl in flatten_loaders(source)]
         self._check_lengths(flat)
         self._eval[key] = (flat, [num_batches(dl, limit, key) for dl in flat])
+        combined = source if isinstance(source, CombinedLoader) else CombinedLoader(source)
+        combined.flattened = flat
+        self._eval_iterables[key] = combined.iterables
         every = trainer.check_val_every_n_epoch
         validates_this_epoch = every is None or (trainer.current_epoch + 1) % every == 0
         # the sanity check's load counts as this epoch's reload only if this epoch validates (Lightning's rule)
@@ -296,6 +297,10 @@ class DataConnector:
     def loaded(self, key: EvalKey) -> list[Any]:
         """The loaders of ``key`` loaded so far (none before the stage ran)."""
         return self._eval.get(key, ([], []))[0]
+
+    def iterables(self, key: EvalKey) -> Any:
+        """The loaders of ``key`` loaded so far, in the structure they were given (None before the stage ran)."""
+        return self._eval_iterables.get(key)
 
     def batch_counts(self, key: EvalKey) -> list[int | float]:
         """How many batches each loaded loader of ``key`` gives under its limit."""

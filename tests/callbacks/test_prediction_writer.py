@@ -149,7 +149,8 @@ def test_loader_without_indices_warns_once_and_still_writes(tmp_path: Any) -> No
 def test_invalid_interval_names_the_choices() -> None:
     # Lightning's type, so user code that catches MisconfigurationException sees it
     with pytest.raises(
-        MisconfigurationException, match=r"`write_interval` should be one of \['batch', 'epoch', 'batch_and_epoch'\]"
+        MisconfigurationException,
+        match=r"`write_interval` should be one of \['batch', 'epoch', 'batch_and_epoch'\]",
     ):
         BasePredictionWriter("step")  # type: ignore[arg-type]
 

@@ -1,0 +1,128 @@
+"""Collections of dataloaders, nested as deep as wanted, behave as in pytorch_lightning: the batches the steps
+receive, the batch counts under the limits, and what ``trainer.*_dataloader(s)`` return."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_lib
+from tests.helpers import quiet_trainer_kwargs, reference_lightning
+
+pytestmark = pytest.mark.parity
+
+
+def _loader(n: int) -> DataLoader:
+    return DataLoader(TensorDataset(torch.arange(n).float()), batch_size=1)
+
+
+def _shape(tree: Any) -> Any:
+    """The structure of ``tree`` with each leaf replaced by its type name (loaders) or its values (batches)."""
+    if isinstance(tree, dict):
+        return {key: _shape(value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_shape(value) for value in tree)
+    if isinstance(tree, torch.Tensor):
+        return tree.tolist()
+    return type(tree).__name__
+
+
+def _nested_program(pl: ModuleType, tmp_path: Any) -> dict[str, Any]:
+    seen: list[Any] = []
+
+    class Model(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            seen.append(("train", batch_idx, _shape(batch)))
+            return self.layer(torch.ones(1, 1)).sum()
+
+        def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            seen.append(("val", batch_idx, dataloader_idx, _shape(batch)))
+
+        def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            seen.append(("test", batch_idx, dataloader_idx, _shape(batch)))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = pl.Trainer(
+        **quiet_trainer_kwargs(tmp_path, max_epochs=1, num_sanity_val_steps=0, limit_train_batches=0.2)
+    )
+    trainer.fit(
+        Model(),
+        train_dataloaders={"a_b": [_loader(10), _loader(10)], "c_d_e": [_loader(5), _loader(5), _loader(5)]},
+        val_dataloaders={"x": [_loader(2), _loader(3)], "y": _loader(1)},
+    )
+    fit = {
+        "num_training_batches": trainer.num_training_batches,
+        "num_val_batches": trainer.num_val_batches,
+        "train_dataloader": _shape(trainer.train_dataloader),
+        "val_dataloaders": _shape(trainer.val_dataloaders),
+    }
+    trainer.test(Model(), dataloaders=([_loader(1), _loader(2)], _loader(1)), verbose=False)
+    return {
+        "fit": fit,
+        "num_test_batches": trainer.num_test_batches,
+        "test_dataloaders": _shape(trainer.test_dataloaders),
+        "seen": seen,
+    }
+
+
+def test_nested_collections_of_loaders_match_lightning(tmp_path: Any) -> None:
+    ref = reference_lightning()
+    ours = _nested_program(lightning_lib, tmp_path / "ours")
+    assert ours == _nested_program(ref, tmp_path / "ref")
+    # what the comparison pins: the counts come from the longest train loader, not the collection's size
+    assert ours["fit"]["num_training_batches"] == 2
+    assert ours["fit"]["val_dataloaders"] == {"x": ["DataLoader", "DataLoader"], "y": "DataLoader"}
+
+
+@pytest.mark.parametrize(
+    "val",
+    [
+        pytest.param(lambda: [_loader(2)], id="list-of-one"),
+        pytest.param(lambda: (_loader(2), _loader(1)), id="tuple"),
+        pytest.param(lambda: _loader(2), id="single"),
+        pytest.param(lambda: {"a": _loader(1)}, id="dict"),
+    ],
+)
+def test_eval_dataloaders_keep_the_structure_given(tmp_path: Any, val: Any) -> None:
+    def program(pl: ModuleType, root: Any) -> list[Any]:
+        class Model(pl.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layer = torch.nn.Linear(1, 1)
+
+            def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+                return self.layer(torch.ones(1, 1)).sum()
+
+            def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+                pass
+
+            def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+                pass
+
+            def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> int:
+                return 1
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        trainer = pl.Trainer(**quiet_trainer_kwargs(root, max_epochs=1))
+        out: list[Any] = [trainer.val_dataloaders, trainer.test_dataloaders, trainer.predict_dataloaders]
+        trainer.fit(Model(), train_dataloaders=[_loader(2)], val_dataloaders=val())
+        out += [_shape(trainer.train_dataloader), _shape(trainer.val_dataloaders), trainer.num_val_batches]
+        trainer.test(Model(), dataloaders=val(), verbose=False)
+        out += [_shape(trainer.test_dataloaders), trainer.num_test_batches, trainer.val_dataloaders]
+        trainer.predict(Model(), dataloaders=val())
+        out += [_shape(trainer.predict_dataloaders), trainer.num_predict_batches]
+        return out
+
+    assert program(lightning_lib, tmp_path / "ours") == program(reference_lightning(), tmp_path / "ref")
