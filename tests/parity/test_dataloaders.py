@@ -126,3 +126,59 @@ def test_eval_dataloaders_keep_the_structure_given(tmp_path: Any, val: Any) -> N
         return out
 
     assert program(lightning_lib, tmp_path / "ours") == program(reference_lightning(), tmp_path / "ref")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_few_workers_warnings_match_lightning_on_a_four_cpu_machine(tmp_path: Any, num_workers: int) -> None:
+    """Each stage warns about a loader with fewer than 2 workers when the machine has CPUs to spare (4 here,
+    simulated for both libraries, so the figure does not depend on the machine running the test)."""
+    import warnings
+    from unittest import mock
+
+    fabric_data = pytest.importorskip("lightning_fabric.utilities.data")
+    from lightning_lib.utilities import data as our_data
+
+    def program(pl: ModuleType, root: Any) -> list[str]:
+        class Model(pl.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layer = torch.nn.Linear(1, 1)
+
+            def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+                return self.layer(torch.ones(1, 1)).sum()
+
+            def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+                pass
+
+            def test_step(self, batch: Any, batch_idx: int) -> None:
+                pass
+
+            def predict_step(self, batch: Any, batch_idx: int) -> int:
+                return 1
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def loader(n: int) -> DataLoader:
+            return DataLoader(TensorDataset(torch.arange(n).float()), batch_size=1, num_workers=num_workers)
+
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer = pl.Trainer(**quiet_trainer_kwargs(root, max_epochs=1))
+            # the second val loader has no workers whatever the parameter: it warns in every case
+            trainer.fit(Model(), loader(3), [loader(2), _loader(2)])
+            trainer.validate(Model(), loader(2), verbose=False)
+            trainer.test(Model(), loader(2), verbose=False)
+            trainer.predict(Model(), loader(2))
+        return [str(w.message) for w in record if "workers" in str(w.message)]
+
+    with (
+        mock.patch.object(fabric_data, "_num_cpus_available", return_value=4),
+        mock.patch.object(our_data, "_cpus_available", return_value=4),
+    ):
+        ours = program(lightning_lib, tmp_path / "ours")
+        assert ours == program(reference_lightning(), tmp_path / "ref")
+    if num_workers == 0:
+        assert len(ours) == 6 and ours[-1].startswith("The 'predict_dataloader' does not have many workers")
+    else:
+        assert len(ours) == 1 and ours[0].startswith("The 'val_dataloader' does not have many workers")
