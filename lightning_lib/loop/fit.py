@@ -46,7 +46,7 @@ def run_fit(trainer: Trainer) -> None:
     trainer.state.stage = RunningStage.TRAINING
     torch.set_grad_enabled(True)
     data.setup_train_data()
-    if data.num_training_batches == 0:
+    if data.num_training_batches == 0 or data.train_fetcher is None:  # no batches, or limit_train_batches=0
         return
     point = progress.resume_point if resume is not None else ""
     in_epoch = resume is not None and progress.epoch_started

@@ -57,6 +57,8 @@ def sized_len(loader: Any) -> int | None:
 def num_batches(loader: Any, limit: int | float, prefix: str) -> int | float:
     """Batches a loop takes from ``loader`` under ``limit_{prefix}_batches`` (Lightning's rules)."""
     length = sized_len(loader)
+    if length == 0:  # nothing to limit (and no share of nothing to complain about)
+        return 0
     total: int | float = INF if length is None else length
     if isinstance(limit, int):
         count: int | float = min(total, limit)

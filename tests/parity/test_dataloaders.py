@@ -182,3 +182,166 @@ def test_few_workers_warnings_match_lightning_on_a_four_cpu_machine(tmp_path: An
         assert len(ours) == 6 and ours[-1].startswith("The 'predict_dataloader' does not have many workers")
     else:
         assert len(ours) == 1 and ours[0].startswith("The 'val_dataloader' does not have many workers")
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, n: int, sized: bool = False) -> None:
+        self.n = n
+        self.sized = sized
+
+    def __iter__(self) -> Any:
+        return iter([torch.tensor([float(i)]) for i in range(self.n)])
+
+    def __len__(self) -> int:
+        if not self.sized:
+            raise TypeError("no length")
+        return self.n
+
+
+def _shuffled(n: int) -> DataLoader:
+    return DataLoader(TensorDataset(torch.arange(n).float()), batch_size=1, shuffle=True)
+
+
+_CASES: dict[str, tuple[dict[str, Any], Any, str]] = {
+    "shuffled-val": ({}, lambda: {"train_dataloaders": _loader(4), "val_dataloaders": _shuffled(4)}, "fit"),
+    "shuffled-test": ({}, lambda: {"dataloaders": _shuffled(4)}, "test"),
+    "shuffled-predict": ({}, lambda: {"dataloaders": _shuffled(4)}, "predict"),
+    "overfit-shuffled": (
+        {"overfit_batches": 2},
+        lambda: {"train_dataloaders": _shuffled(4), "val_dataloaders": [_loader(4), _shuffled(4)]},
+        "fit",
+    ),
+    "iterable-with-len": (
+        {},
+        lambda: {"train_dataloaders": DataLoader(_Stream(4, sized=True)), "val_dataloaders": _loader(2)},
+        "fit",
+    ),
+    "iterable-val": (
+        {},
+        lambda: {"train_dataloaders": _loader(3), "val_dataloaders": DataLoader(_Stream(4))},
+        "fit",
+    ),
+    "empty-val": ({}, lambda: {"train_dataloaders": _loader(3), "val_dataloaders": _loader(0)}, "fit"),
+    "empty-train": ({}, lambda: {"train_dataloaders": _loader(0), "val_dataloaders": _loader(2)}, "fit"),
+    "limit-train-0": (
+        {"limit_train_batches": 0},
+        lambda: {"train_dataloaders": _loader(3), "val_dataloaders": _loader(2)},
+        "fit",
+    ),
+    "iterable-and-sized-train": (
+        {},
+        lambda: {"train_dataloaders": [_loader(2), DataLoader(_Stream(3))], "val_dataloaders": _loader(2)},
+        "fit",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CASES))
+def test_data_warnings_and_counts_match_lightning(tmp_path: Any, case: str) -> None:
+    """Lightning's warnings about a stage's loaders (shuffled evaluation data, overfitting shuffled data, empty
+    loaders, iterable datasets with a length) and the batch counts that follow."""
+    import warnings
+
+    trainer_kwargs, fit_kwargs, entry = _CASES[case]
+
+    def program(pl: ModuleType, root: Any) -> tuple[Any, list[str]]:
+        class Model(pl.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layer = torch.nn.Linear(1, 1)
+
+            def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+                return self.layer(torch.ones(1, 1)).sum()
+
+            def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+                pass
+
+            def test_step(self, batch: Any, batch_idx: int) -> None:
+                pass
+
+            def predict_step(self, batch: Any, batch_idx: int) -> int:
+                return 1
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer = pl.Trainer(**quiet_trainer_kwargs(root, max_epochs=1, **trainer_kwargs))
+            getattr(trainer, entry)(Model(), **fit_kwargs())
+        counts = {
+            "fit": lambda: (trainer.num_training_batches, trainer.num_val_batches, trainer.global_step),
+            "test": lambda: trainer.num_test_batches,
+            "predict": lambda: trainer.num_predict_batches,
+        }[entry]()
+        # the few-workers hint depends on the machine's CPUs (pinned by the test above); deprecations are torch's
+        messages = {str(w.message) for w in record}
+        return counts, sorted(m for m in messages if "workers" not in m and "deprecated" not in m)
+
+    ours = program(lightning_lib, tmp_path / "ours")
+    assert ours == program(reference_lightning(), tmp_path / "ref")
+    if case.startswith("shuffled"):
+        assert any("strongly recommended that you turn shuffling off" in m for m in ours[1])
+
+
+def test_sampler_set_epoch_calls_match_lightning(tmp_path: Any) -> None:
+    """``set_epoch`` reaches each sampler once per epoch (a plain loader's sampler is also its batch sampler's),
+    the validation samplers before each validation, and the loaders of validate/test/predict at setup."""
+
+    def program(pl: ModuleType, root: Any) -> list[Any]:
+        calls: list[Any] = []
+        dataset = TensorDataset(torch.arange(4).float())
+
+        class Sampler(torch.utils.data.SequentialSampler):
+            def __init__(self, name: str) -> None:
+                super().__init__(dataset)
+                self.name = name
+
+            def set_epoch(self, epoch: int) -> None:
+                calls.append((self.name, epoch))
+
+        def loader(name: str) -> DataLoader:
+            return DataLoader(dataset, sampler=Sampler(name))
+
+        def batched(name: str) -> DataLoader:
+            return DataLoader(dataset, batch_sampler=torch.utils.data.BatchSampler(Sampler(name), 1, False))
+
+        class Model(pl.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layer = torch.nn.Linear(1, 1)
+
+            def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+                return self.layer(torch.ones(1, 1)).sum()
+
+            def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+                pass
+
+            def test_step(self, batch: Any, batch_idx: int) -> None:
+                pass
+
+            def predict_step(self, batch: Any, batch_idx: int) -> int:
+                return 1
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+            def on_train_epoch_start(self) -> None:
+                calls.append(("train_epoch_start", self.current_epoch))
+
+            def on_validation_start(self) -> None:
+                calls.append(("validation_start", self.current_epoch))
+
+        trainer = pl.Trainer(
+            **quiet_trainer_kwargs(root, max_epochs=3, limit_train_batches=2, limit_val_batches=1)
+        )
+        trainer.fit(Model(), batched("train"), [loader("val"), batched("val-batched")])
+        trainer.validate(Model(), loader("validate"), verbose=False)
+        trainer.test(Model(), batched("test"), verbose=False)
+        trainer.predict(Model(), loader("predict"))
+        return calls
+
+    ours = program(lightning_lib, tmp_path / "ours")
+    assert ours == program(reference_lightning(), tmp_path / "ref")
+    assert ours.count(("val", 0)) == 2  # the sanity check's and the first epoch's, once each
+    assert ours[-2:] == [("test", 3), ("predict", 3)]
