@@ -1,16 +1,24 @@
-"""Hyper-parameters: collecting a constructor's arguments and keeping them as plain data."""
+"""Hyper-parameters: collecting a constructor's arguments, keeping them as plain data, and Lightning's
+YAML / tags-CSV files for them (``save_hparams_to_yaml``, ``load_hparams_from_yaml``, ...)."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
+import csv
 import dataclasses
 import inspect
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
 from lightning_lib.utilities.parsing import AttributeDict
+from lightning_lib.utilities.rank_zero import rank_zero_warn
+
+# the checkpoint keys earlier Lightning releases stored hyper-parameters under
+CHECKPOINT_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
 
 
 def collect_init_args(frame: FrameType, owner: object) -> dict[str, Any]:
@@ -114,3 +122,101 @@ class HyperparametersMixin:
     @property
     def hparams_initial(self) -> AttributeDict:
         return copy_hparams(self.__dict__.get("_hparams_initial", AttributeDict()))
+
+
+def update_hparams(hparams: dict[str, Any], updates: Mapping[str, Any]) -> None:
+    """Merge ``updates`` into ``hparams`` in place, descending into nested dicts present in both."""
+    for key, value in updates.items():
+        if key in hparams and isinstance(value, Mapping) and isinstance(hparams[key], dict):
+            update_hparams(hparams[key], value)
+        else:
+            hparams[key] = value
+
+
+def _as_dict(hparams: Any) -> Any:
+    if isinstance(hparams, argparse.Namespace):
+        return vars(hparams)
+    if isinstance(hparams, AttributeDict):
+        return dict(hparams)
+    return hparams
+
+
+def _require_folder(path: str | os.PathLike[str]) -> None:
+    folder = os.path.dirname(os.fspath(path))
+    if not os.path.isdir(folder or "."):
+        raise RuntimeError(f"Missing folder: {folder}.")
+
+
+def save_hparams_to_yaml(
+    config_yaml: str | os.PathLike[str],
+    hparams: dict[str, Any] | argparse.Namespace,
+    use_omegaconf: bool = True,
+) -> None:
+    """Write ``hparams`` to a YAML file; values YAML cannot represent are left out with a warning.
+
+    ``use_omegaconf`` is accepted for Lightning's signature; OmegaConf containers are not supported here.
+    """
+    import yaml
+
+    _require_folder(config_yaml)
+    hparams = _as_dict(hparams)
+    if not isinstance(hparams, dict):
+        raise TypeError(
+            f"hparams must be dictionary: expected a dict or an argparse.Namespace, received {type(hparams).__name__}."
+        )
+    kept: dict[str, Any] = {}
+    for key, value in hparams.items():
+        try:
+            yaml.dump(value)
+        except (TypeError, ValueError, yaml.YAMLError):
+            rank_zero_warn(f"Skipping '{key}' parameter because it is not possible to safely dump to YAML.")
+            continue
+        kept[key] = _as_dict(value)
+    with open(config_yaml, "w", encoding="utf-8") as handle:
+        yaml.dump(kept, handle)
+
+
+def load_hparams_from_yaml(config_yaml: str | os.PathLike[str], use_omegaconf: bool = True) -> dict[str, Any]:
+    """The hyper-parameters of a YAML file (``{}`` with a warning when the file does not exist)."""
+    import yaml
+
+    if not os.path.isfile(config_yaml):
+        rank_zero_warn(f"Missing Tags: {config_yaml}.", category=RuntimeWarning)
+        return {}
+    with open(config_yaml, encoding="utf-8") as handle:
+        # the full loader reads back the tuples and other Python tags that ``yaml.dump`` writes
+        loaded = yaml.full_load(handle)
+    return loaded if loaded is not None else {}
+
+
+def save_hparams_to_tags_csv(
+    tags_csv: str | os.PathLike[str], hparams: dict[str, Any] | argparse.Namespace
+) -> None:
+    """Write ``hparams`` as ``key,value`` rows under a header."""
+    _require_folder(tags_csv)
+    hparams = _as_dict(hparams)
+    with open(tags_csv, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key", "value"])
+        for key, value in hparams.items():
+            writer.writerow([key, value])
+
+
+def _parse_csv_value(text: str) -> Any:
+    """A CSV cell back as the Python literal it was written from, else the text itself."""
+    if text in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[text]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_hparams_from_tags_csv(tags_csv: str | os.PathLike[str]) -> dict[str, Any]:
+    """The hyper-parameters of a tags CSV file (``{}`` with a warning when the file does not exist)."""
+    if not os.path.isfile(tags_csv):
+        rank_zero_warn(f"Missing Tags: {tags_csv}.", category=RuntimeWarning)
+        return {}
+    with open(tags_csv, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    return {row[0]: _parse_csv_value(row[1]) for row in rows[1:]}
