@@ -111,7 +111,15 @@ class HyperparametersMixin:
             frame = current.f_back if current is not None else None
         init_args = collect_init_args(frame, self) if frame is not None else {}
         self.__dict__["_log_hyperparams"] = logger
-        self.hparams.update(select_hparams(init_args, args, ignore))
+        selected = select_hparams(init_args, args, ignore)
+        # the __init__ argument the hyper-parameters rebuild on load_from_checkpoint: one object passed in
+        # (a dict, a Namespace) goes back under its argument's name, separate arguments as keywords
+        if len(args) == 1 and not isinstance(args[0], str):
+            names = [name for name, value in init_args.items() if _same_value(value, args[0])]
+            self.__dict__["_hparams_name"] = names[0] if names else None
+        else:
+            self.__dict__["_hparams_name"] = "kwargs" if selected or args else None
+        self.hparams.update(selected)
         self.__dict__["_hparams_initial"] = copy_hparams(self.hparams)
 
     @property
@@ -220,3 +228,52 @@ def load_hparams_from_tags_csv(tags_csv: str | os.PathLike[str]) -> dict[str, An
     with open(tags_csv, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     return {row[0]: _parse_csv_value(row[1]) for row in rows[1:]}
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    try:
+        return bool(a is b or a == b)
+    except Exception:  # values whose comparison fails or is ambiguous (tensors) are not the same
+        return False
+
+
+def load_hparams_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The hyper-parameters of a ``.yaml``/``.yml`` or ``.csv`` file (``load_from_checkpoint(hparams_file=...)``)."""
+    extension = os.fspath(path).rsplit(".", 1)[-1].lower()
+    if extension == "csv":
+        return load_hparams_from_tags_csv(path)
+    if extension in ("yml", "yaml"):
+        return load_hparams_from_yaml(path)
+    raise ValueError(".csv, .yml or .yaml is required for `hparams_file`")
+
+
+def instantiate_from_checkpoint(
+    cls: type,
+    checkpoint: dict[str, Any],
+    hparams_file: str | os.PathLike[str] | None,
+    overrides: dict[str, Any],
+) -> Any:
+    """``cls`` rebuilt from a checkpoint's hyper-parameters (a file's replace them, ``overrides`` win), as
+    Lightning's ``load_from_checkpoint`` does for a LightningModule or a LightningDataModule."""
+    key = cls.CHECKPOINT_HYPER_PARAMS_KEY  # type: ignore[attr-defined]
+    if hparams_file is not None:
+        checkpoint[key] = load_hparams_file(hparams_file)
+    loaded: dict[str, Any] = {}
+    if key == "hyper_parameters":  # a module's hyper-parameters under the keys of older releases
+        for past in CHECKPOINT_PAST_HPARAMS_KEYS:
+            loaded.update(checkpoint.get(past) or {})
+    loaded.update(checkpoint.get(key) or {})
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    names = [
+        name
+        for name, p in list(params.items())[1:]
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    hparams_name = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_NAME)  # type: ignore[attr-defined]
+    kwargs: dict[str, Any] = (
+        {hparams_name: loaded} if hparams_name and hparams_name in names else dict(loaded)
+    )
+    kwargs.update(overrides)
+    if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+    return cls(**kwargs)

@@ -116,7 +116,11 @@ class DataConnector:
     def prepare_all(self, loaders: list[Any], hook: str) -> list[Any]:
         """Each of a stage's loaders as this run iterates it; when overfitting, all of them without shuffling."""
         trainer = self.trainer
-        if trainer.overfit_batches > 0 and trainer.state.fn == TrainerFn.FITTING and hook != "predict_dataloader":
+        if (
+            trainer.overfit_batches > 0
+            and trainer.state.fn == TrainerFn.FITTING
+            and hook != "predict_dataloader"
+        ):
             loaders = _without_shuffling(loaders, hook)
         return [self.prepare(dl, hook) for dl in loaders]
 

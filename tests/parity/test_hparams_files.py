@@ -76,3 +76,103 @@ def test_save_hparams_to_yaml_refuses_what_is_not_a_mapping(tmp_path: Any) -> No
 
     with pytest.raises(TypeError, match=r"hparams must be dictionary.*received list"):
         save_hparams_to_yaml(str(tmp_path / "h.yaml"), [1])  # type: ignore[arg-type]
+
+
+def _rebuilt_from_checkpoints(pl: Any, folder: Any) -> list[Any]:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Base(pl.LightningModule):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self) -> Any:
+            return DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+
+    class Keywords(Base):
+        def __init__(self, x: int = 1, y: str = "a") -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.layer = torch.nn.Linear(2, 1)
+
+    class OneDict(Base):
+        def __init__(self, conf: dict[str, Any]) -> None:
+            super().__init__()
+            self.save_hyperparameters(conf)
+            self.layer = torch.nn.Linear(2, 1)
+
+    class OneNamespace(Base):
+        def __init__(self, ns: Any) -> None:
+            super().__init__()
+            self.save_hyperparameters(ns)
+            self.layer = torch.nn.Linear(2, 1)
+
+    class Data(pl.LightningDataModule):
+        def __init__(self, bs: int = 2, name: str = "dm") -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.restored: Any = None
+
+        def train_dataloader(self) -> Any:
+            return DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=self.hparams.bs)
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"position": 5}
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            self.restored = state_dict
+
+    def fit(model: Any, name: str, datamodule: Any = None) -> str:
+        trainer = pl.Trainer(
+            max_epochs=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            default_root_dir=str(folder),
+        )
+        trainer.fit(model, datamodule=datamodule)
+        path = str(folder / f"{name}.ckpt")
+        trainer.save_checkpoint(path)
+        return path
+
+    out: list[Any] = []
+    for cls, kwargs in (
+        (Keywords, {"x": 3}),
+        (OneDict, {"conf": {"lr": 0.1, "n": 2}}),
+        (OneNamespace, {"ns": argparse.Namespace(lr=0.2)}),
+    ):
+        path = fit(cls(**kwargs), cls.__name__)
+        checkpoint = torch.load(path, weights_only=True)
+        out.append((checkpoint.get("hparams_name"), checkpoint["hyper_parameters"]))
+        out.append(dict(cls.load_from_checkpoint(path).hparams))
+    path = fit(Keywords(), "with_data", Data(bs=4))
+    data = Data.load_from_checkpoint(path)
+    out += [dict(data.hparams), data.restored, dict(Data.load_from_checkpoint(path, name="other").hparams)]
+    (folder / "h.yaml").write_text("x: 9\n")
+    (folder / "h.csv").write_text("key,value\ny,csv\n")
+    for name in ("h.yaml", "h.csv"):
+        out.append(
+            dict(
+                Keywords.load_from_checkpoint(
+                    str(folder / "Keywords.ckpt"), hparams_file=folder / name
+                ).hparams
+            )
+        )
+    with pytest.raises(ValueError, match=r"\.csv, \.yml or \.yaml is required for `hparams_file`"):
+        Keywords.load_from_checkpoint(str(folder / "Keywords.ckpt"), hparams_file=folder / "h.txt")
+    return out
+
+
+def test_load_from_checkpoint_rebuilds_like_lightning(tmp_path: Any) -> None:
+    """One dict or Namespace saved as hyper-parameters goes back under its __init__ argument; a datamodule is
+    rebuilt from its own hyper-parameters and state; an hparams file replaces the checkpoint's."""
+    import lightning_lib
+
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ref").mkdir()
+    ours = _rebuilt_from_checkpoints(lightning_lib, tmp_path / "ours")
+    assert ours == _rebuilt_from_checkpoints(reference_lightning(), tmp_path / "ref")
+    assert ours[2] == ("conf", {"lr": 0.1, "n": 2}) and ours[7] == {"position": 5}
