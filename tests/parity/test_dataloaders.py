@@ -345,3 +345,46 @@ def test_sampler_set_epoch_calls_match_lightning(tmp_path: Any) -> None:
     assert ours == program(reference_lightning(), tmp_path / "ref")
     assert ours.count(("val", 0)) == 2  # the sanity check's and the first epoch's, once each
     assert ours[-2:] == [("test", 3), ("predict", 3)]
+
+
+def test_extract_batch_size_matches_lightning() -> None:
+    """``utilities.data.extract_batch_size``: the sizes, the ambiguity warning and the error of Lightning's."""
+    import dataclasses
+    import importlib
+    import warnings
+
+    @dataclasses.dataclass
+    class Batch:
+        x: torch.Tensor
+        y: list[int]
+
+    batches = [
+        torch.zeros(3, 2),
+        torch.tensor(1.0),
+        {"a": torch.zeros(4), "b": [torch.zeros(4, 1)]},
+        [torch.zeros(2), torch.zeros(5)],
+        ["s", torch.zeros(6)],
+        Batch(torch.zeros(7), [1]),
+        ["a", "b"],
+        3,
+    ]
+
+    def program(package: str) -> list[Any]:
+        data = importlib.import_module(f"{package}.utilities.data")
+        # both libraries warn once per process about an ambiguity: start from a clean slate
+        getattr(data, "_AMBIGUOUS_WARNED", getattr(data, "warning_cache", set())).clear()
+        out: list[Any] = []
+        for batch in batches:
+            with warnings.catch_warnings(record=True) as record:
+                warnings.simplefilter("always")
+                try:
+                    result: Any = data.extract_batch_size(batch)
+                except Exception as err:
+                    result = (type(err).__name__, str(err))
+            out.append((result, [str(w.message) for w in record]))
+        return out
+
+    reference_lightning()
+    ours = program("lightning_lib")
+    assert ours == program("pytorch_lightning")
+    assert ours[3][0] == 2 and "ambiguous collection" in ours[3][1][0]
