@@ -388,3 +388,41 @@ def test_extract_batch_size_matches_lightning() -> None:
     ours = program("lightning_lib")
     assert ours == program("pytorch_lightning")
     assert ours[3][0] == 2 and "ambiguous collection" in ours[3][1][0]
+
+
+@pytest.mark.parametrize("mode", ["min_size", "max_size_cycle", "max_size", "sequential", None])
+def test_combined_loader_limits_and_protocol_match_lightning(mode: str | None) -> None:
+    """``CombinedLoader``: Lightning's default mode (min_size), ``limits`` (per iterable or one for all) in the
+    length and, sequentially, in the batches; ``iter`` returns the loader; an exhausted iterator ends a pass."""
+    import importlib
+
+    def program(package: str) -> list[Any]:
+        combined_cls = importlib.import_module(f"{package}.utilities.combined_loader").CombinedLoader
+
+        def make(iterables: Any) -> Any:
+            return combined_cls(iterables) if mode is None else combined_cls(iterables, mode)
+
+        out: list[Any] = []
+        for limits in (None, [1, 2, 3], 2):
+            combined = make({"a": range(3), "b": [range(5), range(2)]})
+            combined.limits = limits
+            iterator = iter(combined)
+            out += [combined.limits, iterator is combined, len(combined), list(combined)]
+        with pytest.raises(ValueError) as mismatch:
+            make([range(3), range(5)]).limits = [1]
+        out.append(str(mismatch.value))
+        with pytest.raises(ValueError) as flattened:
+            make([range(3)]).flattened = [range(1), range(2)]
+        out.append(str(flattened.value))
+        out.append(list(make([iter([1, 2]), range(3)])))
+        return out
+
+    reference_lightning()
+    assert program("lightning_lib") == program("pytorch_lightning")
+
+
+def test_combined_loader_refuses_an_unknown_mode_like_lightning() -> None:
+    from lightning_lib.utilities import CombinedLoader
+
+    with pytest.raises(ValueError, match=r"Unsupported mode 'foo', please select one of: \['min_size'"):
+        CombinedLoader([range(2)], "foo")  # type: ignore[arg-type]
