@@ -1,4 +1,4 @@
-"""Data plumbing: batch counting, LimitedFetcher, CycleLoaders, moving batches, datamodule hooks."""
+"""Data plumbing: batch counting, LimitedFetcher, moving batches, datamodule hooks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 import lightning_lib as pl
 from lightning_lib.loop.loaders import (
     INF,
-    CycleLoaders,
     LimitedFetcher,
     check_iterable,
     flatten_loaders,
@@ -80,8 +79,8 @@ def test_flatten_and_check_iterable() -> None:
     single = loader()
     assert flatten_loaders(None) == []
     assert flatten_loaders(single) == [single]
-    assert flatten_loaders([a, b]) == [a, b]
-    assert flatten_loaders({"x": a, "y": b}) == [a, b]
+    assert flatten_loaders([a, b]) == [1, 2]  # lists are structure at every level, as in Lightning
+    assert flatten_loaders({"x": single, "y": (single, [single])}) == [single, single, single]
     check_iterable(loader(), "train_dataloader")
     for bad in ("abc", 3, {"a": 1}):
         with pytest.raises(TypeError, match=r"`train_dataloader` to return an iterable"):
@@ -172,33 +171,6 @@ def test_is_last_batch_is_visible_to_the_step(tmp_path: Any) -> None:
         model = Model()
         pl.Trainer(**trainer_kwargs(tmp_path, limit_train_batches=None, limit_val_batches=0)).fit(model, data)
         assert model.seen["last"] == [False, False, True]
-
-
-# ---- CycleLoaders --------------------------------------------------------------------------------------------
-def test_cycle_loaders_max_size_cycle_over_a_list() -> None:
-    combined = CycleLoaders([[1, 2, 3], [10, 20]])
-    assert len(combined) == 3
-    assert list(combined) == [[1, 10], [2, 20], [3, 10]]
-    assert list(combined) == [[1, 10], [2, 20], [3, 10]]  # iterable again
-
-
-def test_cycle_loaders_over_a_dict() -> None:
-    combined = CycleLoaders({"a": [1], "b": [10, 20, 30]})
-    assert list(combined) == [{"a": 1, "b": 10}, {"a": 1, "b": 20}, {"a": 1, "b": 30}]
-
-
-def test_cycle_loaders_unsized_run_until_the_longest_ends() -> None:
-    class Unsized:
-        def __init__(self, items: list[int]) -> None:
-            self.items = items
-
-        def __iter__(self) -> Iterator[int]:
-            return iter(self.items)
-
-    combined = CycleLoaders([Unsized([1, 2]), Unsized([10, 20, 30, 40, 50])])
-    with pytest.raises(TypeError):
-        len(combined)
-    assert list(combined) == [[1, 10], [2, 20], [1, 30], [2, 40], [1, 50]]
 
 
 # ---- overfit_batches' loader --------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from lightning_lib.loop.results import (
     resolve_logging_levels,
     resolve_reduce_fx,
 )
+from lightning_lib.utilities.exceptions import MisconfigurationException
 from tests.helpers import RandomDataset
 from tests.support import CountingModel, floats, loader, trainer_kwargs
 
@@ -291,7 +292,7 @@ def test_extract_batch_size() -> None:
     assert extract_batch_size(torch.zeros(5, 3)) == 5
     assert extract_batch_size({"a": "text", "b": [torch.zeros(7)]}) == 7
     assert extract_batch_size(torch.tensor(3.0)) == 1
-    with pytest.raises(ValueError, match=r"Could not infer the batch size.*batch_size=N"):
+    with pytest.raises(MisconfigurationException, match=r"could not infer the batch_size from the batch"):
         extract_batch_size({"a": "text"})
 
 

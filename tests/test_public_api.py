@@ -126,6 +126,7 @@ EXPORTED = {
         "LightningDataModule",
         "LightningModule",
     ],
+    "lightning_lib.core.mixins": ["HyperparametersMixin"],
     "lightning_lib.trainer": [
         "Trainer",
         "seed_everything",
@@ -183,6 +184,7 @@ EXPORTED = {
         "TRAIN_DATALOADERS",
     ],
     "lightning_lib.utilities.data": [
+        "extract_batch_size",
         "has_iterable_dataset",
         "has_len_all_ranks",
         "sized_len",

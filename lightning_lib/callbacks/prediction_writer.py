@@ -8,6 +8,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_lib.callbacks.callback import Callback
+from lightning_lib.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from lightning_lib.core.module import LightningModule
@@ -45,8 +46,9 @@ class BasePredictionWriter(Callback):
     def __init__(self, write_interval: Literal["batch", "epoch", "batch_and_epoch"] = "batch") -> None:
         choices = [i.value for i in WriteInterval]
         if write_interval not in choices:
-            # Lightning raises MisconfigurationException here
-            raise ValueError(f"`write_interval` should be one of {choices}. Received {write_interval!r}.")
+            raise MisconfigurationException(
+                f"`write_interval` should be one of {choices}. Received {write_interval!r}."
+            )
         self.interval = WriteInterval(write_interval)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -73,9 +73,12 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         checkpoint["rng_states"] = ranks[0]["rng_states"] if ranks else capture_rng_states()
     for obj, prefix in ((module, ""), (datamodule, "datamodule_")):
         if obj is not None and obj.hparams:
+            if "_hparams_name" in obj.__dict__:  # which __init__ argument load_from_checkpoint rebuilds
+                checkpoint[f"{prefix}hparams_name"] = obj.__dict__["_hparams_name"]
             checkpoint[f"{prefix}hyper_parameters"] = to_plain(dict(obj.hparams))
     if datamodule is not None:
-        dm_state = datamodule.state_dict()
+        # through the hook dispatcher, so a profiler times it as Lightning's does
+        dm_state = trainer._hooks.datamodule("state_dict")
         if dm_state:
             checkpoint[type(datamodule).__qualname__] = dm_state
     if not weights_only:
@@ -303,20 +306,16 @@ def build_from_checkpoint(
     overrides: dict[str, Any],
 ) -> Any:
     """``LightningModule.load_from_checkpoint``: rebuild from hyper-parameters, then load the weights."""
-    import inspect
-
-    import yaml
+    from lightning_lib.core.datamodule import LightningDataModule
+    from lightning_lib.core.saving import instantiate_from_checkpoint
 
     checkpoint = load_file(checkpoint_path, map_location=map_location)
-    hparams: dict[str, Any] = dict(checkpoint.get("hyper_parameters") or {})
-    if hparams_file is not None:
-        with open(hparams_file, encoding="utf-8") as handle:
-            hparams.update(yaml.safe_load(handle) or {})
-    hparams.update(overrides)
-    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        hparams = {k: v for k, v in hparams.items() if k in params}
-    model = cls(**hparams)
+    model = instantiate_from_checkpoint(cls, checkpoint, hparams_file, overrides)
+    if isinstance(model, LightningDataModule):
+        state = checkpoint.get(type(model).__qualname__)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):

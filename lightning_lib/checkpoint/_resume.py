@@ -103,7 +103,7 @@ def restore_modules(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     if datamodule is not None:
         state = checkpoint.get(type(datamodule).__qualname__)
         if state:
-            datamodule.load_state_dict(state)
+            trainer._hooks.datamodule("load_state_dict", state)
     if trainer.state.fn == TrainerFn.FITTING:
         states = checkpoint.get("callbacks") or {}
         missing = [key for key in states if key not in {cb.state_key for cb in trainer.callbacks}]

@@ -94,6 +94,20 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
             lines.append(f"{{{label}: {described}}}")
         return os.linesep.join(lines)
 
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike[str],
+        map_location: Any = None,
+        hparams_file: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Build the datamodule from a checkpoint's datamodule hyper-parameters (``kwargs`` override) and
+        load its ``state_dict`` when the checkpoint has one."""
+        from lightning_lib.checkpoint._format import build_from_checkpoint
+
+        return build_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, None, kwargs)
+
     def state_dict(self) -> dict[str, Any]:
         """State saved into checkpoints under the class's qualified name."""
         return {}

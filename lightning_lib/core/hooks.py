@@ -25,22 +25,22 @@ class DataHooks:
 
     def train_dataloader(self) -> Any:
         raise MisconfigurationException(
-            "`train_dataloader` must be implemented to be used with `Trainer.fit`"
+            "`train_dataloader` must be implemented to be used with the Lightning Trainer"
         )
 
     def val_dataloader(self) -> Any:
         raise MisconfigurationException(
-            "`val_dataloader` must be implemented to be used with `Trainer.validate`"
+            "`val_dataloader` must be implemented to be used with the Lightning Trainer"
         )
 
     def test_dataloader(self) -> Any:
         raise MisconfigurationException(
-            "`test_dataloader` must be implemented to be used with `Trainer.test`"
+            "`test_dataloader` must be implemented to be used with the Lightning Trainer"
         )
 
     def predict_dataloader(self) -> Any:
         raise MisconfigurationException(
-            "`predict_dataloader` must be implemented to be used with `Trainer.predict`"
+            "`predict_dataloader` must be implemented to be used with the Lightning Trainer"
         )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
 from lightning_lib.checkpoint._positions import make_resumable
 from lightning_lib.loop.loaders import (
     INF,
     CombinedBatches,
-    CycleLoaders,
     LimitedFetcher,
     add_worker_init_fn,
     check_iterable,
@@ -75,6 +75,8 @@ class DataConnector:
         self.num_training_batches: int | float = INF
         self.val_check_batch: int | float = INF
         self._eval: dict[EvalKey, tuple[list[Any], list[int | float]]] = {}
+        # each stage's loaders in the structure they were given (what ``trainer.val_dataloaders`` returns)
+        self._eval_iterables: dict[EvalKey, Any] = {}
         self.last_train_reload_epoch = 0
         self.last_val_reload_epoch: float = float("-inf")
 
@@ -111,22 +113,45 @@ class DataConnector:
             return is_overridden(hook, datamodule, LightningDataModule)
         return is_overridden(hook, self.trainer.lightning_module, LightningModule)
 
+    def prepare_all(self, loaders: list[Any], hook: str) -> list[Any]:
+        """Each of a stage's loaders as this run iterates it; when overfitting, all of them without shuffling."""
+        trainer = self.trainer
+        if (
+            trainer.overfit_batches > 0
+            and trainer.state.fn == TrainerFn.FITTING
+            and hook != "predict_dataloader"
+        ):
+            loaders = _without_shuffling(loaders, hook)
+        return [self.prepare(dl, hook) for dl in loaders]
+
     def prepare(self, loader: Any, hook: str) -> Any:
-        """The loader as this run iterates it: sequential when overfitting, sharded across processes, seeded workers."""
+        """The loader as this run iterates it: sharded across processes, seeded workers."""
         trainer = self.trainer
         check_iterable(loader, hook)
-        _check_workers(trainer, loader, hook)
-        if trainer.overfit_batches > 0 and trainer.state.fn == TrainerFn.FITTING:
-            loader = with_sequential_sampler(loader)
+        if hook != "train_dataloader" and is_shuffled(loader):
+            rank_zero_warn(
+                f"Your `{hook}`'s sampler has shuffling enabled, it is strongly recommended that you turn"
+                " shuffling off for val/test dataloaders.",
+                category=PossibleUserWarning,
+            )
         if trainer.use_distributed_sampler and trainer.world_size > 1:
             loader = with_distributed_sampler(loader, trainer.world_size, trainer.global_rank, hook)
+        _check_workers(trainer, loader, hook)
         add_worker_init_fn(loader, trainer.global_rank)
+        if trainer.state.fn != TrainerFn.FITTING:
+            # samplers that shuffle per epoch see the epoch the model was trained to (a fit sets it per epoch)
+            set_sampler_epoch(loader, trainer.current_epoch)
         return loader
 
     # ---- training data ------------------------------------------------------------------------------
     def setup_train_data(self) -> None:
         """Request, prepare and count the train loaders; decide after which batches validation runs."""
         trainer = self.trainer
+        if trainer.limit_train_batches == 0:
+            # Lightning neither requests nor counts the train loaders then: the fit has nothing to train on
+            self.train_loader = self.train_iterables = self.train_fetcher = None
+            self.num_training_batches = INF
+            return
         source = self._request("train")
         flat = flatten_loaders(source)
         if not flat:
@@ -134,10 +159,14 @@ class DataConnector:
                 "Expected a train dataloader for `trainer.fit`: pass `train_dataloaders`, a datamodule,"
                 " or implement `train_dataloader`; received none."
             )
-        flat = [self.prepare(dl, "train_dataloader") for dl in flat]
+        flat = self.prepare_all(flat, "train_dataloader")
         self._check_lengths(flat)
+        if isinstance(source, Mapping | list | tuple):
+            # a collection of loaders (nested as deep as wanted) is one CombinedLoader, as in Lightning
+            source = CombinedLoader(source, "max_size_cycle")
         if isinstance(source, CombinedLoader):
             source.flattened = flat
+            self._check_lengths([source])
             if source.mode == "sequential":
                 self.num_training_batches = num_batches(source, trainer.limit_train_batches, "train")
                 raise ValueError(
@@ -146,13 +175,9 @@ class DataConnector:
                 )
             loader: Any = CombinedBatches(source)
             self.train_iterables = source.iterables
-        elif isinstance(source, dict):
-            loader = CycleLoaders(dict(zip(source.keys(), flat)))
-            self.train_iterables = dict(zip(source.keys(), flat))
-        elif isinstance(source, list | tuple):
-            loader = CycleLoaders(flat)
-            self.train_iterables = type(source)(flat)
         else:
+            # Lightning checks the single loader and the combined loader it wraps it in
+            self._check_lengths([CombinedLoader(flat[0], "max_size_cycle")])
             self.train_iterables = flat[0]
             # a plain DataLoader is rebuilt so checkpoints can record its position in the epoch
             loader = make_resumable(flat[0])
@@ -176,6 +201,9 @@ class DataConnector:
     def _check_lengths(self, loaders: list[Any]) -> None:
         """Lightning's length checks across ranks (a rank with no batches, an iterable dataset with a length)."""
         allow = self.trainer.lightning_module.allow_zero_length_dataloader_with_multiple_devices
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            allow |= datamodule.allow_zero_length_dataloader_with_multiple_devices
         for loader in loaders:
             has_len_all_ranks(loader, self.trainer.strategy, allow)
 
@@ -215,8 +243,6 @@ class DataConnector:
     def train_loaders(self) -> list[Any]:
         """The train loaders as a flat list (the members of a combined loader)."""
         loader = self.train_loader
-        if isinstance(loader, CycleLoaders):
-            return list(loader._values)
         if isinstance(loader, CombinedBatches):
             return list(loader.combined.flattened)
         return [loader] if loader is not None else []
@@ -240,6 +266,7 @@ class DataConnector:
             and not is_overridden(_STEP_HOOKS[key], trainer.lightning_module, LightningModule)
         ):
             self._eval[key] = ([], [])
+            self._eval_iterables.pop(key, None)
             return
         defined = self.source_defined(key)
         source = self._request(key) if defined else None
@@ -251,9 +278,12 @@ class DataConnector:
                 f"Expected a {key} dataloader for `trainer.{running_fn}`: pass dataloaders, a datamodule,"
                 f" or implement `{hook}`; received none."
             )
-        flat = [self.prepare(dl, hook) for dl in flatten_loaders(source)]
+        flat = self.prepare_all(flatten_loaders(source), hook)
         self._check_lengths(flat)
         self._eval[key] = (flat, [num_batches(dl, limit, key) for dl in flat])
+        combined = source if isinstance(source, CombinedLoader) else CombinedLoader(source)
+        combined.flattened = flat
+        self._eval_iterables[key] = combined.iterables
         every = trainer.check_val_every_n_epoch
         validates_this_epoch = every is None or (trainer.current_epoch + 1) % every == 0
         # the sanity check's load counts as this epoch's reload only if this epoch validates (Lightning's rule)
@@ -297,6 +327,10 @@ class DataConnector:
         """The loaders of ``key`` loaded so far (none before the stage ran)."""
         return self._eval.get(key, ([], []))[0]
 
+    def iterables(self, key: EvalKey) -> Any:
+        """The loaders of ``key`` loaded so far, in the structure they were given (None before the stage ran)."""
+        return self._eval_iterables.get(key)
+
     def batch_counts(self, key: EvalKey) -> list[int | float]:
         """How many batches each loaded loader of ``key`` gives under its limit."""
         return list(self._eval.get(key, ([], []))[1])
@@ -318,13 +352,44 @@ class DataConnector:
         """Tell each sampler that can shuffle per epoch (DistributedSampler and friends) which epoch it is."""
         targets = loaders if loaders is not None else flatten_loaders(self.train_loaders())
         for dl in targets:
-            for sampler in (
-                getattr(dl, "sampler", None),
-                getattr(getattr(dl, "batch_sampler", None), "sampler", None),
-            ):
-                set_epoch = getattr(sampler, "set_epoch", None)
-                if callable(set_epoch):
-                    set_epoch(epoch)
+            set_sampler_epoch(dl, epoch)
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Call ``set_epoch`` once on each of ``loader``'s sampler and its batch sampler's sampler that has one."""
+    # the same sampler is often both: a dict by id calls it once (samplers need not be hashable)
+    samplers = {}
+    for sampler in (
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
+        if sampler is not None:
+            samplers[id(sampler)] = sampler
+    for sampler in samplers.values():
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+
+def is_shuffled(loader: Any) -> bool:
+    """Whether ``loader`` draws its samples in random order (a RandomSampler, directly or in its batch sampler)."""
+    if isinstance(getattr(loader, "dataset", None), IterableDataset) or not hasattr(loader, "sampler"):
+        return False
+    batch_sampler = loader.batch_sampler
+    sampler = loader.sampler if batch_sampler is None else getattr(batch_sampler, "sampler", batch_sampler)
+    return isinstance(sampler, RandomSampler)
+
+
+def _without_shuffling(loaders: list[Any], hook: str) -> list[Any]:
+    """``overfit_batches`` needs the same batches every epoch: loaders that do not read in order are made to."""
+    if all(isinstance(dl.sampler, SequentialSampler) for dl in loaders if hasattr(dl, "sampler")):
+        return loaders
+    prefix = hook.removesuffix("_dataloader")
+    rank_zero_warn(
+        f"You requested to overfit but enabled {prefix} dataloader shuffling. We are turning off the {prefix}"
+        " dataloader shuffling for you."
+    )
+    return [with_sequential_sampler(dl) if hasattr(dl, "dataset") else dl for dl in loaders]
 
 
 def _check_workers(trainer: Trainer, loader: Any, name: str) -> None:

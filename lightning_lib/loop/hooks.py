@@ -97,6 +97,8 @@ DataModuleHook = Literal[
     "on_before_batch_transfer",
     "transfer_batch_to_device",
     "on_after_batch_transfer",
+    "state_dict",
+    "load_state_dict",
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -26,17 +26,14 @@ INF = float("inf")
 
 
 def flatten_loaders(source: Any) -> list[Any]:
-    """The iterables inside what a ``*_dataloader`` hook or argument returned (one, a list, a dict, or a
-    ``CombinedLoader``)."""
+    """The iterables inside what a ``*_dataloader`` hook or argument returned (one, a list, tuple or dict of
+    them, nested as deep as wanted, or a ``CombinedLoader``), in the order of their structure."""
     if source is None:
         return []
     if isinstance(source, CombinedLoader):
         return list(source.flattened)
-    if isinstance(source, Mapping):
-        return list(source.values())
-    if isinstance(source, list | tuple):
-        return list(source)
-    return [source]
+    # Lightning flattens every level of lists, tuples and dicts: each leaf is one dataloader
+    return CombinedLoader(source).flattened
 
 
 def check_iterable(loader: Any, name: str) -> None:
@@ -60,6 +57,8 @@ def sized_len(loader: Any) -> int | None:
 def num_batches(loader: Any, limit: int | float, prefix: str) -> int | float:
     """Batches a loop takes from ``loader`` under ``limit_{prefix}_batches`` (Lightning's rules)."""
     length = sized_len(loader)
+    if length == 0:  # nothing to limit (and no share of nothing to complain about)
+        return 0
     total: int | float = INF if length is None else length
     if isinstance(limit, int):
         count: int | float = min(total, limit)
@@ -292,41 +291,6 @@ class LimitedFetcher:
     def close(self) -> None:
         self._iterator = None
         self._lookahead = []
-
-
-class CycleLoaders:
-    """Several training loaders zipped into one batch structure, shorter ones cycled (max_size_cycle)."""
-
-    def __init__(self, loaders: Sequence[Any] | Mapping[str, Any]) -> None:
-        self.loaders = loaders
-        self._keys = list(loaders.keys()) if isinstance(loaders, Mapping) else None
-        self._values = list(loaders.values()) if isinstance(loaders, Mapping) else list(loaders)
-
-    def __len__(self) -> int:
-        lengths = [sized_len(dl) for dl in self._values]
-        if any(n is None for n in lengths):
-            raise TypeError("a loader has no length")
-        return max(n for n in lengths if n is not None)
-
-    def __iter__(self) -> Iterator[Any]:
-        lengths = [sized_len(dl) for dl in self._values]
-        total = max(lengths) if all(n is not None for n in lengths) else None  # type: ignore[type-var]
-        iterators = [iter(dl) for dl in self._values]
-        exhausted = [False] * len(iterators)
-        produced = 0
-        while total is None or produced < total:
-            batch = []
-            for i in range(len(iterators)):
-                try:
-                    batch.append(next(iterators[i]))
-                except StopIteration:
-                    exhausted[i] = True
-                    if total is None and all(exhausted):
-                        return
-                    iterators[i] = iter(self._values[i])
-                    batch.append(next(iterators[i]))
-            produced += 1
-            yield dict(zip(self._keys, batch)) if self._keys is not None else batch
 
 
 class CombinedBatches:

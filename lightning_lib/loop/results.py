@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_lib.utilities.data import extract_batch_size
 from lightning_lib.utilities.exceptions import MisconfigurationException
 
 # (allowed on_step, allowed on_epoch, default on_step, default on_epoch) per hook; None: logging forbidden.
@@ -113,35 +114,6 @@ def resolve_reduce_fx(name: str, reduce_fx: Any) -> str:
             "Only `self.log(..., reduce_fx={min,max,mean,sum})` are supported (or the torch functions);"
             f" received reduce_fx={reduce_fx!r} for {name!r}. For a custom reduction, log a torchmetrics Metric."
         ) from None
-
-
-def extract_batch_size(batch: Any) -> int:
-    """Size of the first dimension of the first tensor found in the batch (1 for a scalar)."""
-    found = _first_tensor(batch)
-    if found is None:
-        raise ValueError(
-            "Could not infer the batch size from the batch: no tensor found. "
-            "Pass it as `self.log(..., batch_size=N)`."
-        )
-    return 1 if found.ndim == 0 else int(found.shape[0])
-
-
-def _first_tensor(batch: Any) -> Tensor | None:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, str):
-        return None
-    if isinstance(batch, Mapping):
-        batch = batch.values()
-    try:
-        items = iter(batch)
-    except TypeError:
-        return None
-    for item in items:
-        found = _first_tensor(item)
-        if found is not None:
-            return found
-    return None
 
 
 def is_metric_object(value: Any) -> bool:

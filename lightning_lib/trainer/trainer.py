@@ -451,18 +451,15 @@ class Trainer:
 
     @property
     def val_dataloaders(self) -> Any:
-        loaders = self._data.loaded("val")
-        return loaders[0] if len(loaders) == 1 else (loaders or None)
+        return self._data.iterables("val")
 
     @property
     def predict_dataloaders(self) -> Any:
-        loaders = self._data.loaded("predict")
-        return loaders[0] if len(loaders) == 1 else (loaders or None)
+        return self._data.iterables("predict")
 
     @property
     def test_dataloaders(self) -> Any:
-        loaders = self._data.loaded("test")
-        return loaders[0] if len(loaders) == 1 else (loaders or None)
+        return self._data.iterables("test")
 
     @property
     def enable_validation(self) -> bool:

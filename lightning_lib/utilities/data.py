@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset
 
+from lightning_lib.utilities.exceptions import MisconfigurationException
 from lightning_lib.utilities.rank_zero import rank_zero_warn
+
+# each distinct ambiguity is reported once per process, as Lightning's warning cache does
+_AMBIGUOUS_WARNED: set[str] = set()
 
 
 def sized_len(dataloader: object) -> int | None:
@@ -70,7 +76,55 @@ def suggested_max_num_workers(local_world_size: int) -> int:
     return max(1, _cpus_available() // local_world_size - 1)
 
 
+def _batch_sizes(batch: Any) -> Iterator[int | None]:
+    """The first dimension of each tensor in ``batch``, in order; ``None`` for a leaf that is not one."""
+    if isinstance(batch, torch.Tensor):
+        yield 1 if batch.ndim == 0 else int(batch.size(0))
+    elif isinstance(batch, str | bytes):
+        return
+    elif isinstance(batch, Mapping):
+        for value in batch.values():
+            yield from _batch_sizes(value)
+    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        for field in dataclasses.fields(batch):
+            yield from _batch_sizes(getattr(batch, field.name))
+    elif isinstance(batch, Iterable):
+        for value in batch:
+            yield from _batch_sizes(value)
+    else:
+        yield None
+
+
+def extract_batch_size(batch: Any) -> int:
+    """The batch size ``self.log`` weighs epoch means with: the first dimension of the first tensor in
+    ``batch``; warns once when the collection holds tensors (or other leaves) of different sizes."""
+    cannot = (
+        "We could not infer the batch_size from the batch. Either simplify its structure or provide the"
+        " batch_size as `self.log(..., batch_size=batch_size)`."
+    )
+    size: int | None = None
+    try:
+        for found in _batch_sizes(batch):
+            if size is None:
+                size = found
+            elif found != size:
+                message = (
+                    "Trying to infer the `batch_size` from an ambiguous collection. The batch size we found is"
+                    f" {size}. To avoid any miscalculations, use `self.log(..., batch_size=batch_size)`."
+                )
+                if message not in _AMBIGUOUS_WARNED:
+                    _AMBIGUOUS_WARNED.add(message)
+                    rank_zero_warn(message)
+                break
+    except RecursionError as err:  # a self-containing structure
+        raise MisconfigurationException(cannot) from err
+    if size is None:
+        raise MisconfigurationException(cannot)
+    return size
+
+
 __all__ = [
+    "extract_batch_size",
     "has_iterable_dataset",
     "has_len_all_ranks",
     "sized_len",

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 import lightning_lib
 from lightning_lib.callbacks import BasePredictionWriter
 from lightning_lib.callbacks.prediction_writer import WriteInterval
+from lightning_lib.utilities.exceptions import MisconfigurationException
 from tests.helpers import RandomDataset, make_classes, quiet_trainer_kwargs, reference_lightning
 
 
@@ -146,8 +147,10 @@ def test_loader_without_indices_warns_once_and_still_writes(tmp_path: Any) -> No
 
 
 def test_invalid_interval_names_the_choices() -> None:
+    # Lightning's type, so user code that catches MisconfigurationException sees it
     with pytest.raises(
-        ValueError, match=r"`write_interval` should be one of \['batch', 'epoch', 'batch_and_epoch'\]"
+        MisconfigurationException,
+        match=r"`write_interval` should be one of \['batch', 'epoch', 'batch_and_epoch'\]",
     ):
         BasePredictionWriter("step")  # type: ignore[arg-type]
 
