@@ -216,9 +216,14 @@ def _hparams_loader() -> Any:
     class _HparamsLoader(yaml.SafeLoader):
         pass
 
-    _HparamsLoader.add_constructor(
-        "tag:yaml.org,2002:python/tuple", lambda loader, node: tuple(loader.construct_sequence(node))
-    )
+    def construct_tuple(loader: yaml.SafeLoader, node: yaml.Node) -> tuple[Any, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"expected a sequence for {node.tag}", node.start_mark
+            )
+        return tuple(loader.construct_sequence(node))
+
+    _HparamsLoader.add_constructor("tag:yaml.org,2002:python/tuple", construct_tuple)
     return _HparamsLoader
 
 
