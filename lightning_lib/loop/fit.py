@@ -48,7 +48,9 @@ def run_fit(trainer: Trainer, sanity_check: bool = True) -> None:
     progress = run.progress
     trainer.state.stage = RunningStage.TRAINING
     torch.set_grad_enabled(True)
-    if data.train_fetcher is None:  # a tuner at on_fit_start may have set them up already, as Lightning keeps them
+    if (
+        data.train_fetcher is None
+    ):  # a tuner at on_fit_start may have set them up already, as Lightning keeps them
         data.setup_train_data()
     if data.num_training_batches == 0 or data.train_fetcher is None:  # no batches, or limit_train_batches=0
         return
