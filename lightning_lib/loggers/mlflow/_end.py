@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,45 @@ if TYPE_CHECKING:
 log = logging.getLogger("lightning_lib.loggers.mlflow._logger")
 
 _STATUSES = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+
+
+_WARMED: set[str] = set()
+_WARM_LOCK = threading.Lock()
+
+
+def warm_end_of_fit(log_model: bool, curves: bool) -> threading.Thread | None:
+    """Import, on a background thread, what the end of a fit needs (MLflow's PyTorch flavor and
+    ``torch.export`` for the model, matplotlib for the curves) and run one tiny export, once per process.
+
+    In a fresh process (a CLI run, a deployment's flow-run process) these cost seconds, which would all
+    fall after the last training step; started with the run, they overlap the training instead. What is
+    not done by the end of the fit is simply waited for by the import system, as without this thread.
+    """
+    wanted = {part for part, on in (("model", log_model), ("curves", curves)) if on}
+    with _WARM_LOCK:
+        todo = wanted - _WARMED
+        _WARMED.update(todo)
+    if not todo:
+        return None
+    thread = threading.Thread(target=_warm, args=(todo,), name="mlflow-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _warm(parts: set[str]) -> None:
+    try:
+        if "curves" in parts:
+            import matplotlib.backends.backend_agg
+            import matplotlib.figure  # noqa: F401
+        if "model" in parts:
+            import mlflow.pytorch  # noqa: F401
+            import torch
+            from mlflow.models import infer_signature  # noqa: F401
+
+            # the first export in a process initialises torch's tracing machinery (about a second)
+            torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(2, 2),))
+    except Exception as exc:  # only a head start: the end of the fit does the real work and reports
+        log.debug("Warming up the end of the fit failed: %s", exc)
 
 
 def after_save_checkpoint(logger: MLFlowLogger, checkpoint_callback: ModelCheckpoint) -> None:
@@ -196,20 +236,34 @@ def log_fit_artifacts(
             if history and plot_metric_curves(history, path):
                 client.log_artifact(run_id, path, "plots")
 
-    steps: list[tuple[str, Callable[[], None]]] = []
-    if references.records:
-        steps.append(("checkpoint references", lambda: client.log_text(
-            run_id, references.to_json(), "checkpoints/references.json")))  # fmt: skip
-    if copy_checkpoints:
-        steps.append(("checkpoint copies", copies))
-    if history:
-        steps.append(("metric curves", curves))
-    if log_model is not None:
-        steps.append(("model", log_model))
-    for what, step in steps:
+    def attempt(what: str, step: Callable[[], None]) -> None:
         try:
             step()
         except Exception as exc:
             message = redact_text(f"{type(exc).__name__}: {exc}")[:500]
             log.warning("Could not log the %s to MLflow: %s", what, message)
             report.failures.append(f"{what}: {message}")
+
+    # The curves are drawn on a second thread while the model is exported and logged (both take a good
+    # part of a second; the export and the store's writes release the GIL), and joined before the run
+    # is ended: the artifact still arrives before the final status.
+    plotter = None
+    if history:
+        plotter = threading.Thread(
+            target=attempt, args=("metric curves", curves), name="mlflow-metric-curves", daemon=True
+        )
+        plotter.start()
+    steps: list[tuple[str, Callable[[], None]]] = []
+    if references.records:
+        steps.append(("checkpoint references", lambda: client.log_text(
+            run_id, references.to_json(), "checkpoints/references.json")))  # fmt: skip
+    if copy_checkpoints:
+        steps.append(("checkpoint copies", copies))
+    if log_model is not None:
+        steps.append(("model", log_model))
+    try:
+        for what, step in steps:
+            attempt(what, step)
+    finally:
+        if plotter is not None:
+            plotter.join()
