@@ -396,12 +396,15 @@ def _start_embedded(command: str) -> TemporaryApi | None:
     return embedded.start_temporary_api()
 
 
-def _ready(api: TemporaryApi | None) -> None:
-    """Wait for the temporary API (progress on stderr), after the command's own imports and checks."""
+def _ready(api: TemporaryApi | None, config: Any = None) -> None:
+    """Wait for the temporary API (progress on stderr), after the command's own imports and checks and
+    what the run will need first (its imports, its local MLflow store), done while the API starts."""
     if api is not None:
-        from flows.embedded import warm_imports
+        from flows.embedded import warm_imports, warm_tracking
 
         warm_imports()
+        if config is not None:
+            warm_tracking(config)
         api.wait()
 
 
@@ -420,14 +423,14 @@ def run(args: argparse.Namespace, api: TemporaryApi | None = None) -> int:
         from flows.training import training
 
         config = _config(args)
-        _ready(api)
+        _ready(api, config)
         _print_training(training(config))
         return 0
     if args.command == "retrain":
         from flows.retraining import retraining
 
         config = _config(args)
-        _ready(api)
+        _ready(api, config)
         result = retraining(
             config,
             metric=args.metric,

@@ -11,11 +11,17 @@ and allows a longer limit.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from tasks.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 # The temporary API's start on a busy 2-core machine took up to 40 s; Prefect's own limit is 20 s.
 DEFAULT_START_TIMEOUT_S = 120.0
@@ -127,6 +133,24 @@ def start_temporary_api() -> TemporaryApi | None:
     return TemporaryApi(start_timeout(), SubprocessASGIServer())
 
 
+def warm_tracking(config: TrainConfig) -> None:
+    """Open the run's local MLflow store (SQLite) while the temporary API starts: its first use creates
+    the database and migrates its tables (1-4 s here), which the fit would otherwise wait for. A store
+    that cannot be opened is left to the run, which reports it."""
+    from tasks.tracking import tracking_uri
+
+    uri = tracking_uri(config)
+    if not uri.startswith("sqlite:///"):
+        return
+    try:
+        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
+        from mlflow import MlflowClient
+
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        log.debug("Could not open the MLflow store %s ahead of the run: %s", uri, exc)
+
+
 def warm_imports() -> None:
     """What every embedded command imports anyway, imported while the temporary API starts: the flows,
     and what the MLflow logger needs at the end of a fit (its model flavor, matplotlib)."""
@@ -149,4 +173,5 @@ __all__ = [
     "start_temporary_api",
     "start_timeout",
     "warm_imports",
+    "warm_tracking",
 ]
