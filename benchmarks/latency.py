@@ -153,7 +153,11 @@ def part_flow(epochs: int, repeats: int) -> dict[str, Any]:
         os.chdir(tmp)
         sink = io.StringIO()
         try:
-            with prefect_test_harness(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            with (
+                prefect_test_harness(server_startup_timeout=300),
+                contextlib.redirect_stdout(sink),
+                contextlib.redirect_stderr(sink),
+            ):
                 prepare(_config(tmp, epochs, "prepare"))  # the Parquet splits, shared by all (cached)
                 for i in range(repeats):
                     # the order rotates: the first fit of the process pays the imports, once per way

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -149,21 +150,31 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     logger._recorded = None  # the replay of the continued run ends with this fit
     if logger._log_model and fitted:
         _record_checkpoints(logger)
-    delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
-    if delivered and fitted:  # validate/test/predict end here too; only fit leaves curves, model
-        log_fit_artifacts(
-            logger.experiment,
-            str(logger._run_id),
-            sender.report,
-            references=logger._references,
-            copy_checkpoints=logger._copy_checkpoints,
-            history=logger._history if logger._log_metric_curves else None,
-            log_model=(lambda: _log_final_model(logger))
-            if logger._log_model and mlflow_status == "FINISHED"
-            else None,
-        )
-    elif not delivered:
-        sender.report.failures.append("artifacts (checkpoint references, curves, model): server unreachable")
+    history = logger._history if logger._log_metric_curves and fitted else None
+    # drawn while the queue is delivered (the flush mostly waits on the server)
+    plot = CurvePlot(history) if history else None
+    try:
+        delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
+        if delivered and fitted:  # validate/test/predict end here too; only fit leaves curves, model
+            log_fit_artifacts(
+                logger.experiment,
+                str(logger._run_id),
+                sender.report,
+                references=logger._references,
+                copy_checkpoints=logger._copy_checkpoints,
+                history=history,
+                log_model=(lambda: _log_final_model(logger))
+                if logger._log_model and mlflow_status == "FINISHED"
+                else None,
+                plot=plot,
+            )
+        elif not delivered:
+            sender.report.failures.append(
+                "artifacts (checkpoint references, curves, model): server unreachable"
+            )
+    finally:
+        if plot is not None:
+            plot.close()
     sender.add("status", [(mlflow_status, int(time.time() * 1000))])
     report = sender.close(max(0.0, deadline - time.monotonic()))
     logger._sender = None
@@ -216,13 +227,18 @@ def log_fit_artifacts(
     copy_checkpoints: bool,
     history: Mapping[str, list[tuple[int, float]]] | None,
     log_model: Callable[[], None] | None,
+    plot: CurvePlot | None = None,
 ) -> None:
     """The end-of-fit artifacts, each on its own: one that fails is reported, the others still go.
 
-    ``checkpoints/references.json`` (URIs and hashes), optionally copies of the local checkpoints,
-    ``plots/metric_curves.png`` when ``history`` is given, then the model through ``log_model``.
+    ``checkpoints/references.json`` (URIs and hashes), optionally copies of the local checkpoints, the
+    model through ``log_model``, and ``plots/metric_curves.png`` when ``history`` is given. The curves
+    are drawn on a thread of their own (``plot``, when the caller started it earlier) while the rest is
+    logged, and uploaded last: everything has arrived when this returns.
     """
-    from lightning_lib.loggers.mlflow._artifacts import plot_metric_curves
+    own_plot = plot is None and bool(history)
+    if own_plot:
+        plot = CurvePlot(history or {})
 
     def copies() -> None:
         for ref in references.records:
@@ -231,10 +247,10 @@ def log_fit_artifacts(
                 client.log_artifact(run_id, uri, "checkpoints")
 
     def curves() -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "metric_curves.png")
-            if history and plot_metric_curves(history, path):
-                client.log_artifact(run_id, path, "plots")
+        assert plot is not None
+        path = plot.result()
+        if path is not None:
+            client.log_artifact(run_id, path, "plots")
 
     def attempt(what: str, step: Callable[[], None]) -> None:
         try:
@@ -244,15 +260,6 @@ def log_fit_artifacts(
             log.warning("Could not log the %s to MLflow: %s", what, message)
             report.failures.append(f"{what}: {message}")
 
-    # The curves are drawn on a second thread while the model is exported and logged (both take a good
-    # part of a second; the export and the store's writes release the GIL), and joined before the run
-    # is ended: the artifact still arrives before the final status.
-    plotter = None
-    if history:
-        plotter = threading.Thread(
-            target=attempt, args=("metric curves", curves), name="mlflow-metric-curves", daemon=True
-        )
-        plotter.start()
     steps: list[tuple[str, Callable[[], None]]] = []
     if references.records:
         steps.append(("checkpoint references", lambda: client.log_text(
@@ -261,9 +268,48 @@ def log_fit_artifacts(
         steps.append(("checkpoint copies", copies))
     if log_model is not None:
         steps.append(("model", log_model))
+    if plot is not None:
+        steps.append(("metric curves", curves))
     try:
         for what, step in steps:
             attempt(what, step)
     finally:
-        if plotter is not None:
-            plotter.join()
+        if own_plot and plot is not None:
+            plot.close()
+
+
+class CurvePlot:
+    """The metric-curve PNG, drawn on a thread of its own into a temporary folder from the moment it is
+    created: it takes a good part of a second (matplotlib), which overlaps the delivery of the queue and
+    the model's export (both release the GIL while they wait or compute)."""
+
+    def __init__(self, history: Mapping[str, list[tuple[int, float]]]) -> None:
+        self._folder = tempfile.mkdtemp(prefix="lightning-lib-curves-")
+        self.path = os.path.join(self._folder, "metric_curves.png")
+        self._drawn = False
+        self._error: BaseException | None = None
+        snapshot = {key: list(points) for key, points in history.items()}
+        self._thread = threading.Thread(
+            target=self._draw, args=(snapshot,), name="mlflow-metric-curves", daemon=True
+        )
+        self._thread.start()
+
+    def _draw(self, history: Mapping[str, list[tuple[int, float]]]) -> None:
+        from lightning_lib.loggers.mlflow import _artifacts
+
+        try:
+            self._drawn = _artifacts.plot_metric_curves(history, self.path)
+        except BaseException as exc:  # re-raised on the caller's thread by result()
+            self._error = exc
+
+    def result(self) -> str | None:
+        """The PNG's path once drawn (None: nothing to plot, or no matplotlib); the drawing's error."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.path if self._drawn else None
+
+    def close(self) -> None:
+        """Wait for the drawing and remove the temporary folder."""
+        self._thread.join()
+        shutil.rmtree(self._folder, ignore_errors=True)
