@@ -408,8 +408,9 @@ def _ready(api: TemporaryApi | None, config: Any = None) -> None:
         api.wait()
 
 
-def run(args: argparse.Namespace, api: TemporaryApi | None = None) -> int:
-    """Run the parsed command; ``api`` is the temporary Prefect API started for it, if any."""
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command."""
+    api = _start_embedded(args.command)  # first: it starts while the rest is imported and checked
     if args.command == "config":
         from tasks.config import TrainConfig
 
@@ -626,8 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"lightning-lib {args.command}"
     _CONSOLE.reset()
     try:
-        api = _start_embedded(args.command)
-        return run(args, api)
+        return run(args)
     except Exception as exc:
         if is_input_error(exc):
             # one line; the flow run's log in Prefect keeps the traceback
