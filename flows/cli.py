@@ -393,6 +393,7 @@ def _start_embedded(command: str) -> TemporaryApi | None:
         return None
     embedded.quiet_telemetry()  # before Prefect is imported: its SDK telemetry starts at import
     embedded.start_timeout()  # a malformed limit is an input error before anything starts
+    _watch_console()  # Prefect's console logging first, so that the server's start notice is shown
     return embedded.start_temporary_api()
 
 
