@@ -411,7 +411,9 @@ def _ready(api: TemporaryApi | None, config: Any = None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command."""
-    api = _start_embedded(args.command)  # first: it starts while the rest is imported and checked
+    # a config is checked before anything starts; then the temporary API starts while the flows are imported
+    config = _config(args) if args.command in ("train", "retrain") else None
+    api = _start_embedded(args.command)
     if args.command == "config":
         from tasks.config import TrainConfig
 
@@ -424,15 +426,15 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from flows.training import training
 
-        config = _config(args)
         _ready(api, config)
+        assert config is not None  # checked above, before the API started
         _print_training(training(config))
         return 0
     if args.command == "retrain":
         from flows.retraining import retraining
 
-        config = _config(args)
         _ready(api, config)
+        assert config is not None
         result = retraining(
             config,
             metric=args.metric,
