@@ -40,8 +40,8 @@ _WARM_LOCK = threading.Lock()
 
 
 def warm_end_of_fit(log_model: bool, curves: bool) -> threading.Thread | None:
-    """Import, on a background thread, what the end of a fit needs (MLflow's PyTorch flavor and
-    ``torch.export`` for the model, matplotlib for the curves) and run one tiny export, once per process.
+    """Import, on a background thread, what the end of a fit needs (MLflow's PyTorch flavor for the
+    model, matplotlib for the curves), once per process.
 
     In a fresh process (a CLI run, a deployment's flow-run process) these cost seconds, which would all
     fall after the last training step; started with the run, they overlap the training instead. What is
@@ -64,12 +64,11 @@ def _warm(parts: set[str]) -> None:
             import matplotlib.backends.backend_agg
             import matplotlib.figure  # noqa: F401
         if "model" in parts:
+            # imports only: a warm-up export would initialise torch's tracing machinery (about a second)
+            # but could run beside a torch.compile of the user's training step, and dynamo's state is
+            # not thread-safe
             import mlflow.pytorch  # noqa: F401
-            import torch
             from mlflow.models import infer_signature  # noqa: F401
-
-            # the first export in a process initialises torch's tracing machinery (about a second)
-            torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(2, 2),))
     except Exception as exc:  # only a head start: the end of the fit does the real work and reports
         log.debug("Warming up the end of the fit failed: %s", exc)
 
