@@ -139,7 +139,10 @@ def warm_tracking(config: TrainConfig) -> None:
     that cannot be opened is left to the run, which reports it."""
     from tasks.tracking import tracking_uri
 
-    uri = tracking_uri(config)
+    try:
+        uri = tracking_uri(config)  # a refused URI is the flow's to report, in its own log
+    except Exception:
+        return
     if not uri.startswith("sqlite:///"):
         return
     try:
