@@ -41,26 +41,38 @@ def _artifacts_with(
     return client, report
 
 
-def test_the_curves_are_drawn_while_the_model_is_logged_and_arrive_before_the_end(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    both = threading.Barrier(2, timeout=10)  # passes only when the two run at the same time
-    threads: dict[str, str] = {}
+def test_the_curves_are_drawn_on_their_own_thread_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    both = threading.Barrier(2, timeout=10)  # passes only while the caller goes on beside the drawing
+    threads: list[str] = []
 
     def plot(history: Any, path: str) -> bool:
-        threads["curves"] = threading.current_thread().name
+        threads.append(threading.current_thread().name)
         both.wait()
-        time.sleep(0.05)  # finishes after the model: log_fit_artifacts must still wait for it
         Path(path).write_bytes(b"png")
         return True
 
-    def log_model() -> None:
-        threads["model"] = threading.current_thread().name
-        both.wait()
+    monkeypatch.setattr(_artifacts, "plot_metric_curves", plot)
+    curves = _end.CurvePlot({"train_loss": [(0, 1.0)]})
+    both.wait()  # the caller (finalize: delivering the queue meanwhile) is not blocked by the drawing
+    path = curves.result()
+    assert path is not None and Path(path).read_bytes() == b"png"
+    assert threads and threads[0] != threading.current_thread().name
+    curves.close()
+    assert not Path(path).exists()
 
-    client, report = _artifacts_with(monkeypatch, plot, log_model)
-    assert client.artifacts == [("r1", "metric_curves.png", "plots")]
-    assert threads["curves"] != threads["model"] and report.failures == []
+
+def test_the_curves_arrive_before_the_model_is_exported(monkeypatch: pytest.MonkeyPatch) -> None:
+    order: list[str] = []
+
+    def plot(history: Any, path: str) -> bool:
+        time.sleep(0.05)  # still drawing when the artifacts start: they wait for it
+        Path(path).write_bytes(b"png")
+        order.append("drawn")
+        return True
+
+    client, report = _artifacts_with(monkeypatch, plot, lambda: order.append("model"))
+    assert order == ["drawn", "model"]
+    assert client.artifacts == [("r1", "metric_curves.png", "plots")] and report.failures == []
 
 
 def test_a_failed_curve_is_reported_and_the_model_still_goes(monkeypatch: pytest.MonkeyPatch) -> None:

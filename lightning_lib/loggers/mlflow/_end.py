@@ -230,10 +230,10 @@ def log_fit_artifacts(
 ) -> None:
     """The end-of-fit artifacts, each on its own: one that fails is reported, the others still go.
 
-    ``checkpoints/references.json`` (URIs and hashes), optionally copies of the local checkpoints, the
-    model through ``log_model``, and ``plots/metric_curves.png`` when ``history`` is given. The curves
-    are drawn on a thread of their own (``plot``, when the caller started it earlier) while the rest is
-    logged, and uploaded last: everything has arrived when this returns.
+    ``checkpoints/references.json`` (URIs and hashes), optionally copies of the local checkpoints,
+    ``plots/metric_curves.png`` when ``history`` is given, then the model through ``log_model``. The
+    curves are drawn on a thread of their own (``plot``, which the caller may have started earlier, while
+    the queue was delivered) and are done before the model is exported.
     """
     own_plot = plot is None and bool(history)
     if own_plot:
@@ -265,10 +265,12 @@ def log_fit_artifacts(
             run_id, references.to_json(), "checkpoints/references.json")))  # fmt: skip
     if copy_checkpoints:
         steps.append(("checkpoint copies", copies))
-    if log_model is not None:
-        steps.append(("model", log_model))
+    # the curves before the model: torch.export traces with process-wide state, and one export failed
+    # (falling back to pickle) while matplotlib drew on another thread under heavy load
     if plot is not None:
         steps.append(("metric curves", curves))
+    if log_model is not None:
+        steps.append(("model", log_model))
     try:
         for what, step in steps:
             attempt(what, step)
@@ -279,8 +281,8 @@ def log_fit_artifacts(
 
 class CurvePlot:
     """The metric-curve PNG, drawn on a thread of its own into a temporary folder from the moment it is
-    created: it takes a good part of a second (matplotlib), which overlaps the delivery of the queue and
-    the model's export (both release the GIL while they wait or compute)."""
+    created: it takes a good part of a second (matplotlib), which overlaps the delivery of the queue
+    (mostly waiting on the server) and the checkpoint references."""
 
     def __init__(self, history: Mapping[str, list[tuple[int, float]]]) -> None:
         self._folder = tempfile.mkdtemp(prefix="lightning-lib-curves-")
