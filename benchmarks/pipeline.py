@@ -13,7 +13,9 @@ Per step: the median interval between the ends of consecutive training steps (th
 step, logging and checkpoint hooks included), and the mean over the whole fit (epoch-end validation and
 checkpoint saves included). Fixed overhead: the flow's wall time minus the plain fit's, minus the
 per-step difference times the steps. Rounds alternate plain/flow so drift hits both alike; medians
-are reported. The temporary Prefect API is started before the first round and not counted.
+are reported. The temporary Prefect API is started before the first round and not counted. All rounds share
+one checkpoint root (each run has its own run key under it): the embedded MLflow database beside it is
+created once, as on a user's machine, not once per round.
 
 Usage: ``python benchmarks/pipeline.py [--epochs N] [--repeats N]``
 """
@@ -108,7 +110,7 @@ def main() -> None:
                 base = load_config(
                     None,
                     [f"model={MODEL}", f"trainer.max_epochs={args.epochs}", f"model_kwargs.t_max={args.epochs}",
-                     "trainer.enable_progress_bar=false", f"checkpoint_root={tmp}/flow-{i}/checkpoints"],
+                     "trainer.enable_progress_bar=false", f"checkpoint_root={tmp}/checkpoints"],
                 )  # fmt: skip
                 rounds["plain"].append(run_plain(base, Path(tmp) / f"plain-{i}"))
                 rounds["flow"].append(run_flow(base))

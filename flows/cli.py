@@ -28,9 +28,12 @@ import textwrap
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from flows.embedded import TemporaryApi
 
 EPILOG = """Config files are YAML with the fields of TrainConfig (`lightning-lib train --help-config` lists
 them; examples/pipeline.yaml is a complete one). Overrides are dotted.name=value, values parsed as YAML.
@@ -375,7 +378,42 @@ def prefect_ui_hint(flow_run_id: str | None) -> str:
     return f"prefect server start   then http://127.0.0.1:4200{page}"
 
 
+_FLOW_COMMANDS = ("train", "retrain", "reproduce", "predict")
+
+
+def _start_embedded(command: str) -> TemporaryApi | None:
+    """For a flow command without a Prefect server: no telemetry, and Prefect's temporary API started
+    now, on a background thread, so that it starts while the flows are imported and the input is checked
+    (``flows.embedded``)."""
+    if command not in _FLOW_COMMANDS:
+        return None
+    from flows import embedded
+
+    if not embedded.is_embedded():
+        return None
+    embedded.quiet_telemetry()  # before Prefect is imported: its SDK telemetry starts at import
+    embedded.start_timeout()  # a malformed limit is an input error before anything starts
+    _watch_console()  # Prefect's console logging first, so that the server's start notice is shown
+    return embedded.start_temporary_api()
+
+
+def _ready(api: TemporaryApi | None, config: Any = None) -> None:
+    """Wait for the temporary API (progress on stderr), after the command's own imports and checks and
+    what the run will need first (its imports, its local MLflow store), done while the API starts."""
+    if api is not None:
+        from flows.embedded import warm_imports, warm_tracking
+
+        warm_imports()
+        if config is not None:
+            warm_tracking(config)
+        api.wait()
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run the parsed command."""
+    # a config is checked before anything starts; then the temporary API starts while the flows are imported
+    config = _config(args) if args.command in ("train", "retrain") else None
+    api = _start_embedded(args.command)
     if args.command == "config":
         from tasks.config import TrainConfig
 
@@ -388,13 +426,17 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from flows.training import training
 
-        _print_training(training(_config(args)))
+        _ready(api, config)
+        assert config is not None  # checked above, before the API started
+        _print_training(training(config))
         return 0
     if args.command == "retrain":
         from flows.retraining import retraining
 
+        _ready(api, config)
+        assert config is not None
         result = retraining(
-            _config(args),
+            config,
             metric=args.metric,
             mode=args.mode,
             warm_start=args.warm_start,
@@ -408,6 +450,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "reproduce":
         from flows.reproduce import reproduce
 
+        _ready(api)
         outcome = reproduce(
             args.run_id,
             tracking_uri=args.tracking_uri,
@@ -422,13 +465,10 @@ def run(args: argparse.Namespace) -> int:
         from flows.predict import predict_flow
         from tasks.params import apply_overrides
 
+        datamodule_args = apply_overrides({}, args.datamodule_arg) or None
+        _ready(api)
         scored = predict_flow(
-            args.source,
-            args.model,
-            args.alias,
-            args.output,
-            args.tracking_uri,
-            apply_overrides({}, args.datamodule_arg) or None,
+            args.source, args.model, args.alias, args.output, args.tracking_uri, datamodule_args
         )
         print(
             f"Wrote {scored.rows} predictions to {scored.uri} (sha256 {scored.sha256}) with {scored.model}."

@@ -10,6 +10,12 @@ from tasks.config import TrainConfig
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "pipeline.yaml"
 
+# How often ``serve``'s runner asks the API for runs to start. Prefect's default (10 s) leaves a run
+# submitted from the UI up to 10 s in Scheduled on an idle served process; one request a second from one
+# process is nothing for the server.
+SERVE_POLL_SECONDS = 1.0
+POLL_VARIABLE = "PREFECT_RUNNER_POLL_FREQUENCY"
+
 
 def load_config(
     path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
@@ -25,4 +31,19 @@ def load_config(
     return TrainConfig.from_yaml(EXAMPLE_CONFIG, [f"data.source={bundled_source}", *overrides])
 
 
-__all__ = ["EXAMPLE_CONFIG", "load_config"]
+def serve_poll_seconds() -> float:
+    """The runner's polling interval for ``serve``: ``PREFECT_RUNNER_POLL_FREQUENCY`` when the user set
+    it, else :data:`SERVE_POLL_SECONDS`."""
+    raw = os.environ.get(POLL_VARIABLE, "").strip()
+    if not raw:
+        return SERVE_POLL_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"Expected {POLL_VARIABLE} to be a number of seconds, received {raw!r}.") from None
+    if value <= 0:
+        raise ValueError(f"Expected {POLL_VARIABLE} > 0, received {raw!r}.")
+    return value
+
+
+__all__ = ["EXAMPLE_CONFIG", "POLL_VARIABLE", "SERVE_POLL_SECONDS", "load_config", "serve_poll_seconds"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.defaults import load_config
+from flows.defaults import load_config, serve_poll_seconds
 from flows.pipeline import example_pipeline
 from flows.predict import predict_flow
 from flows.recovery import RecoverySettings, ensure_crash_recovery, with_recovery
@@ -121,7 +121,8 @@ def serve(
     os.environ.update(recovery.flow_run_env())
     deployments = build_deployments(config, cron, recovery)
     ensure_crash_recovery(recovery)
-    prefect_serve(*deployments, limit=limit)
+    # polled every second (not Prefect's 10 s): a submitted run starts within about a second
+    prefect_serve(*deployments, limit=limit, query_seconds=serve_poll_seconds())
 
 
 def deploy(

@@ -136,7 +136,10 @@ def plot_metric_curves(history: Mapping[str, list[tuple[int, float]]], path: str
         return False
     cols = min(3, len(keys))
     rows = (len(keys) + cols - 1) // cols
-    figure = Figure(figsize=(4.5 * cols, 3.0 * rows), dpi=100, layout="constrained")
+    # fixed margins: matplotlib's constrained layout measures every text first and costs about as much
+    # again as drawing the charts
+    figure = Figure(figsize=(4.5 * cols, 3.0 * rows), dpi=100)
+    figure.subplots_adjust(left=0.08, right=0.97, bottom=0.1, top=0.92, wspace=0.3, hspace=0.55)
     FigureCanvasAgg(figure)
     for index, key in enumerate(keys):
         axes = figure.add_subplot(rows, cols, index + 1)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,44 @@ if TYPE_CHECKING:
 log = logging.getLogger("lightning_lib.loggers.mlflow._logger")
 
 _STATUSES = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+
+
+_WARMED: set[str] = set()
+_WARM_LOCK = threading.Lock()
+
+
+def warm_end_of_fit(log_model: bool, curves: bool) -> threading.Thread | None:
+    """Import, on a background thread, what the end of a fit needs (MLflow's PyTorch flavor for the
+    model, matplotlib for the curves), once per process.
+
+    In a fresh process (a CLI run, a deployment's flow-run process) these cost seconds, which would all
+    fall after the last training step; started with the run, they overlap the training instead. What is
+    not done by the end of the fit is simply waited for by the import system, as without this thread.
+    """
+    wanted = {part for part, on in (("model", log_model), ("curves", curves)) if on}
+    with _WARM_LOCK:
+        todo = wanted - _WARMED
+        _WARMED.update(todo)
+    if not todo:
+        return None
+    thread = threading.Thread(target=_warm, args=(todo,), name="mlflow-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _warm(parts: set[str]) -> None:
+    try:
+        if "curves" in parts:
+            import matplotlib.backends.backend_agg
+            import matplotlib.figure  # noqa: F401
+        if "model" in parts:
+            # imports only: a warm-up export would initialise torch's tracing machinery (about a second)
+            # but could run beside a torch.compile of the user's training step, and dynamo's state is
+            # not thread-safe
+            import mlflow.pytorch  # noqa: F401
+            from mlflow.models import infer_signature  # noqa: F401
+    except Exception as exc:  # only a head start: the end of the fit does the real work and reports
+        log.debug("Warming up the end of the fit failed: %s", exc)
 
 
 def after_save_checkpoint(logger: MLFlowLogger, checkpoint_callback: ModelCheckpoint) -> None:
@@ -109,21 +149,31 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     logger._recorded = None  # the replay of the continued run ends with this fit
     if logger._log_model and fitted:
         _record_checkpoints(logger)
-    delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
-    if delivered and fitted:  # validate/test/predict end here too; only fit leaves curves, model
-        log_fit_artifacts(
-            logger.experiment,
-            str(logger._run_id),
-            sender.report,
-            references=logger._references,
-            copy_checkpoints=logger._copy_checkpoints,
-            history=logger._history if logger._log_metric_curves else None,
-            log_model=(lambda: _log_final_model(logger))
-            if logger._log_model and mlflow_status == "FINISHED"
-            else None,
-        )
-    elif not delivered:
-        sender.report.failures.append("artifacts (checkpoint references, curves, model): server unreachable")
+    history = logger._history if logger._log_metric_curves and fitted else None
+    # drawn while the queue is delivered (the flush mostly waits on the server)
+    plot = CurvePlot(history) if history else None
+    try:
+        delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
+        if delivered and fitted:  # validate/test/predict end here too; only fit leaves curves, model
+            log_fit_artifacts(
+                logger.experiment,
+                str(logger._run_id),
+                sender.report,
+                references=logger._references,
+                copy_checkpoints=logger._copy_checkpoints,
+                history=history,
+                log_model=(lambda: _log_final_model(logger))
+                if logger._log_model and mlflow_status == "FINISHED"
+                else None,
+                plot=plot,
+            )
+        elif not delivered:
+            sender.report.failures.append(
+                "artifacts (checkpoint references, curves, model): server unreachable"
+            )
+    finally:
+        if plot is not None:
+            plot.close()
     sender.add("status", [(mlflow_status, int(time.time() * 1000))])
     report = sender.close(max(0.0, deadline - time.monotonic()))
     logger._sender = None
@@ -176,13 +226,18 @@ def log_fit_artifacts(
     copy_checkpoints: bool,
     history: Mapping[str, list[tuple[int, float]]] | None,
     log_model: Callable[[], None] | None,
+    plot: CurvePlot | None = None,
 ) -> None:
     """The end-of-fit artifacts, each on its own: one that fails is reported, the others still go.
 
     ``checkpoints/references.json`` (URIs and hashes), optionally copies of the local checkpoints,
-    ``plots/metric_curves.png`` when ``history`` is given, then the model through ``log_model``.
+    ``plots/metric_curves.png`` when ``history`` is given, then the model through ``log_model``. The
+    curves are drawn on a thread of their own (``plot``, which the caller may have started earlier, while
+    the queue was delivered) and are done before the model is exported.
     """
-    from lightning_lib.loggers.mlflow._artifacts import plot_metric_curves
+    own_plot = plot is None and bool(history)
+    if own_plot:
+        plot = CurvePlot(history or {})
 
     def copies() -> None:
         for ref in references.records:
@@ -191,10 +246,18 @@ def log_fit_artifacts(
                 client.log_artifact(run_id, uri, "checkpoints")
 
     def curves() -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "metric_curves.png")
-            if history and plot_metric_curves(history, path):
-                client.log_artifact(run_id, path, "plots")
+        assert plot is not None
+        path = plot.result()
+        if path is not None:
+            client.log_artifact(run_id, path, "plots")
+
+    def attempt(what: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:
+            message = redact_text(f"{type(exc).__name__}: {exc}")[:500]
+            log.warning("Could not log the %s to MLflow: %s", what, message)
+            report.failures.append(f"{what}: {message}")
 
     steps: list[tuple[str, Callable[[], None]]] = []
     if references.records:
@@ -202,14 +265,52 @@ def log_fit_artifacts(
             run_id, references.to_json(), "checkpoints/references.json")))  # fmt: skip
     if copy_checkpoints:
         steps.append(("checkpoint copies", copies))
-    if history:
+    # the curves before the model: torch.export traces with process-wide state, and one export failed
+    # (falling back to pickle) while matplotlib drew on another thread under heavy load
+    if plot is not None:
         steps.append(("metric curves", curves))
     if log_model is not None:
         steps.append(("model", log_model))
-    for what, step in steps:
+    try:
+        for what, step in steps:
+            attempt(what, step)
+    finally:
+        if own_plot and plot is not None:
+            plot.close()
+
+
+class CurvePlot:
+    """The metric-curve PNG, drawn on a thread of its own into a temporary folder from the moment it is
+    created: it takes a good part of a second (matplotlib), which overlaps the delivery of the queue
+    (mostly waiting on the server) and the checkpoint references."""
+
+    def __init__(self, history: Mapping[str, list[tuple[int, float]]]) -> None:
+        self._folder = tempfile.mkdtemp(prefix="lightning-lib-curves-")
+        self.path = os.path.join(self._folder, "metric_curves.png")
+        self._drawn = False
+        self._error: BaseException | None = None
+        snapshot = {key: list(points) for key, points in history.items()}
+        self._thread = threading.Thread(
+            target=self._draw, args=(snapshot,), name="mlflow-metric-curves", daemon=True
+        )
+        self._thread.start()
+
+    def _draw(self, history: Mapping[str, list[tuple[int, float]]]) -> None:
+        from lightning_lib.loggers.mlflow import _artifacts
+
         try:
-            step()
-        except Exception as exc:
-            message = redact_text(f"{type(exc).__name__}: {exc}")[:500]
-            log.warning("Could not log the %s to MLflow: %s", what, message)
-            report.failures.append(f"{what}: {message}")
+            self._drawn = _artifacts.plot_metric_curves(history, self.path)
+        except BaseException as exc:  # re-raised on the caller's thread by result()
+            self._error = exc
+
+    def result(self) -> str | None:
+        """The PNG's path once drawn (None: nothing to plot, or no matplotlib); the drawing's error."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.path if self._drawn else None
+
+    def close(self) -> None:
+        """Wait for the drawing and remove the temporary folder."""
+        self._thread.join()
+        shutil.rmtree(self._folder, ignore_errors=True)

@@ -303,6 +303,7 @@ class MLFlowLogger(Logger):
         self._run_id = run.info.run_id
         self._client = client
         self._initialized = True
+        _end.warm_end_of_fit(bool(self._log_model), self._log_metric_curves)
         sender = self._ensure_sender()
         if self._resumed:
             if run.info.status != "RUNNING":

@@ -1,0 +1,383 @@
+"""The pipeline's latency (issue 13), each figure with its baseline measured in the same run.
+
+Prints one JSON object with four parts (``--only`` picks some):
+
+- ``flow``: in one process, on embedded defaults (a temporary local Prefect API started before the first
+  round and not counted, MLflow on SQLite, local checkpoints), rounds alternate three ways of training the
+  bundled digits model for ``--epochs`` epochs on the same prepared Parquet splits:
+
+  * ``plain``: ``Trainer(...).fit`` with the Trainer's defaults (CSVLogger, one checkpoint per epoch);
+  * ``bare``: a bare ``@flow`` that only builds the pipeline's MLflow logger and ModelCheckpoint (the
+    same settings as the ``fit`` task: model logging, curves, system metrics, best + last) and calls
+    ``Trainer.fit``: the baseline of target 1;
+  * ``training``: ``flows.training.training(config)``: prepare (cached), fit, validate, test, register,
+    the summary artifact.
+
+  Figures: wall time of each (median over rounds), ``training - bare`` (target <= 0.5 s), and the time
+  from the end of the last training step until the flow returns (target < 2 s), for the first round
+  (``cold``: the process's first fit, as in a CLI run or a deployment's flow-run process) and the median
+  of the other rounds (``warm``).
+- ``demo``: ``lightning-lib train`` (what ``make demo`` runs) in a subprocess, in an empty folder, with a
+  fresh ``PREFECT_HOME`` (the first run after install: the temporary API creates its database) and then
+  again with that home; wall time to exit (target < 15 s), the temporary API's start, and the time from
+  the last training step to the printed result. ``--baseline-tree`` runs the same with another checkout
+  on ``PYTHONPATH`` (the code before a change) in the same run.
+- ``deployment``: a ``prefect server start`` and ``lightning-lib serve`` against it; on the idle served
+  process, ``--deployment-runs`` runs of the ``training`` deployment submitted one after the other
+  (``run_deployment(timeout=0)``), each timed from submission until the runner picked it up (Pending:
+  its process is being started) and until it is Running (that process has imported the flow); target:
+  started within 2 s. The baseline is the same with Prefect's default polling
+  (``PREFECT_RUNNER_POLL_FREQUENCY=10``). Each run is cancelled once Running.
+
+Every part records the 1-minute load average when it starts and ends: on a shared machine these figures
+move with other people's work.
+
+Usage: ``python benchmarks/latency.py [--epochs N] [--repeats N] [--only flow,demo,deployment]
+[--baseline-tree PATH] [--deployment-runs N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("LIGHTNING_LIB_ALLOWED_IMPORTS", "benchmarks.")
+for _name, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1")):
+    os.environ.setdefault(_name, _value)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # embedded defaults: the SQLite store under the run folder
+os.environ.pop("PREFECT_API_URL", None)
+
+MODEL = "benchmarks.pipeline_model:TimedDigitsClassifier"
+STEP_FILE_VARIABLE = "LIGHTNING_LIB_BENCH_STEP_FILE"
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+# -- part 1 and 2: the flow against a bare flow and a plain fit, in one process ---------------------------
+
+
+def _config(root: str, epochs: int, tag: str) -> Any:
+    from flows.defaults import load_config
+
+    return load_config(
+        None,
+        [f"model={MODEL}", f"trainer.max_epochs={epochs}", f"model_kwargs.t_max={epochs}",
+         "trainer.enable_progress_bar=false", f"checkpoint_root={root}/checkpoints",
+         f"data.data_root={root}/prepared"],
+    )  # fmt: skip
+
+
+def _timed(run: Any) -> dict[str, float]:
+    from benchmarks import pipeline_model
+
+    pipeline_model.STEP_ENDS.clear()
+    start = time.perf_counter()
+    run()
+    end = time.perf_counter()
+    ends = pipeline_model.STEP_ENDS
+    return {
+        "wall_s": end - start,
+        "to_first_step_s": ends[0] - start,
+        "after_last_step_s": end - ends[-1],
+        "steps": len(ends),
+    }
+
+
+def part_flow(epochs: int, repeats: int) -> dict[str, Any]:
+    import torch
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    import lightning_lib as pl
+    from flows.training import training
+    from lightning_lib.callbacks import ModelCheckpoint
+    from tasks.data import prepare
+    from tasks.factory import build_datamodule, build_logger, build_trainer, checkpoint_dir
+
+    torch.set_num_threads(1)
+
+    def plain(config: Any, root: Path) -> None:
+        prepared = prepare(config)
+        pl.seed_everything(config.seed)
+        datamodule = build_datamodule(config, prepared)
+        model = config.load_model_class()(**config.model_kwargs)
+        kwargs = {k: v for k, v in config.trainer.to_kwargs().items() if v is not None}
+        pl.Trainer(**kwargs, default_root_dir=str(root)).fit(model, datamodule=datamodule)
+
+    @flow(name="bare-fit")
+    def bare(config: Any, run_key: str) -> None:
+        prepared = prepare(config)
+        pl.seed_everything(config.seed)
+        datamodule = build_datamodule(config, prepared)
+        model = config.load_model_class()(**config.model_kwargs)
+        checkpoint = ModelCheckpoint(
+            dirpath=checkpoint_dir(config, run_key), **config.checkpoint.callback_kwargs()
+        )
+        trainer = build_trainer(config, [checkpoint], build_logger(config, run_key))
+        trainer.fit(model, datamodule=datamodule)
+
+    def runner(way: str, config: Any, tag: str) -> Any:
+        if way == "plain":
+            return lambda: plain(config, Path(config.checkpoint_root).parent / tag)
+        if way == "bare":
+            return lambda: bare(config, f"bare-{tag}-{time.time_ns()}")
+        return lambda: training(config)
+
+    rounds: dict[str, list[dict[str, float]]] = {"plain": [], "bare": [], "training": []}
+    loads = {"start": load()}
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        sink = io.StringIO()
+        try:
+            with (
+                prefect_test_harness(server_startup_timeout=300),
+                contextlib.redirect_stdout(sink),
+                contextlib.redirect_stderr(sink),
+            ):
+                prepare(_config(tmp, epochs, "prepare"))  # the Parquet splits, shared by all (cached)
+                for i in range(repeats):
+                    # the order rotates: the first fit of the process pays the imports, once per way
+                    order = ["training", "bare", "plain"][i % 3 :] + ["training", "bare", "plain"][: i % 3]
+                    for way in order:
+                        config = _config(tmp, epochs, f"{way}-{i}")
+                        rounds[way].append(_timed(runner(way, config, f"{way}-{i}")))
+        finally:
+            os.chdir(cwd)
+    loads["end"] = load()
+
+    def fig(way: str, key: str, which: str) -> float | None:
+        values = [r[key] for r in rounds[way]]
+        if which == "cold":
+            return round(values[0], 3)
+        return median(values[1:] if len(values) > 1 else values)
+
+    warm_extra = [
+        t["wall_s"] - b["wall_s"] for t, b in zip(rounds["training"][1:], rounds["bare"][1:], strict=True)
+    ]
+    return {
+        "epochs": epochs,
+        "steps": rounds["training"][0]["steps"],
+        "repeats": repeats,
+        "load_avg_1m": loads,
+        "wall_s": {way: {"warm_median": fig(way, "wall_s", "warm")} for way in rounds},
+        "training_minus_bare_s": {
+            "warm_median_of_walls": round(
+                (fig("training", "wall_s", "warm") or 0) - (fig("bare", "wall_s", "warm") or 0), 3
+            ),
+            "per_round": [round(x, 3) for x in warm_extra],
+            "target_s": 0.5,
+        },
+        "after_last_step_s": {
+            way: {
+                "cold": fig(way, "after_last_step_s", "cold"),
+                "warm_median": fig(way, "after_last_step_s", "warm"),
+            }
+            for way in rounds
+        },
+        "after_last_step_target_s": 2.0,
+        "to_first_step_s": {way: {"warm_median": fig(way, "to_first_step_s", "warm")} for way in rounds},
+        "rounds": {way: [{k: round(v, 3) for k, v in r.items()} for r in rs] for way, rs in rounds.items()},
+        "note": "cold = the first round of the process, whichever way ran it first (the order rotates per round)",
+    }
+
+
+# -- part 4: the demo command end to end -------------------------------------------------------------
+
+
+def _run_cli(tree: Path, home: Path, cwd: Path, epochs: int, timeout: float) -> dict[str, Any]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    step_file = cwd / "last-step.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DO_NOT_TRACK"))}
+    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(tree), LIGHTNING_LIB_ALLOWED_IMPORTS="benchmarks.")
+    env[STEP_FILE_VARIABLE] = str(step_file)
+    command = [sys.executable, "-m", "flows.cli", "train", f"model={MODEL}", f"trainer.max_epochs={epochs}",
+               f"model_kwargs.t_max={epochs}"]  # fmt: skip
+    start_wall = time.time()
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[tuple[float, str]] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append((time.perf_counter() - start, line.rstrip()))
+    code = process.wait(timeout)
+    wall = time.perf_counter() - start
+    text = "\n".join(line for _, line in lines)
+
+    def when(pattern: str) -> float | None:
+        return next((t for t, line in lines if re.search(pattern, line)), None)
+
+    result_at = when(r"^Training finished")
+    last_step = float(step_file.read_text()) - start_wall if step_file.exists() else None
+    return {
+        "exit_code": code,
+        "wall_s": round(wall, 2),
+        "api_notice_at_s": when(r"Starting temporary server"),
+        "flow_run_begins_at_s": when(r"Beginning flow run"),
+        "last_step_at_s": None if last_step is None else round(last_step, 2),
+        "result_printed_at_s": result_at,
+        "after_last_step_to_result_s": None
+        if last_step is None or result_at is None
+        else round(result_at - last_step, 2),
+        "traceback": "Traceback" in text,
+        "telemetry_notice": "telemetry" in text.lower(),
+        "progress_lines": sum("Starting Prefect's temporary local API:" in line for _, line in lines),
+        "tail": [line for _, line in lines[-3:]] if code else [],
+    }
+
+
+def part_demo(epochs: int, trees: dict[str, Path], timeout: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"load_avg_1m": {"start": load()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, tree in trees.items():
+            home = Path(tmp) / f"{name}-home"
+            runs = {}
+            for attempt in ("first_run_fresh_prefect_home", "second_run"):
+                runs[attempt] = _run_cli(tree, home, Path(tmp) / f"{name}-{attempt}", epochs, timeout)
+            out[name] = runs
+    out["load_avg_1m"]["end"] = load()
+    out["target_wall_s"] = 15.0
+    return out
+
+
+# -- part 3: a deployment run's start on an idle served process -------------------------------------------
+
+
+def _serve_and_time(
+    server: Any, root: Path, poll: str | None, runs: int, epochs: int
+) -> list[dict[str, Any]]:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from tests.prefect_server import kill_group, spawn
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(server.env(), PYTHONPATH=str(REPO), LIGHTNING_LIB_ALLOWED_IMPORTS="benchmarks.")
+    if poll is not None:
+        env["PREFECT_RUNNER_POLL_FREQUENCY"] = poll
+    root.mkdir(parents=True, exist_ok=True)
+    serve = spawn([sys.executable, "-m", "flows.cli", "serve"], root / "serve.log", env, root)
+    results: list[dict[str, Any]] = []
+    try:
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                with contextlib.suppress(Exception):
+                    client.read_deployment_by_name("training/training")
+                    break
+                time.sleep(0.5)
+            time.sleep(3.0)  # the runner's first poll is behind it: the served process is idle
+            for _ in range(runs):
+                config = _config(str(root), epochs, "deployment").model_dump(mode="json")
+                submitted = time.perf_counter()
+                flow_run = run_deployment("training/training", parameters={"config": config}, timeout=0)
+                seen: dict[str, float] = {}
+                while time.perf_counter() - submitted < 120 and "RUNNING" not in seen:
+                    state = client.read_flow_run(flow_run.id).state
+                    kind = state.type.value if state is not None else "NONE"
+                    seen.setdefault(kind, time.perf_counter() - submitted)
+                    time.sleep(0.05)
+                with contextlib.suppress(Exception):
+                    from prefect.states import Cancelling
+
+                    client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+                results.append({
+                    "picked_up_s": round(seen.get("PENDING", seen.get("RUNNING", float("nan"))), 2),
+                    "running_s": round(seen.get("RUNNING", float("nan")), 2),
+                })  # fmt: skip
+                time.sleep(8.0)  # the cancelled run's process ends; the runner is idle again
+    finally:
+        kill_group(serve)
+    return results
+
+
+def part_deployment(runs: int, epochs: int) -> dict[str, Any]:
+    from tests.prefect_server import PrefectServer
+
+    out: dict[str, Any] = {"load_avg_1m": {"start": load()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = PrefectServer(Path(tmp) / "server")
+        server.start(timeout=300)
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        try:
+            # Prefect reads the environment once: the flow part may have imported it already
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+                for name, poll in (("serve_default", None), ("prefect_default_poll_10s", "10")):
+                    timed = _serve_and_time(server, Path(tmp) / name, poll, runs, epochs)
+                    out[name] = {
+                        "runs": timed,
+                        "picked_up_median_s": median([r["picked_up_s"] for r in timed]),
+                        "running_median_s": median([r["running_s"] for r in timed]),
+                    }
+        finally:
+            server.stop()
+    out["load_avg_1m"]["end"] = load()
+    out["target_s"] = 2.0
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--only", default="flow,demo,deployment")
+    parser.add_argument(
+        "--baseline-tree", type=Path, default=None, help="another checkout for the demo's baseline"
+    )
+    parser.add_argument("--deployment-runs", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    if args.epochs < 1 or args.repeats < 1 or args.deployment_runs < 1:
+        parser.error("Expected --epochs, --repeats and --deployment-runs >= 1.")
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = parts - {"flow", "demo", "deployment"}
+    if unknown:
+        parser.error(f"Expected --only among flow, demo, deployment; received {sorted(unknown)}.")
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    report: dict[str, Any] = {"benchmark": "latency", "model": "digits MLP (64->128->10), batch 64, Adam"}
+    if "flow" in parts:
+        report["flow"] = part_flow(args.epochs, args.repeats)
+    if "demo" in parts:
+        trees = {"this_tree": REPO}
+        if args.baseline_tree is not None:
+            trees["baseline_tree"] = args.baseline_tree.resolve()
+        report["demo"] = part_demo(args.epochs, trees, args.timeout)
+    if "deployment" in parts:
+        report["deployment"] = part_deployment(args.deployment_runs, 1)
+    report.update(
+        python=platform.python_version(),
+        cpus=os.cpu_count(),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Issue 13, "MLflow costs a second per run": the end of a fit overlaps what it can (the curve PNG is drawn
+while the model is logged) and its imports are warmed while training runs, without losing anything."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightning_lib.loggers.mlflow import _artifacts, _end
+from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences
+from lightning_lib.loggers.mlflow._worker import DeliveryReport
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.artifacts: list[tuple[str, str, str | None]] = []
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+        assert Path(path).is_file()
+        self.artifacts.append((run_id, Path(path).name, artifact_path))
+
+
+def _artifacts_with(
+    monkeypatch: pytest.MonkeyPatch, plot: Any, log_model: Any
+) -> tuple[_Client, DeliveryReport]:
+    monkeypatch.setattr(_artifacts, "plot_metric_curves", plot)
+    client, report = _Client(), DeliveryReport(run_id="r1")
+    _end.log_fit_artifacts(
+        client,  # type: ignore[arg-type]
+        "r1",
+        report,
+        references=CheckpointReferences(),
+        copy_checkpoints=False,
+        history={"train_loss": [(0, 1.0), (1, 0.5)]},
+        log_model=log_model,
+    )
+    return client, report
+
+
+def test_the_curves_are_drawn_on_their_own_thread_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    both = threading.Barrier(2, timeout=10)  # passes only while the caller goes on beside the drawing
+    threads: list[str] = []
+
+    def plot(history: Any, path: str) -> bool:
+        threads.append(threading.current_thread().name)
+        both.wait()
+        Path(path).write_bytes(b"png")
+        return True
+
+    monkeypatch.setattr(_artifacts, "plot_metric_curves", plot)
+    curves = _end.CurvePlot({"train_loss": [(0, 1.0)]})
+    both.wait()  # the caller (finalize: delivering the queue meanwhile) is not blocked by the drawing
+    path = curves.result()
+    assert path is not None and Path(path).read_bytes() == b"png"
+    assert threads and threads[0] != threading.current_thread().name
+    curves.close()
+    assert not Path(path).exists()
+
+
+def test_the_curves_arrive_before_the_model_is_exported(monkeypatch: pytest.MonkeyPatch) -> None:
+    order: list[str] = []
+
+    def plot(history: Any, path: str) -> bool:
+        time.sleep(0.05)  # still drawing when the artifacts start: they wait for it
+        Path(path).write_bytes(b"png")
+        order.append("drawn")
+        return True
+
+    client, report = _artifacts_with(monkeypatch, plot, lambda: order.append("model"))
+    assert order == ["drawn", "model"]
+    assert client.artifacts == [("r1", "metric_curves.png", "plots")] and report.failures == []
+
+
+def test_a_failed_curve_is_reported_and_the_model_still_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+    logged: list[bool] = []
+
+    def plot(history: Any, path: str) -> bool:
+        raise OSError("disk full")
+
+    client, report = _artifacts_with(monkeypatch, plot, lambda: logged.append(True))
+    assert logged == [True] and client.artifacts == []
+    assert report.failures == ["metric curves: OSError: disk full"]
+
+
+def test_the_end_of_fit_is_warmed_once_per_process_and_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[set[str]] = []
+    monkeypatch.setattr(_end, "_WARMED", set())
+    monkeypatch.setattr(_end, "_warm", lambda parts: calls.append(set(parts)))
+    first = _end.warm_end_of_fit(log_model=False, curves=True)
+    assert first is not None
+    first.join(10)
+    assert _end.warm_end_of_fit(log_model=False, curves=True) is None  # done already in this process
+    second = _end.warm_end_of_fit(log_model=True, curves=True)
+    assert second is not None
+    second.join(10)
+    assert _end.warm_end_of_fit(log_model=False, curves=False) is None
+    assert calls == [{"curves"}, {"model"}]
+
+
+def test_warming_up_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    _end._warm({"model", "curves"})  # logged at debug level, nothing raised
