@@ -104,8 +104,10 @@ def _evaluate(
     precision = trainer.precision_plugin
     sanity = stage == RunningStage.SANITY_CHECKING
     next_action = f"[_EvaluationLoop].{stage.dataloader_prefix}_next"
-    counts = run.eval_batches.setdefault(stage.value, [0, 0])
-    counts[1] = 0
+    fitting = trainer.state.fn == TrainerFn.FITTING
+    counts = run.loops.eval_progress("test" if stage == RunningStage.TESTING else "validate", fitting)
+    counts.reset_on_run()
+    last_loader = max(i for i, limit in enumerate(limits) if limit != 0)
     for dl_idx, fetcher in enumerate(fetchers):
         if limits[dl_idx] == 0:
             continue
@@ -120,23 +122,26 @@ def _evaluate(
                     batch = next(fetcher)
             except StopIteration:
                 break
+            counts.is_last_batch = fetcher.done and dl_idx == last_loader
             batch = transfer(batch)
             hook_args: tuple[Any, ...] = (batch, batch_idx, dl_idx) if multiple else (batch, batch_idx)
+            counts.increment_ready()
             connector.on_batch_start(batch, dl_idx if multiple else None)
             hooks.callbacks(names.batch_start, *hook_args)
             hooks.module(names.batch_start, *hook_args)
+            counts.increment_started()
             step_args = hook_args if pass_batch_idx else (batch, *hook_args[2:])
             with precision.forward_context():
                 output = hooks.module(names.step, *step_args)
+            counts.increment_processed()
             hooks.callbacks(names.batch_end, output, *hook_args)
             hooks.module(names.batch_end, output, *hook_args)
             connector.on_batch_end()
+            counts.increment_completed()
             if not sanity:
                 run.val_has_run = True
                 connector.update_eval_step_metrics(seen)
                 seen += 1
-                counts[0] += 1
-                counts[1] += 1
             batch_idx += 1
         fetcher.close()
         if multiple:

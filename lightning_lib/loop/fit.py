@@ -25,6 +25,7 @@ from lightning_lib.checkpoint._positions import (
 from lightning_lib.loop.data import info_once
 from lightning_lib.loop.evaluation import run_evaluation
 from lightning_lib.loop.loaders import INF, LimitedFetcher
+from lightning_lib.loop.progress import ProcessedTracker, Progress
 from lightning_lib.loop.state import BATCH_END, EPOCH_END, VAL_END, ResumeState
 from lightning_lib.loop.step import batch_transfer, run_automatic_step, run_manual_step, update_lr_schedulers
 from lightning_lib.trainer.states import RunningStage
@@ -50,6 +51,10 @@ def run_fit(trainer: Trainer) -> None:
         return
     point = progress.resume_point if resume is not None else ""
     in_epoch = resume is not None and progress.epoch_started
+    # an epoch whose on_train_epoch_start did not complete starts again without counting it twice
+    restart_epoch_start = resume is not None and not in_epoch and _epoch_start_interrupted(run.loops.epoch)
+    if resume is not None:
+        _resume_counters(trainer, point, in_epoch)
     if not in_epoch and fit_done(trainer):
         return
     fetcher = data.train_fetcher
@@ -71,10 +76,17 @@ def run_fit(trainer: Trainer) -> None:
         data.set_sampler_epoch(progress.current_epoch)
         progress.epoch_batches_done = 0
         progress.batch_idx = -1
-        run.eval_batches.pop("validate", None)  # the fit's val loop counts per training epoch, as Lightning's
+        counters = run.loops
+        if restart_epoch_start:
+            counters.epoch.reset_on_restart()
+            restart_epoch_start = False
+        else:
+            counters.epoch.increment_ready()
         hooks.callbacks("on_train_epoch_start")
         hooks.module("on_train_epoch_start")
+        counters.epoch.increment_started()
         progress.epoch_started = True
+        trainer._fit_loop.epoch_loop._start_epoch_counts()
         fetcher = data.train_fetcher
         assert fetcher is not None
         if not first_epoch:
@@ -119,6 +131,24 @@ def _start_first_epoch_data(
         _restore_finished_epoch_state(fetcher.loader, loader_state)
         _restore_rng(trainer, fetcher, resume, loader_state)
         fetcher.start()
+
+
+def _epoch_start_interrupted(epoch: Progress[ProcessedTracker]) -> bool:
+    total = epoch.total
+    return total.started == total.ready - 1 and total.processed == total.started
+
+
+def _resume_counters(trainer: Trainer, point: str, in_epoch: bool) -> None:
+    """Lightning's counters as a restarted loop leaves them: the batch saved in on_train_batch_end is
+    completed, and in the interrupted epoch what had not completed is rolled back."""
+    counters = trainer._run_state.loops
+    if point == BATCH_END:
+        counters.batch.increment_completed()
+    if in_epoch:
+        counters.batch.reset_on_restart()
+        counters.scheduler.reset_on_restart()
+        counters.optim.reset_on_restart()
+    trainer._fit_loop.restarting = False
 
 
 def _restore_finished_epoch_state(loader: Any, loader_state: dict[str, Any]) -> None:
@@ -187,6 +217,7 @@ def finish_training_epoch(trainer: Trainer, hooks_done: bool = False) -> None:
     hooks = trainer._hooks
     connector.epoch_end_reached()
     if not hooks_done:
+        trainer._run_state.loops.epoch.increment_processed()
         progress.resume_point = EPOCH_END
         hooks.callbacks("on_train_epoch_end", monitoring=False)
         hooks.module("on_train_epoch_end")
@@ -202,6 +233,7 @@ def finish_training_epoch(trainer: Trainer, hooks_done: bool = False) -> None:
         if callable(flush):
             flush()
     progress.current_epoch += 1
+    trainer._run_state.loops.epoch.increment_completed()
     progress.epoch_started = False
     progress.epoch_batches_done = 0
     progress.resume_point = ""
@@ -229,6 +261,7 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
     num_batches = trainer._data.num_training_batches
     # fixed for the whole epoch: whether validation may run in it at all
     val_epoch = should_check_val_epoch(trainer)
+    batch_progress = run.loops.batch
     while True:
         if fit_epoch_done(trainer, fetcher):
             break
@@ -243,8 +276,9 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         batch_idx = progress.batch_idx + 1
         progress.batch_idx = batch_idx
         progress.total_batch_idx += 1
-        run.is_last_batch = fetcher.done
+        run.is_last_batch = batch_progress.is_last_batch = fetcher.done
         batch = transfer(batch)
+        batch_progress.increment_ready()
         connector.on_batch_start(batch)
         ready = progress.epoch_batches_done + 1
         epoch_end = ready == num_batches or fetcher.done
@@ -264,13 +298,17 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
                 hooks.callbacks("on_train_batch_start", batch, batch_idx)
             response = hooks.module("on_train_batch_start", batch, batch_idx) if module_batch_start else None
             skip_rest = response == -1
-            if not skip_rest:
+            if skip_rest:
+                batch_progress.is_last_batch = True
+            else:
+                batch_progress.increment_started()
                 with hooks.profile("run_training_batch"):
                     if automatic:
                         output = run_automatic_step(trainer, optimizer, batch, batch_idx, accumulating)
                     else:
                         output = run_manual_step(trainer, batch, batch_idx)
         progress.epoch_batches_done = ready
+        batch_progress.increment_processed()
         if not accumulating:
             update_lr_schedulers(trainer, "step", plateau=False)
         if epoch_end:
@@ -288,6 +326,7 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         if module_batch_end:
             hooks.module("on_train_batch_end", output, batch, batch_idx)
         connector.on_batch_end()
+        batch_progress.increment_completed()
         connector.update_train_step_metrics(accumulating)
         _after_batch(trainer, fetcher, accumulating, val_epoch)
 
@@ -351,6 +390,7 @@ def run_sanity_check(trainer: Trainer) -> None:
         trainer._hooks.callbacks("on_sanity_check_start")
         run_evaluation(trainer, RunningStage.SANITY_CHECKING)
         trainer._hooks.callbacks("on_sanity_check_end")
+        run.loops.fit_val.reset()  # what the sanity check counted is not validation progress
         connector.reset_results()
         connector.reset_metrics()
     finally:

@@ -94,6 +94,8 @@ def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
     grad_context = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
     multiple = len(loaders) > 1
     precision = trainer.precision_plugin
+    counts = trainer._run_state.loops.predict
+    counts.reset_on_run()
     with grad_context:
         fetchers = [LimitedFetcher(dl, limit) for dl, limit in zip(loaders, limits)]
         fetchers[0].start()
@@ -120,12 +122,16 @@ def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
                         trainer, fetcher.loader, batch_idx, dl_idx, on_batch, on_epoch
                     )
                 hook_args: tuple[Any, ...] = (batch, batch_idx, dl_idx) if multiple else (batch, batch_idx)
+                counts.increment_ready()
                 hooks.callbacks("on_predict_batch_start", *hook_args)
                 hooks.module("on_predict_batch_start", *hook_args)
+                counts.increment_started()
                 with precision.forward_context():
                     output = hooks.module("predict_step", *hook_args)
+                counts.increment_processed()
                 hooks.callbacks("on_predict_batch_end", output, *hook_args)
                 hooks.module("on_predict_batch_end", output, *hook_args)
+                counts.increment_completed()
                 if keep:
                     predictions.append(output)
                 batch_idx += 1

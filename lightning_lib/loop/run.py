@@ -144,6 +144,7 @@ def _run_stages(
         _log_hyperparams(trainer, model, datamodule)
     if checkpoint is not None and fn == TrainerFn.FITTING:
         restore_training_state(trainer, checkpoint)
+        _restore_loop_counters(trainer, checkpoint)
     del checkpoint
     handler = _sigterm_stops_at_batch_boundary(trainer) if fn == TrainerFn.FITTING else nullcontext()
     model.zero_grad()  # torch sets the gradients to None by default
@@ -174,6 +175,21 @@ def _run_stages(
     trainer.state.status = TrainerStatus.FINISHED
     trainer.state.stage = None
     return results
+
+
+def _restore_loop_counters(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """Lightning's loop counters as saved; the fit loop settles them where it resumes (``run_fit``)."""
+    loops = checkpoint.get("loops") or {}
+    for name, view in (
+        ("fit_loop", trainer.fit_loop),
+        ("validate_loop", trainer.validate_loop),
+        ("test_loop", trainer.test_loop),
+        ("predict_loop", trainer.predict_loop),
+    ):
+        state = loops.get(name)
+        if state:
+            view.load_state_dict(state)
+            view.restarting = False
 
 
 def _teardown_hooks(trainer: Trainer, fn: TrainerFn) -> None:

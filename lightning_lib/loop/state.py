@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypedDict
 
+from lightning_lib.loop.progress import LoopCounters
+
 # Where inside the fit loop a checkpoint was taken (``FitProgress.resume_point``).
 BATCH_END = "batch_end"  # in on_train_batch_end, before this batch's validation and counters
 VAL_END = "val_end"  # during validation after a batch, before the batch's counters
@@ -57,6 +59,8 @@ class RunState:
     """Flags and bookkeeping of the running entry point, written by the loops only."""
 
     progress: FitProgress = field(default_factory=FitProgress)
+    # Lightning's loop progress counters (``trainer.fit_loop.epoch_progress`` ...), as long as progress
+    loops: LoopCounters = field(default_factory=LoopCounters)
     # public through the Trainer (callbacks set ``trainer.should_stop``)
     should_stop: bool = False
     sanity_checking: bool = False
@@ -76,13 +80,9 @@ class RunState:
     infos_seen: set[str] = field(default_factory=set)
     warnings_seen: set[str] = field(default_factory=set)
     takes_batch_idx: dict[int, bool] = field(default_factory=dict)
-    # evaluation batches completed per stage ("validate", "test", "predict"): [in this entry point, in the
-    # latest run of the loop]; the sanity check is not counted (Lightning resets its progress after it)
-    eval_batches: dict[str, list[int]] = field(default_factory=dict)
 
     def start(self) -> None:
         """A new entry point starts: forget the previous run's flags (the counters stay)."""
-        self.eval_batches.clear()
         self.should_stop = False
         self.received_sigterm = False
         self.resume = None

@@ -125,6 +125,7 @@ def run_automatic_step(
     progress = trainer._run_state.progress
     first_of_window = progress.epoch_batches_done % accumulate == 0
     precision = trainer.precision_plugin
+    optim_progress = trainer._run_state.loops.optim.optimizer
     outputs: list[Any] = [None]
 
     def closure() -> Tensor | None:
@@ -143,10 +144,14 @@ def run_automatic_step(
             return None
         normalized = loss / accumulate if accumulate > 1 else loss
         if first_of_window and optimizer is not None:
+            zero_grad = optim_progress.zero_grad
+            zero_grad.increment_ready()
             hooks.callbacks("on_before_zero_grad", optimizer)
             if hooks.module_overrides("on_before_zero_grad"):
                 hooks.module("on_before_zero_grad", optimizer)
+            zero_grad.increment_started()
             hooks.module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
+            zero_grad.increment_completed()
         backward(trainer, normalized, optimizer)
         detached = normalized.detach()
         if isinstance(output, Mapping):
@@ -161,7 +166,9 @@ def run_automatic_step(
     elif optimizer is None:
         closure()
     else:
+        optim_progress.step.increment_ready()
         hooks.module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure)
+        optim_progress.step.increment_completed()
         progress.global_step += 1
     return outputs[0]
 
@@ -211,10 +218,13 @@ def optimizer_step(
                 gradient_clip_algorithm=trainer.gradient_clip_algorithm,
             )
 
+    if not automatic:
+        trainer._run_state.loops.manual_step.increment_ready()
     out = trainer.precision_plugin.optimizer_step(
         optimizer, closure or _no_op_closure, after_closure, automatic, **kwargs
     )
     if not automatic:
+        trainer._run_state.loops.manual_step.increment_completed()
         trainer._run_state.progress.global_step += 1
     return out
 
@@ -287,4 +297,7 @@ def update_lr_schedulers(trainer: Trainer, interval: str, plateau: bool) -> None
                     stacklevel=2,
                 )
                 continue
+        counts = trainer._run_state.loops.scheduler
+        counts.increment_ready()
         hooks.module("lr_scheduler_step", config.scheduler, monitor_value)
+        counts.increment_completed()
