@@ -60,8 +60,11 @@ _TEST_HOOKS = _StageHooks(
 )
 
 
-def run_evaluation(trainer: Trainer, stage: RunningStage) -> list[dict[str, Any]]:
-    """Validation, sanity check or test over every loader in turn; returns one dict per loader."""
+def run_evaluation(trainer: Trainer, stage: RunningStage, skip: int = 0) -> list[dict[str, Any]]:
+    """Validation, sanity check or test over every loader in turn; returns one dict per loader.
+
+    ``skip``: batches (over the loaders in turn) an interrupted run of this loop completed; they are
+    passed over and the counters go on from them."""
     data = trainer._data
     if not data.eval_loaders_current(stage):
         data.setup_eval_data(stage)
@@ -74,11 +77,16 @@ def run_evaluation(trainer: Trainer, stage: RunningStage) -> list[dict[str, Any]
     hooks = _TEST_HOOKS if stage == RunningStage.TESTING else _VALIDATION_HOOKS
     grad_context = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
     with grad_context:
-        return _evaluate(trainer, stage, hooks, loaders, limits)
+        return _evaluate(trainer, stage, hooks, loaders, limits, skip)
 
 
 def _evaluate(
-    trainer: Trainer, stage: RunningStage, names: _StageHooks, loaders: list[Any], limits: list[int | float]
+    trainer: Trainer,
+    stage: RunningStage,
+    names: _StageHooks,
+    loaders: list[Any],
+    limits: list[int | float],
+    skip: int,
 ) -> list[dict[str, Any]]:
     module = trainer.lightning_module
     hooks = trainer._hooks
@@ -106,7 +114,8 @@ def _evaluate(
     next_action = f"[_EvaluationLoop].{stage.dataloader_prefix}_next"
     fitting = trainer.state.fn == TrainerFn.FITTING
     counts = run.loops.eval_progress("test" if stage == RunningStage.TESTING else "validate", fitting)
-    counts.reset_on_run()
+    if not skip:
+        counts.reset_on_run()
     last_loader = max(i for i, limit in enumerate(limits) if limit != 0)
     for dl_idx, fetcher in enumerate(fetchers):
         if limits[dl_idx] == 0:
@@ -116,6 +125,14 @@ def _evaluate(
         transfer = batch_transfer(trainer, dataloader_idx=dl_idx)
         seen = 0
         batch_idx = 0
+        while skip and batch_idx < limits[dl_idx]:
+            try:
+                next(fetcher)
+            except StopIteration:
+                break
+            skip -= 1
+            batch_idx += 1
+            seen += 1
         while True:
             try:
                 with hooks.profile(next_action):

@@ -107,6 +107,7 @@ def _start_first_epoch_data(
     if resume is None:
         fetcher.start()
         return
+    _load_combined_loader_states(trainer)
     loader_state = resume.get("loader") or {}
     remaining = (
         in_epoch and point != EPOCH_END and progress.epoch_batches_done < trainer._data.num_training_batches
@@ -131,6 +132,28 @@ def _start_first_epoch_data(
         _restore_finished_epoch_state(fetcher.loader, loader_state)
         _restore_rng(trainer, fetcher, resume, loader_state)
         fetcher.start()
+
+
+def _load_combined_loader_states(trainer: Trainer) -> None:
+    """The stateful members of a combined train loader as the checkpoint saved them (Lightning restores
+    them before the first iterator); a single loader's own state is restored with its position."""
+    states, trainer._run_state.train_loader_states = trainer._run_state.train_loader_states, []
+    data = trainer._data
+    loaders = data.train_loaders()
+    if not states or any(dl is data.train_loader for dl in loaders):
+        return
+    stateful = [
+        dl
+        for dl in loaders
+        if callable(getattr(dl, "state_dict", None)) and callable(getattr(dl, "load_state_dict", None))
+    ]
+    if len(stateful) != len(states):
+        raise RuntimeError(
+            f"Expected {len(stateful)} states for the stateful train loaders, received {len(states)} in the"
+            " checkpoint: define the same train dataloaders that were used when it was saved."
+        )
+    for loader, state in zip(stateful, states):
+        loader.load_state_dict(state)
 
 
 def _epoch_start_interrupted(epoch: Progress[ProcessedTracker]) -> bool:
@@ -187,7 +210,9 @@ def _finish_interrupted_epoch(trainer: Trainer, fetcher: LimitedFetcher, point: 
         trainer._run_state.is_last_batch = epoch_end
         done = fetcher.done
         fetcher.done = epoch_end
-        _after_batch(trainer, fetcher, accumulating, should_check_val_epoch(trainer) and point == BATCH_END)
+        val_skip = _interrupted_validation(trainer) if point == VAL_END else None
+        val_epoch = should_check_val_epoch(trainer) and (point == BATCH_END or val_skip is not None)
+        _after_batch(trainer, fetcher, accumulating, val_epoch, val_skip or 0)
         fetcher.done = done
     if not _epoch_batches_reached(trainer) and not fetcher.done:
         run_training_epoch(trainer, fetcher)
@@ -331,8 +356,27 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         _after_batch(trainer, fetcher, accumulating, val_epoch)
 
 
-def _after_batch(trainer: Trainer, fetcher: LimitedFetcher, accumulating: bool, val_epoch: bool) -> None:
-    """Validation if due, plateau schedulers and the logging step; then a pending SIGTERM stops the run."""
+def _interrupted_validation(trainer: Trainer) -> int | None:
+    """How many batches a validation that failed in a step had completed (it goes on from there), or
+    None when the checkpoint was not taken in a failed validation step (Lightning's rule)."""
+    counts = trainer._run_state.loops.fit_val
+    total = counts.total
+    if (
+        total.started == total.ready
+        and total.processed == total.started - 1
+        and total.completed == total.processed
+    ):
+        counts.reset_on_restart()
+        return counts.current.completed
+    return None
+
+
+def _after_batch(
+    trainer: Trainer, fetcher: LimitedFetcher, accumulating: bool, val_epoch: bool, val_skip: int = 0
+) -> None:
+    """Validation if due, plateau schedulers and the logging step; then a pending SIGTERM stops the run.
+
+    ``val_skip``: batches of this validation already done before the run was interrupted."""
     run = trainer._run_state
     progress = run.progress
     if val_epoch and _should_check_val(trainer, fetcher):
@@ -342,7 +386,7 @@ def _after_batch(trainer: Trainer, fetcher: LimitedFetcher, accumulating: bool, 
         first_loop_iter = connector.first_loop_iter
         if not accumulating:
             trainer._hooks.module("on_validation_model_zero_grad")
-        run_evaluation(trainer, RunningStage.VALIDATING)
+        run_evaluation(trainer, RunningStage.VALIDATING, skip=val_skip)
         trainer.state.stage = RunningStage.TRAINING
         connector.use(connector.train_results)
         connector.first_loop_iter = first_loop_iter

@@ -190,6 +190,8 @@ def _restore_loop_counters(trainer: Trainer, checkpoint: dict[str, Any]) -> None
         if state:
             view.load_state_dict(state)
             view.restarting = False
+    own = (loops.get("fit_loop") or {}).get("state_dict") or {}
+    trainer._run_state.train_loader_states = list(own.get("combined_loader") or [])
 
 
 def _teardown_hooks(trainer: Trainer, fn: TrainerFn) -> None:

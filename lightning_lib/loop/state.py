@@ -68,6 +68,8 @@ class RunState:
     ckpt_path: str | None = None
     # the checkpoint being resumed, consumed by the fit loop when it starts
     resume: ResumeState | None = None
+    # the states of the stateful members of a combined train loader, from Lightning's fit loop state
+    train_loader_states: list[dict[str, Any]] = field(default_factory=list)
     # a checkpoint already loaded and verified while choosing ckpt_path="last": loaded once, used once
     verified_checkpoint: tuple[str, dict[str, Any]] | None = None
     received_sigterm: bool = False
@@ -86,6 +88,7 @@ class RunState:
         self.should_stop = False
         self.received_sigterm = False
         self.resume = None
+        self.train_loader_states = []
         self.verified_checkpoint = None
         self.reset_data_flags()
 
