@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_lib.loop.hooks import HookDispatcher
+from lightning_lib.loops.optimization.manual import ManualResult
 from lightning_lib.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
@@ -116,6 +117,17 @@ def _loss_of(output: Any) -> Tensor | None:
     )
 
 
+def _warn_step_skipped(trainer: Trainer) -> None:
+    seen = trainer._run_state.warnings_seen
+    if "training_step_none" not in seen:
+        seen.add("training_step_none")
+        warnings.warn(
+            "`training_step` returned `None`. If this was on purpose, ignore this warning...",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def run_automatic_step(
     trainer: Trainer, optimizer: LightningOptimizer | None, batch: Any, batch_idx: int, accumulating: bool
 ) -> Any:
@@ -140,9 +152,10 @@ def run_automatic_step(
                     " It is recommended that you rewrite your training logic to avoid having to skip the step"
                     " in the first place."
                 )
-            outputs[0] = output
-            return None
-        normalized = loss / accumulate if accumulate > 1 else loss
+            _warn_step_skipped(trainer)
+            # the hooks get an empty dict for a skipped step, as in Lightning
+            outputs[0] = {}
+        # zero_grad runs even for a skipped step (Lightning's closure): the window's gradients start clean
         if first_of_window and optimizer is not None:
             zero_grad = optim_progress.zero_grad
             zero_grad.increment_ready()
@@ -152,6 +165,9 @@ def run_automatic_step(
             zero_grad.increment_started()
             hooks.module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
             zero_grad.increment_completed()
+        if loss is None:
+            return None
+        normalized = loss / accumulate if accumulate > 1 else loss
         backward(trainer, normalized, optimizer)
         detached = normalized.detach()
         if isinstance(output, Mapping):
@@ -177,17 +193,8 @@ def run_manual_step(trainer: Trainer, batch: Any, batch_idx: int) -> Any:
     """``training_step`` drives the optimizers itself; ``global_step`` counts its ``step()`` calls."""
     with trainer.precision_plugin.forward_context():
         output = trainer.strategy.training_step(*_training_step_args(trainer, batch, batch_idx))
-    if isinstance(output, Tensor):
-        output = {"loss": output.detach()}
-    elif isinstance(output, Mapping):
-        if isinstance(output.get("loss"), Tensor):
-            output = {**output, "loss": output["loss"].detach()}
-    elif output is not None:
-        raise MisconfigurationException(
-            "In manual optimization, `training_step` must either return a Tensor or have no return; received"
-            f" {type(output).__name__}."
-        )
-    return output
+    # a step that returned nothing gives the batch-end hooks an empty dict, as in Lightning
+    return ManualResult.from_training_step_output(output).asdict()
 
 
 # ---- backward and the optimizer step (also reached from manual_backward and LightningOptimizer.step) ----
