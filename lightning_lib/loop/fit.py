@@ -46,7 +46,7 @@ def run_fit(trainer: Trainer) -> None:
     progress = run.progress
     trainer.state.stage = RunningStage.TRAINING
     torch.set_grad_enabled(True)
-    data.setup_train_data()
+    _setup_train_data(trainer)
     if data.num_training_batches == 0:
         return
     point = progress.resume_point if resume is not None else ""
@@ -72,7 +72,7 @@ def run_fit(trainer: Trainer) -> None:
     first_epoch = not in_epoch
     while not fit_done(trainer):
         if not first_epoch and data.reload_train_data_due():
-            data.setup_train_data()
+            _setup_train_data(trainer)
         data.set_sampler_epoch(progress.current_epoch)
         progress.epoch_batches_done = 0
         progress.batch_idx = -1
@@ -97,6 +97,13 @@ def run_fit(trainer: Trainer) -> None:
         finish_training_epoch(trainer)
     hooks.callbacks("on_train_end")
     hooks.module("on_train_end")
+
+
+def _setup_train_data(trainer: Trainer) -> None:
+    trainer._data.setup_train_data()
+    if trainer._val_check_time_interval is not None:
+        # the time-based validation interval counts from the moment training data is ready
+        trainer._run_state.last_val_time = time.monotonic()
 
 
 def _start_first_epoch_data(
@@ -456,12 +463,13 @@ def _should_check_val(trainer: Trainer, fetcher: LimitedFetcher) -> bool:
     run = trainer._run_state
     val_check_batch = trainer._data.val_check_batch
     is_last = fetcher.done
-    infinite = val_check_batch == INF
+    interval = trainer._val_check_time_interval
+    # with a time-based interval the batch count plays no part, not even at the end of an endless epoch
+    infinite = val_check_batch == INF and interval is None
     if is_last and infinite:
         return True
     if run.should_stop and _can_stop_early(trainer):
         return True
-    interval = trainer._val_check_time_interval
     if interval is not None:
         due = time.monotonic() - run.last_val_time >= interval
         # rank zero's clock decides: validation's collectives need every rank at the same batch
