@@ -60,6 +60,11 @@ _TEST_HOOKS = _StageHooks(
 )
 
 
+def _fetcher_key(stage: RunningStage) -> str:
+    # the sanity check runs the validation loop, whose iterators the first validation replaces
+    return "test" if stage == RunningStage.TESTING else "val"
+
+
 def run_evaluation(trainer: Trainer, stage: RunningStage, skip: int = 0) -> list[dict[str, Any]]:
     """Validation, sanity check or test over every loader in turn; returns one dict per loader.
 
@@ -99,7 +104,12 @@ def _evaluate(
         trainer._data.set_sampler_epoch(run.progress.current_epoch, loaders)
     # Lightning creates the first loader's iterator before the start hooks run.
     first = next((i for i, limit in enumerate(limits) if limit != 0), 0)
+    # the previous run's iterators live until this run's first one exists (Lightning's moment for
+    # releasing their workers), then go
+    previous = run.eval_fetchers.pop(_fetcher_key(stage), None)
     fetchers[first].start()
+    del previous
+    run.eval_fetchers[_fetcher_key(stage)] = fetchers
     modes = {name: m.training for name, m in module.named_modules()}
     hooks.module(names.model_eval)
     hooks.callbacks(names.start)
@@ -160,7 +170,6 @@ def _evaluate(
                 connector.update_eval_step_metrics(seen)
                 seen += 1
             batch_idx += 1
-        fetcher.close()
         if multiple:
             connector.epoch_end_reached()
             logged_outputs.append(connector.update_eval_epoch_metrics())

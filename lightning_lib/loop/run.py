@@ -14,6 +14,7 @@ from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from lightning_lib.checkpoint._format import load_file
 from lightning_lib.checkpoint._resume import restore_modules, restore_training_state, select_ckpt_path
@@ -199,7 +200,27 @@ def _teardown_hooks(trainer: Trainer, fn: TrainerFn) -> None:
     hooks.datamodule("teardown", stage=fn)
     hooks.callbacks("teardown", stage=fn)
     hooks.module("teardown", stage=fn)
-    trainer._data.close_fetchers()
+    _release_loaders(trainer)
+
+
+def _release_loaders(trainer: Trainer) -> None:
+    """Drop the run's iterators and stop the loaders' persistent workers (train first, then evaluation),
+    so no worker process outlives the run."""
+    data = trainer._data
+    data.close_fetchers()
+    run = trainer._run_state
+    for fetchers in run.eval_fetchers.values():
+        for fetcher in fetchers:
+            fetcher.close()
+    run.eval_fetchers.clear()
+    loaders = list(data.train_loaders())
+    for loaders_and_limits in data._eval.values():
+        loaders.extend(loaders_and_limits[0])
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)
+        if isinstance(iterator, _MultiProcessingDataLoaderIter):
+            iterator._shutdown_workers()
+            loader._iterator = None
 
 
 def _on_failure(trainer: Trainer, exc: BaseException) -> None:
@@ -224,7 +245,7 @@ def _on_failure(trainer: Trainer, exc: BaseException) -> None:
                 logger.finalize("failed")
             except Exception:  # a logger failing must not hide the original error
                 log.exception("logger.finalize('failed') raised")
-        trainer._data.close_fetchers()
+        _release_loaders(trainer)
         trainer.strategy.teardown()
         trainer.state.stage = None
 

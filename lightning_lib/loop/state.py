@@ -69,6 +69,9 @@ class RunState:
     resume: ResumeState | None = None
     # the states of the stateful members of a combined train loader, from Lightning's fit loop state
     train_loader_states: list[dict[str, Any]] = field(default_factory=list)
+    # the latest evaluation iterators per loop ("val", "test"): kept, as Lightning keeps them, until the
+    # loop runs again or the run ends
+    eval_fetchers: dict[str, list[Any]] = field(default_factory=dict)
     # a checkpoint already loaded and verified while choosing ckpt_path="last": loaded once, used once
     verified_checkpoint: tuple[str, dict[str, Any]] | None = None
     received_sigterm: bool = False
