@@ -30,6 +30,7 @@ from lightning_lib.loop.state import BATCH_END, EPOCH_END, VAL_END, ResumeState
 from lightning_lib.loop.step import batch_transfer, run_automatic_step, run_manual_step, update_lr_schedulers
 from lightning_lib.trainer.states import RunningStage
 from lightning_lib.utilities.exceptions import SIGTERMException
+from lightning_lib.utilities.rank_zero import rank_zero_info
 from lightning_lib.utilities.seed import capture_rng_states, restore_rng_states
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def run_fit(trainer: Trainer) -> None:
     torch.set_grad_enabled(True)
     _setup_train_data(trainer)
     if data.num_training_batches == 0:
+        _log_stop_reason(trainer)
         return
     point = progress.resume_point if resume is not None else ""
     in_epoch = resume is not None and progress.epoch_started
@@ -56,6 +58,7 @@ def run_fit(trainer: Trainer) -> None:
     if resume is not None:
         _resume_counters(trainer, point, in_epoch)
     if not in_epoch and fit_done(trainer):
+        _log_stop_reason(trainer)
         return
     fetcher = data.train_fetcher
     assert fetcher is not None
@@ -95,6 +98,7 @@ def run_fit(trainer: Trainer) -> None:
         with hooks.profile("run_training_epoch"):
             run_training_epoch(trainer, fetcher)
         finish_training_epoch(trainer)
+    _log_stop_reason(trainer)
     hooks.callbacks("on_train_end")
     hooks.module("on_train_end")
 
@@ -240,6 +244,17 @@ def fit_done(trainer: Trainer) -> bool:
     ):
         return True
     return trainer._run_state.should_stop and _can_stop_early(trainer)
+
+
+def _log_stop_reason(trainer: Trainer) -> None:
+    """Lightning's info line saying which limit ended the fit (a stop request is not announced)."""
+    progress = trainer._run_state.progress
+    if trainer._data.num_training_batches == 0:
+        rank_zero_info("`Trainer.fit` stopped: No training batches.")
+    elif trainer.max_steps != -1 and progress.global_step >= trainer.max_steps:
+        rank_zero_info(f"`Trainer.fit` stopped: `max_steps={trainer.max_steps!r}` reached.")
+    elif trainer.max_epochs not in (None, -1) and progress.current_epoch >= trainer.max_epochs:
+        rank_zero_info(f"`Trainer.fit` stopped: `max_epochs={trainer.max_epochs!r}` reached.")
 
 
 def finish_training_epoch(trainer: Trainer, hooks_done: bool = False) -> None:
