@@ -290,7 +290,7 @@ def update_lr_schedulers(trainer: Trainer, interval: str, plateau: bool) -> None
         monitor_value = None
         if config.reduce_on_plateau:
             assert config.monitor is not None
-            monitor_value = trainer.callback_metrics.get(config.monitor)
+            monitor_value = trainer.fit_loop.epoch_loop._get_monitor_value(config.monitor)
             if monitor_value is None:
                 available = sorted(trainer.callback_metrics)
                 if config.strict:

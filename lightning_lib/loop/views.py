@@ -158,6 +158,19 @@ class TrainingEpochLoopView(_LoopView):
         return self._trainer._run_state.loops.batch
 
     @property
+    def _batches_that_stepped(self) -> int:
+        """The step the loggers see (Lightning's attribute name)."""
+        return self._trainer._run_state.progress.batches_that_stepped
+
+    @_batches_that_stepped.setter
+    def _batches_that_stepped(self, value: int) -> None:
+        self._trainer._run_state.progress.batches_that_stepped = value
+
+    def _get_monitor_value(self, key: str) -> Any:
+        """The metric a ReduceLROnPlateau scheduler monitors (Lightning's hook point; code may wrap it)."""
+        return self._trainer.callback_metrics.get(key)
+
+    @property
     def scheduler_progress(self) -> Progress[ReadyCompletedTracker]:
         return self._trainer._run_state.loops.scheduler
 
