@@ -55,7 +55,10 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         "pytorch-lightning_version": LIGHTNING_FORMAT_VERSION,
         "lightning_lib_version": LIBRARY_VERSION,
         "state_dict": module.state_dict(),
-        "loops": {PROGRESS_KEY: _loop_state(trainer, weights_only)},
+        # Lightning's loop state; this library's own resume state (RNG streams, data position) sits beside
+        # it under PROGRESS_KEY, so "loops" holds only the counters Lightning's checkpoints have
+        "loops": trainer._fit_loop_states(),
+        PROGRESS_KEY: _loop_state(trainer, weights_only),
     }
     if not weights_only:
         checkpoint["callbacks"] = {
@@ -68,7 +71,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         scaler_state = trainer.precision_plugin.state_dict()
         if scaler_state:
             checkpoint["MixedPrecision"] = scaler_state
-        ranks = checkpoint["loops"][PROGRESS_KEY].get("ranks")
+        ranks = checkpoint[PROGRESS_KEY].get("ranks")
         # Lightning's key holds rank zero's streams; every rank's are under "ranks"
         checkpoint["rng_states"] = ranks[0]["rng_states"] if ranks else capture_rng_states()
     for obj, prefix in ((module, ""), (datamodule, "datamodule_")):

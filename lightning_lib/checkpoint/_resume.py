@@ -146,7 +146,8 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None
         config.scheduler.load_state_dict(state)
     if "MixedPrecision" in checkpoint:
         trainer.precision_plugin.load_state_dict(checkpoint["MixedPrecision"])
-    ours = (checkpoint.get("loops") or {}).get(PROGRESS_KEY)
+    # under "loops" in checkpoints written before Lightning's loop state was saved there
+    ours = checkpoint.get(PROGRESS_KEY) or (checkpoint.get("loops") or {}).get(PROGRESS_KEY)
     progress = trainer._run_state.progress
     if ours is not None:
         # the fit loop finishes the interrupted batch or epoch from here (fit_loop.run_fit)

@@ -154,6 +154,12 @@ class DataConnector:
             return
         source = self._request("train")
         flat = flatten_loaders(source)
+        if not flat and source is not None:
+            # an empty collection of loaders: no training batches, and the fit stops at once (Lightning)
+            self.train_loader = self.train_fetcher = None
+            self.train_iterables = source
+            self.num_training_batches = 0
+            return
         if not flat:
             raise ValueError(
                 "Expected a train dataloader for `trainer.fit`: pass `train_dataloaders`, a datamodule,"

@@ -60,8 +60,16 @@ _TEST_HOOKS = _StageHooks(
 )
 
 
-def run_evaluation(trainer: Trainer, stage: RunningStage) -> list[dict[str, Any]]:
-    """Validation, sanity check or test over every loader in turn; returns one dict per loader."""
+def _fetcher_key(stage: RunningStage) -> str:
+    # the sanity check runs the validation loop, whose iterators the first validation replaces
+    return "test" if stage == RunningStage.TESTING else "val"
+
+
+def run_evaluation(trainer: Trainer, stage: RunningStage, skip: int = 0) -> list[dict[str, Any]]:
+    """Validation, sanity check or test over every loader in turn; returns one dict per loader.
+
+    ``skip``: batches (over the loaders in turn) an interrupted run of this loop completed; they are
+    passed over and the counters go on from them."""
     data = trainer._data
     if not data.eval_loaders_current(stage):
         data.setup_eval_data(stage)
@@ -77,11 +85,16 @@ def run_evaluation(trainer: Trainer, stage: RunningStage) -> list[dict[str, Any]
     fitting = trainer.state.fn == TrainerFn.FITTING
     grad_context = torch.inference_mode() if trainer.inference_mode and not fitting else torch.no_grad()
     with grad_context:
-        return _evaluate(trainer, stage, hooks, loaders, limits)
+        return _evaluate(trainer, stage, hooks, loaders, limits, skip)
 
 
 def _evaluate(
-    trainer: Trainer, stage: RunningStage, names: _StageHooks, loaders: list[Any], limits: list[int | float]
+    trainer: Trainer,
+    stage: RunningStage,
+    names: _StageHooks,
+    loaders: list[Any],
+    limits: list[int | float],
+    skip: int,
 ) -> list[dict[str, Any]]:
     module = trainer.lightning_module
     hooks = trainer._hooks
@@ -94,7 +107,12 @@ def _evaluate(
         trainer._data.set_sampler_epoch(run.progress.current_epoch, loaders)
     # Lightning creates the first loader's iterator before the start hooks run.
     first = next((i for i, limit in enumerate(limits) if limit != 0), 0)
+    # the previous run's iterators live until this run's first one exists (Lightning's moment for
+    # releasing their workers), then go
+    previous = run.eval_fetchers.pop(_fetcher_key(stage), None)
     fetchers[first].start()
+    del previous
+    run.eval_fetchers[_fetcher_key(stage)] = fetchers
     modes = {name: m.training for name, m in module.named_modules()}
     hooks.module(names.model_eval)
     hooks.callbacks(names.start)
@@ -117,8 +135,11 @@ def _evaluate(
     precision = trainer.precision_plugin
     sanity = stage == RunningStage.SANITY_CHECKING
     next_action = f"[_EvaluationLoop].{stage.dataloader_prefix}_next"
-    counts = run.eval_batches.setdefault(stage.value, [0, 0])
-    counts[1] = 0
+    fitting = trainer.state.fn == TrainerFn.FITTING
+    counts = run.loops.eval_progress("test" if stage == RunningStage.TESTING else "validate", fitting)
+    if not skip:
+        counts.reset_on_run()
+    last_loader = max(i for i, limit in enumerate(limits) if limit != 0)
     for dl_idx, fetcher in enumerate(fetchers):
         if limits[dl_idx] == 0:
             continue
@@ -127,31 +148,41 @@ def _evaluate(
         transfer = batch_transfer(trainer, dataloader_idx=dl_idx)
         seen = 0
         batch_idx = 0
+        while skip and batch_idx < limits[dl_idx]:
+            try:
+                next(fetcher)
+            except StopIteration:
+                break
+            skip -= 1
+            batch_idx += 1
+            seen += 1
         while True:
             try:
                 with hooks.profile(next_action):
                     batch = next(fetcher)
             except StopIteration:
                 break
+            counts.is_last_batch = fetcher.done and dl_idx == last_loader
             batch = transfer(batch)
             hook_args: tuple[Any, ...] = (batch, batch_idx, dl_idx) if multiple else (batch, batch_idx)
+            counts.increment_ready()
             connector.on_batch_start(batch, dl_idx if multiple else None)
             hooks.callbacks(names.batch_start, *hook_args)
             hooks.module(names.batch_start, *hook_args)
+            counts.increment_started()
             step_args = hook_args if pass_batch_idx else (batch, *hook_args[2:])
             with precision.forward_context():
                 output = hooks.module(names.step, *step_args)
+            counts.increment_processed()
             hooks.callbacks(names.batch_end, output, *hook_args)
             hooks.module(names.batch_end, output, *hook_args)
             connector.on_batch_end()
+            counts.increment_completed()
             if not sanity:
                 run.val_has_run = True
                 connector.update_eval_step_metrics(seen)
                 seen += 1
-                counts[0] += 1
-                counts[1] += 1
             batch_idx += 1
-        fetcher.close()
         if multiple:
             connector.epoch_end_reached()
             logged_outputs.append(connector.update_eval_epoch_metrics())

@@ -25,10 +25,12 @@ from lightning_lib.checkpoint._positions import (
 from lightning_lib.loop.data import info_once
 from lightning_lib.loop.evaluation import run_evaluation
 from lightning_lib.loop.loaders import INF, LimitedFetcher
+from lightning_lib.loop.progress import ProcessedTracker, Progress
 from lightning_lib.loop.state import BATCH_END, EPOCH_END, VAL_END, ResumeState
 from lightning_lib.loop.step import batch_transfer, run_automatic_step, run_manual_step, update_lr_schedulers
 from lightning_lib.trainer.states import RunningStage
 from lightning_lib.utilities.exceptions import SIGTERMException
+from lightning_lib.utilities.rank_zero import rank_zero_info
 from lightning_lib.utilities.seed import capture_rng_states, restore_rng_states
 
 if TYPE_CHECKING:
@@ -51,12 +53,18 @@ def run_fit(trainer: Trainer, sanity_check: bool = True) -> None:
     if (
         data.train_fetcher is None
     ):  # a tuner at on_fit_start may have set them up already, as Lightning keeps them
-        data.setup_train_data()
+        _setup_train_data(trainer)
     if data.num_training_batches == 0 or data.train_fetcher is None:  # no batches, or limit_train_batches=0
+        _log_stop_reason(trainer)
         return
     point = progress.resume_point if resume is not None else ""
     in_epoch = resume is not None and progress.epoch_started
+    # an epoch whose on_train_epoch_start did not complete starts again without counting it twice
+    restart_epoch_start = resume is not None and not in_epoch and _epoch_start_interrupted(run.loops.epoch)
+    if resume is not None:
+        _resume_counters(trainer, point, in_epoch)
     if not in_epoch and fit_done(trainer):
+        _log_stop_reason(trainer)
         return
     fetcher = data.train_fetcher
     assert fetcher is not None
@@ -73,14 +81,21 @@ def run_fit(trainer: Trainer, sanity_check: bool = True) -> None:
     first_epoch = not in_epoch
     while not fit_done(trainer):
         if not first_epoch and data.reload_train_data_due():
-            data.setup_train_data()
+            _setup_train_data(trainer)
         data.set_sampler_epoch(progress.current_epoch)
         progress.epoch_batches_done = 0
         progress.batch_idx = -1
-        run.eval_batches.pop("validate", None)  # the fit's val loop counts per training epoch, as Lightning's
+        counters = run.loops
+        if restart_epoch_start:
+            counters.epoch.reset_on_restart()
+            restart_epoch_start = False
+        else:
+            counters.epoch.increment_ready()
         hooks.callbacks("on_train_epoch_start")
         hooks.module("on_train_epoch_start")
+        counters.epoch.increment_started()
         progress.epoch_started = True
+        trainer._fit_loop.epoch_loop._start_epoch_counts()
         fetcher = data.train_fetcher
         assert fetcher is not None
         if not first_epoch:
@@ -89,8 +104,16 @@ def run_fit(trainer: Trainer, sanity_check: bool = True) -> None:
         with hooks.profile("run_training_epoch"):
             run_training_epoch(trainer, fetcher)
         finish_training_epoch(trainer)
+    _log_stop_reason(trainer)
     hooks.callbacks("on_train_end")
     hooks.module("on_train_end")
+
+
+def _setup_train_data(trainer: Trainer) -> None:
+    trainer._data.setup_train_data()
+    if trainer._val_check_time_interval is not None:
+        # the time-based validation interval counts from the moment training data is ready
+        trainer._run_state.last_val_time = time.monotonic()
 
 
 def _start_first_epoch_data(
@@ -101,6 +124,7 @@ def _start_first_epoch_data(
     if resume is None:
         fetcher.start()
         return
+    _load_combined_loader_states(trainer)
     loader_state = resume.get("loader") or {}
     remaining = (
         in_epoch and point != EPOCH_END and progress.epoch_batches_done < trainer._data.num_training_batches
@@ -125,6 +149,46 @@ def _start_first_epoch_data(
         _restore_finished_epoch_state(fetcher.loader, loader_state)
         _restore_rng(trainer, fetcher, resume, loader_state)
         fetcher.start()
+
+
+def _load_combined_loader_states(trainer: Trainer) -> None:
+    """The stateful members of a combined train loader as the checkpoint saved them (Lightning restores
+    them before the first iterator); a single loader's own state is restored with its position."""
+    states, trainer._run_state.train_loader_states = trainer._run_state.train_loader_states, []
+    data = trainer._data
+    loaders = data.train_loaders()
+    if not states or any(dl is data.train_loader for dl in loaders):
+        return
+    stateful = [
+        dl
+        for dl in loaders
+        if callable(getattr(dl, "state_dict", None)) and callable(getattr(dl, "load_state_dict", None))
+    ]
+    if len(stateful) != len(states):
+        raise RuntimeError(
+            f"Expected {len(stateful)} states for the stateful train loaders, received {len(states)} in the"
+            " checkpoint: define the same train dataloaders that were used when it was saved."
+        )
+    for loader, state in zip(stateful, states):
+        loader.load_state_dict(state)
+
+
+def _epoch_start_interrupted(epoch: Progress[ProcessedTracker]) -> bool:
+    total = epoch.total
+    return total.started == total.ready - 1 and total.processed == total.started
+
+
+def _resume_counters(trainer: Trainer, point: str, in_epoch: bool) -> None:
+    """Lightning's counters as a restarted loop leaves them: the batch saved in on_train_batch_end is
+    completed, and in the interrupted epoch what had not completed is rolled back."""
+    counters = trainer._run_state.loops
+    if point == BATCH_END:
+        counters.batch.increment_completed()
+    if in_epoch:
+        counters.batch.reset_on_restart()
+        counters.scheduler.reset_on_restart()
+        counters.optim.reset_on_restart()
+    trainer._fit_loop.restarting = False
 
 
 def _restore_finished_epoch_state(loader: Any, loader_state: dict[str, Any]) -> None:
@@ -163,7 +227,9 @@ def _finish_interrupted_epoch(trainer: Trainer, fetcher: LimitedFetcher, point: 
         trainer._run_state.is_last_batch = epoch_end
         done = fetcher.done
         fetcher.done = epoch_end
-        _after_batch(trainer, fetcher, accumulating, should_check_val_epoch(trainer) and point == BATCH_END)
+        val_skip = _interrupted_validation(trainer) if point == VAL_END else None
+        val_epoch = should_check_val_epoch(trainer) and (point == BATCH_END or val_skip is not None)
+        _after_batch(trainer, fetcher, accumulating, val_epoch, val_skip or 0)
         fetcher.done = done
     if not _epoch_batches_reached(trainer) and not fetcher.done:
         run_training_epoch(trainer, fetcher)
@@ -186,6 +252,17 @@ def fit_done(trainer: Trainer) -> bool:
     return trainer._run_state.should_stop and _can_stop_early(trainer)
 
 
+def _log_stop_reason(trainer: Trainer) -> None:
+    """Lightning's info line saying which limit ended the fit (a stop request is not announced)."""
+    progress = trainer._run_state.progress
+    if trainer._data.num_training_batches == 0:
+        rank_zero_info("`Trainer.fit` stopped: No training batches.")
+    elif trainer.max_steps != -1 and progress.global_step >= trainer.max_steps:
+        rank_zero_info(f"`Trainer.fit` stopped: `max_steps={trainer.max_steps!r}` reached.")
+    elif trainer.max_epochs not in (None, -1) and progress.current_epoch >= trainer.max_epochs:
+        rank_zero_info(f"`Trainer.fit` stopped: `max_epochs={trainer.max_epochs!r}` reached.")
+
+
 def finish_training_epoch(trainer: Trainer, hooks_done: bool = False) -> None:
     """Lightning's end-of-epoch order: hooks, epoch metrics, epoch schedulers, counters."""
     progress = trainer._run_state.progress
@@ -193,6 +270,7 @@ def finish_training_epoch(trainer: Trainer, hooks_done: bool = False) -> None:
     hooks = trainer._hooks
     connector.epoch_end_reached()
     if not hooks_done:
+        trainer._run_state.loops.epoch.increment_processed()
         progress.resume_point = EPOCH_END
         hooks.callbacks("on_train_epoch_end", monitoring=False)
         hooks.module("on_train_epoch_end")
@@ -208,6 +286,7 @@ def finish_training_epoch(trainer: Trainer, hooks_done: bool = False) -> None:
         if callable(flush):
             flush()
     progress.current_epoch += 1
+    trainer._run_state.loops.epoch.increment_completed()
     progress.epoch_started = False
     progress.epoch_batches_done = 0
     progress.resume_point = ""
@@ -235,6 +314,7 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
     num_batches = trainer._data.num_training_batches
     # fixed for the whole epoch: whether validation may run in it at all
     val_epoch = should_check_val_epoch(trainer)
+    batch_progress = run.loops.batch
     while True:
         if fit_epoch_done(trainer, fetcher):
             break
@@ -249,8 +329,9 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         batch_idx = progress.batch_idx + 1
         progress.batch_idx = batch_idx
         progress.total_batch_idx += 1
-        run.is_last_batch = fetcher.done
+        run.is_last_batch = batch_progress.is_last_batch = fetcher.done
         batch = transfer(batch)
+        batch_progress.increment_ready()
         connector.on_batch_start(batch)
         ready = progress.epoch_batches_done + 1
         epoch_end = ready == num_batches or fetcher.done
@@ -270,13 +351,17 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
                 hooks.callbacks("on_train_batch_start", batch, batch_idx)
             response = hooks.module("on_train_batch_start", batch, batch_idx) if module_batch_start else None
             skip_rest = response == -1
-            if not skip_rest:
+            if skip_rest:
+                batch_progress.is_last_batch = True
+            else:
+                batch_progress.increment_started()
                 with hooks.profile("run_training_batch"):
                     if automatic:
                         output = run_automatic_step(trainer, optimizer, batch, batch_idx, accumulating)
                     else:
                         output = run_manual_step(trainer, batch, batch_idx)
         progress.epoch_batches_done = ready
+        batch_progress.increment_processed()
         if not accumulating:
             update_lr_schedulers(trainer, "step", plateau=False)
         if epoch_end:
@@ -294,12 +379,32 @@ def run_training_epoch(trainer: Trainer, fetcher: LimitedFetcher) -> None:
         if module_batch_end:
             hooks.module("on_train_batch_end", output, batch, batch_idx)
         connector.on_batch_end()
+        batch_progress.increment_completed()
         connector.update_train_step_metrics(accumulating)
         _after_batch(trainer, fetcher, accumulating, val_epoch)
 
 
-def _after_batch(trainer: Trainer, fetcher: LimitedFetcher, accumulating: bool, val_epoch: bool) -> None:
-    """Validation if due, plateau schedulers and the logging step; then a pending SIGTERM stops the run."""
+def _interrupted_validation(trainer: Trainer) -> int | None:
+    """How many batches a validation that failed in a step had completed (it goes on from there), or
+    None when the checkpoint was not taken in a failed validation step (Lightning's rule)."""
+    counts = trainer._run_state.loops.fit_val
+    total = counts.total
+    if (
+        total.started == total.ready
+        and total.processed == total.started - 1
+        and total.completed == total.processed
+    ):
+        counts.reset_on_restart()
+        return counts.current.completed
+    return None
+
+
+def _after_batch(
+    trainer: Trainer, fetcher: LimitedFetcher, accumulating: bool, val_epoch: bool, val_skip: int = 0
+) -> None:
+    """Validation if due, plateau schedulers and the logging step; then a pending SIGTERM stops the run.
+
+    ``val_skip``: batches of this validation already done before the run was interrupted."""
     run = trainer._run_state
     progress = run.progress
     if val_epoch and _should_check_val(trainer, fetcher):
@@ -309,7 +414,7 @@ def _after_batch(trainer: Trainer, fetcher: LimitedFetcher, accumulating: bool, 
         first_loop_iter = connector.first_loop_iter
         if not accumulating:
             trainer._hooks.module("on_validation_model_zero_grad")
-        run_evaluation(trainer, RunningStage.VALIDATING)
+        run_evaluation(trainer, RunningStage.VALIDATING, skip=val_skip)
         trainer.state.stage = RunningStage.TRAINING
         connector.use(connector.train_results)
         connector.first_loop_iter = first_loop_iter
@@ -357,6 +462,7 @@ def run_sanity_check(trainer: Trainer) -> None:
         trainer._hooks.callbacks("on_sanity_check_start")
         run_evaluation(trainer, RunningStage.SANITY_CHECKING)
         trainer._hooks.callbacks("on_sanity_check_end")
+        run.loops.fit_val.reset()  # what the sanity check counted is not validation progress
         connector.reset_results()
         connector.reset_metrics()
     finally:
@@ -378,12 +484,13 @@ def _should_check_val(trainer: Trainer, fetcher: LimitedFetcher) -> bool:
     run = trainer._run_state
     val_check_batch = trainer._data.val_check_batch
     is_last = fetcher.done
-    infinite = val_check_batch == INF
+    interval = trainer._val_check_time_interval
+    # with a time-based interval the batch count plays no part, not even at the end of an endless epoch
+    infinite = val_check_batch == INF and interval is None
     if is_last and infinite:
         return True
     if run.should_stop and _can_stop_early(trainer):
         return True
-    interval = trainer._val_check_time_interval
     if interval is not None:
         due = time.monotonic() - run.last_val_time >= interval
         # rank zero's clock decides: validation's collectives need every rank at the same batch

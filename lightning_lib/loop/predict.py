@@ -94,6 +94,8 @@ def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
     grad_context = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
     multiple = len(loaders) > 1
     precision = trainer.precision_plugin
+    counts = trainer._run_state.loops.predict
+    counts.reset_on_run()
     with grad_context:
         fetchers = [LimitedFetcher(dl, limit) for dl, limit in zip(loaders, limits)]
         fetchers[0].start()
@@ -113,9 +115,6 @@ def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
         hooks.module("on_predict_start")
         hooks.callbacks("on_predict_epoch_start")
         hooks.module("on_predict_epoch_start")
-        # trainer.predict_loop.batch_progress: batches in this entry point (total) and in this loop run (current)
-        counts = trainer._run_state.eval_batches.setdefault("predict", [0, 0])
-        counts[1] = 0
         for dl_idx, fetcher in enumerate(fetchers):
             if dl_idx:
                 fetcher.start()
@@ -134,16 +133,18 @@ def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
                         trainer, fetcher.loader, batch_idx, dl_idx, on_batch, on_epoch
                     )
                 hook_args: tuple[Any, ...] = (batch, batch_idx, dl_idx) if multiple else (batch, batch_idx)
+                counts.increment_ready()
                 hooks.callbacks("on_predict_batch_start", *hook_args)
                 hooks.module("on_predict_batch_start", *hook_args)
+                counts.increment_started()
                 with precision.forward_context():
                     output = hooks.module("predict_step", *hook_args)
+                counts.increment_processed()
                 hooks.callbacks("on_predict_batch_end", output, *hook_args)
                 hooks.module("on_predict_batch_end", output, *hook_args)
+                counts.increment_completed()
                 if keep:
                     predictions.append(output)
-                counts[0] += 1
-                counts[1] += 1
                 batch_idx += 1
             fetcher.close()
         hooks.callbacks("on_predict_epoch_end")

@@ -14,6 +14,7 @@ from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from lightning_lib.checkpoint._format import load_file
 from lightning_lib.checkpoint._resume import restore_modules, restore_training_state, select_ckpt_path
@@ -153,6 +154,7 @@ def _run_stages(
         _log_hyperparams(trainer, model, datamodule)
     if checkpoint is not None and fn == TrainerFn.FITTING:
         restore_training_state(trainer, checkpoint)
+        _restore_loop_counters(trainer, checkpoint)
     del checkpoint
     handler = _sigterm_stops_at_batch_boundary(trainer) if fn == TrainerFn.FITTING else nullcontext()
     model.zero_grad()  # torch sets the gradients to None by default
@@ -197,12 +199,49 @@ def _finish_after_tuner(trainer: Trainer, fn: TrainerFn) -> None:
     trainer.state.stage = None
 
 
+def _restore_loop_counters(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """Lightning's loop counters as saved; the fit loop settles them where it resumes (``run_fit``)."""
+    loops = checkpoint.get("loops") or {}
+    for name, view in (
+        ("fit_loop", trainer.fit_loop),
+        ("validate_loop", trainer.validate_loop),
+        ("test_loop", trainer.test_loop),
+        ("predict_loop", trainer.predict_loop),
+    ):
+        state = loops.get(name)
+        if state:
+            view.load_state_dict(state)
+            view.restarting = False
+    own = (loops.get("fit_loop") or {}).get("state_dict") or {}
+    trainer._run_state.train_loader_states = list(own.get("combined_loader") or [])
+
+
 def _teardown_hooks(trainer: Trainer, fn: TrainerFn) -> None:
     hooks = trainer._hooks
     hooks.datamodule("teardown", stage=fn)
     hooks.callbacks("teardown", stage=fn)
     hooks.module("teardown", stage=fn)
-    trainer._data.close_fetchers()
+    _release_loaders(trainer)
+
+
+def _release_loaders(trainer: Trainer) -> None:
+    """Drop the run's iterators and stop the loaders' persistent workers (train first, then evaluation),
+    so no worker process outlives the run."""
+    data = trainer._data
+    data.close_fetchers()
+    run = trainer._run_state
+    for fetchers in run.eval_fetchers.values():
+        for fetcher in fetchers:
+            fetcher.close()
+    run.eval_fetchers.clear()
+    loaders = list(data.train_loaders())
+    for loaders_and_limits in data._eval.values():
+        loaders.extend(loaders_and_limits[0])
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)
+        if isinstance(iterator, _MultiProcessingDataLoaderIter):
+            iterator._shutdown_workers()
+            loader._iterator = None
 
 
 def _on_failure(trainer: Trainer, exc: BaseException) -> None:
@@ -227,7 +266,7 @@ def _on_failure(trainer: Trainer, exc: BaseException) -> None:
                 logger.finalize("failed")
             except Exception:  # a logger failing must not hide the original error
                 log.exception("logger.finalize('failed') raised")
-        trainer._data.close_fetchers()
+        _release_loaders(trainer)
         trainer.strategy.teardown()
         trainer.state.stage = None
 

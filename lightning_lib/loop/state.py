@@ -7,9 +7,10 @@ is running and is reset when the next one starts.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypedDict
+
+from lightning_lib.loop.progress import LoopCounters
 
 # Where inside the fit loop a checkpoint was taken (``FitProgress.resume_point``).
 BATCH_END = "batch_end"  # in on_train_batch_end, before this batch's validation and counters
@@ -57,6 +58,8 @@ class RunState:
     """Flags and bookkeeping of the running entry point, written by the loops only."""
 
     progress: FitProgress = field(default_factory=FitProgress)
+    # Lightning's loop progress counters (``trainer.fit_loop.epoch_progress`` ...), as long as progress
+    loops: LoopCounters = field(default_factory=LoopCounters)
     # public through the Trainer (callbacks set ``trainer.should_stop``)
     should_stop: bool = False
     sanity_checking: bool = False
@@ -64,6 +67,11 @@ class RunState:
     ckpt_path: str | None = None
     # the checkpoint being resumed, consumed by the fit loop when it starts
     resume: ResumeState | None = None
+    # the states of the stateful members of a combined train loader, from Lightning's fit loop state
+    train_loader_states: list[dict[str, Any]] = field(default_factory=list)
+    # the latest evaluation iterators per loop ("val", "test"): kept, as Lightning keeps them, until the
+    # loop runs again or the run ends
+    eval_fetchers: dict[str, list[Any]] = field(default_factory=dict)
     # a checkpoint already loaded and verified while choosing ckpt_path="last": loaded once, used once
     verified_checkpoint: tuple[str, dict[str, Any]] | None = None
     received_sigterm: bool = False
@@ -73,21 +81,20 @@ class RunState:
     skip_backward: bool = False
     # a validation batch has run in this fit (ModelCheckpoint's "monitor after validation" rule)
     val_has_run: bool = False
-    last_val_time: float = field(default_factory=time.monotonic)
+    # when validation last ended (or the train data was set up), for a time-based val_check_interval;
+    # the clock is read only where Lightning reads it, so a patched clock sees the same calls
+    last_val_time: float = 0.0
     # per Trainer: messages shown once, and step functions' signatures looked at once
     infos_seen: set[str] = field(default_factory=set)
     warnings_seen: set[str] = field(default_factory=set)
     takes_batch_idx: dict[int, bool] = field(default_factory=dict)
-    # evaluation batches completed per stage ("validate", "test", "predict"): [in this entry point, in the
-    # latest run of the loop]; the sanity check is not counted (Lightning resets its progress after it)
-    eval_batches: dict[str, list[int]] = field(default_factory=dict)
 
     def start(self) -> None:
         """A new entry point starts: forget the previous run's flags (the counters stay)."""
-        self.eval_batches.clear()
         self.should_stop = False
         self.received_sigterm = False
         self.resume = None
+        self.train_loader_states = []
         self.verified_checkpoint = None
         self.reset_data_flags()
 
@@ -96,5 +103,4 @@ class RunState:
         self.accumulating = False
         self.skip_backward = False
         self.val_has_run = False
-        self.last_val_time = time.monotonic()
         self.takes_batch_idx.clear()

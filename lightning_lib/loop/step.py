@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_lib.loop.hooks import HookDispatcher
+from lightning_lib.loops.optimization.manual import ManualResult
 from lightning_lib.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
@@ -116,6 +117,17 @@ def _loss_of(output: Any) -> Tensor | None:
     )
 
 
+def _warn_step_skipped(trainer: Trainer) -> None:
+    seen = trainer._run_state.warnings_seen
+    if "training_step_none" not in seen:
+        seen.add("training_step_none")
+        warnings.warn(
+            "`training_step` returned `None`. If this was on purpose, ignore this warning...",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def run_automatic_step(
     trainer: Trainer, optimizer: LightningOptimizer | None, batch: Any, batch_idx: int, accumulating: bool
 ) -> Any:
@@ -125,6 +137,7 @@ def run_automatic_step(
     progress = trainer._run_state.progress
     first_of_window = progress.epoch_batches_done % accumulate == 0
     precision = trainer.precision_plugin
+    optim_progress = trainer._run_state.loops.optim.optimizer
     outputs: list[Any] = [None]
 
     def closure() -> Tensor | None:
@@ -139,17 +152,25 @@ def run_automatic_step(
                     " It is recommended that you rewrite your training logic to avoid having to skip the step"
                     " in the first place."
                 )
-            outputs[0] = output
-            return None
-        normalized = loss / accumulate if accumulate > 1 else loss
+            _warn_step_skipped(trainer)
+            # the hooks get an empty dict for a skipped step, as in Lightning
+            outputs[0] = {}
         # StochasticWeightAveraging's batch-norm pass: forward only; the optimizer still steps on the
         # gradients it holds, as Lightning's closure without zero_grad and backward does
         skip = trainer._run_state.skip_backward
+        # zero_grad runs even for a skipped step (Lightning's closure): the window's gradients start clean
         if first_of_window and optimizer is not None and not skip:
+            zero_grad = optim_progress.zero_grad
+            zero_grad.increment_ready()
             hooks.callbacks("on_before_zero_grad", optimizer)
             if hooks.module_overrides("on_before_zero_grad"):
                 hooks.module("on_before_zero_grad", optimizer)
+            zero_grad.increment_started()
             hooks.module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
+            zero_grad.increment_completed()
+        if loss is None:
+            return None
+        normalized = loss / accumulate if accumulate > 1 else loss
         if not skip:
             backward(trainer, normalized, optimizer)
         detached = normalized.detach()
@@ -165,7 +186,9 @@ def run_automatic_step(
     elif optimizer is None:
         closure()
     else:
+        optim_progress.step.increment_ready()
         hooks.module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure)
+        optim_progress.step.increment_completed()
         progress.global_step += 1
     return outputs[0]
 
@@ -174,17 +197,8 @@ def run_manual_step(trainer: Trainer, batch: Any, batch_idx: int) -> Any:
     """``training_step`` drives the optimizers itself; ``global_step`` counts its ``step()`` calls."""
     with trainer.precision_plugin.forward_context():
         output = trainer.strategy.training_step(*_training_step_args(trainer, batch, batch_idx))
-    if isinstance(output, Tensor):
-        output = {"loss": output.detach()}
-    elif isinstance(output, Mapping):
-        if isinstance(output.get("loss"), Tensor):
-            output = {**output, "loss": output["loss"].detach()}
-    elif output is not None:
-        raise MisconfigurationException(
-            "In manual optimization, `training_step` must either return a Tensor or have no return; received"
-            f" {type(output).__name__}."
-        )
-    return output
+    # a step that returned nothing gives the batch-end hooks an empty dict, as in Lightning
+    return ManualResult.from_training_step_output(output).asdict()
 
 
 # ---- backward and the optimizer step (also reached from manual_backward and LightningOptimizer.step) ----
@@ -215,10 +229,13 @@ def optimizer_step(
                 gradient_clip_algorithm=trainer.gradient_clip_algorithm,
             )
 
+    if not automatic:
+        trainer._run_state.loops.manual_step.increment_ready()
     out = trainer.precision_plugin.optimizer_step(
         optimizer, closure or _no_op_closure, after_closure, automatic, **kwargs
     )
     if not automatic:
+        trainer._run_state.loops.manual_step.increment_completed()
         trainer._run_state.progress.global_step += 1
     return out
 
@@ -277,7 +294,7 @@ def update_lr_schedulers(trainer: Trainer, interval: str, plateau: bool) -> None
         monitor_value = None
         if config.reduce_on_plateau:
             assert config.monitor is not None
-            monitor_value = trainer.callback_metrics.get(config.monitor)
+            monitor_value = trainer.fit_loop.epoch_loop._get_monitor_value(config.monitor)
             if monitor_value is None:
                 available = sorted(trainer.callback_metrics)
                 if config.strict:
@@ -291,4 +308,7 @@ def update_lr_schedulers(trainer: Trainer, interval: str, plateau: bool) -> None
                     stacklevel=2,
                 )
                 continue
+        counts = trainer._run_state.loops.scheduler
+        counts.increment_ready()
         hooks.module("lr_scheduler_step", config.scheduler, monitor_value)
+        counts.increment_completed()

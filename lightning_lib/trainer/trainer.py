@@ -21,7 +21,7 @@ from lightning_lib.loop.hooks import HookDispatcher
 from lightning_lib.loop.logger_connector import LoggerConnector
 from lightning_lib.loop.predict import PredictLoop
 from lightning_lib.loop.state import FitProgress, RunState
-from lightning_lib.loop.views import EvaluationLoopView, FitLoopView
+from lightning_lib.loop.views import EvaluationLoopView, FitLoopView, loops_state_dict
 from lightning_lib.plugins.precision import build_precision
 from lightning_lib.profilers import Profiler
 from lightning_lib.trainer.arguments import (
@@ -203,6 +203,10 @@ class Trainer:
         self._run_state = RunState()
         # Lightning's name: prediction writers read the batch indices and kept predictions from it
         self._predict_loop = PredictLoop(self)
+        # Lightning's loop objects: their restarting flags live as long as the Trainer, as its loops do
+        self._fit_loop = FitLoopView(self)
+        self._validate_loop = EvaluationLoopView(self, "validate")
+        self._test_loop = EvaluationLoopView(self, "test")
         self._data = DataConnector(self)
         self._hooks = HookDispatcher(self)
         self._checkpoint_writer = CheckpointWriter()
@@ -367,15 +371,19 @@ class Trainer:
     @property
     def fit_loop(self) -> FitLoopView:
         """Lightning's ``trainer.fit_loop``: the fit's limits (settable) and progress counters."""
-        return FitLoopView(self)
+        return self._fit_loop
+
+    def _fit_loop_states(self) -> dict[str, Any]:
+        """Lightning's ``checkpoint["loops"]`` (what the checkpoint format saves)."""
+        return loops_state_dict(self)
 
     @property
     def validate_loop(self) -> EvaluationLoopView:
-        return EvaluationLoopView(self, "validate")
+        return self._validate_loop
 
     @property
     def test_loop(self) -> EvaluationLoopView:
-        return EvaluationLoopView(self, "test")
+        return self._test_loop
 
     @property
     def predict_loop(self) -> PredictLoop:

@@ -38,7 +38,7 @@ class SavedState:
     scheduler_configs: list[Any]
     scheduler_states: list[dict[str, Any] | None]
     progress: dict[str, Any]
-    eval_batches: dict[str, list[int]]
+    loops: Any  # loop.progress.LoopCounters: every loop's progress counters
     callbacks: list[Any]
     loggers: list[Any]
     limits: dict[str, Any] = field(default_factory=dict)
@@ -54,7 +54,7 @@ def save_state(trainer: Trainer) -> SavedState:
         scheduler_configs=list(trainer.lr_scheduler_configs),
         scheduler_states=[_scheduler_state(config.scheduler) for config in trainer.lr_scheduler_configs],
         progress=copy.deepcopy(trainer._run_state.progress.state_dict()),
-        eval_batches=copy.deepcopy(trainer._run_state.eval_batches),
+        loops=copy.deepcopy(trainer._run_state.loops),
         callbacks=list(trainer.callbacks),
         loggers=list(trainer.loggers),
         limits={name: getattr(trainer, name) for name in _LIMITS},
@@ -87,7 +87,7 @@ def restore_state(trainer: Trainer, saved: SavedState) -> None:
         if sched_state is not None:
             config.scheduler.load_state_dict(sched_state)
     reset_progress(trainer, saved)
-    trainer._run_state.eval_batches = copy.deepcopy(saved.eval_batches)
+    trainer._run_state.loops = copy.deepcopy(saved.loops)
     trainer.callbacks = saved.callbacks
     trainer.loggers = saved.loggers
     for name, value in saved.limits.items():

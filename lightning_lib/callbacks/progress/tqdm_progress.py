@@ -186,7 +186,7 @@ class TQDMProgressBar(ProgressBar):
         last = n == bar.total
         if n % self._refresh_rate and not last:
             return False
-        now = time.monotonic()
+        now = time.perf_counter()
         if not last and now - self._drawn_at[role] < _MIN_REDRAW_INTERVAL:
             return False
         self._drawn_at[role] = now
@@ -219,7 +219,7 @@ class TQDMProgressBar(ProgressBar):
         if self._leave:
             self.train_progress_bar = self.init_train_tqdm()
         self._train_n = 0
-        self._epoch_started_at = time.monotonic()
+        self._epoch_started_at = time.perf_counter()
         self._reset(self.train_progress_bar, self.total_train_batches, f"Epoch {trainer.current_epoch}")
 
     def on_train_batch_end(
@@ -243,7 +243,7 @@ class TQDMProgressBar(ProgressBar):
     def _print_epoch_line(self, trainer: Trainer, pl_module: LightningModule, total: Any) -> None:
         """The non-terminal replacement for the train bar: one line per epoch."""
         items = [f"{self._train_n}/{total if total is not None else '?'} batches"]
-        items.append(f"{time.monotonic() - self._epoch_started_at:.1f}s")
+        items.append(f"{time.perf_counter() - self._epoch_started_at:.1f}s")
         for key, value in self.get_metrics(trainer, pl_module).items():
             items.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
         print(f"Epoch {trainer.current_epoch}: {', '.join(items)}", flush=True)
