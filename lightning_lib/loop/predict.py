@@ -113,6 +113,8 @@ def run_predict(trainer: Trainer, return_predictions: bool) -> list[Any] | None:
             fetchers = [LimitedFetcher(dl, limit) for dl, limit in zip(loaders, limits)]
             fetchers[0].start()
         hooks.module("on_predict_start")
+        # a tuner at on_predict_start puts the counters it saved back (new objects): count into those
+        counts = trainer._run_state.loops.predict
         hooks.callbacks("on_predict_epoch_start")
         hooks.module("on_predict_epoch_start")
         for dl_idx, fetcher in enumerate(fetchers):
