@@ -70,7 +70,7 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
     ({"fast_dev_run": "yes"}, "fast_dev_run .*received 'yes'"),
     (
         {"enable_checkpointing": False, "callbacks": [pl.callbacks.ModelCheckpoint()]},
-        "ModelCheckpoint .*enable_checkpointing=False",
+        "enable_checkpointing=False. but found .ModelCheckpoint.",
     ),
     (
         {"enable_progress_bar": False, "callbacks": [pl.callbacks.TQDMProgressBar()]},

@@ -700,7 +700,8 @@ class Trainer:
         if enable_checkpointing is False and has_checkpoint:
             raise MisconfigurationException(
                 "Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint` in"
-                " callbacks list."
+                " callbacks list. Expected enable_checkpointing=True (or None) with a checkpoint callback, or no"
+                " checkpoint callback."
             )
         if enable_checkpointing is not False and not has_checkpoint:
             found.append(ModelCheckpoint())
