@@ -96,6 +96,14 @@ class ProgressBar(Callback):
     def reset_dataloader_idx_tracker(self) -> None:
         self._current_eval_dataloader_idx = None
 
+    @property
+    def is_enabled(self) -> bool:
+        return True
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self.is_enabled
+
     def disable(self) -> None:
         raise NotImplementedError
 
