@@ -251,8 +251,8 @@ class _LRCallback(Callback):
         self.losses.append(smoothed)
 
 
-class _LinearLR(LRScheduler):
-    """From each group's base learning rate to ``end_lr`` in ``num_iter`` equal steps."""
+class _RangeLR(LRScheduler):
+    """From each group's base learning rate to ``end_lr`` in ``num_iter`` steps (the range test's sweep)."""
 
     def __init__(
         self, optimizer: torch.optim.Optimizer, end_lr: float, num_iter: int, last_epoch: int = -1
@@ -261,12 +261,15 @@ class _LinearLR(LRScheduler):
         self.num_iter = num_iter
         super().__init__(optimizer, last_epoch)
 
+    def _at(self, base: Any, ratio: float) -> Any:
+        raise NotImplementedError
+
     def get_lr(self) -> list[Any]:
         ratio = (self.last_epoch + 1) / self.num_iter
         if self.last_epoch > 0:
-            values = [base + ratio * (self.end_lr - base) for base in self.base_lrs]
+            values = [self._at(base, ratio) for base in self.base_lrs]
         else:
-            values = list(self.base_lrs)
+            values = list[Any](self.base_lrs)
         self._lr = values
         return values
 
@@ -275,28 +278,18 @@ class _LinearLR(LRScheduler):
         return self._lr
 
 
-class _ExponentialLR(LRScheduler):
-    """From each group's base learning rate to ``end_lr`` in ``num_iter`` equal ratios."""
+class _LinearLR(_RangeLR):
+    """Equal steps from the base learning rate to ``end_lr``."""
 
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, end_lr: float, num_iter: int, last_epoch: int = -1
-    ) -> None:
-        self.end_lr = end_lr
-        self.num_iter = num_iter
-        super().__init__(optimizer, last_epoch)
+    def _at(self, base: Any, ratio: float) -> Any:
+        return base + ratio * (self.end_lr - base)
 
-    def get_lr(self) -> list[Any]:
-        ratio = (self.last_epoch + 1) / self.num_iter
-        if self.last_epoch > 0:
-            values = [base * (self.end_lr / base) ** ratio for base in self.base_lrs]
-        else:
-            values = list(self.base_lrs)
-        self._lr = values
-        return values
 
-    @property
-    def lr(self) -> list[Any]:
-        return self._lr
+class _ExponentialLR(_RangeLR):
+    """Equal ratios from the base learning rate to ``end_lr``."""
+
+    def _at(self, base: Any, ratio: float) -> Any:
+        return base * (self.end_lr / base) ** ratio
 
 
 __all__ = ["_LRFinder"]
