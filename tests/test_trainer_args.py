@@ -55,7 +55,7 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
     ({"devices": [0, 0]}, r"devices to list each device index once, received \[0, 0\]"),
     ({"devices": 2, "strategy": "single_device"}, "one device on one node for strategy='single_device'"),
     ({"strategy": "ddp_foo"}, "strategy .*'ddp'.*received 'ddp_foo'"),
-    ({"strategy": "ddp_spawn"}, "strategy .*received 'ddp_spawn'"),
+    ({"strategy": "ddp_fork"}, "strategy .*received 'ddp_fork'"),
     ({"num_nodes": 0}, "num_nodes >= 1, received 0"),
     ({"num_nodes": 2, "strategy": "ddp"}, "launcher for num_nodes=2: run the script under torchrun"),
     ({"profiler": "fast"}, "profiler .*'simple'.*received 'fast'"),

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lightning_lib.distributed import _cluster as cluster
 from lightning_lib.distributed._launcher import LocalLauncher, RankFailedError, watch_parent
+from lightning_lib.distributed._spawn import SpawnLauncher
 from lightning_lib.distributed.strategy import ParallelStrategy
 from lightning_lib.utilities.apply_func import apply_to_tensors
 from lightning_lib.utilities.rank_zero import rank_zero_only
@@ -41,6 +42,7 @@ _watching = [False]  # a child's parent watchdog, started once per process
 # decisions and small objects (stop? which file?) go through a gloo group on the host: with NCCL they
 # would need a device tensor and a host-device sync at every step
 _control_group: list[ProcessGroup | None] = [None]
+_START_METHODS = ("popen", "spawn")
 
 
 class _TrainingStep(nn.Module):
@@ -56,7 +58,11 @@ class _TrainingStep(nn.Module):
 
 
 class DDPStrategy(ParallelStrategy):
-    """``Trainer(strategy="ddp")``; keyword arguments go to ``DistributedDataParallel``."""
+    """``Trainer(strategy="ddp")``; keyword arguments go to ``DistributedDataParallel``.
+
+    ``start_method="popen"`` (the default) starts the other ranks by running the script again;
+    ``"spawn"`` (``strategy="ddp_spawn"``) runs each entry point in new processes instead (``SpawnLauncher``).
+    """
 
     strategy_name = "ddp"
 
@@ -64,9 +70,18 @@ class DDPStrategy(ParallelStrategy):
         self,
         process_group_backend: str | None = None,
         timeout: timedelta = timedelta(minutes=30),
+        start_method: str = "popen",
         **ddp_kwargs: Any,
     ) -> None:
+        if start_method not in _START_METHODS:
+            raise ValueError(
+                f"Expected start_method to be one of {_START_METHODS}, received {start_method!r}."
+            )
         super().__init__()
+        self._start_method = start_method
+        # set in the processes the spawn launcher started: there the entry points run, not launch
+        self._spawned = False
+        self.launcher: SpawnLauncher | None = None
         self.process_group_backend = process_group_backend
         self.timeout = timeout
         self.ddp_kwargs = ddp_kwargs
@@ -82,6 +97,13 @@ class DDPStrategy(ParallelStrategy):
         self.num_nodes = num_nodes
         if cluster.launched_externally() or cluster.launched_by_trainer():
             self.env = cluster.from_environment(len(devices), num_nodes)
+        elif self._start_method == "spawn":
+            if num_nodes > 1:
+                raise ValueError(
+                    f"Expected num_nodes=1 for strategy='ddp_spawn', received {num_nodes}; launch each node's"
+                    " processes with torchrun and strategy='ddp'."
+                )
+            self.launcher = SpawnLauncher(len(devices))
         elif num_nodes > 1:
             raise ValueError(
                 f"Expected a launcher for num_nodes={num_nodes}: run the script under torchrun on every node"
@@ -128,6 +150,11 @@ class DDPStrategy(ParallelStrategy):
         """Start the other local ranks if nobody did, then join the process group (once per process)."""
         global _launcher
         if self.env is None:
+            if self._start_method == "spawn":
+                raise RuntimeError(
+                    "Expected the spawn launcher to start this run's processes: call trainer.fit, validate, test"
+                    " or predict, which launch them for strategy='ddp_spawn'."
+                )
             if _launcher is None:
                 _launcher = LocalLauncher(self.world_size)
                 _launcher.launch()

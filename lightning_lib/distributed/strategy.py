@@ -281,6 +281,10 @@ def build_strategy(
         chosen = DDPStrategy()
     elif strategy == "ddp_find_unused_parameters_true":
         chosen = DDPStrategy(find_unused_parameters=True)
+    elif strategy == "ddp_spawn":
+        chosen = DDPStrategy(start_method="spawn")
+    elif strategy == "ddp_spawn_find_unused_parameters_true":
+        chosen = DDPStrategy(start_method="spawn", find_unused_parameters=True)
     elif strategy == "single_device":
         chosen = SingleDeviceStrategy()
     elif len(devices) * num_nodes > 1 or cluster.launched_externally():

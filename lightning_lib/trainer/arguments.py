@@ -400,7 +400,14 @@ def check_gradient_clip_val(value: Any) -> Any:
     return value
 
 
-STRATEGIES = ("auto", "single_device", "ddp", "ddp_find_unused_parameters_true")
+STRATEGIES = (
+    "auto",
+    "single_device",
+    "ddp",
+    "ddp_find_unused_parameters_true",
+    "ddp_spawn",
+    "ddp_spawn_find_unused_parameters_true",
+)
 
 
 def check_strategy(strategy: Any) -> None:

@@ -246,8 +246,7 @@ class Trainer:
             raise ValueError(
                 "Expected either dataloaders or a datamodule in `trainer.fit`, received both; pass only one."
             )
-        _run.run(
-            self,
+        self._run_entry_point(
             TrainerFn.FITTING,
             model,
             datamodule,
@@ -297,8 +296,7 @@ class Trainer:
         dataloaders, datamodule = self._split_datamodule(dataloaders, datamodule)
         provided = model is not None
         model = self._model_or_previous(model, "predict")
-        result: list[Any] | None = _run.run(
-            self,
+        result: list[Any] | None = self._run_entry_point(
             TrainerFn.PREDICTING,
             model,
             datamodule,
@@ -324,8 +322,7 @@ class Trainer:
         provided = model is not None
         model = self._model_or_previous(model, fn.value)
         key = "test" if fn == TrainerFn.TESTING else "val"
-        results: list[dict[str, float]] = _run.run(
-            self,
+        results: list[dict[str, float]] = self._run_entry_point(
             fn,
             model,
             datamodule,
@@ -336,6 +333,13 @@ class Trainer:
             model_provided=provided,
         )
         return results
+
+    def _run_entry_point(self, fn: TrainerFn, *args: Any, **kwargs: Any) -> Any:
+        """The run in this process, or, for strategy="ddp_spawn", in the processes its launcher spawns."""
+        launcher = getattr(self.strategy, "launcher", None)
+        if launcher is not None and not getattr(self.strategy, "_spawned", False):
+            return launcher.launch(self, fn, _run.run, *args, **kwargs)
+        return _run.run(self, fn, *args, **kwargs)
 
     @staticmethod
     def _split_datamodule(
