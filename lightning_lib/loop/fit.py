@@ -138,9 +138,9 @@ def _start_first_epoch_data(
     if remaining:
         if not restore_loader_position(fetcher.loader, loader_state, progress.epoch_batches_done):
             warnings.warn(
-                "Resuming in the middle of an epoch with a train dataloader that cannot restore its position"
-                " (not a plain map-style DataLoader and no state_dict/load_state_dict): the rest of the epoch"
-                " starts from a fresh iterator.",
+                "You're resuming from a checkpoint that ended before the epoch ended, with a train dataloader"
+                " that cannot restore its position (not a plain map-style DataLoader and no"
+                " state_dict/load_state_dict): the rest of the epoch starts from a fresh iterator.",
                 UserWarning,
                 stacklevel=3,
             )
