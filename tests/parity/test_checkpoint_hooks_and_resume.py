@@ -94,24 +94,26 @@ def test_checkpoint_hooks_and_epoch_end_resume_match_lightning(
     assert {"lightning_lib", "lightning_lib_version", "rng_states"} <= set(on_disk)
 
 
+def _closure_model(pl: ModuleType, received: list[Any]) -> Any:
+    closure_cls = importlib.import_module(f"{pl.__name__}.loops.optimization.automatic").Closure
+    base = make_classes(pl)["BoringModel"]
+
+    class Model(base):  # type: ignore[misc, valid-type]
+        def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any) -> None:
+            loss = optimizer_closure()
+            received.append((isinstance(optimizer_closure, closure_cls), loss.requires_grad))
+            if batch_idx % 2 == 0:
+                optimizer.step()
+
+    return Model()
+
+
 def test_optimizer_step_receives_lightnings_closure(tmp_path: Path) -> None:
     seen = []
     for pl in _libs():
-        closure_cls = importlib.import_module(f"{pl.__name__}.loops.optimization.automatic").Closure
-        base = make_classes(pl)["BoringModel"]
         received: list[Any] = []
-
-        class Model(base):  # type: ignore[misc, valid-type]
-            def optimizer_step(
-                self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any
-            ) -> None:
-                loss = optimizer_closure()
-                received.append((isinstance(optimizer_closure, closure_cls), loss.requires_grad))
-                if batch_idx % 2 == 0:
-                    optimizer.step()
-
         trainer = pl.Trainer(**quiet_trainer_kwargs(tmp_path, max_steps=4, limit_val_batches=0))
-        trainer.fit(Model())
+        trainer.fit(_closure_model(pl, received))
         seen.append((received, trainer.global_step))
     assert seen[0] == seen[1]
     assert seen[1][0] == [(True, False)] * 4
