@@ -43,6 +43,9 @@ LIBRARY_VERSION = "0.1.0"
 # reads this key to decide which migrations to apply, so it must name a real Lightning version.
 LIGHTNING_FORMAT_VERSION = "2.6.0"
 PROGRESS_KEY = "lightning_lib"
+# This library's keys beside Lightning's: written after the save hooks ran and taken out while the load
+# hooks run, so user hooks see exactly the keys Lightning's hooks see
+_OWN_KEYS = ("lightning_lib_version", PROGRESS_KEY, "rng_states")
 
 
 def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
@@ -52,18 +55,25 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
     checkpoint: dict[str, Any] = {
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "pytorch-lightning_version": LIGHTNING_FORMAT_VERSION,
-        "lightning_lib_version": LIBRARY_VERSION,
+        # the running library's version, as Lightning's hooks see theirs; the file gets the format's below
+        "pytorch-lightning_version": LIBRARY_VERSION,
         "state_dict": module.state_dict(),
-        # Lightning's loop state; this library's own resume state (RNG streams, data position) sits beside
-        # it under PROGRESS_KEY, so "loops" holds only the counters Lightning's checkpoints have
+        # Lightning's loop state; this library's own resume state (RNG streams, data position) is added
+        # under PROGRESS_KEY after the hooks, so "loops" holds only the counters Lightning's checkpoints have
         "loops": trainer._fit_loop_states(),
+    }
+    own: dict[str, Any] = {
+        "lightning_lib_version": LIBRARY_VERSION,
         PROGRESS_KEY: _loop_state(trainer, weights_only),
     }
     if not weights_only:
-        checkpoint["callbacks"] = {
-            cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()
-        }
+        callback_states = {}
+        for cb in trainer.callbacks:
+            # once per save: a callback's state_dict may count or snapshot as it runs
+            cb_state = cb.state_dict()
+            if cb_state:
+                callback_states[cb.state_key] = cb_state
+        checkpoint["callbacks"] = callback_states
         checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
         checkpoint["lr_schedulers"] = [
             config.scheduler.state_dict() for config in trainer.lr_scheduler_configs
@@ -71,9 +81,9 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         scaler_state = trainer.precision_plugin.state_dict()
         if scaler_state:
             checkpoint["MixedPrecision"] = scaler_state
-        ranks = checkpoint[PROGRESS_KEY].get("ranks")
-        # Lightning's key holds rank zero's streams; every rank's are under "ranks"
-        checkpoint["rng_states"] = ranks[0]["rng_states"] if ranks else capture_rng_states()
+        ranks = own[PROGRESS_KEY].get("ranks")
+        # rank zero's streams; every rank's are under "ranks"
+        own["rng_states"] = ranks[0]["rng_states"] if ranks else capture_rng_states()
     for obj, prefix in ((module, ""), (datamodule, "datamodule_")):
         if obj is not None and obj.hparams:
             if "_hparams_name" in obj.__dict__:  # which __init__ argument load_from_checkpoint rebuilds
@@ -88,7 +98,19 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         for cb in trainer.callbacks:
             cb.on_save_checkpoint(trainer, module, checkpoint)
     module.on_save_checkpoint(checkpoint)
-    return checkpoint
+    # pytorch_lightning picks the migrations it applies from this key: the file names the Lightning format
+    # it follows (a library version here would make it rewrite a current-layout checkpoint)
+    # a new dict: the one the hooks received stays as they saw it
+    return {**checkpoint, "pytorch-lightning_version": LIGHTNING_FORMAT_VERSION, **own}
+
+
+def split_own_keys(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``checkpoint`` as Lightning's load hooks see it (its keys only, the version migrated to the running
+    library's, as Lightning's loader does), and this library's keys apart; ``checkpoint`` is left as is."""
+    own = {key: value for key, value in checkpoint.items() if key in _OWN_KEYS}
+    view = {key: value for key, value in checkpoint.items() if key not in _OWN_KEYS}
+    view["pytorch-lightning_version"] = LIBRARY_VERSION
+    return view, own
 
 
 def _loop_state(trainer: Trainer, weights_only: bool) -> dict[str, Any]:
@@ -319,8 +341,9 @@ def build_from_checkpoint(
         if state is not None:
             model.load_state_dict(state)
         return model
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+    view, _ = split_own_keys(checkpoint)
+    model.on_load_checkpoint(view)
+    model.load_state_dict(view["state_dict"], strict=True if strict is None else strict)
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model.to(map_location)
     return model

@@ -12,7 +12,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from lightning_lib.checkpoint._commit import list_committed, warn_fallback
-from lightning_lib.checkpoint._format import PROGRESS_KEY, load_committed
+from lightning_lib.checkpoint._format import PROGRESS_KEY, load_committed, split_own_keys
 from lightning_lib.checkpoint._manifest import CommittedCheckpoint, CorruptCheckpointError
 from lightning_lib.storage import ObjectStore, is_remote
 from lightning_lib.trainer.states import TrainerFn
@@ -94,8 +94,16 @@ def _newest_valid(trainer: Trainer, fn: TrainerFn, weights_only: bool) -> str | 
     return None
 
 
-def restore_modules(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
-    """Weights, datamodule state and callback states (before optimizers exist)."""
+def restore_modules(trainer: Trainer, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Weights, datamodule state and callback states (before optimizers exist); returns the checkpoint
+    ``restore_training_state`` continues from: what the hooks left, with this library's resume state."""
+    # the hooks get a dict of Lightning's keys that nothing changes after them, as Lightning's do
+    view, own = split_own_keys(checkpoint)
+    _restore_modules(trainer, view)
+    return {**view, **own}
+
+
+def _restore_modules(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     module = trainer.lightning_module
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=True)

@@ -74,9 +74,16 @@ def run_fit(trainer: Trainer, sanity_check: bool = True) -> None:
     hooks = trainer._hooks
     # what on_train_start and the first on_train_epoch_start log belongs to training, not to the sanity check
     trainer._logger_connector.use(trainer._logger_connector.train_results)
+    epoch_finished = (
+        in_epoch and point == EPOCH_END and progress.epoch_batches_done >= data.num_training_batches
+    )
+    if epoch_finished:
+        # an epoch whose batches all ran and whose end hooks ran is over: on_train_start sees the next one,
+        # as in Lightning
+        finish_training_epoch(trainer, hooks_done=True)
     hooks.callbacks("on_train_start")
     hooks.module("on_train_start")
-    if in_epoch:
+    if in_epoch and not epoch_finished:
         _finish_interrupted_epoch(trainer, fetcher, point)
     first_epoch = not in_epoch
     while not fit_done(trainer):
@@ -126,15 +133,14 @@ def _start_first_epoch_data(
         return
     _load_combined_loader_states(trainer)
     loader_state = resume.get("loader") or {}
-    remaining = (
-        in_epoch and point != EPOCH_END and progress.epoch_batches_done < trainer._data.num_training_batches
-    )
+    # an epoch that max_steps or a stop request ended early goes on where it stopped, as in Lightning
+    remaining = in_epoch and progress.epoch_batches_done < trainer._data.num_training_batches
     if remaining:
         if not restore_loader_position(fetcher.loader, loader_state, progress.epoch_batches_done):
             warnings.warn(
-                "Resuming in the middle of an epoch with a train dataloader that cannot restore its position"
-                " (not a plain map-style DataLoader and no state_dict/load_state_dict): the rest of the epoch"
-                " starts from a fresh iterator.",
+                "You're resuming from a checkpoint that ended before the epoch ended, with a train dataloader"
+                " that cannot restore its position (not a plain map-style DataLoader and no"
+                " state_dict/load_state_dict): the rest of the epoch starts from a fresh iterator.",
                 UserWarning,
                 stacklevel=3,
             )
@@ -214,8 +220,10 @@ def _finish_interrupted_epoch(trainer: Trainer, fetcher: LimitedFetcher, point: 
     progress = trainer._run_state.progress
     trainer._logger_connector.use(trainer._logger_connector.train_results)
     if point == EPOCH_END:
-        finish_training_epoch(trainer, hooks_done=True)
-        return
+        # only an epoch ended before its last batch reaches here: its end hooks run again when it ends
+        epoch = trainer._run_state.loops.epoch
+        for tracker in (epoch.total, epoch.current):
+            tracker.processed = tracker.completed
     if point in (BATCH_END, VAL_END):
         ready = progress.epoch_batches_done
         epoch_end = ready >= trainer._data.num_training_batches

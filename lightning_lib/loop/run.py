@@ -143,7 +143,7 @@ def _run_stages(
     )
     del prefetched, verified
     if checkpoint is not None:
-        restore_modules(trainer, checkpoint)
+        checkpoint = restore_modules(trainer, checkpoint)
     trainer._logger_connector.reset_results()
     trainer._logger_connector.reset_metrics()
     trainer.strategy.setup_module(model)

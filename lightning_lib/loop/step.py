@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_lib.loop.hooks import HookDispatcher
+from lightning_lib.loops.optimization.automatic import Closure, ClosureResult
 from lightning_lib.loops.optimization.manual import ManualResult
 from lightning_lib.utilities.exceptions import MisconfigurationException
 
@@ -140,7 +141,7 @@ def run_automatic_step(
     optim_progress = trainer._run_state.loops.optim.optimizer
     outputs: list[Any] = [None]
 
-    def closure() -> Tensor | None:
+    def step_fn() -> ClosureResult:
         with precision.forward_context():
             output = trainer.strategy.training_step(*_training_step_args(trainer, batch, batch_idx))
         loss = _loss_of(output)
@@ -155,30 +156,38 @@ def run_automatic_step(
             _warn_step_skipped(trainer)
             # the hooks get an empty dict for a skipped step, as in Lightning
             outputs[0] = {}
-        # StochasticWeightAveraging's batch-norm pass: forward only; the optimizer still steps on the
-        # gradients it holds, as Lightning's closure without zero_grad and backward does
-        skip = trainer._run_state.skip_backward
-        # zero_grad runs even for a skipped step (Lightning's closure): the window's gradients start clean
-        if first_of_window and optimizer is not None and not skip:
-            zero_grad = optim_progress.zero_grad
-            zero_grad.increment_ready()
-            hooks.callbacks("on_before_zero_grad", optimizer)
-            if hooks.module_overrides("on_before_zero_grad"):
-                hooks.module("on_before_zero_grad", optimizer)
-            zero_grad.increment_started()
-            hooks.module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
-            zero_grad.increment_completed()
-        if loss is None:
-            return None
+            return ClosureResult(None)
         normalized = loss / accumulate if accumulate > 1 else loss
-        if not skip:
-            backward(trainer, normalized, optimizer)
-        detached = normalized.detach()
-        if isinstance(output, Mapping):
-            outputs[0] = {**output, "loss": detached}
-        else:
-            outputs[0] = {"loss": detached}
-        return detached
+        extra = {k: v for k, v in output.items() if k != "loss"} if isinstance(output, Mapping) else {}
+        result = ClosureResult(normalized, extra=extra)
+        outputs[0] = {**output, "loss": result.loss} if isinstance(output, Mapping) else {"loss": result.loss}
+        return result
+
+    # StochasticWeightAveraging's batch-norm pass (skip_backward): forward only; the optimizer still steps
+    # on the gradients it holds, as Lightning's closure without zero_grad and backward does
+    def zero_grad_fn() -> None:
+        if trainer._run_state.skip_backward:
+            return
+        assert optimizer is not None
+        zero_grad = optim_progress.zero_grad
+        zero_grad.increment_ready()
+        hooks.callbacks("on_before_zero_grad", optimizer)
+        if hooks.module_overrides("on_before_zero_grad"):
+            hooks.module("on_before_zero_grad", optimizer)
+        zero_grad.increment_started()
+        hooks.module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer)
+        zero_grad.increment_completed()
+
+    def backward_fn(loss: Tensor) -> None:
+        if not trainer._run_state.skip_backward:
+            backward(trainer, loss, optimizer)
+
+    closure = Closure(
+        step_fn,
+        backward_fn=backward_fn,
+        # the first batch of an accumulation window starts from clean gradients
+        zero_grad_fn=zero_grad_fn if first_of_window and optimizer is not None else None,
+    )
 
     if accumulating:
         with trainer.strategy.block_backward_sync():  # the window's last backward all-reduces the sum

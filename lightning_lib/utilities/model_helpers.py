@@ -25,9 +25,11 @@ def register_hook_parent(cls: type) -> type:
 
 
 def _unwrap(fn: Any) -> Any:
-    wrapped = getattr(fn, "__wrapped__", None)
-    if wrapped is not None:
-        fn = wrapped
+    if hasattr(fn, "__wrapped__"):
+        # a wrapper of ``None`` (``update_wrapper(partial(f, None), None)``) wraps no implementation
+        fn = fn.__wrapped__
+        if fn is None:
+            return None
     if isinstance(fn, mock.Mock):
         return fn._mock_wraps
     if isinstance(fn, functools.partial):

@@ -61,6 +61,12 @@ def test_is_overridden_sees_through_wrappers_and_treats_none_as_absent() -> None
     spied.validation_step = mock.Mock(wraps=spied.validation_step)
     assert is_overridden("validation_step", spied)
     assert not is_overridden("training_step", None)
+    # a wrapper made around a hook switched off (``update_wrapper(partial(f, None), None)``) wraps nothing
+    off = BoringModel()
+    recorder = functools.partial(lambda fn, *a: fn(*a), None)
+    functools.update_wrapper(recorder, None)  # type: ignore[arg-type]
+    off.configure_model = recorder  # type: ignore[method-assign]
+    assert not is_overridden("configure_model", off)
 
     class Hooked(pl.Callback):
         def on_train_end(self, *args: Any) -> None: ...
