@@ -367,7 +367,11 @@ class ModelCheckpoint(Checkpoint):
             return
         # rank zero's value decides on every rank, so all keep the same top-k and save at the same moments
         current = candidates[self.monitor]
-        if trainer.world_size > 1 and isinstance(current, Tensor):
+        if trainer.world_size > 1 and isinstance(current, Tensor) and current.numel() == 1:
+            # as a Python number: exact for every float dtype, and no tensor pickled (torch.save) per save
+            value = trainer.strategy.broadcast(current.detach().item())
+            current = torch.tensor(value, dtype=current.dtype, device=current.device)
+        elif trainer.world_size > 1 and isinstance(current, Tensor):
             current = trainer.strategy.broadcast(current.detach().cpu()).to(current.device)
         if self.check_monitor_top_k(trainer, current):
             self._update_best_and_save(current, trainer, candidates)
