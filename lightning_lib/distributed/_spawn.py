@@ -15,6 +15,7 @@ import io
 import os
 import pickle
 import random
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,7 @@ class SpawnLauncher:
         args = (trainer, fn, *args)
         context = mp.get_context("spawn")
         queue = context.SimpleQueue()
+        errors = context.SimpleQueue()
         port = cluster.free_port()
         process_context = mp.start_processes(
             _run_rank,
@@ -110,6 +112,7 @@ class SpawnLauncher:
                 args,
                 kwargs,
                 queue,
+                errors,
                 port,
                 os.getpid(),
                 self.num_processes,
@@ -122,9 +125,12 @@ class SpawnLauncher:
         self.procs = list(process_context.processes)
         output: bytes | None = None
         # read while waiting: a large result would otherwise fill the pipe and block rank zero's exit
-        while not process_context.join(timeout=0.05):
-            if output is None and not queue.empty():
-                output = queue.get()
+        try:
+            while not process_context.join(timeout=0.05):
+                if output is None and not queue.empty():
+                    output = queue.get()
+        except mp.ProcessRaisedException as raised:
+            raise _root_cause(raised, errors) from None
         if output is None and not queue.empty():
             output = queue.get()
         queue.close()
@@ -144,6 +150,7 @@ def _run_rank(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     queue: Any,
+    errors: Any,
     port: int,
     parent_pid: int,
     num_processes: int,
@@ -178,12 +185,39 @@ def _run_rank(
     try:
         results = function(*args, **kwargs)
         output = _collect_rank_zero_output(trainer, results) if process_idx == 0 else None
+    except BaseException as error:
+        # reported before this rank leaves the group: the main process names the first cause, not the
+        # "connection closed" another rank saw when this one stopped
+        errors.put((process_idx, os.getpid(), _is_collateral(error), traceback.format_exc()))
+        raise
     finally:
         # a spawned process ends without running atexit handlers: leave the group here
         if dist.is_initialized():
             dist.destroy_process_group()
     if output is not None:
         queue.put(output)
+
+
+def _is_collateral(error: BaseException) -> bool:
+    """An error a rank gets because another rank stopped (gloo's closed or reset connection)."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "Connection closed by peer" in text or "Connection reset by peer" in text
+    )
+
+
+def _root_cause(raised: mp.ProcessRaisedException, errors: Any) -> mp.ProcessRaisedException:
+    """``raised``, or the error of the rank that failed on its own when ``raised`` is another's collateral."""
+    reports = []
+    while not errors.empty():
+        reports.append(errors.get())
+    causes = [report for report in reports if not report[2]]
+    if not causes or any(rank == raised.error_index for rank, _, collateral, _ in causes):
+        return raised
+    rank, pid, _, text = causes[0]
+    return mp.ProcessRaisedException(
+        f"\n\n-- Process {rank} terminated with the following error:\n{text}", rank, pid
+    )
 
 
 def _unshare_memory(module: torch.nn.Module) -> None:

@@ -96,3 +96,27 @@ def test_ddp_spawn_refuses_unknown_start_method_and_second_fit(tmp_path: Path) -
     trainer.strategy.launcher._already_fit = True  # as after a first fit, without spawning one here
     with pytest.raises(NotImplementedError, match=r"Expected one trainer\.fit"):
         trainer.fit(OursModel())
+
+
+def test_the_main_process_names_the_rank_that_failed_not_the_one_that_lost_its_peer() -> None:
+    """torch reports whichever rank exited first: often the one that saw "Connection closed by peer"."""
+    import queue
+
+    import torch.multiprocessing as mp
+
+    from lightning_lib.distributed._spawn import _is_collateral, _root_cause
+
+    lost = RuntimeError("[gloo] pair.cc:553] Connection closed by peer [127.0.0.1]:2436")
+    assert _is_collateral(lost) and not _is_collateral(RuntimeError("training_step failed on rank 1"))
+    reports: queue.Queue[tuple[int, int, bool, str]] = queue.Queue()
+    reports.put((1, 222, False, "Traceback ...\nRuntimeError: training_step failed on rank 1\n"))
+    reports.put((0, 111, True, "Traceback ...\nRuntimeError: Connection closed by peer\n"))
+    raised = mp.ProcessRaisedException("-- Process 0 terminated: Connection closed by peer", 0, 111)
+    cause = _root_cause(raised, reports)
+    assert (
+        cause.error_index == 1 and cause.error_pid == 222 and "training_step failed on rank 1" in str(cause)
+    )
+    # the raised rank's own failure stands as it is
+    reports.put((0, 111, False, "Traceback ...\nValueError: bad batch\n"))
+    own = mp.ProcessRaisedException("-- Process 0 terminated: ValueError: bad batch", 0, 111)
+    assert _root_cause(own, reports) is own
