@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import torch
@@ -81,3 +82,14 @@ def marker_json(sealed: bytes) -> bytes:
 
     length = int.from_bytes(sealed[-len(MAGIC) - 4 : -len(MAGIC)], "little")
     return sealed[-(length + 4 + len(MAGIC)) : -(4 + len(MAGIC))]
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"waited {timeout}s for {what}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tasks.run_key import config_digest
 from tests.flows.conftest import DIGITS_CSV, REPO, make_git_project
 from tests.prefect_server import PrefectServer, kill_group, spawn
 from tests.services import MlflowServer
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -99,22 +99,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
                 updates={PREFECT_API_URL: prefect.api_url, PREFECT_LOCAL_STORAGE_PATH: str(root / "results")}
             ):
                 stack.serve()
-                _wait_for(lambda: _deployment_exists("training/training"), 120, "the served deployments")
+                wait_for(lambda: _deployment_exists("training/training"), 120, "the served deployments")
                 yield stack
         finally:
             stack.kill_serve()
             mlflow.stop()
             prefect.stop()
-
-
-def _wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"waited {timeout}s for {what}")
 
 
 def _deployment_exists(name: str) -> bool:
@@ -137,7 +127,7 @@ def _flow_run(flow_run_id: Any) -> Any:
 
 
 def _wait_terminal(flow_run_id: Any, timeout: float = 300) -> Any:
-    return _wait_for(
+    return wait_for(
         lambda: (run := _flow_run(flow_run_id)).state and run.state.type.value in TERMINAL and run,
         timeout,
         f"flow run {flow_run_id} to finish",
@@ -189,7 +179,7 @@ def test_served_training_survives_a_killed_server_recovered_by_the_automations(s
     checkpoint_dir = f"{config.checkpoint_root}/{run_key}"
 
     # SIGKILL the serving process (and the flow run process it started) once a mid-fit commit is in S3
-    _wait_for(lambda: _committed_step(checkpoint_dir) >= 6, 240, "a committed checkpoint at step >= 6")
+    wait_for(lambda: _committed_step(checkpoint_dir) >= 6, 240, "a committed checkpoint at step >= 6")
     stack.kill_serve()
     killed_at = _committed_step(checkpoint_dir)
     assert 6 <= killed_at < 30
@@ -198,7 +188,7 @@ def test_served_training_survives_a_killed_server_recovered_by_the_automations(s
 
     # the heartbeats stopped: one automation marks it Crashed (50 s after the last beat, which came at most
     # 30 s before the kill), the other schedules it again at once, and the new serving process runs it
-    final = _wait_for(
+    final = wait_for(
         lambda: (run := _flow_run(flow_run.id)).state.type.value in TERMINAL - {"CRASHED"} and run,
         400,
         f"flow run {flow_run.id} to be recovered",
@@ -446,7 +436,7 @@ def test_a_data_landed_event_retrains_the_served_model_on_its_partition(stack: S
         [automation] = client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
     try:
         emit_data_landed(model_name, partition, source=str(landed / f"date={partition}"))
-        [flow_run] = _wait_for(
+        [flow_run] = wait_for(
             lambda: _triggered_runs(deployment.id, partition), 300, "a retraining run started by the event"
         )
         final = _wait_terminal(flow_run.id)

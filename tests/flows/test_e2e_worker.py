@@ -36,6 +36,7 @@ from tasks.runs import TAG_CRASHED_ATTEMPTS
 from tests.flows.conftest import DIGITS_CSV, REPO
 from tests.prefect_server import PrefectServer, kill_group, spawn
 from tests.services import MlflowServer
+from tests.support import wait_for
 
 # the first test also starts the servers: on a loaded 2-core machine that and the recovery take 7 minutes
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -152,16 +153,6 @@ def _config(bucket: str) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
-def _wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"waited {timeout}s for {what}")
-
-
 def _flow_run(flow_run_id: Any) -> Any:
     from prefect.client.orchestration import get_client
 
@@ -175,7 +166,7 @@ def _state(flow_run_id: Any) -> str:
 
 
 def _wait_state(flow_run_id: Any, states: set[str], timeout: float, what: str) -> Any:
-    return _wait_for(
+    return wait_for(
         lambda: (run := _flow_run(flow_run_id)).state and run.state.type.value in states and run,
         timeout,
         f"flow run {flow_run_id} {what}",
@@ -231,7 +222,7 @@ def _sigkill(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _wait_for(lambda: not any(_alive(pid) for pid in pids), 30, f"processes {pids} to die")
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 30, f"processes {pids} to die")
 
 
 def _alive(pid: int) -> bool:
@@ -253,7 +244,7 @@ def _submit_and_kill_mid_fit(stack: WorkerStack, *, with_worker: bool) -> tuple[
     )
     run_key = f"training-{flow_run.id}-{config_digest(config)}"
     checkpoint_dir = f"{config.checkpoint_root}/{run_key}"
-    _wait_for(lambda: _committed_step(checkpoint_dir) >= 6, 300, "a committed checkpoint at step >= 6")
+    wait_for(lambda: _committed_step(checkpoint_dir) >= 6, 300, "a committed checkpoint at step >= 6")
     if with_worker:
         stack.kill_worker()
     _sigkill(_flow_run_processes(flow_run.id))
