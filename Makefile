@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c constraints.txt $(FIND_LINKS) -e '.[dev]'
+	@# Prefect's local database (the temporary API's, in PREFECT_HOME) is created here rather than by the
+	@# first `make demo`, where its migrations took 10-16 s; a database on a server is left alone.
+	$(BIN)/python -m flows.embedded
 	touch $(STAMP)
 
 # Runs the training flow on the bundled example with embedded defaults: Prefect's temporary local API,

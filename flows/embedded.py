@@ -1,22 +1,30 @@
-"""Embedded runs of the CLI (no ``PREFECT_API_URL``): Prefect's temporary local API started at once, its
+"""Embedded runs of the CLI (no ``PREFECT_API_URL``): Prefect's temporary local API started first thing, its
 start shown as it goes, and no telemetry.
 
-Prefect starts its temporary API (a ``uvicorn`` subprocess over a SQLite file in ``PREFECT_HOME``) at the
-first flow run, with one notice and a 20 s limit that a busy machine exceeds (the first start creates and
-migrates the database: 8-16 s here). :func:`start_temporary_api` starts that same server (Prefect's own
-singleton, which the flow run then reuses) on a background thread right away, so that the CLI's imports
-and its config checks run while the server starts, and :meth:`TemporaryApi.wait` prints the progress
-and allows a longer limit.
+Without an API URL, Prefect starts a temporary API itself at the first flow run (a ``uvicorn`` subprocess
+serving Prefect's server app over the SQLite file in ``PREFECT_HOME``), with one notice and a 20 s limit that
+a busy machine exceeds: the first start creates and migrates the database (10-16 s here), a later one
+imports the server (5-6 s). The CLI starts that same server itself before it imports anything heavy
+(:func:`launch_temporary_api`), so that the server's start overlaps all of the CLI's own imports and
+checks, then hands its address to Prefect as the run's ``PREFECT_API_URL`` (:func:`adopt`), waits for it
+with a progress line and a longer limit (:meth:`TemporaryApi.wait`) and stops it when the process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import socket
+import subprocess
 import sys
-import threading
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from importlib.util import find_spec
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from tasks.config import TrainConfig
@@ -26,6 +34,11 @@ log = logging.getLogger(__name__)
 # The temporary API's start on a busy 2-core machine took up to 40 s; Prefect's own limit is 20 s.
 DEFAULT_START_TIMEOUT_S = 120.0
 _PROGRESS_EVERY_S = 3.0
+_POLL_S = 0.05
+_STOP_WAIT_S = 5.0
+# uvicorn's exit status when its port was taken between choosing it and binding it: start on another
+_PORT_TAKEN_EXIT = 3
+_PORT_ATTEMPTS = 5
 TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 
 # Set (unless the user set them) before Prefect or MLflow is imported: Prefect's SDK telemetry and its
@@ -36,10 +49,13 @@ TELEMETRY_OFF = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 
+# What Prefect sets for its own temporary server: no UI, and the server's ephemeral mode (fewer services)
+_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
 
 def is_embedded(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
-    """Whether a run uses the temporary local API: no ``PREFECT_API_URL`` in the environment (a profile
-    that sets one is seen by :func:`start_temporary_api`, which then starts nothing)."""
+    """Whether a run uses the temporary local API as far as the environment says: no ``PREFECT_API_URL``
+    (a profile or settings file that sets one is seen by :func:`adopt`, which then stops the server)."""
     env = os.environ if environ is None else environ
     return not env.get("PREFECT_API_URL")
 
@@ -69,68 +85,200 @@ def start_timeout() -> float:
     return value
 
 
-class TemporaryApi:
-    """Prefect's temporary API starting on a background thread; :meth:`wait` until it answers."""
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    def __init__(self, timeout: float, server: Any) -> None:
+
+def _uvicorn(port: int) -> subprocess.Popen[bytes]:
+    """Prefect's server app under uvicorn on ``127.0.0.1:port``, as Prefect runs its temporary server (the
+    subprocess reads the same environment, profile and settings files as this process)."""
+    spec = find_spec("prefect")  # located, not imported: importing Prefect costs ~2 s
+    if spec is None or spec.origin is None:
+        raise RuntimeError("Expected the prefect package to be installed (the `pipeline` extra).")
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "uvicorn",
+            "--app-dir", str(Path(spec.origin).parent.parent),
+            "--factory", "prefect.server.api.server:create_app",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "error", "--lifespan", "on",
+        ],
+        env={**os.environ, **_SERVER_ENV},
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _answers(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+class TemporaryApi:
+    """Prefect's temporary local API, its subprocess started at construction; :meth:`wait` until it
+    answers, :meth:`stop` (also at the process's exit) to end it.
+
+    ``launch`` starts the server on a port and ``answers`` probes an API URL (replaced in tests)."""
+
+    def __init__(
+        self,
+        timeout: float,
+        launch: Callable[[int], subprocess.Popen[bytes]] = _uvicorn,
+        answers: Callable[[str], bool] = _answers,
+    ) -> None:
         self.timeout = timeout
         self.started_at = time.monotonic()
         self.ready_after: float | None = None
-        self.error: BaseException | None = None
-        self._server = server
-        self._thread = threading.Thread(target=self._start, name="prefect-temporary-api", daemon=True)
-        self._thread.start()
+        self._launch = launch
+        self._answers = answers
+        self.port = _free_port()
+        self._process: subprocess.Popen[bytes] | None = launch(self.port)
+        atexit.register(self.stop)  # registered before Prefect's own exit handlers, so it runs after them
 
-    def _start(self) -> None:
-        try:
-            self._server.start(timeout=self.timeout)
-            self.ready_after = time.monotonic() - self.started_at
-        except BaseException as exc:  # handed to the caller by wait()
-            self.error = exc
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def answers(self) -> bool:
+        """Whether the API answers now (no waiting)."""
+        return self.ready_after is not None or (self._process is not None and self._answers(self.api_url))
 
     def wait(self, out: TextIO | None = None) -> float:
         """Block until the API answers, printing a progress line to ``out`` (stderr) every few seconds
         while it starts; returns the seconds the start took. Raises ``RuntimeError`` naming the limit and
-        the variable that raises it when the server did not start."""
+        the variable that raises it when the server did not start (and stops what was started)."""
+        if self.ready_after is not None:
+            return self.ready_after
         stream = sys.stderr if out is None else out
-        shown = False
-        while self._thread.is_alive():
-            self._thread.join(_PROGRESS_EVERY_S)
-            if self._thread.is_alive():
-                elapsed = time.monotonic() - self.started_at
+        shown, next_progress, attempts = False, self.started_at + _PROGRESS_EVERY_S, 1
+        while True:
+            now = time.monotonic()
+            process = self._process
+            status = None if process is None else process.poll()
+            if status == _PORT_TAKEN_EXIT and attempts < _PORT_ATTEMPTS:
+                attempts += 1
+                self.port = _free_port()
+                self._process = self._launch(self.port)
+                continue
+            if status is not None or process is None:
+                self._fail(f"the server's process exited with status {status}")
+            if self._answers(self.api_url):
+                break
+            if now - self.started_at > self.timeout:
+                self._fail(f"no answer from {self.api_url}/health")
+            if now >= next_progress:
                 stream.write(
-                    f"Starting Prefect's temporary local API: {elapsed:.0f} s (the first start creates its "
-                    f"database; limit {self.timeout:.0f} s, set {TIMEOUT_VARIABLE} to change it)\n"
+                    f"Starting Prefect's temporary local API: {now - self.started_at:.0f} s (the first start "
+                    f"creates its database; limit {self.timeout:.0f} s, set {TIMEOUT_VARIABLE} to change it)\n"
                 )
                 stream.flush()
-                shown = True
-        if self.error is not None:
-            raise RuntimeError(
-                f"Expected Prefect's temporary local API to start within {self.timeout:.0f} s "
-                f"({TIMEOUT_VARIABLE}), received: {' '.join(str(self.error).split())[:500]} Set "
-                "PREFECT_API_URL to use a running Prefect server instead."
-            ) from self.error
-        assert self.ready_after is not None
+                shown, next_progress = True, now + _PROGRESS_EVERY_S
+            time.sleep(_POLL_S)
+        self.ready_after = time.monotonic() - self.started_at
         if shown:
             stream.write(f"Prefect's temporary local API is up after {self.ready_after:.1f} s.\n")
             stream.flush()
         return self.ready_after
 
+    def _fail(self, why: str) -> None:
+        self.stop()
+        raise RuntimeError(
+            f"Expected Prefect's temporary local API to start within {self.timeout:.0f} s "
+            f"({TIMEOUT_VARIABLE}), received: {why}. Set PREFECT_API_URL to use a running Prefect server "
+            "instead."
+        )
 
-def start_temporary_api() -> TemporaryApi | None:
-    """Start Prefect's temporary API now, on a background thread, when the run will need it (no API URL
-    in Prefect's settings, the temporary server allowed); None otherwise.
+    def stop(self, wait: bool = True) -> None:
+        """End the server (politely, then by force after a few seconds; without waiting for it when
+        ``wait`` is False, as after an input error); nothing when already stopped."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        if not wait:
+            return
+        try:
+            process.wait(_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
-    Prefect is imported here, on the calling thread: two threads importing it at once break its
-    circular imports."""
+
+def settings_allow_temporary_api() -> bool:
+    """Whether Prefect's settings (environment, profile, ``.env``, ``prefect.toml``) leave the run to a
+    temporary API: they name no server and do not turn the temporary server off."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return None
-    from prefect.server.api.server import SubprocessASGIServer
+    return not PREFECT_API_URL.value() and bool(PREFECT_SERVER_EPHEMERAL_ENABLED.value())
 
-    # Prefect's singleton: the flow run's client finds it running and connects to it
-    return TemporaryApi(start_timeout(), SubprocessASGIServer())
+
+def launch_temporary_api() -> TemporaryApi:
+    """Start Prefect's temporary API now, before Prefect (or anything heavy) is imported: the caller
+    decides with :func:`is_embedded` that the environment names no server, and :func:`adopt` checks
+    Prefect's other settings sources later."""
+    return TemporaryApi(start_timeout())
+
+
+def adopt(api: TemporaryApi) -> bool:
+    """Make ``api`` the API of this process's flow runs, unless Prefect's settings (a profile, ``.env``,
+    ``prefect.toml``) name a server or turn the temporary server off: then stop it and return False.
+
+    Its address goes into the environment (seen by Prefect's settings, by threads started later and by
+    child processes) and Prefect's process-wide settings are read again."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import PREFECT_UI_URL
+
+    if not settings_allow_temporary_api():
+        api.stop()
+        return False
+    os.environ["PREFECT_API_URL"] = api.api_url
+    if PREFECT_UI_URL.value() is None:
+        # the temporary server serves no UI and ends with the process: no "View at" links to it (Prefect
+        # shows none for its own temporary server either)
+        os.environ["PREFECT_UI_URL"] = ""
+    refresh_global_settings_context()
+    _ADOPTED.add(api.api_url)
+    return True
+
+
+_ADOPTED: set[str] = set()
+
+
+def is_temporary(api_url: str | None) -> bool:
+    """Whether ``api_url`` is a temporary API this process adopted (it stops when the process ends)."""
+    return api_url in _ADOPTED
+
+
+def prepare_database(out: TextIO | None = None) -> bool:
+    """Create (or bring up to date) the local SQLite database of Prefect's temporary API now, as ``make
+    install`` does, instead of at the first run, where its migrations take 10-16 s of that run on this
+    machine. A database Prefect's settings put elsewhere (a server's PostgreSQL) is left alone. Returns
+    whether it ran; a failure is reported on ``out`` and left to the first run, which tries again."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    stream = sys.stderr if out is None else out
+    url = str(PREFECT_API_DATABASE_CONNECTION_URL.value() or "")
+    if not url.startswith("sqlite"):
+        stream.write(f"Prefect's database is not a local SQLite file ({url.split(':')[0]}): left alone.\n")
+        return False
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+        env={**os.environ, **TELEMETRY_OFF},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        stream.write(
+            "Could not prepare Prefect's local database (the first run will): "
+            f"{' '.join((done.stderr or done.stdout).split())[-300:]}\n"
+        )
+        return False
+    return True
 
 
 def warm_tracking(config: TrainConfig) -> None:
@@ -154,14 +302,21 @@ def warm_tracking(config: TrainConfig) -> None:
         log.debug("Could not open the MLflow store %s ahead of the run: %s", uri, exc)
 
 
-def warm_imports() -> None:
-    """What every embedded command imports anyway, imported while the temporary API starts: the flows,
-    and what the MLflow logger needs at the end of a fit (its model flavor, matplotlib)."""
+def warm_imports(api: TemporaryApi | None = None) -> None:
+    """What every embedded command imports anyway, imported while the temporary API starts: the flows;
+    and, only while the API is still starting (the first start, which creates its database), what the
+    MLflow logger needs at the end of a fit (its model flavor, matplotlib), which the logger otherwise
+    imports beside the first training steps."""
     import flows.training  # noqa: F401
 
+    if api is None or api.answers():
+        return
     try:
         import matplotlib.backends.backend_agg  # noqa: F401
-        import mlflow.pytorch  # noqa: F401
+
+        from lightning_lib.loggers.mlflow import import_pytorch_flavor
+
+        import_pytorch_flavor()
     except ImportError:  # optional: without them the run logs no model or curves, and says so
         pass
 
@@ -171,10 +326,18 @@ __all__ = [
     "TELEMETRY_OFF",
     "TIMEOUT_VARIABLE",
     "TemporaryApi",
+    "adopt",
     "is_embedded",
+    "is_temporary",
+    "launch_temporary_api",
+    "prepare_database",
     "quiet_telemetry",
-    "start_temporary_api",
+    "settings_allow_temporary_api",
     "start_timeout",
     "warm_imports",
     "warm_tracking",
 ]
+
+
+if __name__ == "__main__":  # `python -m flows.embedded`: what `make install` runs (best effort)
+    prepare_database()

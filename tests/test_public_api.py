@@ -240,6 +240,7 @@ EXPORTED = {
         "TAG_RUN_KEY",
         "example_input",
         "git_tags",
+        "import_pytorch_flavor",
         "log_pytorch_model",
         "serving_parts",
     ],

@@ -8,11 +8,13 @@ numbers). ``import lightning_lib`` does not import mlflow; these modules import 
 """
 
 from lightning_lib.loggers.mlflow._context import TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_RUN_KEY, git_tags
+from lightning_lib.loggers.mlflow._flavor import import_pytorch_flavor
 from lightning_lib.loggers.mlflow._logger import MLFlowLogger
 from lightning_lib.loggers.mlflow._model import example_input, log_pytorch_model, serving_parts
 
 # example_input, serving_parts and log_pytorch_model: an application logs the model of a finished run with
-# them when the logger could not (the tracking server was away at the end of the fit).
+# them when the logger could not (the tracking server was away at the end of the fit). import_pytorch_flavor:
+# ``mlflow.pytorch`` without the 3-4 s of pytorch_lightning it imports when that is installed.
 __all__ = [
     "TAG_GIT_COMMIT",
     "TAG_GIT_DIRTY",
@@ -20,6 +22,7 @@ __all__ = [
     "MLFlowLogger",
     "example_input",
     "git_tags",
+    "import_pytorch_flavor",
     "log_pytorch_model",
     "serving_parts",
 ]

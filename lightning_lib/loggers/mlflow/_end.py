@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning_lib.loggers.mlflow._context import TAG_EXCEPTION
+from lightning_lib.loggers.mlflow._flavor import import_pytorch_flavor
 from lightning_lib.loggers.mlflow._params import MAX_TAGS_PER_BATCH, chunks, prepare_tags
 from lightning_lib.loggers.redact import redact_text
 
@@ -67,7 +68,7 @@ def _warm(parts: set[str]) -> None:
             # imports only: a warm-up export would initialise torch's tracing machinery (about a second)
             # but could run beside a torch.compile of the user's training step, and dynamo's state is
             # not thread-safe
-            import mlflow.pytorch  # noqa: F401
+            import_pytorch_flavor()
             from mlflow.models import infer_signature  # noqa: F401
     except Exception as exc:  # only a head start: the end of the fit does the real work and reports
         log.debug("Warming up the end of the fit failed: %s", exc)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lightning_lib.loggers.mlflow._flavor import import_pytorch_flavor
+
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
@@ -141,6 +143,8 @@ def log_pytorch_model(
     first; models that cannot be exported fall back to the pickle format. Returns MLflow's ``ModelInfo``.
     """
     import mlflow
+
+    import_pytorch_flavor()
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
