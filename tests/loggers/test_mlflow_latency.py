@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lightning_lib.loggers.mlflow import _artifacts, _end
+from lightning_lib.loggers.mlflow import _curves, _end
 from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences
 from lightning_lib.loggers.mlflow._worker import DeliveryReport
 
@@ -27,7 +27,7 @@ class _Client:
 def _artifacts_with(
     monkeypatch: pytest.MonkeyPatch, plot: Any, log_model: Any
 ) -> tuple[_Client, DeliveryReport]:
-    monkeypatch.setattr(_artifacts, "plot_metric_curves", plot)
+    monkeypatch.setattr(_curves, "plot_metric_curves", plot)
     client, report = _Client(), DeliveryReport(run_id="r1")
     _end.log_fit_artifacts(
         client,  # type: ignore[arg-type]
@@ -51,7 +51,7 @@ def test_the_curves_are_drawn_on_their_own_thread_from_the_start(monkeypatch: py
         Path(path).write_bytes(b"png")
         return True
 
-    monkeypatch.setattr(_artifacts, "plot_metric_curves", plot)
+    monkeypatch.setattr(_curves, "plot_metric_curves", plot)
     curves = _end.CurvePlot({"train_loss": [(0, 1.0)]})
     both.wait()  # the caller (finalize: delivering the queue meanwhile) is not blocked by the drawing
     path = curves.result()
@@ -106,10 +106,10 @@ def test_warming_up_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real_import = builtins.__import__
 
-    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.startswith("matplotlib"):
-            raise ImportError("no matplotlib here")
+    def no_pillow(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("PIL"):
+            raise ImportError("no Pillow here")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr(builtins, "__import__", no_pillow)
     _end._warm({"model", "curves"})  # logged at debug level, nothing raised

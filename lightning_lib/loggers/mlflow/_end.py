@@ -41,7 +41,7 @@ _WARM_LOCK = threading.Lock()
 
 def warm_end_of_fit(log_model: bool, curves: bool) -> threading.Thread | None:
     """Import, on a background thread, what the end of a fit needs (MLflow's PyTorch flavor for the
-    model, matplotlib for the curves), once per process.
+    model, Pillow and its font for the curves), once per process.
 
     In a fresh process (a CLI run, a deployment's flow-run process) these cost seconds, which would all
     fall after the last training step; started with the run, they overlap the training instead. What is
@@ -61,8 +61,9 @@ def warm_end_of_fit(log_model: bool, curves: bool) -> threading.Thread | None:
 def _warm(parts: set[str]) -> None:
     try:
         if "curves" in parts:
-            import matplotlib.backends.backend_agg
-            import matplotlib.figure  # noqa: F401
+            from lightning_lib.loggers.mlflow._curves import warm_up
+
+            warm_up()
         if "model" in parts:
             # imports only: a warm-up export would initialise torch's tracing machinery (about a second)
             # but could run beside a torch.compile of the user's training step, and dynamo's state is
@@ -315,7 +316,8 @@ def log_fit_artifacts(
     if copy_checkpoints:
         steps.append(("checkpoint copies", copies))
     # the curves before the model: torch.export traces with process-wide state, and one export failed
-    # (falling back to pickle) while matplotlib drew on another thread under heavy load
+    # (falling back to pickle) while the curves were drawn (then with matplotlib) on another thread under
+    # heavy load
     if plot is not None:
         steps.append(("metric curves", curves))
     if log_model is not None:
@@ -340,7 +342,7 @@ def _attempt(report: DeliveryReport, what: str, step: Callable[[], None]) -> Non
 
 class CurvePlot:
     """The metric-curve PNG, drawn on a thread of its own into a temporary folder from the moment it is
-    created: it takes a good part of a second (matplotlib), which overlaps the delivery of the queue
+    created: a few milliseconds per chart (longer on a busy machine), which overlap the delivery of the queue
     (mostly waiting on the server) and the checkpoint references."""
 
     def __init__(self, history: Mapping[str, list[tuple[int, float]]]) -> None:
@@ -355,15 +357,15 @@ class CurvePlot:
         self._thread.start()
 
     def _draw(self, history: Mapping[str, list[tuple[int, float]]]) -> None:
-        from lightning_lib.loggers.mlflow import _artifacts
+        from lightning_lib.loggers.mlflow import _curves
 
         try:
-            self._drawn = _artifacts.plot_metric_curves(history, self.path)
+            self._drawn = _curves.plot_metric_curves(history, self.path)
         except BaseException as exc:  # re-raised on the caller's thread by result()
             self._error = exc
 
     def result(self) -> str | None:
-        """The PNG's path once drawn (None: nothing to plot, or no matplotlib); the drawing's error."""
+        """The PNG's path once drawn (None: nothing to plot, or no Pillow); the drawing's error."""
         self._thread.join()
         if self._error is not None:
             raise self._error

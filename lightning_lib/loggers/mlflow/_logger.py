@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import logging
 import os
@@ -193,7 +194,8 @@ class MLFlowLogger(Logger):
         self._log_system_metrics = log_system_metrics
         self._system_metrics_interval = system_metrics_interval
         self._system_metrics: Any = None  # the running monitor of the current fit (_system)
-        self._client: MlflowClient | None = None
+        self._client: MlflowClient | None = None  # the logger's own (never waits for the run)
+        self._user_client: MlflowClient | None = None  # what ``experiment`` returns
         self._initialized = False
         self._opening: MetricSender | None = None  # the sender while it creates the run (see _start)
         self._run_tags: list[tuple[str, str]] = []
@@ -222,23 +224,28 @@ class MLFlowLogger(Logger):
     # ---- identity ----------------------------------------------------------------------------------
     @property
     def experiment(self) -> MlflowClient:
-        """The ``mlflow.MlflowClient``; the first access finds or creates the experiment and the run."""
+        """The ``mlflow.MlflowClient``; the first access finds or creates the experiment and the run.
+
+        A new run may still be being created by the sender thread when this returns (the Trainer touches
+        ``experiment`` before the first step): any call on the client waits for the run first.
+        """
         if not self._initialized:
-            self._start()
-        self._await_run()
-        assert self._client is not None  # _start sets it or raises
-        return self._client
+            self._start(wait=False)
+        assert self._user_client is not None  # _start sets it or raises
+        return self._user_client
 
     @property
     def run_id(self) -> str | None:
         """The MLflow run id (starting the run if needed)."""
         _ = self.experiment
+        self._await_run()
         return self._run_id
 
     @property
     def experiment_id(self) -> str | None:
         """The MLflow experiment id (creating the experiment if needed)."""
         _ = self.experiment
+        self._await_run()
         return self._experiment_id
 
     @property
@@ -290,6 +297,7 @@ class MLFlowLogger(Logger):
             context = contextvars.copy_context()
             self._opening = self._new_sender(opener=lambda: context.run(self._open_run))
             self._sender = self._opening
+            self._user_client = _run_client(self._tracking_uri, weakref.ref(self))
             self._initialized = True
             return
         try:
@@ -297,6 +305,7 @@ class MLFlowLogger(Logger):
         except BaseException:
             self._client = None
             raise
+        self._user_client = self._client
         self._initialized = True
         sender = self._ensure_sender()
         if self._resumed:
@@ -353,7 +362,7 @@ class MLFlowLogger(Logger):
             opening.wait_open()
         except Exception:
             if opening.open_error is not None and self._sender is opening:
-                self._sender = self._opening = self._client = None
+                self._sender = self._opening = self._client = self._user_client = None
                 self._initialized = False
             raise
         self._opening = None
@@ -567,6 +576,38 @@ class MLFlowLogger(Logger):
 
         self._dataset_thread = threading.Thread(target=describe, name="mlflow-dataset", daemon=True)
         self._dataset_thread.start()
+
+
+def _await_logger_run(ref: weakref.ReferenceType[MLFlowLogger]) -> None:
+    logger = ref()
+    if logger is not None:
+        logger._await_run()
+
+
+def _run_client(tracking_uri: str, logger: weakref.ReferenceType[MLFlowLogger]) -> MlflowClient:
+    """An ``MlflowClient`` whose public attributes wait for ``logger``'s run (being created by its sender
+    thread) before they are used: what a user does with ``experiment`` happens once the run exists."""
+    client = _run_client_class()(tracking_uri)
+    setattr(client, "_lightning_lib_wait", functools.partial(_await_logger_run, logger))  # noqa: B010
+    return client
+
+
+@functools.cache
+def _run_client_class() -> type[MlflowClient]:
+    from mlflow.tracking import MlflowClient
+
+    class _RunClient(MlflowClient):  # type: ignore[misc,unused-ignore]
+        _lightning_lib_wait: Callable[[], None] | None = None
+
+        def __getattribute__(self, name: str) -> Any:
+            if not name.startswith("_"):
+                wait = object.__getattribute__(self, "_lightning_lib_wait")
+                if wait is not None:
+                    wait()  # raises why the run could not be created
+                    self._lightning_lib_wait = None
+            return super().__getattribute__(name)
+
+    return _RunClient
 
 
 def _close_at_exit(ref: weakref.ReferenceType[MLFlowLogger]) -> None:

@@ -221,7 +221,8 @@ class MetricSender:
             self._cond.notify_all()
             if not wait:
                 return True
-            return self._cond.wait_for(lambda: self._flushed(target) or self._abandoned, timeout)
+            self._cond.wait_for(lambda: self._flushed(target) or self._abandoned, timeout)
+            return self._flushed(target)  # not when the thread gave up (or never created the run)
 
     @property
     def healthy(self) -> bool:
