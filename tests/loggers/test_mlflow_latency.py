@@ -113,3 +113,37 @@ def test_warming_up_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(builtins, "__import__", no_pillow)
     _end._warm({"model", "curves"})  # logged at debug level, nothing raised
+
+
+@pytest.mark.parametrize("healthy", [True, False])
+def test_the_end_of_fit_uploads_beside_the_delivery_unless_the_server_was_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, healthy: bool
+) -> None:
+    import torch
+
+    from lightning_lib.loggers import MLFlowLogger
+
+    logger = MLFlowLogger(save_dir=str(tmp_path / "mlruns"))
+    logger.log_graph(torch.nn.Linear(2, 2))  # what the Trainer calls at fit start: a fit's end follows
+    logger.log_metrics({"loss": 1.0}, step=0)
+    run_id = logger.run_id
+    sender = logger._sender
+    assert sender is not None
+    events: list[str] = []
+    real_log_batch = sender._transport.log_batch
+
+    def slow_log_batch(*args: Any) -> None:
+        time.sleep(0.3)  # the server storing the rest of the queue
+        real_log_batch(*args)
+        events.append("queue delivered")
+
+    def artifacts(*args: Any, **kwargs: Any) -> None:
+        events.append("artifacts")
+
+    monkeypatch.setattr(sender._transport, "log_batch", slow_log_batch)
+    monkeypatch.setattr(_end, "log_fit_artifacts", artifacts)
+    sender._healthy = healthy  # False: the last request failed, MLflow's client would retry for minutes
+    logger.finalize("success")
+    assert events == (["artifacts", "queue delivered"] if healthy else ["queue delivered", "artifacts"])
+    run = logger.experiment.get_run(str(run_id))
+    assert run.info.status == "FINISHED" and run.data.metrics == {"loss": 1.0}
