@@ -150,7 +150,7 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     deadline = time.monotonic() + logger._finalize_timeout
     fitted, logger._fitting = logger._fitting, False
     history = logger._history if logger._log_metric_curves and fitted else None
-    plot = CurvePlot(history) if history else None  # the longest step: it starts first
+    plot = CurvePlot(history) if history else None  # drawn from now on, beside all that follows
     metrics_stop: Callable[[float], None] | None = None
     if logger._system_metrics is not None:  # before the status: MLflow refuses metrics of an ended run
         from lightning_lib.loggers.mlflow._system import begin_stop_system_metrics
