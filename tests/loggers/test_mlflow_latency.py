@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lightning_lib.loggers.mlflow import _artifacts, _end
+from lightning_lib.loggers.mlflow import _curves, _end
 from lightning_lib.loggers.mlflow._checkpoints import CheckpointReferences
 from lightning_lib.loggers.mlflow._worker import DeliveryReport
 
@@ -27,7 +27,7 @@ class _Client:
 def _artifacts_with(
     monkeypatch: pytest.MonkeyPatch, plot: Any, log_model: Any
 ) -> tuple[_Client, DeliveryReport]:
-    monkeypatch.setattr(_artifacts, "plot_metric_curves", plot)
+    monkeypatch.setattr(_curves, "plot_metric_curves", plot)
     client, report = _Client(), DeliveryReport(run_id="r1")
     _end.log_fit_artifacts(
         client,  # type: ignore[arg-type]
@@ -51,7 +51,7 @@ def test_the_curves_are_drawn_on_their_own_thread_from_the_start(monkeypatch: py
         Path(path).write_bytes(b"png")
         return True
 
-    monkeypatch.setattr(_artifacts, "plot_metric_curves", plot)
+    monkeypatch.setattr(_curves, "plot_metric_curves", plot)
     curves = _end.CurvePlot({"train_loss": [(0, 1.0)]})
     both.wait()  # the caller (finalize: delivering the queue meanwhile) is not blocked by the drawing
     path = curves.result()
@@ -106,10 +106,44 @@ def test_warming_up_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real_import = builtins.__import__
 
-    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.startswith("matplotlib"):
-            raise ImportError("no matplotlib here")
+    def no_pillow(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("PIL"):
+            raise ImportError("no Pillow here")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr(builtins, "__import__", no_pillow)
     _end._warm({"model", "curves"})  # logged at debug level, nothing raised
+
+
+@pytest.mark.parametrize("healthy", [True, False])
+def test_the_end_of_fit_uploads_beside_the_delivery_unless_the_server_was_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, healthy: bool
+) -> None:
+    import torch
+
+    from lightning_lib.loggers import MLFlowLogger
+
+    logger = MLFlowLogger(save_dir=str(tmp_path / "mlruns"))
+    logger.log_graph(torch.nn.Linear(2, 2))  # what the Trainer calls at fit start: a fit's end follows
+    logger.log_metrics({"loss": 1.0}, step=0)
+    run_id = logger.run_id
+    sender = logger._sender
+    assert sender is not None
+    events: list[str] = []
+    real_log_batch = sender._transport.log_batch
+
+    def slow_log_batch(*args: Any) -> None:
+        time.sleep(0.3)  # the server storing the rest of the queue
+        real_log_batch(*args)
+        events.append("queue delivered")
+
+    def artifacts(*args: Any, **kwargs: Any) -> None:
+        events.append("artifacts")
+
+    monkeypatch.setattr(sender._transport, "log_batch", slow_log_batch)
+    monkeypatch.setattr(_end, "log_fit_artifacts", artifacts)
+    sender._healthy = healthy  # False: the last request failed, MLflow's client would retry for minutes
+    logger.finalize("success")
+    assert events == (["artifacts", "queue delivered"] if healthy else ["queue delivered", "artifacts"])
+    run = logger.experiment.get_run(str(run_id))
+    assert run.info.status == "FINISHED" and run.data.metrics == {"loss": 1.0}

@@ -263,3 +263,67 @@ def test_rest_transport_honours_the_proxy_environment(monkeypatch: pytest.Monkey
     thread.join(10)
     proxy.close()
     assert seen and seen[0].startswith(f"POST {target}/api/2.0/mlflow/runs/log-batch".encode())
+
+
+# ---- the run created by the sender thread; the final status sent last ---------------------------------------
+def test_the_sender_creates_the_run_first_and_sends_nothing_before() -> None:
+    transport = FakeTransport()
+    release = threading.Event()
+    seen: list[int] = []
+
+    def opener() -> str:
+        release.wait(5)
+        seen.append(len(transport.calls))
+        return "r-42"
+
+    sender = MetricSender(transport, None, interval=0.0, retry=FAST_RETRY, opener=opener)
+    sender.add("params", [("lr", "0.1")])
+    sender.add_metrics(records(3))
+    with pytest.raises(TimeoutError, match="still being created"):
+        sender.wait_open(0.05)
+    assert transport.calls == []
+    release.set()
+    assert sender.wait_open(5) == "r-42"
+    assert sender.flush(wait=True, timeout=5)
+    report = sender.close(5)
+    assert seen == [0] and report.ok and report.run_id == "r-42" and report.delivered_metrics == 3
+    assert [kind for kind, _ in transport.calls] == ["params", "metrics"]
+
+
+def test_a_run_that_cannot_be_created_is_raised_to_whoever_waits_and_nothing_is_sent() -> None:
+    transport = FakeTransport()
+
+    def opener() -> str:
+        raise ConnectionError("Expected an MLflow tracking server at http://x, none answered within 1s")
+
+    sender = MetricSender(transport, None, interval=0.0, retry=FAST_RETRY, opener=opener)
+    with pytest.raises(ConnectionError, match="none answered"):
+        sender.wait_open(5)
+    assert isinstance(sender.open_error, ConnectionError)
+    sender.add_metrics(records(2))
+    sender.add("tags", [("a", "b")])
+    assert not sender.flush(wait=True, timeout=5)  # returns at once: nothing will ever be sent
+    report = sender.close(1, final=("status", [("FINISHED", 1)]))
+    assert transport.calls == [] and not report.ok and report.lost_metrics["loss"].count == 2
+    assert any(
+        f.startswith("tags") and "the run was not created: ConnectionError" in f for f in report.failures
+    )
+    assert any(f.startswith("status") for f in report.failures)
+
+
+def test_exactly_one_of_run_id_and_opener() -> None:
+    with pytest.raises(ValueError, match="Expected exactly one of run_id and opener"):
+        MetricSender(FakeTransport(), None)
+    with pytest.raises(ValueError, match="Expected exactly one of run_id and opener"):
+        MetricSender(FakeTransport(), "r", opener=lambda: "r")
+
+
+def test_the_final_operation_of_close_goes_after_everything_queued() -> None:
+    transport = FakeTransport(delay=0.01)
+    sender = MetricSender(transport, "run", interval=60.0, retry=FAST_RETRY)
+    sender.add_metrics(records(2500))
+    sender.add("tags", [("t", "1")])
+    report = sender.close(10, final=("status", [("FINISHED", 7)]))
+    assert report.ok and report.delivered_metrics == 2500
+    assert transport.calls[-1] == ("status", [("FINISHED", 7)])
+    assert [kind for kind, _ in transport.calls].count("status") == 1

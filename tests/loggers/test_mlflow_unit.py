@@ -273,3 +273,69 @@ def test_an_absent_server_fails_fast_and_clearly() -> None:
         _ = logger.run_id
     assert time.monotonic() - start < 10 and "pw-123456" not in str(info.value)
     assert MLFlowLogger(tracking_uri="file:/tmp/mlruns").save_dir == "/tmp/mlruns"
+
+
+# ---- a new run is created by the sender thread (issue 13) --------------------------------------------------
+def test_a_new_run_is_created_beside_training_and_the_client_waits_for_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextvars
+    import threading
+
+    from mlflow import MlflowClient
+
+    from lightning_lib.utilities.orchestration import (
+        Orchestrator,
+        register_orchestrator,
+        unregister_orchestrator,
+    )
+
+    gate = threading.Event()
+    created_on: list[str] = []
+    real_create = MlflowClient.create_run
+
+    def slow_create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        created_on.append(threading.current_thread().name)
+        gate.wait(10)
+        return real_create(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "create_run", slow_create)
+    flow_run: contextvars.ContextVar[str] = contextvars.ContextVar("flow_run", default="none")
+    flow_run.set("run-7")  # an orchestrator's run context: read on the sender thread as on the caller's
+    register_orchestrator(Orchestrator("test-scheduler", run_tags=lambda: {"scheduler.run": flow_run.get()}))
+    try:
+        logger = MLFlowLogger(save_dir=str(tmp_path / "mlruns"), log_metric_curves=False)
+        client = logger.experiment  # what the Trainer touches before the first step: it does not wait
+        logger.log_hyperparams({"lr": 0.1})
+        logger.log_metrics({"loss": 1.5}, step=0)
+        assert logger._run_id is None and isinstance(client, MlflowClient)
+        threading.Timer(0.2, gate.set).start()
+        assert client.get_experiment_by_name("lightning_logs") is not None  # waited for the run
+        assert logger._run_id is not None and logger.version == logger.run_id == logger._run_id
+        logger.finalize("success")
+    finally:
+        unregister_orchestrator("test-scheduler")
+    assert created_on and created_on[0].startswith("mlflow-sender")
+    run = client.get_run(str(logger.run_id))
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+    assert run.data.metrics == {"loss": 1.5} and run.data.tags["scheduler.run"] == "run-7"
+    assert logger.delivery_report is not None and logger.delivery_report.ok
+
+
+def test_a_run_that_could_not_be_created_fails_the_next_log_call_and_finalize() -> None:
+    from tests.services import free_port
+
+    # the reachability check retries after 0.5 s and 1 s: with 2 s it gives up after about 1.5 s
+    logger = MLFlowLogger(tracking_uri=f"http://127.0.0.1:{free_port()}", startup_timeout=2)
+    logger.log_metrics({"loss": 1.0}, step=0)  # queued: the run is being created
+    sender = logger._sender
+    assert sender is not None
+    with pytest.raises(ConnectionError, match="none answered within 2s"):
+        sender.wait_open(30)
+    with pytest.raises(ConnectionError, match="none answered within 2s"):
+        logger.log_metrics({"loss": 0.5}, step=1)
+    assert logger._sender is None and not logger._initialized  # the next use starts over
+    logger.log_metrics({"loss": 0.2}, step=2)
+    assert logger._sender is not None and logger._sender is not sender
+    with pytest.raises(ConnectionError, match="none answered within 2s"):
+        logger.finalize("success")  # waits for the new attempt, which fails the same way

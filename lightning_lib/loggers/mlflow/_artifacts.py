@@ -28,7 +28,6 @@ from lightning_lib.loggers.redact import redact_mapping, redact_text
 log = logging.getLogger(__name__)
 
 MAX_DIGEST_LENGTH = 36  # MLflow's limit for a dataset digest
-_MAX_PLOTTED_METRICS = 24
 
 
 def source_type_of(source: str) -> str:
@@ -117,40 +116,6 @@ def dataset_spec(dataset: Any, default_name: str = "train") -> DatasetSpec | Non
             {"num_rows": len(dataset)},
         )
     return None
-
-
-def plot_metric_curves(history: Mapping[str, list[tuple[int, float]]], path: str) -> bool:
-    """Draw one small chart per metric (value against step) into a PNG at ``path``; False if impossible.
-
-    Uses matplotlib's object API with the Agg canvas, never ``pyplot``, so the user's backend and open
-    figures are left alone.
-    """
-    keys = sorted(k for k, points in history.items() if points and k != "epoch")[:_MAX_PLOTTED_METRICS]
-    if not keys:
-        return False
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        log.info("matplotlib is not installed: no metric-curve PNG.")
-        return False
-    cols = min(3, len(keys))
-    rows = (len(keys) + cols - 1) // cols
-    # fixed margins: matplotlib's constrained layout measures every text first and costs about as much
-    # again as drawing the charts
-    figure = Figure(figsize=(4.5 * cols, 3.0 * rows), dpi=100)
-    figure.subplots_adjust(left=0.08, right=0.97, bottom=0.1, top=0.92, wspace=0.3, hspace=0.55)
-    FigureCanvasAgg(figure)
-    for index, key in enumerate(keys):
-        axes = figure.add_subplot(rows, cols, index + 1)
-        steps, values = zip(*history[key])
-        axes.plot(steps, values, marker="." if len(steps) < 50 else None, linewidth=1.2)
-        axes.set_title(key, fontsize=9)
-        axes.set_xlabel("step", fontsize=8)
-        axes.tick_params(labelsize=7)
-        axes.grid(True, alpha=0.3)
-    figure.savefig(path)
-    return True
 
 
 def detached_copy(module: torch.nn.Module, weights: Mapping[str, Any] | None = None) -> torch.nn.Module:

@@ -42,7 +42,7 @@ _WARM_LOCK = threading.Lock()
 
 def warm_end_of_fit(log_model: bool, curves: bool) -> threading.Thread | None:
     """Import, on a background thread, what the end of a fit needs (MLflow's PyTorch flavor for the
-    model, matplotlib for the curves), once per process.
+    model, Pillow and its font for the curves), once per process.
 
     In a fresh process (a CLI run, a deployment's flow-run process) these cost seconds, which would all
     fall after the last training step; started with the run, they overlap the training instead. What is
@@ -62,8 +62,9 @@ def warm_end_of_fit(log_model: bool, curves: bool) -> threading.Thread | None:
 def _warm(parts: set[str]) -> None:
     try:
         if "curves" in parts:
-            import matplotlib.backends.backend_agg
-            import matplotlib.figure  # noqa: F401
+            from lightning_lib.loggers.mlflow._curves import warm_up
+
+            warm_up()
         if "model" in parts:
             # imports only: a warm-up export would initialise torch's tracing machinery (about a second)
             # but could run beside a torch.compile of the user's training step, and dynamo's state is
@@ -132,57 +133,114 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     """End the run: deliver the queue, record checkpoints, model and curves, set the final status.
 
     Waits at most ``finalize_timeout`` for the queue; what did not arrive is reported (a warning and
-    :attr:`delivery_report`). Never raises because MLflow is unreachable.
+    :attr:`delivery_report`). Never raises because MLflow is unreachable once the run exists; raises what
+    kept the run from being created (the sender thread creates a new run, see ``MLFlowLogger._start``).
+
+    Everything is done before it returns (the pipeline registers the model right after ``fit``), but the
+    parts overlap: the curve PNG is drawn from the start, the system metrics monitor stops on its own
+    thread, and while the server stores the rest of the queue the checkpoint references and the curves
+    are uploaded (when the last request succeeded; otherwise only once the queue is through, so that an
+    absent server costs one deadline, not MLflow's client retries). The model is exported once the
+    curves are done, and the status goes last, in the sender's last pass.
     """
     if not logger._initialized or logger._sender is None:
         return
+    logger._await_run()
     mlflow_status = final_status(logger, status)
-    if logger._system_metrics is not None:  # before the status: MLflow refuses metrics of an ended run
-        from lightning_lib.loggers.mlflow._system import stop_system_metrics
-
-        stop_system_metrics(logger._system_metrics, timeout=min(5.0, logger._finalize_timeout))
-        logger._system_metrics = None
     sender = logger._sender
     deadline = time.monotonic() + logger._finalize_timeout
+    fitted, logger._fitting = logger._fitting, False
+    history = logger._history if logger._log_metric_curves and fitted else None
+    plot = CurvePlot(history) if history else None  # drawn from now on, beside all that follows
+    metrics_stop: Callable[[float], None] | None = None
+    if logger._system_metrics is not None:  # before the status: MLflow refuses metrics of an ended run
+        from lightning_lib.loggers.mlflow._system import begin_stop_system_metrics
+
+        metrics_stop = begin_stop_system_metrics(logger._system_metrics)
+        logger._system_metrics = None
     if logger._dataset_thread is not None:
         logger._dataset_thread.join(max(0.0, deadline - time.monotonic()))
-    fitted, logger._fitting = logger._fitting, False
     logger._recorded = None  # the replay of the continued run ends with this fit
     if logger._log_model and fitted:
         _record_checkpoints(logger)
-    history = logger._history if logger._log_metric_curves and fitted else None
-    # drawn while the queue is delivered (the flush mostly waits on the server)
-    plot = CurvePlot(history) if history else None
+    sender.flush()  # under way while the artifacts below are uploaded
+    artifacts = None
+    if fitted:
+        artifacts = _FitArtifacts(logger, sender.report, history, plot)
+        if sender.healthy:
+            artifacts.start()
     try:
         delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
-        if delivered and fitted:  # validate/test/predict end here too; only fit leaves curves, model
-            log_fit_artifacts(
-                logger.experiment,
-                str(logger._run_id),
-                sender.report,
-                references=logger._references,
-                copy_checkpoints=logger._copy_checkpoints,
-                history=history,
-                log_model=(lambda: _log_final_model(logger))
-                if logger._log_model and mlflow_status == "FINISHED"
-                else None,
-                plot=plot,
-            )
-        elif not delivered:
-            sender.report.failures.append(
-                "artifacts (checkpoint references, curves, model): server unreachable"
-            )
+        if artifacts is not None:
+            if artifacts.started:
+                artifacts.join(max(0.0, deadline - time.monotonic()))
+            elif delivered:
+                artifacts.run()
+            else:
+                sender.report.failures.append(
+                    "artifacts (checkpoint references, curves, model): server unreachable"
+                )
+            if delivered and logger._log_model and mlflow_status == "FINISHED":
+                _attempt(sender.report, "model", lambda: _log_final_model(logger))
     finally:
         if plot is not None:
             plot.close()
-    sender.add("status", [(mlflow_status, int(time.time() * 1000))])
-    report = sender.close(max(0.0, deadline - time.monotonic()))
+    if metrics_stop is not None:
+        metrics_stop(min(5.0, logger._finalize_timeout))
+    report = sender.close(
+        max(0.0, deadline - time.monotonic()), final=("status", [(mlflow_status, int(time.time() * 1000))])
+    )
     logger._sender = None
     logger._terminated = True
     logger._exception_status = None
     logger.delivery_report = report
     if not report.ok:
         log.warning(report.summary())
+
+
+class _FitArtifacts:
+    """The uploads of a fit's end that do not need the queue delivered first (checkpoint references,
+    copies, the curves), run on a thread beside the delivery, or on the caller's when the server was
+    away (MLflow's client would retry each for minutes)."""
+
+    def __init__(
+        self,
+        logger: MLFlowLogger,
+        report: DeliveryReport,
+        history: Mapping[str, list[tuple[int, float]]] | None,
+        plot: CurvePlot | None,
+    ) -> None:
+        self._logger, self._report, self._history, self._plot = logger, report, history, plot
+        self._thread: threading.Thread | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="mlflow-fit-artifacts", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        logger = self._logger
+        log_fit_artifacts(
+            logger.experiment,
+            str(logger._run_id),
+            self._report,
+            references=logger._references,
+            copy_checkpoints=logger._copy_checkpoints,
+            history=self._history,
+            log_model=None,
+            plot=self._plot,
+        )
+
+    def join(self, timeout: float) -> None:
+        assert self._thread is not None
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._report.failures.append(
+                "artifacts (checkpoint references, curves): no answer before the deadline"
+            )
 
 
 def _log_final_model(logger: MLFlowLogger) -> None:
@@ -252,14 +310,6 @@ def log_fit_artifacts(
         if path is not None:
             client.log_artifact(run_id, path, "plots")
 
-    def attempt(what: str, step: Callable[[], None]) -> None:
-        try:
-            step()
-        except Exception as exc:
-            message = redact_text(f"{type(exc).__name__}: {exc}")[:500]
-            log.warning("Could not log the %s to MLflow: %s", what, message)
-            report.failures.append(f"{what}: {message}")
-
     steps: list[tuple[str, Callable[[], None]]] = []
     if references.records:
         steps.append(("checkpoint references", lambda: client.log_text(
@@ -267,22 +317,33 @@ def log_fit_artifacts(
     if copy_checkpoints:
         steps.append(("checkpoint copies", copies))
     # the curves before the model: torch.export traces with process-wide state, and one export failed
-    # (falling back to pickle) while matplotlib drew on another thread under heavy load
+    # (falling back to pickle) while the curves were drawn (then with matplotlib) on another thread under
+    # heavy load
     if plot is not None:
         steps.append(("metric curves", curves))
     if log_model is not None:
         steps.append(("model", log_model))
     try:
         for what, step in steps:
-            attempt(what, step)
+            _attempt(report, what, step)
     finally:
         if own_plot and plot is not None:
             plot.close()
 
 
+def _attempt(report: DeliveryReport, what: str, step: Callable[[], None]) -> None:
+    """Run one end-of-fit step; a failure is logged and reported, never raised."""
+    try:
+        step()
+    except Exception as exc:
+        message = redact_text(f"{type(exc).__name__}: {exc}")[:500]
+        log.warning("Could not log the %s to MLflow: %s", what, message)
+        report.failures.append(f"{what}: {message}")
+
+
 class CurvePlot:
     """The metric-curve PNG, drawn on a thread of its own into a temporary folder from the moment it is
-    created: it takes a good part of a second (matplotlib), which overlaps the delivery of the queue
+    created: a few milliseconds per chart (longer on a busy machine), which overlap the delivery of the queue
     (mostly waiting on the server) and the checkpoint references."""
 
     def __init__(self, history: Mapping[str, list[tuple[int, float]]]) -> None:
@@ -297,15 +358,15 @@ class CurvePlot:
         self._thread.start()
 
     def _draw(self, history: Mapping[str, list[tuple[int, float]]]) -> None:
-        from lightning_lib.loggers.mlflow import _artifacts
+        from lightning_lib.loggers.mlflow import _curves
 
         try:
-            self._drawn = _artifacts.plot_metric_curves(history, self.path)
+            self._drawn = _curves.plot_metric_curves(history, self.path)
         except BaseException as exc:  # re-raised on the caller's thread by result()
             self._error = exc
 
     def result(self) -> str | None:
-        """The PNG's path once drawn (None: nothing to plot, or no matplotlib); the drawing's error."""
+        """The PNG's path once drawn (None: nothing to plot, or no Pillow); the drawing's error."""
         self._thread.join()
         if self._error is not None:
             raise self._error

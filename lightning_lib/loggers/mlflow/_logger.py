@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
+import functools
 import importlib.util
 import logging
 import os
@@ -33,7 +35,7 @@ import time
 import warnings
 import weakref
 from argparse import Namespace
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_lib.loggers.logger import Logger, _convert_params, _flatten_dict, _sanitize_params
@@ -192,8 +194,11 @@ class MLFlowLogger(Logger):
         self._log_system_metrics = log_system_metrics
         self._system_metrics_interval = system_metrics_interval
         self._system_metrics: Any = None  # the running monitor of the current fit (_system)
-        self._client: MlflowClient | None = None
+        self._client: MlflowClient | None = None  # the logger's own (never waits for the run)
+        self._user_client: MlflowClient | None = None  # what ``experiment`` returns
         self._initialized = False
+        self._opening: MetricSender | None = None  # the sender while it creates the run (see _start)
+        self._run_tags: list[tuple[str, str]] = []
         self._resumed = False
         self._sender: MetricSender | None = None
         self._terminated = False
@@ -219,22 +224,28 @@ class MLFlowLogger(Logger):
     # ---- identity ----------------------------------------------------------------------------------
     @property
     def experiment(self) -> MlflowClient:
-        """The ``mlflow.MlflowClient``; the first access finds or creates the experiment and the run."""
+        """The ``mlflow.MlflowClient``; the first access finds or creates the experiment and the run.
+
+        A new run may still be being created by the sender thread when this returns (the Trainer touches
+        ``experiment`` before the first step): any call on the client waits for the run first.
+        """
         if not self._initialized:
-            self._start()
-        assert self._client is not None  # _start sets it or raises
-        return self._client
+            self._start(wait=False)
+        assert self._user_client is not None  # _start sets it or raises
+        return self._user_client
 
     @property
     def run_id(self) -> str | None:
         """The MLflow run id (starting the run if needed)."""
         _ = self.experiment
+        self._await_run()
         return self._run_id
 
     @property
     def experiment_id(self) -> str | None:
         """The MLflow experiment id (creating the experiment if needed)."""
         _ = self.experiment
+        self._await_run()
         return self._experiment_id
 
     @property
@@ -264,21 +275,59 @@ class MLFlowLogger(Logger):
         """The run key this logger finds its run by, if any."""
         return self._run_key
 
-    def _start(self) -> None:
+    def _start(self, wait: bool = True) -> None:
+        """Find or create the experiment and the run; with ``wait=False`` a new run (no ``run_id`` or
+        ``run_key`` to look up) is created by the sender thread while training starts.
+
+        Lightning's logger creates the run before the first step, costing a few round trips (reachability,
+        experiment, run) that the training waits for. Logging calls only queue, so they need no run id
+        yet; what does (``run_id``, ``version``, ``experiment``, a checkpoint folder named by the run)
+        waits for it, and an error creating it is raised there, by the next ``log_metrics`` or by
+        ``finalize``. A run that may be continued is looked up before training: whether it exists decides
+        which values the fit sends again.
+        """
         from mlflow.tracking import MlflowClient
 
         if self._local_dir is not None:
             os.makedirs(self._local_dir, exist_ok=True)
+        self._client = MlflowClient(self._tracking_uri)
+        _end.warm_end_of_fit(bool(self._log_model), self._log_metric_curves)
+        if not wait and self._run_id is None and not self._run_key:
+            # the orchestrator's run tags come from the caller's context (context variables)
+            context = contextvars.copy_context()
+            self._opening = self._new_sender(opener=lambda: context.run(self._open_run))
+            self._sender = self._opening
+            self._user_client = _run_client(self._tracking_uri, weakref.ref(self))
+            self._initialized = True
+            return
+        try:
+            resumed_status = self._open_run()
+        except BaseException:
+            self._client = None
+            raise
+        self._user_client = self._client
+        self._initialized = True
+        sender = self._ensure_sender()
+        if self._resumed:
+            if resumed_status != "RUNNING":
+                sender.add("status", [("RUNNING", None)])
+            for chunk in chunks(self._run_tags, MAX_TAGS_PER_BATCH):
+                sender.add("tags", chunk)
+
+    def _open_run(self) -> str:
+        """Find the experiment and the run, creating what is missing; return the run id (a new run) or the
+        continued run's status. Runs on the caller's thread or, for a new run, on the sender's."""
+        client = self._client
+        assert client is not None
         if self._tracking_uri.startswith(("http://", "https://")):
             wait_until_reachable(self._tracking_uri, self._startup_timeout)
-        client = MlflowClient(self._tracking_uri)
         tags = dict(environment_tags(self._git_path))
         tags.update(self.tags or {})
         if self._run_key:
             tags[TAG_RUN_KEY] = self._run_key
         if self._run_name:
             tags["mlflow.runName"] = self._run_name
-        clean_tags = prepare_tags(tags)
+        self._run_tags = clean_tags = prepare_tags(tags)
         run = None
         if self._run_id is not None:
             run = client.get_run(self._run_id)
@@ -294,39 +343,50 @@ class MLFlowLogger(Logger):
                 run = find_run_by_key(client, self._experiment_id, self._run_key)
         if run is None:
             run = client.create_run(self._experiment_id, tags=dict(clean_tags), run_name=self._run_name)
-        else:
-            self._resumed = True
-            self._logged_params = dict(run.data.params)
-            self._recorded = recorded_steps(run) or None
-            self._recorded_upto = max(self._recorded.values(), default=-1) if self._recorded else -1
-            log.info("Continuing MLflow run %s (run_key=%s).", run.info.run_id, self._run_key)
+            self._run_id = run.info.run_id
+            return str(run.info.run_id)
+        self._resumed = True
+        self._logged_params = dict(run.data.params)
+        self._recorded = recorded_steps(run) or None
+        self._recorded_upto = max(self._recorded.values(), default=-1) if self._recorded else -1
+        log.info("Continuing MLflow run %s (run_key=%s).", run.info.run_id, self._run_key)
         self._run_id = run.info.run_id
-        self._client = client
-        self._initialized = True
-        _end.warm_end_of_fit(bool(self._log_model), self._log_metric_curves)
-        sender = self._ensure_sender()
-        if self._resumed:
-            if run.info.status != "RUNNING":
-                sender.add("status", [("RUNNING", None)])
-            for chunk in chunks(clean_tags, MAX_TAGS_PER_BATCH):
-                sender.add("tags", chunk)
+        return str(run.info.status)
+
+    def _await_run(self) -> None:
+        """Wait for the run the sender thread is creating; raise (and start over next time) if it failed."""
+        opening = self._opening
+        if opening is None:
+            return
+        try:
+            opening.wait_open()
+        except Exception:
+            if opening.open_error is not None and self._sender is opening:
+                self._sender = self._opening = self._client = self._user_client = None
+                self._initialized = False
+            raise
+        self._opening = None
 
     def _ensure_sender(self) -> MetricSender:
         if not self._initialized:
-            self._start()  # creates the sender
+            self._start(wait=False)  # creates the sender
         if self._sender is None:
-            assert self._run_id is not None
-            self._sender = MetricSender(
-                self._transport(),
-                self._run_id,
-                max_buffer=self._max_buffered,
-                interval=self._flush_interval,
-                retry=self._retry,
-            )
+            self._sender = self._new_sender()
             if self._terminated:  # logging again after finalize (e.g. trainer.test after fit)
                 self._sender.add("status", [("RUNNING", None)])
                 self._terminated = False
         return self._sender
+
+    def _new_sender(self, opener: Callable[[], str] | None = None) -> MetricSender:
+        assert opener is not None or self._run_id is not None
+        return MetricSender(
+            self._transport(),
+            None if opener is not None else self._run_id,
+            max_buffer=self._max_buffered,
+            interval=self._flush_interval,
+            retry=self._retry,
+            opener=opener,
+        )
 
     def _transport(self) -> Transport:
         from lightning_lib.loggers.mlflow._transport import ClientTransport, RestTransport
@@ -335,7 +395,8 @@ class MLFlowLogger(Logger):
         get_host_creds = getattr(store, "get_host_creds", None)
         if self._tracking_uri.startswith(("http://", "https://")) and callable(get_host_creds):
             return RestTransport(get_host_creds, self._request_timeout)
-        return ClientTransport(self.experiment)
+        assert self._client is not None
+        return ClientTransport(self._client)
 
     # ---- logging -----------------------------------------------------------------------------------
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
@@ -369,6 +430,8 @@ class MLFlowLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Queue ``metrics`` at ``step`` (``0`` when None, as in Lightning); returns at once."""
         sender = self._sender or self._ensure_sender()
+        if sender.open_error is not None:
+            self._await_run()  # raises why the run could not be created
         timestamp = int(time.time() * 1000)
         step = step or 0
         names = self._names
@@ -513,6 +576,38 @@ class MLFlowLogger(Logger):
 
         self._dataset_thread = threading.Thread(target=describe, name="mlflow-dataset", daemon=True)
         self._dataset_thread.start()
+
+
+def _await_logger_run(ref: weakref.ReferenceType[MLFlowLogger]) -> None:
+    logger = ref()
+    if logger is not None:
+        logger._await_run()
+
+
+def _run_client(tracking_uri: str, logger: weakref.ReferenceType[MLFlowLogger]) -> MlflowClient:
+    """An ``MlflowClient`` whose public attributes wait for ``logger``'s run (being created by its sender
+    thread) before they are used: what a user does with ``experiment`` happens once the run exists."""
+    client = _run_client_class()(tracking_uri)
+    setattr(client, "_lightning_lib_wait", functools.partial(_await_logger_run, logger))  # noqa: B010
+    return client
+
+
+@functools.cache
+def _run_client_class() -> type[MlflowClient]:
+    from mlflow.tracking import MlflowClient
+
+    class _RunClient(MlflowClient):  # type: ignore[misc,unused-ignore]
+        _lightning_lib_wait: Callable[[], None] | None = None
+
+        def __getattribute__(self, name: str) -> Any:
+            if not name.startswith("_"):
+                wait = object.__getattribute__(self, "_lightning_lib_wait")
+                if wait is not None:
+                    wait()  # raises why the run could not be created
+                    self._lightning_lib_wait = None
+            return super().__getattribute__(name)
+
+    return _RunClient
 
 
 def _close_at_exit(ref: weakref.ReferenceType[MLFlowLogger]) -> None:

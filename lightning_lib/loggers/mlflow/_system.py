@@ -11,8 +11,10 @@ so stopping publishes what was sampled so far: the tab is never empty for a fit 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("lightning_lib.loggers.mlflow._logger")
@@ -68,10 +70,21 @@ def stop_system_metrics(handle: Any, timeout: float) -> None:
     away that takes minutes. The logger's ``finalize`` must not wait on it (it never blocks on MLflow), so
     the stop runs on a daemon thread and is given ``timeout`` seconds; past that, the last samples are
     left to it and a warning says so."""
+    begin_stop_system_metrics(handle)(timeout)
+
+
+def begin_stop_system_metrics(handle: Any) -> Callable[[float], None]:
+    """Start stopping on a daemon thread; return the function that waits (at most its argument, in
+    seconds) for the stop to be done, warning when it is not: the end of a fit overlaps the stop (a
+    request or two of MLflow's monitor) with its other work."""
     if handle is None:
-        return
+        return lambda timeout: None
     thread = threading.Thread(target=_stop, args=(handle,), name="mlflow-system-metrics-stop", daemon=True)
     thread.start()
+    return functools.partial(_wait_stopped, thread)
+
+
+def _wait_stopped(thread: threading.Thread, timeout: float) -> None:
     thread.join(timeout)
     if thread.is_alive():
         log.warning(
@@ -94,4 +107,4 @@ def _stop(handle: Any) -> None:
         log.warning("Could not log the last system metrics: %s: %s", type(exc).__name__, exc)
 
 
-__all__ = ["start_system_metrics", "stop_system_metrics"]
+__all__ = ["begin_stop_system_metrics", "start_system_metrics", "stop_system_metrics"]

@@ -10,6 +10,11 @@ backoff and jitter; while the server is away values keep queueing up to ``max_bu
 oldest are dropped (and counted). A request the server refuses (4xx) is split in halves until the bad
 value is isolated, so one bad name costs one value, not a thousand. ``close`` gives the sender a
 deadline and returns a :class:`DeliveryReport` of everything that did not arrive, with numbers.
+
+The run itself may be created by the sender thread (``opener``): its requests then overlap the first
+training steps instead of preceding them, and whoever needs the run id waits for it (:meth:`wait_open`).
+``close`` may carry one last operation (the run's final status), sent after everything else queued in the
+same pass of the thread, without a round trip through the caller.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,13 +123,20 @@ class MetricSender:
     def __init__(
         self,
         transport: Transport,
-        run_id: str,
+        run_id: str | None,
         *,
         max_buffer: int = 100_000,
         interval: float = 1.0,
         batch_size: int = MAX_METRICS_PER_BATCH,
         retry: RetryPolicy | None = None,
+        opener: Callable[[], str] | None = None,
     ) -> None:
+        """``run_id`` is the run to deliver to; with ``opener`` (and ``run_id=None``) the thread first calls
+        ``opener()`` to create the run and uses the id it returns. Nothing is sent before that."""
+        if (run_id is None) == (opener is None):
+            raise ValueError(
+                f"Expected exactly one of run_id and opener, received run_id={run_id!r} and opener={opener!r}."
+            )
         if max_buffer < 1:
             raise ValueError(f"Expected max_buffer >= 1, received {max_buffer}.")
         self._transport = transport
@@ -148,8 +160,15 @@ class MetricSender:
         self._deadline: float | None = None
         self._abandoned = False
         self._healthy = True
-        self.report = DeliveryReport(run_id)
-        self._thread = threading.Thread(target=self._loop, name=f"mlflow-sender-{run_id[:8]}", daemon=True)
+        self._final: _Work | None = None  # sent by close after everything else
+        self._opener = opener
+        self._opened = threading.Event()
+        if opener is None:
+            self._opened.set()
+        self.open_error: BaseException | None = None  # why opener() failed; the thread has ended then
+        self.report = DeliveryReport(run_id or "")
+        name = f"mlflow-sender-{run_id[:8]}" if run_id else "mlflow-sender"
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     # ---- the training thread's side ------------------------------------------------------------------
@@ -202,16 +221,33 @@ class MetricSender:
             self._cond.notify_all()
             if not wait:
                 return True
-            return self._cond.wait_for(lambda: self._flushed(target) or self._abandoned, timeout)
+            self._cond.wait_for(lambda: self._flushed(target) or self._abandoned, timeout)
+            return self._flushed(target)  # not when the thread gave up (or never created the run)
 
     @property
     def healthy(self) -> bool:
         """False while the last request failed and nothing has succeeded since."""
         return self._healthy
 
-    def close(self, timeout: float) -> DeliveryReport:
-        """Deliver what is queued within ``timeout`` seconds, stop the thread, return the report."""
+    def wait_open(self, timeout: float | None = None) -> str:
+        """The run id, once the run exists: ``opener``'s result (waiting for it) or the one given.
+
+        Raises what ``opener`` raised, or ``TimeoutError`` when ``timeout`` passes first."""
+        if not self._opened.wait(timeout):
+            raise TimeoutError(f"Expected the MLflow run within {timeout}s, it is still being created.")
+        if self.open_error is not None:
+            raise self.open_error
+        assert self._run_id is not None  # set before _opened without an error
+        return self._run_id
+
+    def close(self, timeout: float, final: tuple[str, Sequence[Any]] | None = None) -> DeliveryReport:
+        """Deliver what is queued within ``timeout`` seconds, stop the thread, return the report.
+
+        ``final`` (``("status", [(status, end_time)])``) is sent last, once everything else is delivered
+        (or given up) in this same pass."""
         with self._cond:
+            if final is not None:
+                self._final = (final[0], list(final[1]))
             self._closing = True
             self._deadline = time.monotonic() + max(0.0, timeout)
             self._cond.notify_all()
@@ -223,8 +259,9 @@ class MetricSender:
                     self._give_up(self._inflight, "no answer before the deadline")
                 self._give_up_pending("no answer before the deadline")
                 self._cond.notify_all()
-            elif self._metrics:  # logged by another thread while this one was closing
-                self._give_up_pending("logged while the sender was closing")
+            elif self._metrics or self._ops or self._final is not None:
+                # logged by another thread while this one was closing, or the run was never created
+                self._give_up_pending(self._stopped_reason("logged while the sender was closing"))
         return self.report
 
     # ---- the sender thread -------------------------------------------------------------------------
@@ -235,10 +272,20 @@ class MetricSender:
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
+    def _stopped_reason(self, default: str) -> str:
+        if self.open_error is None:
+            return default
+        return "the run was not created: " + redact_text(
+            f"{type(self.open_error).__name__}: {self.open_error}"
+        )
+
     def _next_work(self) -> _Work | None:
         if self._ops:
             return self._ops.popleft()
         if not self._metrics:
+            if self._closing and self._final is not None and self._inflight is None:
+                work, self._final = self._final, None
+                return work
             return None
         if self._oldest is None:  # appended without the lock just as the queue was emptied
             self._oldest = time.monotonic()
@@ -261,7 +308,28 @@ class MetricSender:
             return max(self._interval, 0.1)
         return max(0.0, self._oldest + self._interval - time.monotonic())
 
+    def _open(self) -> bool:
+        """Create the run with ``opener``; False (the thread stops, callers get the error) if it failed."""
+        assert self._opener is not None
+        try:
+            run_id = self._opener()
+        except BaseException as exc:  # re-raised to whoever waits for the run (wait_open)
+            with self._cond:
+                self.open_error = exc
+                self.report.last_error = redact_text(f"{type(exc).__name__}: {exc}")[:500]
+                self._abandoned = True  # flush(wait=True) returns False at once from now on
+                self._opened.set()
+                self._cond.notify_all()
+            return False
+        with self._cond:
+            self._run_id = run_id
+            self.report.run_id = run_id
+            self._opened.set()
+        return True
+
     def _loop(self) -> None:
+        if self._opener is not None and not self._open():
+            return
         while True:
             with self._cond:
                 while True:
@@ -291,6 +359,7 @@ class MetricSender:
     def _send(self, work: _Work) -> None:
         kind, items = work
         run_id = self._run_id
+        assert run_id is not None  # nothing is taken off the queue before the run exists
         if kind == "metrics":
             self._transport.log_batch(run_id, items, (), ())
         elif kind == "params":
@@ -366,6 +435,9 @@ class MetricSender:
     def _give_up_pending(self, reason: str) -> None:
         while self._ops:
             self._give_up(self._ops.popleft(), reason)
+        if self._final is not None:
+            self._give_up(self._final, reason)
+            self._final = None
         if self._metrics:
             self.report.lose(list(self._metrics), self._max_buffer)
             self._taken += len(self._metrics)
