@@ -305,19 +305,19 @@ def warm_tracking(config: TrainConfig) -> None:
 def warm_imports(api: TemporaryApi | None = None) -> None:
     """What every embedded command imports anyway, imported while the temporary API starts: the flows;
     and, only while the API is still starting (the first start, which creates its database), what the
-    MLflow logger needs at the end of a fit (its model flavor, matplotlib), which the logger otherwise
-    imports beside the first training steps."""
+    MLflow logger needs at the end of a fit (its model flavor, torch's export), which the logger
+    otherwise imports beside the first training steps."""
     import flows.training  # noqa: F401
 
     if api is None or api.answers():
         return
     try:
-        import matplotlib.backends.backend_agg  # noqa: F401
+        import torch.export  # noqa: F401
 
         from lightning_lib.loggers.mlflow import import_pytorch_flavor
 
         import_pytorch_flavor()
-    except ImportError:  # optional: without them the run logs no model or curves, and says so
+    except ImportError:  # optional: without them the run logs no model, and says so
         pass
 
 

@@ -70,6 +70,10 @@ def _warm(parts: set[str]) -> None:
             # but could run beside a torch.compile of the user's training step, and dynamo's state is
             # not thread-safe
             import_pytorch_flavor()
+            # with the export's modules (1-2 s to import in a fresh process; pytorch_lightning's import
+            # brought them before the flavor stopped importing it)
+            import torch._dynamo
+            import torch.export  # noqa: F401
             from mlflow.models import infer_signature  # noqa: F401
     except Exception as exc:  # only a head start: the end of the fit does the real work and reports
         log.debug("Warming up the end of the fit failed: %s", exc)
