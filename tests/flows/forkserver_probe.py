@@ -7,17 +7,20 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import random
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy
 from prefect import flow
 
 # set when a process imports this module: the forkserver when it is preloaded, never the run's process
 IMPORTED_BY = os.getpid()
 SEEN_KEYS = (
+    "PREFECT__FLOW_RUN_ID",
     "PROBE_ADDED",
     "PROBE_GONE",
     "PREFECT_API_URL",
@@ -30,6 +33,7 @@ SEEN_KEYS = (
 def probe(path: str, sleep_s: float = 0.0) -> None:
     """Write what the run's process looks like, then sleep (for a kill from outside)."""
     from prefect.runtime import flow_run
+    from prefect.settings import get_current_settings
 
     # Prefect pickles the flow's function by value, with the globals it uses: the module as imported here
     module = importlib.import_module("tests.flows.forkserver_probe")
@@ -43,7 +47,11 @@ def probe(path: str, sleep_s: float = 0.0) -> None:
                 "env": {key: os.environ.get(key) for key in SEEN_KEYS},
                 "cwd": os.getcwd(),
                 "flow_run_id": str(flow_run.id),
+                "heartbeat_setting": get_current_settings().flows.heartbeat_frequency,
+                "argv": sys.argv,
                 "torch_loaded": "torch" in sys.modules,
+                "numpy_draw": int(numpy.random.randint(1 << 30)),
+                "random_draw": random.getrandbits(30),
             }
         )
     )
@@ -58,10 +66,13 @@ def _threads(pid: int) -> list[str]:
 
 
 def _start(flow_run: Any, kill: bool) -> dict[str, Any]:
+    """Start the run as serve's runner does: Prefect's engine-command starter."""
     import anyio
-    from prefect.runner._starter_direct import DirectSubprocessStarter
+    from prefect.runner._starter_engine import EngineCommandStarter
 
-    starter = DirectSubprocessStarter(flow=probe, deployment_name="probe/served", heartbeat_seconds=30)
+    starter = EngineCommandStarter(
+        entrypoint="tests.flows.forkserver_probe.probe", deployment_name="probe/served", heartbeat_seconds=30
+    )
 
     async def start() -> dict[str, Any]:
         async with anyio.create_task_group() as group:

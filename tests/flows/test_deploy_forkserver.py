@@ -3,9 +3,9 @@ environment a spawned process would get; Prefect's own start when opted out or w
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -28,11 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _prefect_start_restored() -> Any:
-    import prefect.runner._starter_direct as starter
+    import prefect.runner._starter_engine as starter
 
-    original = starter.run_flow_in_subprocess
+    original = starter.run_process
     yield
-    starter.run_flow_in_subprocess = original
+    starter.run_process = original
     _forkserver._installed = None
 
 
@@ -52,70 +52,109 @@ def test_start_method_defaults_to_forkserver_on_linux_and_refuses_unknown_values
 
 
 def test_opting_out_leaves_prefects_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prefect.flow_engine as engine
-    import prefect.runner._starter_direct as starter
+    import prefect.runner._starter_engine as starter
+    from prefect.utilities.processutils import run_process
 
     monkeypatch.setenv(START_METHOD_ENV, "spawn")
     assert install_forkserver_starts(["flows.training"]) is None
-    assert starter.run_flow_in_subprocess is engine.run_flow_in_subprocess
+    assert starter.run_process is run_process
+
+
+def test_serve_starts_runs_from_the_forkserver_while_it_serves_and_checks_the_choice_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import prefect
+
+    from flows import deploy
+
+    events: list[Any] = []
+
+    class Starts:
+        def uninstall(self) -> None:
+            events.append("uninstalled")
+
+    monkeypatch.setattr(deploy, "build_deployments", lambda *args, **kwargs: ["a deployment"])
+    monkeypatch.setattr(deploy, "ensure_crash_recovery", lambda recovery: None)
+    monkeypatch.setattr(
+        deploy, "install_forkserver_starts", lambda preload: events.append(preload) or Starts()
+    )
+    monkeypatch.setattr(prefect, "serve", lambda *deployments, **kwargs: events.append("served"))
+    monkeypatch.delenv(START_METHOD_ENV, raising=False)
+    deploy.serve(limit=1)
+    assert events == [deploy.SERVE_PRELOAD, "served", "uninstalled"]
+    # the flows' modules first, then what the MLflow logger imports at the end of a fit
+    assert deploy.SERVE_PRELOAD[:5] == (
+        "flows.training", "flows.retraining", "flows.reproduce", "flows.predict", "flows.pipeline"
+    )  # fmt: skip
+    events.clear()
+    monkeypatch.setenv(START_METHOD_ENV, "threads")
+    with pytest.raises(ValueError, match=START_METHOD_ENV):
+        deploy.serve(limit=1)
+    assert events == []
 
 
 def test_prefect_still_starts_served_runs_the_way_the_override_relies_on() -> None:
-    """Pins the Prefect internals (prefect==3.9.1 in constraints.txt): the runner's direct starter calls
-    the engine's ``run_flow_in_subprocess`` through a module-level name, and that function takes its
-    process from ``multiprocessing.get_context("spawn")`` of the engine's ``multiprocessing`` global. If
-    this fails after an upgrade, served runs start Prefect's way (see the next test): adapt
+    """Pins the Prefect internals (prefect==3.9.1 in constraints.txt): ``prefect.serve`` registers
+    deployments, not in-memory flows, so its runner starts each run with the engine-command starter, which
+    runs ``[python, "-m", "prefect.engine"]`` through its module-level ``run_process`` with only the
+    options reproduced here, and the engine's main takes a first argument as the flow run id. If this
+    fails after an upgrade, served runs start Prefect's way (see the next test): adapt
     flows/_forkserver.py to the new Prefect."""
-    import prefect.flow_engine as engine
-    import prefect.runner._starter_direct as starter
+    import prefect.context
+    import prefect.engine
+    import prefect.flows
+    import prefect.runner._starter_engine as starter
+    import prefect.runner.runner as runner
+    from prefect.utilities.processutils import run_process
 
-    assert starter.run_flow_in_subprocess is engine.run_flow_in_subprocess
-    assert engine.multiprocessing is multiprocessing
-    source = inspect.getsource(engine.run_flow_in_subprocess)
-    assert source.count('multiprocessing.get_context("spawn")') == 1
-    assert "ctx.Process(" in source and "process.start()" in source
+    assert starter.run_process is run_process
+    assert callable(prefect.context.refresh_global_settings_context)
+    assert "runner.add_deployment(deployment)" in inspect.getsource(prefect.flows.serve)
+    assert "EngineCommandStarter(" in inspect.getsource(runner)
+    source = inspect.getsource(starter.EngineCommandStarter.start)
+    assert '[get_sys_executable(), "-m", "prefect.engine"]' in source
+    call = source[source.index("await run_process(") :]
+    call = call[: call.index("\n            )")]
+    passed = {line.strip().split("=")[0] for line in call.splitlines()[1:] if "=" in line}
+    assert passed == {"command", "stream_output", "task_status", "task_status_handler", "env", "cwd"}
+    assert "**kwargs" in call and 'kwargs["start_new_session"] = True' in source
+    assert "sys.argv[1] if len(sys.argv) > 1" in inspect.getsource(prefect.engine)
     assert not isinstance(_forkserver._prefect_layout(), str)
 
 
-def test_a_changed_prefect_falls_back_to_its_own_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prefect.flow_engine as engine
-    import prefect.runner._starter_direct as starter
+def test_a_changed_prefect_or_another_command_gets_prefects_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+    import prefect.runner._starter_engine as starter
+    from prefect.utilities.processutils import run_process
 
     monkeypatch.delenv(START_METHOD_ENV, raising=False)
     if sys.platform != "linux":
         pytest.skip("forkserver starts are used on Linux only")
-    # the engine no longer reaches multiprocessing through its module global: nothing is patched
-    monkeypatch.setattr(engine, "multiprocessing", object())
+    # the starter no longer calls the module-level run_process: nothing is patched
+    monkeypatch.setattr(starter, "run_process", lambda *args, **kwargs: None)
     assert install_forkserver_starts(["flows.training"]) is None
-    assert starter.run_flow_in_subprocess is engine.run_flow_in_subprocess
     monkeypatch.undo()
+    assert starter.run_process is run_process
 
-    # the engine's function stops asking for "spawn": the run starts Prefect's way and the rest follow
+    # ready, but asked for something other than the engine as Prefect runs it today: Prefect's start
     starts = ForkserverStarts(["flows.training"])
-    started = []
+    handed: list[Any] = []
 
-    def prefect_start(flow: Any, **kwargs: Any) -> str:
-        started.append((flow, kwargs["env"]))
+    async def prefect_start(command: list[str], **kwargs: Any) -> str:
+        handed.append((command, kwargs))
         return "prefect's process"
 
     monkeypatch.setattr(starts, "_original", prefect_start)
     starts._ready.set()
-    assert starts("a flow", env={"K": "v"}) == "prefect's process"
-    assert started == [("a flow", {"K": "v"})]
-    assert not starts.ready and "no longer asks for a spawn context" in (starts.reason_off or "")
-    assert engine.multiprocessing is multiprocessing  # swapped back
-
-
-def test_the_run_takes_the_environment_of_its_start_not_the_servers() -> None:
-    saved = dict(os.environ)
-    try:
-        seen = _forkserver._run_with_environ(
-            {"ONLY": "this"}, lambda x, y=None: (dict(os.environ), x, y), ("a",), {"y": "b"}
-        )
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    assert seen == ({"ONLY": "this"}, "a", "b")
+    engine = [sys.executable, "-m", "prefect.engine"]
+    for command, options in (
+        ([sys.executable, "-m", "other.module"], {}),
+        (["/usr/bin/python2", "-m", "prefect.engine"], {}),
+        (engine, {"stream_output": (None, None)}),
+        (engine, {"creationflags": 8}),
+    ):
+        assert anyio.run(functools.partial(starts, command, **options)) == "prefect's process"
+        assert handed.pop()[0] == command
 
 
 @pytest.mark.slow
@@ -139,22 +178,29 @@ def test_served_runs_fork_from_a_preloaded_server_one_process_each_with_spawns_e
     for threads in (seen["server_threads"], seen["server_threads_after"]):
         assert set(threads) <= FORK_AWARE_THREADS, threads
     completed, killed = seen["completed"], seen["killed"]
-    assert completed["process"] == killed["process"] == "ForkServerProcess"
+    assert completed["process"] == killed["process"] == "_ForkedEngine"
     assert completed["state"] == "COMPLETED" and completed["returncode"] == 0
     child = completed["child"]
     # forked by the server, which imported the flows' modules (and this one) before: the run did not
     assert child["ppid"] == child["imported_by"] == seen["server_pid"] != seen["serve_pid"]
     assert child["torch_loaded"]
     assert child["flow_run_id"] == completed["flow_run_id"]
-    # the environment of serve at the start (not the server's), with Prefect's variables for the run
+    # exactly the environment Prefect built for "python -m prefect.engine" (serve's now, not the
+    # server's, with the run's variables), Prefect's settings read from it, no arguments, Prefect's cwd
     assert child["env"] == {
+        "PREFECT__FLOW_RUN_ID": completed["flow_run_id"],
         "PROBE_ADDED": "parent",
         "PROBE_GONE": None,
         "PREFECT_API_URL": api_url,
         "PREFECT__DEPLOYMENT_NAME": "probe/served",
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
     }
+    assert child["heartbeat_setting"] == 30
+    assert len(child["argv"]) == 1 and child["argv"][0].endswith("engine.py")
     assert child["cwd"] == str(work)
     # one process per run: a SIGKILLed run's exit is what the runner reports Crashed
     assert killed["child"]["pid"] != child["pid"] and killed["child"]["ppid"] == seen["server_pid"]
     assert killed["returncode"] == -9
+    # each run draws its own random numbers, as fresh interpreters do (forked ones would share the server's)
+    for draw in ("numpy_draw", "random_draw"):
+        assert killed["child"][draw] != child[draw]
