@@ -27,8 +27,11 @@ Prints one JSON object with four parts (``--only`` picks some):
   process, ``--deployment-runs`` runs of the ``training`` deployment submitted one after the other
   (``run_deployment(timeout=0)``), each timed from submission until the runner picked it up (Pending:
   its process is being started) and until it is Running (that process has imported the flow); target:
-  started within 2 s. The baseline is the same with Prefect's default polling
-  (``PREFECT_RUNNER_POLL_FREQUENCY=10``). Each run is cancelled once Running.
+  started within 2 s. Served three ways: as ``serve`` does (runs forked from a forkserver that has
+  imported the flows, polled every second; timed once the forkserver is ready), the baseline with
+  Prefect's own start (``LIGHTNING_LIB_SERVE_START_METHOD=spawn``: a fresh interpreter per run), and
+  Prefect's defaults alone (spawn, ``PREFECT_RUNNER_POLL_FREQUENCY=10``). Each run is cancelled once
+  Running, and its final state is recorded (Cancelled: the cancellation reached its process).
 
 Every part records the 1-minute load average when it starts and ends: on a shared machine these figures
 move with other people's work.
@@ -286,21 +289,32 @@ def part_demo(epochs: int, trees: dict[str, Path], timeout: float) -> dict[str, 
 # -- part 3: a deployment run's start on an idle served process -------------------------------------------
 
 
+# what ``serve`` logs once its runs start from the forkserver, or when they start Prefect's way after all
+_FORKSERVER_LOG = re.compile(r"Served runs start (from a forkserver|Prefect's way)")
+
+
 def _serve_and_time(
-    server: Any, root: Path, poll: str | None, runs: int, epochs: int
-) -> list[dict[str, Any]]:
+    server: Any, root: Path, poll: str | None, start_method: str | None, runs: int, epochs: int
+) -> tuple[float | None, list[dict[str, Any]]]:
+    """Serve, wait until idle (the forkserver ready), submit ``runs`` runs one at a time; returns the
+    seconds from starting ``serve`` until its forkserver was ready (None: not used) and each run's times."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
     from tests.prefect_server import kill_group, spawn
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LIGHTNING_LIB_SERVE_"))}
     env.update(server.env(), PYTHONPATH=str(REPO), LIGHTNING_LIB_ALLOWED_IMPORTS="benchmarks.")
     if poll is not None:
         env["PREFECT_RUNNER_POLL_FREQUENCY"] = poll
+    if start_method is not None:
+        env["LIGHTNING_LIB_SERVE_START_METHOD"] = start_method
     root.mkdir(parents=True, exist_ok=True)
-    serve = spawn([sys.executable, "-m", "flows.cli", "serve"], root / "serve.log", env, root)
+    log = root / "serve.log"
+    started = time.perf_counter()
+    serve = spawn([sys.executable, "-m", "flows.cli", "serve"], log, env, root)
     results: list[dict[str, Any]] = []
+    ready_s: float | None = None
     try:
         with get_client(sync_client=True) as client:
             deadline = time.monotonic() + 300
@@ -309,6 +323,12 @@ def _serve_and_time(
                     client.read_deployment_by_name("training/training")
                     break
                 time.sleep(0.5)
+            while start_method != "spawn" and time.monotonic() < deadline:
+                found = _FORKSERVER_LOG.search(log.read_text(errors="replace"))
+                if found:
+                    ready_s = round(time.perf_counter() - started, 2) if found[1] != "Prefect's way" else None
+                    break
+                time.sleep(0.2)
             time.sleep(3.0)  # the runner's first poll is behind it: the served process is idle
             for _ in range(runs):
                 config = _config(str(root), epochs, "deployment").model_dump(mode="json")
@@ -324,14 +344,16 @@ def _serve_and_time(
                     from prefect.states import Cancelling
 
                     client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+                time.sleep(8.0)  # the cancelled run's process ends; the runner is idle again
+                final = client.read_flow_run(flow_run.id).state
                 results.append({
                     "picked_up_s": round(seen.get("PENDING", seen.get("RUNNING", float("nan"))), 2),
                     "running_s": round(seen.get("RUNNING", float("nan")), 2),
+                    "final_state": final.type.value if final is not None else None,
                 })  # fmt: skip
-                time.sleep(8.0)  # the cancelled run's process ends; the runner is idle again
     finally:
         kill_group(serve)
-    return results
+    return ready_s, results
 
 
 def part_deployment(runs: int, epochs: int) -> dict[str, Any]:
@@ -346,13 +368,24 @@ def part_deployment(runs: int, epochs: int) -> dict[str, Any]:
         try:
             # Prefect reads the environment once: the flow part may have imported it already
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-                for name, poll in (("serve_default", None), ("prefect_default_poll_10s", "10")):
-                    timed = _serve_and_time(server, Path(tmp) / name, poll, runs, epochs)
+                ways = (
+                    ("serve_default", None, None),
+                    ("serve_spawn_baseline", None, "spawn"),
+                    ("prefect_defaults_spawn_poll_10s", "10", "spawn"),
+                )
+                for name, poll, start_method in ways:
+                    ready_s, timed = _serve_and_time(
+                        server, Path(tmp) / name, poll, start_method, runs, epochs
+                    )
                     out[name] = {
                         "runs": timed,
                         "picked_up_median_s": median([r["picked_up_s"] for r in timed]),
                         "running_median_s": median([r["running_s"] for r in timed]),
-                    }
+                    } | ({"forkserver_ready_after_serve_start_s": ready_s} if start_method is None else {})
+                baseline = out["serve_spawn_baseline"]["running_median_s"]
+                ours = out["serve_default"]["running_median_s"]
+                if baseline and ours:
+                    out["running_median_ratio_to_spawn"] = round(ours / baseline, 3)
         finally:
             server.stop()
     out["load_avg_1m"]["end"] = load()

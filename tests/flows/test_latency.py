@@ -28,6 +28,7 @@ def test_serve_hands_the_polling_interval_to_prefect_s_runner(monkeypatch: pytes
     monkeypatch.delenv(POLL_VARIABLE, raising=False)
     monkeypatch.setattr(deploy, "build_deployments", lambda *args, **kwargs: ["a deployment"])
     monkeypatch.setattr(deploy, "ensure_crash_recovery", lambda recovery: None)
+    monkeypatch.setattr(deploy, "install_forkserver_starts", lambda preload: None)  # no server in the tests
     monkeypatch.setattr(prefect, "serve", lambda *deployments, **kwargs: seen.update(kwargs, d=deployments))
     deploy.serve(limit=2)
     assert seen == {"limit": 2, "query_seconds": 1.0, "d": ("a deployment",)}
