@@ -50,14 +50,13 @@ FLOWS: dict[str, tuple[Any, str]] = {
 
 # What the forkserver that starts served runs imports before its first fork: the flows' modules (and with
 # them Prefect, torch, the library and the tasks), and what a fit's MLflow logger imports for its end
-# (MLflow's PyTorch flavor, matplotlib's canvas), which a fresh process would pay during the run (~4 s).
+# (flows._preload: MLflow's PyTorch flavor, torch's export, Pillow), which a fresh process would pay
+# during the run (~4 s).
 SERVE_PRELOAD: tuple[str, ...] = (
     *dict.fromkeys(entrypoint.rpartition(".")[0] for _, entrypoint in FLOWS.values()),
     "mlflow",
     "mlflow.models",
-    "mlflow.pytorch",
-    "matplotlib.figure",
-    "matplotlib.backends.backend_agg",
+    "flows._preload",
 )
 
 
