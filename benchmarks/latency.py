@@ -16,7 +16,12 @@ Prints one JSON object with four parts (``--only`` picks some):
   Figures: wall time of each (median over rounds), ``training - bare`` (target <= 0.5 s), and the time
   from the end of the last training step until the flow returns (target < 2 s), for the first round
   (``cold``: the process's first fit, as in a CLI run or a deployment's flow-run process) and the median
-  of the other rounds (``warm``).
+  of the other rounds (``warm``). For the two flows, the same figures also up to the flow run's
+  Completed state (its timestamp, set when the flow's work and its result are done), and
+  ``prefect_tail_s``, from Completed until the call returns: Prefect 3.9 then joins its flow-run
+  heartbeat thread, which sleeps in whole seconds from the flow run's start, so a flow's wall time
+  moves in steps of about 1 s whatever its own work (a flow whose work ends just past a step pays
+  nearly 1 s more than one ending just before it).
 - ``demo``: ``lightning-lib train`` (what ``make demo`` runs) in a subprocess, in an empty folder: with a
   ``PREFECT_HOME`` that has no database (the temporary API creates it: an install that did not prepare
   it), then with a home whose database was created as ``make install`` creates it (its time recorded),
@@ -99,15 +104,26 @@ def _timed(run: Any) -> dict[str, float]:
 
     pipeline_model.STEP_ENDS.clear()
     start = time.perf_counter()
-    run()
+    wall_offset = time.time() - start  # the Completed state's timestamp is wall-clock time
+    state = run()
     end = time.perf_counter()
     ends = pipeline_model.STEP_ENDS
-    return {
+    timed = {
         "wall_s": end - start,
         "to_first_step_s": ends[0] - start,
         "after_last_step_s": end - ends[-1],
         "steps": len(ends),
     }
+    if state is not None:  # a flow run's final state
+        if not state.is_completed():
+            raise RuntimeError(f"Expected the flow run to complete, received {state!r}.")
+        completed = state.timestamp.timestamp() - wall_offset
+        timed.update(
+            to_completed_s=completed - start,
+            after_last_step_to_completed_s=completed - ends[-1],
+            prefect_tail_s=end - completed,
+        )
+    return timed
 
 
 def part_flow(epochs: int, repeats: int) -> dict[str, Any]:
@@ -146,9 +162,10 @@ def part_flow(epochs: int, repeats: int) -> dict[str, Any]:
     def runner(way: str, config: Any, tag: str) -> Any:
         if way == "plain":
             return lambda: plain(config, Path(config.checkpoint_root).parent / tag)
+        # the flows' final states (the same runs; the state carries when the run was Completed)
         if way == "bare":
-            return lambda: bare(config, f"bare-{tag}-{time.time_ns()}")
-        return lambda: training(config)
+            return lambda: bare(config, f"bare-{tag}-{time.time_ns()}", return_state=True)
+        return lambda: training(config, return_state=True)
 
     rounds: dict[str, list[dict[str, float]]] = {"plain": [], "bare": [], "training": []}
     loads = {"start": load()}
@@ -174,7 +191,9 @@ def part_flow(epochs: int, repeats: int) -> dict[str, Any]:
     loads["end"] = load()
 
     def fig(way: str, key: str, which: str) -> float | None:
-        values = [r[key] for r in rounds[way]]
+        values = [r[key] for r in rounds[way] if key in r]
+        if not values:
+            return None
         if which == "cold":
             return round(values[0], 3)
         return median(values[1:] if len(values) > 1 else values)
@@ -182,6 +201,11 @@ def part_flow(epochs: int, repeats: int) -> dict[str, Any]:
     warm_extra = [
         t["wall_s"] - b["wall_s"] for t, b in zip(rounds["training"][1:], rounds["bare"][1:], strict=True)
     ]
+    warm_extra_completed = [
+        t["to_completed_s"] - b["to_completed_s"]
+        for t, b in zip(rounds["training"][1:], rounds["bare"][1:], strict=True)
+    ]
+    flows = ("bare", "training")
     return {
         "epochs": epochs,
         "steps": rounds["training"][0]["steps"],
@@ -203,6 +227,21 @@ def part_flow(epochs: int, repeats: int) -> dict[str, Any]:
             for way in rounds
         },
         "after_last_step_target_s": 2.0,
+        "up_to_completed_state": {
+            "to_completed_s": {way: {"warm_median": fig(way, "to_completed_s", "warm")} for way in flows},
+            "training_minus_bare_s": {
+                "warm_median_of_differences": median(warm_extra_completed),
+                "per_round": [round(x, 3) for x in warm_extra_completed],
+            },
+            "after_last_step_s": {
+                way: {
+                    "cold": fig(way, "after_last_step_to_completed_s", "cold"),
+                    "warm_median": fig(way, "after_last_step_to_completed_s", "warm"),
+                }
+                for way in flows
+            },
+            "prefect_tail_s": {way: {"warm_median": fig(way, "prefect_tail_s", "warm")} for way in flows},
+        },
         "to_first_step_s": {way: {"warm_median": fig(way, "to_first_step_s", "warm")} for way in rounds},
         "rounds": {way: [{k: round(v, 3) for k, v in r.items()} for r in rs] for way, rs in rounds.items()},
         "note": "cold = the first round of the process, whichever way ran it first (the order rotates per round)",

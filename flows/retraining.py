@@ -217,7 +217,7 @@ def retraining(
         prepared = run_data_task(config)
         init_from = champion.checkpoint_uri if warm_start and champion is not None else None
         fitted = fit(config, prepared, run_key, init_from)
-        challenger_eval = test(config, prepared, fitted.best_checkpoint_uri, run_key)
+        challenger_eval = test(config, prepared, fitted.best_checkpoint_uri, run_key, fitted.mlflow_run_id)
         champion_eval: EvalResult | None = None
         if champion is not None:
             # the champion on the challenger's test split, with its own preprocessing; not logged to any run

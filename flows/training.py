@@ -98,8 +98,9 @@ def training(config: TrainConfig, register_model: bool = True) -> TrainingResult
     run_key = derive_run_key(config, "training")
     prepared = run_data_task(config)
     fitted = fit(config, prepared, run_key)
-    validation = validate(config, prepared, fitted.best_checkpoint_uri, run_key)
-    tested = test(config, prepared, fitted.best_checkpoint_uri, run_key)
+    # the metrics go straight to the fit's MLflow run (no second logger re-opening and ending it)
+    validation = validate(config, prepared, fitted.best_checkpoint_uri, run_key, fitted.mlflow_run_id)
+    tested = test(config, prepared, fitted.best_checkpoint_uri, run_key, fitted.mlflow_run_id)
     if fitted.pending is not None or fitted.model_uri is None:
         # MLflow was away at the end of the fit (training itself succeeded): deliver what it missed and
         # log the model from the checkpoint now, retried while the server is still away

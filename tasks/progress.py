@@ -6,10 +6,15 @@ description carries the percentage too, and is updated with the value.
 
 The training thread only stores a number; a daemon thread posts it at most every ``interval`` seconds, so
 a slow or unreachable Prefect API never holds a training step up (a failed update is logged and skipped).
+The thread runs in the context of the run that started it, so it posts with that run's Prefect client
+(one connection for the whole fit, not a new client per update). At the end of a fit the last value is
+posted while the logger ends its run; :meth:`PrefectProgress.wait` (called once ``Trainer.fit`` returned)
+is what waits for it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import threading
@@ -86,7 +91,11 @@ class PrefectProgress(Callback):
             return
         self._posted = self._latest
         self._stop.clear()
-        self._thread = threading.Thread(target=self._post_loop, name="prefect-progress", daemon=True)
+        # the run's context: Prefect's settings (its API URL) and the run's client, reused for every post
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._post_loop,), name="prefect-progress", daemon=True
+        )
         self._thread.start()
 
     def describe(self, value: float) -> str:
@@ -101,7 +110,7 @@ class PrefectProgress(Callback):
     def finish(self, done: bool) -> None:
         """The fit ended: 100 % when it completed, the last position when it failed."""
         self._done = done
-        self._finish()
+        self.wait()
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -109,9 +118,19 @@ class PrefectProgress(Callback):
         self._position = (trainer.global_step, trainer.current_epoch)  # the hot path: no arithmetic here
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        # a fit that ends normally is done, whatever the estimate said (early stopping, max_time)
+        # a fit that ends normally is done, whatever the estimate said (early stopping, max_time); the
+        # last post overlaps the rest of the fit's end (the logger's), and wait() collects it
         self._done = True
-        self._finish()
+        self._signal_stop()
+
+    def wait(self, timeout: float = 10.0) -> None:
+        """Return once the last value is posted (or ``timeout`` seconds passed: the post is abandoned)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._signal_stop()
+        thread.join(timeout=timeout)
+        self._thread = None
 
     def _progress(self) -> float:
         if self._done:
@@ -120,15 +139,11 @@ class PrefectProgress(Callback):
         return _percent(self._total, step, epoch, self._max_epochs)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._finish()
+        self.wait()
 
-    def _finish(self) -> None:
-        if self._thread is None:
-            return
+    def _signal_stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
-        self._thread = None
 
     def _post_loop(self) -> None:
         while True:

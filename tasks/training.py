@@ -7,8 +7,11 @@ committed checkpoint and continues exactly from it, in the same MLflow run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+import time
 import warnings
 from typing import Any, Literal
 
@@ -271,8 +274,9 @@ def _fit_held(
         DataIdentityRecorder(prepared),
         *(extra_callbacks or []),
     ]
-    if progress_artifact and in_prefect_run():
-        callbacks.append(PrefectProgress(description=f"Training {run_name(config)}"))
+    progress = PrefectProgress(description=f"Training {run_name(config)}") if progress_artifact else None
+    if progress is not None and in_prefect_run():
+        callbacks.append(progress)
     # a loud warning (and a tag on the run) when the code carries no git commit: reproduce would refuse it
     logger = build_logger(config, run_key, tags={**data_tags(prepared), **warn_if_no_git()})
     try:
@@ -292,6 +296,8 @@ def _fit_held(
             # a first attempt has nothing to resume from: that is the normal case here, not news
             warnings.filterwarnings("ignore", message=r".*no committed checkpoint verifies yet.*")
             trainer.fit(model, datamodule=datamodule, ckpt_path="last")
+        if progress is not None:
+            progress.wait()  # its last post ran beside the logger's end of the run
     except BaseException as exc:
         # The run was started above (the config is recorded first): whatever fails before the Trainer took
         # over must end it FAILED, never leave it RUNNING. After the Trainer's own failure path this does
@@ -475,12 +481,18 @@ def evaluate_checkpoint(
     checkpoint_uri: str,
     stage: Literal["validate", "test"],
     run_key: str | None = None,
+    mlflow_run_id: str | None = None,
 ) -> EvalResult:
-    """Validate or test a checkpoint on the prepared data; with ``run_key`` the metrics go to its MLflow run.
+    """Validate or test a checkpoint on the prepared data; with ``mlflow_run_id`` (or ``run_key``) the
+    metrics go to that MLflow run, at the checkpoint's own step.
 
     The module is rebuilt from the checkpoint's own hyper-parameters and the data module's state (the
     training statistics) comes from the checkpoint, so a champion trained on older data is evaluated
     exactly as it was trained, on the same split as the challenger.
+
+    With ``mlflow_run_id`` (the fit's run, known to the flow) the metrics are one synchronous request to
+    that run: its status and the rest of it stay as the fit left them. With only ``run_key`` the run is
+    found again, and continued and ended, by a logger of that key.
     """
     pl.seed_everything(config.seed)
     datamodule = build_datamodule(config, prepared)
@@ -494,13 +506,50 @@ def evaluate_checkpoint(
     run = trainer.validate if stage == "validate" else trainer.test
     results = run(model, datamodule=datamodule, ckpt_path=checkpoint_uri, verbose=False)
     metrics = _floats(results[0] if results else {})
-    if run_key:
+    if mlflow_run_id or run_key:
         # at the checkpoint's own step, so the run's curves show the evaluation where the model was taken
         step = int(load_file(checkpoint_uri).get("global_step", 0))
-        logger = build_logger(config, run_key, log_model=False)
-        logger.log_metrics(metrics, step=step)
-        logger.finalize("success")
+        if mlflow_run_id:
+            log_run_metrics(tracking_uri(config), mlflow_run_id, metrics, step)
+        else:
+            logger = build_logger(config, str(run_key), log_model=False)
+            logger.log_metrics(metrics, step=step)
+            logger.finalize("success")
     return EvalResult(stage=stage, checkpoint_uri=checkpoint_uri, metrics=metrics)
+
+
+# What an MLflow server accepts in a metric name (Lightning drops other characters, as the logger does)
+_BAD_METRIC_CHARS = re.compile(r"[^a-zA-Z0-9_/. -]+")
+_MAX_METRIC_NAME = 250
+
+
+def mlflow_metric_name(name: str) -> str:
+    """``name`` as the run's logger records it: characters MLflow refuses dropped, empty and dot path
+    segments removed, a name too long cut and given a short hash of the whole."""
+    cleaned = "/".join(s for s in _BAD_METRIC_CHARS.sub("", name).split("/") if s not in ("", ".", ".."))
+    if not cleaned.strip():
+        cleaned = "_"
+    if len(cleaned) > _MAX_METRIC_NAME:
+        cleaned = f"{cleaned[: _MAX_METRIC_NAME - 9]}~{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return cleaned
+
+
+def log_run_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Log ``metrics`` at ``step`` to the MLflow run ``run_id`` and return once MLflow has them.
+
+    An unreachable server raises :class:`MlflowUnavailable` (transient: the task is retried) before
+    anything is sent."""
+    if not metrics:
+        return
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    _wait_for_server(uri, timeout=10.0)
+    timestamp = int(time.time() * 1000)
+    values = [Metric(mlflow_metric_name(k), v, timestamp, step) for k, v in metrics.items()]
+    client = MlflowClient(uri)
+    for start in range(0, len(values), 1000):
+        client.log_batch(run_id, metrics=values[start : start + 1000], synchronous=True)
 
 
 # Never served from a cache: a finished fit is cheap to "re-run" (it resumes at its end), and a cached
@@ -522,18 +571,26 @@ def deliver(config: TrainConfig, fit_result: FitResult, prepared: RunData | None
 
 @task(name="validate", **_RETRYING)
 def validate(
-    config: TrainConfig, prepared: RunData, checkpoint_uri: str, run_key: str | None = None
+    config: TrainConfig,
+    prepared: RunData,
+    checkpoint_uri: str,
+    run_key: str | None = None,
+    mlflow_run_id: str | None = None,
 ) -> EvalResult:
     """Prefect task: validation metrics of a checkpoint."""
-    return evaluate_checkpoint(config, prepared, checkpoint_uri, "validate", run_key)
+    return evaluate_checkpoint(config, prepared, checkpoint_uri, "validate", run_key, mlflow_run_id)
 
 
 @task(name="test", **_RETRYING)
 def test(
-    config: TrainConfig, prepared: RunData, checkpoint_uri: str, run_key: str | None = None
+    config: TrainConfig,
+    prepared: RunData,
+    checkpoint_uri: str,
+    run_key: str | None = None,
+    mlflow_run_id: str | None = None,
 ) -> EvalResult:
     """Prefect task: test metrics of a checkpoint."""
-    return evaluate_checkpoint(config, prepared, checkpoint_uri, "test", run_key)
+    return evaluate_checkpoint(config, prepared, checkpoint_uri, "test", run_key, mlflow_run_id)
 
 
 test.__test__ = False  # type: ignore[attr-defined,unused-ignore]  # not a pytest test, despite its name
@@ -553,6 +610,8 @@ __all__ = [
     "fit",
     "fit_model",
     "load_weights",
+    "log_run_metrics",
+    "mlflow_metric_name",
     "test",
     "validate",
 ]

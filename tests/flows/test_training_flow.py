@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from prefect.exceptions import ParameterTypeError
 
 from flows.training import TrainingResult, training
-from lightning_lib.checkpoint import latest_valid
+from lightning_lib.checkpoint import latest_valid, load_file
 from lightning_lib.storage import open_store
 from tasks.config import TrainConfig
 from tasks.registry import CHAMPION, get_alias
@@ -52,6 +52,19 @@ def test_training_flow_trains_tracks_registers_and_reports(make_config: Callable
     assert run.data.tags[TAG_INPUT_SHA256] == result.prepared.input_sha256
     assert run.data.metrics["test_acc"] == pytest.approx(result.test_metrics["test_acc"])
     assert {"val_loss", "val_acc", "test_loss"} <= set(run.data.metrics)
+    # validate and test logged into the fit's run (one run for the key), at the best checkpoint's step,
+    # without ending it again: its end is the fit's
+    step = int(load_file(fitted.best_checkpoint_uri)["global_step"])
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_acc")] == [
+        (step, pytest.approx(result.test_metrics["test_acc"]))
+    ]
+    val_points = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_acc")]
+    assert (step, pytest.approx(result.validation_metrics["val_acc"])) in val_points
+    keyed = client.search_runs([run.info.experiment_id], f"tags.run_key = '{result.run_key}'")
+    assert [r.info.run_id for r in keyed] == [run.info.run_id]
+    assert run.info.end_time is not None and run.info.end_time <= max(
+        m.timestamp for m in client.get_metric_history(run.info.run_id, "test_acc")
+    )
     assert fitted.model_uri is not None
     # registry: the first version is the champion, tagged with its checkpoint and test metrics
     version = result.model_version

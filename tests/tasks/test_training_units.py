@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -114,9 +115,44 @@ def test_progress_artifact_is_posted_off_the_training_thread(monkeypatch: pytest
     while 50.0 not in posted and time.monotonic() < deadline:
         time.sleep(0.01)
     progress.on_train_end(trainer, None)
+    progress.wait()  # the fit task waits once Trainer.fit returned: the last post overlaps the fit's end
     assert 50.0 in posted and posted[-1] == 100.0
     # the run's Artifacts tab shows a card with the description's first line, not the value: it carries it
     assert "Training m-d: 50%" in descriptions and descriptions[-1] == "Training m-d: 100%"
+
+
+def test_the_last_progress_post_does_not_hold_up_the_end_of_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.artifacts as artifacts
+
+    release = threading.Event()
+    posted: list[float] = []
+
+    def slow_update(artifact_id: str, progress: float, description: str) -> None:
+        release.wait(5)  # an API that answers slowly
+        posted.append(progress)
+
+    monkeypatch.setattr(artifacts, "create_progress_artifact", lambda progress, **_: "artifact-1")
+    monkeypatch.setattr(artifacts, "update_progress_artifact", slow_update)
+    progress = PrefectProgress(description="Training m-d", interval=60.0)
+    trainer = SimpleNamespace(estimated_stepping_batches=10, global_step=0, current_epoch=0, max_epochs=1)
+    progress.on_train_start(trainer, None)
+    trainer.global_step = 10
+    progress.on_train_end(trainer, None)  # returns while the post is still on its way
+    assert posted == []
+    release.set()
+    progress.wait()
+    assert posted == [100.0]
+
+
+def test_evaluation_metric_names_are_what_mlflow_accepts() -> None:
+    from tasks.training import mlflow_metric_name
+
+    assert mlflow_metric_name("val/acc") == "val/acc"
+    assert mlflow_metric_name("val_acc@1") == "val_acc1"
+    assert mlflow_metric_name("a//./b/") == "a/b"
+    assert mlflow_metric_name("@") == "_"
+    long = "x" * 300
+    assert len(mlflow_metric_name(long)) == 250 and mlflow_metric_name(long) != mlflow_metric_name(long + "y")
 
 
 def test_data_module_arguments_cannot_override_the_prepared_splits(tmp_path: Path) -> None:
