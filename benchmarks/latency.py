@@ -21,7 +21,9 @@ Prints one JSON object with four parts (``--only`` picks some):
   ``prefect_tail_s``, from Completed until the call returns: Prefect 3.9 then joins its flow-run
   heartbeat thread, which sleeps in whole seconds from the flow run's start, so a flow's wall time
   moves in steps of about 1 s whatever its own work (a flow whose work ends just past a step pays
-  nearly 1 s more than one ending just before it).
+  nearly 1 s more than one ending just before it). The flows run as ``lightning-lib train`` runs them on
+  the temporary API, without flow-run heartbeats (``flows.embedded.run_settings``), which removes that
+  wait; ``--flow-heartbeats`` keeps them, as in served runs.
 - ``demo``: ``lightning-lib train`` (what ``make demo`` runs) in a subprocess, in an empty folder: with a
   ``PREFECT_HOME`` that has no database (the temporary API creates it: an install that did not prepare
   it), then with a home whose database was created as ``make install`` creates it (its time recorded),
@@ -126,12 +128,13 @@ def _timed(run: Any) -> dict[str, float]:
     return timed
 
 
-def part_flow(epochs: int, repeats: int) -> dict[str, Any]:
+def part_flow(epochs: int, repeats: int, heartbeats: bool = False) -> dict[str, Any]:
     import torch
     from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 
     import lightning_lib as pl
+    from flows.embedded import run_settings
     from flows.training import training
     from lightning_lib.callbacks import ModelCheckpoint
     from tasks.data import prepare
@@ -176,6 +179,9 @@ def part_flow(epochs: int, repeats: int) -> dict[str, Any]:
         try:
             with (
                 prefect_test_harness(server_startup_timeout=300),
+                # as `lightning-lib train` runs flows on the temporary API: no flow-run heartbeats (with
+                # them, as in served runs, each flow's end waits 0-1 s more for the heartbeat thread)
+                contextlib.nullcontext() if heartbeats else run_settings(),
                 contextlib.redirect_stdout(sink),
                 contextlib.redirect_stderr(sink),
             ):
@@ -208,6 +214,7 @@ def part_flow(epochs: int, repeats: int) -> dict[str, Any]:
     flows = ("bare", "training")
     return {
         "epochs": epochs,
+        "flow_run_heartbeats": heartbeats,
         "steps": rounds["training"][0]["steps"],
         "repeats": repeats,
         "load_avg_1m": loads,
@@ -441,6 +448,11 @@ def main() -> None:
         "--baseline-tree", type=Path, default=None, help="another checkout for the demo's baseline"
     )
     parser.add_argument("--deployment-runs", type=int, default=3)
+    parser.add_argument(
+        "--flow-heartbeats",
+        action="store_true",
+        help="flow part: keep Prefect's flow-run heartbeats (served runs' setting; the CLI's runs send none)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
     if args.epochs < 1 or args.repeats < 1 or args.deployment_runs < 1:
@@ -453,7 +465,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     report: dict[str, Any] = {"benchmark": "latency", "model": "digits MLP (64->128->10), batch 64, Adam"}
     if "flow" in parts:
-        report["flow"] = part_flow(args.epochs, args.repeats)
+        report["flow"] = part_flow(args.epochs, args.repeats, args.flow_heartbeats)
     if "demo" in parts:
         trees = {"this_tree": REPO}
         if args.baseline_tree is not None:

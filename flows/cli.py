@@ -451,6 +451,15 @@ def run(args: argparse.Namespace) -> int:
         if api is not None:
             api.stop(wait=False)
         raise
+    if api is None:
+        return _dispatch(args, api, config)
+    from flows.embedded import run_settings
+
+    with run_settings():
+        return _dispatch(args, api, config)
+
+
+def _dispatch(args: argparse.Namespace, api: TemporaryApi | None, config: Any) -> int:
     if args.command == "train":
         from flows.training import training
 

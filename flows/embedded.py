@@ -21,7 +21,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -245,6 +246,23 @@ def adopt(api: TemporaryApi) -> bool:
     return True
 
 
+@contextmanager
+def run_settings() -> Iterator[None]:
+    """Prefect's settings for a run on the temporary API: its flow runs send no heartbeats.
+
+    Heartbeats let a server mark a run whose process died as Crashed; the temporary API ends with this
+    process, so nothing could use them, and a sync flow run's end waits for its heartbeat thread, which
+    sleeps in whole seconds (0-1 s more per run). Prefect's environment variable cannot express "none"."""
+    from prefect.context import SettingsContext, get_settings_context
+
+    context = get_settings_context()
+    flows = context.settings.flows.model_copy(update={"heartbeat_frequency": None})
+    with SettingsContext(
+        profile=context.profile, settings=context.settings.model_copy(update={"flows": flows})
+    ):
+        yield
+
+
 _ADOPTED: set[str] = set()
 
 
@@ -332,6 +350,7 @@ __all__ = [
     "launch_temporary_api",
     "prepare_database",
     "quiet_telemetry",
+    "run_settings",
     "settings_allow_temporary_api",
     "start_timeout",
     "warm_imports",

@@ -161,14 +161,16 @@ def test_a_server_that_ignores_terminate_is_killed(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.fixture
-def restored_prefect_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def restored_prefect_environment() -> Iterator[None]:
     """Whatever adopt() puts in the environment is taken out again, and Prefect's settings re-read."""
     from prefect.context import refresh_global_settings_context
 
-    for name in ("PREFECT_API_URL", "PREFECT_UI_URL"):
-        monkeypatch.delenv(name, raising=False)
+    names = ("PREFECT_API_URL", "PREFECT_UI_URL")
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
     yield
-    monkeypatch.undo()
+    for name in names:
+        os.environ.pop(name, None)
+    os.environ.update(saved)
     refresh_global_settings_context()
 
 
@@ -181,6 +183,19 @@ def test_adopting_makes_the_api_the_run_s_and_hides_links_to_it(restored_prefect
     assert not PREFECT_UI_URL.value()  # the temporary server has no UI and ends with the process
     assert embedded.is_temporary(api.api_url) and not embedded.is_temporary("http://127.0.0.1:4200/api")
     assert cli.prefect_ui_hint("abc") == "prefect server start   then http://127.0.0.1:4200/runs/flow-run/abc"
+    api.stop(wait=False)
+
+
+def test_runs_on_the_temporary_api_send_no_heartbeats(restored_prefect_environment: None) -> None:
+    from prefect.settings import get_current_settings
+
+    api, _ = _api(5.0, [_Process()], _answers_after(0))
+    assert embedded.adopt(api)
+    assert get_current_settings().flows.heartbeat_frequency is not None  # Prefect's default: 180 s
+    with embedded.run_settings():
+        assert get_current_settings().flows.heartbeat_frequency is None
+        assert get_current_settings().api.url == api.api_url  # everything else as it was
+    assert get_current_settings().flows.heartbeat_frequency is not None
     api.stop(wait=False)
 
 
