@@ -7,10 +7,8 @@ committed checkpoint and continues exactly from it, in the same MLflow run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import time
 import warnings
 from typing import Any, Literal
@@ -518,22 +516,6 @@ def evaluate_checkpoint(
     return EvalResult(stage=stage, checkpoint_uri=checkpoint_uri, metrics=metrics)
 
 
-# What an MLflow server accepts in a metric name (Lightning drops other characters, as the logger does)
-_BAD_METRIC_CHARS = re.compile(r"[^a-zA-Z0-9_/. -]+")
-_MAX_METRIC_NAME = 250
-
-
-def mlflow_metric_name(name: str) -> str:
-    """``name`` as the run's logger records it: characters MLflow refuses dropped, empty and dot path
-    segments removed, a name too long cut and given a short hash of the whole."""
-    cleaned = "/".join(s for s in _BAD_METRIC_CHARS.sub("", name).split("/") if s not in ("", ".", ".."))
-    if not cleaned.strip():
-        cleaned = "_"
-    if len(cleaned) > _MAX_METRIC_NAME:
-        cleaned = f"{cleaned[: _MAX_METRIC_NAME - 9]}~{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-    return cleaned
-
-
 def log_run_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
     """Log ``metrics`` at ``step`` to the MLflow run ``run_id`` and return once MLflow has them.
 
@@ -544,9 +526,11 @@ def log_run_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int)
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
+    from lightning_lib.loggers.mlflow import clean_name
+
     _wait_for_server(uri, timeout=10.0)
     timestamp = int(time.time() * 1000)
-    values = [Metric(mlflow_metric_name(k), v, timestamp, step) for k, v in metrics.items()]
+    values = [Metric(clean_name(k), v, timestamp, step) for k, v in metrics.items()]
     client = MlflowClient(uri)
     for start in range(0, len(values), 1000):
         client.log_batch(run_id, metrics=values[start : start + 1000], synchronous=True)
@@ -611,7 +595,6 @@ __all__ = [
     "fit_model",
     "load_weights",
     "log_run_metrics",
-    "mlflow_metric_name",
     "test",
     "validate",
 ]

@@ -238,6 +238,7 @@ EXPORTED = {
         "TAG_GIT_COMMIT",
         "TAG_GIT_DIRTY",
         "TAG_RUN_KEY",
+        "clean_name",
         "example_input",
         "git_tags",
         "import_pytorch_flavor",

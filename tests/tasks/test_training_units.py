@@ -145,7 +145,8 @@ def test_the_last_progress_post_does_not_hold_up_the_end_of_the_fit(monkeypatch:
 
 
 def test_evaluation_metric_names_are_what_mlflow_accepts() -> None:
-    from tasks.training import mlflow_metric_name
+    # log_run_metrics names the evaluation's metrics by the logger's own rule
+    from lightning_lib.loggers.mlflow import clean_name as mlflow_metric_name
 
     assert mlflow_metric_name("val/acc") == "val/acc"
     assert mlflow_metric_name("val_acc@1") == "val_acc1"

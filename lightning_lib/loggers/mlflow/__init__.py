@@ -11,15 +11,18 @@ from lightning_lib.loggers.mlflow._context import TAG_GIT_COMMIT, TAG_GIT_DIRTY,
 from lightning_lib.loggers.mlflow._flavor import import_pytorch_flavor
 from lightning_lib.loggers.mlflow._logger import MLFlowLogger
 from lightning_lib.loggers.mlflow._model import example_input, log_pytorch_model, serving_parts
+from lightning_lib.loggers.mlflow._params import clean_name
 
 # example_input, serving_parts and log_pytorch_model: an application logs the model of a finished run with
 # them when the logger could not (the tracking server was away at the end of the fit). import_pytorch_flavor:
-# ``mlflow.pytorch`` without the 3-4 s of pytorch_lightning it imports when that is installed.
+# ``mlflow.pytorch`` without the 3-4 s of pytorch_lightning it imports when that is installed. clean_name: a
+# metric name as the logger records it, for an application that logs to a logger's run directly.
 __all__ = [
     "TAG_GIT_COMMIT",
     "TAG_GIT_DIRTY",
     "TAG_RUN_KEY",
     "MLFlowLogger",
+    "clean_name",
     "example_input",
     "git_tags",
     "import_pytorch_flavor",
