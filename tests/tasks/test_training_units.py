@@ -93,8 +93,22 @@ def test_fit_progress_uses_steps_then_epochs() -> None:
     assert fit_progress(by_epoch) == 25.0
 
 
-def test_progress_artifact_is_posted_off_the_training_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def _started_progress(
+    monkeypatch: pytest.MonkeyPatch, update: Any, interval: float
+) -> tuple[PrefectProgress, SimpleNamespace]:
+    """A PrefectProgress whose artifact calls are ``update`` (and a stand-in create), started on a
+    10-step fit."""
     import prefect.artifacts as artifacts
+
+    monkeypatch.setattr(artifacts, "create_progress_artifact", lambda progress, **_: "artifact-1")
+    monkeypatch.setattr(artifacts, "update_progress_artifact", update)
+    progress = PrefectProgress(description="Training m-d", interval=interval)
+    trainer = SimpleNamespace(estimated_stepping_batches=10, global_step=0, current_epoch=0, max_epochs=1)
+    progress.on_train_start(trainer, None)
+    return progress, trainer
+
+
+def test_progress_artifact_is_posted_off_the_training_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
     posted: list[float] = []
     descriptions: list[str] = []
@@ -103,11 +117,7 @@ def test_progress_artifact_is_posted_off_the_training_thread(monkeypatch: pytest
         posted.append(progress)
         descriptions.append(description)
 
-    monkeypatch.setattr(artifacts, "create_progress_artifact", lambda progress, **_: "artifact-1")
-    monkeypatch.setattr(artifacts, "update_progress_artifact", update)
-    progress = PrefectProgress(description="Training m-d", interval=0.01)
-    trainer = SimpleNamespace(estimated_stepping_batches=10, global_step=0, current_epoch=0, max_epochs=1)
-    progress.on_train_start(trainer, None)
+    progress, trainer = _started_progress(monkeypatch, update, interval=0.01)
     assert progress.artifact_id == "artifact-1"
     trainer.global_step = 5
     progress.on_train_batch_end(trainer, None, None, None, 4)
@@ -122,7 +132,6 @@ def test_progress_artifact_is_posted_off_the_training_thread(monkeypatch: pytest
 
 
 def test_the_last_progress_post_does_not_hold_up_the_end_of_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prefect.artifacts as artifacts
 
     release = threading.Event()
     posted: list[float] = []
@@ -131,11 +140,7 @@ def test_the_last_progress_post_does_not_hold_up_the_end_of_the_fit(monkeypatch:
         release.wait(5)  # an API that answers slowly
         posted.append(progress)
 
-    monkeypatch.setattr(artifacts, "create_progress_artifact", lambda progress, **_: "artifact-1")
-    monkeypatch.setattr(artifacts, "update_progress_artifact", slow_update)
-    progress = PrefectProgress(description="Training m-d", interval=60.0)
-    trainer = SimpleNamespace(estimated_stepping_batches=10, global_step=0, current_epoch=0, max_epochs=1)
-    progress.on_train_start(trainer, None)
+    progress, trainer = _started_progress(monkeypatch, slow_update, interval=60.0)
     trainer.global_step = 10
     progress.on_train_end(trainer, None)  # returns while the post is still on its way
     assert posted == []
