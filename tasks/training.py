@@ -293,6 +293,10 @@ def _fit_held(
         with warnings.catch_warnings():
             # a first attempt has nothing to resume from: that is the normal case here, not news
             warnings.filterwarnings("ignore", message=r".*no committed checkpoint verifies yet.*")
+            # the folder is this run key's own: its record and lease are written before the fit, and a
+            # later attempt finds the run's checkpoints there by design (Lightning's warning is for a
+            # folder shared by accident)
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty\.")
             trainer.fit(model, datamodule=datamodule, ckpt_path="last")
         if progress is not None:
             progress.wait()  # its last post ran beside the logger's end of the run

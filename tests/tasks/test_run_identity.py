@@ -138,3 +138,13 @@ def test_a_record_that_no_longer_validates_still_gets_the_defaults_of_fields_it_
     assert differences(recorded, current) == ["data.since_removed: started with '1', now (absent)"]
     current["config.model_kwargs.extra"] = "2"  # a model kwarg has no default: absent is a difference
     assert "model_kwargs.extra: started with (absent), now '2'" in differences(recorded, current)
+
+
+def test_neither_a_first_nor_a_later_attempt_warns_about_the_run_s_own_folder(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    config = digits_config(tmp_path, run_key="k1")
+    _fit(config)  # the record and the lease are in the folder before the fit starts
+    assert _folder(config)  # the run's checkpoints are there for the next attempt, which resumes at its end
+    _fit(config)
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
