@@ -5,12 +5,13 @@ guarantees."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -160,43 +161,55 @@ def test_a_server_that_ignores_terminate_is_killed(monkeypatch: pytest.MonkeyPat
     assert process.calls == ["terminate", "wait", "kill", "wait"]
 
 
-@pytest.fixture
-def restored_prefect_environment() -> Iterator[None]:
-    """Whatever adopt() puts in the environment is taken out again, and Prefect's settings re-read."""
-    from prefect.context import refresh_global_settings_context
+def test_adopting_makes_the_api_the_run_s_and_hides_links_to_it(tmp_path: Path) -> None:
+    # a fresh interpreter: Prefect's settings there come from the environment alone, as in the CLI (in
+    # this process an earlier test's Prefect harness may still name its server)
+    program = textwrap.dedent(
+        """
+        import json, sys
+        from flows import cli, embedded
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
-    names = ("PREFECT_API_URL", "PREFECT_UI_URL")
-    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
-    yield
-    for name in names:
-        os.environ.pop(name, None)
-    os.environ.update(saved)
-    refresh_global_settings_context()
+        class Running:
+            def poll(self): return None
+            def terminate(self): pass
+            def wait(self, timeout=None): return 0
+
+        api = embedded.TemporaryApi(5.0, launch=lambda port: Running(), answers=lambda url: True)
+        adopted = embedded.adopt(api)
+        print(json.dumps({
+            "adopted": adopted,
+            "api_url": api.api_url,
+            "setting": PREFECT_API_URL.value(),
+            "ui": PREFECT_UI_URL.value(),
+            "temporary": [embedded.is_temporary(api.api_url), embedded.is_temporary("http://127.0.0.1:4200/api")],
+            "hint": cli.prefect_ui_hint("abc"),
+        }))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["adopted"] and seen["setting"] == seen["api_url"]
+    assert not seen["ui"]  # the temporary server has no UI and ends with the process
+    assert seen["temporary"] == [True, False]
+    assert seen["hint"] == "prefect server start   then http://127.0.0.1:4200/runs/flow-run/abc"
 
 
-def test_adopting_makes_the_api_the_run_s_and_hides_links_to_it(restored_prefect_environment: None) -> None:
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
-
-    api, _ = _api(5.0, [_Process()], _answers_after(0))
-    assert embedded.adopt(api)
-    assert PREFECT_API_URL.value() == os.environ["PREFECT_API_URL"] == api.api_url
-    assert not PREFECT_UI_URL.value()  # the temporary server has no UI and ends with the process
-    assert embedded.is_temporary(api.api_url) and not embedded.is_temporary("http://127.0.0.1:4200/api")
-    assert cli.prefect_ui_hint("abc") == "prefect server start   then http://127.0.0.1:4200/runs/flow-run/abc"
-    api.stop(wait=False)
-
-
-def test_runs_on_the_temporary_api_send_no_heartbeats(restored_prefect_environment: None) -> None:
+def test_runs_on_the_temporary_api_send_no_heartbeats() -> None:
     from prefect.settings import get_current_settings
 
-    api, _ = _api(5.0, [_Process()], _answers_after(0))
-    assert embedded.adopt(api)
-    assert get_current_settings().flows.heartbeat_frequency is not None  # Prefect's default: 180 s
+    before = get_current_settings()
+    assert before.flows.heartbeat_frequency is not None  # Prefect's default: 180 s
     with embedded.run_settings():
-        assert get_current_settings().flows.heartbeat_frequency is None
-        assert get_current_settings().api.url == api.api_url  # everything else as it was
+        inside = get_current_settings()
+        assert inside.flows.heartbeat_frequency is None
+        assert inside.api.url == before.api.url and inside.home == before.home  # everything else as it was
     assert get_current_settings().flows.heartbeat_frequency is not None
-    api.stop(wait=False)
 
 
 def test_nothing_is_started_or_kept_where_a_server_is_configured(
