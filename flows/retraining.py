@@ -33,7 +33,7 @@ from tasks.run_data import run_data_task
 from tasks.run_key import derive_run_key
 from tasks.runs import read_run
 from tasks.tracking import tracking_uri
-from tasks.training import EvalResult, FitResult, fit, test
+from tasks.training import EvalResult, FitResult, fit, require_evaluation_steps, test
 
 WINDOW_START = "{window_start}"
 WINDOW_END = "{window_end}"
@@ -206,6 +206,7 @@ def retraining(
     name = config.mlflow.registered_model_name
     if not name:
         raise ValueError("Expected mlflow.registered_model_name for retraining: the champion is found by it.")
+    require_evaluation_steps(config, "retraining")
     window_end = partition_window_end(partition, window_end)
     if partition is not None:
         say("Retraining %s on partition %s (the data-landed event's day).", name, partition)

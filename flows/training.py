@@ -21,7 +21,7 @@ from tasks.registry import CHAMPION, ModelVersionRef, get_alias, register, set_a
 from tasks.run_data import RunData, run_data_task
 from tasks.run_key import derive_run_key
 from tasks.tracking import tracking_uri
-from tasks.training import FitResult, deliver, fit, test, validate
+from tasks.training import FitResult, deliver, fit, require_evaluation_steps, test, validate
 
 
 class TrainingResult(BaseModel):
@@ -93,8 +93,10 @@ def training(config: TrainConfig, register_model: bool = True) -> TrainingResult
         register_model: Register the trained model under `mlflow.registered_model_name` (when that is
             set); the first version registered under a name becomes its `champion`.
     """
-    # a tracking URI the worker's MLflow credentials must not reach is refused before any work
+    # a tracking URI the worker's MLflow credentials must not reach, or a model the flow could not evaluate,
+    # is refused before any work
     tracking_uri(config)
+    require_evaluation_steps(config, "training")
     run_key = derive_run_key(config, "training")
     prepared = run_data_task(config)
     fitted = fit(config, prepared, run_key)

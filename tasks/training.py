@@ -545,6 +545,24 @@ def log_run_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int)
 _RETRYING = retrying(cache_policy=NO_CACHE, result_serializer="json")
 
 
+def require_evaluation_steps(config: TrainConfig, flow_name: str) -> None:
+    """Refuse, before any work, a model the flow could fit but not evaluate: the training and retraining
+    flows validate and test the best checkpoint after the fit, and registration and promotion read the
+    test metrics. Without this a model lacking ``test_step`` failed after its whole fit."""
+    model_class = config.load_model_class()
+    missing = [
+        hook
+        for hook in ("validation_step", "test_step")
+        if getattr(model_class, hook) is getattr(pl.LightningModule, hook)
+    ]
+    if missing:
+        raise ValueError(
+            f"Expected the model {config.model} to implement {' and '.join(missing)}: the {flow_name} flow "
+            "validates and tests the best checkpoint after the fit (registration and promotion read the "
+            f"test metrics); received a LightningModule without {' or '.join(missing)}."
+        )
+
+
 @task(name="fit", **_RETRYING)
 def fit(config: TrainConfig, prepared: RunData, run_key: str, init_from: str | None = None) -> FitResult:
     """Prefect task around :func:`fit_model`: retried on transient faults, resuming each time."""
@@ -599,6 +617,7 @@ __all__ = [
     "fit_model",
     "load_weights",
     "log_run_metrics",
+    "require_evaluation_steps",
     "test",
     "validate",
 ]

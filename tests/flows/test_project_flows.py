@@ -145,3 +145,23 @@ def test_bad_shards_fail_before_training_and_touch_nothing(tmp_path: Path) -> No
     (data / "dt=2026-12-02" / "part-0.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(Exception, match=r"dt=2026-12-02.part-0\.parquet"):
         training(config, register_model=False)
+
+
+@pytest.mark.parametrize("flow", ["training", "retraining"])
+def test_a_model_without_test_step_is_refused_before_any_work(tmp_path: Path, flow: str) -> None:
+    (tmp_path / "mlflow").mkdir()
+    config = TrainConfig.model_validate(
+        {
+            "model": "tests.tasks.project_datamodule:RegressorWithoutTestStep",
+            "datamodule": "tests.tasks.project_datamodule:FolderDataModule",
+            "checkpoint_root": str(tmp_path / "checkpoints"),
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
+                "registered_model_name": "no-test-step",
+            },
+        }
+    )
+    with pytest.raises(ValueError, match=r"RegressorWithoutTestStep to implement test_step: the \w+ flow"):
+        (training if flow == "training" else retraining)(config)
+    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "mlflow" / "mlflow.db").exists()

@@ -97,3 +97,9 @@ class Regressor(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class RegressorWithoutTestStep(Regressor):
+    """A project's model that has no ``test_step`` (common: fit and validation only)."""
+
+    test_step = pl.LightningModule.test_step  # type: ignore[assignment]
