@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -339,3 +340,33 @@ def test_a_run_that_could_not_be_created_fails_the_next_log_call_and_finalize() 
     assert logger._sender is not None and logger._sender is not sender
     with pytest.raises(ConnectionError, match="none answered within 2s"):
         logger.finalize("success")  # waits for the new attempt, which fails the same way
+
+
+def test_params_queued_for_a_run_that_could_not_be_created_reach_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLFlowLogger(tracking_uri=uri, experiment_name="retry")
+    real_open, attempts = logger._open_run, []
+
+    def away_once() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("the server is away")
+        return real_open()
+
+    monkeypatch.setattr(logger, "_open_run", away_once)
+    logger.log_hyperparams({"lr": 0.1})  # queued for the run being created, which fails
+    sender = logger._sender
+    assert sender is not None
+    with pytest.raises(ConnectionError, match="away"):
+        sender.wait_open(30)
+    with pytest.raises(ConnectionError, match="away"):
+        logger.log_metrics({"loss": 1.0}, step=0)
+    logger.log_hyperparams({"lr": 0.1})  # the same values again: not "already logged"
+    logger.log_metrics({"loss": 0.5}, step=1)
+    logger.finalize("success")
+    run = MlflowClient(uri).get_run(str(logger.run_id))
+    assert run.data.params == {"lr": "0.1"} and run.data.metrics == {"loss": 0.5}

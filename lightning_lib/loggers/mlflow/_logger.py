@@ -230,7 +230,7 @@ class MLFlowLogger(Logger):
         ``experiment`` before the first step): any call on the client waits for the run first.
         """
         if not self._initialized:
-            self._start(wait=False)
+            self._start()
         assert self._user_client is not None  # _start sets it or raises
         return self._user_client
 
@@ -275,9 +275,9 @@ class MLFlowLogger(Logger):
         """The run key this logger finds its run by, if any."""
         return self._run_key
 
-    def _start(self, wait: bool = True) -> None:
-        """Find or create the experiment and the run; with ``wait=False`` a new run (no ``run_id`` or
-        ``run_key`` to look up) is created by the sender thread while training starts.
+    def _start(self) -> None:
+        """Find or create the experiment and the run; a new run (no ``run_id`` or ``run_key`` to look up)
+        is created by the sender thread while training starts.
 
         Lightning's logger creates the run before the first step, costing a few round trips (reachability,
         experiment, run) that the training waits for. Logging calls only queue, so they need no run id
@@ -292,7 +292,7 @@ class MLFlowLogger(Logger):
             os.makedirs(self._local_dir, exist_ok=True)
         self._client = MlflowClient(self._tracking_uri)
         _end.warm_end_of_fit(bool(self._log_model), self._log_metric_curves)
-        if not wait and self._run_id is None and not self._run_key:
+        if self._run_id is None and not self._run_key:
             # the orchestrator's run tags come from the caller's context (context variables)
             context = contextvars.copy_context()
             self._opening = self._new_sender(opener=lambda: context.run(self._open_run))
@@ -364,12 +364,15 @@ class MLFlowLogger(Logger):
             if opening.open_error is not None and self._sender is opening:
                 self._sender = self._opening = self._client = self._user_client = None
                 self._initialized = False
+                # what was queued to the failed sender reached no run: the next run must get it again
+                self._logged_params.clear()
+                self._datasets_logged.clear()
             raise
         self._opening = None
 
     def _ensure_sender(self) -> MetricSender:
         if not self._initialized:
-            self._start(wait=False)  # creates the sender
+            self._start()  # creates the sender
         if self._sender is None:
             self._sender = self._new_sender()
             if self._terminated:  # logging again after finalize (e.g. trainer.test after fit)
@@ -504,7 +507,8 @@ class MLFlowLogger(Logger):
     def finalize(self, status: str = "success") -> None:
         """End the run: deliver the queue, record checkpoints, model and curves, set the final status.
 
-        Waits at most ``finalize_timeout`` for the queue; never raises because MLflow is unreachable.
+        Waits at most ``finalize_timeout`` for the queue; never raises because MLflow is unreachable
+        during the fit, only when a new run could not be created at all (the error of that creation).
         """
         _end.finalize(self, status)
 
