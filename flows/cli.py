@@ -400,8 +400,7 @@ def _start_embedded(command: str) -> TemporaryApi | None:
     if "prefect.settings" in sys.modules and not embedded.settings_allow_temporary_api():
         return None  # Prefect already loaded (the CLI called from Python): its settings are free to read
     embedded.quiet_telemetry()  # before Prefect is imported: its SDK telemetry starts at import
-    embedded.start_timeout()  # a malformed limit is an input error before anything starts
-    return embedded.launch_temporary_api()
+    return embedded.launch_temporary_api()  # a malformed start limit is an input error before it starts
 
 
 def _adopt(api: TemporaryApi | None) -> TemporaryApi | None:

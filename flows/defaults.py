@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from flows._env import seconds_env
 from tasks.config import TrainConfig
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "pipeline.yaml"
@@ -34,16 +35,7 @@ def load_config(
 def serve_poll_seconds() -> float:
     """The runner's polling interval for ``serve``: ``PREFECT_RUNNER_POLL_FREQUENCY`` when the user set
     it, else :data:`SERVE_POLL_SECONDS`."""
-    raw = os.environ.get(POLL_VARIABLE, "").strip()
-    if not raw:
-        return SERVE_POLL_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"Expected {POLL_VARIABLE} to be a number of seconds, received {raw!r}.") from None
-    if value <= 0:
-        raise ValueError(f"Expected {POLL_VARIABLE} > 0, received {raw!r}.")
-    return value
+    return seconds_env(POLL_VARIABLE, SERVE_POLL_SECONDS)
 
 
 __all__ = ["EXAMPLE_CONFIG", "POLL_VARIABLE", "SERVE_POLL_SECONDS", "load_config", "serve_poll_seconds"]

@@ -27,6 +27,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from flows._env import seconds_env
+
 if TYPE_CHECKING:
     from tasks.config import TrainConfig
 
@@ -72,18 +74,7 @@ def quiet_telemetry(environ: dict[str, str] | os._Environ[str] | None = None) ->
 def start_timeout() -> float:
     """Seconds to wait for the temporary API: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` when
     set, else :data:`DEFAULT_START_TIMEOUT_S`."""
-    raw = os.environ.get(TIMEOUT_VARIABLE)
-    if raw is None or not raw.strip():
-        return DEFAULT_START_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(
-            f"Expected {TIMEOUT_VARIABLE} to be a number of seconds, received {raw!r}."
-        ) from None
-    if value <= 0:
-        raise ValueError(f"Expected {TIMEOUT_VARIABLE} > 0, received {raw!r}.")
-    return value
+    return seconds_env(TIMEOUT_VARIABLE, DEFAULT_START_TIMEOUT_S)
 
 
 def _free_port() -> int:
@@ -320,23 +311,15 @@ def warm_tracking(config: TrainConfig) -> None:
         log.debug("Could not open the MLflow store %s ahead of the run: %s", uri, exc)
 
 
-def warm_imports(api: TemporaryApi | None = None) -> None:
-    """What every embedded command imports anyway, imported while the temporary API starts: the flows;
-    and, only while the API is still starting (the first start, which creates its database), what the
-    MLflow logger needs at the end of a fit (its model flavor, torch's export), which the logger
+def warm_imports(api: TemporaryApi) -> None:
+    """While the temporary API is still starting (the first start, which creates its database), import
+    what the MLflow logger needs at the end of a fit (its model flavor, torch's export), which the logger
     otherwise imports beside the first training steps."""
-    import flows.training  # noqa: F401
-
-    if api is None or api.answers():
+    if api.answers():
         return
-    try:
-        import torch.export  # noqa: F401
+    from lightning_lib.loggers.mlflow import warm_end_of_fit
 
-        from lightning_lib.loggers.mlflow import import_pytorch_flavor
-
-        import_pytorch_flavor()
-    except ImportError:  # optional: without them the run logs no model, and says so
-        pass
+    warm_end_of_fit(log_model=True, curves=False, background=False)
 
 
 __all__ = [

@@ -82,7 +82,7 @@ def test_the_start_limit_is_long_by_default_and_checked(monkeypatch: pytest.Monk
     assert embedded.start_timeout() == embedded.DEFAULT_START_TIMEOUT_S > 20  # Prefect's own is 20 s
     monkeypatch.setenv(embedded.TIMEOUT_VARIABLE, "45")
     assert embedded.start_timeout() == 45.0
-    for bad in ("soon", "0", "-3"):
+    for bad in ("soon", "0", "-3", "nan"):
         monkeypatch.setenv(embedded.TIMEOUT_VARIABLE, bad)
         with pytest.raises(ValueError, match=embedded.TIMEOUT_VARIABLE) as caught:
             embedded.start_timeout()

@@ -16,9 +16,10 @@ def test_serve_polls_every_second_unless_the_user_chose(monkeypatch: pytest.Monk
     assert serve_poll_seconds() == SERVE_POLL_SECONDS == 1.0
     monkeypatch.setenv(POLL_VARIABLE, "5")
     assert serve_poll_seconds() == 5.0
-    monkeypatch.setenv(POLL_VARIABLE, "often")
-    with pytest.raises(ValueError, match=POLL_VARIABLE):
-        serve_poll_seconds()
+    for bad in ("often", "0", "nan"):  # NaN would never compare <= 0
+        monkeypatch.setenv(POLL_VARIABLE, bad)
+        with pytest.raises(ValueError, match=POLL_VARIABLE):
+            serve_poll_seconds()
 
 
 def test_serve_hands_the_polling_interval_to_prefect_s_runner(monkeypatch: pytest.MonkeyPatch) -> None:
