@@ -1,11 +1,7 @@
 """Imported by ``serve``'s forkserver before it forks the runs (``flows.deploy.SERVE_PRELOAD``): what a
-run's end of fit would import after its last step, the way the MLflow logger imports it (MLflow's PyTorch
-flavor without pytorch_lightning's autologging, torch's export, Pillow for the metric curves)."""
+run's end of fit would import after its last step (the MLflow logger's own list), so forked runs start
+with it."""
 
-import torch._dynamo
-import torch.export  # noqa: F401
-from PIL import Image, ImageDraw  # noqa: F401
+from lightning_lib.loggers.mlflow import warm_end_of_fit
 
-from lightning_lib.loggers.mlflow import import_pytorch_flavor
-
-import_pytorch_flavor()
+warm_end_of_fit(log_model=True, curves=True, background=False)

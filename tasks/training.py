@@ -38,6 +38,7 @@ from tasks.run_data import RunData
 from tasks.run_identity import LeaseGuard, hold_run_key
 from tasks.tracking import tracking_uri
 
+_METRICS_PER_REQUEST = 1000  # MLflow's limit of metrics per log-batch request
 log = logging.getLogger(__name__)
 
 
@@ -272,8 +273,9 @@ def _fit_held(
         DataIdentityRecorder(prepared),
         *(extra_callbacks or []),
     ]
-    progress = PrefectProgress(description=f"Training {run_name(config)}") if progress_artifact else None
-    if progress is not None and in_prefect_run():
+    progress = None
+    if progress_artifact and in_prefect_run():
+        progress = PrefectProgress(description=f"Training {run_name(config)}")
         callbacks.append(progress)
     # a loud warning (and a tag on the run) when the code carries no git commit: reproduce would refuse it
     logger = build_logger(config, run_key, tags={**data_tags(prepared), **warn_if_no_git()})
@@ -405,9 +407,7 @@ def deliver_pending(config: TrainConfig, fit_result: FitResult, prepared: RunDat
     client = MlflowClient(uri)
     run_id = fit_result.mlflow_run_id
     if pending is not None:
-        for start in range(0, len(pending.metrics), 1000):
-            batch = pending.metrics[start : start + 1000]
-            client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in batch], synchronous=True)
+        _log_metric_batches(client, run_id, [Metric(k, v, t, s) for k, v, t, s in pending.metrics])
         for start in range(0, len(pending.params), 100):
             params = [Param(k, v) for k, v in pending.params[start : start + 100]]
             client.log_batch(run_id, params=params, synchronous=True)
@@ -535,9 +535,13 @@ def log_run_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int)
     _wait_for_server(uri, timeout=10.0)
     timestamp = int(time.time() * 1000)
     values = [Metric(clean_name(k), v, timestamp, step) for k, v in metrics.items()]
-    client = MlflowClient(uri)
-    for start in range(0, len(values), 1000):
-        client.log_batch(run_id, metrics=values[start : start + 1000], synchronous=True)
+    _log_metric_batches(MlflowClient(uri), run_id, values)
+
+
+def _log_metric_batches(client: Any, run_id: str, metrics: list[Any]) -> None:
+    """``metrics`` (MLflow ``Metric`` objects) to run ``run_id``, synchronously, in batches MLflow accepts."""
+    for start in range(0, len(metrics), _METRICS_PER_REQUEST):
+        client.log_batch(run_id, metrics=metrics[start : start + _METRICS_PER_REQUEST], synchronous=True)
 
 
 # Never served from a cache: a finished fit is cheap to "re-run" (it resumes at its end), and a cached

@@ -244,6 +244,7 @@ EXPORTED = {
         "import_pytorch_flavor",
         "log_pytorch_model",
         "serving_parts",
+        "warm_end_of_fit",
     ],
 }
 

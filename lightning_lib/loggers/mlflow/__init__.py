@@ -8,6 +8,7 @@ numbers). ``import lightning_lib`` does not import mlflow; these modules import 
 """
 
 from lightning_lib.loggers.mlflow._context import TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_RUN_KEY, git_tags
+from lightning_lib.loggers.mlflow._end import warm_end_of_fit
 from lightning_lib.loggers.mlflow._flavor import import_pytorch_flavor
 from lightning_lib.loggers.mlflow._logger import MLFlowLogger
 from lightning_lib.loggers.mlflow._model import example_input, log_pytorch_model, serving_parts
@@ -17,6 +18,7 @@ from lightning_lib.loggers.mlflow._params import clean_name
 # them when the logger could not (the tracking server was away at the end of the fit). import_pytorch_flavor:
 # ``mlflow.pytorch`` without the 3-4 s of pytorch_lightning it imports when that is installed. clean_name: a
 # metric name as the logger records it, for an application that logs to a logger's run directly.
+# warm_end_of_fit: what the end of a fit imports, imported ahead by a process that prepares runs.
 __all__ = [
     "TAG_GIT_COMMIT",
     "TAG_GIT_DIRTY",
@@ -28,4 +30,5 @@ __all__ = [
     "import_pytorch_flavor",
     "log_pytorch_model",
     "serving_parts",
+    "warm_end_of_fit",
 ]

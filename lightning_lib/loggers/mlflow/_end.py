@@ -40,9 +40,11 @@ _WARMED: set[str] = set()
 _WARM_LOCK = threading.Lock()
 
 
-def warm_end_of_fit(log_model: bool, curves: bool) -> threading.Thread | None:
-    """Import, on a background thread, what the end of a fit needs (MLflow's PyTorch flavor for the
-    model, Pillow and its font for the curves), once per process.
+def warm_end_of_fit(log_model: bool, curves: bool, background: bool = True) -> threading.Thread | None:
+    """Import what the end of a fit needs (MLflow's PyTorch flavor and torch's export for the model,
+    Pillow and its font for the curves), once per process: on a background thread (returned), or now
+    with ``background=False`` (a process that prepares runs before they start: the CLI while Prefect's
+    API starts, ``serve``'s forkserver).
 
     In a fresh process (a CLI run, a deployment's flow-run process) these cost seconds, which would all
     fall after the last training step; started with the run, they overlap the training instead. What is
@@ -53,6 +55,9 @@ def warm_end_of_fit(log_model: bool, curves: bool) -> threading.Thread | None:
         todo = wanted - _WARMED
         _WARMED.update(todo)
     if not todo:
+        return None
+    if not background:
+        _warm(todo)
         return None
     thread = threading.Thread(target=_warm, args=(todo,), name="mlflow-warm-up", daemon=True)
     thread.start()

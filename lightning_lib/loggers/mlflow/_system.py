@@ -63,16 +63,6 @@ def start_system_metrics(run_id: str, tracking_uri: str, interval: float, resume
     return monitor, first_step
 
 
-def stop_system_metrics(handle: Any, timeout: float) -> None:
-    """Stop sampling; publish the samples taken when no full interval has passed yet.
-
-    MLflow's monitor publishes synchronously, with its HTTP client's retries: against a server that is
-    away that takes minutes. The logger's ``finalize`` must not wait on it (it never blocks on MLflow), so
-    the stop runs on a daemon thread and is given ``timeout`` seconds; past that, the last samples are
-    left to it and a warning says so."""
-    begin_stop_system_metrics(handle)(timeout)
-
-
 def begin_stop_system_metrics(handle: Any) -> Callable[[float], None]:
     """Start stopping on a daemon thread; return the function that waits (at most its argument, in
     seconds) for the stop to be done, warning when it is not: the end of a fit overlaps the stop (a
@@ -107,4 +97,4 @@ def _stop(handle: Any) -> None:
         log.warning("Could not log the last system metrics: %s: %s", type(exc).__name__, exc)
 
 
-__all__ = ["begin_stop_system_metrics", "start_system_metrics", "stop_system_metrics"]
+__all__ = ["begin_stop_system_metrics", "start_system_metrics"]
