@@ -44,6 +44,10 @@ Servers are optional: without PREFECT_API_URL / MLFLOW_TRACKING_URI / AWS_ENDPOI
 Prefect's temporary local API, MLflow on a local SQLite file and local folders."""
 
 
+# a shell's status for a command ended by SIGINT (128 + 2)
+_INTERRUPTED_EXIT = 130
+
+
 class _InputError(Exception):
     """An input error the CLI finds itself (flags, arguments): one line, exit 2."""
 
@@ -458,13 +462,53 @@ def run(args: argparse.Namespace) -> int:
         return _dispatch(args, api, config)
 
 
+class _Interrupted(Exception):
+    """A run stopped by Ctrl-C (or SIGINT) after Prefect recorded it Crashed; ``run_key`` continues it."""
+
+    def __init__(self, run_key: str | None = None) -> None:
+        super().__init__(run_key)
+        self.run_key = run_key
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Ctrl-C: the ``KeyboardInterrupt`` itself, or the ``SystemExit`` that the
+    Trainer raises after its graceful shutdown from one (as Lightning does)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class _CrashedRun:
+    """A flow's ``on_crashed`` hook that remembers the crashed flow run's id (the run key derives from it)."""
+
+    def __init__(self) -> None:
+        self.flow_run_id: str | None = None
+
+    def remember_crashed_flow_run(self, flow: Any, flow_run: Any, state: Any) -> None:
+        self.flow_run_id = str(flow_run.id)
+
+
 def _dispatch(args: argparse.Namespace, api: TemporaryApi | None, config: Any) -> int:
     if args.command == "train":
         from flows.training import training
 
         _ready(api, config)
         assert config is not None  # checked above, before the API started
-        _print_training(training(config))
+        crashed = _CrashedRun()
+        try:
+            trained = training.with_options(on_crashed=[crashed.remember_crashed_flow_run])(config)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if crashed.flow_run_id is not None and _interrupted(exc):
+                from tasks.run_key import run_key_of_flow_run
+
+                raise _Interrupted(run_key_of_flow_run(config, "training", crashed.flow_run_id)) from exc
+            raise
+        _print_training(trained)
         return 0
     if args.command == "retrain":
         from flows.retraining import retraining
@@ -592,10 +636,15 @@ class _ConsoleFilter(logging.Filter):
             return False
         if exc is not None:
             self.shown.append(exc)
-        return not (self.input_error_seen and record.getMessage().startswith("Finished in state Failed"))
+        message = record.getMessage()
+        if _CrashedRun.remember_crashed_flow_run.__name__ in message:  # Prefect's lines about the CLI's hook
+            return False
+        return not (self.input_error_seen and message.startswith("Finished in state Failed"))
 
 
 _CONSOLE = _ConsoleFilter()
+# the name lightning_lib gives the handler it adds when the app configured no logging (lightning_lib/__init__)
+_LIBRARY_CONSOLE_HANDLER = "lightning_lib.console"
 
 
 def _watch_console() -> None:
@@ -610,6 +659,12 @@ def _watch_console() -> None:
     for handler in {h for log in loggers for h in log.handlers if isinstance(h, PrefectConsoleHandler)}:
         if _CONSOLE not in handler.filters:
             handler.addFilter(_CONSOLE)
+    if any(isinstance(h, PrefectConsoleHandler) for h in logging.getLogger().handlers):
+        # the library's records reach Prefect's console handler on the root logger; its own fallback
+        # handler (for apps that configure no logging) would print each line a second time
+        library = logging.getLogger("lightning_lib")
+        for fallback in [h for h in library.handlers if h.get_name() == _LIBRARY_CONSOLE_HANDLER]:
+            library.removeHandler(fallback)
 
 
 _VALUE_FLAGS_WITH_CONFIG = ("train", "retrain", "config")
@@ -667,6 +722,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _CONSOLE.reset()
     try:
         return run(args)
+    except (_Interrupted, KeyboardInterrupt, SystemExit) as exc:
+        if not (isinstance(exc, _Interrupted) or _interrupted(exc)):
+            raise
+        # the flow run's log keeps the detail (Crashed); the run can be continued from its last checkpoint
+        run_key = exc.run_key if isinstance(exc, _Interrupted) else None
+        hint = f"; continue it from its last checkpoint with --run-key {run_key}" if run_key else ""
+        print(f"{prefix}: interrupted{hint}", file=sys.stderr)
+        return _INTERRUPTED_EXIT
     except Exception as exc:
         if is_input_error(exc):
             # one line; the flow run's log in Prefect keeps the traceback

@@ -85,13 +85,14 @@ def _free_port() -> int:
 
 def _uvicorn(port: int) -> subprocess.Popen[bytes]:
     """Prefect's server app under uvicorn on ``127.0.0.1:port``, as Prefect runs its temporary server (the
-    subprocess reads the same environment, profile and settings files as this process)."""
+    subprocess reads the same environment, profile and settings files as this process), in a session of
+    its own that a Ctrl-C at the terminal does not reach, ending with this process (``flows._api_process``)."""
     spec = find_spec("prefect")  # located, not imported: importing Prefect costs ~2 s
     if spec is None or spec.origin is None:
         raise RuntimeError("Expected the prefect package to be installed (the `pipeline` extra).")
     return subprocess.Popen(
         [
-            sys.executable, "-m", "uvicorn",
+            sys.executable, "-m", "flows._api_process", str(os.getpid()),
             "--app-dir", str(Path(spec.origin).parent.parent),
             "--factory", "prefect.server.api.server:create_app",
             "--host", "127.0.0.1", "--port", str(port),
@@ -99,6 +100,7 @@ def _uvicorn(port: int) -> subprocess.Popen[bytes]:
         ],
         env={**os.environ, **_SERVER_ENV},
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )  # fmt: skip
 
 

@@ -11,10 +11,14 @@ from lightning_lib.trainer import Trainer
 from lightning_lib.utilities.seed import seed_everything
 
 # Like Lightning: INFO messages (model summary, early stopping) are shown unless the app configured logging.
+# The handler is named so that an app that configures logging later (the pipeline's CLI, whose Prefect
+# console handler prints these records too) can remove it instead of printing every line twice.
 _log = _logging.getLogger("lightning_lib")
 if not _logging.getLogger().handlers and not _log.handlers:
     _log.setLevel(_logging.INFO)
-    _log.addHandler(_logging.StreamHandler())
+    _handler = _logging.StreamHandler()
+    _handler.set_name("lightning_lib.console")
+    _log.addHandler(_handler)
 
 __all__ = [
     "Callback",

@@ -58,15 +58,13 @@ def no_git_warning(path: str | os.PathLike[str] | None = None) -> str | None:
 
 
 def warn_if_no_git(path: str | os.PathLike[str] | None = None) -> dict[str, str]:
-    """Warn loudly (this module's log and Prefect's run log) when the code is not a git checkout; return
-    the MLflow tag that records the warning on the run (empty when it is a checkout)."""
+    """Warn loudly (Prefect's run log, which its console handler also prints, else this module's log)
+    when the code is not a git checkout; return the MLflow tag that records the warning on the run (empty
+    when it is a checkout)."""
     message = no_git_warning(path)
     if message is None:
         return {}
-    logger = run_logger()
-    logger.warning(message)
-    if logger is not log:
-        log.warning(message)
+    run_logger().warning(message)
     return {TAG_NO_GIT: message}
 
 

@@ -373,7 +373,9 @@ class RunLease:
                 )
                 continue
             if current is not None:
-                log.warning(
+                # a released lease is a clean handover (an attempt that ended, then this one): no warning
+                log.log(
+                    logging.INFO if current.released else logging.WARNING,
                     "Took over the lease of run key %s from %s: %s.",
                     run_key,
                     current.holder.describe(current.renewed_at),

@@ -42,15 +42,21 @@ def root_flow_run_id() -> str | None:
     return str(root or context.flow_run.id)
 
 
+def run_key_of_flow_run(config: TrainConfig, prefix: str, root_flow_run_id: str) -> str:
+    """The key :func:`derive_run_key` gives ``config`` inside the root flow run ``root_flow_run_id``
+    (``config.run_key`` when given): what a caller outside the run (the CLI) names to continue it."""
+    return config.run_key or f"{prefix}-{root_flow_run_id}-{config_digest(config)}"
+
+
 def derive_run_key(config: TrainConfig, prefix: str = "run") -> str:
     """``config.run_key``, else ``<prefix>-<root flow run id>-<config digest>``, else a fresh unique key."""
     if config.run_key:
         return config.run_key
     root = root_flow_run_id()
     if root is not None:
-        return f"{prefix}-{root}-{config_digest(config)}"
+        return run_key_of_flow_run(config, prefix, root)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"{prefix}-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
-__all__ = ["config_digest", "derive_run_key", "root_flow_run_id"]
+__all__ = ["config_digest", "derive_run_key", "root_flow_run_id", "run_key_of_flow_run"]

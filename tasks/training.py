@@ -281,7 +281,12 @@ def _fit_held(
     logger = build_logger(config, run_key, tags={**data_tags(prepared), **warn_if_no_git()})
     try:
         # The config itself goes into the run's params (``config.*``): ``reproduce`` rebuilds it from there.
-        logger.log_hyperparams(config.to_flat_params())
+        with warnings.catch_warnings():
+            # A continued run keeps its first attempt's params. hold_run_key refused any compared field
+            # that differs, so what differs here is where things are (NOT_COMPARED: the run key given
+            # to continue a derived one, a moved checkpoint root), not news.
+            warnings.filterwarnings("ignore", message=r"MLflow params cannot change", category=RuntimeWarning)
+            logger.log_hyperparams(config.to_flat_params())
         say(
             "MLflow run %s of run key %s: %s",
             logger.run_id,

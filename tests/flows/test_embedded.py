@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -307,3 +308,61 @@ def test_the_embedded_train_command_runs_on_a_fresh_machine_and_leaves_nothing_r
         states = db.execute("SELECT state_type FROM flow_run").fetchall()
     assert states == [("COMPLETED",)]
     assert _temporary_servers(home) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_embedded_run_in_one_line_and_its_run_key_continues_it(tmp_path: Path) -> None:
+    """Ctrl-C at the terminal (SIGINT to the foreground process group) mid-fit: the temporary API is in a
+    session of its own, so the run is recorded Crashed before the CLI stops the API; the CLI exits 130 with
+    one line naming the run key, no traceback, nothing left running, each line printed once. The named
+    run key then continues the fit from its last checkpoint, in the same MLflow run, without a warning."""
+    import signal
+    import time
+
+    home = tmp_path / "prefect-home"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_")) and k not in embedded.TELEMETRY_OFF
+    }
+    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(REPO))
+    overrides = ["trainer.max_epochs=40"]  # the progress bar prints a line per epoch off a terminal
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "train", *overrides],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300  # a hang detector, not a timing claim
+        while "Epoch 2:" not in log_path.read_text() and first.poll() is None:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
+        assert first.wait(timeout=120) == 130, log_path.read_text()
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    output = log_path.read_text()
+    assert "Traceback" not in output, output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(
+        "lightning-lib train: interrupted; continue it from its last checkpoint with --run-key training-"
+    )
+    run_key = last.rsplit(" ", 1)[1]
+    assert output.count("Trainable params") == 1 and output.count("is not a git checkout") == 1, output
+    assert _temporary_servers(home) == []
+    with sqlite3.connect(home / "prefect.db") as db:
+        assert db.execute("SELECT state_type FROM flow_run").fetchall() == [("CRASHED",)]
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "train", *overrides, "--run-key", run_key],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Took over the lease" not in output and "MLflow refused" not in output, output
+    steps = next(line for line in done.stdout.splitlines() if line.strip().startswith("steps"))
+    total, this_attempt = (int(n) for n in re.findall(r"\d+", steps))
+    assert total == 40 * 20 and 0 < this_attempt < total, steps
+    assert f"run key               {run_key}" in done.stdout

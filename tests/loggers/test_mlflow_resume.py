@@ -139,3 +139,24 @@ def test_a_new_run_skips_nothing(tmp_path: Path) -> None:
         logger.log_metrics({"loss": value}, step=step)
     logger.finalize("success")
     assert history(logger)["loss"] == [(1, 1.0), (1, 1.5), (3, 3.0)]
+
+
+def test_params_given_before_a_continued_run_is_used_are_compared_with_its_recorded_ones(
+    tmp_path: Path,
+) -> None:
+    """The first call on a logger that continues a run by its key may be ``log_hyperparams`` (the
+    pipeline's fit logs the config first): a param recorded with another value is kept, with a warning,
+    not sent and refused by MLflow (which lost it and failed the pipeline's delivery after the fit)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MLFlowLogger(experiment_name="e", tracking_uri=uri, run_key="k1")
+    first.log_hyperparams({"config.run_key": None, "config.lr": 0.1})
+    first.finalize("success")
+    second = MLFlowLogger(experiment_name="e", tracking_uri=uri, run_key="k1")
+    with pytest.warns(RuntimeWarning, match=r"keeping the recorded values of \['config.run_key'\]"):
+        second.log_hyperparams({"config.run_key": "k1", "config.lr": 0.1, "config.seed": 3})
+    second.finalize("success")
+    report = second.delivery_report
+    assert report is not None and report.ok, report.summary()
+    assert second.run_id == first.run_id
+    params = second.experiment.get_run(second.run_id).data.params
+    assert params == {"config.run_key": "None", "config.lr": "0.1", "config.seed": "3"}

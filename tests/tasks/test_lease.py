@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import socket
@@ -119,13 +120,19 @@ def test_another_machines_lease_is_refused_while_fresh_and_taken_over_once_expir
     assert taken.crashed is not None and taken.crashed[2].startswith("it expired at ")
 
 
-def test_a_released_lease_is_taken_and_an_earlier_attempt_of_this_process_too(store: ObjectStore) -> None:
+def test_a_released_lease_is_taken_and_an_earlier_attempt_of_this_process_too(
+    store: ObjectStore, caplog: pytest.LogCaptureFixture
+) -> None:
     first = RunLease.acquire(store, "k1").start()
     with pytest.raises(RunKeyBusyError, match=f"pid {os.getpid()}"):
         RunLease.acquire(store, "k1")  # a concurrent fit in this process
     first.release()
-    second = RunLease.acquire(store, "k1").start()
+    with caplog.at_level(logging.INFO, logger="tasks.lease"):
+        second = RunLease.acquire(store, "k1").start()
     assert second.crashed is None  # a released lease is no crash
+    # ... and no warning: continuing a run key after its attempt ended (a Ctrl-C, then --run-key) is normal
+    handover = [r for r in caplog.records if "Took over the lease" in r.getMessage()]
+    assert [r.levelno for r in handover] == [logging.INFO] and "it was released" in handover[0].getMessage()
     # an attempt that failed and whose release failed too (storage down): no longer active here, so
     # Prefect's retry of the task in this process takes the run key over instead of being refused
     second._stop.set()

@@ -409,6 +409,8 @@ class MLFlowLogger(Logger):
         hyper-parameters) is skipped with a warning instead of failing the request.
         """
         flat = _sanitize_params(_flatten_dict(_convert_params(params)))
+        # a continued run is looked up first: its recorded params are what a new value is compared with
+        sender = self._ensure_sender()
         pairs = []
         changed = []
         for key, value in prepare_params(flat):
@@ -424,7 +426,6 @@ class MLFlowLogger(Logger):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        sender = self._ensure_sender()
         for chunk in chunks(pairs, MAX_PARAMS_PER_BATCH):
             sender.add("params", chunk)
         if self._synchronous:
