@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import textwrap
 import threading
@@ -470,17 +471,40 @@ class _Interrupted(Exception):
         self.run_key = run_key
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """Whether ``exc`` is a Ctrl-C: the ``KeyboardInterrupt`` itself, or the ``SystemExit`` that the
-    Trainer raises after its graceful shutdown from one (as Lightning does)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+class _CtrlC:
+    """Remembers that SIGINT arrived (then raises ``KeyboardInterrupt`` as Python's own handler does).
+
+    What reaches the CLI after a Ctrl-C is not always a ``KeyboardInterrupt``: the Trainer ends its graceful
+    shutdown with ``SystemExit`` (as Lightning does), pydantic wraps one raised inside a serializer, a
+    library's bare ``except`` swallows one in the middle of an import that then fails later. Whatever
+    surfaces, the command was interrupted."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Watch for SIGINT in the block (over Python's default handler only: an embedding application's
+        own handler is left alone), then put the default back."""
+        self.received = False
+        installed = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        if installed:
+            signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield
+        finally:
+            if installed:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        signal.default_int_handler(signum, frame)
+
+
+_CTRL_C = _CtrlC()
 
 
 class _CrashedRun:
@@ -502,8 +526,8 @@ def _dispatch(args: argparse.Namespace, api: TemporaryApi | None, config: Any) -
         crashed = _CrashedRun()
         try:
             trained = training.with_options(on_crashed=[crashed.remember_crashed_flow_run])(config)
-        except (KeyboardInterrupt, SystemExit) as exc:
-            if crashed.flow_run_id is not None and _interrupted(exc):
+        except BaseException as exc:
+            if crashed.flow_run_id is not None and _CTRL_C.received:
                 from tasks.run_key import run_key_of_flow_run
 
                 raise _Interrupted(run_key_of_flow_run(config, "training", crashed.flow_run_id)) from exc
@@ -709,7 +733,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (2 for an input error, 1 for another failure)."""
+    """Run one command; returns the exit status (2 for an input error, 1 for another failure, 130 when
+    interrupted by Ctrl-C)."""
     tokens = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parse(tokens)
@@ -721,28 +746,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"lightning-lib {args.command}"
     _CONSOLE.reset()
     try:
-        return run(args)
-    except (_Interrupted, KeyboardInterrupt, SystemExit) as exc:
-        if not (isinstance(exc, _Interrupted) or _interrupted(exc)):
+        with _CTRL_C.watching():
+            return run(args)
+    except BaseException as exc:
+        if not _CTRL_C.received:
+            if isinstance(exc, Exception):
+                return _failed(prefix, exc)
             raise
         # the flow run's log keeps the detail (Crashed); the run can be continued from its last checkpoint
         run_key = exc.run_key if isinstance(exc, _Interrupted) else None
         hint = f"; continue it from its last checkpoint with --run-key {run_key}" if run_key else ""
         print(f"{prefix}: interrupted{hint}", file=sys.stderr)
         return _INTERRUPTED_EXIT
-    except Exception as exc:
-        if is_input_error(exc):
-            # one line; the flow run's log in Prefect keeps the traceback
-            print(f"{prefix}: {describe_input_error(exc)}", file=sys.stderr)
-            return 2
-        if not any(shown is exc for shown in _CONSOLE.shown):
-            traceback.print_exception(exc)  # not shown by a flow run's log: the detail is needed here
-        where = "above and in the flow run's log" if _CONSOLE.shown else "above"
-        print(
-            f"{prefix}: failed with {type(exc).__name__}: {' '.join(str(exc).split())} (traceback {where})",
-            file=sys.stderr,
-        )
-        return 1
+
+
+def _failed(prefix: str, exc: Exception) -> int:
+    """Show a failed command: one line for an input error (exit 2), else the traceback once and a last
+    line naming the error (exit 1)."""
+    if is_input_error(exc):
+        # one line; the flow run's log in Prefect keeps the traceback
+        print(f"{prefix}: {describe_input_error(exc)}", file=sys.stderr)
+        return 2
+    if not any(shown is exc for shown in _CONSOLE.shown):
+        traceback.print_exception(exc)  # not shown by a flow run's log: the detail is needed here
+    where = "above and in the flow run's log" if _CONSOLE.shown else "above"
+    print(
+        f"{prefix}: failed with {type(exc).__name__}: {' '.join(str(exc).split())} (traceback {where})",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def console() -> NoReturn:

@@ -259,3 +259,42 @@ def test_a_failure_that_is_not_an_input_error_keeps_its_traceback(
     assert err.rstrip().splitlines()[-1] == (
         "lightning-lib config: failed with RuntimeError: the worker ran out of memory (traceback above)"
     )
+
+
+@pytest.mark.parametrize("surfaces", ["wrapped", "swallowed", "system_exit"])
+def test_whatever_surfaces_after_ctrl_c_is_one_interrupted_line_and_status_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], surfaces: str
+) -> None:
+    """After a Ctrl-C the CLI may see a KeyboardInterrupt wrapped by a library (pydantic's serializer), an
+    error caused by one swallowed mid-import, or the Trainer's SystemExit: the command was interrupted."""
+    import os
+    import signal
+
+    def interrupted_run(args: object) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])  # let the handler run
+        except KeyboardInterrupt:
+            if surfaces == "wrapped":
+                raise ValueError("Error calling function `_ser_model`: KeyboardInterrupt:") from None
+            if surfaces == "system_exit":
+                raise SystemExit(1) from None
+        raise AttributeError("module 'numpy._core' has no attribute '_multiarray_umath'")
+
+    monkeypatch.setattr(cli, "run", interrupted_run)
+    assert cli.main(["predict", "--model", "m"]) == 130
+    err = capsys.readouterr().err
+    assert err == "lightning-lib predict: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_failure_without_ctrl_c_is_still_a_failure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def failing_run(args: object) -> int:
+        raise RuntimeError("the registry is down")
+
+    monkeypatch.setattr(cli, "run", failing_run)
+    assert cli.main(["predict", "--model", "m"]) == 1
+    err = capsys.readouterr().err
+    assert "failed with RuntimeError: the registry is down" in err and "interrupted" not in err
