@@ -389,7 +389,7 @@ def prefect_ui_hint(flow_run_id: str | None) -> str:
     return f"prefect server start   then http://127.0.0.1:4200{page}"
 
 
-_FLOW_COMMANDS = ("train", "retrain", "reproduce", "predict")
+_FLOW_COMMANDS = ("train", "retrain", "reproduce", "predict", "serve")
 
 
 def _start_embedded(command: str) -> TemporaryApi | None:
@@ -443,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(_config(args).model_dump(mode="json"), indent=2))
         return 0
     configured = args.command in ("train", "retrain")
-    if configured:
+    if configured or (args.command == "serve" and args.config):
         _check_config_file(args.config)
     # the temporary API starts first and runs while the config is checked and the flows are imported; an
     # input error found meanwhile stops it before any run begins
@@ -585,9 +585,14 @@ def _dispatch(args: argparse.Namespace, api: TemporaryApi | None, config: Any) -
         if args.config:
             from flows.defaults import load_config
 
-            _check_config_file(args.config)
-            config = load_config(args.config)
+            config = load_config(args.config)  # the file was checked before the temporary API started
         cron = args.cron or deploy.DEFAULT_CRON
+        if args.work_pool and api is not None:
+            raise _InputError(
+                f"Expected a Prefect server for --work-pool {args.work_pool} (set PREFECT_API_URL): "
+                "deployments registered on the temporary local API would be gone when this command ends."
+            )
+        _ready(api)
         if args.work_pool:
             ids = deploy.deploy(args.work_pool, args.source, args.image, config, cron)
             print(f"Deployed {len(ids)} deployments to work pool {args.work_pool!r}.")

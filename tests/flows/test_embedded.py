@@ -366,3 +366,59 @@ def test_ctrl_c_stops_the_embedded_run_in_one_line_and_its_run_key_continues_it(
     total, this_attempt = (int(n) for n in re.findall(r"\d+", steps))
     assert total == 40 * 20 and 0 < this_attempt < total, steps
     assert f"run key               {run_key}" in done.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_an_embedded_serve_promptly_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """`lightning-lib serve` with no Prefect server serves on the CLI's temporary API (its own session):
+    Ctrl-C pauses the deployments against it and ends the command, instead of Prefect's own temporary
+    server dying with the Ctrl-C and the pause retrying against it for minutes."""
+    import signal
+    import time
+
+    home = tmp_path / "prefect-home"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_")) and k not in embedded.TELEMETRY_OFF
+    }
+    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(REPO))
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve"],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300  # hang detectors, not timing claims
+        while "forkserver that has imported the flows" not in log_path.read_text():
+            assert serve.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        os.killpg(serve.pid, signal.SIGINT)
+        assert serve.wait(timeout=60) in (0, 130), log_path.read_text()
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+    output = log_path.read_text()
+    assert "All deployments have been paused" in output and "Traceback" not in output, output
+    assert _temporary_servers(home) == []
+
+
+def test_serving_on_a_work_pool_without_a_prefect_server_is_refused_in_one_line(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_")) and k not in embedded.TELEMETRY_OFF
+    }
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "serve", "--work-pool", "cpu", "--source", str(REPO)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "lightning-lib serve: Expected a Prefect server for --work-pool cpu (set PREFECT_API_URL): "
+        "deployments registered on the temporary local API would be gone when this command ends."
+    )
+    assert "Traceback" not in done.stderr
+    assert _temporary_servers(tmp_path / "prefect-home") == []
