@@ -264,6 +264,18 @@ def test_the_quick_exit_waits_for_threads_runs_exit_handlers_and_flushes(tmp_pat
     assert (tmp_path / "handler").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
 
 
+def _embedded_env(home: Path) -> dict[str, str]:
+    """This environment as a fresh machine's: no Prefect, MLflow or AWS settings, no telemetry choice,
+    Prefect's home at ``home``, this checkout importable."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_")) and k not in embedded.TELEMETRY_OFF
+    }
+    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(REPO))
+    return env
+
+
 def _temporary_servers(home: Path) -> list[int]:
     """Live processes serving Prefect's API over ``home`` (the temporary servers a run left behind)."""
     import psutil
@@ -287,12 +299,7 @@ def test_the_embedded_train_command_runs_on_a_fresh_machine_and_leaves_nothing_r
     yet: it finishes, prints where everything is, no traceback and no telemetry notice, the run is
     recorded in the temporary API's database, and the API is gone when the command returns."""
     home = tmp_path / "prefect-home"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_")) and k not in embedded.TELEMETRY_OFF
-    }
-    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(REPO))
+    env = _embedded_env(home)
     command = [
         sys.executable, "-m", "flows.cli", "train",
         "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
@@ -320,12 +327,7 @@ def test_ctrl_c_stops_the_embedded_run_in_one_line_and_its_run_key_continues_it(
     import time
 
     home = tmp_path / "prefect-home"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_")) and k not in embedded.TELEMETRY_OFF
-    }
-    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(REPO))
+    env = _embedded_env(home)
     overrides = ["trainer.max_epochs=40"]  # the progress bar prints a line per epoch off a terminal
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:
@@ -377,12 +379,7 @@ def test_ctrl_c_stops_an_embedded_serve_promptly_and_leaves_nothing_running(tmp_
     import time
 
     home = tmp_path / "prefect-home"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_")) and k not in embedded.TELEMETRY_OFF
-    }
-    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(REPO))
+    env = _embedded_env(home)
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         serve = subprocess.Popen(
@@ -405,12 +402,7 @@ def test_ctrl_c_stops_an_embedded_serve_promptly_and_leaves_nothing_running(tmp_
 
 
 def test_serving_on_a_work_pool_without_a_prefect_server_is_refused_in_one_line(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_")) and k not in embedded.TELEMETRY_OFF
-    }
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(REPO))
+    env = _embedded_env(tmp_path / "prefect-home")
     done = subprocess.run(
         [sys.executable, "-m", "flows.cli", "serve", "--work-pool", "cpu", "--source", str(REPO)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
