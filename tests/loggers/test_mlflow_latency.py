@@ -147,3 +147,48 @@ def test_the_end_of_fit_uploads_beside_the_delivery_unless_the_server_was_away(
     assert events == (["artifacts", "queue delivered"] if healthy else ["queue delivered", "artifacts"])
     run = logger.experiment.get_run(str(run_id))
     assert run.info.status == "FINISHED" and run.data.metrics == {"loss": 1.0}
+
+
+def test_an_upload_past_the_deadline_keeps_its_png_and_holds_back_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from lightning_lib.loggers import MLFlowLogger
+
+    logger = MLFlowLogger(save_dir=str(tmp_path / "mlruns"), log_model=True, finalize_timeout=1.0)
+    logger.log_graph(torch.nn.Linear(2, 2))
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.log_metrics({"loss": 0.5}, step=1)
+    _ = logger.run_id
+    entered, release = threading.Event(), threading.Event()
+    uploading: list[Path] = []
+    uploaded: list[bytes] = []
+
+    class _SlowServer:  # the curves' upload outlives finalize's deadline
+        def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+            uploading.append(Path(path))
+            entered.set()
+            release.wait(60)
+            uploaded.append(Path(path).read_bytes())  # the PNG must still be there when it is read
+
+    exported: list[bool] = []
+    monkeypatch.setattr(logger, "_user_client", _SlowServer())
+    monkeypatch.setattr(_end, "_log_final_model", lambda _logger: exported.append(True))
+    logger.finalize("success")
+    try:
+        assert entered.is_set() and not release.is_set()  # finalize returned while the upload hangs
+        assert exported == []  # no torch.export beside the artifacts thread
+        report = logger.delivery_report
+        assert report is not None and not report.ok
+        assert any(
+            f.startswith("model: not logged: the checkpoint references and curves") for f in report.failures
+        )
+        assert uploading[0].is_file()  # its folder is left to the thread
+    finally:
+        release.set()
+    threads = [t for t in threading.enumerate() if t.name == "mlflow-fit-artifacts"]
+    for thread in threads:
+        thread.join(30)
+    assert uploaded and uploaded[0].startswith(b"\x89PNG")
+    assert not uploading[0].parent.exists()  # removed by the thread once it was done with it

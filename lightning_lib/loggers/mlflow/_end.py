@@ -150,7 +150,8 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     thread, and while the server stores the rest of the queue the checkpoint references and the curves
     are uploaded (when the last request succeeded; otherwise only once the queue is through, so that an
     absent server costs one deadline, not MLflow's client retries). The model is exported once the
-    curves are done, and the status goes last, in the sender's last pass.
+    curves are done; when their upload outlives the deadline it is not exported (torch.export must not run
+    beside it) and the report says so. The status goes last, in the sender's last pass.
     """
     if not logger._initialized or logger._sender is None:
         return
@@ -181,18 +182,33 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     try:
         delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
         if artifacts is not None:
+            uploaded = True
             if artifacts.started:
-                artifacts.join(max(0.0, deadline - time.monotonic()))
+                uploaded = artifacts.join(max(0.0, deadline - time.monotonic()))
             elif delivered:
                 artifacts.run()
             else:
                 sender.report.failures.append(
                     "artifacts (checkpoint references, curves, model): server unreachable"
                 )
-            if delivered and logger._log_model and mlflow_status == "FINISHED":
-                _attempt(sender.report, "model", lambda: _log_final_model(logger))
+            if logger._log_model and mlflow_status == "FINISHED" and (delivered or artifacts.started):
+                if not uploaded:
+                    # torch.export traces with process-wide state: never beside the curves' upload, and
+                    # waiting for that upload would take the fit past its deadline
+                    sender.report.failures.append(
+                        "model: not logged: the checkpoint references and curves were still uploading at"
+                        " the deadline"
+                    )
+                elif not delivered:
+                    sender.report.failures.append(
+                        "model: not logged: the queue was not delivered before the deadline"
+                    )
+                else:
+                    _attempt(sender.report, "model", lambda: _log_final_model(logger))
     finally:
-        if plot is not None:
+        if artifacts is not None:
+            artifacts.close_plot()
+        elif plot is not None:
             plot.close()
     if metrics_stop is not None:
         metrics_stop(min(5.0, logger._finalize_timeout))
@@ -210,7 +226,10 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
 class _FitArtifacts:
     """The uploads of a fit's end that do not need the queue delivered first (checkpoint references,
     copies, the curves), run on a thread beside the delivery, or on the caller's when the server was
-    away (MLflow's client would retry each for minutes)."""
+    away (MLflow's client would retry each for minutes).
+
+    The thread may outlive ``finalize``'s deadline (a slow server): it then owns the curve PNG's folder,
+    which it removes once it no longer reads from it (:meth:`close_plot`)."""
 
     def __init__(
         self,
@@ -221,13 +240,16 @@ class _FitArtifacts:
     ) -> None:
         self._logger, self._report, self._history, self._plot = logger, report, history, plot
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._finished = False  # the thread is done with the plot
+        self._close_when_finished = False  # finalize has returned: the thread removes the plot's folder
 
     @property
     def started(self) -> bool:
         return self._thread is not None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="mlflow-fit-artifacts", daemon=True)
+        self._thread = threading.Thread(target=self._run_on_thread, name="mlflow-fit-artifacts", daemon=True)
         self._thread.start()
 
     def run(self) -> None:
@@ -243,13 +265,36 @@ class _FitArtifacts:
             plot=self._plot,
         )
 
-    def join(self, timeout: float) -> None:
+    def _run_on_thread(self) -> None:
+        try:
+            self.run()
+        finally:
+            with self._lock:
+                self._finished = True
+                close = self._close_when_finished
+            if close and self._plot is not None:
+                self._plot.close()
+
+    def join(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for the thread; False (and reported) when it still runs."""
         assert self._thread is not None
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._report.failures.append(
                 "artifacts (checkpoint references, curves): no answer before the deadline"
             )
+            return False
+        return True
+
+    def close_plot(self) -> None:
+        """Remove the curve PNG's folder now, or, while the thread may still upload the PNG, when it ends."""
+        if self._plot is None:
+            return
+        with self._lock:
+            if self._thread is not None and not self._finished:
+                self._close_when_finished = True
+                return
+        self._plot.close()
 
 
 def _log_final_model(logger: MLFlowLogger) -> None:
