@@ -192,3 +192,7 @@ def test_an_upload_past_the_deadline_keeps_its_png_and_holds_back_the_model(
         thread.join(30)
     assert uploaded and uploaded[0].startswith(b"\x89PNG")
     assert not uploading[0].parent.exists()  # removed by the thread once it was done with it
+    # the upload took the deadline, not the final status: the run did not stay RUNNING
+    from mlflow import MlflowClient
+
+    assert MlflowClient(logger.tracking_uri).get_run(str(logger.run_id)).info.status == "FINISHED"

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lightning_lib.loggers.mlflow._logger")
 
+# at most this much of finalize's deadline is kept for the run's final status (one request)
+_STATUS_RESERVE_S = 2.0
+
 _STATUSES = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 
 
@@ -158,7 +161,10 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
     logger._await_run()
     mlflow_status = final_status(logger, status)
     sender = logger._sender
+    # the final status gets the last part of the deadline to itself: otherwise an upload that uses it all
+    # leaves the run RUNNING for ever
     deadline = time.monotonic() + logger._finalize_timeout
+    work_deadline = deadline - min(_STATUS_RESERVE_S, 0.2 * logger._finalize_timeout)
     fitted, logger._fitting = logger._fitting, False
     history = logger._history if logger._log_metric_curves and fitted else None
     plot = CurvePlot(history) if history else None  # drawn from now on, beside all that follows
@@ -169,7 +175,7 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
         metrics_stop = begin_stop_system_metrics(logger._system_metrics)
         logger._system_metrics = None
     if logger._dataset_thread is not None:
-        logger._dataset_thread.join(max(0.0, deadline - time.monotonic()))
+        logger._dataset_thread.join(max(0.0, work_deadline - time.monotonic()))
     logger._recorded = None  # the replay of the continued run ends with this fit
     if logger._log_model and fitted:
         _record_checkpoints(logger)
@@ -180,11 +186,11 @@ def finalize(logger: MLFlowLogger, status: str = "success") -> None:
         if sender.healthy:
             artifacts.start()
     try:
-        delivered = sender.flush(wait=True, timeout=max(0.0, deadline - time.monotonic()))
+        delivered = sender.flush(wait=True, timeout=max(0.0, work_deadline - time.monotonic()))
         if artifacts is not None:
             uploaded = True
             if artifacts.started:
-                uploaded = artifacts.join(max(0.0, deadline - time.monotonic()))
+                uploaded = artifacts.join(max(0.0, work_deadline - time.monotonic()))
             elif delivered:
                 artifacts.run()
             else:
