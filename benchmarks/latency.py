@@ -518,7 +518,7 @@ def part_deployment(runs: int, epochs: int, setups: set[str]) -> dict[str, Any]:
                     # after serve's setups: deploying moves the same deployments onto the work pool
                     _deploy_to_pool(server, Path(tmp) / "deploy")
                     prefect_worker = ["-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process"]
-                    ways_pool = (
+                    ways_pool: tuple[tuple[str, list[str], dict[str, str]], ...] = (
                         ("pool_lightning_lib_worker", ["-m", "flows.cli", "worker", "--pool", POOL], {}),
                         ("pool_prefect_worker_poll_1s", prefect_worker, {"PREFECT_WORKER_QUERY_SECONDS": "1"}),
                         ("pool_prefect_worker_defaults", prefect_worker, {}),

@@ -1,4 +1,4 @@
-"""Served flow runs start from a forkserver that has already imported the flows.
+"""Served flow runs (and a worker's) start from a forkserver that has already imported the flows.
 
 ``prefect.serve`` runs each flow run of a served deployment as ``python -m prefect.engine`` (Prefect's
 ``EngineCommandStarter``): a fresh interpreter that imports Prefect, then the flow's module and with it
@@ -37,6 +37,17 @@ worker; the server's threads are checked after its first fork, and any thread ot
 purger sends the runs back to Prefect's start. That purger (pyarrow's allocator starts it at import)
 takes jemalloc's own locks around a fork and is absent in the child; OpenBLAS's pool (numpy, scipy) is
 shut down by OpenBLAS before every fork.
+
+A process worker (``lightning-lib worker``, ``flows.worker``) starts a deployment's run as ``python -m
+prefect.runner._workspace_supervisor CONFIG`` through the same ``run_process``: the supervisor runs the
+deployment's pull steps, builds the engine's environment and working directory, and execs ``python -m
+prefect.engine``. That command is forked too: the forked process runs Prefect's own supervisor, whose
+module-level ``_launch_engine`` (pinned by ``tests/flows/test_worker.py``) is replaced in that process only,
+so that the engine runs in place of the exec, in the same process (the pid the worker watches, as with the
+exec), with the supervisor's environment and working directory, and the ``sys.path`` that interpreter
+would have (asked of it: its PYTHONPATH, its site). Only when every module the server imported is the one
+that fresh interpreter would import (the same checkout of the project, the same site-packages); otherwise,
+and for any other command than the engine, the process execs as Prefect's supervisor does.
 
 ``LIGHTNING_LIB_SERVE_START_METHOD=spawn`` gets Prefect's start back; forkserver is the default on Linux
 only (elsewhere Prefect's: macOS's system libraries are not safe to use after a fork).
@@ -260,6 +271,18 @@ def _stale_modules(sys_path: list[str]) -> list[str]:
     return stale
 
 
+def engine_sys_path(command: Sequence[str], cwd: Path, environ: dict[str, str]) -> list[str] | None:
+    """The ``sys.path`` with which a process forked from the server can run ``command`` (with ``environ`` in
+    ``cwd``) in place of exec'ing it: when it is ``python -m prefect.engine`` with this interpreter and
+    every module the server imported is the one that fresh interpreter would import. None otherwise."""
+    if list(command) != [sys.executable, *ENGINE_ARGS]:
+        return None
+    sys_path = _fresh_sys_path(command[0], cwd, environ)
+    if sys_path is None or _stale_modules(sys_path):
+        return None
+    return sys_path
+
+
 def _run_supervisor(
     environ: dict[str, str], cwd: str | None, new_session: bool, quiet: bool, config: str
 ) -> None:
@@ -274,12 +297,11 @@ def _run_supervisor(
     exec_engine = supervisor._launch_engine
 
     async def launch_engine(command: list[str], *, cwd: Path, environment: dict[str, str]) -> int:
-        if list(command) == [sys.executable, *ENGINE_ARGS]:
-            sys_path = _fresh_sys_path(command[0], cwd, environment)
-            if sys_path is not None and not _stale_modules(sys_path):
-                launch_in_process.append((cwd, environment, sys_path))
-                return 0
-        return cast("int", await exec_engine(command, cwd=cwd, environment=environment))
+        sys_path = engine_sys_path(command, cwd, environment)
+        if sys_path is None:
+            return cast("int", await exec_engine(command, cwd=cwd, environment=environment))
+        launch_in_process.append((cwd, environment, sys_path))
+        return 0
 
     supervisor._launch_engine = launch_engine
     sys.argv = [supervisor.__file__ or SUPERVISOR_MODULE, config]
@@ -481,6 +503,7 @@ __all__ = [
     "START_METHODS",
     "START_METHOD_ENV",
     "ForkserverStarts",
+    "engine_sys_path",
     "install_forkserver_starts",
     "start_method",
 ]
