@@ -38,13 +38,20 @@ Prints one JSON object with four parts (``--only`` picks some):
   imported the flows, polled every second; timed once the forkserver is ready), the baseline with
   Prefect's own start (``LIGHTNING_LIB_SERVE_START_METHOD=spawn``: a fresh interpreter per run), and
   Prefect's defaults alone (spawn, ``PREFECT_RUNNER_POLL_FREQUENCY=10``). Each run is cancelled once
-  Running, and its final state is recorded (Cancelled: the cancellation reached its process).
+  Running, and its final state is recorded (Cancelled: the cancellation reached its process); the next run
+  is submitted once it ended. Then on a process work pool (``--deployment-setups pool``): ``prefect
+  work-pool create --type process``, the deployments registered on it by ``lightning-lib serve --work-pool
+  POOL --source`` this tree, and the same runs on an idle worker of three kinds, one after the other:
+  ``lightning-lib worker --pool POOL`` (Prefect's process worker polling every second, runs forked from a
+  forkserver that imported the flows; timed once that forkserver is ready), ``prefect worker start`` with
+  ``PREFECT_WORKER_QUERY_SECONDS=1`` (the baseline: a fresh supervisor interpreter, then a fresh engine
+  interpreter per run) and ``prefect worker start`` with Prefect's defaults (polling every 10 s).
 
 Every part records the 1-minute load average when it starts and ends: on a shared machine these figures
 move with other people's work.
 
 Usage: ``python benchmarks/latency.py [--epochs N] [--repeats N] [--only flow,demo,deployment]
-[--baseline-tree PATH] [--deployment-runs N]``
+[--baseline-tree PATH] [--deployment-runs N] [--deployment-setups serve,pool]``
 """
 
 from __future__ import annotations
@@ -524,8 +531,6 @@ def part_deployment(runs: int, epochs: int, setups: set[str]) -> dict[str, Any]:
                         ("pool_prefect_worker_defaults", prefect_worker, {}),
                     )  # fmt: skip
                     for name, command, env_extra in ways_pool:
-                        if name == "pool_lightning_lib_worker" and not _has_worker_command():
-                            continue
                         ready_s, timed = _worker_and_time(
                             server, Path(tmp) / name, command, env_extra, runs, epochs
                         )
@@ -538,12 +543,6 @@ def part_deployment(runs: int, epochs: int, setups: set[str]) -> dict[str, Any]:
     out["load_avg_1m"]["end"] = load()
     out["target_s"] = 2.0
     return out
-
-
-def _has_worker_command() -> bool:
-    from flows.cli import build_parser
-
-    return "worker" in build_parser().format_usage()
 
 
 def main() -> None:
