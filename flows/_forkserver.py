@@ -271,15 +271,18 @@ def _stale_modules(sys_path: list[str]) -> list[str]:
     return stale
 
 
-def engine_sys_path(command: Sequence[str], cwd: Path, environ: dict[str, str]) -> list[str] | None:
+def engine_sys_path(command: Sequence[str], cwd: Path, environ: dict[str, str]) -> list[str] | str:
     """The ``sys.path`` with which a process forked from the server can run ``command`` (with ``environ`` in
     ``cwd``) in place of exec'ing it: when it is ``python -m prefect.engine`` with this interpreter and
-    every module the server imported is the one that fresh interpreter would import. None otherwise."""
+    every module the server imported is the one that fresh interpreter would import. Otherwise why not."""
     if list(command) != [sys.executable, *ENGINE_ARGS]:
-        return None
+        return f"the engine command is {' '.join(command)!r}"
     sys_path = _fresh_sys_path(command[0], cwd, environ)
-    if sys_path is None or _stale_modules(sys_path):
-        return None
+    if sys_path is None:
+        return f"{command[0]} did not tell its sys.path"
+    stale = _stale_modules(sys_path)
+    if stale:
+        return f"it would import other copies of {', '.join(sorted(stale)[:5])} than the worker's"
     return sys_path
 
 
@@ -298,7 +301,10 @@ def _run_supervisor(
 
     async def launch_engine(command: list[str], *, cwd: Path, environment: dict[str, str]) -> int:
         sys_path = engine_sys_path(command, cwd, environment)
-        if sys_path is None:
+        if isinstance(sys_path, str):
+            _logger().warning(
+                "This flow run's engine starts Prefect's way (a fresh interpreter): %s.", sys_path
+            )
             return cast("int", await exec_engine(command, cwd=cwd, environment=environment))
         launch_in_process.append((cwd, environment, sys_path))
         return 0

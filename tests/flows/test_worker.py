@@ -183,21 +183,25 @@ def test_the_engine_runs_in_the_forked_process_only_where_a_fresh_one_imports_th
     engine = [sys.executable, *ENGINE_ARGS]
     sys_path = engine_sys_path(engine, REPO, env)
     # as "python -m" in the project's folder: that folder first, then PYTHONPATH, then the site's entries
-    assert sys_path is not None and sys_path[:2] == [str(REPO), str(REPO)]
+    assert isinstance(sys_path, list) and sys_path[:2] == [str(REPO), str(REPO)]
     assert any(entry.endswith("site-packages") for entry in sys_path)
 
     # another checkout of the project: the fresh engine would import its flows, not the server's
     other = tmp_path / "other-checkout"
     (other / "flows").mkdir(parents=True)
     (other / "flows" / "__init__.py").write_text("")
-    assert engine_sys_path(engine, other, env | {"PYTHONPATH": str(other)}) is None
+    # (and without the project's folder on its path, none of its other packages)
+    assert engine_sys_path(engine, other, env | {"PYTHONPATH": str(other)}) == (
+        "it would import other copies of flows, lightning_lib, tasks, tests than the worker's"
+    )
     # a PYTHONPATH entry that shadows a library the server imported (here: torch)
     (tmp_path / "shadow" / "torch").mkdir(parents=True)
     (tmp_path / "shadow" / "torch" / "__init__.py").write_text("")
-    assert engine_sys_path(engine, REPO, env | {"PYTHONPATH": f"{tmp_path / 'shadow'}:{REPO}"}) is None
+    shadowed = engine_sys_path(engine, REPO, env | {"PYTHONPATH": f"{tmp_path / 'shadow'}:{REPO}"})
+    assert isinstance(shadowed, str) and "torch" in shadowed
     # another command or interpreter: exec'd as Prefect does
-    assert engine_sys_path([sys.executable, "-m", "other.module"], REPO, env) is None
-    assert engine_sys_path(["/usr/bin/python3", *ENGINE_ARGS], REPO, env) is None
+    for command in ([sys.executable, "-m", "other.module"], ["/usr/bin/python3", *ENGINE_ARGS]):
+        assert engine_sys_path(command, REPO, env) == f"the engine command is {' '.join(command)!r}"
 
 
 def test_the_compose_worker_runs_lightning_lib_worker() -> None:
