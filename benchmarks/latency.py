@@ -38,13 +38,20 @@ Prints one JSON object with four parts (``--only`` picks some):
   imported the flows, polled every second; timed once the forkserver is ready), the baseline with
   Prefect's own start (``LIGHTNING_LIB_SERVE_START_METHOD=spawn``: a fresh interpreter per run), and
   Prefect's defaults alone (spawn, ``PREFECT_RUNNER_POLL_FREQUENCY=10``). Each run is cancelled once
-  Running, and its final state is recorded (Cancelled: the cancellation reached its process).
+  Running, and its final state is recorded (Cancelled: the cancellation reached its process); the next run
+  is submitted once it ended. Then on a process work pool (``--deployment-setups pool``): ``prefect
+  work-pool create --type process``, the deployments registered on it by ``lightning-lib serve --work-pool
+  POOL --source`` this tree, and the same runs on an idle worker of three kinds, one after the other:
+  ``lightning-lib worker --pool POOL`` (Prefect's process worker polling every second, runs forked from a
+  forkserver that imported the flows; timed once that forkserver is ready), ``prefect worker start`` with
+  ``PREFECT_WORKER_QUERY_SECONDS=1`` (the baseline: a fresh supervisor interpreter, then a fresh engine
+  interpreter per run) and ``prefect worker start`` with Prefect's defaults (polling every 10 s).
 
 Every part records the 1-minute load average when it starts and ends: on a shared machine these figures
 move with other people's work.
 
 Usage: ``python benchmarks/latency.py [--epochs N] [--repeats N] [--only flow,demo,deployment]
-[--baseline-tree PATH] [--deployment-runs N]``
+[--baseline-tree PATH] [--deployment-runs N] [--deployment-setups serve,pool]``
 """
 
 from __future__ import annotations
@@ -335,8 +342,63 @@ def part_demo(epochs: int, trees: dict[str, Path], timeout: float) -> dict[str, 
 # -- part 3: a deployment run's start on an idle served process -------------------------------------------
 
 
-# what ``serve`` logs once its runs start from the forkserver, or when they start Prefect's way after all
-_FORKSERVER_LOG = re.compile(r"Served runs start (from a forkserver|Prefect's way)")
+# what ``serve`` (or ``lightning-lib worker``) logs once its runs start from the forkserver, or when they
+# start Prefect's way after all
+_FORKSERVER_LOG = re.compile(r"runs start (from a forkserver|Prefect's way)")
+POOL = "latency-process-pool"
+
+
+def _client_env(server: Any, *dropped: str) -> dict[str, str]:
+    """This tree's environment for a served or worker process talking to ``server`` (and nothing else)."""
+    drop = ("PREFECT_", "LIGHTNING_LIB_SERVE_", *dropped)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(server.env(), PYTHONPATH=str(REPO), LIGHTNING_LIB_ALLOWED_IMPORTS="benchmarks.")
+    return env
+
+
+def _wait_forkserver(log: Path, started: float, deadline: float) -> float | None:
+    """Seconds from ``started`` until the process logging to ``log`` had its forkserver ready (None: its runs
+    start Prefect's way after all)."""
+    while time.monotonic() < deadline:
+        found = _FORKSERVER_LOG.search(log.read_text(errors="replace"))
+        if found:
+            return round(time.perf_counter() - started, 2) if found[1] != "Prefect's way" else None
+        time.sleep(0.2)
+    return None
+
+
+def _time_runs(client: Any, root: Path, runs: int, epochs: int) -> list[dict[str, Any]]:
+    """Submit ``runs`` runs of the ``training`` deployment one at a time on an idle runner or worker, each
+    timed until picked up (Pending) and Running, then cancelled and waited for (its final state kept)."""
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    results: list[dict[str, Any]] = []
+    for _ in range(runs):
+        config = _config(str(root), epochs, "deployment").model_dump(mode="json")
+        submitted = time.perf_counter()
+        flow_run = run_deployment("training/training", parameters={"config": config}, timeout=0)
+        seen: dict[str, float] = {}
+        while time.perf_counter() - submitted < 120 and "RUNNING" not in seen:
+            state = client.read_flow_run(flow_run.id).state
+            kind = state.type.value if state is not None else "NONE"
+            seen.setdefault(kind, time.perf_counter() - submitted)
+            time.sleep(0.05)
+        with contextlib.suppress(Exception):
+            client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+        # the cancelled run's process ends (a worker sees the cancellation at its next poll); then idle again
+        deadline = time.monotonic() + 60
+        final = client.read_flow_run(flow_run.id).state
+        while time.monotonic() < deadline and (final is None or not final.is_final()):
+            time.sleep(0.5)
+            final = client.read_flow_run(flow_run.id).state
+        time.sleep(3.0)
+        results.append({
+            "picked_up_s": round(seen.get("PENDING", seen.get("RUNNING", float("nan"))), 2),
+            "running_s": round(seen.get("RUNNING", float("nan")), 2),
+            "final_state": final.type.value if final is not None else None,
+        })  # fmt: skip
+    return results
 
 
 def _serve_and_time(
@@ -345,12 +407,10 @@ def _serve_and_time(
     """Serve, wait until idle (the forkserver ready), submit ``runs`` runs one at a time; returns the
     seconds from starting ``serve`` until its forkserver was ready (None: not used) and each run's times."""
     from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
 
     from tests.prefect_server import kill_group, spawn
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LIGHTNING_LIB_SERVE_"))}
-    env.update(server.env(), PYTHONPATH=str(REPO), LIGHTNING_LIB_ALLOWED_IMPORTS="benchmarks.")
+    env = _client_env(server)
     if poll is not None:
         env["PREFECT_RUNNER_POLL_FREQUENCY"] = poll
     if start_method is not None:
@@ -359,7 +419,6 @@ def _serve_and_time(
     log = root / "serve.log"
     started = time.perf_counter()
     serve = spawn([sys.executable, "-m", "flows.cli", "serve"], log, env, root)
-    results: list[dict[str, Any]] = []
     ready_s: float | None = None
     try:
         with get_client(sync_client=True) as client:
@@ -369,40 +428,74 @@ def _serve_and_time(
                     client.read_deployment_by_name("training/training")
                     break
                 time.sleep(0.5)
-            while start_method != "spawn" and time.monotonic() < deadline:
-                found = _FORKSERVER_LOG.search(log.read_text(errors="replace"))
-                if found:
-                    ready_s = round(time.perf_counter() - started, 2) if found[1] != "Prefect's way" else None
-                    break
-                time.sleep(0.2)
+            if start_method != "spawn":
+                ready_s = _wait_forkserver(log, started, deadline)
             time.sleep(3.0)  # the runner's first poll is behind it: the served process is idle
-            for _ in range(runs):
-                config = _config(str(root), epochs, "deployment").model_dump(mode="json")
-                submitted = time.perf_counter()
-                flow_run = run_deployment("training/training", parameters={"config": config}, timeout=0)
-                seen: dict[str, float] = {}
-                while time.perf_counter() - submitted < 120 and "RUNNING" not in seen:
-                    state = client.read_flow_run(flow_run.id).state
-                    kind = state.type.value if state is not None else "NONE"
-                    seen.setdefault(kind, time.perf_counter() - submitted)
-                    time.sleep(0.05)
-                with contextlib.suppress(Exception):
-                    from prefect.states import Cancelling
-
-                    client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
-                time.sleep(8.0)  # the cancelled run's process ends; the runner is idle again
-                final = client.read_flow_run(flow_run.id).state
-                results.append({
-                    "picked_up_s": round(seen.get("PENDING", seen.get("RUNNING", float("nan"))), 2),
-                    "running_s": round(seen.get("RUNNING", float("nan")), 2),
-                    "final_state": final.type.value if final is not None else None,
-                })  # fmt: skip
+            results = _time_runs(client, root, runs, epochs)
     finally:
         kill_group(serve)
     return ready_s, results
 
 
-def part_deployment(runs: int, epochs: int) -> dict[str, Any]:
+def _deploy_to_pool(server: Any, root: Path) -> None:
+    """What an operator types: a process work pool, then the deployments on it with this tree as their
+    source (the worker's run changes into it and imports the flows from there)."""
+    root.mkdir(parents=True, exist_ok=True)
+    env = _client_env(server)
+    for command in (
+        ["-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
+        ["-m", "flows.cli", "serve", "--work-pool", POOL, "--source", str(REPO)],
+    ):
+        subprocess.run([sys.executable, *command], env=env, cwd=root, capture_output=True, check=True,
+                       timeout=300)  # fmt: skip
+
+
+def _worker_and_time(
+    server: Any, root: Path, command: list[str], env_extra: dict[str, str], runs: int, epochs: int
+) -> tuple[float | None, list[dict[str, Any]]]:
+    """Start a worker of the pool (``command``), wait until it polls (and its forkserver is ready, for
+    ``lightning-lib worker``), submit ``runs`` runs one at a time; returns the seconds from starting the
+    worker until its forkserver was ready (None: not used) and each run's times."""
+    from prefect.client.orchestration import get_client
+
+    from tests.prefect_server import kill_group, spawn
+
+    env = _client_env(server) | env_extra
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "worker.log"
+    started = time.perf_counter()
+    worker = spawn([sys.executable, *command], log, env, root)
+    ready_s: float | None = None
+    try:
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not any(
+                w.status.value == "ONLINE" for w in client.read_workers_for_work_pool(POOL)
+            ):
+                time.sleep(0.5)
+            if "flows.cli" in command:
+                ready_s = _wait_forkserver(log, started, deadline)
+            time.sleep(3.0)  # the worker's first poll is behind it: it is idle
+            results = _time_runs(client, root, runs, epochs)
+    finally:
+        kill_group(worker)
+    return ready_s, results
+
+
+def _figures(timed: list[dict[str, Any]], ready_s: float | None, forkserver: bool) -> dict[str, Any]:
+    return {
+        "runs": timed,
+        "picked_up_median_s": median([r["picked_up_s"] for r in timed]),
+        "running_median_s": median([r["running_s"] for r in timed]),
+    } | ({"forkserver_ready_after_start_s": ready_s} if forkserver else {})
+
+
+def _ratio(out: dict[str, Any], ours: str, baseline: str) -> float | None:
+    a, b = out.get(ours, {}).get("running_median_s"), out.get(baseline, {}).get("running_median_s")
+    return round(a / b, 3) if a and b else None
+
+
+def part_deployment(runs: int, epochs: int, setups: set[str]) -> dict[str, Any]:
     from tests.prefect_server import PrefectServer
 
     out: dict[str, Any] = {"load_avg_1m": {"start": load()}}
@@ -414,24 +507,37 @@ def part_deployment(runs: int, epochs: int) -> dict[str, Any]:
         try:
             # Prefect reads the environment once: the flow part may have imported it already
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-                ways = (
-                    ("serve_default", None, None),
-                    ("serve_spawn_baseline", None, "spawn"),
-                    ("prefect_defaults_spawn_poll_10s", "10", "spawn"),
-                )
-                for name, poll, start_method in ways:
-                    ready_s, timed = _serve_and_time(
-                        server, Path(tmp) / name, poll, start_method, runs, epochs
+                if "serve" in setups:
+                    ways = (
+                        ("serve_default", None, None),
+                        ("serve_spawn_baseline", None, "spawn"),
+                        ("prefect_defaults_spawn_poll_10s", "10", "spawn"),
                     )
-                    out[name] = {
-                        "runs": timed,
-                        "picked_up_median_s": median([r["picked_up_s"] for r in timed]),
-                        "running_median_s": median([r["running_s"] for r in timed]),
-                    } | ({"forkserver_ready_after_serve_start_s": ready_s} if start_method is None else {})
-                baseline = out["serve_spawn_baseline"]["running_median_s"]
-                ours = out["serve_default"]["running_median_s"]
-                if baseline and ours:
-                    out["running_median_ratio_to_spawn"] = round(ours / baseline, 3)
+                    for name, poll, start_method in ways:
+                        ready_s, timed = _serve_and_time(
+                            server, Path(tmp) / name, poll, start_method, runs, epochs
+                        )
+                        out[name] = _figures(timed, ready_s, start_method is None)
+                    out["running_median_ratio_to_spawn"] = _ratio(
+                        out, "serve_default", "serve_spawn_baseline"
+                    )
+                if "pool" in setups:
+                    # after serve's setups: deploying moves the same deployments onto the work pool
+                    _deploy_to_pool(server, Path(tmp) / "deploy")
+                    prefect_worker = ["-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process"]
+                    ways_pool: tuple[tuple[str, list[str], dict[str, str]], ...] = (
+                        ("pool_lightning_lib_worker", ["-m", "flows.cli", "worker", "--pool", POOL], {}),
+                        ("pool_prefect_worker_poll_1s", prefect_worker, {"PREFECT_WORKER_QUERY_SECONDS": "1"}),
+                        ("pool_prefect_worker_defaults", prefect_worker, {}),
+                    )  # fmt: skip
+                    for name, command, env_extra in ways_pool:
+                        ready_s, timed = _worker_and_time(
+                            server, Path(tmp) / name, command, env_extra, runs, epochs
+                        )
+                        out[name] = _figures(timed, ready_s, "flows.cli" in command)
+                    out["pool_running_median_ratio_to_prefect_worker_poll_1s"] = _ratio(
+                        out, "pool_lightning_lib_worker", "pool_prefect_worker_poll_1s"
+                    )
         finally:
             server.stop()
     out["load_avg_1m"]["end"] = load()
@@ -449,6 +555,11 @@ def main() -> None:
     )
     parser.add_argument("--deployment-runs", type=int, default=3)
     parser.add_argument(
+        "--deployment-setups",
+        default="serve,pool",
+        help="deployment part: serve (lightning-lib serve), pool (a process work pool and its workers)",
+    )
+    parser.add_argument(
         "--flow-heartbeats",
         action="store_true",
         help="flow part: keep Prefect's flow-run heartbeats (served runs' setting; the CLI's runs send none)",
@@ -461,6 +572,9 @@ def main() -> None:
     unknown = parts - {"flow", "demo", "deployment"}
     if unknown:
         parser.error(f"Expected --only among flow, demo, deployment; received {sorted(unknown)}.")
+    setups = {p.strip() for p in args.deployment_setups.split(",") if p.strip()}
+    if not setups or setups - {"serve", "pool"}:
+        parser.error(f"Expected --deployment-setups among serve, pool; received {args.deployment_setups!r}.")
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
     report: dict[str, Any] = {"benchmark": "latency", "model": "digits MLP (64->128->10), batch 64, Adam"}
@@ -472,7 +586,7 @@ def main() -> None:
             trees["baseline_tree"] = args.baseline_tree.resolve()
         report["demo"] = part_demo(args.epochs, trees, args.timeout)
     if "deployment" in parts:
-        report["deployment"] = part_deployment(args.deployment_runs, 1)
+        report["deployment"] = part_deployment(args.deployment_runs, 1, setups)
     report.update(
         python=platform.python_version(),
         cpus=os.cpu_count(),

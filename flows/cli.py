@@ -6,6 +6,7 @@
     lightning-lib reproduce RUN_ID
     lightning-lib predict data/new.csv --model digits-classifier
     lightning-lib serve                        # deployments + nightly retraining, from this process
+    lightning-lib worker --pool cpu            # run a process work pool's runs (deployed by serve --work-pool)
     lightning-lib config --config run.yaml     # validate and print a config (or --schema)
 
 Every command validates its input before any work. An input error (a flag, a config key or value, a
@@ -176,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--work-pool", help="deploy to this work pool instead of serving from this process")
     serve.add_argument("--source", default=".", help="where workers get the code (git URL or folder)")
     serve.add_argument("--image", help="container image for Docker/Kubernetes work pools")
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a process work pool's flow runs, each forked from a process that imported the flows",
+    )
+    worker.add_argument("--pool", required=True, help="the process work pool (created if missing)")
+    worker.add_argument("--name", help="the worker's name in Prefect (default: a generated one)")
+    worker.add_argument("--limit", type=int, help="at most this many runs at once (default: no limit)")
 
     config = commands.add_parser("config", help="validate and print a config, or print its JSON schema")
     _add_config_args(config)
@@ -598,6 +607,11 @@ def _dispatch(args: argparse.Namespace, api: TemporaryApi | None, config: Any) -
             print(f"Deployed {len(ids)} deployments to work pool {args.work_pool!r}.")
         else:
             deploy.serve(config, cron)
+        return 0
+    if args.command == "worker":
+        from flows.worker import run_worker
+
+        run_worker(args.pool, args.name, args.limit)
         return 0
     raise AssertionError(args.command)  # argparse only accepts the commands above
 

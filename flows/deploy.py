@@ -17,7 +17,8 @@ by the deployment, replaced whenever the deployment is applied again.
 Served runs start from a forkserver (``flows._forkserver``): a process started with ``serve`` imports the
 flows once, then forks one process per run, so a run is Running about a second after it is picked up instead
 of after a fresh interpreter's ~5 s of imports. ``LIGHTNING_LIB_SERVE_START_METHOD=spawn`` gets Prefect's
-own start back (a fresh interpreter per run).
+own start back (a fresh interpreter per run). Runs on a process work pool start the same way when its worker
+is ``lightning-lib worker --pool NAME`` (``flows.worker``) rather than ``prefect worker start``.
 """
 
 from __future__ import annotations

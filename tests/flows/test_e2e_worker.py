@@ -1,7 +1,8 @@
 """Crash recovery end to end on a work pool, against real servers on 127.0.0.1 (``prefect server start``,
 ``mlflow server``, the S3 endpoint): a process work pool created with ``prefect work-pool create``, the
 deployments registered on it by ``lightning-lib serve --work-pool`` from the project's folder, and a
-``prefect worker start`` process running their flow runs, as in production.
+``lightning-lib worker`` process running their flow runs, as in production (infra/docker-compose.yml): Prefect's
+process worker, each run's process forked from a forkserver that imported the flows.
 
 Shown here (issue 13):
 
@@ -42,6 +43,7 @@ from tests.support import wait_for
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(900)]
 
 POOL = "e2e-process-pool"
+FORKSERVER_READY = "Flow runs start from a forkserver that has imported the flows."
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 STEPS = 30  # 2 epochs of 15 batches
 CRASH_AFTER_S = 50
@@ -85,8 +87,13 @@ class WorkerStack:
         return done
 
     def start_worker(self) -> None:
-        command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process"]
+        command = [sys.executable, "-m", "flows.cli", "worker", "--pool", POOL]
         self.worker = spawn(command, self.root / "worker.log", self.env, self.root)
+        # its runs start from the forkserver once it has imported the flows (before that, Prefect's way)
+        wait_for(lambda: FORKSERVER_READY in self.log(), 300, "the worker's forkserver to be ready")
+
+    def log(self) -> str:
+        return (self.root / "worker.log").read_text(errors="replace")
 
     def kill_worker(self) -> None:
         if self.worker is not None:
@@ -121,7 +128,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
     finally:
         allowed.undo()
         stack.kill_worker()
-        _sigkill(_flow_run_processes_of(prefect.api_url))
+        with temporary_settings(updates={PREFECT_API_URL: prefect.api_url}):
+            _sigkill(_flow_run_processes_of(prefect.api_url))
         mlflow.stop()
         prefect.stop()
 
@@ -199,23 +207,49 @@ def _environ(pid: str) -> list[bytes]:
         return []
 
 
+def _stat_field(pid: str | int, index: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[index])  # state, ppid, pgrp, session, ...
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _session(pid: str | int) -> int | None:
+    return _stat_field(pid, 3)
+
+
+def _parent(pid: str | int) -> int | None:
+    return _stat_field(pid, 1)
+
+
 def _flow_run_processes(flow_run_id: Any) -> list[int]:
-    """The processes of one flow run: the engine the worker started (and anything it started), found by
-    the flow-run id Prefect puts in their environment (Linux)."""
-    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
-    return [int(pid) for pid in filter(str.isdigit, os.listdir("/proc")) if marker in _environ(pid)]
+    """The processes of one flow run (Linux): the one the worker started, whose pid the worker records as
+    the run's infrastructure pid, and anything it started (the worker gives each run a session of its own).
+    A process forked from the worker's forkserver keeps the server's original environment in /proc, so the
+    run's id is not found there."""
+    leader = _flow_run(flow_run_id).infrastructure_pid
+    if not leader:
+        return []
+    return [int(pid) for pid in filter(str.isdigit, os.listdir("/proc")) if _session(pid) == int(leader)]
 
 
 def _flow_run_processes_of(api_url: str) -> list[int]:
-    """Flow-run processes that talk to the server at ``api_url`` (the worker starts each in its own
-    session, so stopping the worker's group leaves them)."""
+    """Flow-run processes of the server at ``api_url`` (in their own sessions, so stopping the worker's
+    group leaves them): those of every flow run it knows, and any process started Prefect's way (a fresh
+    interpreter, with the run's id in its environment)."""
+    from prefect.client.orchestration import get_client
+
     server = f"PREFECT_API_URL={api_url}".encode()
-    found = []
+    found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         environ = _environ(pid)
         if server in environ and any(item.startswith(b"PREFECT__FLOW_RUN_ID=") for item in environ):
-            found.append(int(pid))
-    return found
+            found.add(int(pid))
+    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+        for run in client.read_flow_runs():
+            found.update(_flow_run_processes(run.id))
+    return sorted(found)
 
 
 def _sigkill(pids: list[int]) -> None:
@@ -245,9 +279,13 @@ def _submit_and_kill_mid_fit(stack: WorkerStack, *, with_worker: bool) -> tuple[
     run_key = f"training-{flow_run.id}-{config_digest(config)}"
     checkpoint_dir = f"{config.checkpoint_root}/{run_key}"
     wait_for(lambda: _committed_step(checkpoint_dir) >= 6, 300, "a committed checkpoint at step >= 6")
+    processes = _flow_run_processes(flow_run.id)
+    assert processes, f"no process of flow run {flow_run.id}"
+    # forked by the worker's forkserver (Prefect's start would make them the worker's own children)
+    assert stack.worker is not None and stack.worker.pid not in {_parent(pid) for pid in processes}
     if with_worker:
         stack.kill_worker()
-    _sigkill(_flow_run_processes(flow_run.id))
+    _sigkill(processes)
     killed_at = _committed_step(checkpoint_dir)
     assert 6 <= killed_at < STEPS, killed_at
     return flow_run, run_key, killed_at
@@ -293,6 +331,7 @@ def test_a_killed_flow_run_process_is_rerun_by_the_worker_and_resumes(
     assert deployment.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
 
     flow_run, run_key, killed_at = _submit_and_kill_mid_fit(stack, with_worker=False)
+    assert "Flow runs start Prefect's way" not in stack.log()
     # the worker saw its process die and reports the crash; once the run stayed Crashed for the default
     # 60 s (the worker's second report of the same death, after it ran the crash hooks, has then been
     # refused), the automation schedules the same flow run again; the worker runs it again. Nobody acts.
