@@ -170,6 +170,14 @@ def test_multinode_job_is_consistent() -> None:
 def test_project_image_installs_the_pinned_project() -> None:
     dockerfile = (INFRA / "Dockerfile").read_text()
     assert "-c constraints.txt" in dockerfile and "pipeline" in dockerfile
+    # every package the project installs is in the image (datamodules.parquet is allowed by default)
+    pyproject = (INFRA.parent / "pyproject.toml").read_text()
+    include = re.search(r"\[tool\.setuptools\.packages\.find\]\s*include = \[(.*?)\]", pyproject)
+    assert include is not None
+    packages = [name.strip(' "*') for name in include.group(1).split(",")]
+    assert "datamodules" in packages
+    for package in packages:
+        assert f"COPY {package} ./{package}" in dockerfile, package
 
 
 @pytest.mark.skipif(
