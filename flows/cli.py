@@ -774,7 +774,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # the flow run's log keeps the detail (Crashed); the run can be continued from its last checkpoint
         run_key = exc.run_key if isinstance(exc, _Interrupted) else None
-        hint = f"; continue it from its last checkpoint with --run-key {run_key}" if run_key else ""
+        hint = (
+            f"; to continue from its last checkpoint, run it again (same config and overrides) with --run-key {run_key}"
+            if run_key
+            else ""
+        )
         print(f"{prefix}: interrupted{hint}", file=sys.stderr)
         return _INTERRUPTED_EXIT
 

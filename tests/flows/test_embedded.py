@@ -349,7 +349,8 @@ def test_ctrl_c_stops_the_embedded_run_in_one_line_and_its_run_key_continues_it(
     assert "Traceback" not in output, output
     last = output.strip().splitlines()[-1]
     assert last.startswith(
-        "lightning-lib train: interrupted; continue it from its last checkpoint with --run-key training-"
+        "lightning-lib train: interrupted; to continue from its last checkpoint, run it again (same config and "
+        "overrides) with --run-key training-"
     )
     run_key = last.rsplit(" ", 1)[1]
     assert output.count("Trainable params") == 1 and output.count("is not a git checkout") == 1, output
