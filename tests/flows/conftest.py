@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +75,17 @@ def git_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     project = make_git_project(tmp_path / "project")
     monkeypatch.chdir(project)
     return project
+
+
+@pytest.fixture
+def prefect_start_restored() -> Iterator[None]:
+    """Prefect's engine-command starter (``run_process``) as it was, and no forkserver starts installed,
+    after the test: the tests of ``flows._forkserver`` install them."""
+    import prefect.runner._starter_engine as starter
+
+    from flows import _forkserver
+
+    original = starter.run_process
+    yield
+    starter.run_process = original
+    _forkserver._installed = None

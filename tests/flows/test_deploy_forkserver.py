@@ -22,18 +22,10 @@ from flows._forkserver import (
     install_forkserver_starts,
     start_method,
 )
+from tests.flows.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _prefect_start_restored() -> Any:
-    import prefect.runner._starter_engine as starter
-
-    original = starter.run_process
-    yield
-    starter.run_process = original
-    _forkserver._installed = None
+# every test leaves Prefect's engine starter as it found it (some install the forkserver's)
+pytestmark = pytest.mark.usefixtures("prefect_start_restored")
 
 
 def test_start_method_defaults_to_forkserver_on_linux_and_refuses_unknown_values(

@@ -24,19 +24,11 @@ from flows._forkserver import (
     _run_supervisor,
     engine_sys_path,
 )
+from tests.flows.conftest import REPO
 from tests.flows.test_cli_errors import one_error_line, run_cli
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _prefect_start_restored() -> Any:
-    import prefect.runner._starter_engine as starter
-
-    original = starter.run_process
-    yield
-    starter.run_process = original
-    _forkserver._installed = None
+# every test leaves Prefect's engine starter as it found it (some install the forkserver's)
+pytestmark = pytest.mark.usefixtures("prefect_start_restored")
 
 
 def test_the_worker_polls_every_second_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
