@@ -130,6 +130,7 @@ class TemporaryApi:
         self._launch = launch
         self._answers = answers
         self.port = _free_port()
+        self._adopted = False  # this process's flow runs use it: a restart on another port must say so
         self._process: subprocess.Popen[bytes] | None = launch(self.port)
         atexit.register(self.stop)  # registered before Prefect's own exit handlers, so it runs after them
 
@@ -157,6 +158,8 @@ class TemporaryApi:
                 attempts += 1
                 self.port = _free_port()
                 self._process = self._launch(self.port)
+                if self._adopted:  # the runs must not go to the old port, which another process holds
+                    self.publish()
                 continue
             if status is not None or process is None:
                 self._fail(f"the server's process exited with status {status}")
@@ -177,6 +180,17 @@ class TemporaryApi:
             stream.write(f"Prefect's temporary local API is up after {self.ready_after:.1f} s.\n")
             stream.flush()
         return self.ready_after
+
+    def publish(self) -> None:
+        """Make this API's address the Prefect API of this process's flow runs: in the environment (seen
+        by Prefect's settings, by threads started later and by child processes) and in Prefect's
+        process-wide settings, read again."""
+        from prefect.context import refresh_global_settings_context
+
+        os.environ["PREFECT_API_URL"] = self.api_url
+        refresh_global_settings_context()
+        _ADOPTED.add(self.api_url)
+        self._adopted = True
 
     def _fail(self, why: str) -> None:
         self.stop()
@@ -221,21 +235,17 @@ def adopt(api: TemporaryApi) -> bool:
     """Make ``api`` the API of this process's flow runs, unless Prefect's settings (a profile, ``.env``,
     ``prefect.toml``) name a server or turn the temporary server off: then stop it and return False.
 
-    Its address goes into the environment (seen by Prefect's settings, by threads started later and by
-    child processes) and Prefect's process-wide settings are read again."""
-    from prefect.context import refresh_global_settings_context
+    Its address is published (:meth:`TemporaryApi.publish`), again if it restarts on another port."""
     from prefect.settings import PREFECT_UI_URL
 
     if not settings_allow_temporary_api():
         api.stop()
         return False
-    os.environ["PREFECT_API_URL"] = api.api_url
     if PREFECT_UI_URL.value() is None:
         # the temporary server serves no UI and ends with the process: no "View at" links to it (Prefect
         # shows none for its own temporary server either)
         os.environ["PREFECT_UI_URL"] = ""
-    refresh_global_settings_context()
-    _ADOPTED.add(api.api_url)
+    api.publish()
     return True
 
 

@@ -172,13 +172,19 @@ def test_adopting_makes_the_api_the_run_s_and_hides_links_to_it(tmp_path: Path) 
         from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
         class Running:
-            def poll(self): return None
+            def __init__(self, status=None): self.status = status
+            def poll(self): return self.status
             def terminate(self): pass
             def wait(self, timeout=None): return 0
 
-        api = embedded.TemporaryApi(5.0, launch=lambda port: Running(), answers=lambda url: True)
+        # the first start's port is taken (uvicorn exits 3) once the API was adopted: it restarts elsewhere
+        processes = [Running(3), Running()]
+        api = embedded.TemporaryApi(5.0, launch=lambda port: processes.pop(0), answers=lambda url: True)
+        first_url = api.api_url
         adopted = embedded.adopt(api)
+        api.wait()
         print(json.dumps({
+            "restarted": api.api_url != first_url,
             "adopted": adopted,
             "api_url": api.api_url,
             "setting": PREFECT_API_URL.value(),
@@ -195,7 +201,8 @@ def test_adopting_makes_the_api_the_run_s_and_hides_links_to_it(tmp_path: Path) 
     )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.splitlines()[-1])
-    assert seen["adopted"] and seen["setting"] == seen["api_url"]
+    # the runs go to the port the API restarted on, not to the one another process took
+    assert seen["adopted"] and seen["restarted"] and seen["setting"] == seen["api_url"]
     assert not seen["ui"]  # the temporary server has no UI and ends with the process
     assert seen["temporary"] == [True, False]
     assert seen["hint"] == "prefect server start   then http://127.0.0.1:4200/runs/flow-run/abc"
