@@ -528,7 +528,7 @@ class _CrashedRun:
 
 def _dispatch(args: argparse.Namespace, api: TemporaryApi | None, config: Any) -> int:
     if args.command == "train":
-        from flows.training import training
+        from flows.training import RUN_KEY_PREFIX, training
 
         _ready(api, config)
         assert config is not None  # checked above, before the API started
@@ -539,7 +539,7 @@ def _dispatch(args: argparse.Namespace, api: TemporaryApi | None, config: Any) -
             if crashed.flow_run_id is not None and _CTRL_C.received:
                 from tasks.run_key import run_key_of_flow_run
 
-                raise _Interrupted(run_key_of_flow_run(config, "training", crashed.flow_run_id)) from exc
+                raise _Interrupted(run_key_of_flow_run(config, RUN_KEY_PREFIX, crashed.flow_run_id)) from exc
             raise
         _print_training(trained)
         return 0

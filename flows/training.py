@@ -23,6 +23,9 @@ from tasks.run_key import derive_run_key
 from tasks.tracking import tracking_uri
 from tasks.training import FitResult, deliver, fit, require_evaluation_steps, test, validate
 
+# the derived run keys of this flow's runs start with it (the CLI names them to continue an interrupted run)
+RUN_KEY_PREFIX = "training"
+
 
 class TrainingResult(BaseModel):
     """What the flow hands downstream; every location is a URI, never an object."""
@@ -97,7 +100,7 @@ def training(config: TrainConfig, register_model: bool = True) -> TrainingResult
     # is refused before any work
     tracking_uri(config)
     require_evaluation_steps(config, "training")
-    run_key = derive_run_key(config, "training")
+    run_key = derive_run_key(config, RUN_KEY_PREFIX)
     prepared = run_data_task(config)
     fitted = fit(config, prepared, run_key)
     # the metrics go straight to the fit's MLflow run (no second logger re-opening and ending it)
@@ -138,4 +141,4 @@ def training(config: TrainConfig, register_model: bool = True) -> TrainingResult
     return result
 
 
-__all__ = ["TrainingResult", "summary_markdown", "training"]
+__all__ = ["RUN_KEY_PREFIX", "TrainingResult", "summary_markdown", "training"]
